@@ -1,0 +1,362 @@
+//! Canonical input encodings: one byte string per meaning.
+//!
+//! Two requests that a model cannot tell apart must produce the same bytes, and two it can
+//! must not. For JSON that means: object keys sorted by their UTF-8 bytes, no whitespace,
+//! strings in serde_json's minimal escaping, and one spelling per number:
+//!
+//! - integer tokens (`7`, `-3`) are exact (`u64`/`i64`);
+//! - any other number is an IEEE-754 double; if it is integral and its magnitude is below
+//!   2^53 it is written as an integer (`1.0`, `1e0` and `10E-1` are all `1`, `-0.0` is `0`),
+//!   otherwise in its shortest round-trip form (`ryu`).
+//!
+//! Integer tokens beyond the 64-bit range are parsed as doubles (serde_json's default), so
+//! two such integers that round to the same double share a key; every mainstream JSON
+//! parser that feeds a model does the same.
+//!
+//! A tensor is its dtype, its shape and its raw (little-endian) bytes.
+
+use serde_json::Value;
+
+use crate::CoreError;
+
+/// What kind of input the canonical bytes encode; part of the key, so that the text
+/// `abc` and the JSON string `"abc"` never share an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum InputKind {
+    /// UTF-8 text, as given.
+    Text = 1,
+    /// Canonical JSON.
+    Json = 2,
+    /// A tensor: dtype, shape, raw bytes.
+    Tensor = 3,
+    /// Opaque bytes, as given.
+    Bytes = 4,
+}
+
+/// An input in canonical form, ready to be hashed into a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CanonicalInput {
+    kind: InputKind,
+    bytes: Vec<u8>,
+}
+
+impl CanonicalInput {
+    /// Text, byte for byte (no Unicode normalisation: a tokenizer sees the bytes).
+    pub fn text(text: &str) -> Self {
+        Self {
+            kind: InputKind::Text,
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    /// Opaque bytes, byte for byte.
+    pub fn bytes(bytes: &[u8]) -> Self {
+        Self {
+            kind: InputKind::Bytes,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    /// A parsed JSON value in canonical form.
+    ///
+    /// # Errors
+    /// [`CoreError::NonFiniteNumber`] if a number is not finite (serde_json never
+    /// produces one from text, but a `Value` built in code can hold one).
+    pub fn json(value: &Value) -> Result<Self, CoreError> {
+        Ok(Self {
+            kind: InputKind::Json,
+            bytes: canonical_json(value)?,
+        })
+    }
+
+    /// JSON text in canonical form.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidJson`] when `text` is not JSON.
+    pub fn json_str(text: &str) -> Result<Self, CoreError> {
+        let value: Value = serde_json::from_str(text)?;
+        Self::json(&value)
+    }
+
+    /// A dense tensor: `dtype` as KServe v2 names it (`FP32`, `INT64`, `BYTES`, ...),
+    /// `shape`, and its raw little-endian bytes.
+    ///
+    /// # Errors
+    /// [`CoreError::TensorSize`] if the byte length disagrees with dtype and shape, and
+    /// [`CoreError::UnknownDtype`] for a dtype whose element size is unknown. `BYTES`
+    /// tensors (variable-length elements) are accepted with any length.
+    pub fn tensor(dtype: &str, shape: &[u64], data: &[u8]) -> Result<Self, CoreError> {
+        if let Some(elem) = dtype_size(dtype)? {
+            let expected = shape
+                .iter()
+                .try_fold(elem, |acc, &d| acc.checked_mul(d))
+                .unwrap_or(u64::MAX);
+            let actual = data.len() as u64;
+            if expected != actual {
+                return Err(CoreError::TensorSize {
+                    dtype: dtype.to_owned(),
+                    shape: shape.to_vec(),
+                    expected,
+                    actual,
+                });
+            }
+        }
+        let mut bytes = Vec::with_capacity(dtype.len() + 8 * shape.len() + data.len() + 24);
+        put_field(&mut bytes, dtype.as_bytes());
+        bytes.extend_from_slice(&(shape.len() as u64).to_le_bytes());
+        for d in shape {
+            bytes.extend_from_slice(&d.to_le_bytes());
+        }
+        put_field(&mut bytes, data);
+        Ok(Self {
+            kind: InputKind::Tensor,
+            bytes,
+        })
+    }
+
+    /// The kind of input.
+    pub fn kind(&self) -> InputKind {
+        self.kind
+    }
+
+    /// The canonical bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Element size in bytes of a KServe v2 dtype; `None` for variable-size `BYTES`.
+fn dtype_size(dtype: &str) -> Result<Option<u64>, CoreError> {
+    Ok(Some(match dtype {
+        "BOOL" | "INT8" | "UINT8" => 1,
+        "INT16" | "UINT16" | "FP16" | "BF16" => 2,
+        "INT32" | "UINT32" | "FP32" => 4,
+        "INT64" | "UINT64" | "FP64" => 8,
+        "BYTES" => return Ok(None),
+        other => return Err(CoreError::UnknownDtype(other.to_owned())),
+    }))
+}
+
+fn put_field(out: &mut Vec<u8>, field: &[u8]) {
+    out.extend_from_slice(&(field.len() as u64).to_le_bytes());
+    out.extend_from_slice(field);
+}
+
+/// The canonical JSON text of `value` (see the module docs for the rules).
+///
+/// # Errors
+/// [`CoreError::NonFiniteNumber`] for a NaN or infinite number.
+pub fn canonical_json(value: &Value) -> Result<Vec<u8>, CoreError> {
+    let mut out = Vec::with_capacity(64);
+    write_value(&mut out, value)?;
+    Ok(out)
+}
+
+fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), CoreError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(out, n)?,
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            // Sorted here rather than trusting the map's order: serde_json's map keeps
+            // insertion order when any crate in the build enables `preserve_order`.
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(out, k);
+                out.push(b':');
+                write_value(out, v)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    // serde_json writes the minimal escaping, the same for every spelling of a string.
+    let quoted = serde_json::to_string(s).expect("serializing a str cannot fail");
+    out.extend_from_slice(quoted.as_bytes());
+}
+
+/// Largest magnitude below which every integer is exactly representable as f64.
+const EXACT_F64_INT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) -> Result<(), CoreError> {
+    if let Some(u) = n.as_u64() {
+        out.extend_from_slice(u.to_string().as_bytes());
+    } else if let Some(i) = n.as_i64() {
+        out.extend_from_slice(i.to_string().as_bytes());
+    } else {
+        let f = n
+            .as_f64()
+            .ok_or_else(|| CoreError::NonFiniteNumber(n.to_string()))?;
+        if !f.is_finite() {
+            return Err(CoreError::NonFiniteNumber(n.to_string()));
+        }
+        if f.fract() == 0.0 && f.abs() < EXACT_F64_INT {
+            // Integral and exact: the same spelling as the integer token.
+            #[expect(clippy::cast_possible_truncation, reason = "|f| < 2^53, integral")]
+            let i = f as i64;
+            out.extend_from_slice(i.to_string().as_bytes());
+        } else {
+            let mut buf = ryu::Buffer::new();
+            out.extend_from_slice(buf.format_finite(f).as_bytes());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn canon(text: &str) -> String {
+        String::from_utf8(CanonicalInput::json_str(text).unwrap().bytes).unwrap()
+    }
+
+    #[test]
+    fn sorts_keys_and_drops_whitespace() {
+        assert_eq!(
+            canon(r#"{ "b": [1, {"z":1,"a":2}], "a": null }"#),
+            r#"{"a":null,"b":[1,{"a":2,"z":1}]}"#
+        );
+    }
+
+    #[test]
+    fn one_spelling_per_number() {
+        for spelling in ["1", "1.0", "1e0", "10E-1", "0.1e1", "1.000"] {
+            assert_eq!(canon(spelling), "1", "{spelling}");
+        }
+        assert_eq!(canon("-0.0"), "0");
+        assert_eq!(canon("-0"), "0");
+        assert_eq!(canon("0.5"), "0.5");
+        assert_eq!(canon("5e-1"), "0.5");
+        assert_eq!(canon("1.5e300"), canon("15e299"));
+        assert_ne!(canon("0.1"), canon("0.2"));
+        // Exact integers stay exact beyond 2^53.
+        assert_ne!(canon("9007199254740993"), canon("9007199254740992"));
+        assert_eq!(canon("18446744073709551615"), "18446744073709551615");
+    }
+
+    #[test]
+    fn string_escapes_have_one_spelling() {
+        assert_eq!(canon(r#""\u0041\/""#), canon(r#""A/""#));
+    }
+
+    #[test]
+    fn kinds_are_distinct() {
+        assert_ne!(
+            CanonicalInput::text("1"),
+            CanonicalInput::json_str("1").unwrap()
+        );
+        assert_ne!(CanonicalInput::text("ab"), CanonicalInput::bytes(b"ab"));
+    }
+
+    #[test]
+    fn tensors_check_their_size() {
+        assert!(CanonicalInput::tensor("FP32", &[2, 2], &[0; 16]).is_ok());
+        assert!(matches!(
+            CanonicalInput::tensor("FP32", &[2, 2], &[0; 15]),
+            Err(CoreError::TensorSize {
+                expected: 16,
+                actual: 15,
+                ..
+            })
+        ));
+        assert!(matches!(
+            CanonicalInput::tensor("FP33", &[1], &[0; 4]),
+            Err(CoreError::UnknownDtype(_))
+        ));
+        // Same bytes, different shape: different inputs.
+        assert_ne!(
+            CanonicalInput::tensor("FP32", &[1, 4], &[0; 16]).unwrap(),
+            CanonicalInput::tensor("FP32", &[4, 1], &[0; 16]).unwrap()
+        );
+        assert_ne!(
+            CanonicalInput::tensor("INT32", &[4], &[0; 16]).unwrap(),
+            CanonicalInput::tensor("FP32", &[4], &[0; 16]).unwrap()
+        );
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            "[a-z\\u{e9}\\u{1F600}\"\\\\]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec(("[a-z]{0,4}", inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Writes `value` as JSON text with object keys in reverse order and whitespace.
+    fn reordered_text(value: &Value) -> String {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                keys.reverse();
+                let parts: Vec<String> = keys
+                    .into_iter()
+                    .map(|k| {
+                        format!(
+                            "{} :  {}",
+                            serde_json::to_string(k).unwrap(),
+                            reordered_text(&map[k])
+                        )
+                    })
+                    .collect();
+                format!("{{ {} }}", parts.join(" , "))
+            }
+            Value::Array(items) => {
+                let parts: Vec<String> = items.iter().map(reordered_text).collect();
+                format!("[ {} ]", parts.join(", "))
+            }
+            other => other.to_string(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn reordering_keys_never_changes_the_canonical_form(value in arb_json()) {
+            let plain = canonical_json(&value).unwrap();
+            let reordered = CanonicalInput::json_str(&reordered_text(&value)).unwrap();
+            prop_assert_eq!(plain, reordered.bytes);
+        }
+
+        #[test]
+        fn canonical_form_is_a_fixed_point(value in arb_json()) {
+            let once = canonical_json(&value).unwrap();
+            let twice = CanonicalInput::json_str(std::str::from_utf8(&once).unwrap()).unwrap();
+            prop_assert_eq!(once, twice.bytes);
+        }
+    }
+}
