@@ -1,1 +1,46 @@
-//! placeholder
+//! The tiered cache engine of infercache.
+//!
+//! ```text
+//!   Cache::get_many_or_compute(keys, f)
+//!        │  de-duplicate
+//!        ├─► memory tier  (memory::MemoryTier: byte-bounded, s3fifo/lru/lfu/fifo/random)
+//!        │      hit ─► value
+//!        ├─► in-flight table: lead the key, or wait for its leader
+//!        ├─► disk tier    (disk::DiskTier: log-structured segments, checksummed records)
+//!        │      hit ─► promote to memory ─► value
+//!        └─► f(missing keys) once ─► memory ─► waiters ─► disk (write-through or write-back)
+//! ```
+//!
+//! - [`cache`]: the [`Cache`] API, its concurrency contract and write policies.
+//! - [`memory`]: the memory tier and its eviction policies.
+//! - [`disk`]: the persistent disk tier and its crash-safety argument.
+//! - [`epochs`]: invalidation by namespace, model, version or everything, without scans.
+//! - [`replay`]: trace replay for hit-ratio measurement.
+//!
+//! Keys come from `infercache-core` ([`infercache_core::KeyParts`]); the cache folds its
+//! current epochs into them ([`Cache::key`]). Time comes from an injected
+//! [`infercache_core::Clock`].
+
+pub mod cache;
+pub mod disk;
+pub mod epochs;
+pub mod error;
+pub(crate) mod hash;
+pub mod memory;
+pub mod replay;
+
+pub use cache::{
+    Cache, CacheConfig, CacheKey, CacheStats, Fetched, Lookup, RequestOptions, Source, WritePolicy,
+};
+pub use disk::{Compression, DiskConfig, DiskTier};
+pub use epochs::Scope;
+pub use error::{ComputeError, EngineError};
+pub use memory::{MemoryConfig, MemoryTier, Policy, Weigher};
+
+/// Total RAM of this machine in bytes, for capacities given as a fraction of RAM; `None`
+/// where the platform does not tell.
+pub fn total_ram() -> Option<u64> {
+    let mut sys = sysinfo::System::new().ok()?;
+    sys.refresh_memory();
+    Some(sys.total_memory()).filter(|&n| n > 0)
+}

@@ -1,0 +1,175 @@
+//! Lock-sharded storage for the policies that keep an ordering under a lock (LRU, LFU,
+//! FIFO, random). Each shard holds a [`PolicyMap`] and its own byte budget; a key always
+//! lands in the same shard, so per-shard budgets add up to the capacity.
+
+use std::fmt;
+use std::sync::Arc;
+
+use infercache_core::Digest;
+use infercache_core::stats::TierCounters;
+use parking_lot::Mutex;
+
+use super::{MemEntry, Store, Weigher};
+
+/// A map that knows its policy's victim order.
+pub(super) trait PolicyMap: Send + fmt::Debug {
+    fn new() -> Self;
+    /// The entry, recording the access as the policy wants.
+    fn get(&mut self, key: &Digest) -> Option<&MemEntry>;
+    /// Whether `key` is present, without recording an access.
+    fn contains(&self, key: &Digest) -> bool;
+    /// Inserts or replaces; returns the old entry.
+    fn insert(&mut self, key: Digest, entry: MemEntry) -> Option<MemEntry>;
+    fn remove(&mut self, key: &Digest) -> Option<MemEntry>;
+    /// Removes and returns the policy's victim.
+    fn pop_victim(&mut self) -> Option<(Digest, MemEntry)>;
+    /// Keys of the entries for which `pred` holds.
+    fn keys_where(&self, pred: &dyn Fn(&Digest, &MemEntry) -> bool) -> Vec<Digest>;
+    fn clear(&mut self);
+    fn len(&self) -> usize;
+}
+
+#[derive(Debug)]
+struct Shard<P> {
+    map: P,
+    weight: u64,
+}
+
+/// Shards of a [`PolicyMap`].
+#[derive(Debug)]
+pub(super) struct Locked<P> {
+    shards: Box<[Mutex<Shard<P>>]>,
+    shard_capacity: u64,
+    mask: u64,
+    weigher: Weigher,
+    counters: Arc<TierCounters>,
+}
+
+impl<P: PolicyMap> Locked<P> {
+    pub(super) fn new(
+        capacity: u64,
+        shards: usize,
+        weigher: Weigher,
+        counters: Arc<TierCounters>,
+    ) -> Self {
+        // Shards must each be able to hold a useful number of entries; fewer, larger shards
+        // otherwise. A power of two so the shard is a mask of the hash.
+        let mut n = shards.max(1).next_power_of_two() as u64;
+        while n > 1 && capacity / n < 64 * weigher_unit(weigher) {
+            n /= 2;
+        }
+        let shards = (0..n)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: P::new(),
+                    weight: 0,
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        Self {
+            shards,
+            shard_capacity: capacity / n,
+            mask: n - 1,
+            weigher,
+            counters,
+        }
+    }
+
+    #[inline]
+    fn shard(&self, key: &Digest) -> &Mutex<Shard<P>> {
+        // The low bits pick the shard; hash maps inside use the same bits for buckets, which
+        // is harmless: a digest's bytes are independent.
+        let idx = usize::try_from((key.prefix_u64() >> 48) & self.mask).expect("mask fits usize");
+        &self.shards[idx]
+    }
+}
+
+/// A typical entry weight, to keep shards from being too small.
+fn weigher_unit(weigher: Weigher) -> u64 {
+    match weigher {
+        Weigher::Unit => 1,
+        Weigher::EncodedSize => 1024,
+    }
+}
+
+impl<P: PolicyMap> Store for Locked<P> {
+    fn get(&self, key: &Digest) -> Option<MemEntry> {
+        self.shard(key).lock().map.get(key).cloned()
+    }
+
+    fn insert(&self, key: Digest, entry: MemEntry) {
+        let w = self.weigher.weigh(&entry);
+        let mut shard = self.shard(&key).lock();
+        if w > self.shard_capacity {
+            // Too large for any shard: not admitted, and an older value must not survive.
+            if let Some(old) = shard.map.remove(&key) {
+                shard.weight -= self.weigher.weigh(&old);
+            }
+            self.counters.evictions.incr();
+            return;
+        }
+        if !shard.map.contains(&key) {
+            // Make room before admitting a new key, so the newcomer is never its own
+            // victim (it would be under LFU, with the lowest count).
+            while shard.weight + w > self.shard_capacity {
+                let (_, victim) = shard
+                    .map
+                    .pop_victim()
+                    .expect("a shard over its budget holds entries (a bug otherwise)");
+                shard.weight -= self.weigher.weigh(&victim);
+                self.counters.evictions.incr();
+            }
+        }
+        if let Some(old) = shard.map.insert(key, entry) {
+            shard.weight -= self.weigher.weigh(&old);
+        }
+        shard.weight += w;
+        // A replacement may have grown the entry.
+        while shard.weight > self.shard_capacity {
+            let (_, victim) = shard
+                .map
+                .pop_victim()
+                .expect("a shard over its budget holds entries (a bug otherwise)");
+            shard.weight -= self.weigher.weigh(&victim);
+            self.counters.evictions.incr();
+        }
+    }
+
+    fn remove(&self, key: &Digest) -> Option<MemEntry> {
+        let mut shard = self.shard(key).lock();
+        let old = shard.map.remove(key)?;
+        shard.weight -= self.weigher.weigh(&old);
+        Some(old)
+    }
+
+    fn clear(&self) {
+        for s in &*self.shards {
+            let mut s = s.lock();
+            s.map.clear();
+            s.weight = 0;
+        }
+    }
+
+    fn retain(&self, keep: &(dyn Fn(&Digest, &MemEntry) -> bool + Sync)) -> u64 {
+        let mut dropped = 0;
+        for s in &*self.shards {
+            let mut s = s.lock();
+            for key in s.map.keys_where(&|k, e| !keep(k, e)) {
+                if let Some(old) = s.map.remove(&key) {
+                    s.weight -= self.weigher.weigh(&old);
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    fn len(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().map.len() as u64).sum()
+    }
+
+    fn weight(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().weight).sum()
+    }
+}

@@ -1,0 +1,326 @@
+//! The memory tier: a byte-bounded concurrent map with a selectable eviction policy.
+//!
+//! Values are weighed by their encoded size ([`Weigher::EncodedSize`]: value bytes plus a
+//! fixed per-entry overhead) unless unit weights are asked for (trace replay). Every
+//! policy keeps `weight <= capacity` after every operation.
+//!
+//! | policy | backend | notes |
+//! |---|---|---|
+//! | `s3fifo` (default) | `quick_cache` | scan-resistant S3-FIFO, lock-striped shards |
+//! | `lru` | [`lru`](self::lru) | exact LRU (reproduces the published LRU hit ratios) |
+//! | `lfu` | [`lfu`](self::lfu) | least-frequently-used, ties broken by recency |
+//! | `fifo` | [`fifo`](self::fifo) | first in, first out |
+//! | `random` | [`random`](self::random) | uniform random victim |
+//!
+//! The default was chosen by measurement (BENCHMARKS.md): on the ARC paper's traces it
+//! meets or beats ARC on every row, and it is the fastest under concurrency.
+//!
+//! Expiry is checked on every read (an expired entry is never returned) and expired entries
+//! are reclaimed by [`MemoryTier::purge_expired`], which the tiered cache runs on its
+//! cleanup interval.
+
+mod fifo;
+mod lfu;
+mod locked;
+mod lru;
+mod random;
+mod s3fifo;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use infercache_core::stats::{TierCounters, TierStats};
+use infercache_core::{Digest, SharedClock};
+use serde::{Deserialize, Serialize};
+
+/// Expiry meaning "never".
+pub const NEVER: u64 = u64::MAX;
+
+/// Bytes charged per entry on top of its value: the 32-byte key, two timestamps and the
+/// bookkeeping of the map and the policy.
+pub const ENTRY_OVERHEAD: u64 = 96;
+
+/// One cached value and its timestamps (ms since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemEntry {
+    /// The value.
+    pub value: Bytes,
+    /// When the value was computed.
+    pub created_ms: u64,
+    /// When it expires; [`NEVER`] for no expiry.
+    pub expires_ms: u64,
+}
+
+impl MemEntry {
+    /// Whether the entry has expired at `now_ms`.
+    #[inline]
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_ms
+    }
+}
+
+/// An eviction policy, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Scan-resistant S3-FIFO (the default).
+    #[default]
+    S3fifo,
+    /// Exact least-recently-used.
+    Lru,
+    /// Least-frequently-used.
+    Lfu,
+    /// First in, first out.
+    Fifo,
+    /// Uniformly random victim.
+    Random,
+}
+
+impl Policy {
+    /// Every policy, default first.
+    pub const ALL: [Policy; 5] = [
+        Policy::S3fifo,
+        Policy::Lru,
+        Policy::Lfu,
+        Policy::Fifo,
+        Policy::Random,
+    ];
+
+    /// The policy's name as written in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::S3fifo => "s3fifo",
+            Policy::Lru => "lru",
+            Policy::Lfu => "lfu",
+            Policy::Fifo => "fifo",
+            Policy::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown policy name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown eviction policy {0:?}; expected one of s3fifo, lru, lfu, fifo, random")]
+pub struct UnknownPolicy(pub String);
+
+impl FromStr for Policy {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| {
+                p.name().eq_ignore_ascii_case(s)
+                    || (s.eq_ignore_ascii_case("default") && *p == Policy::default())
+            })
+            .ok_or_else(|| UnknownPolicy(s.to_owned()))
+    }
+}
+
+/// How entries are weighed against the capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weigher {
+    /// Value bytes plus [`ENTRY_OVERHEAD`] (the default).
+    #[default]
+    EncodedSize,
+    /// Every entry weighs 1; the capacity is an entry count (trace replay).
+    Unit,
+}
+
+impl Weigher {
+    /// The weight of `entry`.
+    #[inline]
+    pub fn weigh(self, entry: &MemEntry) -> u64 {
+        match self {
+            Weigher::EncodedSize => entry.value.len() as u64 + ENTRY_OVERHEAD,
+            Weigher::Unit => 1,
+        }
+    }
+}
+
+/// Configuration of a memory tier.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryConfig {
+    /// Capacity in weight units (bytes with [`Weigher::EncodedSize`]).
+    pub capacity: u64,
+    /// Eviction policy. Default: [`Policy::S3fifo`].
+    pub policy: Policy,
+    /// Weigher. Default: [`Weigher::EncodedSize`].
+    pub weigher: Weigher,
+    /// Lock shards; `None` picks from the core count. Exact LRU hit ratios need 1.
+    pub shards: Option<usize>,
+}
+
+impl MemoryConfig {
+    /// A byte-bounded tier with the default policy.
+    pub fn bytes(capacity: u64) -> Self {
+        Self {
+            capacity,
+            policy: Policy::default(),
+            weigher: Weigher::EncodedSize,
+            shards: None,
+        }
+    }
+}
+
+/// The storage behind a policy. Implementations keep `weight() <= capacity` after every
+/// call and report each entry they drop to make room through `evicted`.
+pub(crate) trait Store: Send + Sync + fmt::Debug {
+    fn get(&self, key: &Digest) -> Option<MemEntry>;
+    fn insert(&self, key: Digest, entry: MemEntry);
+    fn remove(&self, key: &Digest) -> Option<MemEntry>;
+    fn clear(&self);
+    /// Keeps the entries for which `keep` is true; returns how many were dropped.
+    fn retain(&self, keep: &(dyn Fn(&Digest, &MemEntry) -> bool + Sync)) -> u64;
+    fn len(&self) -> u64;
+    fn weight(&self) -> u64;
+}
+
+/// The memory tier.
+#[derive(Debug)]
+pub struct MemoryTier {
+    store: Box<dyn Store>,
+    counters: Arc<TierCounters>,
+    clock: SharedClock,
+    config: MemoryConfig,
+}
+
+impl MemoryTier {
+    /// A tier with `config`, reading time from `clock`.
+    pub fn new(config: MemoryConfig, clock: SharedClock) -> Self {
+        let counters = Arc::new(TierCounters::default());
+        let shards = config.shards.unwrap_or_else(default_shards);
+        let store: Box<dyn Store> = match config.policy {
+            Policy::S3fifo => Box::new(s3fifo::S3FifoStore::new(
+                config.capacity,
+                shards,
+                config.weigher,
+                Arc::clone(&counters),
+            )),
+            Policy::Lru => Box::new(locked::Locked::<lru::Lru>::new(
+                config.capacity,
+                shards,
+                config.weigher,
+                Arc::clone(&counters),
+            )),
+            Policy::Lfu => Box::new(locked::Locked::<lfu::Lfu>::new(
+                config.capacity,
+                shards,
+                config.weigher,
+                Arc::clone(&counters),
+            )),
+            Policy::Fifo => Box::new(locked::Locked::<fifo::Fifo>::new(
+                config.capacity,
+                shards,
+                config.weigher,
+                Arc::clone(&counters),
+            )),
+            Policy::Random => Box::new(locked::Locked::<random::Random>::new(
+                config.capacity,
+                shards,
+                config.weigher,
+                Arc::clone(&counters),
+            )),
+        };
+        Self {
+            store,
+            counters,
+            clock,
+            config,
+        }
+    }
+
+    /// The live entry for `key`; an expired entry is removed, counted and not returned.
+    #[inline]
+    pub fn get(&self, key: &Digest) -> Option<MemEntry> {
+        match self.store.get(key) {
+            Some(e) if !e.is_expired(self.clock.now_ms()) => {
+                self.counters.hits.incr();
+                Some(e)
+            }
+            Some(_) => {
+                self.store.remove(key);
+                self.counters.expirations.incr();
+                self.counters.misses.incr();
+                None
+            }
+            None => {
+                self.counters.misses.incr();
+                None
+            }
+        }
+    }
+
+    /// Like [`MemoryTier::get`] but leaves the hit and miss counters alone (a re-check).
+    pub(crate) fn get_quiet(&self, key: &Digest) -> Option<MemEntry> {
+        self.store
+            .get(key)
+            .filter(|e| !e.is_expired(self.clock.now_ms()))
+    }
+
+    /// Stores `entry` under `key`, replacing any previous value.
+    #[inline]
+    pub fn insert(&self, key: Digest, entry: MemEntry) {
+        self.counters.inserts.incr();
+        self.store.insert(key, entry);
+    }
+
+    /// Removes `key`; whether it was present.
+    pub fn remove(&self, key: &Digest) -> bool {
+        let removed = self.store.remove(key).is_some();
+        if removed {
+            self.counters.removals.incr();
+        }
+        removed
+    }
+
+    /// Removes everything.
+    pub fn clear(&self) {
+        self.store.clear();
+    }
+
+    /// Drops every expired entry; returns how many.
+    pub fn purge_expired(&self) -> u64 {
+        let now = self.clock.now_ms();
+        let dropped = self.store.retain(&|_, e| !e.is_expired(now));
+        self.counters.expirations.add(dropped);
+        dropped
+    }
+
+    /// Live entries (expired ones not yet reclaimed included).
+    pub fn entries(&self) -> u64 {
+        self.store.len()
+    }
+
+    /// Weight in use (bytes with the default weigher).
+    pub fn weight(&self) -> u64 {
+        self.store.weight()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.config
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> TierStats {
+        self.counters
+            .snapshot(self.entries(), self.weight(), self.config.capacity)
+    }
+}
+
+/// Four shards per core, as quick_cache does by default.
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get() * 4)
+}
+
+#[cfg(test)]
+mod tests;

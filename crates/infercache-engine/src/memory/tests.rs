@@ -1,0 +1,220 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use infercache_core::{Digest, ManualClock};
+use proptest::prelude::*;
+
+use super::*;
+
+fn entry(v: &[u8]) -> MemEntry {
+    MemEntry {
+        value: Bytes::copy_from_slice(v),
+        created_ms: 0,
+        expires_ms: NEVER,
+    }
+}
+
+fn unit_tier(policy: Policy, capacity: u64) -> MemoryTier {
+    MemoryTier::new(
+        MemoryConfig {
+            capacity,
+            policy,
+            weigher: Weigher::Unit,
+            shards: Some(1),
+        },
+        ManualClock::new(0),
+    )
+}
+
+#[test]
+fn every_policy_round_trips_and_removes() {
+    for policy in Policy::ALL {
+        let tier = MemoryTier::new(
+            MemoryConfig {
+                policy,
+                ..MemoryConfig::bytes(1 << 20)
+            },
+            ManualClock::new(0),
+        );
+        let k = Digest::of(b"k");
+        assert!(tier.get(&k).is_none(), "{policy}");
+        tier.insert(k, entry(b"v1"));
+        assert_eq!(tier.get(&k).unwrap().value, "v1", "{policy}");
+        tier.insert(k, entry(b"v2"));
+        assert_eq!(tier.get(&k).unwrap().value, "v2", "{policy}");
+        assert_eq!(tier.entries(), 1, "{policy}");
+        assert_eq!(tier.weight(), 2 + ENTRY_OVERHEAD, "{policy}");
+        assert!(tier.remove(&k), "{policy}");
+        assert!(tier.get(&k).is_none(), "{policy}");
+        assert_eq!(tier.weight(), 0, "{policy}");
+        let s = tier.stats();
+        assert_eq!(
+            (s.hits, s.misses, s.inserts, s.removals),
+            (2, 2, 2, 1),
+            "{policy}"
+        );
+    }
+}
+
+#[test]
+fn policy_names_parse() {
+    for p in Policy::ALL {
+        assert_eq!(p.name().parse::<Policy>().unwrap(), p);
+    }
+    assert_eq!("default".parse::<Policy>().unwrap(), Policy::S3fifo);
+    assert!("arc".parse::<Policy>().is_err());
+}
+
+#[test]
+fn lru_evicts_least_recently_used() {
+    let tier = unit_tier(Policy::Lru, 2);
+    let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+    tier.insert(a, entry(b"a"));
+    tier.insert(b, entry(b"b"));
+    tier.get(&a);
+    tier.insert(c, entry(b"c"));
+    assert!(tier.get(&a).is_some());
+    assert!(tier.get(&b).is_none());
+    assert!(tier.get(&c).is_some());
+    assert_eq!(tier.stats().evictions, 1);
+}
+
+#[test]
+fn fifo_ignores_reads() {
+    let tier = unit_tier(Policy::Fifo, 2);
+    let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+    tier.insert(a, entry(b"a"));
+    tier.insert(b, entry(b"b"));
+    tier.get(&a);
+    tier.insert(c, entry(b"c"));
+    assert!(tier.get(&a).is_none());
+    assert!(tier.get(&b).is_some());
+}
+
+#[test]
+fn lfu_evicts_least_frequently_used() {
+    let tier = unit_tier(Policy::Lfu, 2);
+    let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+    tier.insert(a, entry(b"a"));
+    tier.insert(b, entry(b"b"));
+    for _ in 0..3 {
+        tier.get(&a);
+    }
+    tier.get(&b);
+    tier.insert(c, entry(b"c"));
+    assert!(tier.get(&a).is_some());
+    assert!(tier.get(&b).is_none());
+}
+
+#[test]
+fn oversized_values_are_not_admitted_and_do_not_leave_stale_values() {
+    for policy in Policy::ALL {
+        let tier = MemoryTier::new(
+            MemoryConfig {
+                policy,
+                shards: Some(1),
+                ..MemoryConfig::bytes(4096)
+            },
+            ManualClock::new(0),
+        );
+        let k = Digest::of(b"k");
+        tier.insert(k, entry(b"small"));
+        tier.insert(k, entry(&[7u8; 8192]));
+        assert!(tier.weight() <= 4096, "{policy}");
+        let got = tier.get(&k).map(|e| e.value);
+        assert!(got.is_none(), "{policy}: an oversized write left {got:?}");
+    }
+}
+
+#[test]
+fn expired_entries_are_never_returned_and_are_reclaimed() {
+    for policy in Policy::ALL {
+        let clock = ManualClock::new(1_000);
+        let tier = MemoryTier::new(
+            MemoryConfig {
+                policy,
+                ..MemoryConfig::bytes(1 << 20)
+            },
+            clock.clone(),
+        );
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        tier.insert(
+            a,
+            MemEntry {
+                expires_ms: 1_500,
+                ..entry(b"a")
+            },
+        );
+        tier.insert(
+            b,
+            MemEntry {
+                expires_ms: 5_000,
+                ..entry(b"b")
+            },
+        );
+        tier.insert(c, entry(b"c"));
+        clock.advance(Duration::from_millis(499));
+        assert!(tier.get(&a).is_some(), "{policy}");
+        clock.advance(Duration::from_millis(1));
+        assert!(tier.get(&a).is_none(), "{policy}: expired at 1500");
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(tier.purge_expired(), 1, "{policy}: b reclaimed");
+        assert_eq!(tier.entries(), 1, "{policy}");
+        assert!(tier.get(&c).is_some(), "{policy}");
+        assert_eq!(tier.stats().expirations, 2, "{policy}");
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Get(u8),
+    Insert(u8, u16),
+    Remove(u8),
+    Purge,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => any::<u8>().prop_map(Op::Get),
+        4 => (any::<u8>(), 0u16..3000).prop_map(|(k, n)| Op::Insert(k, n)),
+        1 => any::<u8>().prop_map(Op::Remove),
+        1 => Just(Op::Purge),
+    ]
+}
+
+proptest! {
+    /// After every operation: weight within capacity, and a read is a miss or the last
+    /// value written for that key.
+    #[test]
+    fn bytes_stay_within_capacity_and_values_are_right(
+        policy in prop::sample::select(Policy::ALL.to_vec()),
+        capacity in 2_000u64..40_000,
+        ops in prop::collection::vec(arb_op(), 1..300),
+    ) {
+        let tier = MemoryTier::new(MemoryConfig { policy, shards: Some(2), ..MemoryConfig::bytes(capacity) }, ManualClock::new(0));
+        let mut last: HashMap<u8, Vec<u8>> = HashMap::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Get(k) => {
+                    if let Some(e) = tier.get(&Digest::of(&[k])) {
+                        prop_assert_eq!(Some(&e.value.to_vec()), last.get(&k), "key {}", k);
+                    }
+                }
+                Op::Insert(k, n) => {
+                    let v: Vec<u8> = (0..n).map(|j| (usize::from(k) + i + usize::from(j)) as u8).collect();
+                    tier.insert(Digest::of(&[k]), entry(&v));
+                    last.insert(k, v);
+                }
+                Op::Remove(k) => {
+                    tier.remove(&Digest::of(&[k]));
+                    last.remove(&k);
+                }
+                Op::Purge => {
+                    tier.purge_expired();
+                }
+            }
+            prop_assert!(tier.weight() <= capacity, "{} > {}", tier.weight(), capacity);
+        }
+    }
+}
