@@ -37,6 +37,11 @@ pub use epochs::Scope;
 pub use error::{ComputeError, EngineError};
 pub use memory::{MemoryConfig, MemoryTier, Policy, Weigher};
 
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// Total RAM of this machine in bytes, for capacities given as a fraction of RAM; `None`
 /// where the platform does not tell.
 pub fn total_ram() -> Option<u64> {

@@ -151,11 +151,11 @@ impl<P: PolicyMap> Store for Locked<P> {
         }
     }
 
-    fn retain(&self, keep: &(dyn Fn(&Digest, &MemEntry) -> bool + Sync)) -> u64 {
+    fn purge_expired(&self, now_ms: u64) -> u64 {
         let mut dropped = 0;
         for s in &*self.shards {
             let mut s = s.lock();
-            for key in s.map.keys_where(&|k, e| !keep(k, e)) {
+            for key in s.map.keys_where(&|_, e| e.is_expired(now_ms)) {
                 if let Some(old) = s.map.remove(&key) {
                     s.weight -= self.weigher.weigh(&old);
                     dropped += 1;

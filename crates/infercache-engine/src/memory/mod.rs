@@ -23,6 +23,7 @@ mod fifo;
 mod lfu;
 mod locked;
 mod lru;
+mod quick;
 mod random;
 mod s3fifo;
 
@@ -178,8 +179,8 @@ pub(crate) trait Store: Send + Sync + fmt::Debug {
     fn insert(&self, key: Digest, entry: MemEntry);
     fn remove(&self, key: &Digest) -> Option<MemEntry>;
     fn clear(&self);
-    /// Keeps the entries for which `keep` is true; returns how many were dropped.
-    fn retain(&self, keep: &(dyn Fn(&Digest, &MemEntry) -> bool + Sync)) -> u64;
+    /// Drops the entries expired at `now_ms`; returns how many.
+    fn purge_expired(&self, now_ms: u64) -> u64;
     fn len(&self) -> u64;
     fn weight(&self) -> u64;
 }
@@ -290,7 +291,7 @@ impl MemoryTier {
     /// Drops every expired entry; returns how many.
     pub fn purge_expired(&self) -> u64 {
         let now = self.clock.now_ms();
-        let dropped = self.store.retain(&|_, e| !e.is_expired(now));
+        let dropped = self.store.purge_expired(now);
         self.counters.expirations.add(dropped);
         dropped
     }

@@ -159,7 +159,7 @@ fn killed_writer_never_leaves_a_wrong_value() {
     for round in 1..=24u64 {
         let mut child = Command::new(&exe)
             .args([
-                "crash_child_writer",
+                "disk_crash::crash_child_writer",
                 "--exact",
                 "--nocapture",
                 "--test-threads=1",

@@ -1,0 +1,4 @@
+//! Integration tests of the engine, in one binary: real files, real processes.
+
+mod disk_crash;
+mod disk_faults;
