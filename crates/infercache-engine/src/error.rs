@@ -24,6 +24,11 @@ pub enum EngineError {
         /// Values returned.
         got: usize,
     },
+    /// A capacity was given as a fraction of RAM, and this platform does not report its RAM.
+    #[error(
+        "cannot size a cache as a fraction of RAM: the system's memory size is unknown; give bytes instead"
+    )]
+    UnknownRam,
     /// A trace file could not be read.
     #[error("trace {path}: {reason}")]
     Trace {

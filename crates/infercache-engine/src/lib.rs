@@ -42,6 +42,19 @@ pub use memory::{MemoryConfig, MemoryTier, Policy, Weigher};
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// Bytes of a capacity, resolving a fraction of RAM against this machine's memory.
+///
+/// # Errors
+/// [`EngineError::UnknownRam`] for a fraction where the platform does not report its RAM.
+pub fn resolve_capacity(capacity: infercache_core::Capacity) -> Result<u64, EngineError> {
+    match capacity {
+        infercache_core::Capacity::Bytes(b) => Ok(b),
+        fraction => total_ram()
+            .map(|ram| fraction.resolve(ram))
+            .ok_or(EngineError::UnknownRam),
+    }
+}
+
 /// Total RAM of this machine in bytes, for capacities given as a fraction of RAM; `None`
 /// where the platform does not tell.
 pub fn total_ram() -> Option<u64> {

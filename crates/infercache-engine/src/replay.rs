@@ -123,3 +123,46 @@ pub fn replay(keys: &[u64], policy: Policy, capacity: u64) -> Replay {
         hits,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn file(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    #[test]
+    fn plain_and_zstd_traces_expand_ranges() {
+        let text = b"10 3 0 0\n\n5 1 0 1\n";
+        assert_eq!(load_trace(file(text).path()).unwrap(), vec![10, 11, 12, 5]);
+        let z = zstd::encode_all(&text[..], 3).unwrap();
+        assert_eq!(load_trace(file(&z).path()).unwrap(), vec![10, 11, 12, 5]);
+    }
+
+    #[test]
+    fn bad_traces_are_typed_errors_naming_the_line() {
+        for (bytes, needle) in [
+            (&b"10 x 0 0\n"[..], "line 1: bad COUNT"),
+            (&b"1 1 0 0\nnope\n"[..], "line 2: bad START"),
+            (&b""[..], "no requests"),
+            (&b"1 99999999999 0 0\n"[..], "implausibly large"),
+            (&[0x28, 0xB5, 0x2F, 0xFD, 0, 1, 2][..], "trace"),
+        ] {
+            let err = load_trace(file(bytes).path()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        assert!(load_trace(Path::new("/nonexistent/trace")).is_err());
+    }
+
+    #[test]
+    fn replay_counts_cold_misses() {
+        let r = replay(&[1, 2, 1, 2, 3, 1], Policy::Lru, 2);
+        assert_eq!((r.requests, r.hits), (6, 2));
+        assert!((r.hit_ratio() - 100.0 / 3.0).abs() < 1e-9);
+    }
+}

@@ -614,3 +614,56 @@ async fn randomized_concurrent_under_eviction_respects_bounds() {
     assert!(s.memory.unwrap().evictions > 0);
     assert!(s.disk.unwrap().evictions > 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_cleanup_task_reclaims_expired_entries_on_its_interval() {
+    let clock = ManualClock::new(0);
+    let mut cfg = config(1 << 20, None);
+    cfg.cleanup_interval = Duration::from_secs(30);
+    cfg.default_ttl = Some(Duration::from_secs(5));
+    let cache = Cache::open(cfg, clock.clone()).unwrap();
+    for i in 0..10 {
+        cache
+            .insert(
+                &key(&cache, "m", &i.to_string()),
+                Bytes::from_static(b"v"),
+                &NONE,
+            )
+            .await;
+    }
+    assert_eq!(cache.memory().unwrap().entries(), 10);
+    clock.advance(Duration::from_secs(6));
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(cache.memory().unwrap().entries(), 0);
+    assert_eq!(cache.stats().memory.unwrap().expirations, 10);
+}
+
+#[test]
+fn capacities_resolve_bytes_and_fractions_of_ram() {
+    use infercache_core::Capacity;
+    assert_eq!(
+        crate::resolve_capacity(Capacity::Bytes(4096)).unwrap(),
+        4096
+    );
+    let ram = crate::total_ram().expect("Linux reports its RAM");
+    let third = crate::resolve_capacity("0.3".parse().unwrap()).unwrap();
+    assert!(third > ram / 4 && third < ram / 3 + 1, "{third} of {ram}");
+}
+
+#[test]
+fn opening_a_foreign_directory_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("thesis.tex"), b"precious").unwrap();
+    let err = Cache::open(config(1 << 20, Some(dir.path())), ManualClock::new(0)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::Disk(crate::disk::DiskError::NotOurDirectory { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("thesis.tex")).unwrap(),
+        b"precious"
+    );
+}

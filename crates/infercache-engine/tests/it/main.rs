@@ -2,3 +2,4 @@
 
 mod disk_crash;
 mod disk_faults;
+mod hit_ratio;
