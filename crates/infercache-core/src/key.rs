@@ -78,7 +78,9 @@ impl FromStr for Digest {
 /// the old value unreachable at once, with no scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Epochs {
-    /// Whole-cache epoch (`--cache-version` plus every "invalidate all").
+    /// The configured cache version (`--cache-version`): bumping it invalidates everything.
+    pub cache_version: u64,
+    /// Whole-cache epoch: every "invalidate all".
     pub global: u64,
     /// Epoch of the namespace (tenant).
     pub namespace: u64,
@@ -146,8 +148,8 @@ impl KeyParts<'_> {
             Some(a) => put(&mut out, tag::ARTIFACT, a.as_bytes()),
         }
         let e = self.epochs;
-        let mut epochs = [0u8; 32];
-        for (i, v) in [e.global, e.namespace, e.model, e.version]
+        let mut epochs = [0u8; 40];
+        for (i, v) in [e.cache_version, e.global, e.namespace, e.model, e.version]
             .into_iter()
             .enumerate()
         {
@@ -220,19 +222,20 @@ impl DecodedKey {
         let version = text(field(&mut bytes, &[tag::VERSION])?.1)?;
         let artifact = match field(&mut bytes, &[tag::ARTIFACT_NONE, tag::ARTIFACT])? {
             (tag::ARTIFACT, a) => Some(text(a)?),
-            (_, a) if a.is_empty() => None,
+            (_, []) => None,
             _ => return None,
         };
         let e = field(&mut bytes, &[tag::EPOCHS])?.1;
-        if e.len() != 32 {
+        if e.len() != 40 {
             return None;
         }
         let word = |i: usize| u64::from_le_bytes(e[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         let epochs = Epochs {
-            global: word(0),
-            namespace: word(1),
-            model: word(2),
-            version: word(3),
+            cache_version: word(0),
+            global: word(1),
+            namespace: word(2),
+            model: word(3),
+            version: word(4),
         };
         let input = field(&mut bytes, &[tag::INPUT])?.1;
         let (&input_kind, input) = input.split_first()?;
@@ -278,7 +281,7 @@ mod tests {
         model: String,
         version: String,
         artifact: Option<String>,
-        epochs: (u64, u64, u64, u64),
+        epochs: (u64, u64, u64, u64, u64),
         input: (u8, String),
         params: String,
     }
@@ -301,6 +304,7 @@ mod tests {
                 version: &self.version,
                 artifact: self.artifact.as_deref(),
                 epochs: Epochs {
+                    cache_version: self.epochs.4,
                     global: self.epochs.0,
                     namespace: self.epochs.1,
                     model: self.epochs.2,
@@ -320,7 +324,7 @@ mod tests {
             s(),
             s(),
             prop::option::of(s()),
-            (0u64..2, 0u64..2, 0u64..2, 0u64..2),
+            (0u64..2, 0u64..2, 0u64..2, 0u64..2, 0u64..2),
             (0u8..3, s()),
             s(),
         )
@@ -358,6 +362,7 @@ mod tests {
             7 => m.epochs.3 += 1,
             8 => bump(&mut m.input.1),
             9 => m.input.0 = (t.input.0 + 1) % 3,
+            10 => m.epochs.4 += 1,
             _ => bump(&mut m.params),
         }
         m
@@ -387,7 +392,7 @@ mod tests {
         }
 
         #[test]
-        fn changing_any_one_field_changes_the_key(t in arb_tuple(), field in 0usize..11) {
+        fn changing_any_one_field_changes_the_key(t in arb_tuple(), field in 0usize..12) {
             let m = mutate(&t, field);
             prop_assert_ne!(t.with(|k| k.digest()), m.with(|k| k.digest()), "field {}", field);
         }

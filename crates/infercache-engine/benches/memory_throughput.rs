@@ -170,73 +170,6 @@ impl Contender for MokaCache {
     }
 }
 
-// ---- TEMPORARY DIAGNOSTICS ----
-#[derive(Debug, Default, Clone, Copy)]
-struct Pass(u64);
-impl std::hash::Hasher for Pass {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _b: &[u8]) {
-        unreachable!()
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-}
-#[derive(Debug, Default, Clone, Copy)]
-struct PassRot(u64);
-impl std::hash::Hasher for PassRot {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _b: &[u8]) {
-        unreachable!()
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n.rotate_left(32);
-    }
-}
-struct Foyer<S: foyer_common::code::HashBuilder>(foyer_memory::Cache<Digest, MemEntry, S>);
-impl<S: foyer_common::code::HashBuilder> Contender for Foyer<S> {
-    fn get(&self, key: &Digest) -> Option<MemEntry> {
-        self.0.get(key).map(|e| e.value().clone())
-    }
-    fn insert(&self, key: Digest, entry: MemEntry) {
-        drop(self.0.insert(key, entry));
-    }
-}
-fn foyer<S: foyer_common::code::HashBuilder>(entries: u64, s: S) -> Foyer<S> {
-    let cap = entries * ENTRY_WEIGHT;
-    Foyer(
-        foyer_memory::CacheBuilder::new(cap as usize)
-            .with_shards(8)
-            .with_eviction_config(foyer_memory::S3FifoConfig {
-                small_queue_capacity_ratio: 0.1,
-                ghost_queue_capacity_ratio: 1.0,
-                small_to_main_freq_threshold: 2,
-            })
-            .with_weighter(|_k: &Digest, v: &MemEntry| v.value.len() + 96)
-            .with_hash_builder(s)
-            .build(),
-    )
-}
-struct Clocked(QuickCache, infercache_core::SharedClock);
-impl Contender for Clocked {
-    fn get(&self, key: &Digest) -> Option<MemEntry> {
-        let e = self.0.get(key)?;
-        if e.is_expired(self.1.now_ms()) {
-            None
-        } else {
-            Some(e)
-        }
-    }
-    fn insert(&self, key: Digest, entry: MemEntry) {
-        self.0.insert(key, entry);
-    }
-}
-// ---- END ----
-
 fn tier(policy: Policy, entries: u64) -> MemoryTier {
     let config = MemoryConfig {
         policy,
@@ -445,22 +378,6 @@ fn bench_workload(
         run.bench(&tier_id(default), &tier(default, entries));
         run.bench("quick_cache", &quick(entries));
         run.bench("moka", &moka(entries));
-        run.bench(
-            "diag-foyer-pass",
-            &foyer(entries, std::hash::BuildHasherDefault::<Pass>::default()),
-        );
-        run.bench(
-            "diag-foyer-passrot",
-            &foyer(entries, std::hash::BuildHasherDefault::<PassRot>::default()),
-        );
-        run.bench(
-            "diag-foyer-xxh",
-            &foyer(entries, foyer_common::code::DefaultHasher::default()),
-        );
-        run.bench(
-            "diag-qc-clock",
-            &Clocked(quick(entries), SystemClock::shared()),
-        );
         if all_policies {
             for policy in Policy::ALL.into_iter().filter(|&p| p != default) {
                 run.bench(&tier_id(policy), &tier(policy, entries));
@@ -476,7 +393,8 @@ fn memory_throughput(c: &mut Criterion) {
         Policy::default()
     );
     let data = Dataset::new();
-    bench_workload(c, &data, Workload::Get, 1.0, false);
+    bench_workload(c, &data, Workload::Get, 1.0, true);
+    bench_workload(c, &data, Workload::Get, 0.8, false);
     bench_workload(c, &data, Workload::Insert, 1.0, false);
     bench_workload(c, &data, Workload::ReadThrough, 1.0, false);
 }

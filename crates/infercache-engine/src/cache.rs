@@ -219,6 +219,8 @@ pub struct CacheStats {
 struct Found {
     value: Bytes,
     created_ms: u64,
+    /// Computed by the leader (not read from a tier): what a `no-cache` waiter needs.
+    computed: bool,
 }
 
 type FlightResult = Option<Result<Found, ComputeError>>;
@@ -232,21 +234,24 @@ struct Flight {
 #[derive(Debug)]
 struct DiskIo {
     tier: Arc<DiskTier>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 impl DiskIo {
     /// Runs `f` on the blocking pool, at most `disk_io_concurrency` at once.
     async fn run<R: Send + 'static>(&self, f: impl FnOnce(&DiskTier) -> R + Send + 'static) -> R {
-        let _permit = self
-            .permits
-            .acquire()
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
             .await
             .expect("the disk semaphore is never closed");
         let tier = Arc::clone(&self.tier);
-        tokio::task::spawn_blocking(move || f(&tier))
-            .await
-            .expect("a disk operation panicked (a bug)")
+        // The permit lives as long as the blocking task, even if this caller is cancelled.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&tier)
+        })
+        .await
+        .expect("a disk operation panicked (a bug)")
     }
 }
 
@@ -280,7 +285,14 @@ struct Inner {
     write_back: Option<WriteBack>,
     /// Keys with a queued write-back removal, and how many.
     pending_removals: DashMap<Digest, u32, DigestHasher>,
+    /// Write generations per key stripe. Every memory write or removal happens under its
+    /// stripe's lock and bumps it; a disk read promotes its value to memory only if the
+    /// stripe did not move meanwhile, so a backfill never overwrites a newer value nor
+    /// resurrects a removed one.
+    stripes: Box<[Mutex<u64>]>,
 }
+
+const WRITE_STRIPES: usize = 64;
 
 /// The tiered cache. Cheap to clone; clones share everything.
 #[derive(Debug, Clone)]
@@ -296,6 +308,11 @@ impl Cache {
     /// # Errors
     /// The disk tier's or the epoch table's error.
     pub fn open(config: CacheConfig, clock: SharedClock) -> Result<Self, EngineError> {
+        if matches!(config.write_policy, WritePolicy::WriteBack { .. }) && config.memory.is_none() {
+            // Values would live only in the queue until written: a reader in between would
+            // miss everywhere and compute them again.
+            return Err(EngineError::InvalidConfig("write-back needs a memory tier"));
+        }
         let memory = config
             .memory
             .map(|m| MemoryTier::new(m, Arc::clone(&clock)));
@@ -306,7 +323,7 @@ impl Cache {
                 let epochs = EpochTable::open(&dir, config.cache_version)?;
                 let io = DiskIo {
                     tier: Arc::new(tier),
-                    permits: Semaphore::new(config.disk_io_concurrency.max(1)),
+                    permits: Arc::new(Semaphore::new(config.disk_io_concurrency.max(1))),
                 };
                 (Some(io), epochs)
             }
@@ -338,6 +355,7 @@ impl Cache {
             coalesced: Counter::default(),
             write_back,
             pending_removals: DashMap::with_hasher(DigestHasher::default()),
+            stripes: (0..WRITE_STRIPES).map(|_| Mutex::new(0)).collect(),
         });
         if let Some(rt) = runtime {
             if let (Some(rx), Some(wb)) = (rx, &inner.write_back) {
@@ -435,8 +453,12 @@ impl Cache {
             return;
         }
         let created_ms = self.inner.clock.now_ms();
-        self.store(vec![(key.clone(), Found { value, created_ms })], opts)
-            .await;
+        let found = Found {
+            value,
+            created_ms,
+            computed: true,
+        };
+        self.store(vec![(key.clone(), found)], opts).await;
     }
 
     /// Removes `key` from every tier; whether any tier held it.
@@ -444,9 +466,8 @@ impl Cache {
         let digest = key.digest;
         let in_memory = self
             .inner
-            .memory
-            .as_ref()
-            .is_some_and(|m| m.remove(&digest));
+            .with_stripe(&digest, |m| m.remove(&digest))
+            .unwrap_or(false);
         let Some(disk) = &self.inner.disk else {
             return in_memory;
         };
@@ -471,8 +492,14 @@ impl Cache {
 
     /// Removes everything from every tier.
     pub async fn clear(&self) {
-        if let Some(m) = &self.inner.memory {
-            m.clear();
+        {
+            let mut stripes: Vec<_> = self.inner.stripes.iter().map(|s| s.lock()).collect();
+            if let Some(m) = &self.inner.memory {
+                m.clear();
+            }
+            for generation in &mut stripes {
+                **generation += 1;
+            }
         }
         if let Some(wb) = &self.inner.write_back {
             // Ordered after every queued write, so none of them survives the clear.
@@ -481,10 +508,10 @@ impl Cache {
                 return;
             }
         }
-        if let Some(disk) = &self.inner.disk {
-            if let Err(e) = disk.run(DiskTier::clear).await {
-                tracing::warn!(error = %e, "disk clear failed");
-            }
+        if let Some(disk) = &self.inner.disk
+            && let Err(e) = disk.run(DiskTier::clear).await
+        {
+            tracing::warn!(error = %e, "disk clear failed");
         }
     }
 
@@ -608,6 +635,7 @@ impl Cache {
                                 Ok(Found {
                                     value: hit.value.clone(),
                                     created_ms: hit.created_ms,
+                                    computed: false,
                                 }),
                             );
                             results[i] = Some(hit);
@@ -625,6 +653,7 @@ impl Cache {
                                 Ok(Found {
                                     value: hit.value.clone(),
                                     created_ms: hit.created_ms,
+                                    computed: false,
                                 }),
                             );
                             results[i] = Some(hit);
@@ -660,7 +689,14 @@ impl Cache {
                 let found: Vec<(CacheKey, Found)> = miss_keys
                     .into_iter()
                     .zip(computed)
-                    .map(|(k, value)| (k, Found { value, created_ms }))
+                    .map(|(k, value)| {
+                        let found = Found {
+                            value,
+                            created_ms,
+                            computed: true,
+                        };
+                        (k, found)
+                    })
                     .collect();
                 // Memory, then the value to the waiters, then the slower tiers; the keys are
                 // handed back only once every write-through tier has them, so a newcomer
@@ -683,11 +719,20 @@ impl Cache {
             }
             drop(guard);
 
-            // 5. Collect what others computed; retry keys whose leader vanished.
+            // 5. Collect what others computed; retry keys whose leader vanished. A value
+            //    this caller's options refuse (too old for its max-age, or read from a
+            //    tier while it asked for no-cache) is computed by this caller itself.
             let mut retry = Vec::new();
+            let mut own = Vec::new();
             for (i, mut rx) in waits {
                 let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
                 match outcome {
+                    Ok(Some(Ok(found)))
+                        if (opts.no_cache && !found.computed)
+                            || !fresh_enough(found.created_ms, self.inner.clock.now_ms(), opts) =>
+                    {
+                        own.push(i);
+                    }
                     Ok(Some(Ok(found))) => {
                         self.inner.coalesced.incr();
                         unique[i].model.counters.coalesced.incr();
@@ -699,6 +744,45 @@ impl Cache {
                     }
                     Ok(Some(Err(err))) => return Err(err),
                     Ok(None) | Err(_) => retry.push(i),
+                }
+            }
+            if !own.is_empty() {
+                let keys: Vec<CacheKey> = own.iter().map(|&i| unique[i].clone()).collect();
+                for k in &keys {
+                    k.model.counters.misses.incr();
+                }
+                let values = match f(keys.clone()).await {
+                    Ok(v) if v.len() == keys.len() => v,
+                    Ok(v) => {
+                        return Err(ComputeError::new(EngineError::BatchLength {
+                            expected: keys.len(),
+                            got: v.len(),
+                        }));
+                    }
+                    Err(e) => return Err(ComputeError::new(e)),
+                };
+                let created_ms = self.inner.clock.now_ms();
+                let found: Vec<(CacheKey, Found)> = keys
+                    .into_iter()
+                    .zip(values)
+                    .map(|(k, value)| {
+                        let found = Found {
+                            value,
+                            created_ms,
+                            computed: true,
+                        };
+                        (k, found)
+                    })
+                    .collect();
+                for (&i, (_, v)) in own.iter().zip(&found) {
+                    results[i] = Some(Fetched {
+                        value: v.value.clone(),
+                        source: Source::Computed,
+                        created_ms,
+                    });
+                }
+                if !opts.no_store {
+                    self.store(found, opts).await;
                 }
             }
             pending = retry;
@@ -723,10 +807,10 @@ impl Cache {
                 let _ = rx.await;
             }
         }
-        if let Some(disk) = &self.inner.disk {
-            if let Err(e) = disk.run(DiskTier::flush).await {
-                tracing::warn!(error = %e, "disk flush failed");
-            }
+        if let Some(disk) = &self.inner.disk
+            && let Err(e) = disk.run(DiskTier::flush).await
+        {
+            tracing::warn!(error = %e, "disk flush failed");
         }
     }
 
@@ -792,6 +876,10 @@ impl Cache {
             .iter()
             .map(|d| self.inner.pending_removals.contains_key(d))
             .collect();
+        let generations: Vec<u64> = digests
+            .iter()
+            .map(|d| *self.inner.stripe(d).lock())
+            .collect();
         let entries: Vec<Option<DiskEntry>> = disk
             .run(move |d| {
                 digests
@@ -812,17 +900,22 @@ impl Cache {
         let now = self.inner.clock.now_ms();
         keys.iter()
             .zip(entries)
-            .map(|(key, entry)| {
+            .zip(generations)
+            .map(|((key, entry), generation)| {
                 let entry = entry.filter(|e| fresh_enough(e.created_ms, now, opts))?;
                 if let Some(m) = &self.inner.memory {
-                    m.insert(
-                        key.digest,
-                        MemEntry {
-                            value: entry.value.clone(),
-                            created_ms: entry.created_ms,
-                            expires_ms: entry.expires_ms.unwrap_or(NEVER),
-                        },
-                    );
+                    // Promote only if no write or removal of this stripe happened meanwhile.
+                    let stripe = self.inner.stripe(&key.digest).lock();
+                    if *stripe == generation {
+                        m.insert(
+                            key.digest,
+                            MemEntry {
+                                value: entry.value.clone(),
+                                created_ms: entry.created_ms,
+                                expires_ms: entry.expires_ms.unwrap_or(NEVER),
+                            },
+                        );
+                    }
                 }
                 key.model.counters.disk_hits.incr();
                 Some(Fetched {
@@ -862,7 +955,9 @@ impl Cache {
         if let Some(wb) = &self.inner.write_back {
             for (key, entry) in entries {
                 if wb.tx.try_send(WriteOp::Put { key, entry }).is_err() {
+                    // The disk's value (if any) is now older than memory's: stop serving it.
                     wb.dropped.incr();
+                    disk.tier.unindex(&key);
                 }
             }
             return;
@@ -926,17 +1021,26 @@ impl Inner {
     fn store_memory(&self, found: &[(CacheKey, Found)], opts: &RequestOptions) {
         for (k, f) in found {
             k.model.counters.inserts.incr();
-            if let Some(m) = &self.memory {
-                m.insert(
-                    k.digest,
-                    MemEntry {
-                        value: f.value.clone(),
-                        created_ms: f.created_ms,
-                        expires_ms: self.expiry(k, f.created_ms, opts),
-                    },
-                );
-            }
+            let entry = MemEntry {
+                value: f.value.clone(),
+                created_ms: f.created_ms,
+                expires_ms: self.expiry(k, f.created_ms, opts),
+            };
+            self.with_stripe(&k.digest, |m| m.insert(k.digest, entry));
         }
+    }
+
+    fn stripe(&self, key: &Digest) -> &Mutex<u64> {
+        &self.stripes[usize::from(key.0[30]) % WRITE_STRIPES]
+    }
+
+    /// Runs a memory write for `key` under its stripe lock and bumps the stripe.
+    fn with_stripe<R>(&self, key: &Digest, write: impl FnOnce(&MemoryTier) -> R) -> Option<R> {
+        let memory = self.memory.as_ref()?;
+        let mut generation = self.stripe(key).lock();
+        let r = write(memory);
+        *generation += 1;
+        Some(r)
     }
 
     fn finish_pending_removal(&self, key: &Digest) {

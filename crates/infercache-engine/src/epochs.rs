@@ -127,9 +127,8 @@ impl EpochTable {
     pub fn current(&self, namespace: &str, model: &str, version: &str) -> Epochs {
         let t = self.table.read();
         Epochs {
-            // The version sits in the high half so `(version 1, 0 bumps)` and
-            // `(version 0, 1 bump)` differ.
-            global: (self.cache_version << 32) ^ t.global,
+            cache_version: self.cache_version,
+            global: t.global,
             namespace: t.namespaces.get(namespace).copied().unwrap_or(0),
             model: t.models.get(model).copied().unwrap_or(0),
             version: t
@@ -216,6 +215,13 @@ mod tests {
         assert_eq!(t.current("t", "m", "2"), before);
         t.bump(&Scope::All).unwrap();
         assert_ne!(t.current("t", "m", "2"), before);
+    }
+
+    #[test]
+    fn cache_versions_never_alias() {
+        let a = EpochTable::in_memory(0);
+        let b = EpochTable::in_memory(1 << 32);
+        assert_ne!(a.current("", "", ""), b.current("", "", ""));
     }
 
     #[test]

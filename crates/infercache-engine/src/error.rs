@@ -24,6 +24,9 @@ pub enum EngineError {
         /// Values returned.
         got: usize,
     },
+    /// A configuration that cannot work.
+    #[error("invalid cache configuration: {0}")]
+    InvalidConfig(&'static str),
     /// A capacity was given as a fraction of RAM, and this platform does not report its RAM.
     #[error(
         "cannot size a cache as a fraction of RAM: the system's memory size is unknown; give bytes instead"

@@ -482,6 +482,7 @@ async fn a_full_write_back_queue_drops_lower_tier_writes_and_counts_them() {
                 Found {
                     value: value_of(k),
                     created_ms: 1,
+                    computed: true,
                 },
             )
         })

@@ -561,6 +561,9 @@ impl DiskTier {
         let size = u64::try_from(value.len()).unwrap_or(u64::MAX);
         if size > self.max_value_len() {
             self.counters.write_errors.incr();
+            // The refused value replaces whatever was stored: the old one must not be
+            // served in its place.
+            self.forget(&mut self.writer.lock(), &key);
             return Err(DiskError::TooLarge {
                 size,
                 max: self.max_value_len(),
@@ -569,9 +572,33 @@ impl DiskTier {
         let expires = expires_ms.map_or(0, |e| e.max(1));
         let rec = record::encode(&key, value, false, created_ms, expires, self.compression);
         let mut writer = self.writer.lock();
-        self.append(&mut writer, key, &rec, false, created_ms, expires)?;
+        if let Err(e) = self.append_with_room(&mut writer, key, &rec, false, created_ms, expires) {
+            self.forget(&mut writer, &key);
+            return Err(e);
+        }
         self.counters.inserts.incr();
         Ok(())
+    }
+
+    /// After a failed or refused write of `key`: the previous value is stale, so drop it
+    /// from the index and try to make that durable with a tombstone. If even the tombstone
+    /// cannot be written, the stale record is unreachable until the next restart.
+    fn forget(&self, writer: &mut Writer, key: &Digest) {
+        if self.state.write().index.remove(key).is_none() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let rec = record::encode(key, &[], true, now, 0, Compression::None);
+        if let Err(e) = self.append_with_room(writer, *key, &rec, true, now, 0) {
+            tracing::warn!(error = %e, "disk tier: tombstone for a failed write not written");
+        }
+    }
+
+    /// Stops serving `key` from this process, without I/O (safe to call from async code).
+    /// Unlike [`DiskTier::remove`] this is not durable: a restart may serve the record
+    /// again. The write-back queue uses it when it must drop a newer value.
+    pub fn unindex(&self, key: &Digest) -> bool {
+        self.state.write().index.remove(key).is_some()
     }
 
     /// Removes `key`; `true` if it was present. The removal is written as a tombstone, so the
@@ -583,9 +610,32 @@ impl DiskTier {
         }
         let now = self.clock.now_ms();
         let rec = record::encode(key, &[], true, now, 0, Compression::None);
-        self.append(&mut writer, *key, &rec, true, now, 0)?;
+        if let Err(e) = self.append_with_room(&mut writer, *key, &rec, true, now, 0) {
+            // Not served again by this process; a restart may bring it back.
+            self.state.write().index.remove(key);
+            return Err(e);
+        }
         self.counters.removals.incr();
         Ok(true)
+    }
+
+    /// [`DiskTier::append`], and when the file system is full, evicts the oldest segment
+    /// and tries once more (a cache would rather lose old entries than stop writing).
+    fn append_with_room(
+        &self,
+        writer: &mut Writer,
+        key: Digest,
+        rec: &[u8],
+        tombstone: bool,
+        created_ms: u64,
+        expires_ms: u64,
+    ) -> Result<(), DiskError> {
+        let first = self.append(writer, key, rec, tombstone, created_ms, expires_ms);
+        let full = matches!(&first, Err(DiskError::Io { source, .. }) if source.kind() == ErrorKind::StorageFull);
+        if full && self.evict_oldest(writer).unwrap_or(false) {
+            return self.append(writer, key, rec, tombstone, created_ms, expires_ms);
+        }
+        first
     }
 
     /// Appends one encoded record and points the index at it (or, for a tombstone, drops

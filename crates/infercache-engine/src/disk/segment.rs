@@ -27,7 +27,8 @@ fn parse_name(name: &OsStr) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    // The largest sequence number would leave no successor; no segment of ours has it.
+    digits.parse().ok().filter(|&seq| seq < u64::MAX)
 }
 
 /// The segment files in `dir`, oldest first. Other files are ignored.

@@ -38,7 +38,7 @@ impl PolicyMap for Random {
         Self {
             map: HashMap::with_hasher(DigestHasher::default()),
             keys: Vec::new(),
-            rng: SmallRng::seed_from_u64(0x1CAC_4E),
+            rng: SmallRng::seed_from_u64(0x001C_AC4E),
         }
     }
 

@@ -294,39 +294,59 @@ impl Drop for TinyFs {
 
 #[test]
 #[ignore = "needs root: mounts a 256 KiB tmpfs (run with --run-ignored only)"]
-fn a_full_file_system_is_a_typed_counted_error_and_the_tier_recovers() {
+fn a_full_file_system_costs_old_entries_not_availability() {
+    // The configured capacity (4 MiB) is far above what the file system holds (256 KiB),
+    // so writes hit ENOSPC long before the tier's own eviction would start.
     let fs_dir = TinyFs::mount("256k");
     let dir = fs_dir.0.path().join("store");
-    let tier = DiskTier::open(
-        DiskConfig {
-            compression: Compression::None,
-            ..config(&dir, 4 << 20, Some(64 << 10))
-        },
-        clock(),
-    )
-    .unwrap();
-    let mut written = 0;
-    let err = loop {
-        match tier.insert(Digest::of_u64(written), &value(written), T0, None) {
-            Ok(()) => written += 1,
-            Err(e) => break e,
-        }
-        assert!(written < 10_000, "the file system never filled up");
+    let config = DiskConfig {
+        compression: Compression::None,
+        ..config(&dir, 4 << 20, Some(64 << 10))
     };
-    let DiskError::Io { source, .. } = &err else {
-        panic!("expected an I/O error, got {err:?}");
-    };
-    assert_eq!(source.kind(), ErrorKind::StorageFull, "{err:?}");
-    assert!(written > 10);
-    assert_eq!(tier.stats().write_errors, 1);
-    // What was written is still served, and nothing half-written is.
-    assert_eq!(check_exact_or_miss(&tier, written + 1), written);
-    assert!(tier.bytes() <= tier.capacity());
-    // Freeing space makes the tier writable again, and a restart sees a consistent store.
-    tier.clear().unwrap();
-    tier.insert(Digest::of_u64(1), &value(1), T0, None).unwrap();
+    let tier = DiskTier::open(config.clone(), clock()).unwrap();
+    let n = 1_000;
+    for k in 0..n {
+        // Each ENOSPC is counted, the oldest segment is evicted, and the write retried.
+        tier.insert(Digest::of_u64(k), &value(k), T0, None)
+            .unwrap_or_else(|e| panic!("insert {k} failed on a full file system: {e}"));
+    }
+    let stats = tier.stats();
+    assert!(
+        stats.write_errors > 0,
+        "the file system never filled up: {stats:?}"
+    );
+    assert!(stats.evictions > 0, "{stats:?}");
+    // Recent keys are served exactly, old ones are misses, nothing is half-written.
+    let hits = check_exact_or_miss(&tier, n);
+    assert!(hits > 20 && hits < n, "{hits} hits");
+    assert!(tier.get(&Digest::of_u64(n - 1)).unwrap().is_some());
+    assert!(tier.bytes() <= 256 << 10);
     drop(tier);
-    let tier = DiskTier::open(config(&dir, 4 << 20, Some(64 << 10)), clock()).unwrap();
-    assert_eq!(check_exact_or_miss(&tier, written + 1), 1);
+    let tier = DiskTier::open(config, clock()).unwrap();
+    assert_eq!(check_exact_or_miss(&tier, n), hits);
     assert_eq!(tier.stats().corrupt, 0);
+}
+
+#[test]
+fn a_refused_overwrite_does_not_leave_the_old_value_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 1 << 20, Some(128 << 10));
+    let tier = DiskTier::open(config.clone(), clock()).unwrap();
+    let k = Digest::of_u64(7);
+    tier.insert(k, b"old", T0, None).unwrap();
+    let too_big = vec![0u8; 200 << 10];
+    assert!(matches!(
+        tier.insert(k, &too_big, T0, None),
+        Err(DiskError::TooLarge { .. })
+    ));
+    assert!(
+        tier.get(&k).unwrap().is_none(),
+        "the old value survived a refused overwrite"
+    );
+    drop(tier);
+    let tier = DiskTier::open(config, clock()).unwrap();
+    assert!(
+        tier.get(&k).unwrap().is_none(),
+        "the old value came back after a restart"
+    );
 }

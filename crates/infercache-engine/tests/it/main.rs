@@ -3,3 +3,4 @@
 mod disk_crash;
 mod disk_faults;
 mod hit_ratio;
+mod regressions;
