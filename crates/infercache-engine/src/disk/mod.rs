@@ -45,14 +45,16 @@
 //! survives the process being killed (`kill -9`): the page cache outlives the process. It is
 //! on stable storage after [`DiskTier::flush`] or once its segment is sealed (a full segment
 //! is fsynced when the next one starts). A crash can only leave a torn record at the tail of
-//! the newest segment; its header or payload CRC fails, recovery stops that segment's scan at
-//! the bad header, and a torn payload is caught by the read. Deletion is oldest-segment first
+//! the newest segment; its header or payload CRC fails, and recovery cuts the file at the
+//! bad header so it is never met again. Deletion is oldest-segment first
 //! (eviction and [`DiskTier::clear`] alike), and a tombstone is always newer than the records
 //! it deletes, so an interrupted deletion never resurrects a removed or overwritten value.
 //!
-//! A corrupted header in the *middle* of a segment (bit rot, not a crash) hides the records
-//! after it in that segment; an older value of such a key in an earlier segment can then be
-//! served again. That is the one case where a read may be stale rather than missing.
+//! Damage anywhere else (bit rot, a stray write: a bad header with valid records after it,
+//! or at the end of an older segment) is skipped by searching for the next valid header.
+//! The damaged record may have replaced or removed an older value of a key we cannot name,
+//! so every entry indexed *before* the damage is dropped: the tier loses entries, never
+//! serves a superseded one. A damaged payload is caught by the read's CRC as usual.
 //!
 //! # Opening a directory
 //!
@@ -415,39 +417,71 @@ impl DiskTier {
             segments,
             bytes,
         } = &mut *state;
-        for (seq, path) in segment::list(&self.segments_dir)? {
+        let found = segment::list(&self.segments_dir)?;
+        // Only the newest segment holding records can have a torn tail from a crash.
+        let newest = found
+            .iter()
+            .rev()
+            .find(|(_, path)| fs::metadata(path).is_ok_and(|m| m.len() > 0))
+            .map(|(seq, _)| *seq);
+        // The latest place where a record was damaged (not a torn tail). The damaged record
+        // may have replaced or removed any older value, so nothing indexed before it is
+        // trusted.
+        let mut damage: Option<(u64, u64)> = None;
+        for (seq, path) in found {
             writer.next_seq = writer.next_seq.max(seq + 1);
-            let file = File::open(&path).map_err(io_err(&path))?;
-            let len = file.metadata().map_err(io_err(&path))?.len();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let mut len = file.metadata().map_err(io_err(&path))?.len();
             if len == 0 {
                 // An active segment that never got a record; ours by its name.
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
             }
             let mut keys = Vec::new();
-            let end = segment::scan(&file, &path, len, |offset, h| {
-                if h.tombstone || (h.expires_ms != 0 && h.expires_ms <= now) {
-                    index.remove(&h.key);
-                } else {
-                    let loc = Loc {
-                        seq,
-                        offset,
-                        len: h.record_len(),
-                        created_ms: h.created_ms,
-                        expires_ms: h.expires_ms,
-                    };
-                    index.insert(h.key, loc);
-                    keys.push(h.key);
-                }
-            })?;
-            if let segment::ScanEnd::Corrupt { offset, reason } = end {
-                tracing::warn!(
-                    segment = %path.display(),
-                    offset,
-                    reason,
-                    "disk tier: ignoring the rest of a damaged segment"
-                );
+            let mut start = 0;
+            loop {
+                let end = segment::scan(&file, &path, len, start, |offset, h| {
+                    if h.tombstone || (h.expires_ms != 0 && h.expires_ms <= now) {
+                        index.remove(&h.key);
+                    } else {
+                        let loc = Loc {
+                            seq,
+                            offset,
+                            len: h.record_len(),
+                            created_ms: h.created_ms,
+                            expires_ms: h.expires_ms,
+                        };
+                        index.insert(h.key, loc);
+                        keys.push(h.key);
+                    }
+                })?;
+                let segment::ScanEnd::Corrupt { offset, reason } = end else {
+                    break;
+                };
                 self.counters.corrupt.incr();
+                match segment::resync(&file, &path, len, offset)? {
+                    Some(next) => {
+                        tracing::warn!(segment = %path.display(), offset, reason, "disk tier: damaged record skipped; older entries dropped");
+                        damage = damage.max(Some((seq, offset)));
+                        start = next;
+                    }
+                    None if Some(seq) == newest => {
+                        // A torn tail from a crash: cut it off so it is not met again.
+                        tracing::warn!(segment = %path.display(), offset, reason, "disk tier: torn tail cut off");
+                        file.set_len(offset).map_err(io_err(&path))?;
+                        len = offset;
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(segment = %path.display(), offset, reason, "disk tier: damaged segment tail; older entries dropped");
+                        damage = damage.max(Some((seq, offset)));
+                        break;
+                    }
+                }
             }
             segments.insert(
                 seq,
@@ -458,6 +492,9 @@ impl DiskTier {
                 },
             );
             *bytes += len;
+        }
+        if let Some(point) = damage {
+            index.retain(|_, loc| (loc.seq, loc.offset) > point);
         }
         drop(state);
         // A smaller capacity than the store was written with: shed the oldest segments now.

@@ -6,7 +6,8 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{BufReader, ErrorKind, Read as _};
+use std::io::{BufReader, ErrorKind, Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use super::record::{HEADER_LEN, HEADER_LEN_U64, Header};
@@ -63,10 +64,12 @@ pub(crate) fn scan(
     file: &File,
     path: &Path,
     len: u64,
+    start: u64,
     mut visit: impl FnMut(u64, &Header),
 ) -> Result<ScanEnd, DiskError> {
     let mut reader = BufReader::with_capacity(SCAN_BUFFER, file);
-    let mut offset = 0u64;
+    reader.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+    let mut offset = start;
     while offset < len {
         if len - offset < HEADER_LEN_U64 {
             return Ok(ScanEnd::Corrupt {
@@ -108,6 +111,42 @@ pub(crate) fn scan(
         offset += header.record_len();
     }
     Ok(ScanEnd::Clean)
+}
+
+/// The offset of the first valid record header after `damaged` (a header that failed),
+/// or `None` if none follows: the damage is then a torn tail.
+///
+/// A valid header is the magic, a header CRC that matches and a record that fits in the
+/// file; a 32-bit CRC makes a false match on random bytes a one-in-four-billion event, and
+/// even then the record's payload CRC and key are checked on every read.
+pub(crate) fn resync(
+    file: &File,
+    path: &Path,
+    len: u64,
+    damaged: u64,
+) -> Result<Option<u64>, DiskError> {
+    const WINDOW: u64 = 1 << 20;
+    let mut base = damaged + 1;
+    let mut buf = Vec::new();
+    while base + HEADER_LEN_U64 <= len {
+        let end = (base + WINDOW + HEADER_LEN_U64).min(len);
+        buf.resize(
+            usize::try_from(end - base).expect("a window fits in memory"),
+            0,
+        );
+        file.read_exact_at(&mut buf, base).map_err(io_err(path))?;
+        for i in 0..=buf.len() - HEADER_LEN {
+            let head: &[u8; HEADER_LEN] = buf[i..i + HEADER_LEN].try_into().expect("window slice");
+            if let Ok(h) = Header::decode(head) {
+                let at = base + i as u64;
+                if h.record_len() <= len - at {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        base = end - HEADER_LEN_U64 + 1;
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -350,3 +350,42 @@ fn a_refused_overwrite_does_not_leave_the_old_value_behind() {
         "the old value came back after a restart"
     );
 }
+
+#[test]
+fn a_damaged_overwrite_never_lets_the_older_value_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig {
+        compression: Compression::None,
+        ..config(dir.path(), 64 << 20, Some(1 << 20))
+    };
+    let k = Digest::of_u64(1);
+    {
+        let tier = DiskTier::open(config.clone(), clock()).unwrap();
+        tier.insert(k, &[1u8; 100], T0, None).unwrap(); // offset 0, 172 bytes
+        tier.insert(k, &[2u8; 100], T0, None).unwrap(); // offset 172: the overwrite
+        for i in 10..20 {
+            tier.insert(Digest::of_u64(i), &[3u8; 100], T0, None)
+                .unwrap();
+        }
+        tier.flush().unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 1);
+    let mut bytes = fs::read(&files[0]).unwrap();
+    bytes[172 + 40] ^= 0xFF; // inside the overwrite's header (its key)
+    fs::write(&files[0], &bytes).unwrap();
+
+    let tier = DiskTier::open(config, clock()).unwrap();
+    assert!(
+        tier.get(&k).unwrap().is_none(),
+        "the older value came back through a damaged overwrite"
+    );
+    assert!(tier.stats().corrupt > 0);
+    // Records after the damage are still served.
+    for i in 10..20 {
+        assert_eq!(
+            &tier.get(&Digest::of_u64(i)).unwrap().unwrap().value[..],
+            &[3u8; 100][..]
+        );
+    }
+}
