@@ -6,11 +6,11 @@
 //!
 //! | policy | backend | notes |
 //! |---|---|---|
-//! | `s3fifo` (default) | `quick_cache` | scan-resistant S3-FIFO, lock-striped shards |
-//! | `lru` | [`lru`](self::lru) | exact LRU (reproduces the published LRU hit ratios) |
-//! | `lfu` | [`lfu`](self::lfu) | least-frequently-used, ties broken by recency |
-//! | `fifo` | [`fifo`](self::fifo) | first in, first out |
-//! | `random` | [`random`](self::random) | uniform random victim |
+//! | `s3fifo` (default) | foyer-memory's S3-FIFO | scan-resistant; promotion after two hits |
+//! | `lru` | the `lru` crate, under our sharded byte budget | exact LRU (reproduces the published LRU hit ratios) |
+//! | `lfu` | hand-written | least-frequently-used, ties broken by recency |
+//! | `fifo` | hashlink's ordered map | first in, first out |
+//! | `random` | hand-written | uniform random victim |
 //!
 //! The default was chosen by measurement (BENCHMARKS.md): on the ARC paper's traces it
 //! meets or beats ARC on every row, and it is the fastest under concurrency.
@@ -23,7 +23,6 @@ mod fifo;
 mod lfu;
 mod locked;
 mod lru;
-mod quick;
 mod random;
 mod s3fifo;
 
@@ -55,6 +54,13 @@ pub struct MemEntry {
 }
 
 impl MemEntry {
+    /// No value; what a freed slot holds.
+    pub(crate) const EMPTY: MemEntry = MemEntry {
+        value: Bytes::new(),
+        created_ms: 0,
+        expires_ms: NEVER,
+    };
+
     /// Whether the entry has expired at `now_ms`.
     #[inline]
     pub fn is_expired(&self, now_ms: u64) -> bool {
@@ -243,7 +249,8 @@ impl MemoryTier {
     #[inline]
     pub fn get(&self, key: &Digest) -> Option<MemEntry> {
         match self.store.get(key) {
-            Some(e) if !e.is_expired(self.clock.now_ms()) => {
+            // Entries without a TTL skip the clock read: the common hit pays no syscall.
+            Some(e) if e.expires_ms == NEVER || !e.is_expired(self.clock.now_ms()) => {
                 self.counters.hits.incr();
                 Some(e)
             }
@@ -318,7 +325,7 @@ impl MemoryTier {
     }
 }
 
-/// Four shards per core, as quick_cache does by default.
+/// Four shards per core.
 fn default_shards() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get() * 4)
 }

@@ -1,0 +1,338 @@
+//! Dedicated inference threads behind a bounded queue, with dynamic batching.
+//!
+//! ```text
+//!  async callers ──try_send──▶ [ bounded queue ] ──▶ worker thread(s) ──▶ Embedder::embed
+//!        ▲                      full ⇒ Overloaded        gather ≤ max_batch texts
+//!        └──────────── oneshot reply per request ◀──────  or until max_wait
+//! ```
+//!
+//! Callers never block: a request is queued with a non-blocking `try_send` (a full queue is
+//! [`ModelError::Overloaded`] at once) and awaited on a `tokio::sync::oneshot`. Inference
+//! runs only on the pool's own OS threads, never on an async worker. The workers share one
+//! receiver behind a mutex: one worker at a time gathers a batch (waiting for its first
+//! request, then at most `max_wait` for more, up to `max_batch` texts), releases the lock and
+//! runs the forward pass while the next worker gathers. A std mutex is right here: it is
+//! only ever taken on the pool's threads, never across an `.await`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::{Embedder, ModelError};
+
+type Reply = Result<Vec<Vec<f32>>, ModelError>;
+
+/// How an [`InferencePool`] runs. Build with [`PoolConfig::default`] and the setters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    threads: usize,
+    max_batch: usize,
+    max_wait: Duration,
+    queue_capacity: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            max_batch: 32,
+            max_wait: Duration::from_millis(2),
+            queue_capacity: 256,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Inference threads, each running one forward pass at a time. Default 1: candle
+    /// already spreads one forward pass over the cores.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Most texts a worker gathers from the queue into one batch. Default 32. A single
+    /// request larger than this is still served, in several forward passes.
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch;
+        self
+    }
+
+    /// Longest a worker waits, after the first request of a batch, for more requests.
+    /// Default 2 ms: the latency paid for batching when the pool is nearly idle.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// Requests that may wait in the queue; one more is [`ModelError::Overloaded`].
+    /// Default 256.
+    pub fn queue_capacity(mut self, queue_capacity: usize) -> Self {
+        self.queue_capacity = queue_capacity;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        if self.threads == 0 {
+            return Err(ModelError::InvalidConfig("threads must be at least 1"));
+        }
+        if self.max_batch == 0 {
+            return Err(ModelError::InvalidConfig("max_batch must be at least 1"));
+        }
+        if self.queue_capacity == 0 {
+            return Err(ModelError::InvalidConfig(
+                "queue_capacity must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot of an [`InferencePool`]'s counters, all since the pool started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Requests accepted into the queue.
+    pub requests: u64,
+    /// Requests refused because the queue was full.
+    pub overloaded: u64,
+    /// Model invocations: forward passes run, successful or not.
+    pub invocations: u64,
+    /// Forward passes that failed (their callers got the error).
+    pub failed_invocations: u64,
+    /// Texts embedded successfully.
+    pub texts: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    overloaded: AtomicU64,
+    invocations: AtomicU64,
+    failed_invocations: AtomicU64,
+    texts: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> PoolStats {
+        PoolStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            overloaded: self.overloaded.load(Ordering::Relaxed),
+            invocations: self.invocations.load(Ordering::Relaxed),
+            failed_invocations: self.failed_invocations.load(Ordering::Relaxed),
+            texts: self.texts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Job {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Runs an [`Embedder`] on dedicated threads for async callers, batching concurrent
+/// requests into shared forward passes; see the [threading model](crate#threading-model).
+///
+/// Dropping the pool closes the queue: the workers finish what is queued and exit on
+/// their own. [`shutdown`](Self::shutdown) does the same and waits for them.
+#[derive(Debug)]
+pub struct InferencePool {
+    queue: SyncSender<Job>,
+    workers: Vec<JoinHandle<()>>,
+    counters: Arc<Counters>,
+    config: PoolConfig,
+}
+
+impl InferencePool {
+    /// Starts `config.threads` worker threads sharing `embedder`.
+    pub fn new(embedder: Embedder, config: PoolConfig) -> Result<Self, ModelError> {
+        config.validate()?;
+        let (queue, receiver) = mpsc::sync_channel(config.queue_capacity);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let embedder = Arc::new(embedder);
+        let counters = Arc::new(Counters::default());
+        let workers = (0..config.threads)
+            .map(|i| {
+                let worker = Worker {
+                    receiver: Arc::clone(&receiver),
+                    embedder: Arc::clone(&embedder),
+                    counters: Arc::clone(&counters),
+                    max_batch: config.max_batch,
+                    max_wait: config.max_wait,
+                };
+                std::thread::Builder::new()
+                    .name(format!("infercache-model-{i}"))
+                    .spawn(move || worker.run())
+                    .map_err(|e| ModelError::io("<thread>", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            queue,
+            workers,
+            counters,
+            config,
+        })
+    }
+
+    /// Embeds `texts` (unit vectors of [`DIMS`](crate::DIMS) floats, in order), batched
+    /// with whatever other callers have queued. Fails at once with
+    /// [`ModelError::Overloaded`] when the queue is full.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.submit(texts)?.await
+    }
+
+    /// Queues `texts` without waiting; the returned future resolves to the embeddings.
+    /// The queueing decision (accepted, or [`ModelError::Overloaded`]) is made here,
+    /// synchronously. Dropping the future abandons the request; a worker skips it if it
+    /// has not started on it yet.
+    pub fn submit(&self, texts: Vec<String>) -> Result<PendingEmbeddings, ModelError> {
+        let (reply, receiver) = oneshot::channel();
+        if texts.is_empty() {
+            // Nothing to run; answer without touching the queue. Sending cannot fail: we
+            // hold the receiver.
+            let _ = reply.send(Ok(Vec::new()));
+            return Ok(PendingEmbeddings(receiver));
+        }
+        match self.queue.try_send(Job { texts, reply }) {
+            Ok(()) => {
+                Counters::add(&self.counters.requests, 1);
+                Ok(PendingEmbeddings(receiver))
+            }
+            Err(TrySendError::Full(_)) => {
+                Counters::add(&self.counters.overloaded, 1);
+                Err(ModelError::Overloaded)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(ModelError::Shutdown),
+        }
+    }
+
+    /// The pool's counters now.
+    pub fn stats(&self) -> PoolStats {
+        self.counters.snapshot()
+    }
+
+    /// The configuration the pool runs with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// Closes the queue and waits until the workers have answered every queued request and
+    /// exited. Blocks: from async code, call it inside `spawn_blocking`.
+    pub fn shutdown(self) {
+        let Self { queue, workers, .. } = self;
+        drop(queue);
+        for worker in workers {
+            if worker.join().is_err() {
+                tracing::error!("an inference worker panicked");
+            }
+        }
+    }
+}
+
+/// The answer to a [`InferencePool::submit`]: resolves to the embeddings, or to
+/// [`ModelError::Shutdown`] if the pool went away without answering.
+#[derive(Debug)]
+#[must_use = "the embeddings arrive only when this is awaited"]
+pub struct PendingEmbeddings(oneshot::Receiver<Reply>);
+
+impl Future for PendingEmbeddings {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|reply| reply.unwrap_or(Err(ModelError::Shutdown)))
+    }
+}
+
+struct Worker {
+    receiver: Arc<Mutex<Receiver<Job>>>,
+    embedder: Arc<Embedder>,
+    counters: Arc<Counters>,
+    max_batch: usize,
+    max_wait: Duration,
+}
+
+impl Worker {
+    fn run(self) {
+        while let Some(jobs) = self.gather() {
+            self.serve(jobs);
+        }
+    }
+
+    /// Waits for a request, then for more until `max_batch` texts or `max_wait`. `None`
+    /// once the queue is closed and drained.
+    fn gather(&self) -> Option<Vec<Job>> {
+        // A panic elsewhere cannot leave the receiver inconsistent; keep serving.
+        let receiver = self.receiver.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = receiver.recv().ok()?;
+        let deadline = Instant::now() + self.max_wait;
+        let mut texts = first.texts.len();
+        let mut jobs = vec![first];
+        while texts < self.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(job) => {
+                    texts += job.texts.len();
+                    jobs.push(job);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Some(jobs)
+    }
+
+    /// Runs the gathered requests in forward passes of at most `max_batch` texts and
+    /// answers each caller. A failed pass fails every request with a text in it.
+    fn serve(&self, jobs: Vec<Job>) {
+        // Callers that gave up are not worth a forward pass.
+        let jobs: Vec<Job> = jobs
+            .into_iter()
+            .filter(|job| !job.reply.is_closed())
+            .collect();
+        let texts: Vec<&str> = jobs
+            .iter()
+            .flat_map(|job| job.texts.iter().map(String::as_str))
+            .collect();
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut failure = None;
+        for chunk in texts.chunks(self.max_batch) {
+            Counters::add(&self.counters.invocations, 1);
+            match self.embedder.embed(chunk) {
+                Ok(batch) => vectors.extend(batch),
+                Err(error) => {
+                    Counters::add(&self.counters.failed_invocations, 1);
+                    tracing::warn!(%error, texts = chunk.len(), "embedding batch failed");
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        // Hand each caller its share; callers entirely before a failed pass still succeed.
+        let mut vectors = vectors.into_iter();
+        for job in jobs {
+            let n = job.texts.len();
+            let mine: Vec<Vec<f32>> = vectors.by_ref().take(n).collect();
+            let reply = if mine.len() == n {
+                Counters::add(&self.counters.texts, n);
+                Ok(mine)
+            } else {
+                Err(failure.clone().unwrap_or_else(|| {
+                    panic!("bug: the embedder returned fewer vectors than it was given texts")
+                }))
+            };
+            // The caller may have gone in the meantime; nothing to do then.
+            let _ = job.reply.send(reply);
+        }
+    }
+}

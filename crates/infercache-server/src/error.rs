@@ -1,0 +1,306 @@
+//! Errors: [`ApiError`], the one mapping from what went wrong in a request to an HTTP
+//! status and an OpenAI-shaped body, and [`ServerError`], what stops the server.
+//!
+//! Every error body reads `{"error": {"message", "type", "param", "code"}}`, the shape the
+//! `openai` client parses. Messages name the field and the limit at fault; an internal
+//! error is logged here, with its cause, and reaches the client only as "internal server
+//! error".
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::config::ConfigError;
+
+/// Seconds a client is told to wait after a 429.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Everything a request can fail with. [`ApiError::status`] is the only place a status is
+/// chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON.
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// The body could not be read (a broken upload).
+    #[error("request body could not be read")]
+    UnreadableBody,
+    /// A field has the wrong JSON type or an invalid value.
+    #[error("invalid `{param}`: {message}")]
+    InvalidField {
+        /// The field (`input[3]`).
+        param: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A required field is absent.
+    #[error("missing required field `{0}`")]
+    MissingField(&'static str),
+    /// A field this server does not support.
+    #[error("unsupported field `{field}`: {hint}")]
+    UnsupportedField {
+        /// The field.
+        field: String,
+        /// Why, or what to do instead.
+        hint: String,
+    },
+    /// `input` is an empty array.
+    #[error("`{0}` must contain at least one string")]
+    EmptyInput(&'static str),
+    /// An input string is empty.
+    #[error("`{param}` is an empty string; every input must contain text")]
+    EmptyString {
+        /// The field (`input[2]`).
+        param: String,
+    },
+    /// More inputs than the per-request limit.
+    #[error("`{param}` has {got} items; at most {limit} are allowed per request")]
+    TooManyItems {
+        /// The field.
+        param: &'static str,
+        /// Items sent.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An input longer than the limit.
+    #[error("`{param}` has {chars} characters; at most {limit} are allowed per input")]
+    InputTooLong {
+        /// The field (`input[0]`).
+        param: String,
+        /// Its length.
+        chars: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A model this server does not serve.
+    #[error("model `{requested}` does not exist; this server serves `{served}`")]
+    UnknownModel {
+        /// What was asked for.
+        requested: String,
+        /// What is served.
+        served: String,
+    },
+    /// A malformed `Cache-Control` header.
+    #[error("invalid Cache-Control header: {0}")]
+    InvalidCacheControl(String),
+    /// A malformed entry key.
+    #[error("invalid cache key `{0}`: expected 64 hexadecimal characters")]
+    InvalidKey(String),
+    /// The body is larger than the limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// No or an unknown API key.
+    #[error("missing or invalid API key; send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// A tenant key on an admin route.
+    #[error("this route needs an admin API key")]
+    Forbidden,
+    /// No route.
+    #[error("no route for {0}")]
+    NoRoute(String),
+    /// The route exists, the method does not.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// `DELETE /v1/cache/entries/{key}` for a key no tier holds.
+    #[error("no cache entry with key `{0}`")]
+    EntryNotFound(String),
+    /// A cache route while the server runs with `--disable-cache`.
+    #[error("the cache is disabled on this server (--disable-cache)")]
+    CacheDisabled,
+    /// `Cache-Control: only-if-cached` and some input was not cached.
+    #[error("only-if-cached: {misses} of {total} inputs are not in the cache")]
+    NotCached {
+        /// Inputs not cached.
+        misses: usize,
+        /// Inputs asked for.
+        total: usize,
+    },
+    /// Too many requests in flight.
+    #[error("too many concurrent requests (limit {limit}); retry shortly")]
+    TooManyRequests {
+        /// The limit.
+        limit: usize,
+    },
+    /// The inference queue is full.
+    #[error("the model is overloaded; retry shortly")]
+    Overloaded,
+    /// The request took longer than the limit.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// The server is draining for shutdown.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A bug or an infrastructure failure; the cause is logged, not sent.
+    #[error("internal server error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// An internal error with its cause (logged when the response is made).
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(e.into())
+    }
+
+    /// `InvalidField` for `param`.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidField {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_)
+            | Self::UnreadableBody
+            | Self::InvalidField { .. }
+            | Self::MissingField(_)
+            | Self::UnsupportedField { .. }
+            | Self::EmptyInput(_)
+            | Self::EmptyString { .. }
+            | Self::TooManyItems { .. }
+            | Self::InputTooLong { .. }
+            | Self::InvalidCacheControl(_)
+            | Self::InvalidKey(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::UnknownModel { .. } | Self::NoRoute(_) | Self::EntryNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::CacheDisabled => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } | Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotCached { .. } | Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "invalid_json",
+            Self::UnreadableBody => "unreadable_body",
+            Self::InvalidField { .. } => "invalid_value",
+            Self::MissingField(_) => "missing_required_parameter",
+            Self::UnsupportedField { .. } => "unsupported_parameter",
+            Self::EmptyInput(_) => "empty_input",
+            Self::EmptyString { .. } => "empty_string",
+            Self::TooManyItems { .. } => "too_many_inputs",
+            Self::InputTooLong { .. } => "input_too_long",
+            Self::UnknownModel { .. } => "model_not_found",
+            Self::InvalidCacheControl(_) => "invalid_cache_control",
+            Self::InvalidKey(_) => "invalid_cache_key",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Unauthorized => "invalid_api_key",
+            Self::Forbidden => "admin_required",
+            Self::NoRoute(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::EntryNotFound(_) => "entry_not_found",
+            Self::CacheDisabled => "cache_disabled",
+            Self::NotCached { .. } => "not_cached",
+            Self::TooManyRequests { .. } => "too_many_requests",
+            Self::Overloaded => "model_overloaded",
+            Self::Timeout(_) => "timeout",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// OpenAI's error `type`.
+    fn kind(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            StatusCode::GATEWAY_TIMEOUT => "timeout_error",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The request field at fault, if one is.
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidField { param, .. }
+            | Self::EmptyString { param }
+            | Self::InputTooLong { param, .. } => Some(param),
+            Self::UnsupportedField { field, .. } => Some(field),
+            Self::MissingField(p) | Self::EmptyInput(p) | Self::TooManyItems { param: p, .. } => {
+                Some(p)
+            }
+            Self::UnknownModel { .. } => Some("model"),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: &'static str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = %cause, "request failed with an internal error");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::TooManyRequests { .. } | Self::Overloaded | Self::ShuttingDown => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// What stops the server from starting or serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The cache could not be opened.
+    #[error("opening the cache: {0}")]
+    Engine(#[from] infercache_engine::EngineError),
+    /// The model could not be loaded.
+    #[error("loading the model: {0}")]
+    Model(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Binding or serving failed.
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}

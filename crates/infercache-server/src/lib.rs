@@ -1,0 +1,103 @@
+//! The infercache HTTP server: embedding APIs in front of the tiered cache.
+//!
+//! ```text
+//!  request ─► guard (concurrency 429, timeout 504) ─► auth (bearer key → tenant)
+//!          ─► route: parse and validate the body (400/404/413 with the field named)
+//!          ─► service::embed_texts: keys (tenant, model, version, weights, text)
+//!                 └► Cache::get_many_or_compute ─► hits │ misses ─► Embed (batching pool)
+//!          ─► response: OpenAI or Smally shape, X-Cache headers, metrics
+//! ```
+//!
+//! # Routes
+//!
+//! | route | what | statuses |
+//! |---|---|---|
+//! | `POST /v1/embeddings` | OpenAI-compatible ([`routes::openai`]) | 200, 400, 401, 404, 413, 429, 504 |
+//! | `POST /v1/embed` | Smally-compatible ([`routes::smally`]) | 200, 400, 401, 413, 429, 504 |
+//! | `GET /v1/cache/stats` | per-tier and per-model stats ([`routes::admin`]) | 200, 401, 403 |
+//! | `POST /v1/cache/invalidate` | by scope | 200, 400, 401, 403, 409 |
+//! | `DELETE /v1/cache/entries/{key}` | one entry | 200, 400, 401, 403, 404, 409 |
+//! | `POST /v1/cache/warm` | precompute inputs | 200, 400, 401, 403, 409, 429 |
+//! | `GET /metrics` | Prometheus ([`metrics`]) | 200, 401, 403 |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness ([`routes::health`]) | 200, 503 |
+//!
+//! Every `/v1/*` route may also answer 429 (too many requests in flight, or the model's
+//! queue is full; with `Retry-After`), 503 (draining for shutdown) and 504 (timeout).
+//! Admin routes and `/metrics` need an admin key when keys are configured.
+//!
+//! Every error has OpenAI's body shape and comes from one mapping ([`error::ApiError`]).
+//! Per-request `Cache-Control` ([`cache_control`]): `no-cache`, `no-store`, `max-age=N`,
+//! `only-if-cached`.
+//!
+//! # Parts
+//!
+//! - [`config`]: flags, environment and TOML resolved into a validated [`ServerConfig`].
+//! - [`auth`]: API keys from a TOML file, each mapped to a tenant, compared in constant time.
+//! - [`embed`]: the [`Embed`] trait, the only thing the server knows about a model;
+//!   [`model`] implements it for `infercache-model`'s batching pool.
+//! - [`service`]: the one path from texts to embeddings through the cache.
+//! - [`routes`]: the handlers. [`state`]: what they share. [`metrics`]: Prometheus.
+//!
+//! # Concurrency
+//!
+//! Handlers never block: inference runs on the model pool's threads, disk I/O on the
+//! engine's blocking tasks, and large responses are serialized on the blocking pool.
+//! Concurrent requests for the same uncached text compute it once (the engine's single
+//! flight), and the pool batches the misses of concurrent requests into one model call.
+//! Everything is bounded: requests in flight, body size, inputs per request, input length,
+//! the model's queue (full: 429), and each request's time.
+
+pub mod auth;
+pub mod cache_control;
+pub mod config;
+pub mod embed;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod routes;
+mod server;
+pub mod service;
+pub mod state;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+
+pub use auth::{ApiKeys, Caller};
+pub use config::{ConfigError, Limits, ServeArgs, ServerConfig};
+pub use embed::{Embed, EmbedError, EmbedFuture, InferenceStats, ModelInfo};
+pub use error::{ApiError, ServerError};
+pub use model::run;
+pub use server::{run_with, serve};
+pub use state::AppState;
+
+/// The router. Tests drive it without a socket (`tower::ServiceExt::oneshot`).
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.limits().max_body_bytes;
+    let api = Router::new()
+        .route("/v1/embeddings", post(routes::openai::embeddings))
+        .route("/v1/embed", post(routes::smally::embed))
+        .route("/v1/cache/stats", get(routes::admin::stats))
+        .route("/v1/cache/invalidate", post(routes::admin::invalidate))
+        .route(
+            "/v1/cache/entries/{key}",
+            delete(routes::admin::delete_entry),
+        )
+        .route("/v1/cache/warm", post(routes::admin::warm))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::guard,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/metrics", get(routes::admin::metrics))
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,402 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text) and the latency figures of
+//! `GET /v1/cache/stats`.
+//!
+//! Two sources, few families:
+//!
+//! - **Read at scrape time** from the engine's striped counters and the model's stats, by
+//!   a collector: `infercache_cache_lookups_total{tier,outcome}`,
+//!   `infercache_cache_evictions_total{tier}`, `infercache_cache_expirations_total{tier}`,
+//!   `infercache_cache_entries{tier}`, `infercache_cache_bytes{tier}`,
+//!   `infercache_model_lookups_total{model,tier,outcome}`,
+//!   `infercache_model_invocations_total{model}`, `infercache_model_texts_total{model}`.
+//!   The hot path pays nothing for these.
+//! - **Recorded by the server**, through handles resolved once at start-up:
+//!   `infercache_request_duration_seconds{model,outcome}` (outcome `hit`, `miss` or
+//!   `partial`), `infercache_inference_duration_seconds{model}` (one model call made for a
+//!   request's misses), and `infercache_rejected_requests_total{reason}`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use infercache_core::stats::Counter as StripedCounter;
+use infercache_engine::Cache;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::embed::Embed;
+
+/// How a request's inputs were served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every input came from a cache tier.
+    Hit,
+    /// No input came from a cache tier.
+    Miss,
+    /// Some did, some did not.
+    Partial,
+}
+
+impl Outcome {
+    /// The outcome of a request with `hits` of `total` inputs served from a tier.
+    pub fn of(hits: usize, total: usize) -> Self {
+        match hits {
+            0 => Self::Miss,
+            h if h == total => Self::Hit,
+            _ => Self::Partial,
+        }
+    }
+
+    /// `HIT`, `MISS` or `PARTIAL`, as in the `X-Cache` header.
+    pub fn header(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Partial => "PARTIAL",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Partial => "partial",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a request was refused before any work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Too many requests in flight.
+    Concurrency,
+    /// The inference queue was full.
+    Overloaded,
+    /// The request timed out.
+    Timeout,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 3] = [Self::Concurrency, Self::Overloaded, Self::Timeout];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Concurrency => "concurrency",
+            Self::Overloaded => "overloaded",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A histogram handle with its own total and count: the histogram is what Prometheus
+/// scrapes, the totals give `GET /v1/cache/stats` its means (the crate exposes neither).
+#[derive(Debug, Clone, Default)]
+struct Timed {
+    histogram: Option<Histogram>,
+    count: Arc<StripedCounter>,
+    micros: Arc<StripedCounter>,
+}
+
+impl Timed {
+    fn new(histogram: Histogram) -> Self {
+        Self {
+            histogram: Some(histogram),
+            ..Self::default()
+        }
+    }
+
+    fn observe(&self, took: Duration) {
+        if let Some(h) = &self.histogram {
+            h.observe(took.as_secs_f64());
+        }
+        self.count.incr();
+        self.micros
+            .add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn totals(&self) -> (f64, u64) {
+        #[expect(clippy::cast_precision_loss, reason = "a total for display")]
+        let secs = self.micros.get() as f64 / 1e6;
+        (secs, self.count.get())
+    }
+
+    #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
+    fn mean_ms(&self) -> Option<f64> {
+        let (secs, n) = self.totals();
+        (n > 0).then(|| secs * 1000.0 / n as f64)
+    }
+}
+
+/// The server's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: [Timed; 3],
+    inference: Timed,
+    inference_texts: StripedCounter,
+    rejected: [Counter; 3],
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics for one model, reading the cache's and the model's counters at scrape time.
+    pub fn new(cache: Option<Cache>, embedder: Arc<dyn Embed>) -> Self {
+        let model = embedder.info().id.clone();
+        let mut registry = Registry::with_prefix("infercache");
+
+        let requests = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer an embedding request, by how its inputs were served",
+            requests.clone(),
+        );
+        let request = |o: Outcome| {
+            Timed::new(
+                requests
+                    .get_or_create(&vec![
+                        ("model", model.clone()),
+                        ("outcome", o.label().to_owned()),
+                    ])
+                    .clone(),
+            )
+        };
+        let requests = [Outcome::Hit, Outcome::Miss, Outcome::Partial].map(request);
+
+        let inference = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+        });
+        registry.register(
+            "inference_duration_seconds",
+            "Time of one model call made for a request's cache misses",
+            inference.clone(),
+        );
+        let inference = Timed::new(
+            inference
+                .get_or_create(&vec![("model", model.clone())])
+                .clone(),
+        );
+
+        let rejected = Family::<Labels, Counter>::default();
+        registry.register(
+            "rejected_requests",
+            "Requests refused (429 or 504) before or while they ran",
+            rejected.clone(),
+        );
+        let rejected = Rejection::ALL.map(|r| {
+            rejected
+                .get_or_create(&vec![("reason", r.label().to_owned())])
+                .clone()
+        });
+
+        registry.register_collector(Box::new(EngineCollector { cache, embedder }));
+        Self {
+            registry,
+            requests,
+            inference,
+            inference_texts: StripedCounter::default(),
+            rejected,
+        }
+    }
+
+    /// Records an answered request.
+    pub fn request(&self, outcome: Outcome, took: Duration) {
+        self.requests[outcome.index()].observe(took);
+    }
+
+    /// Records one model call for `texts` texts.
+    pub fn inference(&self, took: Duration, texts: usize) {
+        self.inference.observe(took);
+        self.inference_texts.add(texts as u64);
+    }
+
+    /// Records a refused request.
+    pub fn rejected(&self, why: Rejection) {
+        self.rejected[why as usize].inc();
+    }
+
+    /// Mean latency in milliseconds of requests with `outcome`; `None` before the first.
+    pub fn mean_request_ms(&self, outcome: Outcome) -> Option<f64> {
+        self.requests[outcome.index()].mean_ms()
+    }
+
+    /// Total seconds, calls and texts of the model calls made for requests.
+    pub fn inference_totals(&self) -> (f64, u64, u64) {
+        let (secs, calls) = self.inference.totals();
+        (secs, calls, self.inference_texts.get())
+    }
+
+    /// The OpenMetrics text of every metric.
+    ///
+    /// # Errors
+    /// Only if formatting fails (a bug).
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::with_capacity(8 << 10);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Reads the engine's and the model's counters at scrape time.
+#[derive(Debug)]
+struct EngineCollector {
+    cache: Option<Cache>,
+    embedder: Arc<dyn Embed>,
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Labels, u64)],
+) -> Result<(), fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Labels, u64)],
+) -> Result<(), fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let model = self.embedder.info().id.clone();
+        let inference = self.embedder.stats();
+        let m = || vec![("model", model.clone())];
+        counter(
+            &mut enc,
+            "model_invocations",
+            "Model invocations (one forward pass over a batch)",
+            &[(m(), inference.invocations)],
+        )?;
+        counter(
+            &mut enc,
+            "model_texts",
+            "Texts the model embedded",
+            &[(m(), inference.texts)],
+        )?;
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        let stats = cache.stats();
+        let tiers: Vec<(&str, &infercache_core::stats::TierStats)> = [
+            ("memory", stats.memory.as_ref()),
+            ("disk", stats.disk.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(n, t)| t.map(|t| (n, t)))
+        .collect();
+        let tier = |n: &str| vec![("tier", n.to_owned())];
+        let lookups: Vec<(Labels, u64)> = tiers
+            .iter()
+            .flat_map(|(n, t)| {
+                [
+                    (
+                        [tier(n), vec![("outcome", "hit".to_owned())]].concat(),
+                        t.hits,
+                    ),
+                    (
+                        [tier(n), vec![("outcome", "miss".to_owned())]].concat(),
+                        t.misses,
+                    ),
+                ]
+            })
+            .collect();
+        counter(
+            &mut enc,
+            "cache_lookups",
+            "Lookups per tier and outcome",
+            &lookups,
+        )?;
+        let per_tier = |f: fn(&infercache_core::stats::TierStats) -> u64| -> Vec<(Labels, u64)> {
+            tiers.iter().map(|(n, t)| (tier(n), f(t))).collect()
+        };
+        counter(
+            &mut enc,
+            "cache_evictions",
+            "Entries evicted to make room",
+            &per_tier(|t| t.evictions),
+        )?;
+        counter(
+            &mut enc,
+            "cache_expirations",
+            "Entries dropped past their TTL",
+            &per_tier(|t| t.expirations),
+        )?;
+        counter(
+            &mut enc,
+            "cache_corrupt_records",
+            "Records dropped as corrupt",
+            &per_tier(|t| t.corrupt),
+        )?;
+        gauge(
+            &mut enc,
+            "cache_entries",
+            "Live entries",
+            &per_tier(|t| t.entries),
+        )?;
+        gauge(
+            &mut enc,
+            "cache_bytes",
+            "Bytes used",
+            &per_tier(|t| t.bytes),
+        )?;
+        gauge(
+            &mut enc,
+            "cache_capacity_bytes",
+            "Byte capacity",
+            &per_tier(|t| t.capacity),
+        )?;
+        let mut by_model = Vec::new();
+        for (name, s) in &stats.models {
+            let l = |tier: &str, outcome: &str| {
+                vec![
+                    ("model", name.clone()),
+                    ("tier", tier.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ]
+            };
+            by_model.push((l("memory", "hit"), s.memory_hits));
+            by_model.push((l("disk", "hit"), s.disk_hits));
+            by_model.push((l("any", "miss"), s.misses));
+            by_model.push((l("any", "coalesced"), s.coalesced));
+            by_model.push((l("any", "compute_error"), s.compute_errors));
+        }
+        counter(
+            &mut enc,
+            "model_lookups",
+            "Lookups per model, by the tier that answered and the outcome",
+            &by_model,
+        )?;
+        Ok(())
+    }
+}

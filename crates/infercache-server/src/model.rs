@@ -1,0 +1,147 @@
+//! The built-in model: all-MiniLM-L6-v2 from `infercache-model`, behind its batching
+//! pool, as an [`Embed`]; and [`run`], which loads it and serves.
+//!
+//! Identity in keys: the model id `all-MiniLM-L6-v2`, a version that names the
+//! preprocessing that changes outputs (truncation at `MAX_TOKENS`), and the SHA-256 of the
+//! weights file actually loaded.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use infercache_model::{
+    DIMS, Embedder, InferencePool, MAX_TOKENS, MODEL_ID, MODEL_NAME, ModelError, ModelFiles,
+    PoolConfig,
+};
+use sha2::{Digest as _, Sha256};
+use tokenizers::Tokenizer;
+use tokio::net::TcpListener;
+
+use crate::config::{BatchSettings, ServerConfig};
+use crate::embed::{Embed, EmbedError, EmbedFuture, InferenceStats, ModelInfo};
+use crate::error::ServerError;
+use crate::server::run_with;
+
+/// all-MiniLM-L6-v2 behind an [`InferencePool`].
+pub struct ModelPool {
+    pool: InferencePool,
+    /// Counts tokens for `usage` (no padding, no truncation). Interim: the pool owns the
+    /// `Embedder` and does not expose its `count_tokens`, so the tokenizer is loaded here
+    /// too, from the same verified directory.
+    counter: Tokenizer,
+    info: ModelInfo,
+}
+
+impl std::fmt::Debug for ModelPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelPool")
+            .field("info", &self.info)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelPool {
+    /// Loads the model from `model_dir`, or from (fetching into) the default cache
+    /// directory, and starts its pool. Blocks: hashing and loading ~90 MB.
+    ///
+    /// # Errors
+    /// Missing or corrupt files, a failed fetch, or a model that does not load.
+    pub fn load(model_dir: Option<&Path>, batch: &BatchSettings) -> Result<Self, ModelError> {
+        let files = ModelFiles::locate(model_dir, infercache_model::default_cache_dir(), false)?;
+        Self::from_files(&files, batch)
+    }
+
+    /// Loads the model from verified `files` and starts its pool. Blocks.
+    ///
+    /// # Errors
+    /// A model that does not load.
+    pub fn from_files(files: &ModelFiles, batch: &BatchSettings) -> Result<Self, ModelError> {
+        let weights = files.dir().join("model.safetensors");
+        let bytes = std::fs::read(&weights).map_err(|e| ModelError::Io {
+            path: weights.clone(),
+            source: Arc::new(e),
+        })?;
+        let artifact = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        drop(bytes);
+        let tokenizer = files.dir().join("tokenizer.json");
+        let mut counter =
+            Tokenizer::from_file(&tokenizer).map_err(|e| ModelError::Tokenizer(Arc::from(e)))?;
+        counter
+            .with_padding(None)
+            .with_truncation(None)
+            .map_err(|e| ModelError::Tokenizer(Arc::from(e)))?;
+        let embedder = Embedder::load(files)?;
+        let pool = InferencePool::new(
+            embedder,
+            PoolConfig::default()
+                .max_batch(batch.max_batch)
+                .max_wait(batch.max_wait)
+                .queue_capacity(batch.queue),
+        )?;
+        Ok(Self {
+            pool,
+            counter,
+            info: ModelInfo {
+                id: MODEL_NAME.to_owned(),
+                aliases: vec![MODEL_ID.to_owned()],
+                version: format!("1+max_tokens={MAX_TOKENS}"),
+                artifact: Some(artifact),
+                dims: DIMS,
+            },
+        })
+    }
+}
+
+impl Embed for ModelPool {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        self.counter.encode_fast(text, true).map_or(0, |e| e.len())
+    }
+
+    fn embed(&self, texts: Vec<String>) -> EmbedFuture<'_> {
+        Box::pin(async move {
+            self.pool.embed(texts).await.map_err(|e| match e {
+                ModelError::Overloaded => EmbedError::Overloaded,
+                e => EmbedError::Failed(Box::new(e)),
+            })
+        })
+    }
+
+    fn stats(&self) -> InferenceStats {
+        let s = self.pool.stats();
+        InferenceStats {
+            invocations: s.invocations,
+            texts: s.texts,
+        }
+    }
+}
+
+/// Loads the built-in model per `config` (on the blocking pool) and serves it on
+/// `listener` until `shutdown` completes; see [`crate::serve`] for the drain.
+///
+/// # Errors
+/// The model does not load, or anything [`run_with`] fails with.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let model_dir = config.model_dir.clone();
+    let batch = config.batch;
+    match &model_dir {
+        Some(dir) => tracing::info!(dir = %dir.display(), "loading {MODEL_NAME}"),
+        None => tracing::info!(
+            cache_dir = %infercache_model::default_cache_dir().display(),
+            "loading {MODEL_NAME}, fetching it into the cache directory if absent"
+        ),
+    }
+    let pool = tokio::task::spawn_blocking(move || ModelPool::load(model_dir.as_deref(), &batch))
+        .await
+        .map_err(|e| ServerError::Model(Box::new(e)))?
+        .map_err(|e| ServerError::Model(Box::new(e)))?;
+    run_with(config, Arc::new(pool), listener, shutdown).await
+}

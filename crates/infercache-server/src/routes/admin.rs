@@ -1,0 +1,228 @@
+//! Admin routes; each needs an admin key when keys are configured.
+//!
+//! - `GET /v1/cache/stats`: per tier and per model: hits, misses, hit rate, entries,
+//!   bytes, evictions, mean latency of hit, miss and partial requests, inference work and
+//!   the inference time the hits saved.
+//! - `POST /v1/cache/invalidate`: `{"scope": "all"}`, `{"scope": "namespace", "namespace"}`,
+//!   `{"scope": "model", "model"}` or `{"scope": "version", "model", "version"}`. Every
+//!   older entry in that scope becomes unreachable at once (an epoch bump; no scan).
+//! - `DELETE /v1/cache/entries/{key}`: removes one entry by its hex key (as reported in a
+//!   response's `cache.keys` or `X-Cache-Key`); 404 if no tier held it.
+//! - `POST /v1/cache/warm`: `{"inputs": [...], "namespace"?}` computes and stores what is
+//!   missing, for the caller's tenant unless `namespace` names another.
+//! - `GET /metrics`: Prometheus (OpenMetrics) text.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use infercache_core::Digest;
+use infercache_core::stats::{ModelStats, TierStats};
+use infercache_engine::Scope;
+use serde::Serialize;
+
+use super::body;
+use crate::auth::Admin;
+use crate::cache_control;
+use crate::embed::InferenceStats;
+use crate::error::ApiError;
+use crate::metrics::Outcome;
+use crate::service;
+use crate::state::AppState;
+
+/// The body of `GET /v1/cache/stats`.
+#[derive(Debug, Serialize)]
+pub struct StatsResponse {
+    cache_enabled: bool,
+    tiers: Tiers,
+    models: BTreeMap<String, ModelReport>,
+    coalesced: u64,
+    writeback_dropped: u64,
+    writeback_queued: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Tiers {
+    memory: Option<TierStats>,
+    disk: Option<TierStats>,
+}
+
+#[derive(Debug, Serialize)]
+struct ModelReport {
+    #[serde(flatten)]
+    lookups: ModelStats,
+    mean_hit_latency_ms: Option<f64>,
+    mean_miss_latency_ms: Option<f64>,
+    mean_partial_latency_ms: Option<f64>,
+    inference: InferenceReport,
+    /// Hits times the mean model time per text: an estimate of the model time the cache
+    /// saved.
+    inference_time_saved_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct InferenceReport {
+    #[serde(flatten)]
+    model: InferenceStats,
+    /// Model calls made for requests' misses (each may be batched with others).
+    calls: u64,
+    /// Mean model time per text, as requests saw it.
+    mean_ms_per_text: Option<f64>,
+}
+
+/// `GET /v1/cache/stats`.
+pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsResponse> {
+    let model = state.model();
+    let metrics = state.metrics();
+    let (secs, calls, texts) = metrics.inference_totals();
+    #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
+    let per_text_ms = (texts > 0).then(|| secs * 1000.0 / texts as f64);
+    let engine = state.cache().map(infercache_engine::Cache::stats);
+    let lookups = engine
+        .as_ref()
+        .and_then(|s| s.models.get(&model.id).cloned())
+        .unwrap_or_default();
+    #[expect(clippy::cast_precision_loss, reason = "an estimate for display")]
+    let saved = per_text_ms.unwrap_or(0.0) * lookups.hits as f64;
+    let report = ModelReport {
+        lookups,
+        mean_hit_latency_ms: metrics.mean_request_ms(Outcome::Hit),
+        mean_miss_latency_ms: metrics.mean_request_ms(Outcome::Miss),
+        mean_partial_latency_ms: metrics.mean_request_ms(Outcome::Partial),
+        inference: InferenceReport {
+            model: state.embedder().stats(),
+            calls,
+            mean_ms_per_text: per_text_ms,
+        },
+        inference_time_saved_ms: saved,
+    };
+    let response = StatsResponse {
+        cache_enabled: engine.is_some(),
+        tiers: Tiers {
+            memory: engine.as_ref().and_then(|s| s.memory.clone()),
+            disk: engine.as_ref().and_then(|s| s.disk.clone()),
+        },
+        models: BTreeMap::from([(model.id.clone(), report)]),
+        coalesced: engine.as_ref().map_or(0, |s| s.coalesced),
+        writeback_dropped: engine.as_ref().map_or(0, |s| s.writeback_dropped),
+        writeback_queued: engine.as_ref().map_or(0, |s| s.writeback_queued),
+    };
+    Json(response)
+}
+
+/// `POST /v1/cache/invalidate`.
+pub async fn invalidate(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let obj = body::object(body, state.limits())?;
+    let cache = state.cache().ok_or(ApiError::CacheDisabled)?;
+    let scope: Scope = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
+        ApiError::invalid(
+            "scope",
+            format!(
+                "{e}; expected {{\"scope\":\"all\"}}, {{\"scope\":\"namespace\",\"namespace\":…}}, \
+                 {{\"scope\":\"model\",\"model\":…}} or {{\"scope\":\"version\",\"model\":…,\"version\":…}}"
+            ),
+        )
+    })?;
+    // Clients may name the model by an alias; keys use its id.
+    let id = &state.model().id;
+    let scope = match scope {
+        Scope::Model { model } if state.model().answers_to(&model) => {
+            Scope::Model { model: id.clone() }
+        }
+        Scope::Version { model, version } if state.model().answers_to(&model) => Scope::Version {
+            model: id.clone(),
+            version,
+        },
+        other => other,
+    };
+    cache
+        .invalidate(scope.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(?scope, "cache invalidated");
+    Ok(Json(serde_json::json!({ "invalidated": scope })))
+}
+
+/// `DELETE /v1/cache/entries/{key}`.
+pub async fn delete_entry(
+    State(state): State<AppState>,
+    _admin: Admin,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(key) = key.map_err(|_| ApiError::InvalidKey(String::new()))?;
+    let digest: Digest = key.parse().map_err(|_| ApiError::InvalidKey(key.clone()))?;
+    let cache = state.cache().ok_or(ApiError::CacheDisabled)?;
+    let removed = cache
+        .remove(&cache.key_from_digest(digest, &state.model().id))
+        .await;
+    if !removed {
+        return Err(ApiError::EntryNotFound(digest.to_hex()));
+    }
+    Ok(Json(
+        serde_json::json!({ "removed": true, "key": digest.to_hex() }),
+    ))
+}
+
+/// `POST /v1/cache/warm`.
+pub async fn warm(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let directives = cache_control::parse(&headers)?;
+    let mut obj = body::object(body, state.limits())?;
+    body::only_fields(&obj, &["inputs", "namespace", "model"], |_| {
+        "supported fields are inputs, namespace, model".to_owned()
+    })?;
+    let texts = body::texts(&mut obj, "inputs", state.limits())?;
+    if let Some(model) = body::opt_str(&mut obj, "model")?
+        && !state.model().answers_to(&model)
+    {
+        return Err(ApiError::UnknownModel {
+            requested: model,
+            served: state.model().id.clone(),
+        });
+    }
+    let namespace = match body::opt_str(&mut obj, "namespace")? {
+        Some(ns) if ns.is_empty() => {
+            return Err(ApiError::EmptyString {
+                param: "namespace".to_owned(),
+            });
+        }
+        Some(ns) => ns,
+        None => caller.tenant.to_string(),
+    };
+    if state.cache().is_none() {
+        return Err(ApiError::CacheDisabled);
+    }
+    let e = service::embed_texts(&state, &namespace, &texts, &directives).await?;
+    Ok(Json(serde_json::json!({
+        "namespace": namespace,
+        "inputs": texts.len(),
+        "hits": e.hit_count(),
+        "misses": e.miss_count(),
+        "coalesced": e.coalesced,
+    })))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
+    let text = state.metrics().encode().map_err(ApiError::internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response())
+}

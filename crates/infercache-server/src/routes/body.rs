@@ -1,0 +1,164 @@
+//! Reading request bodies with specific errors.
+//!
+//! Bodies are parsed as a JSON object first and their fields checked one by one, so that
+//! every mistake gets a message naming its field: malformed JSON, a field of the wrong
+//! type, a field this server does not support (`dimensions`), an empty input, an empty
+//! string, too many inputs or one too long.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde_json::{Map, Value};
+
+use crate::config::Limits;
+use crate::error::ApiError;
+
+/// The body as a JSON object.
+pub fn object(
+    body: Result<Bytes, BytesRejection>,
+    limits: &Limits,
+) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: limits.max_body_bytes,
+            }
+        } else {
+            ApiError::UnreadableBody
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::MalformedJson(
+            "the body is empty; send a JSON object".to_owned(),
+        ));
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::invalid(
+            "body",
+            format!("expected a JSON object, got {}", type_name(&other)),
+        )),
+        Err(e) => Err(ApiError::MalformedJson(e.to_string())),
+    }
+}
+
+/// Refuses any field not in `allowed`, with `hint` saying why.
+pub fn only_fields(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    hint: impl Fn(&str) -> String,
+) -> Result<(), ApiError> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(field) => Err(ApiError::UnsupportedField {
+            hint: hint(field),
+            field: field.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// An optional string field (`null` counts as absent).
+pub fn opt_str(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::invalid(
+            field,
+            format!("expected a string, got {}", type_name(&other)),
+        )),
+    }
+}
+
+/// An optional boolean field (`null` counts as absent).
+pub fn opt_bool(obj: &mut Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(other) => Err(ApiError::invalid(
+            field,
+            format!("expected true or false, got {}", type_name(&other)),
+        )),
+    }
+}
+
+/// The texts of an `input`-like field: a string or a non-empty array of strings, within
+/// the item and length limits.
+pub fn texts(
+    obj: &mut Map<String, Value>,
+    field: &'static str,
+    limits: &Limits,
+) -> Result<Vec<String>, ApiError> {
+    let texts = match obj.remove(field) {
+        None => return Err(ApiError::MissingField(field)),
+        Some(Value::String(s)) => {
+            check_text(&s, field.to_owned(), limits)?;
+            return Ok(vec![s]);
+        }
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "expected a string or an array of strings, got {}",
+                    type_name(&other)
+                ),
+            ));
+        }
+    };
+    if texts.is_empty() {
+        return Err(ApiError::EmptyInput(field));
+    }
+    if texts.len() > limits.max_items {
+        return Err(ApiError::TooManyItems {
+            param: field,
+            got: texts.len(),
+            limit: limits.max_items,
+        });
+    }
+    texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(s) => {
+                check_text(&s, format!("{field}[{i}]"), limits)?;
+                Ok(s)
+            }
+            Value::Number(_) | Value::Array(_) => Err(ApiError::invalid(
+                format!("{field}[{i}]"),
+                "token arrays are not supported; send the text as a string",
+            )),
+            other => Err(ApiError::invalid(
+                format!("{field}[{i}]"),
+                format!("expected a string, got {}", type_name(&other)),
+            )),
+        })
+        .collect()
+}
+
+fn check_text(s: &str, param: String, limits: &Limits) -> Result<(), ApiError> {
+    if s.is_empty() {
+        return Err(ApiError::EmptyString { param });
+    }
+    // Bounded work: the body limit bounds the string.
+    let chars = s.chars().count();
+    if chars > limits.max_input_chars {
+        return Err(ApiError::InputTooLong {
+            param,
+            chars,
+            limit: limits.max_input_chars,
+        });
+    }
+    Ok(())
+}
+
+/// The JSON type of `v`, for messages.
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,121 @@
+//! The HTTP routes, one file per API, and what they share.
+//!
+//! | route | file |
+//! |---|---|
+//! | `POST /v1/embeddings` (OpenAI) | [`openai`] |
+//! | `POST /v1/embed` (Smally) | [`smally`] |
+//! | `GET /v1/cache/stats`, `POST /v1/cache/invalidate`, `DELETE /v1/cache/entries/{key}`, `POST /v1/cache/warm`, `GET /metrics` | [`admin`] |
+//! | `GET /healthz`, `GET /readyz` | [`health`] |
+
+pub mod admin;
+pub mod body;
+pub mod health;
+pub mod openai;
+pub mod smally;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::metrics::Rejection;
+use crate::service::Embedded;
+use crate::state::AppState;
+
+/// Responses with more values than this are serialized on the blocking pool.
+const BLOCKING_RENDER_VALUES: usize = 16 * 1024;
+
+/// Bounds `/v1/*`: 503 once draining for shutdown, at most `max_concurrent_requests` in flight (others get 429 at once,
+/// with `Retry-After`), each within `request_timeout` (else 504). A request cut off by the
+/// timeout is dropped; the cache hands any key it was computing to a waiting request.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limits = *state.limits();
+    if !state.is_ready() {
+        // Draining: a request that arrives on a kept-alive connection is turned away.
+        return ApiError::ShuttingDown.into_response();
+    }
+    let Ok(_permit) = std::sync::Arc::clone(state.permits()).try_acquire_owned() else {
+        state.metrics().rejected(Rejection::Concurrency);
+        return ApiError::TooManyRequests {
+            limit: limits.max_concurrent_requests,
+        }
+        .into_response();
+    };
+    match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            state.metrics().rejected(Rejection::Timeout);
+            ApiError::Timeout(limits.request_timeout).into_response()
+        }
+    }
+}
+
+/// 404 in the API's error shape.
+pub async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_owned())
+}
+
+/// 405 in the API's error shape.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// `X-Cache: HIT | MISS | PARTIAL`, `X-Cache-Hits`, `X-Cache-Misses`, `X-Cache-Coalesced`.
+/// Counts are per input; a duplicate inside one request shares its first copy's outcome.
+/// A coalesced input (computed by a concurrent request) counts as a miss.
+pub fn cache_headers(e: &Embedded) -> [(HeaderName, HeaderValue); 4] {
+    [
+        (
+            HeaderName::from_static("x-cache"),
+            HeaderValue::from_static(e.outcome().header()),
+        ),
+        (
+            HeaderName::from_static("x-cache-hits"),
+            HeaderValue::from(e.hit_count()),
+        ),
+        (
+            HeaderName::from_static("x-cache-misses"),
+            HeaderValue::from(e.miss_count()),
+        ),
+        (
+            HeaderName::from_static("x-cache-coalesced"),
+            HeaderValue::from(e.coalesced),
+        ),
+    ]
+}
+
+/// Runs `render` (decoding, token counting, JSON) inline for small responses and on the
+/// blocking pool for large ones, so a 2048-input response never stalls an async worker.
+pub async fn render<T, F>(values: usize, render: F) -> Result<Vec<u8>, ApiError>
+where
+    T: Serialize,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    let run =
+        move || render().and_then(|body| serde_json::to_vec(&body).map_err(ApiError::internal));
+    if values < BLOCKING_RENDER_VALUES {
+        return run();
+    }
+    tokio::task::spawn_blocking(run)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// A JSON response with `headers`.
+pub fn json_response(
+    body: Vec<u8>,
+    headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+) -> Response {
+    let mut response = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    response.headers_mut().extend(headers);
+    response
+}

@@ -1,0 +1,95 @@
+//! `POST /v1/embed`, compatible with Smally's API.
+//!
+//! Request: `{"text": "…", "normalize": false}`. Response: `{"embedding", "model",
+//! "tokens", "cached", "latency_ms"}`, with the `X-Cache*` headers as on every embedding
+//! route.
+//!
+//! # Normalization and the cache
+//!
+//! The cache stores the model's output verbatim, and `normalize` is applied after the
+//! lookup, on the way out. So one entry serves both settings, `normalize` is not part of
+//! the key, and the answer is right whatever the model returns: `normalize: true` always
+//! gives a unit vector, `normalize: false` always gives exactly what the model produced.
+//! Storing normalized vectors instead would make `normalize: false` wrong for any model
+//! whose raw output is not unit length.
+//!
+//! For all-MiniLM-L6-v2 the two settings give the same vector (to rounding): the model's
+//! pipeline ends in a `Normalize` layer, so its output is already unit length.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::Response;
+use serde::Serialize;
+
+use super::body;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::service;
+use crate::state::AppState;
+use crate::{cache_control, routes};
+
+#[derive(Serialize)]
+struct EmbedResponse {
+    embedding: Vec<f32>,
+    model: String,
+    tokens: usize,
+    cached: bool,
+    latency_ms: f64,
+}
+
+/// `POST /v1/embed`.
+pub async fn embed(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let directives = cache_control::parse(&headers)?;
+    let mut obj = body::object(body, state.limits())?;
+    body::only_fields(&obj, &["text", "normalize"], |_| {
+        "supported fields are text, normalize".to_owned()
+    })?;
+    match obj.get("text") {
+        None | Some(serde_json::Value::String(_)) => {}
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "text",
+                format!("expected a string, got {}", body::type_name(other)),
+            ));
+        }
+    }
+    let text = body::texts(&mut obj, "text", state.limits())?.remove(0);
+    let normalize = body::opt_bool(&mut obj, "normalize")?.unwrap_or(false);
+
+    let texts = [text];
+    let embedded = service::embed_texts(&state, &caller.tenant, &texts, &directives).await?;
+    let mut headers: Vec<(HeaderName, HeaderValue)> = routes::cache_headers(&embedded).into();
+    if let Some(key) = embedded.keys.first() {
+        headers.push((
+            HeaderName::from_static("x-cache-key"),
+            HeaderValue::from_str(&key.to_hex()).map_err(ApiError::internal)?,
+        ));
+    }
+    let outcome = embedded.outcome();
+    let vector = service::decode(&embedded.vectors[0], state.model().dims)?;
+    let embedding = if normalize {
+        service::l2_normalize(vector)
+    } else {
+        vector
+    };
+    let response = EmbedResponse {
+        embedding,
+        model: state.model().id.clone(),
+        tokens: state.embedder().count_tokens(&texts[0]),
+        cached: embedded.hit_count() == 1,
+        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+    };
+    let body = serde_json::to_vec(&response).map_err(ApiError::internal)?;
+    state.metrics().request(outcome, start.elapsed());
+    Ok(routes::json_response(body, headers))
+}

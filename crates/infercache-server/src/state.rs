@@ -1,0 +1,97 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use infercache_engine::Cache;
+use tokio::sync::Semaphore;
+
+use crate::auth::ApiKeys;
+use crate::config::Limits;
+use crate::embed::{Embed, ModelInfo};
+use crate::metrics::Metrics;
+
+/// The state behind [`crate::app`]. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cache: Option<Cache>,
+    embedder: Arc<dyn Embed>,
+    keys: ApiKeys,
+    limits: Limits,
+    metrics: Metrics,
+    /// Requests in flight on `/v1/*`; a request that finds none free gets 429 at once.
+    permits: Arc<Semaphore>,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    /// State serving `embedder` through `cache` (`None`: the cache is bypassed).
+    pub fn new(
+        cache: Option<Cache>,
+        embedder: Arc<dyn Embed>,
+        keys: ApiKeys,
+        limits: Limits,
+    ) -> Self {
+        let metrics = Metrics::new(cache.clone(), Arc::clone(&embedder));
+        Self {
+            inner: Arc::new(Shared {
+                cache,
+                embedder,
+                keys,
+                permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+                limits,
+                metrics,
+                ready: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// The cache; `None` when disabled.
+    pub fn cache(&self) -> Option<&Cache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// The model.
+    pub fn embedder(&self) -> &dyn Embed {
+        &*self.inner.embedder
+    }
+
+    /// The model's identity.
+    pub fn model(&self) -> &ModelInfo {
+        self.inner.embedder.info()
+    }
+
+    /// The API keys.
+    pub fn keys(&self) -> &ApiKeys {
+        &self.inner.keys
+    }
+
+    /// The request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn permits(&self) -> &Arc<Semaphore> {
+        &self.inner.permits
+    }
+
+    /// Whether `/readyz` answers 200; false once shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the server (not) ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: real servers on port 0 serving the real all-MiniLM-L6-v2.
+//!
+//! The model comes from `INFERCACHE_MODEL_DIR`, else it is fetched once into the
+//! workspace's `target/model-cache`. Without it these tests fail, loudly: they never skip.
+
+mod cache_control;
+mod embeddings;
+mod errors;
+mod lifecycle;
+mod support;
