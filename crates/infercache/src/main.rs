@@ -1,8 +1,19 @@
 //! The `infercache` command. Parses flags, sets up logging and hands off to the library
 //! crates; no cache logic lives here.
+//!
+//! - `serve`: the HTTP server ([`infercache_server`]) with the built-in model ([`serve`]).
+//! - `stats`, `warm`, `invalidate`: admin commands that talk to a running server over
+//!   HTTP ([`client`] for the connection, one file per command).
+//! - `bench`: measurements of the engine ([`bench`]).
 
 mod bench;
+mod client;
+mod invalidate;
+mod serve;
+mod stats;
+mod warm;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +28,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the embedding API (OpenAI- and Smally-compatible) through the cache, with the
+    /// built-in all-MiniLM-L6-v2 model. Stops gracefully on SIGTERM or Ctrl-C.
+    Serve(serve::ServeCommand),
+    /// Print a running server's cache statistics, per tier and per model.
+    Stats(stats::StatsCommand),
+    /// Precompute and store the embeddings of a file of inputs on a running server.
+    Warm(warm::WarmCommand),
+    /// Make every cached entry of a scope unreachable on a running server.
+    Invalidate(invalidate::InvalidateCommand),
     /// Measure the cache engine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -29,9 +49,14 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(cmd) => serve::run(&cmd),
+        Command::Stats(cmd) => stats::run(&cmd),
+        Command::Warm(cmd) => warm::run(&cmd),
+        Command::Invalidate(cmd) => invalidate::run(&cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

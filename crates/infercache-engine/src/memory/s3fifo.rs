@@ -15,8 +15,9 @@
 //! hit ratios but runs at about twice quick_cache's cost per operation, and quick_cache's
 //! S3-FIFO-like policy is fast but falls short of ARC on OLTP at 5,000 entries under every
 //! setting it offers (BENCHMARKS.md has both measurements). This is the same algorithm as
-//! foyer's, laid out like quick_cache's: per shard, a `RwLock` over a hash map into an
-//! arena of slots and two `VecDeque`s of slot indices. A hit takes the read lock, bumps the
+//! foyer's, laid out like quick_cache's: per shard, a `RwLock` over a hash table of slot
+//! indices (hashbrown's `HashTable`, so a lookup touches the table and the slot, nothing
+//! else), an arena of slots and two `VecDeque`s of slot indices. A hit takes the read lock, bumps the
 //! slot's frequency with a relaxed atomic and clones the value; every other operation takes
 //! the write lock.
 //!
@@ -24,7 +25,9 @@
 //! and queue items with an old generation are skipped when they come up (and compacted
 //! away when they outnumber the live ones).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+
+use hashbrown::HashTable;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -96,7 +99,8 @@ impl Ghost {
 
 #[derive(Debug)]
 struct Shard {
-    map: HashMap<Digest, u32, DigestHasher>,
+    /// Slot indices, hashed by their key's digest prefix.
+    map: HashTable<u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     small: VecDeque<Item>,
@@ -118,7 +122,7 @@ impl Shard {
         )]
         let share = |ratio: f64| (capacity as f64 * ratio) as u64;
         Self {
-            map: HashMap::with_hasher(DigestHasher::default()),
+            map: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
             small: VecDeque::new(),
@@ -151,13 +155,23 @@ impl Shard {
             Queue::Small => self.small_weight -= slot.weight,
             Queue::Main => self.main_weight -= slot.weight,
         }
-        self.map.remove(&slot.key);
+        let hash = slot.key.prefix_u64();
+        if let Ok(found) = self.map.find_entry(hash, |&i| i == idx) {
+            found.remove();
+        }
         self.free.push(idx);
         entry
     }
 
+    fn find(&self, key: &Digest) -> Option<u32> {
+        let slots = &self.slots;
+        self.map
+            .find(key.prefix_u64(), |&i| slots[i as usize].key == *key)
+            .copied()
+    }
+
     fn remove(&mut self, key: &Digest) -> Option<MemEntry> {
-        let idx = *self.map.get(key)?;
+        let idx = self.find(key)?;
         let entry = self.free_slot(idx);
         self.compact();
         Some(entry)
@@ -237,7 +251,7 @@ impl Shard {
         }
         // Make room first, as foyer does (the old value of this key may go too).
         while self.usage() > self.capacity - weight && self.evict_one(counters) {}
-        if let Some(&idx) = self.map.get(&key) {
+        if let Some(idx) = self.find(&key) {
             self.free_slot(idx);
         }
         let queue = if self.ghost.members.contains(&key.prefix_u64()) {
@@ -278,7 +292,10 @@ impl Shard {
                 self.main.push_back(item);
             }
         }
-        self.map.insert(key, idx);
+        let slots = &self.slots;
+        self.map.insert_unique(key.prefix_u64(), idx, |&i| {
+            slots[i as usize].key.prefix_u64()
+        });
         self.compact();
     }
 
@@ -341,7 +358,7 @@ impl Store for S3FifoStore {
     #[inline]
     fn get(&self, key: &Digest) -> Option<MemEntry> {
         let shard = self.shard(key).read();
-        let &idx = shard.map.get(key)?;
+        let idx = shard.find(key)?;
         let slot = &shard.slots[idx as usize];
         // Relaxed and racy on purpose: a lost increment only delays a promotion.
         let frequency = slot.frequency.load(Ordering::Relaxed);
@@ -377,7 +394,7 @@ impl Store for S3FifoStore {
             let mut s = shard.write();
             let expired: Vec<u32> = s
                 .map
-                .values()
+                .iter()
                 .copied()
                 .filter(|&i| s.slots[i as usize].entry.is_expired(now_ms))
                 .collect();
@@ -464,8 +481,9 @@ mod tests {
             "evicted from the small queue into the ghost"
         );
         store.insert(k, entry());
+        let shard = store.shards[0].read();
         assert_eq!(
-            store.shards[0].read().slots[store.shards[0].read().map[&k] as usize].queue,
+            shard.slots[shard.find(&k).unwrap() as usize].queue,
             Queue::Main
         );
     }

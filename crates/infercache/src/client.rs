@@ -1,0 +1,199 @@
+//! The connection of the admin commands (`stats`, `warm`, `invalidate`) to a running
+//! server: its URL and admin key, and one request function that turns "cannot connect"
+//! and error responses into messages a user can act on.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use reqwest::{Method, StatusCode, Url, header};
+use serde_json::Value;
+
+/// How long connecting to the server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take; well above the server's default request timeout (30 s),
+/// so the server's own 504 is what a user sees.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where the server is and how to authenticate to it.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Base URL of the running server.
+    #[arg(
+        long,
+        env = "INFERCACHE_URL",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Admin API key, sent as `Authorization: Bearer KEY`; needed when the server has an
+    /// API keys file.
+    #[arg(
+        long,
+        env = "INFERCACHE_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+}
+
+/// An HTTP client bound to one server.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    api_key: Option<String>,
+}
+
+/// A successful (2xx) or refused response, before it is judged.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    /// `Retry-After` in seconds, if the server sent one.
+    pub retry_after: Option<u64>,
+    pub body: Value,
+    /// The body as text, for error responses that are not JSON.
+    text: String,
+}
+
+impl Client {
+    pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
+        let mut base: Url = args.url.parse().with_context(|| {
+            format!(
+                "invalid --url {:?}: expected e.g. http://127.0.0.1:8080",
+                args.url
+            )
+        })?;
+        if base.scheme() != "http" {
+            anyhow::bail!(
+                "invalid --url {:?}: only http:// is supported (put a TLS proxy in front of the server)",
+                args.url
+            );
+        }
+        // Relative joins keep a path prefix such as `http://host/infercache/`.
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            base,
+            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        })
+    }
+
+    /// `GET path`; the JSON body of a 2xx answer, else an error with the server's message.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(Method::GET, path, None).await?.into_ok()
+    }
+
+    /// `POST path` with a JSON body; the JSON body of a 2xx answer, else an error with the
+    /// server's message.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(Method::POST, path, Some(body)).await?.into_ok()
+    }
+
+    /// Sends a request and reads the whole answer, whatever its status. Fails only when
+    /// the server cannot be reached or its answer cannot be read.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
+        let url = self
+            .base
+            .join(path)
+            .with_context(|| format!("building the URL of {path}"))?;
+        let mut request = self.http.request(method.clone(), url);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("reading the answer to {method} /{path}"))?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() && body.is_null() {
+            anyhow::bail!(
+                "{method} /{path} answered {status} without a JSON body; is {} an infercache server?",
+                self.base
+            );
+        }
+        Ok(Reply {
+            status,
+            retry_after,
+            body,
+            text,
+        })
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        let what = if e.is_timeout() {
+            format!(
+                "the infercache server at {} did not answer in time",
+                self.base
+            )
+        } else {
+            format!(
+                "cannot reach the infercache server at {}; is `infercache serve` running \
+                 there? (set --url or INFERCACHE_URL)",
+                self.base
+            )
+        };
+        anyhow::Error::new(e).context(what)
+    }
+}
+
+impl Reply {
+    /// The body of a 2xx answer; otherwise an error carrying the server's own message.
+    pub fn into_ok(self) -> anyhow::Result<Value> {
+        if self.status.is_success() {
+            return Ok(self.body);
+        }
+        let error = &self.body["error"];
+        let mut message = match error["message"].as_str() {
+            Some(m) => format!("the server answered {}: {m}", self.status),
+            None => {
+                let text: String = self.text.trim().chars().take(200).collect();
+                if text.is_empty() {
+                    format!("the server answered {}", self.status)
+                } else {
+                    format!("the server answered {}: {text}", self.status)
+                }
+            }
+        };
+        if let Some(code) = error["code"].as_str() {
+            message.push_str(&format!(" ({code})"));
+        }
+        if matches!(
+            self.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            message.push_str("; pass an admin key with --api-key or INFERCACHE_API_KEY");
+        }
+        Err(anyhow::Error::msg(message))
+    }
+}
+
+/// A current-thread runtime for the admin commands: one request at a time.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
