@@ -10,8 +10,9 @@
 //! | `bind` | `127.0.0.1:8080` | address to listen on |
 //! | `memory` | `256MiB` | memory tier: bytes (`512MiB`) or a fraction of RAM (`0.3`) |
 //! | `policy` | `s3fifo` | memory eviction policy: `s3fifo`, `lru`, `lfu`, `fifo`, `random` |
-//! | `disk_dir` | none | directory of the persistent tier |
-//! | `disk_size` | — | bytes of the disk tier (required with `disk_dir`) |
+//! | `disk_dir` | `disk/` in the cache directory | directory of the persistent tier |
+//! | `disk_size` | 2GiB | bytes of the disk tier |
+//! | `no_disk` | false | memory tier only |
 //! | `disk_compression` | `lz4` | `none`, `lz4`, `zstd` |
 //! | `ttl` | none | default TTL of entries (`90s`, `12h`, `7d`) |
 //! | `write_back_queue` | none | write the disk tier through a queue of this many operations (write-back); none is write-through |
@@ -54,12 +55,15 @@ pub struct ServeArgs {
     /// Memory eviction policy: s3fifo, lru, lfu, fifo, random [default: s3fifo].
     #[arg(long, env = "INFERCACHE_POLICY", value_name = "POLICY")]
     pub policy: Option<String>,
-    /// Directory of the persistent disk tier [default: none].
+    /// Directory of the persistent disk tier [default: `disk/` in the cache directory].
     #[arg(long, env = "INFERCACHE_DISK_DIR", value_name = "DIR")]
     pub disk_dir: Option<PathBuf>,
-    /// Disk tier size in bytes (`10GiB`); required with --disk-dir.
+    /// Disk tier size in bytes (`10GiB`) [default: 2GiB].
     #[arg(long, env = "INFERCACHE_DISK_SIZE", value_name = "SIZE")]
     pub disk_size: Option<String>,
+    /// Run without the disk tier (memory only).
+    #[arg(long, env = "INFERCACHE_NO_DISK")]
+    pub no_disk: bool,
     /// Disk compression: none, lz4, zstd [default: lz4].
     #[arg(long, env = "INFERCACHE_DISK_COMPRESSION", value_name = "CODEC")]
     pub disk_compression: Option<String>,
@@ -119,6 +123,9 @@ pub struct ServeArgs {
     pub shutdown_timeout: Option<String>,
 }
 
+/// Size of the disk tier when none is given.
+const DEFAULT_DISK_SIZE: &str = "2GiB";
+
 /// The `--config` file: the same keys as the flags, with underscores.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +135,7 @@ struct FileConfig {
     policy: Option<String>,
     disk_dir: Option<PathBuf>,
     disk_size: Option<Scalar>,
+    no_disk: Option<bool>,
     disk_compression: Option<String>,
     ttl: Option<Scalar>,
     write_back_queue: Option<usize>,
@@ -356,36 +364,35 @@ impl ServerConfig {
             None => Compression::default(),
         };
         let disk_size = text(a.disk_size, f.disk_size);
-        let disk = match (a.disk_dir.or(f.disk_dir), disk_size) {
-            (Some(dir), Some(size)) => {
-                let capacity = match size.parse::<Capacity>() {
-                    Ok(Capacity::Bytes(b)) if b > 0 => b,
-                    Ok(_) => {
-                        return Err(invalid(
-                            "disk_size",
-                            &size,
-                            "give a positive byte size such as 10GiB",
-                        ));
-                    }
-                    Err(e) => return Err(invalid("disk_size", &size, e)),
-                };
-                Some(DiskSettings {
-                    dir,
-                    capacity,
-                    compression,
-                })
-            }
-            (Some(_), None) => {
+        let disk_dir = a.disk_dir.or(f.disk_dir);
+        let disk = if a.no_disk || f.no_disk == Some(true) {
+            if disk_dir.is_some() || disk_size.is_some() {
                 return Err(ConfigError::Inconsistent(
-                    "disk_dir needs disk_size (e.g. --disk-size 10GiB)",
+                    "no_disk contradicts disk_dir / disk_size",
                 ));
             }
-            (None, Some(_)) => {
-                return Err(ConfigError::Inconsistent(
-                    "disk_size was given without disk_dir",
-                ));
-            }
-            (None, None) => None,
+            None
+        } else {
+            // `serve` runs both tiers by default: disk under the cache directory.
+            let dir =
+                disk_dir.unwrap_or_else(|| infercache_model::default_cache_dir().join("disk"));
+            let size = disk_size.unwrap_or_else(|| DEFAULT_DISK_SIZE.to_owned());
+            let capacity = match size.parse::<Capacity>() {
+                Ok(Capacity::Bytes(b)) if b > 0 => b,
+                Ok(_) => {
+                    return Err(invalid(
+                        "disk_size",
+                        &size,
+                        "give a positive byte size such as 10GiB",
+                    ));
+                }
+                Err(e) => return Err(invalid("disk_size", &size, e)),
+            };
+            Some(DiskSettings {
+                dir,
+                capacity,
+                compression,
+            })
         };
         let ttl = text(a.ttl, f.ttl)
             .map(|s| parse_duration(&s).map_err(|e| invalid("ttl", &s, e)))
@@ -396,7 +403,7 @@ impl ServerConfig {
         }
         if write_back_queue.is_some() && disk.is_none() {
             return Err(ConfigError::Inconsistent(
-                "write_back_queue needs a disk tier (disk_dir and disk_size)",
+                "write_back_queue needs the disk tier (drop no_disk)",
             ));
         }
         let enable_cache = if a.disable_cache {
@@ -620,8 +627,27 @@ mod tests {
     #[test]
     fn defaults_apply_with_nothing_given() {
         let c = ServerConfig::resolve(ServeArgs::default(), FileConfig::default()).unwrap();
-        assert_eq!(c, ServerConfig::default());
+        let disk = c.disk.clone().expect("serve runs the disk tier by default");
+        assert_eq!(disk.capacity, 2 << 30);
+        assert_eq!(disk.dir, infercache_model::default_cache_dir().join("disk"));
+        assert_eq!(
+            ServerConfig {
+                disk: None,
+                ..c.clone()
+            },
+            ServerConfig::default()
+        );
         assert!(c.bind.ip().is_loopback());
+        let memory_only = ServeArgs {
+            no_disk: true,
+            ..ServeArgs::default()
+        };
+        assert!(
+            ServerConfig::resolve(memory_only, FileConfig::default())
+                .unwrap()
+                .disk
+                .is_none()
+        );
     }
 
     #[test]
@@ -701,12 +727,13 @@ mod tests {
         let e = ServerConfig::resolve(
             ServeArgs {
                 disk_dir: Some("/tmp/x".into()),
+                no_disk: true,
                 ..ServeArgs::default()
             },
             FileConfig::default(),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("disk_size"), "{e}");
+        assert!(e.to_string().contains("no_disk"), "{e}");
     }
 
     #[test]
