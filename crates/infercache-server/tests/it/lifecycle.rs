@@ -143,3 +143,55 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!(body["data"].as_array().unwrap().len(), 8);
     stopped.await.unwrap();
 }
+
+/// A value served from memory or from disk is bit-identical to a fresh computation.
+#[tokio::test]
+async fn memory_and_disk_hits_are_bit_identical_to_a_fresh_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        disk: Some(DiskSettings {
+            dir: dir.path().join("cache"),
+            capacity: 64 << 20,
+            compression: infercache_engine::Compression::Zstd,
+        }),
+        ..ServerConfig::default()
+    };
+    let body = json!({
+        "model": "all-MiniLM-L6-v2",
+        "input": ["The weather is lovely today.", "He drove to the stadium."],
+        "encoding_format": "base64",
+    });
+    let bytes = |r: &crate::support::Reply| -> Vec<String> {
+        let data = r.body["data"].as_array().unwrap();
+        data.iter()
+            .map(|d| d["embedding"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let model = model().await;
+    let s = Server::start(config.clone(), model.clone()).await;
+    let computed = s.post("/v1/embeddings", &[], &body).await;
+    assert_eq!(computed.header("x-cache"), "MISS");
+    let from_memory = s.post("/v1/embeddings", &[], &body).await;
+    assert_eq!(from_memory.header("x-cache"), "HIT");
+    let fresh = s
+        .post("/v1/embeddings", &[("cache-control", "no-cache")], &body)
+        .await;
+    assert_eq!(fresh.header("x-cache"), "MISS");
+    s.stop().await;
+    let s = Server::start(config, model).await;
+    let from_disk = s.post("/v1/embeddings", &[], &body).await;
+    assert_eq!(from_disk.header("x-cache"), "HIT");
+    let stats = s.get("/v1/cache/stats", &[]).await.body;
+    assert_eq!(
+        stats["models"]["all-MiniLM-L6-v2"]["disk_hits"], 2,
+        "{stats}"
+    );
+    assert_eq!(bytes(&from_memory), bytes(&computed));
+    assert_eq!(
+        bytes(&fresh),
+        bytes(&computed),
+        "a recomputation differs from the cached bytes"
+    );
+    assert_eq!(bytes(&from_disk), bytes(&computed));
+    s.stop().await;
+}
