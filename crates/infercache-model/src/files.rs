@@ -38,6 +38,10 @@ pub(crate) const WEIGHTS: FileSpec = FileSpec {
 /// Every file, smallest first so a wrong directory fails fast.
 pub(crate) const ALL_FILES: [FileSpec; 3] = [CONFIG, TOKENIZER, WEIGHTS];
 
+/// SHA-256 of the weights (`model.safetensors`) every [`ModelFiles`] was verified against:
+/// the model's artifact digest.
+pub const WEIGHTS_SHA256: &str = WEIGHTS.sha256;
+
 /// A directory holding `config.json`, `tokenizer.json` and `model.safetensors` of
 /// all-MiniLM-L6-v2, each of which matched its pinned SHA-256 when this value was made.
 ///

@@ -67,5 +67,5 @@ mod pool;
 
 pub use embedder::{DIMS, Embedder, MAX_TOKENS};
 pub use error::ModelError;
-pub use files::{MODEL_ID, MODEL_NAME, ModelFiles, default_cache_dir};
+pub use files::{MODEL_ID, MODEL_NAME, ModelFiles, WEIGHTS_SHA256, default_cache_dir};
 pub use pool::{InferencePool, PendingEmbeddings, PoolConfig, PoolStats};

@@ -148,6 +148,7 @@ struct Job {
 #[derive(Debug)]
 pub struct InferencePool {
     queue: SyncSender<Job>,
+    embedder: Arc<Embedder>,
     workers: Vec<JoinHandle<()>>,
     counters: Arc<Counters>,
     config: PoolConfig,
@@ -178,10 +179,20 @@ impl InferencePool {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             queue,
+            embedder,
             workers,
             counters,
             config,
         })
+    }
+
+    /// Tokens in `text` with `[CLS]` and `[SEP]`, before truncation (see
+    /// [`Embedder::count_tokens`]); runs on the caller's thread, no model call.
+    ///
+    /// # Errors
+    /// [`ModelError::Tokenizer`] if the tokenizer fails on `text`.
+    pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
+        self.embedder.count_tokens(text)
     }
 
     /// Embeds `texts` (unit vectors of [`DIMS`](crate::DIMS) floats, in order), batched

@@ -43,11 +43,26 @@ fn main() -> anyhow::Result<()> {
                 async move {
                     (
                         [
-                            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                            (HeaderName::from_static("x-cache"), HeaderValue::from_static("HIT")),
-                            (HeaderName::from_static("x-cache-hits"), HeaderValue::from(1)),
-                            (HeaderName::from_static("x-cache-misses"), HeaderValue::from(0)),
-                            (HeaderName::from_static("x-cache-coalesced"), HeaderValue::from(0)),
+                            (
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("application/json"),
+                            ),
+                            (
+                                HeaderName::from_static("x-cache"),
+                                HeaderValue::from_static("HIT"),
+                            ),
+                            (
+                                HeaderName::from_static("x-cache-hits"),
+                                HeaderValue::from(1),
+                            ),
+                            (
+                                HeaderName::from_static("x-cache-misses"),
+                                HeaderValue::from(0),
+                            ),
+                            (
+                                HeaderName::from_static("x-cache-coalesced"),
+                                HeaderValue::from(0),
+                            ),
                         ],
                         body,
                     )

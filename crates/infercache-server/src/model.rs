@@ -3,7 +3,7 @@
 //!
 //! Identity in keys: the model id `all-MiniLM-L6-v2`, a version that names the
 //! preprocessing that changes outputs (truncation at `MAX_TOKENS`), and the SHA-256 of the
-//! weights file actually loaded.
+//! weights, which `ModelFiles` verified before loading.
 
 use std::future::Future;
 use std::path::Path;
@@ -11,10 +11,8 @@ use std::sync::Arc;
 
 use infercache_model::{
     DIMS, Embedder, InferencePool, MAX_TOKENS, MODEL_ID, MODEL_NAME, ModelError, ModelFiles,
-    PoolConfig,
+    PoolConfig, WEIGHTS_SHA256,
 };
-use sha2::{Digest as _, Sha256};
-use tokenizers::Tokenizer;
 use tokio::net::TcpListener;
 
 use crate::config::{BatchSettings, ServerConfig};
@@ -25,10 +23,6 @@ use crate::server::run_with;
 /// all-MiniLM-L6-v2 behind an [`InferencePool`].
 pub struct ModelPool {
     pool: InferencePool,
-    /// Counts tokens for `usage` (no padding, no truncation). Interim: the pool owns the
-    /// `Embedder` and does not expose its `count_tokens`, so the tokenizer is loaded here
-    /// too, from the same verified directory.
-    counter: Tokenizer,
     info: ModelInfo,
 }
 
@@ -57,20 +51,8 @@ impl ModelPool {
     /// # Errors
     /// A model that does not load.
     pub fn from_files(files: &ModelFiles, batch: &BatchSettings) -> Result<Self, ModelError> {
-        let weights = files.dir().join("model.safetensors");
-        let bytes = std::fs::read(&weights).map_err(|e| ModelError::Io {
-            path: weights.clone(),
-            source: Arc::new(e),
-        })?;
-        let artifact = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        drop(bytes);
-        let tokenizer = files.dir().join("tokenizer.json");
-        let mut counter =
-            Tokenizer::from_file(&tokenizer).map_err(|e| ModelError::Tokenizer(Arc::from(e)))?;
-        counter
-            .with_padding(None)
-            .with_truncation(None)
-            .map_err(|e| ModelError::Tokenizer(Arc::from(e)))?;
+        // `ModelFiles` were verified against the pinned digests: the weights are these.
+        let artifact = format!("sha256:{WEIGHTS_SHA256}");
         let embedder = Embedder::load(files)?;
         let pool = InferencePool::new(
             embedder,
@@ -81,7 +63,6 @@ impl ModelPool {
         )?;
         Ok(Self {
             pool,
-            counter,
             info: ModelInfo {
                 id: MODEL_NAME.to_owned(),
                 aliases: vec![MODEL_ID.to_owned()],
@@ -99,7 +80,7 @@ impl Embed for ModelPool {
     }
 
     fn count_tokens(&self, text: &str) -> usize {
-        self.counter.encode_fast(text, true).map_or(0, |e| e.len())
+        self.pool.count_tokens(text).unwrap_or(0)
     }
 
     fn embed(&self, texts: Vec<String>) -> EmbedFuture<'_> {
