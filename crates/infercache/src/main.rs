@@ -4,7 +4,7 @@
 //! - `serve`: the HTTP server ([`infercache_server`]) with the built-in model ([`serve`]).
 //! - `stats`, `warm`, `invalidate`: admin commands that talk to a running server over
 //!   HTTP ([`client`] for the connection, one file per command).
-//! - `bench`: measurements of the engine ([`bench`]).
+//! - `bench`: measurements of the engine ([`mod@bench`]).
 
 mod bench;
 mod client;
@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// Serve the embedding API (OpenAI- and Smally-compatible) through the cache, with the
     /// built-in all-MiniLM-L6-v2 model. Stops gracefully on SIGTERM or Ctrl-C.
-    Serve(serve::ServeCommand),
+    Serve(Box<serve::ServeCommand>),
     /// Print a running server's cache statistics, per tier and per model.
     Stats(stats::StatsCommand),
     /// Precompute and store the embeddings of a file of inputs on a running server.

