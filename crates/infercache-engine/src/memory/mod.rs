@@ -191,10 +191,30 @@ pub(crate) trait Store: Send + Sync + fmt::Debug {
     fn weight(&self) -> u64;
 }
 
+/// The store behind the tier: the default policy is called directly (so its hit path
+/// inlines into [`MemoryTier::get`]), the others through the trait.
+#[derive(Debug)]
+enum Backend {
+    S3fifo(s3fifo::S3FifoStore),
+    Other(Box<dyn Store>),
+}
+
+impl std::ops::Deref for Backend {
+    type Target = dyn Store;
+
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Backend::S3fifo(s) => s,
+            Backend::Other(s) => &**s,
+        }
+    }
+}
+
 /// The memory tier.
 #[derive(Debug)]
 pub struct MemoryTier {
-    store: Box<dyn Store>,
+    store: Backend,
     counters: Arc<TierCounters>,
     clock: SharedClock,
     config: MemoryConfig,
@@ -205,37 +225,37 @@ impl MemoryTier {
     pub fn new(config: MemoryConfig, clock: SharedClock) -> Self {
         let counters = Arc::new(TierCounters::default());
         let shards = config.shards.unwrap_or_else(default_shards);
-        let store: Box<dyn Store> = match config.policy {
-            Policy::S3fifo => Box::new(s3fifo::S3FifoStore::new(
+        let store = match config.policy {
+            Policy::S3fifo => Backend::S3fifo(s3fifo::S3FifoStore::new(
                 config.capacity,
                 shards,
                 config.weigher,
                 Arc::clone(&counters),
             )),
-            Policy::Lru => Box::new(locked::Locked::<lru::Lru>::new(
+            Policy::Lru => Backend::Other(Box::new(locked::Locked::<lru::Lru>::new(
                 config.capacity,
                 shards,
                 config.weigher,
                 Arc::clone(&counters),
-            )),
-            Policy::Lfu => Box::new(locked::Locked::<lfu::Lfu>::new(
+            ))),
+            Policy::Lfu => Backend::Other(Box::new(locked::Locked::<lfu::Lfu>::new(
                 config.capacity,
                 shards,
                 config.weigher,
                 Arc::clone(&counters),
-            )),
-            Policy::Fifo => Box::new(locked::Locked::<fifo::Fifo>::new(
+            ))),
+            Policy::Fifo => Backend::Other(Box::new(locked::Locked::<fifo::Fifo>::new(
                 config.capacity,
                 shards,
                 config.weigher,
                 Arc::clone(&counters),
-            )),
-            Policy::Random => Box::new(locked::Locked::<random::Random>::new(
+            ))),
+            Policy::Random => Backend::Other(Box::new(locked::Locked::<random::Random>::new(
                 config.capacity,
                 shards,
                 config.weigher,
                 Arc::clone(&counters),
-            )),
+            ))),
         };
         Self {
             store,
@@ -248,7 +268,11 @@ impl MemoryTier {
     /// The live entry for `key`; an expired entry is removed, counted and not returned.
     #[inline]
     pub fn get(&self, key: &Digest) -> Option<MemEntry> {
-        match self.store.get(key) {
+        let found = match &self.store {
+            Backend::S3fifo(s) => s.get(key),
+            Backend::Other(s) => s.get(key),
+        };
+        match found {
             // Entries without a TTL skip the clock read: the common hit pays no syscall.
             Some(e) if e.expires_ms == NEVER || !e.is_expired(self.clock.now_ms()) => {
                 self.counters.hits.incr();
@@ -278,7 +302,10 @@ impl MemoryTier {
     #[inline]
     pub fn insert(&self, key: Digest, entry: MemEntry) {
         self.counters.inserts.incr();
-        self.store.insert(key, entry);
+        match &self.store {
+            Backend::S3fifo(s) => s.insert(key, entry),
+            Backend::Other(s) => s.insert(key, entry),
+        }
     }
 
     /// Removes `key`; whether it was present.
