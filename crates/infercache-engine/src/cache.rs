@@ -472,12 +472,13 @@ impl Cache {
             return in_memory;
         };
         if let Some(wb) = &self.inner.write_back {
+            let on_disk = disk.tier.contains(&digest);
             *self.inner.pending_removals.entry(digest).or_insert(0) += 1;
             if wb.tx.send(WriteOp::Remove { key: digest }).await.is_err() {
                 // The drainer is gone (shutdown): remove directly.
                 self.inner.finish_pending_removal(&digest);
             } else {
-                return in_memory;
+                return in_memory || on_disk;
             }
         }
         let on_disk = disk

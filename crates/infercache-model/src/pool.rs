@@ -29,6 +29,9 @@ use crate::{Embedder, ModelError};
 
 type Reply = Result<Vec<Vec<f32>>, ModelError>;
 
+/// The longest `max_wait` accepted: waiting longer to fill a batch is never useful.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+
 /// How an [`InferencePool`] runs. Build with [`PoolConfig::default`] and the setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -71,8 +74,8 @@ impl PoolConfig {
         self
     }
 
-    /// Requests that may wait in the queue; one more is [`ModelError::Overloaded`].
-    /// Default 256.
+    /// Jobs that may wait in the queue (a request is one job per `max_batch` texts); a
+    /// request that does not fit is [`ModelError::Overloaded`]. Default 256.
     pub fn queue_capacity(mut self, queue_capacity: usize) -> Self {
         self.queue_capacity = queue_capacity;
         self
@@ -89,6 +92,9 @@ impl PoolConfig {
             return Err(ModelError::InvalidConfig(
                 "queue_capacity must be at least 1",
             ));
+        }
+        if self.max_wait > MAX_WAIT {
+            return Err(ModelError::InvalidConfig("max_wait must be at most 10 s"));
         }
         Ok(())
     }
@@ -207,24 +213,34 @@ impl InferencePool {
     /// synchronously. Dropping the future abandons the request; a worker skips it if it
     /// has not started on it yet.
     pub fn submit(&self, texts: Vec<String>) -> Result<PendingEmbeddings, ModelError> {
-        let (reply, receiver) = oneshot::channel();
-        if texts.is_empty() {
-            // Nothing to run; answer without touching the queue. Sending cannot fail: we
-            // hold the receiver.
-            let _ = reply.send(Ok(Vec::new()));
-            return Ok(PendingEmbeddings(receiver));
-        }
-        match self.queue.try_send(Job { texts, reply }) {
-            Ok(()) => {
-                Counters::add(&self.counters.requests, 1);
-                Ok(PendingEmbeddings(receiver))
+        // A request larger than a batch is queued as several jobs of at most `max_batch`
+        // texts, so other requests' jobs interleave with its passes instead of waiting for
+        // all of them, and a caller that gives up stops costing passes at the next chunk.
+        let mut receivers = Vec::with_capacity(texts.len().div_ceil(self.config.max_batch));
+        let mut texts = texts.into_iter().peekable();
+        while texts.peek().is_some() {
+            let chunk: Vec<String> = texts.by_ref().take(self.config.max_batch).collect();
+            let (reply, receiver) = oneshot::channel();
+            match self.queue.try_send(Job {
+                texts: chunk,
+                reply,
+            }) {
+                Ok(()) => receivers.push(receiver),
+                // Chunks already queued are skipped by the workers once `receivers` drops.
+                Err(TrySendError::Full(_)) => {
+                    Counters::add(&self.counters.overloaded, 1);
+                    return Err(ModelError::Overloaded);
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(ModelError::Shutdown),
             }
-            Err(TrySendError::Full(_)) => {
-                Counters::add(&self.counters.overloaded, 1);
-                Err(ModelError::Overloaded)
-            }
-            Err(TrySendError::Disconnected(_)) => Err(ModelError::Shutdown),
         }
+        if !receivers.is_empty() {
+            Counters::add(&self.counters.requests, 1);
+        }
+        Ok(PendingEmbeddings {
+            receivers,
+            done: Vec::new(),
+        })
     }
 
     /// The pool's counters now.
@@ -254,15 +270,29 @@ impl InferencePool {
 /// [`ModelError::Shutdown`] if the pool went away without answering.
 #[derive(Debug)]
 #[must_use = "the embeddings arrive only when this is awaited"]
-pub struct PendingEmbeddings(oneshot::Receiver<Reply>);
+pub struct PendingEmbeddings {
+    /// One per queued chunk, in order; answered ones are drained from the front.
+    receivers: Vec<oneshot::Receiver<Reply>>,
+    done: Vec<Vec<f32>>,
+}
 
 impl Future for PendingEmbeddings {
     type Output = Reply;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|reply| reply.unwrap_or(Err(ModelError::Shutdown)))
+        let this = &mut *self;
+        while let Some(first) = this.receivers.first_mut() {
+            match Pin::new(first).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Ok(vectors))) => {
+                    this.done.extend(vectors);
+                    this.receivers.remove(0);
+                }
+                Poll::Ready(Ok(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(ModelError::Shutdown)),
+            }
+        }
+        Poll::Ready(Ok(std::mem::take(&mut this.done)))
     }
 }
 
@@ -287,7 +317,9 @@ impl Worker {
         // A panic elsewhere cannot leave the receiver inconsistent; keep serving.
         let receiver = self.receiver.lock().unwrap_or_else(PoisonError::into_inner);
         let first = receiver.recv().ok()?;
-        let deadline = Instant::now() + self.max_wait;
+        let deadline = Instant::now()
+            .checked_add(self.max_wait)
+            .expect("max_wait is validated to at most MAX_WAIT (a bug otherwise)");
         let mut texts = first.texts.len();
         let mut jobs = vec![first];
         while texts < self.max_batch {

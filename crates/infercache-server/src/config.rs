@@ -414,8 +414,16 @@ impl ServerConfig {
         let batch = BatchSettings {
             max_batch: positive("max_batch", a.max_batch.or(f.max_batch))?
                 .unwrap_or(d.batch.max_batch),
-            max_wait: duration("max_wait", text(a.max_wait, f.max_wait))?
-                .unwrap_or(d.batch.max_wait),
+            max_wait: match duration("max_wait", text(a.max_wait, f.max_wait))? {
+                Some(w) if w > Duration::from_secs(10) => {
+                    return Err(invalid(
+                        "max_wait",
+                        &format!("{w:?}"),
+                        "must be at most 10s",
+                    ));
+                }
+                w => w.unwrap_or(d.batch.max_wait),
+            },
             queue: positive("inference_queue", a.inference_queue.or(f.inference_queue))?
                 .unwrap_or(d.batch.queue),
         };

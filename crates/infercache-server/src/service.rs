@@ -104,26 +104,38 @@ pub async fn embed_texts(
         return only_if_cached(cache, &keys, directives, digests).await;
     }
 
-    let text_of: HashMap<Digest, &str> = digests
-        .iter()
-        .copied()
-        .zip(texts.iter().map(String::as_str))
-        .collect();
-    let (embedder, metrics) = (state.embedder(), state.metrics());
-    let fetched = cache
-        .get_many_or_compute(&keys, &directives.options, |missing| {
-            let batch: Vec<String> = missing
-                .iter()
-                .map(|k| {
-                    (*text_of
-                        .get(k.digest())
-                        .expect("the engine computes only keys it was given (a bug otherwise)"))
-                    .to_owned()
-                })
-                .collect();
-            infer(embedder, metrics, batch)
-        })
+    let text_of: HashMap<Digest, String> =
+        digests.iter().copied().zip(texts.iter().cloned()).collect();
+    // The lookup and the computation run as their own task: if this request times out or
+    // its client goes away, the model's work still reaches the cache (and the requests
+    // waiting on it), so a retry hits instead of starting over. The task is bounded by the
+    // model's queue, which refuses work when full.
+    let task_state = state.clone();
+    let options = directives.options;
+    let computation = tokio::spawn(async move {
+        let cache = task_state
+            .cache()
+            .expect("checked above: the cache is enabled");
+        let (embedder, metrics) = (task_state.embedder(), task_state.metrics());
+        cache
+            .get_many_or_compute(&keys, &options, |missing| {
+                let batch: Vec<String> = missing
+                    .iter()
+                    .map(|k| {
+                        text_of
+                            .get(k.digest())
+                            .expect("the engine computes only keys it was given (a bug otherwise)")
+                            .clone()
+                    })
+                    .collect();
+                infer(embedder, metrics, batch)
+            })
+            .await
+    });
+    let metrics = state.metrics();
+    let fetched = computation
         .await
+        .map_err(ApiError::internal)?
         .map_err(|e| compute_error(metrics, &e))?;
     let coalesced = fetched
         .iter()

@@ -631,6 +631,11 @@ impl DiskTier {
         }
     }
 
+    /// Whether the index holds `key` (no I/O; the record is verified only when read).
+    pub fn contains(&self, key: &Digest) -> bool {
+        self.state.read().index.contains_key(key)
+    }
+
     /// Stops serving `key` from this process, without I/O (safe to call from async code).
     /// Unlike [`DiskTier::remove`] this is not durable: a restart may serve the record
     /// again. The write-back queue uses it when it must drop a newer value.

@@ -292,3 +292,23 @@ async fn cache_versions_equal_mod_2_pow_32_do_not_alias() {
         "bumping cache_version invalidated nothing"
     );
 }
+
+/// With write-back, `remove` of a key only the disk holds reported false (a 404 over
+/// HTTP) although it removed it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_back_remove_reports_a_key_only_the_disk_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CacheConfig {
+        disk: Some(disk_cfg(dir.path(), 1 << 20)),
+        write_policy: WritePolicy::WriteBack { queue: 16 },
+        ..CacheConfig::default()
+    };
+    let cache = Cache::open(cfg, ManualClock::new(1_000)).unwrap();
+    let k = key(&cache, "a");
+    cache.insert(&k, Bytes::from_static(b"v"), &NONE).await;
+    cache.flush().await;
+    cache.memory().unwrap().remove(k.digest());
+    assert!(cache.remove(&k).await, "the disk held it");
+    cache.flush().await;
+    assert_eq!(hit(cache.get(&k, &NONE).await), None);
+}

@@ -42,12 +42,12 @@ async fn concurrent_callers_share_forward_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_overloaded_at_once() {
     let config = PoolConfig::default()
-        .max_batch(1)
+        .max_batch(16)
         .max_wait(Duration::ZERO)
         .queue_capacity(1);
     let pool = InferencePool::new(embedder(), config).unwrap();
 
-    // Keep the single worker busy: 16 forward passes of long texts.
+    // Keep the single worker busy: one job, a forward pass over 16 long texts.
     let busy = pool
         .submit(vec!["a long text to keep the worker busy ".repeat(20); 16])
         .unwrap();
