@@ -12,6 +12,10 @@ use crate::embed::{Embed, ModelInfo};
 use crate::metrics::Metrics;
 
 /// The state behind [`crate::app`]. Cheap to clone; clones share everything.
+/// Inputs in flight, in units of `max_items`: eight full requests (16,384 inputs, about
+/// 6.3 M floats, with the defaults).
+pub const IN_FLIGHT_REQUESTS_OF_MAX_ITEMS: usize = 8;
+
 #[derive(Debug, Clone)]
 pub struct AppState {
     inner: Arc<Shared>,
@@ -26,6 +30,9 @@ struct Shared {
     metrics: Metrics,
     /// Requests in flight on `/v1/*`; a request that finds none free gets 429 at once.
     permits: Arc<Semaphore>,
+    /// Inputs in flight on the embedding routes, which bounds the memory their vectors and
+    /// responses take (a 10 KB request can ask for a 10 MB response).
+    items: Arc<Semaphore>,
     ready: AtomicBool,
 }
 
@@ -44,11 +51,23 @@ impl AppState {
                 embedder,
                 keys,
                 permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+                items: Arc::new(Semaphore::new(
+                    limits
+                        .max_items
+                        .saturating_mul(IN_FLIGHT_REQUESTS_OF_MAX_ITEMS),
+                )),
                 limits,
                 metrics,
                 ready: AtomicBool::new(true),
             }),
         }
+    }
+
+    /// Reserves room for `n` inputs until the permit drops; `None` when as many inputs as
+    /// [`IN_FLIGHT_REQUESTS_OF_MAX_ITEMS`] full requests hold are already in flight.
+    pub fn reserve_items(&self, n: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let n = u32::try_from(n).ok()?;
+        Arc::clone(&self.inner.items).try_acquire_many_owned(n).ok()
     }
 
     /// The cache; `None` when disabled.

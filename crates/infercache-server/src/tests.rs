@@ -837,3 +837,20 @@ async fn readiness_turns_off_for_shutdown() {
     );
     assert_eq!(get(&h.app, "/healthz", &[]).await.status, StatusCode::OK);
 }
+
+/// Regression: a 10 KB request could ask for a 10 MB response, and nothing bounded how many
+/// were in flight. Inputs in flight are now bounded; past the bound, 429 at once.
+#[tokio::test]
+async fn inputs_in_flight_are_bounded_and_past_the_bound_answer_429() {
+    let h = harness();
+    let budget = limits().max_items * crate::state::IN_FLIGHT_REQUESTS_OF_MAX_ITEMS;
+    let held = h
+        .state
+        .reserve_items(budget)
+        .expect("the whole budget is free");
+    let r = embeddings(&h, &[], json!(["one"])).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    drop(held);
+    let r = embeddings(&h, &[], json!(["one"])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}

@@ -24,8 +24,9 @@ use crate::metrics::Rejection;
 use crate::service::Embedded;
 use crate::state::AppState;
 
-/// Responses with more values than this are serialized on the blocking pool.
-const BLOCKING_RENDER_VALUES: usize = 16 * 1024;
+/// Renders whose work (values written plus input bytes tokenized) exceeds this run on the
+/// blocking pool.
+pub(crate) const BLOCKING_RENDER_WORK: usize = 16 * 1024;
 
 /// Bounds `/v1/*`: 503 once draining for shutdown, at most `max_concurrent_requests` in flight (others get 429 at once,
 /// with `Retry-After`), each within `request_timeout` (else 504). A request cut off by the
@@ -87,15 +88,16 @@ pub fn cache_headers(e: &Embedded) -> [(HeaderName, HeaderValue); 4] {
 }
 
 /// Runs `render` (decoding, token counting, JSON) inline for small responses and on the
-/// blocking pool for large ones, so a 2048-input response never stalls an async worker.
-pub async fn render<T, F>(values: usize, render: F) -> Result<Vec<u8>, ApiError>
+/// blocking pool for large ones, so neither a 2048-input response nor long inputs stall
+/// an async worker. `work` is values written plus input bytes to tokenize.
+pub async fn render<T, F>(work: usize, render: F) -> Result<Vec<u8>, ApiError>
 where
     T: Serialize,
     F: FnOnce() -> Result<T, ApiError> + Send + 'static,
 {
     let run =
         move || render().and_then(|body| serde_json::to_vec(&body).map_err(ApiError::internal));
-    if values < BLOCKING_RENDER_VALUES {
+    if work < BLOCKING_RENDER_WORK {
         return run();
     }
     tokio::task::spawn_blocking(run)

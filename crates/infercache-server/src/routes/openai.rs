@@ -23,6 +23,7 @@ use serde::Serialize;
 use super::body;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::metrics::Rejection;
 use crate::service::{self, Embedded};
 use crate::state::AppState;
 use crate::{cache_control, routes};
@@ -126,12 +127,18 @@ pub async fn embeddings(
         });
     }
 
+    // Held until the response is rendered: bounds the memory of vectors and JSON in flight.
+    let _room = state.reserve_items(texts.len()).ok_or_else(|| {
+        state.metrics().rejected(Rejection::Overloaded);
+        ApiError::Overloaded
+    })?;
     let embedded = service::embed_texts(&state, &caller.tenant, &texts, &directives).await?;
     let headers = routes::cache_headers(&embedded);
     let outcome = embedded.outcome();
-    let values = texts.len() * state.model().dims;
+    // Rendering counts tokens (proportional to the input) and writes the vectors.
+    let work = texts.len() * state.model().dims + texts.iter().map(String::len).sum::<usize>();
     let render_state = state.clone();
-    let body = routes::render(values, move || {
+    let body = routes::render(work, move || {
         render(&render_state, &texts, embedded, encoding)
     })
     .await?;

@@ -85,11 +85,23 @@ pub async fn embed(
     let response = EmbedResponse {
         embedding,
         model: state.model().id.clone(),
-        tokens: state.embedder().count_tokens(&texts[0]),
+        tokens: count_tokens(&state, &texts[0]).await?,
         cached: embedded.hit_count() == 1,
         latency_ms: start.elapsed().as_secs_f64() * 1000.0,
     };
     let body = serde_json::to_vec(&response).map_err(ApiError::internal)?;
     state.metrics().request(outcome, start.elapsed());
     Ok(routes::json_response(body, headers))
+}
+
+/// Tokens in `text`, counted on the blocking pool when the text is long enough for the
+/// tokenizer to stall an async worker.
+async fn count_tokens(state: &AppState, text: &str) -> Result<usize, ApiError> {
+    if text.len() < routes::BLOCKING_RENDER_WORK {
+        return Ok(state.embedder().count_tokens(text));
+    }
+    let (state, text) = (state.clone(), text.to_owned());
+    tokio::task::spawn_blocking(move || state.embedder().count_tokens(&text))
+        .await
+        .map_err(ApiError::internal)
 }
