@@ -670,35 +670,13 @@ impl Cache {
                 for k in &miss_keys {
                     k.model.counters.misses.incr();
                 }
-                let computed = match f(miss_keys.clone()).await {
-                    Ok(values) if values.len() == miss_keys.len() => values,
-                    Ok(values) => {
-                        let err = ComputeError::new(EngineError::BatchLength {
-                            expected: miss_keys.len(),
-                            got: values.len(),
-                        });
-                        guard.fail(&err, &miss_keys);
-                        return Err(err);
-                    }
-                    Err(e) => {
-                        let err = ComputeError::new(e);
+                let found = match self.compute(&mut f, miss_keys.clone()).await {
+                    Ok(found) => found,
+                    Err(err) => {
                         guard.fail(&err, &miss_keys);
                         return Err(err);
                     }
                 };
-                let created_ms = self.inner.clock.now_ms();
-                let found: Vec<(CacheKey, Found)> = miss_keys
-                    .into_iter()
-                    .zip(computed)
-                    .map(|(k, value)| {
-                        let found = Found {
-                            value,
-                            created_ms,
-                            computed: true,
-                        };
-                        (k, found)
-                    })
-                    .collect();
                 // Memory, then the value to the waiters, then the slower tiers; the keys are
                 // handed back only once every write-through tier has them, so a newcomer
                 // meanwhile joins the flight (and gets the value at once) instead of
@@ -752,34 +730,12 @@ impl Cache {
                 for k in &keys {
                     k.model.counters.misses.incr();
                 }
-                let values = match f(keys.clone()).await {
-                    Ok(v) if v.len() == keys.len() => v,
-                    Ok(v) => {
-                        return Err(ComputeError::new(EngineError::BatchLength {
-                            expected: keys.len(),
-                            got: v.len(),
-                        }));
-                    }
-                    Err(e) => return Err(ComputeError::new(e)),
-                };
-                let created_ms = self.inner.clock.now_ms();
-                let found: Vec<(CacheKey, Found)> = keys
-                    .into_iter()
-                    .zip(values)
-                    .map(|(k, value)| {
-                        let found = Found {
-                            value,
-                            created_ms,
-                            computed: true,
-                        };
-                        (k, found)
-                    })
-                    .collect();
+                let found = self.compute(&mut f, keys).await?;
                 for (&i, (_, v)) in own.iter().zip(&found) {
                     results[i] = Some(Fetched {
                         value: v.value.clone(),
                         source: Source::Computed,
-                        created_ms,
+                        created_ms: v.created_ms,
                     });
                 }
                 if !opts.no_store {
@@ -795,6 +751,39 @@ impl Cache {
                 results[p]
                     .clone()
                     .expect("every unique key resolved (a bug otherwise)")
+            })
+            .collect())
+    }
+
+    /// Runs `f` on `keys` and pairs each key with its value, stamped now.
+    async fn compute<F, Fut, E>(
+        &self,
+        f: &mut F,
+        keys: Vec<CacheKey>,
+    ) -> Result<Vec<(CacheKey, Found)>, ComputeError>
+    where
+        F: FnMut(Vec<CacheKey>) -> Fut,
+        Fut: Future<Output = Result<Vec<Bytes>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let values = f(keys.clone()).await.map_err(ComputeError::new)?;
+        if values.len() != keys.len() {
+            return Err(ComputeError::new(EngineError::BatchLength {
+                expected: keys.len(),
+                got: values.len(),
+            }));
+        }
+        let created_ms = self.inner.clock.now_ms();
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .map(|(k, value)| {
+                let found = Found {
+                    value,
+                    created_ms,
+                    computed: true,
+                };
+                (k, found)
             })
             .collect())
     }
