@@ -223,6 +223,17 @@ struct Found {
     computed: bool,
 }
 
+impl Found {
+    /// A value read from a tier.
+    fn hit(hit: &Fetched) -> Self {
+        Self {
+            value: hit.value.clone(),
+            created_ms: hit.created_ms,
+            computed: false,
+        }
+    }
+}
+
 type FlightResult = Option<Result<Found, ComputeError>>;
 
 #[derive(Debug)]
@@ -631,14 +642,7 @@ impl Cache {
                 for i in leads {
                     match self.inner.memory_hit(unique[i], opts, now, false) {
                         Some(hit) => {
-                            guard.publish(
-                                &unique[i].digest,
-                                Ok(Found {
-                                    value: hit.value.clone(),
-                                    created_ms: hit.created_ms,
-                                    computed: false,
-                                }),
-                            );
+                            guard.publish(&unique[i].digest, Ok(Found::hit(&hit)));
                             results[i] = Some(hit);
                         }
                         None => to_disk.push(i),
@@ -649,14 +653,7 @@ impl Cache {
                 for (i, hit) in to_disk.into_iter().zip(found) {
                     match hit {
                         Some(hit) => {
-                            guard.publish(
-                                &unique[i].digest,
-                                Ok(Found {
-                                    value: hit.value.clone(),
-                                    created_ms: hit.created_ms,
-                                    computed: false,
-                                }),
-                            );
+                            guard.publish(&unique[i].digest, Ok(Found::hit(&hit)));
                             results[i] = Some(hit);
                         }
                         None => missing.push(i),

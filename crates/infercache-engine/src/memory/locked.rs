@@ -52,12 +52,7 @@ impl<P: PolicyMap> Locked<P> {
         weigher: Weigher,
         counters: Arc<TierCounters>,
     ) -> Self {
-        // Shards must each be able to hold a useful number of entries; fewer, larger shards
-        // otherwise. A power of two so the shard is a mask of the hash.
-        let mut n = shards.max(1).next_power_of_two() as u64;
-        while n > 1 && capacity / n < 64 * weigher_unit(weigher) {
-            n /= 2;
-        }
+        let n = super::shard_count(capacity, shards, weigher);
         let shards = (0..n)
             .map(|_| {
                 Mutex::new(Shard {
@@ -76,20 +71,24 @@ impl<P: PolicyMap> Locked<P> {
         }
     }
 
+    /// Evicts the policy's victims until the shard weighs at most `limit`.
+    fn evict_to(&self, shard: &mut Shard<P>, limit: u64) {
+        while shard.weight > limit {
+            let (_, victim) = shard
+                .map
+                .pop_victim()
+                .expect("a shard over its budget holds entries (a bug otherwise)");
+            shard.weight -= self.weigher.weigh(&victim);
+            self.counters.evictions.incr();
+        }
+    }
+
     #[inline]
     fn shard(&self, key: &Digest) -> &Mutex<Shard<P>> {
         // The low bits pick the shard; hash maps inside use the same bits for buckets, which
         // is harmless: a digest's bytes are independent.
         let idx = usize::try_from((key.prefix_u64() >> 48) & self.mask).expect("mask fits usize");
         &self.shards[idx]
-    }
-}
-
-/// A typical entry weight, to keep shards from being too small.
-fn weigher_unit(weigher: Weigher) -> u64 {
-    match weigher {
-        Weigher::Unit => 1,
-        Weigher::EncodedSize => 1024,
     }
 }
 
@@ -112,28 +111,14 @@ impl<P: PolicyMap> Store for Locked<P> {
         if !shard.map.contains(&key) {
             // Make room before admitting a new key, so the newcomer is never its own
             // victim (it would be under LFU, with the lowest count).
-            while shard.weight + w > self.shard_capacity {
-                let (_, victim) = shard
-                    .map
-                    .pop_victim()
-                    .expect("a shard over its budget holds entries (a bug otherwise)");
-                shard.weight -= self.weigher.weigh(&victim);
-                self.counters.evictions.incr();
-            }
+            self.evict_to(&mut shard, self.shard_capacity - w);
         }
         if let Some(old) = shard.map.insert(key, entry) {
             shard.weight -= self.weigher.weigh(&old);
         }
         shard.weight += w;
         // A replacement may have grown the entry.
-        while shard.weight > self.shard_capacity {
-            let (_, victim) = shard
-                .map
-                .pop_victim()
-                .expect("a shard over its budget holds entries (a bug otherwise)");
-            shard.weight -= self.weigher.weigh(&victim);
-            self.counters.evictions.incr();
-        }
+        self.evict_to(&mut shard, self.shard_capacity);
     }
 
     fn remove(&self, key: &Digest) -> Option<MemEntry> {

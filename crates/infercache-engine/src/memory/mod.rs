@@ -352,6 +352,21 @@ impl MemoryTier {
     }
 }
 
+/// How many shards to split `capacity` into: `requested` rounded up to a power of two (so
+/// a shard is a mask of the hash), then halved until each shard holds at least 64 typical
+/// entries.
+pub(crate) fn shard_count(capacity: u64, requested: usize, weigher: Weigher) -> u64 {
+    let typical_entry = match weigher {
+        Weigher::Unit => 1,
+        Weigher::EncodedSize => 1024,
+    };
+    let mut n = requested.max(1).next_power_of_two() as u64;
+    while n > 1 && capacity / n < 64 * typical_entry {
+        n /= 2;
+    }
+    n
+}
+
 /// Four shards per core.
 fn default_shards() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get() * 4)

@@ -327,15 +327,7 @@ impl S3FifoStore {
         weigher: Weigher,
         counters: Arc<TierCounters>,
     ) -> Self {
-        // Shards split the capacity; keep each large enough to be useful.
-        let unit = match weigher {
-            Weigher::Unit => 1,
-            Weigher::EncodedSize => 1024,
-        };
-        let mut n = shards.max(1).next_power_of_two() as u64;
-        while n > 1 && capacity / n < 64 * unit {
-            n /= 2;
-        }
+        let n = super::shard_count(capacity, shards, weigher);
         Self {
             shards: (0..n)
                 .map(|_| RwLock::new(Shard::new(capacity / n)))
