@@ -60,6 +60,7 @@ use crate::epochs::{EpochTable, Scope};
 use crate::error::{ComputeError, EngineError};
 use crate::hash::DigestHasher;
 use crate::memory::{MemEntry, MemoryConfig, MemoryTier, NEVER};
+use crate::remote::{EpochSync, Lease, RemoteEntry, RemoteStats, RemoteTier};
 
 /// How writes reach the tiers below memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +82,8 @@ pub struct CacheConfig {
     pub memory: Option<MemoryConfig>,
     /// The disk tier; `None` for none.
     pub disk: Option<DiskConfig>,
+    /// A remote tier shared with other nodes, below disk; `None` for none.
+    pub remote: Option<Arc<dyn RemoteTier>>,
     /// TTL of entries whose model and request set none. Default: none.
     pub default_ttl: Option<Duration>,
     /// TTL per model, overriding `default_ttl`.
@@ -100,6 +103,7 @@ impl Default for CacheConfig {
         Self {
             memory: Some(MemoryConfig::bytes(256 << 20)),
             disk: None,
+            remote: None,
             default_ttl: None,
             model_ttls: HashMap::new(),
             write_policy: WritePolicy::WriteThrough,
@@ -152,6 +156,8 @@ pub enum Source {
     Memory,
     /// The disk tier.
     Disk,
+    /// The remote tier shared with other nodes.
+    Remote,
     /// Computed by this caller.
     Computed,
     /// Computed by a concurrent caller this one waited for.
@@ -161,7 +167,7 @@ pub enum Source {
 impl Source {
     /// Whether the value was served from a cache tier.
     pub fn is_hit(self) -> bool {
-        matches!(self, Source::Memory | Source::Disk)
+        matches!(self, Source::Memory | Source::Disk | Source::Remote)
     }
 }
 
@@ -205,6 +211,8 @@ pub struct CacheStats {
     pub memory: Option<TierStats>,
     /// The disk tier.
     pub disk: Option<TierStats>,
+    /// The remote tier.
+    pub remote: Option<RemoteStats>,
     /// Per model.
     pub models: std::collections::BTreeMap<String, ModelStats>,
     /// Callers that waited for another caller's computation.
@@ -282,11 +290,12 @@ struct WriteBack {
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     clock: SharedClock,
     memory: Option<MemoryTier>,
     disk: Option<DiskIo>,
-    epochs: EpochTable,
+    remote: Option<Arc<dyn RemoteTier>>,
+    pub(crate) epochs: EpochTable,
     default_ttl: Option<Duration>,
     model_ttls: HashMap<String, Duration>,
     models: DashMap<String, Arc<Model>>,
@@ -357,6 +366,7 @@ impl Cache {
             clock,
             memory,
             disk,
+            remote: config.remote,
             epochs,
             default_ttl: config.default_ttl,
             model_ttls: config.model_ttls,
@@ -368,6 +378,11 @@ impl Cache {
             pending_removals: DashMap::with_hasher(DigestHasher::default()),
             stripes: (0..WRITE_STRIPES).map(|_| Mutex::new(0)).collect(),
         });
+        if let Some(remote) = &inner.remote {
+            remote.attach(EpochSync {
+                inner: Arc::downgrade(&inner),
+            });
+        }
         if let Some(rt) = runtime {
             if let (Some(rx), Some(wb)) = (rx, &inner.write_back) {
                 *wb.task.lock() = Some(rt.spawn(drain_write_back(Arc::downgrade(&inner), rx)));
@@ -423,15 +438,27 @@ impl Cache {
         }
     }
 
-    /// Invalidates `scope` in every tier at once by bumping its epoch.
+    /// Invalidates `scope` in every tier at once by bumping its epoch. With a remote tier
+    /// the new epoch is agreed with it, which tells every other node; when it is
+    /// unreachable the bump is local and reaches the others when it reconnects.
     ///
     /// # Errors
     /// [`EngineError::Epoch`] if the bump could not be persisted (it still applies here).
     pub async fn invalidate(&self, scope: Scope) -> Result<(), EngineError> {
+        let agreed = match &self.inner.remote {
+            Some(remote) => {
+                let local = self.inner.epochs.get(&scope);
+                remote.bump_epoch(&scope, local).await
+            }
+            None => None,
+        };
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.epochs.bump(&scope))
-            .await
-            .expect("an epoch bump panicked (a bug)")?;
+        tokio::task::spawn_blocking(move || match agreed {
+            Some(epoch) => inner.epochs.raise(&scope, epoch).map(drop),
+            None => inner.epochs.bump(&scope).map(drop),
+        })
+        .await
+        .expect("an epoch bump panicked (a bug)")?;
         Ok(())
     }
 
@@ -444,12 +471,19 @@ impl Cache {
         if let Some(hit) = self.inner.memory_hit(key, opts, now, true) {
             return Lookup::Hit(hit);
         }
-        match self
+        let mut hit = self
             .disk_lookup(std::slice::from_ref(key), opts)
             .await
             .pop()
-            .flatten()
-        {
+            .flatten();
+        if hit.is_none() {
+            hit = self
+                .remote_lookup(std::slice::from_ref(key), opts)
+                .await
+                .pop()
+                .flatten();
+        }
+        match hit {
             Some(hit) => Lookup::Hit(hit),
             None => {
                 key.model.counters.misses.incr();
@@ -479,6 +513,11 @@ impl Cache {
             .inner
             .with_stripe(&digest, |m| m.remove(&digest))
             .unwrap_or(false);
+        let in_remote = match &self.inner.remote {
+            Some(remote) => remote.remove(digest).await,
+            None => false,
+        };
+        let in_memory = in_memory || in_remote;
         let Some(disk) = &self.inner.disk else {
             return in_memory;
         };
@@ -502,7 +541,9 @@ impl Cache {
         in_memory || on_disk
     }
 
-    /// Removes everything from every tier.
+    /// Removes everything from this node's tiers. A remote tier is shared with other nodes
+    /// and left alone: [`Cache::invalidate`] with [`Scope::All`] makes its entries
+    /// unreachable everywhere.
     pub async fn clear(&self) {
         {
             let mut stripes: Vec<_> = self.inner.stripes.iter().map(|s| s.lock()).collect();
@@ -632,65 +673,62 @@ impl Cache {
             }
 
             // 3. As leader: memory again (a leader that just finished stored there before
-            //    handing the key back), then disk.
-            let mut missing: Vec<usize> = Vec::new();
-            if opts.no_cache {
-                missing = leads;
+            //    handing the key back), then disk, then the remote tier.
+            let missing: Vec<usize> = if opts.no_cache {
+                leads
             } else {
                 let now = self.inner.clock.now_ms();
-                let mut to_disk = Vec::new();
+                let mut below = Vec::new();
                 for i in leads {
                     match self.inner.memory_hit(unique[i], opts, now, false) {
                         Some(hit) => {
                             guard.publish(&unique[i].digest, Ok(Found::hit(&hit)));
                             results[i] = Some(hit);
                         }
-                        None => to_disk.push(i),
+                        None => below.push(i),
                     }
                 }
-                let disk_keys: Vec<CacheKey> = to_disk.iter().map(|&i| unique[i].clone()).collect();
-                let found = self.disk_lookup(&disk_keys, opts).await;
-                for (i, hit) in to_disk.into_iter().zip(found) {
-                    match hit {
-                        Some(hit) => {
-                            guard.publish(&unique[i].digest, Ok(Found::hit(&hit)));
-                            results[i] = Some(hit);
+                for lookup in [Tier::Disk, Tier::Remote] {
+                    let keys: Vec<CacheKey> = below.iter().map(|&i| unique[i].clone()).collect();
+                    let found = match lookup {
+                        Tier::Disk => self.disk_lookup(&keys, opts).await,
+                        Tier::Remote => self.remote_lookup(&keys, opts).await,
+                    };
+                    let mut still = Vec::new();
+                    for (i, hit) in below.into_iter().zip(found) {
+                        match hit {
+                            Some(hit) => {
+                                guard.publish(&unique[i].digest, Ok(Found::hit(&hit)));
+                                results[i] = Some(hit);
+                            }
+                            None => still.push(i),
                         }
-                        None => missing.push(i),
                     }
+                    below = still;
                 }
-            }
+                below
+            };
 
-            // 4. Compute what no tier had, in one call.
+            // 4. Compute what no tier had, in one call; with a remote tier, only the keys
+            //    no other node is computing (their values are awaited, then computed here
+            //    if they do not come).
             if !missing.is_empty() {
-                let miss_keys: Vec<CacheKey> = missing.iter().map(|&i| unique[i].clone()).collect();
-                for k in &miss_keys {
-                    k.model.counters.misses.incr();
+                let (mine, theirs, lease) = self.lease(&missing, &unique, opts).await;
+                let computed = self
+                    .compute_led(&mut f, &mut guard, &mine, &unique, &mut results, opts)
+                    .await;
+                if let Some(lease) = lease {
+                    // Released once the values are stored (or the computation failed), so
+                    // another node waiting for them either finds them or computes.
+                    lease.release().await;
                 }
-                let found = match self.compute(&mut f, miss_keys.clone()).await {
-                    Ok(found) => found,
-                    Err(err) => {
-                        guard.fail(&err, &miss_keys);
-                        return Err(err);
-                    }
-                };
-                // Memory, then the value to the waiters, then the slower tiers; the keys are
-                // handed back only once every write-through tier has them, so a newcomer
-                // meanwhile joins the flight (and gets the value at once) instead of
-                // missing everywhere and computing again.
-                if !opts.no_store {
-                    self.inner.store_memory(&found, opts);
-                }
-                for (i, (k, v)) in missing.iter().zip(&found) {
-                    guard.send(&k.digest, Ok(v.clone()));
-                    results[*i] = Some(Fetched {
-                        value: v.value.clone(),
-                        source: Source::Computed,
-                        created_ms: v.created_ms,
-                    });
-                }
-                if !opts.no_store {
-                    self.store_below_memory(found, opts).await;
+                computed?;
+                if !theirs.is_empty() {
+                    let empty = self
+                        .await_remote(&guard, &theirs, &unique, &mut results)
+                        .await;
+                    self.compute_led(&mut f, &mut guard, &empty, &unique, &mut results, opts)
+                        .await?;
                 }
             }
             drop(guard);
@@ -752,6 +790,128 @@ impl Cache {
             .collect())
     }
 
+    /// Computes the keys at `idx` (led by this caller) with one call of `f`: stores them in
+    /// memory, hands them to this node's waiters, then stores them below memory.
+    async fn compute_led<F, Fut, E>(
+        &self,
+        f: &mut F,
+        guard: &mut LeaderGuard<'_>,
+        idx: &[usize],
+        unique: &[&CacheKey],
+        results: &mut [Option<Fetched>],
+        opts: &RequestOptions,
+    ) -> Result<(), ComputeError>
+    where
+        F: FnMut(Vec<CacheKey>) -> Fut,
+        Fut: Future<Output = Result<Vec<Bytes>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<CacheKey> = idx.iter().map(|&i| unique[i].clone()).collect();
+        for k in &keys {
+            k.model.counters.misses.incr();
+        }
+        let found = match self.compute(f, keys.clone()).await {
+            Ok(found) => found,
+            Err(err) => {
+                guard.fail(&err, &keys);
+                return Err(err);
+            }
+        };
+        // Memory, then the value to the waiters, then the slower tiers; the keys are
+        // handed back only once every write-through tier has them, so a newcomer
+        // meanwhile joins the flight (and gets the value at once) instead of missing
+        // everywhere and computing again.
+        if !opts.no_store {
+            self.inner.store_memory(&found, opts);
+        }
+        for (&i, (k, v)) in idx.iter().zip(&found) {
+            guard.send(&k.digest, Ok(v.clone()));
+            results[i] = Some(Fetched {
+                value: v.value.clone(),
+                source: Source::Computed,
+                created_ms: v.created_ms,
+            });
+        }
+        if !opts.no_store {
+            self.store_below_memory(found, opts).await;
+        }
+        Ok(())
+    }
+
+    /// Splits the keys at `missing` into those this node computes and those another node
+    /// holds the lease of (none without a remote tier, or under `no-cache`).
+    async fn lease(
+        &self,
+        missing: &[usize],
+        unique: &[&CacheKey],
+        opts: &RequestOptions,
+    ) -> (Vec<usize>, Vec<usize>, Option<Box<dyn Lease>>) {
+        let Some(remote) = self.inner.remote.as_ref().filter(|_| !opts.no_cache) else {
+            return (missing.to_vec(), Vec::new(), None);
+        };
+        let digests: Vec<Digest> = missing.iter().map(|&i| unique[i].digest).collect();
+        let lease = remote.lease(&digests).await;
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        for (&i, &granted) in missing.iter().zip(lease.granted()) {
+            if granted {
+                mine.push(i)
+            } else {
+                theirs.push(i)
+            }
+        }
+        (mine, theirs, Some(lease))
+    }
+
+    /// Waits for the values of keys another node is computing; returns the keys that did
+    /// not come (to compute here). Values that came go to memory and this node's waiters.
+    async fn await_remote(
+        &self,
+        guard: &LeaderGuard<'_>,
+        theirs: &[usize],
+        unique: &[&CacheKey],
+        results: &mut [Option<Fetched>],
+    ) -> Vec<usize> {
+        let Some(remote) = &self.inner.remote else {
+            return theirs.to_vec();
+        };
+        let digests: Vec<Digest> = theirs.iter().map(|&i| unique[i].digest).collect();
+        let values = remote.wait_for(&digests).await;
+        let mut empty = Vec::new();
+        for (&i, entry) in theirs.iter().zip(values) {
+            let Some(entry) = entry else {
+                empty.push(i);
+                continue;
+            };
+            let key = unique[i];
+            self.inner.promote(
+                &key.digest,
+                MemEntry {
+                    value: entry.value.clone(),
+                    created_ms: entry.created_ms,
+                    expires_ms: entry.expires_ms.unwrap_or(NEVER),
+                },
+                None,
+            );
+            self.inner.coalesced.incr();
+            key.model.counters.coalesced.incr();
+            let found = Found {
+                value: entry.value.clone(),
+                created_ms: entry.created_ms,
+                computed: true,
+            };
+            guard.send(&key.digest, Ok(found));
+            results[i] = Some(Fetched {
+                value: entry.value,
+                source: Source::Coalesced,
+                created_ms: entry.created_ms,
+            });
+        }
+        empty
+    }
+
     /// Runs `f` on `keys` and pairs each key with its value, stamped now.
     async fn compute<F, Fut, E>(
         &self,
@@ -799,6 +959,9 @@ impl Cache {
         {
             tracing::warn!(error = %e, "disk flush failed");
         }
+        if let Some(remote) = &self.inner.remote {
+            remote.flush().await;
+        }
     }
 
     /// Drains the write-back queue and syncs the disk tier; call before exit.
@@ -826,6 +989,7 @@ impl Cache {
         CacheStats {
             memory: inner.memory.as_ref().map(MemoryTier::stats),
             disk: inner.disk.as_ref().map(|d| d.tier.stats()),
+            remote: inner.remote.as_ref().map(|r| r.stats()),
             models: inner
                 .models
                 .iter()
@@ -890,20 +1054,15 @@ impl Cache {
             .zip(generations)
             .map(|((key, entry), generation)| {
                 let entry = entry.filter(|e| fresh_enough(e.created_ms, now, opts))?;
-                if let Some(m) = &self.inner.memory {
-                    // Promote only if no write or removal of this stripe happened meanwhile.
-                    let stripe = self.inner.stripe(&key.digest).lock();
-                    if *stripe == generation {
-                        m.insert(
-                            key.digest,
-                            MemEntry {
-                                value: entry.value.clone(),
-                                created_ms: entry.created_ms,
-                                expires_ms: entry.expires_ms.unwrap_or(NEVER),
-                            },
-                        );
-                    }
-                }
+                self.inner.promote(
+                    &key.digest,
+                    MemEntry {
+                        value: entry.value.clone(),
+                        created_ms: entry.created_ms,
+                        expires_ms: entry.expires_ms.unwrap_or(NEVER),
+                    },
+                    Some(generation),
+                );
                 key.model.counters.disk_hits.incr();
                 Some(Fetched {
                     value: entry.value,
@@ -914,6 +1073,57 @@ impl Cache {
             .collect()
     }
 
+    /// Looks `keys` up in the remote tier in one call; hits are promoted to memory and disk.
+    async fn remote_lookup(
+        &self,
+        keys: &[CacheKey],
+        opts: &RequestOptions,
+    ) -> Vec<Option<Fetched>> {
+        let Some(remote) = &self.inner.remote else {
+            return vec![None; keys.len()];
+        };
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let digests: Vec<Digest> = keys.iter().map(|k| k.digest).collect();
+        let generations: Vec<u64> = digests
+            .iter()
+            .map(|d| *self.inner.stripe(d).lock())
+            .collect();
+        let entries = remote.get_many(&digests).await;
+        let now = self.inner.clock.now_ms();
+        let mut to_disk = Vec::new();
+        let out = keys
+            .iter()
+            .zip(entries)
+            .zip(generations)
+            .map(|((key, entry), generation)| {
+                let entry = entry.filter(|e| {
+                    e.expires_ms.is_none_or(|x| x > now) && fresh_enough(e.created_ms, now, opts)
+                })?;
+                let mem = MemEntry {
+                    value: entry.value.clone(),
+                    created_ms: entry.created_ms,
+                    expires_ms: entry.expires_ms.unwrap_or(NEVER),
+                };
+                if self
+                    .inner
+                    .promote(&key.digest, mem.clone(), Some(generation))
+                {
+                    to_disk.push((key.digest, mem));
+                }
+                key.model.counters.remote_hits.incr();
+                Some(Fetched {
+                    value: entry.value,
+                    source: Source::Remote,
+                    created_ms: entry.created_ms,
+                })
+            })
+            .collect();
+        self.store_disk(to_disk).await;
+        out
+    }
+
     /// Stores computed values in every tier.
     async fn store(&self, found: Vec<(CacheKey, Found)>, opts: &RequestOptions) {
         self.inner.store_memory(&found, opts);
@@ -922,9 +1132,6 @@ impl Cache {
 
     /// Writes to the tiers below memory, per the write policy.
     async fn store_below_memory(&self, found: Vec<(CacheKey, Found)>, opts: &RequestOptions) {
-        let Some(disk) = &self.inner.disk else {
-            return;
-        };
         let entries: Vec<(Digest, MemEntry)> = found
             .into_iter()
             .map(|(k, f)| {
@@ -939,6 +1146,34 @@ impl Cache {
                 )
             })
             .collect();
+        let remote: Vec<(Digest, RemoteEntry)> = match &self.inner.remote {
+            Some(_) => entries
+                .iter()
+                .map(|(k, e)| {
+                    let entry = RemoteEntry {
+                        value: e.value.clone(),
+                        created_ms: e.created_ms,
+                        expires_ms: (e.expires_ms != NEVER).then_some(e.expires_ms),
+                    };
+                    (*k, entry)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        self.store_disk(entries).await;
+        if let Some(r) = &self.inner.remote {
+            r.put_many(remote).await;
+        }
+    }
+
+    /// Writes to the disk tier, per the write policy.
+    async fn store_disk(&self, entries: Vec<(Digest, MemEntry)>) {
+        let Some(disk) = &self.inner.disk else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
         if let Some(wb) = &self.inner.write_back {
             for (key, entry) in entries {
                 if wb.tx.try_send(WriteOp::Put { key, entry }).is_err() {
@@ -969,6 +1204,13 @@ impl Cache {
             tracing::warn!(error = %e, "disk write failed; the value stays in memory only");
         }
     }
+}
+
+/// A tier below memory, in lookup order.
+#[derive(Debug, Clone, Copy)]
+enum Tier {
+    Disk,
+    Remote,
 }
 
 impl Inner {
@@ -1015,6 +1257,19 @@ impl Inner {
             };
             self.with_stripe(&k.digest, |m| m.insert(k.digest, entry));
         }
+    }
+
+    /// Promotes a value read from a lower tier to memory: only if no write or removal of
+    /// its stripe happened since `generation` was read (`None`: now). Whether it did.
+    fn promote(&self, key: &Digest, entry: MemEntry, generation: Option<u64>) -> bool {
+        let stripe = self.stripe(key).lock();
+        if generation.is_some_and(|g| g != *stripe) {
+            return false;
+        }
+        if let Some(m) = &self.memory {
+            m.insert(*key, entry);
+        }
+        true
     }
 
     fn stripe(&self, key: &Digest) -> &Mutex<u64> {

@@ -141,11 +141,87 @@ impl EpochTable {
     }
 
     /// Invalidates `scope`: bumps its epoch and, with a file, persists before returning.
+    /// Returns the new epoch.
     ///
     /// # Errors
     /// [`EpochError::Io`] if the table could not be persisted. The bump still applies in
     /// memory (entries are unreachable on this node), but would not survive a restart.
-    pub fn bump(&self, scope: &Scope) -> Result<(), EpochError> {
+    pub fn bump(&self, scope: &Scope) -> Result<u64, EpochError> {
+        let mut value = 0;
+        self.update(scope, |slot| {
+            *slot += 1;
+            value = *slot;
+            true
+        })?;
+        Ok(value)
+    }
+
+    /// Raises `scope`'s epoch to `value` if it is lower (epochs only grow), persisting
+    /// before returning; whether it changed. This is how an epoch agreed with other nodes
+    /// (through a shared tier) is adopted.
+    ///
+    /// # Errors
+    /// As [`EpochTable::bump`].
+    pub fn raise(&self, scope: &Scope, value: u64) -> Result<bool, EpochError> {
+        self.update(scope, |slot| {
+            let raised = *slot < value;
+            *slot = (*slot).max(value);
+            raised
+        })
+    }
+
+    /// The epoch of `scope` now.
+    pub fn get(&self, scope: &Scope) -> u64 {
+        let t = self.table.read();
+        match scope {
+            Scope::All => t.global,
+            Scope::Namespace { namespace } => t.namespaces.get(namespace).copied().unwrap_or(0),
+            Scope::Model { model } => t.models.get(model).copied().unwrap_or(0),
+            Scope::Version { model, version } => t
+                .versions
+                .get(model)
+                .and_then(|v| v.get(version))
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Every scope with a non-zero epoch.
+    pub fn entries(&self) -> Vec<(Scope, u64)> {
+        let t = self.table.read();
+        let mut out = Vec::new();
+        if t.global > 0 {
+            out.push((Scope::All, t.global));
+        }
+        out.extend(t.namespaces.iter().map(|(n, &e)| {
+            let scope = Scope::Namespace {
+                namespace: n.clone(),
+            };
+            (scope, e)
+        }));
+        out.extend(
+            t.models
+                .iter()
+                .map(|(m, &e)| (Scope::Model { model: m.clone() }, e)),
+        );
+        for (model, versions) in &t.versions {
+            out.extend(versions.iter().map(|(v, &e)| {
+                let scope = Scope::Version {
+                    model: model.clone(),
+                    version: v.clone(),
+                };
+                (scope, e)
+            }));
+        }
+        out
+    }
+
+    /// Applies `change` to `scope`'s slot and persists if it says it changed it.
+    fn update(
+        &self,
+        scope: &Scope,
+        change: impl FnOnce(&mut u64) -> bool,
+    ) -> Result<bool, EpochError> {
         let _order = self.persist.lock();
         let snapshot = {
             let mut t = self.table.write();
@@ -162,7 +238,9 @@ impl EpochTable {
                     .entry(version.clone())
                     .or_default(),
             };
-            *slot += 1;
+            if !change(slot) {
+                return Ok(false);
+            }
             t.clone()
         };
         match &self.file {
@@ -170,8 +248,9 @@ impl EpochTable {
                 path,
                 &serde_json::to_vec_pretty(&snapshot)
                     .expect("a map of strings and integers serializes"),
-            ),
-            None => Ok(()),
+            )
+            .map(|()| true),
+            None => Ok(true),
         }
     }
 }
@@ -215,6 +294,24 @@ mod tests {
         assert_eq!(t.current("t", "m", "2"), before);
         t.bump(&Scope::All).unwrap();
         assert_ne!(t.current("t", "m", "2"), before);
+    }
+
+    #[test]
+    fn raise_only_grows_and_entries_list_every_scope() {
+        let t = EpochTable::in_memory(0);
+        let m = Scope::Model { model: "m".into() };
+        assert_eq!(t.bump(&m).unwrap(), 1);
+        assert!(t.raise(&m, 5).unwrap());
+        assert!(!t.raise(&m, 3).unwrap());
+        assert_eq!(t.get(&m), 5);
+        let v = Scope::Version {
+            model: "m".into(),
+            version: "1".into(),
+        };
+        t.raise(&v, 2).unwrap();
+        let mut entries = t.entries();
+        entries.sort_by_key(|(_, e)| *e);
+        assert_eq!(entries, vec![(v, 2), (m, 5)]);
     }
 
     #[test]

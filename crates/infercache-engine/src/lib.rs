@@ -8,12 +8,16 @@
 //!        ├─► in-flight table: lead the key, or wait for its leader
 //!        ├─► disk tier    (disk::DiskTier: log-structured segments, checksummed records)
 //!        │      hit ─► promote to memory ─► value
-//!        └─► f(missing keys) once ─► memory ─► waiters ─► disk (write-through or write-back)
+//!        ├─► remote tier  (remote::RemoteTier, e.g. Redis shared by many nodes)
+//!        │      hit ─► promote to memory and disk ─► value
+//!        ├─► lease the missing keys on the remote tier (another node computing: wait)
+//!        └─► f(missing keys) once ─► memory ─► waiters ─► disk ─► remote
 //! ```
 //!
 //! - [`cache`]: the [`Cache`] API, its concurrency contract and write policies.
 //! - [`memory`]: the memory tier and its eviction policies.
 //! - [`disk`]: the persistent disk tier and its crash-safety argument.
+//! - [`remote`]: the trait of a remote tier shared by many nodes.
 //! - [`epochs`]: invalidation by namespace, model, version or everything, without scans.
 //! - [`replay`]: trace replay for hit-ratio measurement.
 //!
@@ -27,6 +31,7 @@ pub mod epochs;
 pub mod error;
 pub(crate) mod hash;
 pub mod memory;
+pub mod remote;
 pub mod replay;
 
 pub use cache::{
@@ -36,6 +41,7 @@ pub use disk::{Compression, DiskConfig, DiskTier};
 pub use epochs::Scope;
 pub use error::{ComputeError, EngineError};
 pub use memory::{MemoryConfig, MemoryTier, Policy, Weigher};
+pub use remote::{EpochSync, Lease, RemoteEntry, RemoteStats, RemoteTier};
 
 /// The README's examples, compiled as doctests.
 #[doc = include_str!("../../../README.md")]

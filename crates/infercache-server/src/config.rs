@@ -29,6 +29,12 @@
 //! | `max_concurrent_requests` | 256 | more in flight get 429 with `Retry-After` |
 //! | `request_timeout` | `30s` | slower requests get 504 |
 //! | `shutdown_timeout` | `30s` | how long in-flight requests may drain at shutdown |
+//! | `redis` | none | the shared Redis tier: `auto` (start a local `redis-server`), `redis://…` / `rediss://…` (TLS), or several URLs joined by commas (a cluster); none: no Redis tier |
+//! | `redis_memory_fraction` | 0.3 | with `auto`: Redis's `maxmemory` as a fraction of RAM, 0.1 to 0.7 |
+//! | `redis_cluster` | false | treat a single URL as a cluster node |
+//! | `redis_prefix` | `infercache:` | prefix of every Redis key the cache uses |
+//! | `redis_write_back_queue` | none | write Redis through a queue of this many values (write-back); none is write-through |
+//! | `redis_timeout` | `50ms` | connect and command timeout of the Redis tier |
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -121,6 +127,25 @@ pub struct ServeArgs {
     /// How long in-flight requests may drain at shutdown [default: 30s].
     #[arg(long, env = "INFERCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// Shared Redis tier: `auto` (start a local redis-server), a `redis://` or `rediss://`
+    /// URL, or cluster node URLs joined by commas [default: none].
+    #[arg(long, env = "INFERCACHE_REDIS", value_name = "auto|URL")]
+    pub redis: Option<String>,
+    /// With `--redis auto`: Redis's maxmemory as a fraction of RAM, 0.1-0.7 [default: 0.3].
+    #[arg(long, env = "INFERCACHE_REDIS_MEMORY_FRACTION", value_name = "F")]
+    pub redis_memory_fraction: Option<f64>,
+    /// Treat a single `--redis` URL as a node of a cluster.
+    #[arg(long, env = "INFERCACHE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Prefix of every Redis key [default: infercache:].
+    #[arg(long, env = "INFERCACHE_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Write Redis behind a queue of N values (write-back) [default: write-through].
+    #[arg(long, env = "INFERCACHE_REDIS_WRITE_BACK_QUEUE", value_name = "N")]
+    pub redis_write_back_queue: Option<usize>,
+    /// Connect and command timeout of the Redis tier [default: 50ms].
+    #[arg(long, env = "INFERCACHE_REDIS_TIMEOUT", value_name = "DURATION")]
+    pub redis_timeout: Option<String>,
 }
 
 /// Size of the disk tier when none is given.
@@ -152,6 +177,12 @@ struct FileConfig {
     max_concurrent_requests: Option<usize>,
     request_timeout: Option<Scalar>,
     shutdown_timeout: Option<Scalar>,
+    redis: Option<String>,
+    redis_memory_fraction: Option<f64>,
+    redis_cluster: Option<bool>,
+    redis_prefix: Option<String>,
+    redis_write_back_queue: Option<usize>,
+    redis_timeout: Option<Scalar>,
 }
 
 /// A size or duration in TOML: `"512MiB"`, `0.3` or `4096` all read as their text.
@@ -271,6 +302,36 @@ pub struct DiskSettings {
     pub compression: Compression,
 }
 
+/// Which Redis the shared tier uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisTarget {
+    /// A local `redis-server` started and stopped with the server, its data under the
+    /// cache directory.
+    Auto {
+        /// `maxmemory` as a fraction of RAM.
+        memory_fraction: f64,
+        /// Its data directory.
+        dir: PathBuf,
+    },
+    /// An existing server.
+    Url(String),
+    /// An existing cluster, by some of its nodes.
+    Cluster(Vec<String>),
+}
+
+/// The Redis tier's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    /// Which Redis.
+    pub target: RedisTarget,
+    /// Prefix of every key. Default: `infercache:`.
+    pub prefix: String,
+    /// Write-back queue; `None` is write-through (the default).
+    pub write_back_queue: Option<usize>,
+    /// Connect and command timeout. Default: 50 ms.
+    pub timeout: Duration,
+}
+
 /// The validated configuration of a server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -302,6 +363,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How long in-flight requests may drain at shutdown. Default: 30 s.
     pub shutdown_timeout: Duration,
+    /// The shared Redis tier. Default: none.
+    pub redis: Option<RedisSettings>,
 }
 
 impl Default for ServerConfig {
@@ -321,6 +384,7 @@ impl Default for ServerConfig {
             api_keys_file: None,
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(30),
+            redis: None,
         }
     }
 }
@@ -453,7 +517,16 @@ impl ServerConfig {
             )?
             .unwrap_or(d.limits.request_timeout),
         };
+        let redis = resolve_redis(
+            a.redis.or(f.redis),
+            a.redis_memory_fraction.or(f.redis_memory_fraction),
+            a.redis_cluster || f.redis_cluster == Some(true),
+            a.redis_prefix.or(f.redis_prefix),
+            a.redis_write_back_queue.or(f.redis_write_back_queue),
+            duration("redis_timeout", text(a.redis_timeout, f.redis_timeout))?,
+        )?;
         Ok(Self {
+            redis,
             bind,
             enable_cache,
             memory,
@@ -549,6 +622,27 @@ impl fmt::Display for Redacted<'_> {
             " api_keys_file={} (keys redacted)",
             opt(&c.api_keys_file)
         )?;
+        match c.redis.as_ref().map(|r| &r.target) {
+            None => write!(f, " redis=none")?,
+            Some(RedisTarget::Auto {
+                memory_fraction,
+                dir,
+            }) => write!(
+                f,
+                " redis=auto redis_memory_fraction={memory_fraction} redis_dir={}",
+                dir.display()
+            )?,
+            Some(RedisTarget::Url(u)) => {
+                write!(f, " redis={}", infercache_redis::config::redact(u))?;
+            }
+            Some(RedisTarget::Cluster(us)) => {
+                let shown: Vec<String> = us
+                    .iter()
+                    .map(|u| infercache_redis::config::redact(u))
+                    .collect();
+                write!(f, " redis_cluster={}", shown.join(","))?;
+            }
+        }
         let l = &c.limits;
         write!(
             f,
@@ -561,6 +655,74 @@ impl fmt::Display for Redacted<'_> {
             c.shutdown_timeout
         )
     }
+}
+
+fn resolve_redis(
+    target: Option<String>,
+    memory_fraction: Option<f64>,
+    cluster: bool,
+    prefix: Option<String>,
+    write_back_queue: Option<usize>,
+    timeout: Option<Duration>,
+) -> Result<Option<RedisSettings>, ConfigError> {
+    let Some(target) = target
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+    else {
+        if memory_fraction.is_some() || prefix.is_some() || write_back_queue.is_some() {
+            return Err(ConfigError::Inconsistent(
+                "redis_* settings need redis (auto or a URL)",
+            ));
+        }
+        return Ok(None);
+    };
+    if memory_fraction.is_some() && target != "auto" {
+        return Err(ConfigError::Inconsistent(
+            "redis_memory_fraction applies only to redis = auto",
+        ));
+    }
+    let target = if target == "auto" {
+        let memory_fraction = memory_fraction.unwrap_or(0.3);
+        infercache_redis::managed::validate_memory_fraction(memory_fraction)
+            .map_err(|e| invalid("redis_memory_fraction", &memory_fraction.to_string(), e))?;
+        RedisTarget::Auto {
+            memory_fraction,
+            dir: infercache_model::default_cache_dir().join("redis"),
+        }
+    } else {
+        let urls: Vec<String> = target.split(',').map(|u| u.trim().to_owned()).collect();
+        for u in &urls {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis",
+                    &infercache_redis::config::redact(u),
+                    "give auto, or URLs starting with redis:// or rediss://",
+                ));
+            }
+        }
+        if urls.len() > 1 || cluster {
+            RedisTarget::Cluster(urls)
+        } else {
+            RedisTarget::Url(urls.into_iter().next().expect("one URL"))
+        }
+    };
+    let prefix = prefix.unwrap_or_else(|| "infercache:".to_owned());
+    if prefix.is_empty() {
+        return Err(invalid("redis_prefix", "", "must not be empty"));
+    }
+    if write_back_queue == Some(0) {
+        return Err(invalid("redis_write_back_queue", "0", "must be at least 1"));
+    }
+    let timeout = timeout.unwrap_or(Duration::from_millis(50));
+    if timeout.is_zero() {
+        return Err(invalid("redis_timeout", "0", "must be positive"));
+    }
+    Ok(Some(RedisSettings {
+        target,
+        prefix,
+        write_back_queue,
+        timeout,
+    }))
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {

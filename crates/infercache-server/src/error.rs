@@ -303,4 +303,8 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
+    /// The Redis tier could not be set up (a bad URL, or `--redis auto` could not start
+    /// redis-server). Redis being down is not an error: the node serves without it.
+    #[error("redis tier: {0}")]
+    Redis(String),
 }

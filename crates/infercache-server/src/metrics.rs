@@ -387,6 +387,7 @@ impl Collector for EngineCollector {
             };
             by_model.push((l("memory", "hit"), s.memory_hits));
             by_model.push((l("disk", "hit"), s.disk_hits));
+            by_model.push((l("redis", "hit"), s.remote_hits));
             by_model.push((l("any", "miss"), s.misses));
             by_model.push((l("any", "coalesced"), s.coalesced));
             by_model.push((l("any", "compute_error"), s.compute_errors));
@@ -397,6 +398,100 @@ impl Collector for EngineCollector {
             "Lookups per model, by the tier that answered and the outcome",
             &by_model,
         )?;
+        if let Some(r) = &stats.remote {
+            encode_remote(&mut enc, r)?;
+        }
         Ok(())
     }
+}
+
+/// The Redis tier: lookups, writes, failures, leases and the circuit breaker.
+fn encode_remote(
+    enc: &mut DescriptorEncoder<'_>,
+    r: &infercache_engine::RemoteStats,
+) -> Result<(), fmt::Error> {
+    let outcome = |o: &str| vec![("outcome", o.to_owned())];
+    counter(
+        enc,
+        "redis_lookups",
+        "Redis tier lookups by outcome (corrupt: refused by its checksum or key)",
+        &[
+            (outcome("hit"), r.hits),
+            (outcome("miss"), r.misses),
+            (outcome("corrupt"), r.corrupt),
+        ],
+    )?;
+    counter(
+        enc,
+        "redis_writes",
+        "Values written to Redis",
+        &[(vec![], r.writes)],
+    )?;
+    counter(
+        enc,
+        "redis_errors",
+        "Redis operations that failed or timed out",
+        &[(vec![], r.errors)],
+    )?;
+    counter(
+        enc,
+        "redis_skipped",
+        "Redis operations skipped while the circuit breaker was open",
+        &[(vec![], r.skipped)],
+    )?;
+    counter(
+        enc,
+        "redis_writeback_dropped",
+        "Redis writes dropped because the write-back queue was full",
+        &[(vec![], r.writeback_dropped)],
+    )?;
+    gauge(
+        enc,
+        "redis_writeback_queued",
+        "Redis writes waiting in the write-back queue",
+        &[(vec![], r.writeback_queued)],
+    )?;
+    counter(
+        enc,
+        "redis_leases",
+        "Computation leases: granted to this node, or found held by another",
+        &[
+            (outcome("granted"), r.leases_granted),
+            (outcome("contended"), r.leases_contended),
+        ],
+    )?;
+    counter(
+        enc,
+        "redis_lease_waits",
+        "Waits for another node's value: filled, or empty (computed here)",
+        &[
+            (outcome("filled"), r.lease_waits_filled),
+            (outcome("empty"), r.lease_waits_empty),
+        ],
+    )?;
+    counter(
+        enc,
+        "redis_epoch_updates",
+        "Invalidation epochs adopted from other nodes",
+        &[(vec![], r.epoch_updates)],
+    )?;
+    counter(
+        enc,
+        "redis_breaker_opened",
+        "Times the Redis circuit breaker opened",
+        &[(vec![], r.breaker_opened)],
+    )?;
+    let state = |s: &str| vec![("state", s.to_owned())];
+    gauge(
+        enc,
+        "redis_breaker_state",
+        "The Redis circuit breaker: 1 for its current state",
+        &["closed", "open", "half_open"].map(|s| (state(s), u64::from(r.breaker == s))),
+    )?;
+    gauge(
+        enc,
+        "redis_connected",
+        "Whether Redis answered the last call",
+        &[(vec![], u64::from(r.connected))],
+    )
 }

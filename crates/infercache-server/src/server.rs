@@ -9,10 +9,13 @@ use infercache_engine::Cache;
 use tokio::net::TcpListener;
 
 use crate::auth::ApiKeys;
-use crate::config::ServerConfig;
+use crate::config::{RedisSettings, RedisTarget, ServerConfig};
 use crate::embed::Embed;
 use crate::error::ServerError;
 use crate::state::AppState;
+use infercache_engine::RemoteTier;
+use infercache_redis::managed::{ManagedConfig, ManagedRedis};
+use infercache_redis::{RedisConfig, RedisTier, Target, WriteMode};
 
 /// Serves `embedder` per `config` on `listener` until `shutdown` completes.
 ///
@@ -32,12 +35,19 @@ pub async fn run_with(
         Some(path) => ApiKeys::load(path)?,
         None => ApiKeys::none(),
     };
+    // A managed Redis starts before the cache and stops after it has flushed.
+    let mut managed = None;
+    let remote = match (&config.redis, config.enable_cache) {
+        (Some(settings), true) => Some(redis_tier(settings, &mut managed).await?),
+        _ => None,
+    };
     let cache = match config.cache_config() {
-        Some(cache_config) => Some(
+        Some(mut cache_config) => Some({
+            cache_config.remote = remote;
             tokio::task::spawn_blocking(move || Cache::open(cache_config, SystemClock::shared()))
                 .await
-                .map_err(|e| ServerError::Io(std::io::Error::other(e)))??,
-        ),
+                .map_err(|e| ServerError::Io(std::io::Error::other(e)))??
+        }),
         None => None,
     };
     let addr = listener.local_addr()?;
@@ -59,7 +69,52 @@ pub async fn run_with(
         );
     }
     let state = AppState::new(cache, embedder, keys, config.limits);
-    serve(state, listener, shutdown, config.shutdown_timeout).await
+    let served = serve(state, listener, shutdown, config.shutdown_timeout).await;
+    if let Some(redis) = managed {
+        match redis.stop().await {
+            Ok(status) => tracing::info!(%status, "managed redis-server stopped"),
+            Err(e) => tracing::warn!(error = %e, "stopping the managed redis-server failed"),
+        }
+    }
+    served
+}
+
+/// The Redis tier per `settings`, starting a local `redis-server` for `auto` (kept in
+/// `managed` so the caller stops it after the cache has flushed).
+async fn redis_tier(
+    settings: &RedisSettings,
+    managed: &mut Option<ManagedRedis>,
+) -> Result<Arc<dyn RemoteTier>, ServerError> {
+    let target = match &settings.target {
+        RedisTarget::Auto {
+            memory_fraction,
+            dir,
+        } => {
+            let managed_config = ManagedConfig {
+                memory_fraction: *memory_fraction,
+                ..ManagedConfig::new(dir.clone())
+            };
+            let redis = ManagedRedis::start(managed_config)
+                .await
+                .map_err(|e| ServerError::Redis(e.to_string()))?;
+            tracing::info!(url = %redis.url(), dir = %dir.display(), "managed redis-server started");
+            let url = redis.url();
+            *managed = Some(redis);
+            Target::Single(url)
+        }
+        RedisTarget::Url(u) => Target::Single(u.clone()),
+        RedisTarget::Cluster(us) => Target::Cluster(us.clone()),
+    };
+    let mut config = RedisConfig::new(target);
+    config.prefix.clone_from(&settings.prefix);
+    config.connect_timeout = settings.timeout;
+    config.command_timeout = settings.timeout;
+    if let Some(queue) = settings.write_back_queue {
+        config.write = WriteMode::Back { queue };
+    }
+    let tier = RedisTier::connect(config, SystemClock::shared())
+        .map_err(|e| ServerError::Redis(e.to_string()))?;
+    Ok(Arc::new(tier))
 }
 
 /// Serves [`crate::app`] on `listener` until `shutdown` completes, then drains.

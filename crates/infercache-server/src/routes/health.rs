@@ -14,10 +14,15 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`.
+/// `GET /readyz`. With a Redis tier the body carries its circuit breaker's state; an open
+/// breaker does not make the node unready, since it serves from its own tiers and computes.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.is_ready() {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
+        let mut body = json!({ "status": "ready" });
+        if let Some(r) = state.cache().and_then(|c| c.stats().remote) {
+            body["redis"] = json!({ "breaker": r.breaker, "connected": r.connected });
+        }
+        (StatusCode::OK, Json(body))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

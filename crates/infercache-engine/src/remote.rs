@@ -1,0 +1,167 @@
+//! A remote tier shared by many nodes (Redis, in `infercache-redis`), below disk.
+//!
+//! The engine knows only this trait, so network clients stay out of it. A remote tier is
+//! *best effort*: every method answers, whatever the remote's state. A remote that is down,
+//! slow or returning garbage reads as a miss, and writes to it are dropped (and counted by
+//! the implementation); the cache keeps serving from its local tiers and computing.
+//!
+//! # What the cache does with it
+//!
+//! - **Reads.** Keys that memory and disk missed are looked up in one call
+//!   ([`RemoteTier::get_many`], one round trip); hits are promoted to memory and disk.
+//! - **Writes.** Computed values are written after the disk tier
+//!   ([`RemoteTier::put_many`]); whether that awaits the remote (write-through) or queues
+//!   (write-back) is the implementation's configuration. [`RemoteTier::flush`] drains.
+//! - **Distributed single flight.** Before computing, the leader of a key on this node
+//!   takes a lease on it ([`RemoteTier::lease`]). Keys leased by another node are not
+//!   computed here: the cache waits for their values ([`RemoteTier::wait_for`], bounded) and
+//!   computes only those whose lease vanished without a value or whose wait ran out.
+//! - **Epochs.** [`crate::Cache::invalidate`] agrees on the new epoch with the remote
+//!   ([`RemoteTier::bump_epoch`]), which tells the other nodes; the remote raises this
+//!   node's epochs through the [`EpochSync`] handed to [`RemoteTier::attach`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Weak;
+
+use bytes::Bytes;
+use infercache_core::Digest;
+use serde::Serialize;
+
+use crate::cache::Inner;
+use crate::epochs::Scope;
+
+/// A boxed, sendable future (what the trait's methods return, keeping it object safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A value as a remote tier stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// The value.
+    pub value: Bytes,
+    /// When it was computed (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// When it expires (ms since the Unix epoch); `None`: the remote's default TTL.
+    pub expires_ms: Option<u64>,
+}
+
+/// A remote tier. See the module docs for the contract: every method answers, failures
+/// read as misses and dropped writes.
+pub trait RemoteTier: Send + Sync + fmt::Debug + 'static {
+    /// Called once by [`crate::Cache::open`]: the handle through which the remote raises
+    /// this node's epochs when another node invalidates.
+    fn attach(&self, epochs: EpochSync);
+
+    /// Looks `keys` up in one round trip; `None` for a miss, an unreachable remote, or a
+    /// value that failed its checks.
+    fn get_many<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Vec<Option<RemoteEntry>>>;
+
+    /// Stores values (awaited or queued, per the implementation's write policy).
+    fn put_many(&self, entries: Vec<(Digest, RemoteEntry)>) -> BoxFuture<'_, ()>;
+
+    /// Removes `key`; whether it was there.
+    fn remove(&self, key: Digest) -> BoxFuture<'_, bool>;
+
+    /// Waits until queued writes have been sent.
+    fn flush(&self) -> BoxFuture<'_, ()>;
+
+    /// Agrees on a new epoch for `scope`: one more than the larger of the remote's and
+    /// `local` (this node's), published to every node. `None` when the remote is
+    /// unreachable; the cache then bumps locally and the remote pushes the local epochs
+    /// when it reconnects.
+    fn bump_epoch<'a>(&'a self, scope: &'a Scope, local: u64) -> BoxFuture<'a, Option<u64>>;
+
+    /// Takes a lease on each of `keys` (distributed single flight). A key is granted when
+    /// no other node holds its lease, or when the remote is unreachable.
+    fn lease<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Box<dyn Lease>>;
+
+    /// Waits, bounded, for the values of keys another node leased. `None` for a key whose
+    /// lease vanished without a value, or that the bound ran out on: the caller computes
+    /// those itself.
+    fn wait_for<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Vec<Option<RemoteEntry>>>;
+
+    /// A snapshot of the tier's counters and state.
+    fn stats(&self) -> RemoteStats;
+}
+
+/// The leases one call of [`RemoteTier::lease`] asked for.
+pub trait Lease: Send + fmt::Debug {
+    /// Per key, in the order asked: whether this node holds its lease.
+    fn granted(&self) -> &[bool];
+
+    /// Releases the leases held, once their values are stored. Dropping without releasing
+    /// lets them expire.
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Counters and state of a remote tier.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RemoteStats {
+    /// What the tier is (e.g. `redis`, `redis-cluster`).
+    pub kind: String,
+    /// The circuit breaker: `closed` (in use), `open` (not called), `half_open` (probing).
+    pub breaker: String,
+    /// Whether a connection is established.
+    pub connected: bool,
+    /// Times the breaker opened.
+    pub breaker_opened: u64,
+    /// Keys found.
+    pub hits: u64,
+    /// Keys not found.
+    pub misses: u64,
+    /// Values dropped because their checksum or key did not match.
+    pub corrupt: u64,
+    /// Values written.
+    pub writes: u64,
+    /// Operations that failed (errors and timeouts).
+    pub errors: u64,
+    /// Operations skipped because the breaker was open.
+    pub skipped: u64,
+    /// Writes dropped because the write-back queue was full.
+    pub writeback_dropped: u64,
+    /// Writes waiting in the write-back queue.
+    pub writeback_queued: u64,
+    /// Leases granted to this node.
+    pub leases_granted: u64,
+    /// Keys found leased by another node.
+    pub leases_contended: u64,
+    /// Waits for another node's value that got it.
+    pub lease_waits_filled: u64,
+    /// Waits that ended without a value (the caller computed).
+    pub lease_waits_empty: u64,
+    /// Epoch changes received from other nodes.
+    pub epoch_updates: u64,
+}
+
+/// The handle through which a remote tier reads and raises this node's epochs.
+#[derive(Debug, Clone)]
+pub struct EpochSync {
+    pub(crate) inner: Weak<Inner>,
+}
+
+impl EpochSync {
+    /// Raises `scope`'s epoch to `value` if lower, persisting it; whether it changed. A
+    /// no-op once the cache is gone.
+    pub async fn raise(&self, scope: Scope, value: u64) -> bool {
+        let Some(inner) = self.inner.upgrade() else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || {
+            inner.epochs.raise(&scope, value).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "persisting an epoch from the remote tier failed");
+                true
+            })
+        })
+        .await
+        .expect("an epoch raise panicked (a bug)")
+    }
+
+    /// Every scope with a non-zero epoch on this node.
+    pub fn entries(&self) -> Vec<(Scope, u64)> {
+        self.inner
+            .upgrade()
+            .map(|inner| inner.epochs.entries())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,166 @@
+//! Configuration of the Redis tier.
+
+use std::time::Duration;
+
+use crate::error::RedisTierError;
+
+/// Which Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One server: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    Single(String),
+    /// A cluster, by the URLs of some of its nodes.
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// Every URL.
+    pub fn urls(&self) -> Vec<String> {
+        match self {
+            Target::Single(u) => vec![u.clone()],
+            Target::Cluster(us) => us.clone(),
+        }
+    }
+
+    /// The URLs with any password replaced by `***`, for logs.
+    pub fn redacted(&self) -> String {
+        self.urls()
+            .iter()
+            .map(|u| redact(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// `u` with the password of its user info replaced by `***`.
+pub fn redact(u: &str) -> String {
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return u.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => u.to_owned(),
+    }
+}
+
+/// How values reach Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// A store awaits the Redis write (the default).
+    Through,
+    /// Writes queue (bounded) and a background task sends them in batches; a full queue
+    /// drops the write (counted), never blocking a request. Drained by `flush`.
+    Back {
+        /// Queue capacity, in values.
+        queue: usize,
+    },
+}
+
+/// Configuration of [`crate::RedisTier`].
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Which Redis.
+    pub target: Target,
+    /// Prefix of every key this tier reads or writes. Default `infercache:`.
+    pub prefix: String,
+    /// Time to establish a connection. Default 50 ms.
+    pub connect_timeout: Duration,
+    /// Time for one command or pipeline. Default 50 ms.
+    pub command_timeout: Duration,
+    /// TTL of a value with none of its own, and the cap of every value's. Default 7 days.
+    pub ttl: Duration,
+    /// Write-through or write-back.
+    pub write: WriteMode,
+    /// Consecutive failures that open the breaker. Default 3.
+    pub breaker_failures: u32,
+    /// First time the breaker stays open. Default 250 ms.
+    pub breaker_min_open: Duration,
+    /// Longest time it stays open before probing. Default 2 s.
+    pub breaker_max_open: Duration,
+    /// How often an open breaker or a lost connection is probed. Default 250 ms.
+    pub probe_interval: Duration,
+    /// How often epochs are re-synchronised besides pub/sub. Default 5 s.
+    pub epoch_resync: Duration,
+    /// TTL of a computation lease; renewed while computing, so it matters only when its
+    /// holder dies. Default 3 s.
+    pub lease_ttl: Duration,
+    /// Longest wait for a value another node is computing. Default 30 s.
+    pub lease_wait: Duration,
+    /// Values larger than this are not written. Default 64 MiB.
+    pub max_value_bytes: usize,
+}
+
+impl RedisConfig {
+    /// The defaults for `target`.
+    pub fn new(target: Target) -> Self {
+        Self {
+            target,
+            prefix: "infercache:".into(),
+            connect_timeout: Duration::from_millis(50),
+            command_timeout: Duration::from_millis(50),
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            write: WriteMode::Through,
+            breaker_failures: 3,
+            breaker_min_open: Duration::from_millis(250),
+            breaker_max_open: Duration::from_secs(2),
+            probe_interval: Duration::from_millis(250),
+            epoch_resync: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(3),
+            lease_wait: Duration::from_secs(30),
+            max_value_bytes: 64 << 20,
+        }
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`RedisTierError::Config`] naming the field.
+    pub fn validate(&self) -> Result<(), RedisTierError> {
+        let bad = |what: &str| Err(RedisTierError::Config(what.to_owned()));
+        if self.target.urls().is_empty() {
+            return bad("at least one Redis URL is needed");
+        }
+        if self.prefix.is_empty() {
+            return bad("the key prefix must not be empty (it keeps other data apart)");
+        }
+        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
+            return bad("Redis timeouts must be positive");
+        }
+        if self.ttl < Duration::from_secs(1) {
+            return bad("the Redis TTL must be at least 1 s");
+        }
+        if self.lease_ttl < Duration::from_millis(30) {
+            return bad("the lease TTL must be at least 30 ms");
+        }
+        if matches!(self.write, WriteMode::Back { queue: 0 }) {
+            return bad("the write-back queue must hold at least one value");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/2"),
+            "redis://user:***@host:6379/2"
+        );
+        assert_eq!(redact("rediss://:secret@host"), "rediss://:***@host");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut c = RedisConfig::new(Target::Single("redis://127.0.0.1".into()));
+        assert!(c.validate().is_ok());
+        c.prefix.clear();
+        assert!(matches!(c.validate(), Err(RedisTierError::Config(m)) if m.contains("prefix")));
+    }
+}

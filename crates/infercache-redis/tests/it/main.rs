@@ -1,0 +1,7 @@
+//! Integration tests of the Redis tier, in one binary, against real `redis-server`
+//! processes (a missing Redis fails them; it never skips them).
+
+mod cluster;
+mod harness;
+mod managed;
+mod tier;
