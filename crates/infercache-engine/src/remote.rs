@@ -100,6 +100,8 @@ pub trait Lease: Send + fmt::Debug {
 pub struct RemoteStats {
     /// What the tier is (e.g. `redis`, `redis-cluster`).
     pub kind: String,
+    /// Where it is (URLs with passwords redacted).
+    pub endpoint: String,
     /// The circuit breaker: `closed` (in use), `open` (not called), `half_open` (probing).
     pub breaker: String,
     /// Whether a connection is established.

@@ -672,6 +672,7 @@ impl RemoteTier for RedisTier {
                 Target::Single(_) => "redis".into(),
                 Target::Cluster(_) => "redis-cluster".into(),
             },
+            endpoint: s.config.target.redacted(),
             breaker: s.breaker.state().as_str().into(),
             connected: s.connected.load(Ordering::Relaxed),
             breaker_opened: s.breaker.opened(),

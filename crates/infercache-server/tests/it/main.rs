@@ -7,4 +7,5 @@ mod cache_control;
 mod embeddings;
 mod errors;
 mod lifecycle;
+mod redis;
 mod support;

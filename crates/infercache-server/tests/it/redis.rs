@@ -1,0 +1,271 @@
+//! Two servers sharing one real Redis: shared hits, invalidation everywhere, one model
+//! invocation for concurrent identical requests, a Redis killed under load, and the
+//! managed local Redis.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use infercache_server::ServerConfig;
+use infercache_server::config::{RedisSettings, RedisTarget};
+use infercache_server::model::ModelPool;
+use infercache_redis::testing::{RedisServer, RedisServerOptions};
+use serde_json::{Value, json};
+
+use crate::support::{Server, model};
+
+fn config(target: RedisTarget) -> ServerConfig {
+    ServerConfig {
+        redis: Some(RedisSettings {
+            target,
+            prefix: "infercache:".into(),
+            write_back_queue: None,
+            timeout: Duration::from_millis(50),
+        }),
+        ..ServerConfig::default()
+    }
+}
+
+/// Two servers on one Redis, each with its own model.
+async fn pair(redis: &RedisServer) -> (Server, Arc<ModelPool>, Server, Arc<ModelPool>) {
+    let (ma, mb) = (model().await, model().await);
+    let a = Server::start(config(RedisTarget::Url(redis.url())), Arc::clone(&ma)).await;
+    let b = Server::start(config(RedisTarget::Url(redis.url())), Arc::clone(&mb)).await;
+    (a, ma, b, mb)
+}
+
+fn texts(m: &ModelPool) -> u64 {
+    infercache_server::Embed::stats(m).texts
+}
+
+async fn redis_stats(s: &Server) -> Value {
+    let r = s.get("/v1/cache/stats", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["remote"].clone()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_on_one_server_is_a_hit_on_the_other() {
+    let redis = RedisServer::start();
+    let (a, ma, b, mb) = pair(&redis).await;
+    let first = a.embed(&[], json!(["shared across nodes"])).await;
+    assert_eq!((first.status, first.header("x-cache")), (200, "MISS"));
+    let second = b.embed(&[], json!(["shared across nodes"])).await;
+    assert_eq!((second.status, second.header("x-cache")), (200, "HIT"));
+    assert_eq!(first.body["data"], second.body["data"], "bit-identical vectors");
+    assert_eq!((texts(&ma), texts(&mb)), (1, 0));
+    let stats = redis_stats(&b).await;
+    assert_eq!((stats["hits"].as_u64(), stats["breaker"].as_str()), (Some(1), Some("closed")));
+    let ready = b.get("/readyz", &[]).await;
+    assert_eq!(ready.body["redis"]["breaker"], "closed", "{}", ready.body);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_on_one_server_reaches_the_other_within_a_second() {
+    let redis = RedisServer::start();
+    let (a, _ma, b, mb) = pair(&redis).await;
+    assert_eq!(b.embed(&[], json!(["to invalidate"])).await.header("x-cache"), "MISS");
+    let only_cached = [("cache-control", "only-if-cached")];
+    assert_eq!(a.embed(&only_cached, json!(["to invalidate"])).await.status, 200);
+    // Both nodes subscribed to the epoch channel before the invalidation is made.
+    let mut c = redis.client().get_multiplexed_async_connection().await.unwrap();
+    wait_for("both subscribed", Duration::from_secs(5), async || {
+        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("infercache:epochs")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        n[0].1 >= 2
+    })
+    .await;
+    let r = a
+        .post(
+            "/v1/cache/invalidate",
+            &[],
+            &json!({"scope": "model", "model": "all-MiniLM-L6-v2"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let took = wait_for("B drops the entry", Duration::from_secs(1), async || {
+        b.embed(&only_cached, json!(["to invalidate"])).await.status == 504
+    })
+    .await;
+    eprintln!("the invalidation reached the other server in {took:?}");
+    let before = texts(&mb);
+    assert_eq!(b.embed(&[], json!(["to invalidate"])).await.header("x-cache"), "MISS");
+    assert_eq!(texts(&mb), before + 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_identical_requests_to_both_servers_run_the_model_once() {
+    let redis = RedisServer::start();
+    let (a, ma, b, mb) = pair(&redis).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    for round in 0..3 {
+        let text = format!("one computation for the whole fleet, round {round}");
+        let before = texts(&ma) + texts(&mb);
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let server = if i % 2 == 0 { Arc::clone(&a) } else { Arc::clone(&b) };
+            let text = text.clone();
+            tasks.push(tokio::spawn(async move {
+                server.embed(&[], json!([text])).await
+            }));
+        }
+        let mut vectors = Vec::new();
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+            vectors.push(r.body["data"][0]["embedding"].clone());
+        }
+        assert!(vectors.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(texts(&ma) + texts(&mb) - before, 1, "round {round}");
+    }
+    Arc::try_unwrap(a).ok().unwrap().stop().await;
+    Arc::try_unwrap(b).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_under_load_fails_no_request_and_is_used_again_when_back() {
+    let mut redis = RedisServer::start_with(RedisServerOptions { appendonly: true });
+    let (a, _ma, b, _mb) = pair(&redis).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for client in 0..4u64 {
+        let (a, b, stop) = (Arc::clone(&a), Arc::clone(&b), Arc::clone(&stop));
+        let (ok, failed) = (Arc::clone(&ok), Arc::clone(&failed));
+        load.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let server = if i % 2 == 0 { &a } else { &b };
+                // Half repeats (hits), half new texts (model, then Redis writes).
+                let text = if i % 2 == 0 {
+                    format!("repeated {}", i % 10)
+                } else {
+                    format!("client {client} new {i}")
+                };
+                let r = server.embed(&[], json!([text])).await;
+                if r.status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed: {} {}", r.status, r.body);
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.kill9();
+    wait_for("A's breaker opens", Duration::from_secs(5), async || {
+        redis_stats(&a).await["breaker"] == "open"
+    })
+    .await;
+    wait_for("B's breaker opens", Duration::from_secs(5), async || {
+        redis_stats(&b).await["breaker"] == "open"
+    })
+    .await;
+    let ready = a.get("/readyz", &[]).await;
+    assert_eq!(ready.status, 200, "a node without Redis still serves");
+    assert_eq!(ready.body["redis"]["breaker"], "open");
+    let metrics = a.get("/metrics", &[]).await.body;
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("redis_breaker_state{state=\"open\"} 1"), "{metrics}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    redis.restart();
+    let back = Instant::now();
+    wait_for("both breakers close", Duration::from_secs(5), async || {
+        redis_stats(&a).await["breaker"] == "closed" && redis_stats(&b).await["breaker"] == "closed"
+    })
+    .await;
+    // The tier is in use again: a value computed on A is a Redis hit on B.
+    let probe = "written after Redis came back";
+    assert_eq!(a.embed(&[], json!([probe])).await.header("x-cache"), "MISS");
+    let hit = b.embed(&[], json!([probe])).await;
+    assert_eq!(hit.header("x-cache"), "HIT");
+    let used_again = back.elapsed();
+    assert!(used_again < Duration::from_secs(5), "{used_again:?}");
+    eprintln!("Redis tier used again {used_again:?} after Redis came back");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests succeeded, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 20, "the load ran: {ok}");
+    for s in [&a, &b] {
+        let stats = redis_stats(s).await;
+        assert!(stats["breaker_opened"].as_u64() >= Some(1), "{stats}");
+        assert!(stats["errors"].as_u64() >= Some(1), "{stats}");
+        let metrics = s.get("/metrics", &[]).await.body;
+        let metrics = metrics.as_str().unwrap();
+        assert!(metrics.contains("redis_breaker_state{state=\"closed\"} 1"), "{metrics}");
+        assert!(!metrics.contains("redis_breaker_opened_total 0"), "{metrics}");
+    }
+    Arc::try_unwrap(a).ok().unwrap().stop().await;
+    Arc::try_unwrap(b).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_auto_starts_a_configured_local_redis_and_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(RedisTarget::Auto {
+        memory_fraction: 0.1,
+        dir: dir.path().join("redis"),
+    });
+    let server = Server::start(cfg, model().await).await;
+    assert_eq!(server.embed(&[], json!(["stored in the managed redis"])).await.status, 200);
+    let stats = redis_stats(&server).await;
+    let url = stats["endpoint"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("redis://127.0.0.1:"), "{url}");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let get = async |c: &mut redis::aio::MultiplexedConnection, name: &str| -> String {
+        let v: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(c)
+            .await
+            .unwrap();
+        v[1].clone()
+    };
+    assert_eq!(get(&mut c, "maxmemory-policy").await, "allkeys-lru");
+    assert_eq!(get(&mut c, "appendonly").await, "yes");
+    assert_eq!(get(&mut c, "appendfsync").await, "everysec");
+    assert_eq!(get(&mut c, "save").await, "");
+    let maxmemory: u64 = get(&mut c, "maxmemory").await.parse().unwrap();
+    let ram = infercache_engine::total_ram().unwrap();
+    assert_eq!(maxmemory, (ram as f64 * 0.1) as u64);
+    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert!(keys >= 1, "the value is stored there: {keys}");
+    drop(c);
+    server.stop().await;
+    assert!(
+        redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .is_err(),
+        "stopped with the server"
+    );
+}
