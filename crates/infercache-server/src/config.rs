@@ -29,6 +29,7 @@
 //! | `max_concurrent_requests` | 256 | more in flight get 429 with `Retry-After` |
 //! | `request_timeout` | `30s` | slower requests get 504 |
 //! | `shutdown_timeout` | `30s` | how long in-flight requests may drain at shutdown |
+//! | `[[models]]` | none: the built-in embedder | models served, each through its upstream (TOML only; see [`crate::upstream::config`]) |
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ use std::time::Duration;
 use infercache_core::Capacity;
 use infercache_engine::{CacheConfig, Compression, DiskConfig, MemoryConfig, Policy, WritePolicy};
 use serde::Deserialize;
+
+use crate::upstream::config::{ModelConfig, RawModel};
 
 /// Flags of `infercache serve`; the binary flattens this into its subcommand. Every flag
 /// is also an `INFERCACHE_*` environment variable and a key of the `--config` file.
@@ -152,19 +155,20 @@ struct FileConfig {
     max_concurrent_requests: Option<usize>,
     request_timeout: Option<Scalar>,
     shutdown_timeout: Option<Scalar>,
+    models: Option<Vec<RawModel>>,
 }
 
 /// A size or duration in TOML: `"512MiB"`, `0.3` or `4096` all read as their text.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum Scalar {
+pub(crate) enum Scalar {
     Text(String),
     Int(u64),
     Float(f64),
 }
 
 impl Scalar {
-    fn into_text(self) -> String {
+    pub(crate) fn into_text(self) -> String {
         match self {
             Self::Text(s) => s,
             Self::Int(n) => n.to_string(),
@@ -194,6 +198,18 @@ pub enum ConfigError {
     /// A setting that needs another.
     #[error("{0}")]
     Inconsistent(&'static str),
+    /// A `[[models]]` entry that cannot work.
+    #[error("invalid models[{index}].{field} (model `{name}`): {reason}")]
+    Model {
+        /// Its position in the list, from 0.
+        index: usize,
+        /// Its name (`?` when it has none).
+        name: String,
+        /// The field at fault.
+        field: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A file could not be read.
     #[error("reading {path}: {source}")]
     Read {
@@ -302,6 +318,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How long in-flight requests may drain at shutdown. Default: 30 s.
     pub shutdown_timeout: Duration,
+    /// The `[[models]]` list. Default: empty, which serves the built-in embedder alone.
+    pub models: Vec<ModelConfig>,
 }
 
 impl Default for ServerConfig {
@@ -321,6 +339,7 @@ impl Default for ServerConfig {
             api_keys_file: None,
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(30),
+            models: Vec::new(),
         }
     }
 }
@@ -453,6 +472,10 @@ impl ServerConfig {
             )?
             .unwrap_or(d.limits.request_timeout),
         };
+        let models = crate::upstream::config::validate(
+            f.models.unwrap_or_default(),
+            limits.request_timeout,
+        )?;
         Ok(Self {
             bind,
             enable_cache,
@@ -472,6 +495,7 @@ impl ServerConfig {
                 text(a.shutdown_timeout, f.shutdown_timeout),
             )?
             .unwrap_or(d.shutdown_timeout),
+            models,
         })
     }
 
@@ -559,7 +583,11 @@ impl fmt::Display for Redacted<'_> {
             l.max_concurrent_requests,
             l.request_timeout,
             c.shutdown_timeout
-        )
+        )?;
+        for m in &c.models {
+            write!(f, " model={}:{}@{}", m.name, m.backend, m.redacted_url())?;
+        }
+        Ok(())
     }
 }
 

@@ -58,6 +58,7 @@ pub mod routes;
 mod server;
 pub mod service;
 pub mod state;
+pub mod upstream;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -77,6 +78,19 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/embeddings", post(routes::openai::embeddings))
         .route("/v1/embed", post(routes::smally::embed))
+        .route("/v1/models", get(routes::models::list))
+        .route("/v1/models/{name}/predict", post(routes::predict::predict))
+        .route("/v1/models/{name}/run", post(routes::ersilia::run))
+        .route("/v2/models/{name}", get(routes::models::metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(routes::models::version_metadata),
+        )
+        .route("/v2/models/{name}/ready", get(routes::models::ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(routes::models::version_ready),
+        )
         .route("/v1/cache/stats", get(routes::admin::stats))
         .route("/v1/cache/invalidate", post(routes::admin::invalidate))
         .route(
@@ -93,6 +107,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(routes::admin::metrics))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
+        .route("/v2/health/live", get(routes::models::health))
+        .route("/v2/health/ready", get(routes::models::health))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

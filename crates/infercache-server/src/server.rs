@@ -13,6 +13,7 @@ use crate::config::ServerConfig;
 use crate::embed::Embed;
 use crate::error::ServerError;
 use crate::state::AppState;
+use crate::upstream::Models;
 
 /// Serves `embedder` per `config` on `listener` until `shutdown` completes.
 ///
@@ -58,7 +59,8 @@ pub async fn run_with(
              address can use and administer the cache (set --api-keys-file)"
         );
     }
-    let state = AppState::new(cache, embedder, keys, config.limits);
+    let models = Models::new(&config.models, config.ttl)?;
+    let state = AppState::with_models(cache, embedder, models, keys, config.limits);
     serve(state, listener, shutdown, config.shutdown_timeout).await
 }
 
