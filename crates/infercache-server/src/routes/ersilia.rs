@@ -98,6 +98,12 @@ pub async fn run(
 /// Applies the query flags to `control`.
 fn flags(query: &[(String, String)], control: &mut CacheControl) -> Result<(), ApiError> {
     for (name, value) in query {
+        if !["fetch_cache", "save_cache", "cache_only"].contains(&name.as_str()) {
+            return Err(ApiError::UnsupportedField {
+                field: name.clone(),
+                hint: format!("supported query parameters are {FLAGS}"),
+            });
+        }
         let on = match value.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
@@ -111,13 +117,7 @@ fn flags(query: &[(String, String)], control: &mut CacheControl) -> Result<(), A
         match name.as_str() {
             "fetch_cache" => control.options.no_cache |= !on,
             "save_cache" => control.options.no_store |= !on,
-            "cache_only" => control.cache_only = on,
-            _ => {
-                return Err(ApiError::UnsupportedField {
-                    field: name.clone(),
-                    hint: format!("supported query parameters are {FLAGS}"),
-                });
-            }
+            _ => control.cache_only = on,
         }
     }
     if control.cache_only && control.options.no_cache {

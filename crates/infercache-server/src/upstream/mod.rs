@@ -254,3 +254,6 @@ impl Models {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
