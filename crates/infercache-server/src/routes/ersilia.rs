@@ -26,7 +26,6 @@
 //! the upstream must answer a JSON array with one row per input.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -54,7 +53,6 @@ pub async fn run(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let start = Instant::now();
     let name = routes::path_name(name)?;
     let mut control = CacheControl::from(cache_control::parse(&headers)?);
     let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
@@ -88,10 +86,8 @@ pub async fn run(
     })
     .await?;
     let headers = rows.headers();
-    let outcome = rows.outcome();
     let absent = null_row(&rows.values)?;
     let body = routes::json_rows(b"", &rows.values, &absent, b"");
-    state.metrics().request(outcome, start.elapsed());
     Ok(routes::json_response(body, headers))
 }
 

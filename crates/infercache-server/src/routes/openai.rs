@@ -139,7 +139,7 @@ pub async fn embeddings(
             state
                 .models()
                 .resolve(name, &[Backend::OpenAi, Backend::Tei], &state.model().id)?;
-        return remote(state, caller, directives, obj, model, start).await;
+        return remote(state, caller, directives, obj, model).await;
     }
     body::only_fields(&obj, FIELDS, |field| match field {
         "dimensions" => format!(
@@ -224,7 +224,6 @@ async fn remote(
     directives: cache_control::Directives,
     mut obj: serde_json::Map<String, serde_json::Value>,
     model: std::sync::Arc<RemoteModel>,
-    start: Instant,
 ) -> Result<Response, ApiError> {
     let backend = model.config().backend;
     body::only_fields(&obj, REMOTE_FIELDS, |_| {
@@ -280,7 +279,6 @@ async fn remote(
     .await?;
 
     let headers = rows.headers();
-    let outcome = rows.outcome();
     let work = rows
         .values
         .iter()
@@ -327,7 +325,6 @@ async fn remote(
         })
     })
     .await?;
-    state.metrics().request(outcome, start.elapsed());
     Ok(routes::json_response(body, headers))
 }
 

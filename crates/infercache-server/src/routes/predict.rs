@@ -13,7 +13,6 @@
 //! text and written back verbatim.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -40,7 +39,6 @@ pub async fn predict(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let start = Instant::now();
     let name = routes::path_name(name)?;
     let directives = cache_control::parse(&headers)?;
     let model = state
@@ -87,9 +85,7 @@ pub async fn predict(
     })
     .await?;
     let headers = rows.headers();
-    let outcome = rows.outcome();
     let body = routes::json_rows(b"{\"outputs\":", &rows.values, b"null", b"}");
-    state.metrics().request(outcome, start.elapsed());
     Ok(routes::json_response(body, headers))
 }
 

@@ -136,11 +136,6 @@ impl Rows {
         self.count(&[RowSource::Coalesced])
     }
 
-    /// For metrics: stale rows count as hits (a tier served them).
-    pub fn outcome(&self) -> Outcome {
-        Outcome::of(self.hits() + self.stale(), self.sources.len())
-    }
-
     /// The `X-Cache` value: `STALE` when any row was served stale, else `HIT`, `MISS`
     /// or `PARTIAL`.
     pub fn header(&self) -> &'static str {

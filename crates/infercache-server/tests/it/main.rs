@@ -8,3 +8,4 @@ mod embeddings;
 mod errors;
 mod lifecycle;
 mod support;
+mod upstream;
