@@ -35,6 +35,7 @@
 //! | `redis_prefix` | `infercache:` | prefix of every Redis key the cache uses |
 //! | `redis_write_back_queue` | none | write Redis through a queue of this many values (write-back); none is write-through |
 //! | `redis_timeout` | `50ms` | connect and command timeout of the Redis tier |
+//! | `[[models]]` | none: the built-in embedder | models served, each through its upstream (TOML only; see [`crate::upstream::config`]) |
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ use std::time::Duration;
 use infercache_core::Capacity;
 use infercache_engine::{CacheConfig, Compression, DiskConfig, MemoryConfig, Policy, WritePolicy};
 use serde::Deserialize;
+
+use crate::upstream::config::{ModelConfig, RawModel};
 
 /// Flags of `infercache serve`; the binary flattens this into its subcommand. Every flag
 /// is also an `INFERCACHE_*` environment variable and a key of the `--config` file.
@@ -183,19 +186,20 @@ struct FileConfig {
     redis_prefix: Option<String>,
     redis_write_back_queue: Option<usize>,
     redis_timeout: Option<Scalar>,
+    models: Option<Vec<RawModel>>,
 }
 
 /// A size or duration in TOML: `"512MiB"`, `0.3` or `4096` all read as their text.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum Scalar {
+pub(crate) enum Scalar {
     Text(String),
     Int(u64),
     Float(f64),
 }
 
 impl Scalar {
-    fn into_text(self) -> String {
+    pub(crate) fn into_text(self) -> String {
         match self {
             Self::Text(s) => s,
             Self::Int(n) => n.to_string(),
@@ -225,6 +229,18 @@ pub enum ConfigError {
     /// A setting that needs another.
     #[error("{0}")]
     Inconsistent(&'static str),
+    /// A `[[models]]` entry that cannot work.
+    #[error("invalid models[{index}].{field} (model `{name}`): {reason}")]
+    Model {
+        /// Its position in the list, from 0.
+        index: usize,
+        /// Its name (`?` when it has none).
+        name: String,
+        /// The field at fault.
+        field: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A file could not be read.
     #[error("reading {path}: {source}")]
     Read {
@@ -365,6 +381,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// The shared Redis tier. Default: none.
     pub redis: Option<RedisSettings>,
+    /// The `[[models]]` list. Default: empty, which serves the built-in embedder alone.
+    pub models: Vec<ModelConfig>,
 }
 
 impl Default for ServerConfig {
@@ -385,6 +403,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(30),
             redis: None,
+            models: Vec::new(),
         }
     }
 }
@@ -525,6 +544,10 @@ impl ServerConfig {
             a.redis_write_back_queue.or(f.redis_write_back_queue),
             duration("redis_timeout", text(a.redis_timeout, f.redis_timeout))?,
         )?;
+        let models = crate::upstream::config::validate(
+            f.models.unwrap_or_default(),
+            limits.request_timeout,
+        )?;
         Ok(Self {
             redis,
             bind,
@@ -545,6 +568,7 @@ impl ServerConfig {
                 text(a.shutdown_timeout, f.shutdown_timeout),
             )?
             .unwrap_or(d.shutdown_timeout),
+            models,
         })
     }
 
@@ -653,7 +677,11 @@ impl fmt::Display for Redacted<'_> {
             l.max_concurrent_requests,
             l.request_timeout,
             c.shutdown_timeout
-        )
+        )?;
+        for m in &c.models {
+            write!(f, " model={}:{}@{}", m.name, m.backend, m.redacted_url())?;
+        }
+        Ok(())
     }
 }
 

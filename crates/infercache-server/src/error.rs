@@ -2,7 +2,21 @@
 //! status and an OpenAI-shaped body, and [`ServerError`], what stops the server.
 //!
 //! Every error body reads `{"error": {"message", "type", "param", "code"}}`, the shape the
-//! `openai` client parses. Messages name the field and the limit at fault; an internal
+//! `openai` client parses. An upstream's failure adds `"model"` (the model whose upstream
+//! failed) and, when the upstream answered with an error status, `"upstream_status"`:
+//!
+//! ```json
+//! {"error": {"message": "the upstream of model `sol` answered 500", "type": "server_error",
+//!            "param": null, "code": "upstream_error", "model": "sol", "upstream_status": 500}}
+//! ```
+//!
+//! | code | status | when |
+//! |---|---|---|
+//! | `upstream_timeout` | 504 | no answer within the model's `timeout` (or the upstream answered 504) |
+//! | `upstream_unavailable` | 503 | connection refused or failed; the upstream answered 429 or 503 |
+//! | `upstream_connection_broken` | 502 | the connection broke after the request was sent |
+//! | `upstream_error` | 502 | any other error status from the upstream |
+//! | `upstream_bad_response` | 502 | a 2xx body the protocol cannot use (wrong row count, not JSON) | Messages name the field and the limit at fault; an internal
 //! error is logged here, with its cause, and reaches the client only as "internal server
 //! error".
 
@@ -13,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::config::ConfigError;
+use crate::upstream::{Backend, UpstreamError};
 
 /// Seconds a client is told to wait after a 429.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -83,6 +98,17 @@ pub enum ApiError {
         /// What is served.
         served: String,
     },
+    /// A model served by another route.
+    #[error("model `{model}` is a {backend} model; use {}", backend.route())]
+    WrongRoute {
+        /// The model.
+        model: String,
+        /// Its backend.
+        backend: Backend,
+    },
+    /// The model's upstream failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     /// A malformed `Cache-Control` header.
     #[error("invalid Cache-Control header: {0}")]
     InvalidCacheControl(String),
@@ -168,7 +194,9 @@ impl ApiError {
             | Self::TooManyItems { .. }
             | Self::InputTooLong { .. }
             | Self::InvalidCacheControl(_)
+            | Self::WrongRoute { .. }
             | Self::InvalidKey(_) => StatusCode::BAD_REQUEST,
+            Self::Upstream(e) => e.status(),
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::UnknownModel { .. } | Self::NoRoute(_) | Self::EntryNotFound(_) => {
@@ -197,6 +225,8 @@ impl ApiError {
             Self::TooManyItems { .. } => "too_many_inputs",
             Self::InputTooLong { .. } => "input_too_long",
             Self::UnknownModel { .. } => "model_not_found",
+            Self::WrongRoute { .. } => "wrong_route",
+            Self::Upstream(e) => e.code(),
             Self::InvalidCacheControl(_) => "invalid_cache_control",
             Self::InvalidKey(_) => "invalid_cache_key",
             Self::PayloadTooLarge { .. } => "payload_too_large",
@@ -238,7 +268,7 @@ impl ApiError {
             Self::MissingField(p) | Self::EmptyInput(p) | Self::TooManyItems { param: p, .. } => {
                 Some(p)
             }
-            Self::UnknownModel { .. } => Some("model"),
+            Self::UnknownModel { .. } | Self::WrongRoute { .. } => Some("model"),
             _ => None,
         }
     }
@@ -256,6 +286,12 @@ struct ErrorDetail<'a> {
     kind: &'static str,
     param: Option<&'a str>,
     code: &'static str,
+    /// The model whose upstream failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    /// The upstream's status, when it answered with an error status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_status: Option<u16>,
 }
 
 impl IntoResponse for ApiError {
@@ -270,12 +306,23 @@ impl IntoResponse for ApiError {
                 kind: self.kind(),
                 param: self.param(),
                 code: self.code(),
+                model: match &self {
+                    Self::Upstream(e) => Some(e.model()),
+                    _ => None,
+                },
+                upstream_status: match &self {
+                    Self::Upstream(e) => e.upstream_status(),
+                    _ => None,
+                },
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         match self {
             Self::TooManyRequests { .. } | Self::Overloaded | Self::ShuttingDown => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            Self::Upstream(e) if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             Self::Unauthorized => {

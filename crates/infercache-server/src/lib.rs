@@ -20,6 +20,15 @@
 //! | `POST /v1/cache/warm` | precompute inputs | 200, 400, 401, 403, 409, 429 |
 //! | `GET /metrics` | Prometheus ([`metrics`]) | 200, 401, 403 |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness ([`routes::health`]) | 200, 503 |
+//! | `GET /v1/models` | the configured models ([`routes::models`]) | 200, 401 |
+//! | `POST /v1/models/{name}/predict` | plain JSON upstream ([`routes::predict`]) | 200, 400, 401, 404, 413, 429, 502, 503, 504 |
+//! | `POST /v1/models/{name}/run` | Ersilia upstream ([`routes::ersilia`]) | 200, 400, 401, 404, 413, 429, 502, 503, 504 |
+//! | `GET /v2/models/{name}[/versions/{v}][/ready]` | KServe v2 metadata and readiness ([`routes::models`]) | 200, 401, 404, 502, 503, 504 |
+//! | `GET /v2/health/live`, `GET /v2/health/ready` | KServe v2 health | 200, 503 |
+//!
+//! `POST /v1/embeddings` also serves models with an `openai` or `tei` upstream. The KServe
+//! v2 inference route (`POST /v2/models/{name}[/versions/{v}]/infer`) plugs into the same
+//! per-row path ([`upstream`], "Adding a protocol").
 //!
 //! Every `/v1/*` route may also answer 429 (too many requests in flight, or the model's
 //! queue is full; with `Retry-After`), 503 (draining for shutdown) and 504 (timeout).
@@ -36,6 +45,8 @@
 //! - [`embed`]: the [`Embed`] trait, the only thing the server knows about a model;
 //!   [`model`] implements it for `infercache-model`'s batching pool.
 //! - [`service`]: the one path from texts to embeddings through the cache.
+//! - [`upstream`]: models behind upstream servers: `[[models]]`, upstream calls with
+//!   timeouts and retries, and the per-row cached path every protocol shares.
 //! - [`routes`]: the handlers. [`state`]: what they share. [`metrics`]: Prometheus.
 //!
 //! # Concurrency
@@ -58,6 +69,7 @@ pub mod routes;
 mod server;
 pub mod service;
 pub mod state;
+pub mod upstream;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -77,6 +89,19 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/embeddings", post(routes::openai::embeddings))
         .route("/v1/embed", post(routes::smally::embed))
+        .route("/v1/models", get(routes::models::list))
+        .route("/v1/models/{name}/predict", post(routes::predict::predict))
+        .route("/v1/models/{name}/run", post(routes::ersilia::run))
+        .route("/v2/models/{name}", get(routes::models::metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(routes::models::version_metadata),
+        )
+        .route("/v2/models/{name}/ready", get(routes::models::ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(routes::models::version_ready),
+        )
         .route("/v1/cache/stats", get(routes::admin::stats))
         .route("/v1/cache/invalidate", post(routes::admin::invalidate))
         .route(
@@ -93,6 +118,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(routes::admin::metrics))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
+        .route("/v2/health/live", get(routes::models::health))
+        .route("/v2/health/ready", get(routes::models::health))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -13,6 +13,7 @@ use crate::config::{RedisSettings, RedisTarget, ServerConfig};
 use crate::embed::Embed;
 use crate::error::ServerError;
 use crate::state::AppState;
+use crate::upstream::Models;
 use infercache_engine::RemoteTier;
 use infercache_redis::managed::{ManagedConfig, ManagedRedis};
 use infercache_redis::{RedisConfig, RedisTier, Target, WriteMode};
@@ -68,7 +69,8 @@ pub async fn run_with(
              address can use and administer the cache (set --api-keys-file)"
         );
     }
-    let state = AppState::new(cache, embedder, keys, config.limits);
+    let models = Models::new(&config.models, config.ttl)?;
+    let state = AppState::with_models(cache, embedder, models, keys, config.limits);
     let served = serve(state, listener, shutdown, config.shutdown_timeout).await;
     if let Some(redis) = managed {
         match redis.stop().await {

@@ -10,6 +10,7 @@ use crate::auth::ApiKeys;
 use crate::config::Limits;
 use crate::embed::{Embed, ModelInfo};
 use crate::metrics::Metrics;
+use crate::upstream::Models;
 
 /// The state behind [`crate::app`]. Cheap to clone; clones share everything.
 /// Inputs in flight, in units of `max_items`: eight full requests (16,384 inputs, about
@@ -25,6 +26,7 @@ pub struct AppState {
 struct Shared {
     cache: Option<Cache>,
     embedder: Arc<dyn Embed>,
+    models: Models,
     keys: ApiKeys,
     limits: Limits,
     metrics: Metrics,
@@ -37,10 +39,21 @@ struct Shared {
 }
 
 impl AppState {
-    /// State serving `embedder` through `cache` (`None`: the cache is bypassed).
+    /// State serving `embedder` alone through `cache` (`None`: the cache is bypassed).
     pub fn new(
         cache: Option<Cache>,
         embedder: Arc<dyn Embed>,
+        keys: ApiKeys,
+        limits: Limits,
+    ) -> Self {
+        Self::with_models(cache, embedder, Models::builtin_only(), keys, limits)
+    }
+
+    /// State serving `models` (and `embedder`, if `models` lists it) through `cache`.
+    pub fn with_models(
+        cache: Option<Cache>,
+        embedder: Arc<dyn Embed>,
+        models: Models,
         keys: ApiKeys,
         limits: Limits,
     ) -> Self {
@@ -49,6 +62,7 @@ impl AppState {
             inner: Arc::new(Shared {
                 cache,
                 embedder,
+                models,
                 keys,
                 permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
                 items: Arc::new(Semaphore::new(
@@ -83,6 +97,11 @@ impl AppState {
     /// The model's identity.
     pub fn model(&self) -> &ModelInfo {
         self.inner.embedder.info()
+    }
+
+    /// The models served.
+    pub fn models(&self) -> &Models {
+        &self.inner.models
     }
 
     /// The API keys.

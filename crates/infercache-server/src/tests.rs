@@ -22,7 +22,7 @@ const DIMS: usize = 8;
 
 /// A deterministic model: each text's vector comes from its hash, unnormalized.
 #[derive(Debug)]
-struct Fake {
+pub(crate) struct Fake {
     info: ModelInfo,
     invocations: AtomicU64,
     texts: AtomicU64,
@@ -33,7 +33,7 @@ struct Fake {
 }
 
 impl Fake {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             info: ModelInfo {
                 id: "all-MiniLM-L6-v2".into(),
@@ -134,19 +134,19 @@ fn harness() -> Harness {
     harness_with(Fake::new(), ApiKeys::none(), limits(), true)
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Value,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers.get(name).map_or("", |v| v.to_str().unwrap())
     }
 
     /// Asserts an error reply: its status, code, and the OpenAI body shape.
-    fn error(&self, status: StatusCode, code: &str) -> &str {
+    pub(crate) fn error(&self, status: StatusCode, code: &str) -> &str {
         assert_eq!(self.status, status, "{}", self.body);
         let e = &self.body["error"];
         assert_eq!(e["code"], code, "{}", self.body);
@@ -155,7 +155,7 @@ impl Reply {
     }
 }
 
-async fn send(app: &Router, req: Request<Body>) -> Reply {
+pub(crate) async fn send(app: &Router, req: Request<Body>) -> Reply {
     let response = app.clone().oneshot(req).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
@@ -171,7 +171,7 @@ async fn send(app: &Router, req: Request<Body>) -> Reply {
     }
 }
 
-fn request(
+pub(crate) fn request(
     method: Method,
     uri: &str,
     headers: &[(&str, &str)],
@@ -187,7 +187,7 @@ fn request(
     r.body(body.into()).unwrap()
 }
 
-async fn post(app: &Router, uri: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+pub(crate) async fn post(app: &Router, uri: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
     send(app, request(Method::POST, uri, headers, body.to_string())).await
 }
 
@@ -201,7 +201,7 @@ async fn embeddings(h: &Harness, headers: &[(&str, &str)], input: Value) -> Repl
     .await
 }
 
-async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Reply {
+pub(crate) async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Reply {
     send(app, request(Method::GET, uri, headers, Body::empty())).await
 }
 

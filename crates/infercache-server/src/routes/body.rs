@@ -18,6 +18,19 @@ pub fn object(
     body: Result<Bytes, BytesRejection>,
     limits: &Limits,
 ) -> Result<Map<String, Value>, ApiError> {
+    let body = read(body, limits)?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::invalid(
+            "body",
+            format!("expected a JSON object, got {}", type_name(&other)),
+        )),
+        Err(e) => Err(ApiError::MalformedJson(e.to_string())),
+    }
+}
+
+/// The body's bytes: 413 past the limit, 400 when unreadable or empty.
+fn read(body: Result<Bytes, BytesRejection>, limits: &Limits) -> Result<Bytes, ApiError> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
@@ -29,17 +42,10 @@ pub fn object(
     })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::MalformedJson(
-            "the body is empty; send a JSON object".to_owned(),
+            "the body is empty; send JSON".to_owned(),
         ));
     }
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(ApiError::invalid(
-            "body",
-            format!("expected a JSON object, got {}", type_name(&other)),
-        )),
-        Err(e) => Err(ApiError::MalformedJson(e.to_string())),
-    }
+    Ok(body)
 }
 
 /// Refuses any field not in `allowed`, with `hint` saying why.
@@ -161,4 +167,48 @@ pub fn type_name(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// The rows of an array field (`inputs`): a non-empty JSON array of at most `max_items`
+/// values of any type.
+pub fn rows(
+    obj: &mut Map<String, Value>,
+    field: &'static str,
+    limits: &Limits,
+) -> Result<Vec<Value>, ApiError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Err(ApiError::MissingField(field)),
+        Some(v) => row_array(v, field, limits),
+    }
+}
+
+/// `value` as rows: a non-empty JSON array of at most `max_items` values.
+pub fn row_array(
+    value: Value,
+    field: &'static str,
+    limits: &Limits,
+) -> Result<Vec<Value>, ApiError> {
+    let Value::Array(items) = value else {
+        return Err(ApiError::invalid(
+            field,
+            format!("expected an array, got {}", type_name(&value)),
+        ));
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid(field, "must hold at least one row"));
+    }
+    if items.len() > limits.max_items {
+        return Err(ApiError::TooManyItems {
+            param: field,
+            got: items.len(),
+            limit: limits.max_items,
+        });
+    }
+    Ok(items)
+}
+
+/// The body as any JSON value (for APIs whose body is an array).
+pub fn value(body: Result<Bytes, BytesRejection>, limits: &Limits) -> Result<Value, ApiError> {
+    let body = read(body, limits)?;
+    serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))
 }

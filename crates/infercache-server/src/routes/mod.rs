@@ -6,17 +6,25 @@
 //! | `POST /v1/embed` (Smally) | [`smally`] |
 //! | `GET /v1/cache/stats`, `POST /v1/cache/invalidate`, `DELETE /v1/cache/entries/{key}`, `POST /v1/cache/warm`, `GET /metrics` | [`admin`] |
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
+//! | `POST /v1/models/{name}/predict` (plain JSON upstreams) | [`predict`] |
+//! | `POST /v1/models/{name}/run` (Ersilia upstreams) | [`ersilia`] |
+//! | `GET /v1/models`, `GET /v2/health/ready`, `GET /v2/health/live`, `GET /v2/models/{name}[/versions/{v}][/ready]` | [`models`] |
 
 pub mod admin;
 pub mod body;
+pub mod ersilia;
 pub mod health;
+pub mod models;
 pub mod openai;
+pub mod predict;
 pub mod smally;
 
-use axum::extract::{Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderName, HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -120,4 +128,38 @@ pub fn json_response(
         .into_response();
     response.headers_mut().extend(headers);
     response
+}
+
+/// A model name from the URL path, with a 400 in the API's shape when it does not decode.
+pub fn path_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    name.map(|Path(n)| n)
+        .map_err(|e| ApiError::invalid("name", e.body_text()))
+}
+
+/// Stored forms of upstream output rows: each row's compact JSON text.
+pub fn row_bytes(rows: Vec<serde_json::Value>) -> Vec<Bytes> {
+    rows.iter()
+        .map(|r| Bytes::from(serde_json::to_vec(r).expect("a JSON value serializes")))
+        .collect()
+}
+
+/// `prefix [row, row, ...] suffix`, each row's stored JSON text written verbatim
+/// (`absent` for a row that has none), so a response is assembled without parsing a row.
+pub fn json_rows(prefix: &[u8], rows: &[Option<Bytes>], absent: &[u8], suffix: &[u8]) -> Vec<u8> {
+    let len = rows
+        .iter()
+        .map(|r| r.as_ref().map_or(absent.len(), Bytes::len) + 1)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(prefix.len() + len + suffix.len() + 2);
+    out.extend_from_slice(prefix);
+    out.push(b'[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(row.as_deref().unwrap_or(absent));
+    }
+    out.push(b']');
+    out.extend_from_slice(suffix);
+    out
 }

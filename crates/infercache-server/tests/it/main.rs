@@ -9,3 +9,4 @@ mod errors;
 mod lifecycle;
 mod redis;
 mod support;
+mod upstream;

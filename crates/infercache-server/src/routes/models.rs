@@ -1,0 +1,211 @@
+//! Listing and describing models.
+//!
+//! - `GET /v1/models`: OpenAI's list shape, `{"object": "list", "data": [{"id",
+//!   "object": "model", "created", "owned_by"}]}`, each entry with infercache's fields
+//!   added: `backend`, `version`, `digest`, `deterministic`, `ttl_secs`,
+//!   `stale_if_error_secs`, `max_batch`, `params`. Upstream URLs are not shown.
+//! - `GET /v2/health/live`, `GET /v2/health/ready` (KServe v2): 200 while the server
+//!   accepts work, 503 once shutdown has begun. Readiness does not probe the upstreams.
+//! - `GET /v2/models/{name}[/versions/{version}]` (KServe v2 metadata): for a `kserve-v2`
+//!   model, the upstream's own metadata, fetched with retries (a `GET` is idempotent) and
+//!   with `name` rewritten to the name clients use; for any other model, metadata from
+//!   the config (`name`, `versions`, `platform`, empty `inputs` and `outputs`).
+//! - `GET /v2/models/{name}[/versions/{version}]/ready`: the upstream's answer for a
+//!   `kserve-v2` model, 200 for any other configured model.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::upstream::{Backend, UpstreamError};
+
+#[derive(Debug, Serialize)]
+struct ModelEntry {
+    id: String,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+    backend: Backend,
+    version: String,
+    digest: Option<String>,
+    deterministic: bool,
+    ttl_secs: Option<u64>,
+    stale_if_error_secs: Option<u64>,
+    max_batch: Option<usize>,
+    params: Vec<String>,
+}
+
+/// `GET /v1/models`.
+pub async fn list(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
+    let builtin = state.model();
+    let builtin_entry = || ModelEntry {
+        id: builtin.id.clone(),
+        object: "model",
+        created: 0,
+        owned_by: "infercache",
+        backend: Backend::Builtin,
+        version: builtin.version.clone(),
+        digest: builtin.artifact.clone(),
+        deterministic: true,
+        ttl_secs: None,
+        stale_if_error_secs: None,
+        max_batch: None,
+        params: Vec::new(),
+    };
+    let models = state.models();
+    let data: Vec<ModelEntry> = if models.listed().is_empty() {
+        vec![builtin_entry()]
+    } else {
+        models
+            .listed()
+            .iter()
+            .map(|m| match models.remote(&m.name) {
+                None => builtin_entry(),
+                Some(remote) => ModelEntry {
+                    id: m.name.clone(),
+                    object: "model",
+                    created: 0,
+                    owned_by: "infercache",
+                    backend: m.backend,
+                    version: m.version.clone(),
+                    digest: m.digest.clone(),
+                    deterministic: m.deterministic,
+                    ttl_secs: remote.fresh_for().map(|d| d.as_secs()),
+                    stale_if_error_secs: m.stale_if_error.map(|d| d.as_secs()),
+                    max_batch: m.max_batch,
+                    params: m.params.clone(),
+                },
+            })
+            .collect()
+    };
+    Json(json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v2/health/live` and `GET /v2/health/ready`.
+pub async fn health(State(state): State<AppState>) -> StatusCode {
+    if state.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// `GET /v2/models/{name}`.
+pub async fn metadata(
+    State(state): State<AppState>,
+    _caller: Caller,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let name = super::path_name(name)?;
+    describe(&state, &name, None).await
+}
+
+/// `GET /v2/models/{name}/versions/{version}`.
+pub async fn version_metadata(
+    State(state): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((name, version)) = path.map_err(|e| ApiError::invalid("name", e.body_text()))?;
+    describe(&state, &name, Some(&version)).await
+}
+
+/// `GET /v2/models/{name}/ready`.
+pub async fn ready(
+    State(state): State<AppState>,
+    _caller: Caller,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let name = super::path_name(name)?;
+    model_ready(&state, &name, None).await
+}
+
+/// `GET /v2/models/{name}/versions/{version}/ready`.
+pub async fn version_ready(
+    State(state): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path((name, version)) = path.map_err(|e| ApiError::invalid("name", e.body_text()))?;
+    model_ready(&state, &name, Some(&version)).await
+}
+
+fn v2_path(upstream_name: &str, version: Option<&str>, tail: &str) -> String {
+    match version {
+        Some(v) => format!("/v2/models/{upstream_name}/versions/{v}{tail}"),
+        None => format!("/v2/models/{upstream_name}{tail}"),
+    }
+}
+
+async fn describe(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
+    let builtin = state.model();
+    let Some(model) = state.models().remote(name) else {
+        if state.models().serves_builtin() && builtin.answers_to(name) {
+            return Ok(Json(json!({
+                "name": name,
+                "versions": [builtin.version],
+                "platform": "infercache-builtin",
+                "inputs": [],
+                "outputs": [],
+            }))
+            .into_response());
+        }
+        return Err(state.models().unknown(name, &builtin.id));
+    };
+    let config = model.config();
+    if config.backend != Backend::KServeV2 {
+        return Ok(Json(json!({
+            "name": name,
+            "versions": [config.version],
+            "platform": format!("infercache-{}", config.backend),
+            "inputs": [],
+            "outputs": [],
+        }))
+        .into_response());
+    }
+    let reply = model
+        .upstream()
+        .get(&v2_path(&config.upstream_name, version, ""))
+        .await?;
+    let mut meta: Value = serde_json::from_slice(&reply.body).map_err(|e| {
+        UpstreamError::bad_response(name, format!("model metadata is not JSON: {e}"))
+    })?;
+    if let Some(obj) = meta.as_object_mut() {
+        obj.insert("name".to_owned(), Value::String(name.to_owned()));
+    }
+    Ok(Json(meta).into_response())
+}
+
+async fn model_ready(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<StatusCode, ApiError> {
+    let builtin = state.model();
+    let Some(model) = state.models().remote(name) else {
+        if state.models().serves_builtin() && builtin.answers_to(name) {
+            return Ok(StatusCode::OK);
+        }
+        return Err(state.models().unknown(name, &builtin.id));
+    };
+    let config = model.config();
+    if config.backend != Backend::KServeV2 {
+        return Ok(StatusCode::OK);
+    }
+    model
+        .upstream()
+        .get(&v2_path(&config.upstream_name, version, "/ready"))
+        .await?;
+    Ok(StatusCode::OK)
+}

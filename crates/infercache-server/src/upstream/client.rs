@@ -1,0 +1,379 @@
+//! Calls to an upstream: one shared connection pool, a per-model timeout on every
+//! attempt, a bound on response size, retries with backoff where a retry is safe, and
+//! failures as [`UpstreamError`] values that name the model.
+//!
+//! # Which calls are retried
+//!
+//! | call | [`Retry`] | retried on |
+//! |---|---|---|
+//! | `GET` metadata | [`Retry::Idempotent`] | connect errors, timeouts, broken connections, 429, 502, 503, 504 |
+//! | inference, `deterministic = true` | [`Retry::Unprocessed`] | connect errors, 429, 503 |
+//! | inference, `deterministic = false` | [`Retry::Never`] | nothing |
+//!
+//! A metadata read has no effect, so any failure may be retried. An inference of a
+//! deterministic model is a pure function of its input, so sending it twice is harmless,
+//! but it is retried only when the upstream did not process it (the connection was never
+//! made, or it answered 429/503, which say "not now"): a timeout or a 500 may mean the
+//! upstream is struggling with exactly this batch, and a retry would double its load
+//! while the client waits. A non-deterministic inference is never retried: the retry
+//! would produce a different output and may have costs or effects of its own.
+//!
+//! Backoff: 50 ms before the first retry, doubling, at most 1 s; at most `retries`
+//! retries (per model, default 2). Every attempt has the model's full `timeout`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+
+use super::config::ModelConfig;
+
+/// Largest upstream response read; a larger one is a [`UpstreamError::BadResponse`].
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+/// Wait before the first retry; doubled before each next one.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between retries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why an upstream call failed. Cheap to clone: the engine hands one error to every
+/// request waiting on the same rows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// No answer within the model's timeout (HTTP 504).
+    #[error("the upstream of model `{model}` did not answer within {timeout:?}")]
+    Timeout {
+        /// The model.
+        model: String,
+        /// Its timeout.
+        timeout: Duration,
+    },
+    /// The connection could not be made (HTTP 503).
+    #[error("the upstream of model `{model}` is unreachable")]
+    Unreachable {
+        /// The model.
+        model: String,
+        /// The transport's message (logged, not sent).
+        detail: String,
+    },
+    /// The connection broke after the request was sent (HTTP 502).
+    #[error("the connection to the upstream of model `{model}` broke")]
+    Broken {
+        /// The model.
+        model: String,
+        /// The transport's message (logged, not sent).
+        detail: String,
+    },
+    /// The upstream answered with an error status (HTTP 503 for its 429 and 503, 504 for
+    /// its 504, else 502).
+    #[error("the upstream of model `{model}` answered {status}")]
+    Status {
+        /// The model.
+        model: String,
+        /// Its status.
+        status: u16,
+    },
+    /// The upstream answered 2xx with a body this protocol cannot use (HTTP 502).
+    #[error("the upstream of model `{model}` sent an unusable response: {reason}")]
+    BadResponse {
+        /// The model.
+        model: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl UpstreamError {
+    /// The model whose upstream failed.
+    pub fn model(&self) -> &str {
+        match self {
+            Self::Timeout { model, .. }
+            | Self::Unreachable { model, .. }
+            | Self::Broken { model, .. }
+            | Self::Status { model, .. }
+            | Self::BadResponse { model, .. } => model,
+        }
+    }
+
+    /// The upstream's HTTP status, when it answered with one.
+    pub fn upstream_status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The status this server answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Timeout { .. } | Self::Status { status: 504, .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unreachable { .. }
+            | Self::Status {
+                status: 429 | 503, ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Broken { .. } | Self::Status { .. } | Self::BadResponse { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "upstream_timeout",
+            Self::Unreachable { .. } => "upstream_unavailable",
+            Self::Broken { .. } => "upstream_connection_broken",
+            Self::Status { .. } => "upstream_error",
+            Self::BadResponse { .. } => "upstream_bad_response",
+        }
+    }
+
+    /// A malformed-response error for `model`.
+    pub fn bad_response(model: &str, reason: impl Into<String>) -> Self {
+        Self::BadResponse {
+            model: model.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    fn retryable(&self, retry: Retry) -> bool {
+        match retry {
+            Retry::Never => false,
+            Retry::Unprocessed => matches!(
+                self,
+                Self::Unreachable { .. }
+                    | Self::Status {
+                        status: 429 | 503,
+                        ..
+                    }
+            ),
+            Retry::Idempotent => matches!(
+                self,
+                Self::Timeout { .. }
+                    | Self::Unreachable { .. }
+                    | Self::Broken { .. }
+                    | Self::Status {
+                        status: 429 | 502 | 503 | 504,
+                        ..
+                    }
+            ),
+        }
+    }
+}
+
+/// When a failed call may be sent again (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Never.
+    Never,
+    /// Only when the upstream did not process it: connect errors, 429, 503.
+    Unprocessed,
+    /// On any transient failure: the call has no effect.
+    Idempotent,
+}
+
+/// A successful (2xx) upstream answer.
+#[derive(Debug, Clone)]
+pub struct UpstreamReply {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body, whole.
+    pub body: Bytes,
+}
+
+/// One model's upstream: its settings and the shared connection pool.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    config: ModelConfig,
+    client: reqwest::Client,
+}
+
+impl Upstream {
+    /// The upstream of `config` (a model with a `url`), sharing `client`'s pool.
+    pub fn new(config: ModelConfig, client: reqwest::Client) -> Self {
+        Self { config, client }
+    }
+
+    /// The model's settings.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// `path` under the model's base URL (`path` starts with `/`, or is empty for the
+    /// base URL itself).
+    pub fn url(&self, path: &str) -> String {
+        let base = self
+            .config
+            .url
+            .as_deref()
+            .expect("an upstream model has a url (validated at start-up)");
+        format!("{base}{path}")
+    }
+
+    /// How an inference call of this model may be retried: [`Retry::Unprocessed`] for a
+    /// deterministic model, [`Retry::Never`] otherwise.
+    pub fn inference_retry(&self) -> Retry {
+        if self.config.deterministic {
+            Retry::Unprocessed
+        } else {
+            Retry::Never
+        }
+    }
+
+    /// `POST`s a JSON body to `path` as an inference call.
+    ///
+    /// # Errors
+    /// The last attempt's [`UpstreamError`].
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<UpstreamReply, UpstreamError> {
+        let bytes = Bytes::from(serde_json::to_vec(body).expect("a JSON value serializes"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.send(
+            Method::POST,
+            path,
+            Some((bytes, headers)),
+            self.inference_retry(),
+        )
+        .await
+    }
+
+    /// `GET`s `path` (idempotent: retried on any transient failure).
+    ///
+    /// # Errors
+    /// The last attempt's [`UpstreamError`].
+    pub async fn get(&self, path: &str) -> Result<UpstreamReply, UpstreamError> {
+        self.send(Method::GET, path, None, Retry::Idempotent).await
+    }
+
+    /// Sends `method` to `path` with an optional body and its headers, retrying per
+    /// `retry`. Each attempt has the model's timeout; a non-2xx answer is an error.
+    ///
+    /// # Errors
+    /// The last attempt's [`UpstreamError`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, HeaderMap)>,
+        retry: Retry,
+    ) -> Result<UpstreamReply, UpstreamError> {
+        let url = self.url(path);
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            let mut request = self
+                .client
+                .request(method.clone(), &url)
+                .timeout(self.config.timeout);
+            if let Some((bytes, headers)) = &body {
+                request = request.headers(headers.clone()).body(bytes.clone());
+            }
+            let error = match self.attempt(request).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) => e,
+            };
+            if attempt >= self.config.retries || !error.retryable(retry) {
+                log_failure(&error, &url, attempt);
+                return Err(error);
+            }
+            attempt += 1;
+            tracing::debug!(model = %self.config.name, %url, attempt, error = %error, "retrying upstream call");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn attempt(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<UpstreamReply, UpstreamError> {
+        let mut response = request.send().await.map_err(|e| self.transport(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(UpstreamError::Status {
+                model: self.config.name.clone(),
+                status: status.as_u16(),
+            });
+        }
+        let headers = response.headers().clone();
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(self.too_large());
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(&e))? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(self.too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(UpstreamReply {
+            status,
+            headers,
+            body: body.freeze(),
+        })
+    }
+
+    fn transport(&self, e: &reqwest::Error) -> UpstreamError {
+        let model = self.config.name.clone();
+        if e.is_timeout() {
+            UpstreamError::Timeout {
+                model,
+                timeout: self.config.timeout,
+            }
+        } else if e.is_connect() {
+            UpstreamError::Unreachable {
+                model,
+                detail: error_chain(e),
+            }
+        } else {
+            UpstreamError::Broken {
+                model,
+                detail: error_chain(e),
+            }
+        }
+    }
+
+    fn too_large(&self) -> UpstreamError {
+        UpstreamError::bad_response(
+            &self.config.name,
+            format!("the response exceeds {MAX_RESPONSE_BYTES} bytes"),
+        )
+    }
+}
+
+fn log_failure(error: &UpstreamError, url: &str, retries: u32) {
+    match error {
+        UpstreamError::Unreachable { detail, .. } | UpstreamError::Broken { detail, .. } => {
+            tracing::warn!(model = error.model(), %url, retries, %detail, "upstream call failed: {error}");
+        }
+        _ => tracing::warn!(model = error.model(), %url, retries, "upstream call failed: {error}"),
+    }
+}
+
+/// `e` and its causes, for logs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}

@@ -1,0 +1,536 @@
+//! `[[models]]`: the models a server serves, read from the TOML file and validated at
+//! start-up.
+//!
+//! ```toml
+//! [[models]]
+//! name = "chemprop-solubility"  # what clients call it (routes and bodies)
+//! backend = "ersilia"           # builtin | kserve-v2 | openai | tei | ersilia | http-json
+//! url = "http://10.0.0.7:3000"  # the upstream (http only)
+//! version = "2024-06"           # part of every key: a new version never sees old entries
+//! digest = "sha256:9f2c…"       # artifact digest, part of every key
+//! timeout = "10s"               # per upstream attempt [default: 30s]
+//! ttl = "7d"                    # entries older than this are not served [default: the global ttl]
+//! stale_if_error = "1d"         # serve an expired entry for this long when the upstream fails
+//! deterministic = true          # false: never cached [default: true]
+//! params = ["temperature"]      # request parameters that change the output (keyed)
+//! max_batch = 64                # most rows in one upstream request [default: no limit]
+//! retries = 2                   # retries of idempotent calls [default: 2]
+//! upstream_name = "solubility"  # the name the upstream knows it by [default: name]
+//! ```
+//!
+//! A list of tables has no flag or environment form: models come from the file only. With
+//! no `[[models]]`, the built-in embedder is served as before; with a list, only the models
+//! it names are (the built-in one as `backend = "builtin"`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Scalar, parse_duration};
+
+/// Per-attempt upstream timeout when a model sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries of an idempotent call when a model sets none.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Most retries a model may ask for.
+pub const MAX_RETRIES: u32 = 10;
+
+/// Which protocol the upstream speaks (and so which client routes serve the model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The built-in embedder (no upstream).
+    Builtin,
+    /// KServe v2 / Triton HTTP: `POST {url}/v2/models/{name}/infer`.
+    KServeV2,
+    /// OpenAI-compatible embeddings: `POST {url}/v1/embeddings`.
+    OpenAi,
+    /// Text Embeddings Inference: `POST {url}/embed` with `{"inputs": [...]}`.
+    Tei,
+    /// Ersilia model server: `POST {url}/run` with a JSON array of inputs.
+    Ersilia,
+    /// Plain JSON: `POST {url}` with `{"inputs": [...]}`, answering `{"outputs": [...]}`.
+    HttpJson,
+}
+
+impl Backend {
+    /// The name used in the config file and in `GET /v1/models`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builtin => "builtin",
+            Self::KServeV2 => "kserve-v2",
+            Self::OpenAi => "openai",
+            Self::Tei => "tei",
+            Self::Ersilia => "ersilia",
+            Self::HttpJson => "http-json",
+        }
+    }
+
+    /// The client route that serves models of this backend.
+    pub fn route(self) -> &'static str {
+        match self {
+            Self::Builtin | Self::OpenAi | Self::Tei => "POST /v1/embeddings",
+            Self::KServeV2 => "POST /v2/models/{name}/infer",
+            Self::Ersilia => "POST /v1/models/{name}/run",
+            Self::HttpJson => "POST /v1/models/{name}/predict",
+        }
+    }
+
+    /// Whether clients address the model in the URL path (so its name cannot hold `/`).
+    fn named_in_path(self) -> bool {
+        matches!(self, Self::KServeV2 | Self::Ersilia | Self::HttpJson)
+    }
+}
+
+impl serde::Serialize for Backend {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "builtin" => Self::Builtin,
+            "kserve-v2" => Self::KServeV2,
+            "openai" => Self::OpenAi,
+            "tei" => Self::Tei,
+            "ersilia" => Self::Ersilia,
+            "http-json" => Self::HttpJson,
+            other => {
+                return Err(format!(
+                    "unknown backend {other:?}; use builtin, kserve-v2, openai, tei, ersilia or http-json"
+                ));
+            }
+        })
+    }
+}
+
+/// One `[[models]]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawModel {
+    name: Option<String>,
+    backend: Option<String>,
+    url: Option<String>,
+    upstream_name: Option<String>,
+    version: Option<String>,
+    digest: Option<String>,
+    timeout: Option<Scalar>,
+    ttl: Option<Scalar>,
+    stale_if_error: Option<Scalar>,
+    deterministic: Option<bool>,
+    params: Option<Vec<String>>,
+    max_batch: Option<usize>,
+    retries: Option<u32>,
+}
+
+/// A validated model. Each field documents its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// What clients call it.
+    pub name: String,
+    /// The protocol its upstream speaks.
+    pub backend: Backend,
+    /// The upstream's base URL, without a trailing `/`; `None` for `builtin`.
+    pub url: Option<String>,
+    /// The name the upstream knows the model by. Default: `name`.
+    pub upstream_name: String,
+    /// Part of every key. Default: `"1"`.
+    pub version: String,
+    /// Artifact digest, part of every key. Default: none.
+    pub digest: Option<String>,
+    /// Per-attempt upstream timeout. Default: 30 s.
+    pub timeout: Duration,
+    /// Entries older than this are not served (falls back to the global `ttl`). Default: none.
+    pub ttl: Option<Duration>,
+    /// How long past its freshness an entry is still served when the upstream fails.
+    /// Default: none.
+    pub stale_if_error: Option<Duration>,
+    /// Whether outputs may be cached. Default: true.
+    pub deterministic: bool,
+    /// Names of request parameters that change the output, sorted. Default: none.
+    pub params: Vec<String>,
+    /// Most rows in one upstream request. Default: no limit.
+    pub max_batch: Option<usize>,
+    /// Retries of an idempotent upstream call. Default: 2.
+    pub retries: u32,
+}
+
+impl ModelConfig {
+    /// A model of `backend` at `url` with every other setting at its default.
+    pub fn new(name: &str, backend: Backend, url: Option<&str>) -> Self {
+        Self {
+            name: name.to_owned(),
+            backend,
+            url: url.map(|u| u.trim_end_matches('/').to_owned()),
+            upstream_name: name.to_owned(),
+            version: "1".to_owned(),
+            digest: None,
+            timeout: DEFAULT_TIMEOUT,
+            ttl: None,
+            stale_if_error: None,
+            deterministic: true,
+            params: Vec::new(),
+            max_batch: None,
+            retries: DEFAULT_RETRIES,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The URL for logs: any password it holds is replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        let Some(url) = &self.url else {
+            return "in-process".to_owned();
+        };
+        match reqwest::Url::parse(url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => url.clone(),
+        }
+    }
+}
+
+/// Validates the `[[models]]` list: every field, unique names, and each model's timeout
+/// against the request timeout.
+pub(crate) fn validate(
+    raw: Vec<RawModel>,
+    request_timeout: Duration,
+) -> Result<Vec<ModelConfig>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, m) in raw.into_iter().enumerate() {
+        let model = validate_one(i, m, request_timeout)?;
+        if !seen.insert(model.name.clone()) {
+            return Err(model_error(
+                i,
+                &model.name,
+                "name",
+                "another model has this name",
+            ));
+        }
+        out.push(model);
+    }
+    Ok(out)
+}
+
+fn validate_one(
+    i: usize,
+    m: RawModel,
+    request_timeout: Duration,
+) -> Result<ModelConfig, ConfigError> {
+    let name = m
+        .name
+        .ok_or_else(|| model_error(i, "?", "name", "is required"))?;
+    let err = |field: &str, reason: &str| model_error(i, &name, field, reason);
+    if name.is_empty() || name.len() > 128 {
+        return Err(err("name", "must have 1 to 128 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c))
+    {
+        return Err(err(
+            "name",
+            "may hold only ASCII letters, digits and . _ - : /",
+        ));
+    }
+    let backend: Backend = m
+        .backend
+        .ok_or_else(|| err("backend", "is required"))?
+        .parse()
+        .map_err(|e: String| err("backend", &e))?;
+    if backend.named_in_path() && name.contains('/') {
+        return Err(err(
+            "name",
+            &format!(
+                "a {backend} model is named in the URL path ({}), so its name cannot hold `/`",
+                backend.route()
+            ),
+        ));
+    }
+    let duration = |field: &str, v: Option<Scalar>| -> Result<Option<Duration>, ConfigError> {
+        v.map(|s| {
+            let text = s.into_text();
+            parse_duration(&text).map_err(|e| err(field, &format!("{text:?}: {e}")))
+        })
+        .transpose()
+    };
+    let mut model = ModelConfig::new(&name, backend, None);
+
+    if backend == Backend::Builtin {
+        if name != infercache_model::MODEL_NAME && name != infercache_model::MODEL_ID {
+            return Err(err(
+                "name",
+                &format!(
+                    "the built-in model is `{}` (or `{}`)",
+                    infercache_model::MODEL_NAME,
+                    infercache_model::MODEL_ID
+                ),
+            ));
+        }
+        let upstream_only = [
+            ("url", m.url.is_some()),
+            ("upstream_name", m.upstream_name.is_some()),
+            ("version", m.version.is_some()),
+            ("digest", m.digest.is_some()),
+            ("timeout", m.timeout.is_some()),
+            ("ttl", m.ttl.is_some()),
+            ("stale_if_error", m.stale_if_error.is_some()),
+            ("deterministic", m.deterministic.is_some()),
+            ("params", m.params.is_some()),
+            ("max_batch", m.max_batch.is_some()),
+            ("retries", m.retries.is_some()),
+        ];
+        if let Some((field, _)) = upstream_only.iter().find(|(_, set)| *set) {
+            return Err(err(
+                field,
+                "applies to upstream models only; the built-in model is configured by the \
+                 top-level settings",
+            ));
+        }
+        return Ok(model);
+    }
+
+    let url = m.url.ok_or_else(|| err("url", "is required"))?;
+    let parsed = reqwest::Url::parse(&url).map_err(|e| err("url", &format!("{url:?}: {e}")))?;
+    if parsed.scheme() != "http" {
+        return Err(err(
+            "url",
+            &format!(
+                "{url:?}: only http:// upstreams are supported (terminate TLS in front of the upstream, e.g. a sidecar)"
+            ),
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(err(
+            "url",
+            &format!("{url:?}: give a base URL without ? or #"),
+        ));
+    }
+    model.url = Some(url.trim_end_matches('/').to_owned());
+    if let Some(upstream) = m.upstream_name {
+        if upstream.is_empty() || upstream.contains(['/', '?', '#']) {
+            return Err(err(
+                "upstream_name",
+                "must be non-empty and hold no / ? or #",
+            ));
+        }
+        model.upstream_name = upstream;
+    }
+    if let Some(v) = m.version {
+        if v.is_empty() {
+            return Err(err("version", "must not be empty"));
+        }
+        model.version = v;
+    }
+    if let Some(d) = m.digest {
+        if d.is_empty() {
+            return Err(err("digest", "must not be empty (leave it out instead)"));
+        }
+        model.digest = Some(d);
+    }
+    if let Some(t) = duration("timeout", m.timeout)? {
+        if t > request_timeout {
+            return Err(err(
+                "timeout",
+                &format!(
+                    "{t:?} exceeds request_timeout ({request_timeout:?}), which would cut the \
+                     request off first"
+                ),
+            ));
+        }
+        model.timeout = t;
+    } else {
+        model.timeout = DEFAULT_TIMEOUT.min(request_timeout);
+    }
+    model.ttl = duration("ttl", m.ttl)?;
+    model.stale_if_error = duration("stale_if_error", m.stale_if_error)?;
+    model.deterministic = m.deterministic.unwrap_or(true);
+    if !model.deterministic && (model.ttl.is_some() || model.stale_if_error.is_some()) {
+        return Err(err(
+            "deterministic",
+            "a model with deterministic = false is never cached, so ttl and \
+             stale_if_error cannot apply; remove them",
+        ));
+    }
+    if let Some(params) = m.params {
+        let mut params: Vec<String> = params;
+        if params.iter().any(String::is_empty) {
+            return Err(err("params", "parameter names must not be empty"));
+        }
+        params.sort();
+        if params.windows(2).any(|w| w[0] == w[1]) {
+            return Err(err("params", "a parameter is named twice"));
+        }
+        model.params = params;
+    }
+    if let Some(b) = m.max_batch {
+        if b == 0 {
+            return Err(err("max_batch", "must be at least 1"));
+        }
+        model.max_batch = Some(b);
+    }
+    if let Some(r) = m.retries {
+        if r > MAX_RETRIES {
+            return Err(err("retries", &format!("must be at most {MAX_RETRIES}")));
+        }
+        model.retries = r;
+    }
+    Ok(model)
+}
+
+fn model_error(i: usize, name: &str, field: &str, reason: &str) -> ConfigError {
+    ConfigError::Model {
+        index: i,
+        name: name.to_owned(),
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<ModelConfig>, ConfigError> {
+        #[derive(Deserialize)]
+        struct File {
+            models: Vec<RawModel>,
+        }
+        let f: File = toml::from_str(text).unwrap();
+        validate(f.models, Duration::from_secs(30))
+    }
+
+    #[test]
+    fn a_full_model_validates_with_defaults_filled_in() {
+        let models = parse(
+            r#"
+            [[models]]
+            name = "sol"
+            backend = "http-json"
+            url = "http://127.0.0.1:9000/predict/"
+            version = "2"
+            digest = "sha256:ab"
+            ttl = "1h"
+            stale_if_error = 600
+            params = ["temperature", "seed"]
+            max_batch = 16
+
+            [[models]]
+            name = "all-MiniLM-L6-v2"
+            backend = "builtin"
+            "#,
+        )
+        .unwrap();
+        let m = &models[0];
+        assert_eq!(m.url.as_deref(), Some("http://127.0.0.1:9000/predict"));
+        assert_eq!(m.upstream_name, "sol");
+        assert_eq!(m.ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(m.stale_if_error, Some(Duration::from_secs(600)));
+        assert_eq!(m.params, ["seed", "temperature"]);
+        assert_eq!(m.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(m.retries, DEFAULT_RETRIES);
+        assert!(m.deterministic);
+        assert_eq!(models[1].backend, Backend::Builtin);
+    }
+
+    #[test]
+    fn every_mistake_names_the_model_and_field() {
+        let cases = [
+            ("backend = \"http-json\"\nurl = \"http://x\"", "name"),
+            (
+                "name = \"a\"\nbackend = \"grpc\"\nurl = \"http://x\"",
+                "backend",
+            ),
+            ("name = \"a\"\nbackend = \"tei\"", "url"),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"https://x\"",
+                "url",
+            ),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"not a url\"",
+                "url",
+            ),
+            (
+                "name = \"a/b\"\nbackend = \"ersilia\"\nurl = \"http://x\"",
+                "name",
+            ),
+            (
+                "name = \"a b\"\nbackend = \"tei\"\nurl = \"http://x\"",
+                "name",
+            ),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\ntimeout = \"5m\"",
+                "timeout",
+            ),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\nttl = \"0s\"",
+                "ttl",
+            ),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\nmax_batch = 0",
+                "max_batch",
+            ),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\nretries = 99",
+                "retries",
+            ),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\nparams = [\"t\", \"t\"]",
+                "params",
+            ),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\ndeterministic = false\nttl = \"1h\"",
+                "deterministic",
+            ),
+            ("name = \"x\"\nbackend = \"builtin\"", "name"),
+            (
+                "name = \"all-MiniLM-L6-v2\"\nbackend = \"builtin\"\nurl = \"http://x\"",
+                "url",
+            ),
+        ];
+        for (body, field) in cases {
+            let e = parse(&format!("[[models]]\n{body}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("models[0]"), "{e}");
+            assert!(e.contains(&format!(".{field}")), "{body}: {e}");
+        }
+        let e = parse(
+            "[[models]]\nname = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\n\
+             [[models]]\nname = \"a\"\nbackend = \"openai\"\nurl = \"http://y\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("models[1]") && e.contains("another model"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_model_keys_are_refused() {
+        #[derive(Debug, Deserialize)]
+        struct File {
+            #[expect(dead_code, reason = "parsed only to be refused")]
+            models: Vec<RawModel>,
+        }
+        assert!(
+            toml::from_str::<File>("[[models]]\nname = \"a\"\nbackend = \"tei\"\nurll = \"x\"")
+                .is_err()
+        );
+    }
+}

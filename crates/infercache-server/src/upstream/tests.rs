@@ -1,0 +1,890 @@
+//! The per-row path against real upstream servers on loopback (axum on port 0) that count
+//! their calls and rows, with infercache's router driven without a socket and its cache
+//! on a manual clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing;
+use infercache_core::ManualClock;
+use infercache_engine::{Cache, CacheConfig};
+use serde_json::{Value, json};
+use std::sync::Mutex;
+
+use super::{Backend, ModelConfig, Models};
+use crate::tests::{Fake, Reply, get as get_req, post, request, send};
+use crate::{ApiKeys, AppState, Limits, app};
+
+/// What an upstream saw, and how it misbehaves.
+#[derive(Debug, Default)]
+struct Upstream {
+    /// Inference calls answered (any route).
+    calls: AtomicUsize,
+    /// Rows in those calls.
+    rows: AtomicUsize,
+    /// Each call's rows, in order.
+    batches: Mutex<Vec<Vec<Value>>>,
+    /// Metadata calls.
+    metadata_calls: AtomicUsize,
+    /// Answer this many next calls (any route) with `fail_status`.
+    fail_next: AtomicUsize,
+    fail_status: AtomicU64,
+    /// Sleep this long before answering.
+    delay_ms: AtomicU64,
+    /// Answer one output fewer than asked.
+    short: std::sync::atomic::AtomicBool,
+}
+
+impl Upstream {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn rows(&self) -> usize {
+        self.rows.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, times: usize, status: u16) {
+        self.fail_status.store(u64::from(status), Ordering::SeqCst);
+        self.fail_next.store(times, Ordering::SeqCst);
+    }
+
+    /// The injected failure, if one is due; otherwise records the call.
+    async fn enter(&self, rows: &[Value]) -> Option<Response> {
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let due = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if due {
+            let status = self.fail_status.load(Ordering::SeqCst) as u16;
+            return Some(StatusCode::from_u16(status).unwrap().into_response());
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.rows.fetch_add(rows.len(), Ordering::SeqCst);
+        self.batches.lock().unwrap().push(rows.to_vec());
+        None
+    }
+
+    fn take(&self, n: usize) -> usize {
+        if self.short.load(Ordering::SeqCst) {
+            n.saturating_sub(1)
+        } else {
+            n
+        }
+    }
+}
+
+/// A row's output: depends on the row and the parameters, so order and keys show.
+fn output(row: &Value, params: &Value) -> Value {
+    json!({ "echo": row, "params": params })
+}
+
+fn vector(text: &str) -> Vec<f32> {
+    vec![text.len() as f32, f32::from(text.as_bytes()[0]), 0.5]
+}
+
+async fn predict(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Response {
+    let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+    if let Some(r) = up.enter(&inputs).await {
+        return r;
+    }
+    let params = body.get("parameters").cloned().unwrap_or(Value::Null);
+    let n = up.take(inputs.len());
+    let outputs: Vec<Value> = inputs[..n].iter().map(|r| output(r, &params)).collect();
+    axum::Json(json!({ "outputs": outputs })).into_response()
+}
+
+async fn run(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Response {
+    let inputs = body.as_array().cloned().unwrap_or_default();
+    if let Some(r) = up.enter(&inputs).await {
+        return r;
+    }
+    let rows: Vec<Value> = inputs
+        .iter()
+        .map(|i| {
+            let text = i.as_str().or(i["input"].as_str()).unwrap_or("");
+            json!({ "input": text, "mw": text.len() })
+        })
+        .collect();
+    axum::Json(Value::Array(rows)).into_response()
+}
+
+async fn openai(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Response {
+    let inputs = body["input"].as_array().cloned().unwrap_or_default();
+    if let Some(r) = up.enter(&inputs).await {
+        return r;
+    }
+    let dims = body["dimensions"].as_u64();
+    // Reversed, so the caller must order by `index`.
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, t)| {
+            let mut v = vector(t.as_str().unwrap());
+            if let Some(d) = dims {
+                v.truncate(d as usize);
+            }
+            json!({ "object": "embedding", "index": i, "embedding": v })
+        })
+        .collect();
+    axum::Json(json!({ "object": "list", "data": data, "model": body["model"] })).into_response()
+}
+
+async fn tei(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Response {
+    let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+    if let Some(r) = up.enter(&inputs).await {
+        return r;
+    }
+    let vectors: Vec<Vec<f32>> = inputs.iter().map(|t| vector(t.as_str().unwrap())).collect();
+    axum::Json(json!(vectors)).into_response()
+}
+
+async fn metadata(State(up): State<Arc<Upstream>>, Path(name): Path<String>) -> Response {
+    up.metadata_calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = up.enter(&[]).await {
+        return r;
+    }
+    axum::Json(
+        json!({ "name": name, "versions": ["7"], "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}], "outputs": [] }),
+    )
+    .into_response()
+}
+
+/// Starts an upstream on a loopback port; its base URL and its record.
+async fn upstream() -> (String, Arc<Upstream>) {
+    let up = Arc::new(Upstream::default());
+    let router = Router::new()
+        .route("/predict", routing::post(predict))
+        .route("/run", routing::post(run))
+        .route("/v1/embeddings", routing::post(openai))
+        .route("/embed", routing::post(tei))
+        .route("/v2/models/{name}", routing::get(metadata))
+        .with_state(Arc::clone(&up));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, up)
+}
+
+/// A URL nothing listens on: connections are refused.
+async fn dead_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+fn model(name: &str, backend: Backend, url: &str) -> ModelConfig {
+    ModelConfig {
+        timeout: Duration::from_secs(5),
+        ..ModelConfig::new(name, backend, Some(url))
+    }
+}
+
+struct Harness {
+    app: Router,
+    clock: Arc<ManualClock>,
+}
+
+fn harness(models: Vec<ModelConfig>) -> Harness {
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::open(CacheConfig::default(), clock.clone()).unwrap();
+    let models = Models::new(&models, None).unwrap();
+    let limits = Limits {
+        max_items: 16,
+        ..Limits::default()
+    };
+    let state = AppState::with_models(Some(cache), Fake::new(), models, ApiKeys::none(), limits);
+    Harness {
+        app: app(state),
+        clock,
+    }
+}
+
+/// One `http-json` model `m` at `url`/predict, tuned by `f`.
+fn json_model(url: &str, f: impl FnOnce(&mut ModelConfig)) -> Harness {
+    let mut m = model("m", Backend::HttpJson, &format!("{url}/predict"));
+    f(&mut m);
+    harness(vec![m])
+}
+
+async fn predict_rows(h: &Harness, inputs: Value) -> Reply {
+    post(
+        &h.app,
+        "/v1/models/m/predict",
+        &[],
+        &json!({ "inputs": inputs }),
+    )
+    .await
+}
+
+fn echoes(r: &Reply) -> Vec<Value> {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["echo"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_of_8_with_3_cached_sends_exactly_5_rows_in_one_request() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |_| {});
+    let all: Vec<Value> = (0..8).map(|i| json!({ "row": i })).collect();
+    let cached = vec![all[1].clone(), all[4].clone(), all[6].clone()];
+    let r = predict_rows(&h, Value::Array(cached)).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+    assert_eq!((up.calls(), up.rows()), (1, 3));
+
+    let r = predict_rows(&h, Value::Array(all.clone())).await;
+    assert_eq!(echoes(&r), all, "all 8 rows, in order");
+    assert_eq!(r.header("x-cache"), "PARTIAL");
+    assert_eq!(r.header("x-cache-hits"), "3");
+    assert_eq!(r.header("x-cache-misses"), "5");
+    assert_eq!(up.calls(), 2, "one more upstream request");
+    let sent = up.batches.lock().unwrap()[1].clone();
+    let expected: Vec<Value> = [0, 2, 3, 5, 7].iter().map(|&i| all[i].clone()).collect();
+    assert_eq!(sent, expected, "exactly the 5 missing rows, in order");
+
+    let r = predict_rows(&h, Value::Array(all.clone())).await;
+    assert_eq!((r.header("x-cache"), echoes(&r)), ("HIT", all));
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test]
+async fn repeated_rows_in_one_batch_go_upstream_once() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |_| {});
+    let r = predict_rows(&h, json!(["a", "b", "a", "a", "b"])).await;
+    assert_eq!(
+        echoes(&r),
+        [json!("a"), json!("b"), json!("a"), json!("a"), json!("b")]
+    );
+    assert_eq!(up.batches.lock().unwrap()[0], [json!("a"), json!("b")]);
+    assert_eq!((up.calls(), up.rows()), (1, 2));
+}
+
+#[tokio::test]
+async fn json_rows_whose_keys_differ_only_in_order_share_an_entry() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |_| {});
+    let first = r#"{"inputs": [{"smiles": "CCO", "opts": {"a": 1, "b": [1, 2]}}]}"#;
+    let second = r#"{"inputs": [{"opts": {"b": [1, 2], "a": 1}, "smiles": "CCO"}]}"#;
+    for (body, cache) in [(first, "MISS"), (second, "HIT")] {
+        let r = send(
+            &h.app,
+            request(Method::POST, "/v1/models/m/predict", &[], body),
+        )
+        .await;
+        assert_eq!(r.header("x-cache"), cache, "{}", r.body);
+    }
+    assert_eq!(up.rows(), 1);
+    // An array's order is data: it is a different row.
+    let r = predict_rows(
+        &h,
+        json!([{"smiles": "CCO", "opts": {"a": 1, "b": [2, 1]}}]),
+    )
+    .await;
+    assert_eq!(r.header("x-cache"), "MISS");
+}
+
+#[tokio::test]
+async fn output_affecting_parameters_are_keyed_and_others_ignored() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |m| m.params = vec!["temperature".into()]);
+    let ask = |params: Value| {
+        let app = h.app.clone();
+        async move {
+            let body = json!({ "inputs": ["x"], "parameters": params });
+            post(&app, "/v1/models/m/predict", &[], &body).await
+        }
+    };
+    assert_eq!(
+        ask(json!({"temperature": 0.1})).await.header("x-cache"),
+        "MISS"
+    );
+    let r = ask(json!({"temperature": 0.1, "request_id": "abc"})).await;
+    assert_eq!(
+        r.header("x-cache"),
+        "HIT",
+        "an unlisted parameter does not change the key"
+    );
+    let r = ask(json!({"temperature": 0.2})).await;
+    assert_eq!(r.header("x-cache"), "MISS", "a listed one does");
+    assert_eq!(r.body["outputs"][0]["params"]["temperature"], 0.2);
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test]
+async fn changing_version_or_digest_makes_old_entries_unreachable() {
+    let (url, up) = upstream().await;
+    // One cache across the configurations, as across restarts with a changed config.
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::open(CacheConfig::default(), clock).unwrap();
+    let mut outcomes = Vec::new();
+    for (version, digest) in [
+        ("1", None),
+        ("1", None),
+        ("2", None),
+        ("2", Some("sha256:b")),
+    ] {
+        let mut m = model("m", Backend::HttpJson, &format!("{url}/predict"));
+        m.version = version.into();
+        m.digest = digest.map(Into::into);
+        let state = AppState::with_models(
+            Some(cache.clone()),
+            Fake::new(),
+            Models::new(&[m], None).unwrap(),
+            ApiKeys::none(),
+            Limits::default(),
+        );
+        let r = post(
+            &app(state),
+            "/v1/models/m/predict",
+            &[],
+            &json!({"inputs": ["x"]}),
+        )
+        .await;
+        outcomes.push(r.header("x-cache").to_owned());
+    }
+    assert_eq!(outcomes, ["MISS", "HIT", "MISS", "MISS"]);
+    assert_eq!(up.calls(), 3);
+}
+
+#[tokio::test]
+async fn a_non_deterministic_model_is_never_cached() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |m| m.deterministic = false);
+    for _ in 0..2 {
+        let r = predict_rows(&h, json!(["a", "a"])).await;
+        assert_eq!(r.header("x-cache"), "MISS");
+        assert_eq!(echoes(&r).len(), 2);
+    }
+    assert_eq!(
+        (up.calls(), up.rows()),
+        (2, 4),
+        "repeats are samples, each sent"
+    );
+    let r = send(
+        &h.app,
+        request(
+            Method::POST,
+            "/v1/models/m/predict",
+            &[("cache-control", "only-if-cached")],
+            r#"{"inputs": ["a"]}"#,
+        ),
+    )
+    .await;
+    r.error(StatusCode::GATEWAY_TIMEOUT, "not_cached");
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_down_is_a_503_naming_the_model() {
+    let h = json_model(&dead_url().await, |m| m.retries = 1);
+    let r = predict_rows(&h, json!(["a"])).await;
+    r.error(StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable");
+    assert_eq!(r.body["error"]["model"], "m");
+    assert!(r.body["error"]["upstream_status"].is_null());
+    assert_eq!(r.header("retry-after"), "1");
+}
+
+#[tokio::test]
+async fn upstream_error_statuses_map_to_502_503_504_with_the_status() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |m| m.retries = 0);
+    for (status, ours, code) in [
+        (500, StatusCode::BAD_GATEWAY, "upstream_error"),
+        (400, StatusCode::BAD_GATEWAY, "upstream_error"),
+        (503, StatusCode::SERVICE_UNAVAILABLE, "upstream_error"),
+        (504, StatusCode::GATEWAY_TIMEOUT, "upstream_error"),
+    ] {
+        up.fail(1, status);
+        let r = predict_rows(&h, json!(["a"])).await;
+        r.error(ours, code);
+        assert_eq!(r.body["error"]["upstream_status"], status);
+        assert_eq!(r.body["error"]["model"], "m");
+    }
+    up.short.store(true, Ordering::SeqCst);
+    let r = predict_rows(&h, json!(["a", "b"])).await;
+    r.error(StatusCode::BAD_GATEWAY, "upstream_bad_response");
+    up.short.store(false, Ordering::SeqCst);
+    // Nothing failed was stored: the row is fetched now.
+    let r = predict_rows(&h, json!(["a"])).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+}
+
+#[tokio::test]
+async fn a_slow_upstream_times_out_with_504() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |m| m.timeout = Duration::from_millis(50));
+    up.delay_ms.store(400, Ordering::SeqCst);
+    let r = predict_rows(&h, json!(["a"])).await;
+    r.error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
+    assert_eq!(r.body["error"]["model"], "m");
+}
+
+#[tokio::test]
+async fn deterministic_inference_is_retried_after_503_and_non_deterministic_is_not() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |m| m.retries = 2);
+    up.fail(2, 503);
+    let r = predict_rows(&h, json!(["a"])).await;
+    assert_eq!(echoes(&r), [json!("a")], "third attempt answers");
+    // A 500 may mean the batch itself is the problem: no retry.
+    up.fail(1, 500);
+    let r = predict_rows(&h, json!(["b"])).await;
+    r.error(StatusCode::BAD_GATEWAY, "upstream_error");
+
+    let h = json_model(&url, |m| {
+        m.retries = 2;
+        m.deterministic = false;
+    });
+    up.fail(1, 503);
+    let r = predict_rows(&h, json!(["a"])).await;
+    r.error(StatusCode::SERVICE_UNAVAILABLE, "upstream_error");
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_expired_rows_marked_stale() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |m| {
+        m.ttl = Some(Duration::from_secs(60));
+        m.stale_if_error = Some(Duration::from_secs(600));
+        m.retries = 0;
+    });
+    assert_eq!(
+        predict_rows(&h, json!(["a", "b"])).await.header("x-cache"),
+        "MISS"
+    );
+    h.clock.advance(Duration::from_secs(61));
+    // Past its ttl, a healthy upstream is asked again.
+    up.fail(1, 500);
+    let r = predict_rows(&h, json!(["a", "b"])).await;
+    assert_eq!(r.header("x-cache"), "STALE", "{}", r.body);
+    assert_eq!(r.header("x-cache-stale"), "2");
+    assert_eq!(echoes(&r), [json!("a"), json!("b")]);
+    // A request asking for a fresh answer gets the error.
+    up.fail(1, 500);
+    let r = send(
+        &h.app,
+        request(
+            Method::POST,
+            "/v1/models/m/predict",
+            &[("cache-control", "no-cache")],
+            r#"{"inputs": ["a"]}"#,
+        ),
+    )
+    .await;
+    r.error(StatusCode::BAD_GATEWAY, "upstream_error");
+    // A row never cached cannot be served stale: the error stands.
+    up.fail(1, 500);
+    predict_rows(&h, json!(["a", "new"]))
+        .await
+        .error(StatusCode::BAD_GATEWAY, "upstream_error");
+    // Healthy again: refreshed and fresh.
+    let r = predict_rows(&h, json!(["a", "b"])).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+    assert_eq!(
+        predict_rows(&h, json!(["a"])).await.header("x-cache"),
+        "HIT"
+    );
+    // Past ttl + stale_if_error, nothing stands in.
+    h.clock.advance(Duration::from_secs(61 + 600));
+    up.fail(1, 500);
+    predict_rows(&h, json!(["a"]))
+        .await
+        .error(StatusCode::BAD_GATEWAY, "upstream_error");
+}
+
+#[tokio::test]
+async fn without_stale_if_error_an_expired_row_is_not_served() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |m| {
+        m.ttl = Some(Duration::from_secs(60));
+        m.retries = 0;
+    });
+    predict_rows(&h, json!(["a"])).await;
+    h.clock.advance(Duration::from_secs(61));
+    up.fail(1, 500);
+    predict_rows(&h, json!(["a"]))
+        .await
+        .error(StatusCode::BAD_GATEWAY, "upstream_error");
+}
+
+#[tokio::test]
+async fn max_batch_splits_missing_rows_into_chunks_and_keeps_order() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |m| m.max_batch = Some(2));
+    let rows = json!(["a", "b", "c", "d", "e"]);
+    let r = predict_rows(&h, rows.clone()).await;
+    assert_eq!(Value::Array(echoes(&r)), rows);
+    let mut sizes: Vec<usize> = up.batches.lock().unwrap().iter().map(Vec::len).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [1, 2, 2]);
+}
+
+#[tokio::test]
+async fn unknown_models_are_404_naming_them_and_wrong_routes_400() {
+    let (url, _up) = upstream().await;
+    let h = harness(vec![
+        model("m", Backend::HttpJson, &format!("{url}/predict")),
+        model("e", Backend::Tei, &url),
+    ]);
+    for (path, body) in [
+        ("/v1/models/nope/predict", json!({"inputs": [1]})),
+        ("/v1/models/nope/run", json!(["CCO"])),
+        ("/v1/embeddings", json!({"model": "nope", "input": "x"})),
+        (
+            "/v1/embeddings",
+            json!({"model": "all-MiniLM-L6-v2", "input": "x"}),
+        ),
+    ] {
+        let r = post(&h.app, path, &[], &body).await;
+        let msg = r.error(StatusCode::NOT_FOUND, "model_not_found");
+        let asked = body["model"].as_str().unwrap_or("nope");
+        assert!(
+            msg.contains(&format!("`{asked}`")) && msg.contains("`m`"),
+            "{msg}"
+        );
+    }
+    let r = get_req(&h.app, "/v2/models/nope", &[]).await;
+    r.error(StatusCode::NOT_FOUND, "model_not_found");
+    let r = post(&h.app, "/v1/models/e/predict", &[], &json!({"inputs": [1]})).await;
+    let msg = r.error(StatusCode::BAD_REQUEST, "wrong_route");
+    assert!(msg.contains("POST /v1/embeddings"), "{msg}");
+}
+
+#[tokio::test]
+async fn openai_upstream_miss_then_hit_with_dimensions_keyed() {
+    let (url, up) = upstream().await;
+    let mut m = model("remote-emb", Backend::OpenAi, &url);
+    m.upstream_name = "text-embedding-3-small".into();
+    let h = harness(vec![m]);
+    let ask = |body: Value| {
+        let app = h.app.clone();
+        async move { post(&app, "/v1/embeddings", &[], &body).await }
+    };
+    let r = ask(json!({"model": "remote-emb", "input": ["hello", "hi"]})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("x-cache"), "MISS");
+    assert_eq!(r.body["data"][0]["embedding"], json!([5.0, 104.0, 0.5]));
+    assert_eq!(r.body["data"][1]["embedding"], json!([2.0, 104.0, 0.5]));
+    assert_eq!(r.body["model"], "remote-emb");
+    let r =
+        ask(json!({"model": "remote-emb", "input": ["hi", "hello"], "encoding_format": "base64"}))
+            .await;
+    assert_eq!(r.header("x-cache"), "HIT");
+    assert!(r.body["data"][0]["embedding"].is_string());
+    assert_eq!(up.calls(), 1);
+    let r = ask(json!({"model": "remote-emb", "input": "hello", "dimensions": 2})).await;
+    assert_eq!(r.header("x-cache"), "MISS", "dimensions change the output");
+    assert_eq!(r.body["data"][0]["embedding"], json!([5.0, 104.0]));
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test]
+async fn tei_upstream_miss_then_hit() {
+    let (url, up) = upstream().await;
+    let h = harness(vec![model("bge", Backend::Tei, &url)]);
+    let body = json!({"model": "bge", "input": ["a", "bb", "a"]});
+    let r = post(&h.app, "/v1/embeddings", &[], &body).await;
+    assert_eq!(r.header("x-cache"), "MISS", "{}", r.body);
+    assert_eq!(r.body["data"][1]["embedding"], json!([2.0, 98.0, 0.5]));
+    assert_eq!(up.batches.lock().unwrap()[0], [json!("a"), json!("bb")]);
+    let r = post(&h.app, "/v1/embeddings", &[], &body).await;
+    assert_eq!(r.header("x-cache"), "HIT");
+    assert_eq!(up.calls(), 1);
+    let r = post(
+        &h.app,
+        "/v1/embeddings",
+        &[],
+        &json!({"model": "bge", "input": "a", "dimensions": 2}),
+    )
+    .await;
+    r.error(StatusCode::BAD_REQUEST, "unsupported_parameter");
+}
+
+#[tokio::test]
+async fn ersilia_miss_then_hit_and_cache_only_returns_null_rows() {
+    let (url, up) = upstream().await;
+    let h = harness(vec![model("eos3b5e", Backend::Ersilia, &url)]);
+    let run = |q: &'static str, body: Value| {
+        let app = h.app.clone();
+        async move { post(&app, &format!("/v1/models/eos3b5e/run{q}"), &[], &body).await }
+    };
+    let r = run("", json!(["CCO", {"key": "k1", "input": "CCCO"}])).await;
+    assert_eq!(r.header("x-cache"), "MISS", "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!([{"input": "CCO", "mw": 3}, {"input": "CCCO", "mw": 4}])
+    );
+    let r = run("", json!([{"input": "CCCO", "key": "k1"}, "CCO"])).await;
+    assert_eq!(r.header("x-cache"), "HIT");
+    assert_eq!(up.calls(), 1);
+
+    let r = run("?cache_only=true", json!(["CCO", "C1CCCCC1"])).await;
+    assert_eq!(
+        r.body,
+        json!([{"input": "CCO", "mw": 3}, {"input": null, "mw": null}])
+    );
+    assert_eq!(r.header("x-cache"), "PARTIAL");
+    let r = run("?cache_only=1", json!(["C1CCCCC1"])).await;
+    assert_eq!(r.body, json!([null]));
+    assert_eq!(up.calls(), 1, "cache_only never computes");
+
+    let r = run("?save_cache=false", json!(["N"])).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+    let r = run("?cache_only=true", json!(["N"])).await;
+    assert_eq!(r.body, json!([null]), "save_cache=false stored nothing");
+    let r = run("?fetch_cache=false", json!(["CCO"])).await;
+    assert_eq!(r.header("x-cache"), "MISS", "fetch_cache=false recomputes");
+    assert_eq!(up.calls(), 3);
+}
+
+#[tokio::test]
+async fn http_json_miss_then_hit() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |_| {});
+    let r = predict_rows(&h, json!([[1, 2], {"a": null}])).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+    let r = predict_rows(&h, json!([[1, 2], {"a": null}])).await;
+    assert_eq!(r.header("x-cache"), "HIT");
+    assert_eq!(echoes(&r), [json!([1, 2]), json!({"a": null})]);
+    assert_eq!(up.calls(), 1);
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_4xx_and_the_server_keeps_serving() {
+    let (url, up) = upstream().await;
+    let h = harness(vec![
+        model("m", Backend::HttpJson, &format!("{url}/predict")),
+        model("e", Backend::Ersilia, &url),
+    ]);
+    let raw = |path: &'static str, body: &'static str| {
+        let app = h.app.clone();
+        async move { send(&app, request(Method::POST, path, &[], body)).await }
+    };
+    let cases = [
+        ("/v1/models/m/predict", "{", "invalid_json"),
+        ("/v1/models/m/predict", "", "invalid_json"),
+        ("/v1/models/m/predict", "[1]", "invalid_value"),
+        ("/v1/models/m/predict", r#"{"inputs": 3}"#, "invalid_value"),
+        ("/v1/models/m/predict", r#"{"inputs": []}"#, "invalid_value"),
+        (
+            "/v1/models/m/predict",
+            r#"{}"#,
+            "missing_required_parameter",
+        ),
+        (
+            "/v1/models/m/predict",
+            r#"{"inputs": [1], "parameters": 2}"#,
+            "invalid_value",
+        ),
+        (
+            "/v1/models/m/predict",
+            r#"{"inputs": [1], "extra": 2}"#,
+            "unsupported_parameter",
+        ),
+        (
+            "/v1/models/e/run",
+            r#"{"inputs": ["CCO"]}"#,
+            "invalid_value",
+        ),
+        ("/v1/models/e/run", r#"[3]"#, "invalid_value"),
+        ("/v1/models/e/run", r#"[""]"#, "empty_string"),
+        ("/v1/models/e/run", r#"[{"key": "k"}]"#, "invalid_value"),
+        (
+            "/v1/models/e/run",
+            r#"[{"input": "C", "x": 1}]"#,
+            "invalid_value",
+        ),
+        (
+            "/v1/models/e/run?orient=split",
+            r#"["C"]"#,
+            "unsupported_parameter",
+        ),
+        (
+            "/v1/models/e/run?cache_only=maybe",
+            r#"["C"]"#,
+            "invalid_value",
+        ),
+        (
+            "/v1/models/e/run?cache_only=true&fetch_cache=false",
+            r#"["C"]"#,
+            "invalid_value",
+        ),
+    ];
+    for (path, body, code) in cases {
+        let r = raw(path, body).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{path} {body}: {}",
+            r.body
+        );
+        r.error(StatusCode::BAD_REQUEST, code);
+    }
+    let too_many = json!({ "inputs": (0..17).collect::<Vec<_>>() });
+    post(&h.app, "/v1/models/m/predict", &[], &too_many)
+        .await
+        .error(StatusCode::BAD_REQUEST, "too_many_inputs");
+    assert_eq!(up.calls(), 0);
+    assert_eq!(echoes(&predict_rows_at(&h, "m").await), [json!(1)]);
+}
+
+async fn predict_rows_at(h: &Harness, name: &str) -> Reply {
+    post(
+        &h.app,
+        &format!("/v1/models/{name}/predict"),
+        &[],
+        &json!({ "inputs": [1] }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn models_are_listed_and_described() {
+    let (url, up) = upstream().await;
+    let mut kserve = model("resnet", Backend::KServeV2, &url);
+    kserve.upstream_name = "resnet50".into();
+    kserve.retries = 2;
+    let mut builtin = ModelConfig::new("all-MiniLM-L6-v2", Backend::Builtin, None);
+    builtin.timeout = Duration::from_secs(1);
+    let mut sol = model("sol", Backend::HttpJson, &url);
+    sol.ttl = Some(Duration::from_secs(3600));
+    sol.params = vec!["t".into()];
+    sol.digest = Some("sha256:ab".into());
+    let h = harness(vec![sol, kserve, builtin]);
+
+    let r = get_req(&h.app, "/v1/models", &[]).await;
+    assert_eq!(r.body["object"], "list");
+    let data = r.body["data"].as_array().unwrap();
+    let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["sol", "resnet", "all-MiniLM-L6-v2"]);
+    assert_eq!(data[0]["backend"], "http-json");
+    assert_eq!(data[0]["ttl_secs"], 3600);
+    assert_eq!(data[0]["params"], json!(["t"]));
+    assert_eq!(data[0]["digest"], "sha256:ab");
+    assert_eq!(data[2]["backend"], "builtin");
+    assert!(
+        data.iter()
+            .all(|m| m["object"] == "model" && m.get("url").is_none())
+    );
+
+    // KServe metadata is proxied, retried past two 503s, and named as clients call it.
+    up.fail(2, 503);
+    let r = get_req(&h.app, "/v2/models/resnet", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["name"], "resnet");
+    assert_eq!(r.body["platform"], "onnxruntime_onnx");
+    assert_eq!(up.metadata_calls.load(Ordering::SeqCst), 3);
+    let r = get_req(&h.app, "/v2/models/sol", &[]).await;
+    assert_eq!(r.body["versions"], json!(["1"]));
+    assert_eq!(r.body["platform"], "infercache-http-json");
+    assert_eq!(
+        get_req(&h.app, "/v2/health/ready", &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_req(&h.app, "/v2/health/live", &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_req(&h.app, "/v2/models/sol/ready", &[]).await.status,
+        StatusCode::OK
+    );
+    // The built-in model is served because the list names it.
+    let r = post(
+        &h.app,
+        "/v1/embeddings",
+        &[],
+        &json!({"model": "all-MiniLM-L6-v2", "input": "x"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test]
+async fn metadata_of_an_upstream_that_stays_down_is_503_after_retries() {
+    let (url, up) = upstream().await;
+    let mut kserve = model("resnet", Backend::KServeV2, &url);
+    kserve.retries = 1;
+    let h = harness(vec![kserve]);
+    up.fail(5, 503);
+    let r = get_req(&h.app, "/v2/models/resnet", &[]).await;
+    r.error(StatusCode::SERVICE_UNAVAILABLE, "upstream_error");
+    assert_eq!(up.metadata_calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_the_same_rows_send_them_once() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |_| {});
+    up.delay_ms.store(100, Ordering::SeqCst);
+    let asks: Vec<_> = (0..8)
+        .map(|_| {
+            let app = h.app.clone();
+            tokio::spawn(async move {
+                post(
+                    &app,
+                    "/v1/models/m/predict",
+                    &[],
+                    &json!({"inputs": ["x", "y"]}),
+                )
+                .await
+            })
+        })
+        .collect();
+    for a in asks {
+        assert_eq!(echoes(&a.await.unwrap()), [json!("x"), json!("y")]);
+    }
+    assert_eq!((up.calls(), up.rows()), (1, 2));
+}
+
+#[tokio::test]
+async fn tenants_never_share_rows() {
+    let (url, up) = upstream().await;
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::open(CacheConfig::default(), clock).unwrap();
+    let keys = ApiKeys::new([("sk-a", "a", false), ("sk-b", "b", false)]).unwrap();
+    let state = AppState::with_models(
+        Some(cache),
+        Fake::new(),
+        Models::new(
+            &[model("m", Backend::HttpJson, &format!("{url}/predict"))],
+            None,
+        )
+        .unwrap(),
+        keys,
+        Limits::default(),
+    );
+    let app = app(state);
+    for (key, cache) in [
+        ("Bearer sk-a", "MISS"),
+        ("Bearer sk-b", "MISS"),
+        ("Bearer sk-a", "HIT"),
+    ] {
+        let r = post(
+            &app,
+            "/v1/models/m/predict",
+            &[("authorization", key)],
+            &json!({"inputs": ["x"]}),
+        )
+        .await;
+        assert_eq!(r.header("x-cache"), cache);
+    }
+    assert_eq!(up.calls(), 2);
+}

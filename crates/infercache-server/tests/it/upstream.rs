@@ -1,0 +1,82 @@
+//! Upstream models configured in a TOML file, served by a real server: the whole path
+//! from `[[models]]` to a cached row, with a real upstream on loopback.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::routing::post;
+use infercache_server::{ServeArgs, ServerConfig};
+use serde_json::{Value, json};
+
+use crate::support::{Server, model};
+
+/// A plain JSON upstream that counts the rows it is sent.
+async fn upstream() -> (String, Arc<AtomicUsize>) {
+    let rows = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&rows);
+    let app = Router::new().route(
+        "/score",
+        post(move |body: axum::Json<Value>| {
+            let counted = Arc::clone(&counted);
+            async move {
+                let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+                counted.fetch_add(inputs.len(), Ordering::SeqCst);
+                let outputs: Vec<Value> = inputs.iter().map(|i| json!({ "in": i })).collect();
+                axum::Json(json!({ "outputs": outputs }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, rows)
+}
+
+#[tokio::test]
+async fn models_from_the_config_file_are_served_and_cached_per_row() {
+    let (url, rows) = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("infercache.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            no_disk = true
+
+            [[models]]
+            name = "scorer"
+            backend = "http-json"
+            url = "{url}/score"
+            version = "3"
+            ttl = "1h"
+            "#
+        ),
+    )
+    .unwrap();
+    let config = ServerConfig::from_args(&ServeArgs {
+        config: Some(path),
+        ..ServeArgs::default()
+    })
+    .unwrap();
+    let s = Server::start(config, model().await).await;
+
+    let listed = s.get("/v1/models", &[]).await;
+    assert_eq!(listed.body["data"][0]["id"], "scorer", "{}", listed.body);
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
+
+    let body = json!({ "inputs": [{"a": 1, "b": 2}, "x"] });
+    let first = s.post("/v1/models/scorer/predict", &[], &body).await;
+    assert_eq!(first.header("x-cache"), "MISS", "{}", first.body);
+    let reordered = json!({ "inputs": ["x", {"b": 2, "a": 1}] });
+    let second = s.post("/v1/models/scorer/predict", &[], &reordered).await;
+    assert_eq!(second.header("x-cache"), "HIT");
+    assert_eq!(second.body["outputs"][0], json!({"in": "x"}));
+    assert_eq!(rows.load(Ordering::SeqCst), 2);
+
+    // The list leaves the built-in model out, so it is not served.
+    let builtin = s.embed(&[], json!("hello")).await;
+    assert_eq!(builtin.status, 404);
+    assert_eq!(builtin.code(), "model_not_found");
+    s.stop().await;
+}
