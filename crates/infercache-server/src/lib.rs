@@ -52,6 +52,7 @@ pub mod cache_control;
 pub mod config;
 pub mod embed;
 pub mod error;
+pub mod kserve;
 pub mod metrics;
 pub mod model;
 pub mod routes;
