@@ -6,5 +6,7 @@
 mod cache_control;
 mod embeddings;
 mod errors;
+mod kserve;
+mod kserve_upstream;
 mod lifecycle;
 mod support;
