@@ -36,6 +36,8 @@
 //! - [`embed`]: the [`Embed`] trait, the only thing the server knows about a model;
 //!   [`model`] implements it for `infercache-model`'s batching pool.
 //! - [`service`]: the one path from texts to embeddings through the cache.
+//! - [`kserve`]: the KServe v2 / Triton inference protocol (JSON and binary tensors) as a
+//!   codec that splits a batch into cacheable rows and reassembles responses from them.
 //! - [`routes`]: the handlers. [`state`]: what they share. [`metrics`]: Prometheus.
 //!
 //! # Concurrency

@@ -228,8 +228,10 @@ impl InferRequest {
         order.sort_by(|a, b| a.name.cmp(&b.name));
         let parameters: Vec<Map<String, Value>> =
             order.iter().map(|t| t.parameters.clone()).collect();
-        let mut columns: Vec<std::vec::IntoIter<RowTensor>> =
-            order.iter().map(|t| split_tensor(t).into_iter()).collect();
+        let mut columns = order
+            .iter()
+            .map(|t| split_tensor(t, &t.name).map(Vec::into_iter))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((0..rows)
             .map(|_| Row {
                 inputs: columns

@@ -69,10 +69,14 @@ impl InferResponse {
     /// dimension must be `rows` (the rows sent).
     ///
     /// # Errors
-    /// [`KserveError::NoBatchDimension`] for a scalar output and
+    /// [`KserveError::EmptyBatch`] when `rows` is 0, [`KserveError::NoBatchDimension`]
+    /// for a scalar output and
     /// [`KserveError::BatchMismatch`] for an output whose first dimension is not `rows`;
     /// both mean the upstream broke the protocol.
     pub fn split(&self, rows: usize) -> Result<Vec<RowOutput>, KserveError> {
+        if rows == 0 {
+            return Err(KserveError::EmptyBatch);
+        }
         for (i, t) in self.outputs.iter().enumerate() {
             let label = tensor_label("outputs", i, &t.name);
             let actual = batch_size(t, &label)?;
@@ -85,11 +89,12 @@ impl InferResponse {
                 });
             }
         }
-        let mut columns: Vec<_> = self
+        let mut columns = self
             .outputs
             .iter()
-            .map(|t| split_tensor(t).into_iter())
-            .collect();
+            .enumerate()
+            .map(|(i, t)| split_tensor(t, &tensor_label("outputs", i, &t.name)).map(Vec::into_iter))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((0..rows)
             .map(|_| RowOutput {
                 outputs: columns

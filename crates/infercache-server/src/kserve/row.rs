@@ -224,15 +224,18 @@ pub(crate) fn batch_size(tensor: &Tensor, label: &str) -> Result<u64, KserveErro
         })
 }
 
-/// Splits `tensor`, whose batch dimension the caller has checked (and bounded), into its
-/// rows.
-pub(crate) fn split_tensor(tensor: &Tensor) -> Vec<RowTensor> {
-    let rows = tensor.shape[0] as usize;
+/// Splits `tensor`, whose batch dimension the caller has checked (at least 1, and
+/// bounded), into its rows.
+///
+/// # Errors
+/// [`KserveError::InvalidShape`] if the row shape's element count overflows (possible
+/// only when dimension 0 is 0, which callers refuse first).
+pub(crate) fn split_tensor(tensor: &Tensor, label: &str) -> Result<Vec<RowTensor>, KserveError> {
+    let rows = batch_size(tensor, label)? as usize;
     let row_shape = tensor.shape[1..].to_vec();
-    let row_elems = element_count(&row_shape, "")
-        .expect("a prefix-free sub-shape of a valid shape is valid") as usize;
+    let row_elems = element_count(&row_shape, label)? as usize;
     let ranges = row_ranges(tensor, rows, row_elems);
-    ranges
+    Ok(ranges
         .into_iter()
         .map(|range| RowTensor {
             name: tensor.name.clone(),
@@ -240,7 +243,7 @@ pub(crate) fn split_tensor(tensor: &Tensor) -> Vec<RowTensor> {
             shape: row_shape.clone(),
             data: tensor.data.slice(range),
         })
-        .collect()
+        .collect())
 }
 
 /// The byte range of each row of a validated tensor.

@@ -486,6 +486,12 @@ fn responses_split_into_rows_that_survive_storage() {
         assert_eq!(stored[0], ROW_FORMAT_VERSION);
         assert_eq!(&RowOutput::decode(&stored).unwrap(), row);
     }
+    let empty = parse_response(
+        json_body(&json!({"outputs": [{"name": "e", "shape": [0, 4294967296u64, 4294967296u64], "datatype": "FP32", "data": []}]})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(empty.split(0), Err(KserveError::EmptyBatch));
     let err = response.split(3).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -860,4 +866,45 @@ proptest! {
         stored[i] = byte;
         let _ = RowOutput::decode(&Bytes::from(stored));
     }
+}
+
+/// Request bodies as tritonclient 2.73.0 writes them (`testdata/generate.py`), binary and
+/// JSON, give the same rows.
+#[test]
+fn tritonclient_request_bodies_parse_to_the_same_rows() {
+    let binary = parse_request(
+        Bytes::from_static(include_bytes!("testdata/binary.body")),
+        Some(&HeaderValue::from_static(include_str!(
+            "testdata/binary.len"
+        ))),
+    )
+    .unwrap();
+    let json = parse_request(
+        Bytes::from_static(include_bytes!("testdata/json.body")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(binary.id.as_deref(), Some("7"));
+    assert_eq!(
+        binary.parameters,
+        json!({"p": 1}).as_object().unwrap().clone()
+    );
+    assert!(binary.outputs.is_binary("OUT"));
+    assert!(!json.outputs.is_binary("OUT"));
+    assert_eq!(binary.outputs.key_bytes(), json.outputs.key_bytes());
+    let (a, b) = (binary.split(2).unwrap(), json.split(2).unwrap());
+    assert_eq!(a, b);
+    let names: Vec<&str> = a[1].inputs.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["B", "H", "I", "S", "X"]);
+    assert_eq!(&a[1].inputs[0].data[..], &[0]);
+    assert_eq!(&a[1].inputs[1].data[..], &f16::from_f32(-2.0).to_le_bytes());
+    assert_eq!(
+        &a[0].inputs[2].data[..],
+        &[(-1i64).to_le_bytes(), (1i64 << 40).to_le_bytes()].concat()[..]
+    );
+    assert_eq!(
+        &a[1].inputs[3].data[..],
+        &bytes_elements(&["é".as_bytes()])[..]
+    );
+    assert_eq!(&a[1].inputs[4].data[..], &f32s(&[0.75, 1.0, 1.25])[..]);
 }
