@@ -1,7 +1,7 @@
 //! Tensor datatypes as the KServe v2 protocol names them.
 
 /// A tensor element type. The discriminant is the type's code in the stored row format
-/// ([`super::row`]); never renumber.
+/// ([`RowOutput`](super::RowOutput)); never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum DataType {

@@ -1,26 +1,7 @@
 //! Rows: one slice along the batch dimension (dimension 0) of every tensor of a message.
 //!
 //! A request's [`Row`] gives the canonical key input of one row; a response's
-//! [`RowOutput`] is what the cache stores for it, in the format below.
-//!
-//! # Stored row format (version 1)
-//!
-//! All integers little-endian. Hand-written rather than a serde format: the layout is
-//! persisted and documented byte for byte, the tensor data are raw bytes that must not be
-//! re-encoded, and decoding must check invariants no generic format knows (data length
-//! against datatype and shape, whole `BYTES` elements).
-//!
-//! ```text
-//! u8   version = 1
-//! u32  output count
-//! per output:
-//!   u16  name length, then the name (UTF-8)
-//!   u8   datatype code (DataType's discriminant)
-//!   u8   dimension count (at most MAX_DIMS), then that many u64 dimensions (the row's shape)
-//!   u64  data length, then the data in the canonical layout
-//! ```
-//!
-//! Nothing may follow the last output.
+//! [`RowOutput`] is what the cache stores for it.
 
 use std::ops::Range;
 
@@ -104,6 +85,25 @@ fn put(out: &mut Vec<u8>, field: &[u8]) {
 
 /// One row of a response: every output's slice, in the upstream's order. What the cache
 /// stores, via [`RowOutput::encode`].
+///
+/// # Stored format (version 1)
+///
+/// All integers little-endian. Hand-written rather than a serde format: the layout is
+/// persisted and documented byte for byte, the tensor data are raw bytes that must not be
+/// re-encoded, and decoding must check invariants no generic format knows (data length
+/// against datatype and shape, whole `BYTES` elements).
+///
+/// ```text
+/// u8   version = 1
+/// u32  output count
+/// per output:
+///   u16  name length, then the name (UTF-8)
+///   u8   datatype code (DataType's discriminant)
+///   u8   dimension count (at most MAX_DIMS), then that many u64 dimensions (the row's shape)
+///   u64  data length, then the data in the canonical layout
+/// ```
+///
+/// Nothing may follow the last output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowOutput {
     /// The outputs' rows.
@@ -111,7 +111,7 @@ pub struct RowOutput {
 }
 
 impl RowOutput {
-    /// The stored form (see the module docs).
+    /// The stored form (see the type's docs).
     pub fn encode(&self) -> Vec<u8> {
         let size: usize = self
             .outputs
