@@ -47,6 +47,8 @@
 //! - [`service`]: the one path from texts to embeddings through the cache.
 //! - [`upstream`]: models behind upstream servers: `[[models]]`, upstream calls with
 //!   timeouts and retries, and the per-row cached path every protocol shares.
+//! - [`kserve`]: the KServe v2 / Triton inference protocol (JSON and binary tensors) as a
+//!   codec that splits a batch into cacheable rows and reassembles responses from them.
 //! - [`routes`]: the handlers. [`state`]: what they share. [`metrics`]: Prometheus.
 //!
 //! # Concurrency
@@ -63,6 +65,7 @@ pub mod cache_control;
 pub mod config;
 pub mod embed;
 pub mod error;
+pub mod kserve;
 pub mod metrics;
 pub mod model;
 pub mod routes;

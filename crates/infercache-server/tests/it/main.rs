@@ -6,6 +6,8 @@
 mod cache_control;
 mod embeddings;
 mod errors;
+mod kserve;
+mod kserve_upstream;
 mod lifecycle;
 mod redis;
 mod support;

@@ -1,0 +1,50 @@
+//! The KServe v2 (Triton) HTTP inference protocol, as a codec that splits batches into
+//! cacheable rows and puts them back together.
+//!
+//! ```text
+//!  client body ─► parse_request ─► InferRequest ─► split ─► Row … Row   (key: Row::key_bytes
+//!                                                              │          + parameters
+//!                                   missing rows ─► build_request        + OutputSelection::key_bytes)
+//!                                                              │
+//!  upstream body ─► parse_response ─► InferResponse ─► split ─► RowOutput … (encode ⇄ decode: the
+//!                                                              │           stored value)
+//!  client response ◄─ assemble_response(rows in the client's order, OutputSelection)
+//! ```
+//!
+//! Both JSON tensors and Triton's binary tensor data extension are read and written
+//! (<https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_binary_data.md>):
+//! when the `Inference-Header-Content-Length` header is present, the body is that many
+//! bytes of JSON followed by the raw data of every tensor whose `parameters` carry
+//! `binary_data_size`, in list order.
+//!
+//! Every tensor's data is held in one canonical layout, the binary extension's
+//! (little-endian, row-major; `BOOL` as 0/1 bytes; `BYTES` as 4-byte-length-prefixed
+//! elements), whatever the wire form, so a row has the same key whether it came as JSON
+//! or binary. Splitting and batching slice and concatenate that layout without copying
+//! elements one by one.
+//!
+//! Nothing here panics on hostile input: shapes are bounded ([`MAX_DIMS`]) and their
+//! products checked, sizes are compared with the body before anything is allocated from
+//! them, and every failure is a [`KserveError`].
+
+mod datatype;
+mod error;
+mod request;
+mod response;
+mod row;
+mod tensor;
+mod wire;
+
+pub use datatype::DataType;
+pub use error::KserveError;
+pub use request::{
+    BINARY_DATA, BINARY_DATA_OUTPUT, InferRequest, OutputSelection, RequestedOutput, WireFormat,
+    build_request, parse_request,
+};
+pub use response::{InferResponse, ResponseMeta, assemble_response, parse_response};
+pub use row::{ROW_FORMAT_VERSION, Row, RowOutput, RowTensor};
+pub use tensor::{MAX_DIMS, Tensor};
+pub use wire::{Encoded, HEADER_LENGTH};
+
+#[cfg(test)]
+mod tests;
