@@ -51,6 +51,24 @@ struct Stats {
 struct Tiers {
     memory: Option<Tier>,
     disk: Option<Tier>,
+    #[serde(default)]
+    redis: Option<Redis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Redis {
+    endpoint: String,
+    breaker: String,
+    breaker_opened: u64,
+    hits: u64,
+    misses: u64,
+    corrupt: u64,
+    writes: u64,
+    errors: u64,
+    skipped: u64,
+    writeback_dropped: u64,
+    leases_contended: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,7 +143,43 @@ fn render(s: &Stats) -> String {
             None => tiers.row([name.to_owned(), "off".to_owned()]),
         }
     }
+    if let Some(r) = &s.tiers.redis {
+        let lookups = r.hits + r.misses;
+        #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+        let rate = if lookups == 0 {
+            0.0
+        } else {
+            r.hits as f64 / lookups as f64
+        };
+        tiers.row([
+            "redis".to_owned(),
+            r.hits.to_string(),
+            r.misses.to_string(),
+            percent(rate),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            r.writes.to_string(),
+            "-".to_owned(),
+            "-".to_owned(),
+            r.corrupt.to_string(),
+        ]);
+    }
     out.push_str(&tiers.render());
+    if let Some(r) = &s.tiers.redis {
+        let _ = writeln!(
+            out,
+            "redis {}: breaker {} (opened {} times), {} errors, {} calls skipped, {} leases held \
+             by other nodes, {} write-back drops",
+            r.endpoint,
+            r.breaker,
+            r.breaker_opened,
+            r.errors,
+            r.skipped,
+            r.leases_contended,
+            r.writeback_dropped
+        );
+    }
     out.push('\n');
     let mut models = Table::new([
         "model",
@@ -272,5 +326,26 @@ mod tests {
             "{text}"
         );
         assert!(model.contains(" - "), "{text}");
+    }
+
+    #[test]
+    fn the_redis_tier_shows_its_row_and_breaker() {
+        let stats: Stats = serde_json::from_value(serde_json::json!({
+            "cache_enabled": true,
+            "tiers": {
+                "memory": null, "disk": null,
+                "redis": { "endpoint": "redis://127.0.0.1:6379", "breaker": "open",
+                           "breaker_opened": 2, "hits": 3, "misses": 1, "writes": 4,
+                           "errors": 7, "skipped": 9 }
+            }
+        }))
+        .unwrap();
+        let text = render(&stats);
+        let row = text.lines().find(|l| l.starts_with("redis ")).unwrap();
+        assert!(row.contains("75.0%"), "{text}");
+        assert!(
+            text.contains("breaker open (opened 2 times), 7 errors, 9 calls skipped"),
+            "{text}"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Admin routes; each needs an admin key when keys are configured.
 //!
 //! - `GET /v1/cache/stats`: per tier and per model: hits, misses, hit rate, entries,
-//!   bytes, evictions, mean latency of hit, miss and partial requests, inference work and
-//!   the inference time the hits saved.
+//!   bytes, evictions; the Redis tier's lookups, failures, leases and circuit breaker;
+//!   for the built-in model, mean latency of hit, miss and partial requests, inference
+//!   work and the inference time the hits saved.
 //! - `POST /v1/cache/invalidate`: `{"scope": "all"}`, `{"scope": "namespace", "namespace"}`,
 //!   `{"scope": "model", "model"}` or `{"scope": "version", "model", "version"}`. Every
 //!   older entry in that scope becomes unreachable at once (an epoch bump; no scan).
@@ -49,12 +50,22 @@ pub struct StatsResponse {
 struct Tiers {
     memory: Option<TierStats>,
     disk: Option<TierStats>,
+    /// The shared Redis tier: lookups, writes, failures, leases, and its circuit breaker.
+    redis: Option<infercache_engine::RemoteStats>,
 }
 
 #[derive(Debug, Serialize)]
 struct ModelReport {
     #[serde(flatten)]
     lookups: ModelStats,
+    /// The built-in model's request latencies and inference work; absent for models
+    /// behind an upstream, which report their lookups only.
+    #[serde(flatten)]
+    builtin: Option<BuiltinReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct BuiltinReport {
     mean_hit_latency_ms: Option<f64>,
     mean_miss_latency_ms: Option<f64>,
     mean_partial_latency_ms: Option<f64>,
@@ -88,8 +99,7 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsRe
         .unwrap_or_default();
     #[expect(clippy::cast_precision_loss, reason = "an estimate for display")]
     let saved = per_text_ms.unwrap_or(0.0) * lookups.hits as f64;
-    let report = ModelReport {
-        lookups,
+    let builtin = BuiltinReport {
         mean_hit_latency_ms: metrics.mean_request_ms(Outcome::Hit),
         mean_miss_latency_ms: metrics.mean_request_ms(Outcome::Miss),
         mean_partial_latency_ms: metrics.mean_request_ms(Outcome::Partial),
@@ -100,13 +110,36 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsRe
         },
         inference_time_saved_ms: saved,
     };
+    let mut models: BTreeMap<String, ModelReport> = engine
+        .as_ref()
+        .map(|s| {
+            s.models
+                .iter()
+                .map(|(name, lookups)| {
+                    let report = ModelReport {
+                        lookups: lookups.clone(),
+                        builtin: None,
+                    };
+                    (name.clone(), report)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    models.insert(
+        model.id.clone(),
+        ModelReport {
+            lookups,
+            builtin: Some(builtin),
+        },
+    );
     let response = StatsResponse {
         cache_enabled: engine.is_some(),
         tiers: Tiers {
             memory: engine.as_ref().and_then(|s| s.memory.clone()),
             disk: engine.as_ref().and_then(|s| s.disk.clone()),
+            redis: engine.as_ref().and_then(|s| s.remote.clone()),
         },
-        models: BTreeMap::from([(model.id.clone(), report)]),
+        models,
         coalesced: engine.as_ref().map_or(0, |s| s.coalesced),
         writeback_dropped: engine.as_ref().map_or(0, |s| s.writeback_dropped),
         writeback_queued: engine.as_ref().map_or(0, |s| s.writeback_queued),
