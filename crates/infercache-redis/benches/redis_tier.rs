@@ -698,6 +698,10 @@ fn cpu_costs(plan: &Plan, cache: &Cache, tier: &RedisTier) -> String {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        // A test runner listing tests (nextest): a benchmark has none.
+        return;
+    }
     let plan = if std::env::args().any(|a| a == "--bench") {
         FULL
     } else {

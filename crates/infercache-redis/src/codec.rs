@@ -51,6 +51,29 @@ pub enum DecodeError {
 /// # Errors
 /// [`DecodeError`] for anything but an intact value of `key`.
 pub fn decode(key: &Digest, bytes: &[u8]) -> Result<RemoteEntry, DecodeError> {
+    let (created_ms, expires_ms) = check(key, bytes)?;
+    Ok(RemoteEntry {
+        value: Bytes::copy_from_slice(&bytes[HEADER..]),
+        created_ms,
+        expires_ms,
+    })
+}
+
+/// [`decode`] of bytes the caller owns: the value is a slice of them, not a copy.
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_owned(key: &Digest, bytes: Vec<u8>) -> Result<RemoteEntry, DecodeError> {
+    let (created_ms, expires_ms) = check(key, &bytes)?;
+    Ok(RemoteEntry {
+        value: Bytes::from(bytes).slice(HEADER..),
+        created_ms,
+        expires_ms,
+    })
+}
+
+/// Verifies a stored value of `key`; its creation and expiry times.
+fn check(key: &Digest, bytes: &[u8]) -> Result<(u64, Option<u64>), DecodeError> {
     if bytes.len() < HEADER || &bytes[..4] != MAGIC {
         return Err(DecodeError::Foreign);
     }
@@ -66,11 +89,7 @@ pub fn decode(key: &Digest, bytes: &[u8]) -> Result<RemoteEntry, DecodeError> {
         return Err(DecodeError::WrongKey);
     }
     let expires = u64_at(44);
-    Ok(RemoteEntry {
-        value: Bytes::copy_from_slice(&bytes[HEADER..]),
-        created_ms: u64_at(36),
-        expires_ms: (expires != 0).then_some(expires),
-    })
+    Ok((u64_at(36), (expires != 0).then_some(expires)))
 }
 
 #[cfg(test)]
@@ -94,6 +113,7 @@ mod tests {
             ..entry()
         };
         assert_eq!(decode(&k, &encode(&k, &no_ttl)).unwrap(), no_ttl);
+        assert_eq!(decode_owned(&k, encode(&k, &entry())).unwrap(), entry());
     }
 
     #[test]

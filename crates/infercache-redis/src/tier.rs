@@ -250,11 +250,25 @@ impl RedisTier {
 
 impl Shared {
     fn value_key(&self, key: &Digest) -> String {
-        format!("{}v:{}", self.config.prefix, key.to_hex())
+        self.redis_key("v:", key)
     }
 
     fn lease_key(&self, key: &Digest) -> String {
-        format!("{}l:{}", self.config.prefix, key.to_hex())
+        self.redis_key("l:", key)
+    }
+
+    /// `{prefix}{kind}{hex of key}` in one allocation: this runs for every key of every
+    /// batch.
+    fn redis_key(&self, kind: &str, key: &Digest) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(self.config.prefix.len() + kind.len() + 64);
+        out.push_str(&self.config.prefix);
+        out.push_str(kind);
+        for b in key.0 {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out
     }
 
     fn epoch_key(&self) -> String {
@@ -361,8 +375,13 @@ impl Shared {
         if cmds.is_empty() {
             return;
         }
-        if self.call::<Value>(Call::Each(&cmds)).await.is_some() {
-            bump(&self.counters.writes, cmds.len() as u64);
+        let n = cmds.len() as u64;
+        if self
+            .call::<Value>(Call::Each(&pipeline(cmds)))
+            .await
+            .is_some()
+        {
+            bump(&self.counters.writes, n);
         }
     }
 
@@ -372,7 +391,7 @@ impl Shared {
             bump(&self.counters.misses, 1);
             return None;
         };
-        match codec::decode(key, &bytes) {
+        match codec::decode_owned(key, bytes) {
             Ok(entry) if entry.expires_ms.is_none_or(|at| at > self.clock.now_ms()) => {
                 bump(&self.counters.hits, 1);
                 Some(entry)
@@ -447,23 +466,26 @@ enum Call<'a> {
     /// One command.
     Cmd(&'a Cmd),
     /// Several commands in one round trip; their replies in order.
-    Each(&'a [Cmd]),
+    Each(&'a Pipeline),
+}
+
+/// The commands as one pipeline (moved, not copied).
+fn pipeline(cmds: Vec<Cmd>) -> Pipeline {
+    let mut pipe = redis::pipe();
+    for cmd in cmds {
+        pipe.add_command(cmd);
+    }
+    pipe
 }
 
 /// Runs `cmds` in one round trip: a pipeline on a single server; on a cluster, where a
 /// pipeline must stay within one slot, every command at once over the multiplexed
 /// connections (each routed to its key's node).
-async fn each(conn: &mut Conn, cmds: &[Cmd]) -> redis::RedisResult<Vec<Value>> {
+async fn each(conn: &mut Conn, cmds: &Pipeline) -> redis::RedisResult<Vec<Value>> {
     match conn {
-        Conn::Single(_) => {
-            let mut pipe = redis::pipe();
-            for c in cmds {
-                pipe.add_command(c.clone());
-            }
-            pipe.query_async(conn).await
-        }
+        Conn::Single(c) => cmds.query_async(c).await,
         Conn::Cluster(c) => {
-            let replies = futures_util::future::join_all(cmds.iter().map(|cmd| {
+            let replies = futures_util::future::join_all(cmds.cmd_iter().map(|cmd| {
                 let mut c = c.clone();
                 async move { cmd.query_async::<Value>(&mut c).await }
             }))
@@ -580,7 +602,10 @@ impl RemoteTier for RedisTier {
                 })
                 .collect();
             // Unreachable Redis: every key is granted (no coordination, never a wait).
-            let granted: Vec<bool> = match s.call::<Vec<Option<String>>>(Call::Each(&cmds)).await {
+            let granted: Vec<bool> = match s
+                .call::<Vec<Option<String>>>(Call::Each(&pipeline(cmds)))
+                .await
+            {
                 Some(r) if r.len() == keys.len() => r.iter().map(Option::is_some).collect(),
                 _ => vec![true; keys.len()],
             };
@@ -635,7 +660,7 @@ impl RemoteTier for RedisTier {
                     cmds.push(exists);
                     cmds.push(get);
                 }
-                let Some(replies) = s.call::<Vec<Value>>(Call::Each(&cmds)).await else {
+                let Some(replies) = s.call::<Vec<Value>>(Call::Each(&pipeline(cmds))).await else {
                     break; // Redis is gone: compute.
                 };
                 let mut still = Vec::new();
@@ -646,7 +671,7 @@ impl RemoteTier for RedisTier {
                         .and_then(|v| Option::<Vec<u8>>::from_redis_value(v.clone()).ok())
                         .flatten();
                     match (value, leased) {
-                        (Some(bytes), _) => match codec::decode(&keys[i], &bytes) {
+                        (Some(bytes), _) => match codec::decode_owned(&keys[i], bytes) {
                             Ok(entry) => out[i] = Some(entry),
                             Err(_) => bump(&s.counters.corrupt, 1),
                         },
@@ -732,7 +757,7 @@ async fn release(tier: Arc<Shared>, held: Vec<String>, token: String) {
             eval
         })
         .collect();
-    tier.call::<Value>(Call::Each(&cmds)).await;
+    tier.call::<Value>(Call::Each(&pipeline(cmds))).await;
 }
 
 impl Lease for RedisLease {
@@ -776,7 +801,7 @@ async fn renew(tier: Weak<Shared>, held: Vec<String>, token: String, ttl: Durati
                 eval
             })
             .collect();
-        tier.call::<Value>(Call::Each(&cmds)).await;
+        tier.call::<Value>(Call::Each(&pipeline(cmds))).await;
     }
 }
 
