@@ -391,3 +391,19 @@ pub enum ServerError {
     #[error("redis tier: {0}")]
     Redis(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_inference_request_is_400_and_a_corrupt_stored_row_is_500() {
+        let refused = ApiError::from(KserveError::EmptyBatch);
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(refused.code(), "invalid_inference_request");
+        assert!(refused.to_string().contains("batch dimension"), "{refused}");
+        let corrupt = ApiError::from(KserveError::CorruptRow("truncated"));
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(corrupt.to_string(), "internal server error");
+    }
+}

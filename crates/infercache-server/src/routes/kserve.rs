@@ -169,8 +169,7 @@ async fn serve(
         let outputs = stored
             .iter()
             .map(RowOutput::decode)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ApiError::internal)?;
+            .collect::<Result<Vec<_>, _>>()?;
         let meta = ResponseMeta {
             model_name: model.name(),
             model_version: Some(&model.config().version),
@@ -273,8 +272,5 @@ async fn infer_upstream(
         )));
     }
     let split = parsed.split(batch.len()).map_err(|e| bad(e.to_string()))?;
-    Ok(split
-        .iter()
-        .map(|row| Bytes::from(row.encode()))
-        .collect())
+    Ok(split.iter().map(|row| Bytes::from(row.encode())).collect())
 }

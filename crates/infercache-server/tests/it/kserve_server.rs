@@ -163,10 +163,17 @@ async fn json_and_binary_clients_miss_then_hit_the_same_rows_with_identical_outp
     assert_eq!(first.header("x-cache"), "MISS");
     assert_eq!(first.header("x-cache-misses"), "2");
     assert_eq!(first.header("content-type"), "application/json");
-    assert!(first.headers.get(HEADER_LENGTH).is_none(), "JSON was asked for");
+    assert!(
+        first.headers.get(HEADER_LENGTH).is_none(),
+        "JSON was asked for"
+    );
     let json: Value = serde_json::from_slice(&first.body).unwrap();
     assert_eq!(json["model_name"], MODEL);
-    assert_eq!(json["outputs"][1]["data"], json!([0, 2]), "row sums 0 and 2.25");
+    assert_eq!(
+        json["outputs"][1]["data"],
+        json!([0, 2]),
+        "row sums 0 and 2.25"
+    );
     assert_outputs(&first.parsed(), &[0, 1]);
 
     let second = post(&s.url, INFER, body, None).await;
@@ -208,8 +215,7 @@ async fn json_and_binary_clients_miss_then_hit_the_same_rows_with_identical_outp
 }
 
 #[tokio::test]
-async fn a_batch_of_8_with_3_cached_sends_the_5_missing_rows_in_one_request_and_answers_in_order()
-{
+async fn a_batch_of_8_with_3_cached_sends_the_5_missing_rows_in_one_request_and_answers_in_order() {
     let upstream = Upstream::start().await;
     let s = start(&upstream.url, "", "").await;
     let cached = [13, 11, 16];
@@ -295,7 +301,12 @@ async fn output_affecting_parameters_outputs_and_versions_are_keyed() {
     let unknown = post(&s.url, "/v2/models/nope/infer", with(json!({})), None).await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.error()["code"], "model_not_found");
-    assert!(unknown.error()["message"].as_str().unwrap().contains("nope"));
+    assert!(
+        unknown.error()["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope")
+    );
     assert_eq!(upstream.calls(), 3);
     s.stop().await;
     upstream.stop().await;
@@ -304,7 +315,12 @@ async fn output_affecting_parameters_outputs_and_versions_are_keyed() {
 #[tokio::test]
 async fn malformed_and_hostile_bodies_get_400_and_the_server_keeps_serving() {
     let upstream = Upstream::start().await;
-    let s = start(&upstream.url, "max_items = 16\nmax_body_size = \"64KiB\"", "").await;
+    let s = start(
+        &upstream.url,
+        "max_items = 16\nmax_body_size = \"64KiB\"",
+        "",
+    )
+    .await;
     let input = |shape: Value, data: Value| {
         json!({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": shape, "data": data}]})
             .to_string()
@@ -312,9 +328,19 @@ async fn malformed_and_hostile_bodies_get_400_and_the_server_keeps_serving() {
     };
     let (binary, len) = binary_request(&[1, 2]);
     let cases: Vec<(&str, Vec<u8>, Option<usize>, &str)> = vec![
-        ("not JSON", b"{\"inputs\": [".to_vec(), None, "not valid JSON"),
+        (
+            "not JSON",
+            b"{\"inputs\": [".to_vec(),
+            None,
+            "not valid JSON",
+        ),
         ("no inputs", b"{}".to_vec(), None, "`inputs`"),
-        ("empty inputs", b"{\"inputs\": []}".to_vec(), None, "at least one"),
+        (
+            "empty inputs",
+            b"{\"inputs\": []}".to_vec(),
+            None,
+            "at least one",
+        ),
         (
             "element count",
             input(json!([2, 3]), json!([1, 2, 3])),
@@ -323,7 +349,10 @@ async fn malformed_and_hostile_bodies_get_400_and_the_server_keeps_serving() {
         ),
         (
             "overflowing shape",
-            input(json!([4294967296u64, 4294967296u64, 4294967296u64]), json!([1])),
+            input(
+                json!([4294967296u64, 4294967296u64, 4294967296u64]),
+                json!([1]),
+            ),
             None,
             "shape",
         ),
@@ -342,8 +371,7 @@ async fn malformed_and_hostile_bodies_get_400_and_the_server_keeps_serving() {
         ),
         (
             "unknown datatype",
-            br#"{"inputs":[{"name":"INPUT0","datatype":"FP128","shape":[1],"data":[1]}]}"#
-                .to_vec(),
+            br#"{"inputs":[{"name":"INPUT0","datatype":"FP128","shape":[1],"data":[1]}]}"#.to_vec(),
             None,
             "FP128",
         ),
@@ -429,11 +457,13 @@ async fn an_upstream_that_is_down_is_503_and_one_that_refuses_is_502_naming_the_
 /// The Python with `tritonclient[http]` and numpy: `INFERCACHE_TEST_PYTHON`, which
 /// `scripts/test` sets up (`scripts/test-python`). Fails the test when it is missing.
 fn test_python() -> PathBuf {
-    let python = std::env::var_os("INFERCACHE_TEST_PYTHON").map(PathBuf::from).expect(
-        "this test runs the official tritonclient: set INFERCACHE_TEST_PYTHON to a python \
+    let python = std::env::var_os("INFERCACHE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .expect(
+            "this test runs the official tritonclient: set INFERCACHE_TEST_PYTHON to a python \
          with tritonclient[http] and numpy (scripts/test-python creates one; scripts/test does \
          it for you)",
-    );
+        );
     assert!(
         python.is_file(),
         "INFERCACHE_TEST_PYTHON={} is not a file; run scripts/test-python",
@@ -477,4 +507,66 @@ async fn tritonclient_gets_a_miss_then_a_hit_with_identical_outputs() {
     );
     s.stop().await;
     upstream.stop().await;
+}
+
+/// An upstream that answers every inference with `answer` (a fault the real test
+/// upstream never makes), counting its calls.
+async fn broken_upstream(
+    answer: Value,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/v2/models/{name}/infer",
+        axum::routing::post(move || {
+            let (counted, answer) = (Arc::clone(&counted), answer.clone());
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                axum::Json(answer)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+#[tokio::test]
+async fn an_upstream_answer_that_does_not_fit_the_rows_is_502_and_is_not_cached() {
+    use std::sync::atomic::Ordering;
+    let answers = [
+        (
+            json!({"outputs": [
+                {"name": "OUTPUT0", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]},
+                {"name": "OUTPUT1", "datatype": "INT64", "shape": [2], "data": [1, 2]}
+            ]}),
+            "batch dimension",
+        ),
+        (
+            json!({"outputs": [{"name": "OUTPUT1", "datatype": "INT64", "shape": [2], "data": [1, 2]}]}),
+            "`OUTPUT0` was requested but not answered",
+        ),
+        (json!({"model_name": "simple"}), "`outputs`"),
+    ];
+    for (answer, reason) in answers {
+        let (url, calls) = broken_upstream(answer).await;
+        let s = start(&url, "", "").await;
+        let body = json_request(&[1, 2], both_outputs());
+        for call in 1..=2 {
+            let r = post(&s.url, INFER, body.clone(), None).await;
+            assert_eq!(r.status, 502, "{reason}");
+            let error = r.error();
+            assert_eq!(error["code"], "upstream_bad_response", "{reason}");
+            assert_eq!(error["model"], MODEL);
+            assert!(
+                error["message"].as_str().unwrap().contains(reason),
+                "{reason}: {error}"
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), call, "nothing was cached");
+        }
+        s.stop().await;
+    }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use infercache_redis::testing::{RedisServer, RedisServerOptions};
 use infercache_server::ServerConfig;
 use infercache_server::config::{RedisSettings, RedisTarget};
 use infercache_server::model::ModelPool;
-use infercache_redis::testing::{RedisServer, RedisServerOptions};
 use serde_json::{Value, json};
 
 use crate::support::{Server, model};
@@ -61,10 +61,16 @@ async fn a_miss_on_one_server_is_a_hit_on_the_other() {
     assert_eq!((first.status, first.header("x-cache")), (200, "MISS"));
     let second = b.embed(&[], json!(["shared across nodes"])).await;
     assert_eq!((second.status, second.header("x-cache")), (200, "HIT"));
-    assert_eq!(first.body["data"], second.body["data"], "bit-identical vectors");
+    assert_eq!(
+        first.body["data"], second.body["data"],
+        "bit-identical vectors"
+    );
     assert_eq!((texts(&ma), texts(&mb)), (1, 0));
     let stats = redis_stats(&b).await;
-    assert_eq!((stats["hits"].as_u64(), stats["breaker"].as_str()), (Some(1), Some("closed")));
+    assert_eq!(
+        (stats["hits"].as_u64(), stats["breaker"].as_str()),
+        (Some(1), Some("closed"))
+    );
     let ready = b.get("/readyz", &[]).await;
     assert_eq!(ready.body["redis"]["breaker"], "closed", "{}", ready.body);
     a.stop().await;
@@ -75,11 +81,23 @@ async fn a_miss_on_one_server_is_a_hit_on_the_other() {
 async fn an_invalidation_on_one_server_reaches_the_other_within_a_second() {
     let redis = RedisServer::start();
     let (a, _ma, b, mb) = pair(&redis).await;
-    assert_eq!(b.embed(&[], json!(["to invalidate"])).await.header("x-cache"), "MISS");
+    assert_eq!(
+        b.embed(&[], json!(["to invalidate"]))
+            .await
+            .header("x-cache"),
+        "MISS"
+    );
     let only_cached = [("cache-control", "only-if-cached")];
-    assert_eq!(a.embed(&only_cached, json!(["to invalidate"])).await.status, 200);
+    assert_eq!(
+        a.embed(&only_cached, json!(["to invalidate"])).await.status,
+        200
+    );
     // Both nodes subscribed to the epoch channel before the invalidation is made.
-    let mut c = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let mut c = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     wait_for("both subscribed", Duration::from_secs(5), async || {
         let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
             .arg("NUMSUB")
@@ -104,7 +122,12 @@ async fn an_invalidation_on_one_server_reaches_the_other_within_a_second() {
     .await;
     eprintln!("the invalidation reached the other server in {took:?}");
     let before = texts(&mb);
-    assert_eq!(b.embed(&[], json!(["to invalidate"])).await.header("x-cache"), "MISS");
+    assert_eq!(
+        b.embed(&[], json!(["to invalidate"]))
+            .await
+            .header("x-cache"),
+        "MISS"
+    );
     assert_eq!(texts(&mb), before + 1);
     a.stop().await;
     b.stop().await;
@@ -120,7 +143,11 @@ async fn concurrent_identical_requests_to_both_servers_run_the_model_once() {
         let before = texts(&ma) + texts(&mb);
         let mut tasks = Vec::new();
         for i in 0..10 {
-            let server = if i % 2 == 0 { Arc::clone(&a) } else { Arc::clone(&b) };
+            let server = if i % 2 == 0 {
+                Arc::clone(&a)
+            } else {
+                Arc::clone(&b)
+            };
             let text = text.clone();
             tasks.push(tokio::spawn(async move {
                 server.embed(&[], json!([text])).await
@@ -153,9 +180,9 @@ async fn redis_killed_under_load_fails_no_request_and_is_used_again_when_back() 
         load.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let server = if i % 2 == 0 { &a } else { &b };
+                let server = if i.is_multiple_of(2) { &a } else { &b };
                 // Half repeats (hits), half new texts (model, then Redis writes).
-                let text = if i % 2 == 0 {
+                let text = if i.is_multiple_of(2) {
                     format!("repeated {}", i % 10)
                 } else {
                     format!("client {client} new {i}")
@@ -186,7 +213,10 @@ async fn redis_killed_under_load_fails_no_request_and_is_used_again_when_back() 
     assert_eq!(ready.body["redis"]["breaker"], "open");
     let metrics = a.get("/metrics", &[]).await.body;
     let metrics = metrics.as_str().unwrap();
-    assert!(metrics.contains("redis_breaker_state{state=\"open\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("redis_breaker_state{state=\"open\"} 1"),
+        "{metrics}"
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     redis.restart();
@@ -219,8 +249,14 @@ async fn redis_killed_under_load_fails_no_request_and_is_used_again_when_back() 
         assert!(stats["errors"].as_u64() >= Some(1), "{stats}");
         let metrics = s.get("/metrics", &[]).await.body;
         let metrics = metrics.as_str().unwrap();
-        assert!(metrics.contains("redis_breaker_state{state=\"closed\"} 1"), "{metrics}");
-        assert!(!metrics.contains("redis_breaker_opened_total 0"), "{metrics}");
+        assert!(
+            metrics.contains("redis_breaker_state{state=\"closed\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains("redis_breaker_opened_total 0"),
+            "{metrics}"
+        );
     }
     Arc::try_unwrap(a).ok().unwrap().stop().await;
     Arc::try_unwrap(b).ok().unwrap().stop().await;
@@ -234,7 +270,13 @@ async fn redis_auto_starts_a_configured_local_redis_and_stops_it() {
         dir: dir.path().join("redis"),
     });
     let server = Server::start(cfg, model().await).await;
-    assert_eq!(server.embed(&[], json!(["stored in the managed redis"])).await.status, 200);
+    assert_eq!(
+        server
+            .embed(&[], json!(["stored in the managed redis"]))
+            .await
+            .status,
+        200
+    );
     let stats = redis_stats(&server).await;
     let url = stats["endpoint"].as_str().unwrap().to_owned();
     assert!(url.starts_with("redis://127.0.0.1:"), "{url}");
