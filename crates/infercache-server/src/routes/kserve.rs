@@ -15,8 +15,9 @@
 //! input's name, datatype, row shape, parameters and bytes, the same whether it came as
 //! JSON or binary), and the output-affecting parameters: the request `parameters` the
 //! model lists in `params`, the requested outputs with their parameters
-//! ([`OutputSelection::key_bytes`]; `binary_data` is presentation and left out) and the
-//! stored row format's version. The output selection is forwarded upstream rather than
+//! ([`OutputSelection::key_bytes`](crate::kserve::OutputSelection::key_bytes);
+//! `binary_data` is presentation and left out) and the stored row format's version.
+//! The output selection is forwarded upstream rather than
 //! widened to every output: the upstream computes and sends only what was asked for,
 //! and an output's own parameters (Triton's `classification`) change what it holds. The
 //! cost is that a request for a subset of the outputs does not share entries with one
