@@ -16,7 +16,11 @@
 //! | `upstream_unavailable` | 503 | connection refused or failed; the upstream answered 429 or 503 |
 //! | `upstream_connection_broken` | 502 | the connection broke after the request was sent |
 //! | `upstream_error` | 502 | any other error status from the upstream |
-//! | `upstream_bad_response` | 502 | a 2xx body the protocol cannot use (wrong row count, not JSON) | Messages name the field and the limit at fault; an internal
+//! | `upstream_bad_response` | 502 | a 2xx body the protocol cannot use (wrong row count, not JSON, a KServe v2 answer whose outputs are not batched by the rows sent) |
+//!
+//! A KServe v2 inference request the codec refuses is 400 `invalid_inference_request`
+//! with the codec's message (the tensor and field at fault); a path naming a version the
+//! model is not served at is 404 `model_version_not_found`. Messages name the field and the limit at fault; an internal
 //! error is logged here, with its cause, and reaches the client only as "internal server
 //! error".
 
@@ -27,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::config::ConfigError;
+use crate::kserve::KserveError;
 use crate::upstream::{Backend, UpstreamError};
 
 /// Seconds a client is told to wait after a 429.
@@ -96,6 +101,20 @@ pub enum ApiError {
         /// What was asked for.
         requested: String,
         /// What is served.
+        served: String,
+    },
+    /// A KServe v2 inference request the codec refused (malformed, inconsistent, too
+    /// many rows).
+    #[error("invalid inference request: {0}")]
+    InvalidInference(KserveError),
+    /// A model version that is not the one served.
+    #[error("model `{model}` has no version `{requested}`; this server serves version `{served}`")]
+    UnknownVersion {
+        /// The model.
+        model: String,
+        /// The version asked for.
+        requested: String,
+        /// The version served.
         served: String,
     },
     /// A model served by another route.
@@ -194,14 +213,16 @@ impl ApiError {
             | Self::TooManyItems { .. }
             | Self::InputTooLong { .. }
             | Self::InvalidCacheControl(_)
+            | Self::InvalidInference(_)
             | Self::WrongRoute { .. }
             | Self::InvalidKey(_) => StatusCode::BAD_REQUEST,
             Self::Upstream(e) => e.status(),
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::UnknownModel { .. } | Self::NoRoute(_) | Self::EntryNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::UnknownModel { .. }
+            | Self::UnknownVersion { .. }
+            | Self::NoRoute(_)
+            | Self::EntryNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CacheDisabled => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -225,6 +246,8 @@ impl ApiError {
             Self::TooManyItems { .. } => "too_many_inputs",
             Self::InputTooLong { .. } => "input_too_long",
             Self::UnknownModel { .. } => "model_not_found",
+            Self::UnknownVersion { .. } => "model_version_not_found",
+            Self::InvalidInference(_) => "invalid_inference_request",
             Self::WrongRoute { .. } => "wrong_route",
             Self::Upstream(e) => e.code(),
             Self::InvalidCacheControl(_) => "invalid_cache_control",
@@ -269,7 +292,20 @@ impl ApiError {
                 Some(p)
             }
             Self::UnknownModel { .. } | Self::WrongRoute { .. } => Some("model"),
+            Self::UnknownVersion { .. } => Some("version"),
             _ => None,
+        }
+    }
+}
+
+/// A KServe v2 request the codec refused is the client's error (400); a stored row that
+/// does not decode is an internal one (500). The codec's errors about an upstream's
+/// answer never pass here: the route turns them into [`UpstreamError::BadResponse`].
+impl From<KserveError> for ApiError {
+    fn from(e: KserveError) -> Self {
+        match e {
+            KserveError::CorruptRow(_) => Self::internal(e),
+            e => Self::InvalidInference(e),
         }
     }
 }
@@ -354,4 +390,20 @@ pub enum ServerError {
     /// redis-server). Redis being down is not an error: the node serves without it.
     #[error("redis tier: {0}")]
     Redis(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_inference_request_is_400_and_a_corrupt_stored_row_is_500() {
+        let refused = ApiError::from(KserveError::EmptyBatch);
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(refused.code(), "invalid_inference_request");
+        assert!(refused.to_string().contains("batch dimension"), "{refused}");
+        let corrupt = ApiError::from(KserveError::CorruptRow("truncated"));
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(corrupt.to_string(), "internal server error");
+    }
 }

@@ -23,12 +23,14 @@
 //! | `GET /v1/models` | the configured models ([`routes::models`]) | 200, 401 |
 //! | `POST /v1/models/{name}/predict` | plain JSON upstream ([`routes::predict`]) | 200, 400, 401, 404, 413, 429, 502, 503, 504 |
 //! | `POST /v1/models/{name}/run` | Ersilia upstream ([`routes::ersilia`]) | 200, 400, 401, 404, 413, 429, 502, 503, 504 |
+//! | `POST /v2/models/{name}[/versions/{v}]/infer` | KServe v2 / Triton inference, JSON or binary tensors, cached per row ([`routes::kserve`]) | 200, 400, 401, 404, 413, 429, 500, 502, 503, 504 |
 //! | `GET /v2/models/{name}[/versions/{v}][/ready]` | KServe v2 metadata and readiness ([`routes::models`]) | 200, 401, 404, 502, 503, 504 |
 //! | `GET /v2/health/live`, `GET /v2/health/ready` | KServe v2 health | 200, 503 |
 //!
-//! `POST /v1/embeddings` also serves models with an `openai` or `tei` upstream. The KServe
-//! v2 inference route (`POST /v2/models/{name}[/versions/{v}]/infer`) plugs into the same
-//! per-row path ([`upstream`], "Adding a protocol").
+//! `POST /v1/embeddings` also serves models with an `openai` or `tei` upstream. Every
+//! upstream route, the KServe v2 inference route included, takes the same per-row path
+//! ([`upstream`]): a batch is split into rows, each row keyed and looked up, and only the
+//! missing rows go upstream, in one request.
 //!
 //! Every `/v1/*` route may also answer 429 (too many requests in flight, or the model's
 //! queue is full; with `Retry-After`), 503 (draining for shutdown) and 504 (timeout).
@@ -96,6 +98,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{name}/predict", post(routes::predict::predict))
         .route("/v1/models/{name}/run", post(routes::ersilia::run))
         .route("/v2/models/{name}", get(routes::models::metadata))
+        .route("/v2/models/{name}/infer", post(routes::kserve::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(routes::kserve::infer_version),
+        )
         .route(
             "/v2/models/{name}/versions/{version}",
             get(routes::models::version_metadata),

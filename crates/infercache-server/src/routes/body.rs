@@ -29,6 +29,12 @@ pub fn object(
     }
 }
 
+/// The body's bytes, for bodies that are not JSON alone (KServe v2's binary tensors):
+/// 413 past the limit, 400 when unreadable or empty.
+pub fn bytes(body: Result<Bytes, BytesRejection>, limits: &Limits) -> Result<Bytes, ApiError> {
+    read(body, limits)
+}
+
 /// The body's bytes: 413 past the limit, 400 when unreadable or empty.
 fn read(body: Result<Bytes, BytesRejection>, limits: &Limits) -> Result<Bytes, ApiError> {
     let body = body.map_err(|r| {

@@ -8,12 +8,14 @@
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `POST /v1/models/{name}/predict` (plain JSON upstreams) | [`predict`] |
 //! | `POST /v1/models/{name}/run` (Ersilia upstreams) | [`ersilia`] |
+//! | `POST /v2/models/{name}[/versions/{v}]/infer` (KServe v2 upstreams) | [`kserve`] |
 //! | `GET /v1/models`, `GET /v2/health/ready`, `GET /v2/health/live`, `GET /v2/models/{name}[/versions/{v}][/ready]` | [`models`] |
 
 pub mod admin;
 pub mod body;
 pub mod ersilia;
 pub mod health;
+pub mod kserve;
 pub mod models;
 pub mod openai;
 pub mod predict;

@@ -20,7 +20,8 @@
 //!
 //! The protocols themselves live in [`crate::routes`]: `openai` (OpenAI and TEI upstreams
 //! behind `POST /v1/embeddings`), `ersilia` (`POST /v1/models/{name}/run`), `predict`
-//! (plain JSON, `POST /v1/models/{name}/predict`) and `models` (`GET /v1/models`, the
+//! (plain JSON, `POST /v1/models/{name}/predict`), `kserve` (KServe v2 / Triton,
+//! `POST /v2/models/{name}[/versions/{v}]/infer`) and `models` (`GET /v1/models`, the
 //! KServe v2 metadata and health routes).
 //!
 //! # Adding a protocol

@@ -7,6 +7,7 @@ mod cache_control;
 mod embeddings;
 mod errors;
 mod kserve;
+mod kserve_server;
 mod kserve_upstream;
 mod lifecycle;
 mod redis;

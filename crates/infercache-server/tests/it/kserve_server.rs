@@ -1,0 +1,572 @@
+//! KServe v2 inference through a real infercache server in front of a real KServe v2
+//! upstream ([`crate::kserve_upstream`]), both on loopback: rows cached one by one, only
+//! the missing ones sent upstream in one request, JSON and binary clients, errors; and
+//! the official `tritonclient` Python client end to end.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use infercache_server::kserve::{HEADER_LENGTH, InferResponse, parse_response};
+use infercache_server::{ServeArgs, ServerConfig};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+use crate::kserve_upstream::{MODEL, Upstream};
+use crate::support::{Server, model};
+
+/// infercache serving [`MODEL`] from `upstream_url`, with `extra` TOML lines in the
+/// model's table and `top` lines before it.
+async fn start(upstream_url: &str, top: &str, extra: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("infercache.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "no_disk = true\n{top}\n\n[[models]]\nname = \"{MODEL}\"\nbackend = \"kserve-v2\"\nurl = \"{upstream_url}\"\nretries = 0\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    let config = ServerConfig::from_args(&ServeArgs {
+        config: Some(path),
+        ..ServeArgs::default()
+    })
+    .unwrap();
+    Server::start(config, model().await).await
+}
+
+/// An answer read whole.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+
+    /// The body as a KServe v2 response.
+    fn parsed(&self) -> InferResponse {
+        assert_eq!(self.status, 200, "{}", String::from_utf8_lossy(&self.body));
+        let len = self.headers.get(HEADER_LENGTH);
+        parse_response(self.body.clone(), len).unwrap()
+    }
+
+    /// The body as a JSON error.
+    fn error(&self) -> Value {
+        serde_json::from_slice::<Value>(&self.body).unwrap()["error"].clone()
+    }
+}
+
+/// POSTs `body` to `url` + `path`, with `Inference-Header-Content-Length` if given.
+async fn post(url: &str, path: &str, body: Vec<u8>, header_length: Option<usize>) -> Answer {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .body(body);
+    if let Some(len) = header_length {
+        req = req
+            .header(HEADER_LENGTH, len)
+            .header("content-type", "application/octet-stream");
+    } else {
+        req = req.header("content-type", "application/json");
+    }
+    let response = req.send().await.unwrap();
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.unwrap(),
+    }
+}
+
+const INFER: &str = "/v2/models/simple/infer";
+
+/// Row `i` of `INPUT0`: three floats that differ from every other row's.
+fn row(i: usize) -> Vec<f32> {
+    let i = i as f32;
+    vec![i, i + 0.5, -i * 0.25]
+}
+
+/// A JSON request for `rows`, with `extra` fields merged into it.
+fn json_request(rows: &[usize], extra: Value) -> Vec<u8> {
+    let data: Vec<Vec<f32>> = rows.iter().map(|&i| row(i)).collect();
+    let mut body = json!({
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [rows.len(), 3], "data": data}],
+    });
+    if let Value::Object(extra) = extra {
+        body.as_object_mut().unwrap().extend(extra);
+    }
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// A binary request for `rows` asking for both outputs as binary; the body and the JSON
+/// part's length.
+fn binary_request(rows: &[usize]) -> (Vec<u8>, usize) {
+    let raw: Vec<u8> = rows
+        .iter()
+        .flat_map(|&i| row(i))
+        .flat_map(f32::to_le_bytes)
+        .collect();
+    let header = json!({
+        "id": "binary",
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [rows.len(), 3],
+                    "parameters": {"binary_data_size": raw.len()}}],
+        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": true}},
+                    {"name": "OUTPUT1", "parameters": {"binary_data": true}}],
+    });
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let len = body.len();
+    body.extend(raw);
+    (body, len)
+}
+
+/// The outputs both requested explicitly (as the binary client does), as JSON.
+fn both_outputs() -> Value {
+    json!({"outputs": [{"name": "OUTPUT0"}, {"name": "OUTPUT1"}]})
+}
+
+/// What the model computes for `rows`: OUTPUT0's bytes and OUTPUT1's bytes.
+fn expected(rows: &[usize]) -> (Vec<u8>, Vec<u8>) {
+    let out0 = rows
+        .iter()
+        .flat_map(|&i| row(i))
+        .map(|v| v * 2.0 + 1.0)
+        .flat_map(f32::to_le_bytes)
+        .collect();
+    let out1 = rows
+        .iter()
+        .map(|&i| row(i).iter().sum::<f32>() as i64)
+        .flat_map(i64::to_le_bytes)
+        .collect();
+    (out0, out1)
+}
+
+/// Checks that `r` holds both outputs for `rows`, batched, in order.
+fn assert_outputs(r: &InferResponse, rows: &[usize]) {
+    let (out0, out1) = expected(rows);
+    assert_eq!(r.outputs.len(), 2);
+    assert_eq!(r.outputs[0].name, "OUTPUT0");
+    assert_eq!(r.outputs[0].shape, vec![rows.len() as u64, 3]);
+    assert_eq!(&r.outputs[0].data[..], &out0[..]);
+    assert_eq!(r.outputs[1].name, "OUTPUT1");
+    assert_eq!(r.outputs[1].shape, vec![rows.len() as u64]);
+    assert_eq!(&r.outputs[1].data[..], &out1[..]);
+}
+
+#[tokio::test]
+async fn json_and_binary_clients_miss_then_hit_the_same_rows_with_identical_outputs() {
+    let upstream = Upstream::start().await;
+    let s = start(&upstream.url, "", "").await;
+
+    let body = json_request(&[0, 1], both_outputs());
+    let first = post(&s.url, INFER, body.clone(), None).await;
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!(first.header("x-cache-misses"), "2");
+    assert_eq!(first.header("content-type"), "application/json");
+    assert!(
+        first.headers.get(HEADER_LENGTH).is_none(),
+        "JSON was asked for"
+    );
+    let json: Value = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(json["model_name"], MODEL);
+    assert_eq!(
+        json["outputs"][1]["data"],
+        json!([0, 2]),
+        "row sums 0 and 2.25"
+    );
+    assert_outputs(&first.parsed(), &[0, 1]);
+
+    let second = post(&s.url, INFER, body, None).await;
+    assert_eq!(second.header("x-cache"), "HIT");
+    assert_eq!(second.header("x-cache-hits"), "2");
+    assert_eq!(second.body, first.body, "a hit answers the same bytes");
+
+    // The same rows, sent as binary tensors, hit the entries the JSON call stored, and
+    // come back as binary.
+    let (body, len) = binary_request(&[0, 1]);
+    let binary = post(&s.url, INFER, body, Some(len)).await;
+    assert_eq!(binary.header("x-cache"), "HIT");
+    assert_eq!(binary.header("content-type"), "application/octet-stream");
+    assert!(binary.headers.get(HEADER_LENGTH).is_some());
+    let parsed = binary.parsed();
+    assert_eq!(parsed.id.as_deref(), Some("binary"));
+    assert_eq!(parsed.outputs, first.parsed().outputs);
+
+    // A binary client first, then a JSON one, on rows not seen yet.
+    let (body, len) = binary_request(&[5]);
+    let miss = post(&s.url, INFER, body, Some(len)).await;
+    assert_eq!(miss.header("x-cache"), "MISS");
+    let hit = post(&s.url, INFER, json_request(&[5], both_outputs()), None).await;
+    assert_eq!(hit.header("x-cache"), "HIT");
+    assert_eq!(hit.parsed().outputs, miss.parsed().outputs);
+    assert_outputs(&hit.parsed(), &[5]);
+
+    assert_eq!(
+        (
+            upstream.calls(),
+            upstream.rows(),
+            upstream.binary_requests()
+        ),
+        (2, 3, 2),
+        "two misses, sent upstream as binary tensors"
+    );
+    s.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_of_8_with_3_cached_sends_the_5_missing_rows_in_one_request_and_answers_in_order() {
+    let upstream = Upstream::start().await;
+    let s = start(&upstream.url, "", "").await;
+    let cached = [13, 11, 16];
+    let first = post(&s.url, INFER, json_request(&cached, both_outputs()), None).await;
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!((upstream.calls(), upstream.rows()), (1, 3));
+
+    let batch = [10, 11, 12, 13, 14, 15, 16, 17];
+    let (body, len) = binary_request(&batch);
+    let answer = post(&s.url, INFER, body, Some(len)).await;
+    assert_eq!(answer.header("x-cache"), "PARTIAL");
+    assert_eq!(answer.header("x-cache-hits"), "3");
+    assert_eq!(answer.header("x-cache-misses"), "5");
+    assert_eq!(
+        (upstream.calls(), upstream.rows()),
+        (2, 8),
+        "exactly the 5 missing rows, in one request"
+    );
+    assert_outputs(&answer.parsed(), &batch);
+
+    // Repeated rows inside one batch go upstream once, and come back in place.
+    let repeats = [20, 21, 20, 20, 11, 21];
+    let answer = post(&s.url, INFER, json_request(&repeats, both_outputs()), None).await;
+    assert_eq!(answer.header("x-cache"), "PARTIAL");
+    assert_eq!(
+        (upstream.calls(), upstream.rows()),
+        (3, 10),
+        "rows 20 and 21 once each"
+    );
+    assert_outputs(&answer.parsed(), &repeats);
+    s.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn output_affecting_parameters_outputs_and_versions_are_keyed() {
+    let upstream = Upstream::start().await;
+    let s = start(&upstream.url, "", "params = [\"scale\"]\nversion = \"3\"").await;
+    let with = |params: Value| json_request(&[1, 2], json!({"parameters": params}));
+
+    let cases = [
+        (json!({"scale": 1}), "MISS", 1),
+        (json!({"scale": 2}), "MISS", 2),
+        (json!({"scale": 1}), "HIT", 2),
+        (json!({"scale": 1, "trace": true}), "HIT", 2),
+    ];
+    for (params, x_cache, calls) in cases {
+        let answer = post(&s.url, INFER, with(params.clone()), None).await;
+        assert_eq!(answer.header("x-cache"), x_cache, "{params}");
+        assert_eq!(upstream.calls(), calls, "{params}");
+        assert_outputs(&answer.parsed(), &[1, 2]);
+    }
+
+    // Another output selection is another entry, and gets only what it asked for.
+    let only = json_request(
+        &[1, 2],
+        json!({"parameters": {"scale": 1}, "outputs": [{"name": "OUTPUT1"}]}),
+    );
+    let answer = post(&s.url, INFER, only.clone(), None).await;
+    assert_eq!(answer.header("x-cache"), "MISS");
+    let parsed = answer.parsed();
+    assert_eq!(parsed.outputs.len(), 1);
+    assert_eq!(parsed.outputs[0].name, "OUTPUT1");
+    assert_eq!(parsed.model_version.as_deref(), Some("3"));
+
+    // The versioned path shares the model's entries; another version is 404.
+    let versioned = post(&s.url, "/v2/models/simple/versions/3/infer", only, None).await;
+    assert_eq!(versioned.header("x-cache"), "HIT");
+    let other = post(
+        &s.url,
+        "/v2/models/simple/versions/4/infer",
+        with(json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(other.status, 404);
+    assert_eq!(other.error()["code"], "model_version_not_found");
+    assert!(
+        other.error()["message"].as_str().unwrap().contains("`4`"),
+        "{}",
+        other.error()
+    );
+    let unknown = post(&s.url, "/v2/models/nope/infer", with(json!({})), None).await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.error()["code"], "model_not_found");
+    assert!(
+        unknown.error()["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope")
+    );
+    assert_eq!(upstream.calls(), 3);
+    s.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_and_hostile_bodies_get_400_and_the_server_keeps_serving() {
+    let upstream = Upstream::start().await;
+    let s = start(
+        &upstream.url,
+        "max_items = 16\nmax_body_size = \"64KiB\"",
+        "",
+    )
+    .await;
+    let input = |shape: Value, data: Value| {
+        json!({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": shape, "data": data}]})
+            .to_string()
+            .into_bytes()
+    };
+    let (binary, len) = binary_request(&[1, 2]);
+    let cases: Vec<(&str, Vec<u8>, Option<usize>, &str)> = vec![
+        (
+            "not JSON",
+            b"{\"inputs\": [".to_vec(),
+            None,
+            "not valid JSON",
+        ),
+        ("no inputs", b"{}".to_vec(), None, "`inputs`"),
+        (
+            "empty inputs",
+            b"{\"inputs\": []}".to_vec(),
+            None,
+            "at least one",
+        ),
+        (
+            "element count",
+            input(json!([2, 3]), json!([1, 2, 3])),
+            None,
+            "elements",
+        ),
+        (
+            "overflowing shape",
+            input(
+                json!([4294967296u64, 4294967296u64, 4294967296u64]),
+                json!([1]),
+            ),
+            None,
+            "shape",
+        ),
+        (
+            "scalar",
+            input(json!([]), json!([1])),
+            None,
+            "no batch dimension",
+        ),
+        ("zero rows", input(json!([0, 3]), json!([])), None, "0"),
+        (
+            "too many rows",
+            input(json!([17, 1]), json!(vec![1.0; 17])),
+            None,
+            "at most 16",
+        ),
+        (
+            "unknown datatype",
+            br#"{"inputs":[{"name":"INPUT0","datatype":"FP128","shape":[1],"data":[1]}]}"#.to_vec(),
+            None,
+            "FP128",
+        ),
+        (
+            "header length past the body",
+            binary.clone(),
+            Some(binary.len() + 1),
+            "Inference-Header-Content-Length",
+        ),
+        (
+            "binary data cut short",
+            binary[..binary.len() - 4].to_vec(),
+            Some(len),
+            "binary_data_size",
+        ),
+        (
+            "trailing binary bytes",
+            [&binary[..], &[0, 0, 0, 0]].concat(),
+            Some(len),
+            "follow the last binary tensor",
+        ),
+    ];
+    for (what, body, header_length, message) in cases {
+        let answer = post(&s.url, INFER, body, header_length).await;
+        assert_eq!(answer.status, 400, "{what}");
+        let error = answer.error();
+        assert!(
+            error["message"].as_str().unwrap().contains(message),
+            "{what}: {error}"
+        );
+    }
+    let invalid = post(&s.url, INFER, b"[1]".to_vec(), None).await;
+    assert_eq!(invalid.error()["code"], "invalid_inference_request");
+    let bad_length = reqwest::Client::new()
+        .post(format!("{}{INFER}", s.url))
+        .header(HEADER_LENGTH, "twelve")
+        .body(binary.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_length.status(), 400);
+
+    let huge = input(json!([1, 20000]), json!(vec![0.125; 20000]));
+    assert!(huge.len() > 64 << 10);
+    let too_large = post(&s.url, INFER, huge, None).await;
+    assert_eq!(too_large.status, 413);
+
+    assert_eq!(upstream.calls(), 0, "nothing refused reached the upstream");
+    let fine = post(&s.url, INFER, binary, Some(len)).await;
+    assert_eq!(fine.header("x-cache"), "MISS");
+    assert_outputs(&fine.parsed(), &[1, 2]);
+    s.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_down_is_503_and_one_that_refuses_is_502_naming_the_model() {
+    let upstream = Upstream::start().await;
+    let url = upstream.url.clone();
+    upstream.stop().await;
+    let s = start(&url, "", "").await;
+    let down = post(&s.url, INFER, json_request(&[1], json!({})), None).await;
+    assert_eq!(down.status, 503);
+    assert_eq!(down.header("retry-after"), "1");
+    let error = down.error();
+    assert_eq!(error["code"], "upstream_unavailable");
+    assert_eq!(error["model"], MODEL);
+    s.stop().await;
+
+    // An upstream that does not know the model answers 404: the upstream's error, 502.
+    let upstream = Upstream::start().await;
+    let s = start(&upstream.url, "", "upstream_name = \"missing\"").await;
+    let refused = post(&s.url, INFER, json_request(&[1], json!({})), None).await;
+    assert_eq!(refused.status, 502);
+    let error = refused.error();
+    assert_eq!(error["code"], "upstream_error");
+    assert_eq!(error["model"], MODEL);
+    assert_eq!(error["upstream_status"], 404);
+    s.stop().await;
+    upstream.stop().await;
+}
+
+/// The Python with `tritonclient[http]` and numpy: `INFERCACHE_TEST_PYTHON`, which
+/// `scripts/test` sets up (`scripts/test-python`). Fails the test when it is missing.
+fn test_python() -> PathBuf {
+    let python = std::env::var_os("INFERCACHE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .expect(
+            "this test runs the official tritonclient: set INFERCACHE_TEST_PYTHON to a python \
+         with tritonclient[http] and numpy (scripts/test-python creates one; scripts/test does \
+         it for you)",
+        );
+    assert!(
+        python.is_file(),
+        "INFERCACHE_TEST_PYTHON={} is not a file; run scripts/test-python",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test]
+async fn tritonclient_gets_a_miss_then_a_hit_with_identical_outputs() {
+    let python = test_python();
+    let upstream = Upstream::start().await;
+    let s = start(&upstream.url, "", "").await;
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/tritonclient_check.py");
+    let url = s.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(url)
+            .args(["--expect-cache", "--check-simple"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tritonclient_check.py failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["x_cache"], json!(["MISS", "HIT"]), "{report}");
+    assert_eq!(report["identical"], true);
+    assert_eq!(report["tritonclient"], "2.73.0");
+    assert_eq!(
+        (upstream.calls(), upstream.rows()),
+        (1, 4),
+        "the second call never reached the upstream"
+    );
+    s.stop().await;
+    upstream.stop().await;
+}
+
+/// An upstream that answers every inference with `answer` (a fault the real test
+/// upstream never makes), counting its calls.
+async fn broken_upstream(
+    answer: Value,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/v2/models/{name}/infer",
+        axum::routing::post(move || {
+            let (counted, answer) = (Arc::clone(&counted), answer.clone());
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                axum::Json(answer)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+#[tokio::test]
+async fn an_upstream_answer_that_does_not_fit_the_rows_is_502_and_is_not_cached() {
+    use std::sync::atomic::Ordering;
+    let answers = [
+        (
+            json!({"outputs": [
+                {"name": "OUTPUT0", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]},
+                {"name": "OUTPUT1", "datatype": "INT64", "shape": [2], "data": [1, 2]}
+            ]}),
+            "batch dimension",
+        ),
+        (
+            json!({"outputs": [{"name": "OUTPUT1", "datatype": "INT64", "shape": [2], "data": [1, 2]}]}),
+            "`OUTPUT0` was requested but not answered",
+        ),
+        (json!({"model_name": "simple"}), "`outputs`"),
+    ];
+    for (answer, reason) in answers {
+        let (url, calls) = broken_upstream(answer).await;
+        let s = start(&url, "", "").await;
+        let body = json_request(&[1, 2], both_outputs());
+        for call in 1..=2 {
+            let r = post(&s.url, INFER, body.clone(), None).await;
+            assert_eq!(r.status, 502, "{reason}");
+            let error = r.error();
+            assert_eq!(error["code"], "upstream_bad_response", "{reason}");
+            assert_eq!(error["model"], MODEL);
+            assert!(
+                error["message"].as_str().unwrap().contains(reason),
+                "{reason}: {error}"
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), call, "nothing was cached");
+        }
+        s.stop().await;
+    }
+}
