@@ -9,7 +9,8 @@ use tokio::sync::Semaphore;
 use crate::auth::ApiKeys;
 use crate::config::Limits;
 use crate::embed::{Embed, ModelInfo};
-use crate::metrics::Metrics;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, Rejection};
 use crate::upstream::Models;
 
 /// The state behind [`crate::app`]. Cheap to clone; clones share everything.
@@ -77,11 +78,19 @@ impl AppState {
         }
     }
 
-    /// Reserves room for `n` inputs until the permit drops; `None` when as many inputs as
+    /// Reserves room for `n` inputs until the permit drops.
+    ///
+    /// # Errors
+    /// [`ApiError::Overloaded`] (a 429, counted) when as many inputs as
     /// [`IN_FLIGHT_REQUESTS_OF_MAX_ITEMS`] full requests hold are already in flight.
-    pub fn reserve_items(&self, n: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let n = u32::try_from(n).ok()?;
-        Arc::clone(&self.inner.items).try_acquire_many_owned(n).ok()
+    pub fn reserve_items(&self, n: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        u32::try_from(n)
+            .ok()
+            .and_then(|n| Arc::clone(&self.inner.items).try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                self.inner.metrics.rejected(Rejection::Overloaded);
+                ApiError::Overloaded
+            })
     }
 
     /// The cache; `None` when disabled.

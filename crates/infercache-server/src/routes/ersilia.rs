@@ -37,7 +37,6 @@ use serde_json::Value;
 use super::body;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::metrics::Rejection;
 use crate::state::AppState;
 use crate::upstream::{Backend, CacheControl, RemoteModel, RowRequest, UpstreamError, fetch_rows};
 use crate::{cache_control, routes};
@@ -66,10 +65,7 @@ pub async fn run(
     }
     let params = model.key_params(None, serde_json::Map::new())?;
     let rows = super::predict::canonical_rows(&inputs)?;
-    let _room = state.reserve_items(inputs.len()).ok_or_else(|| {
-        state.metrics().rejected(Rejection::Overloaded);
-        ApiError::Overloaded
-    })?;
+    let _room = state.reserve_items(inputs.len())?;
 
     let request = RowRequest {
         model: Arc::clone(&model),

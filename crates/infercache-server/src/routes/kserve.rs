@@ -59,7 +59,6 @@ use crate::error::ApiError;
 use crate::kserve::{
     self, Encoded, HEADER_LENGTH, InferRequest, ResponseMeta, Row, RowOutput, WireFormat,
 };
-use crate::metrics::Rejection;
 use crate::state::AppState;
 use crate::upstream::{Backend, RemoteModel, RowRequest, UpstreamError, fetch_rows};
 use crate::{cache_control, routes};
@@ -133,10 +132,7 @@ async fn serve(
         Value::from(kserve::ROW_FORMAT_VERSION),
     );
     let params = model.key_params(Some(&request.parameters), protocol)?;
-    let _room = state.reserve_items(rows.len()).ok_or_else(|| {
-        state.metrics().rejected(Rejection::Overloaded);
-        ApiError::Overloaded
-    })?;
+    let _room = state.reserve_items(rows.len())?;
 
     let row_request = RowRequest {
         model: Arc::clone(&model),

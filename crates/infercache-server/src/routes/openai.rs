@@ -33,7 +33,6 @@ use serde::Serialize;
 use super::body;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::metrics::Rejection;
 use crate::service::{self, Embedded};
 use crate::state::AppState;
 use crate::upstream::{
@@ -157,10 +156,7 @@ pub async fn embeddings(
     }
 
     // Held until the response is rendered: bounds the memory of vectors and JSON in flight.
-    let _room = state.reserve_items(texts.len()).ok_or_else(|| {
-        state.metrics().rejected(Rejection::Overloaded);
-        ApiError::Overloaded
-    })?;
+    let _room = state.reserve_items(texts.len())?;
     let embedded = service::embed_texts(&state, &caller.tenant, &texts, &directives).await?;
     let headers = routes::cache_headers(&embedded);
     let outcome = embedded.outcome();
@@ -257,10 +253,7 @@ async fn remote(
         protocol.insert("dimensions".to_owned(), d.into());
     }
     let params = model.key_params(None, protocol)?;
-    let _room = state.reserve_items(texts.len()).ok_or_else(|| {
-        state.metrics().rejected(Rejection::Overloaded);
-        ApiError::Overloaded
-    })?;
+    let _room = state.reserve_items(texts.len())?;
 
     let request = RowRequest {
         model: std::sync::Arc::clone(&model),

@@ -24,7 +24,6 @@ use serde_json::{Map, Value, json};
 use super::body;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::metrics::Rejection;
 use crate::state::AppState;
 use crate::upstream::{
     Backend, CanonicalInput, RemoteModel, RowRequest, UpstreamError, fetch_rows,
@@ -61,10 +60,7 @@ pub async fn predict(
     };
     let params = model.key_params(parameters.as_ref(), Map::new())?;
     let rows = canonical_rows(&inputs)?;
-    let _room = state.reserve_items(inputs.len()).ok_or_else(|| {
-        state.metrics().rejected(Rejection::Overloaded);
-        ApiError::Overloaded
-    })?;
+    let _room = state.reserve_items(inputs.len())?;
 
     let request = RowRequest {
         model: Arc::clone(&model),

@@ -180,7 +180,11 @@ async fn redis_killed_under_load_fails_no_request_and_is_used_again_when_back() 
         load.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let server = if (i + client).is_multiple_of(2) { &a } else { &b };
+                let server = if (i + client).is_multiple_of(2) {
+                    &a
+                } else {
+                    &b
+                };
                 // Half repeats (hits), half new texts (model, then Redis writes), on both.
                 let text = if (i / 2).is_multiple_of(2) {
                     format!("repeated {}", i % 10)
