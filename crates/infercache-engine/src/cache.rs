@@ -1027,10 +1027,7 @@ impl Cache {
             .iter()
             .map(|d| self.inner.pending_removals.contains_key(d))
             .collect();
-        let generations: Vec<u64> = digests
-            .iter()
-            .map(|d| *self.inner.stripe(d).lock())
-            .collect();
+        let generations = self.inner.generations(&digests);
         let entries: Vec<Option<DiskEntry>> = disk
             .run(move |d| {
                 digests
@@ -1086,10 +1083,7 @@ impl Cache {
             return Vec::new();
         }
         let digests: Vec<Digest> = keys.iter().map(|k| k.digest).collect();
-        let generations: Vec<u64> = digests
-            .iter()
-            .map(|d| *self.inner.stripe(d).lock())
-            .collect();
+        let generations = self.inner.generations(&digests);
         let entries = remote.get_many(&digests).await;
         let now = self.inner.clock.now_ms();
         let mut to_disk = Vec::new();
@@ -1270,6 +1264,11 @@ impl Inner {
             m.insert(*key, entry);
         }
         true
+    }
+
+    /// The write generation of each key's stripe now (see [`Inner::promote`]).
+    fn generations(&self, keys: &[Digest]) -> Vec<u64> {
+        keys.iter().map(|d| *self.stripe(d).lock()).collect()
     }
 
     fn stripe(&self, key: &Digest) -> &Mutex<u64> {
