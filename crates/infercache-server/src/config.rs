@@ -823,6 +823,60 @@ mod tests {
     }
 
     #[test]
+    fn redis_settings_resolve_and_bad_ones_name_the_key() {
+        let redis = |r: &str, f: &str| {
+            let args = ServeArgs {
+                redis: Some(r.to_owned()),
+                ..ServeArgs::default()
+            };
+            ServerConfig::resolve(args, file(f)).map(|c| c.redis.unwrap())
+        };
+        let auto = redis("auto", "").unwrap();
+        assert_eq!(
+            auto.target,
+            RedisTarget::Auto {
+                memory_fraction: 0.3,
+                dir: infercache_model::default_cache_dir().join("redis"),
+            }
+        );
+        assert_eq!(
+            (auto.prefix.as_str(), auto.timeout, auto.write_back_queue),
+            ("infercache:", Duration::from_millis(50), None)
+        );
+        let from_file = redis(
+            "auto",
+            "redis_memory_fraction = 0.5\nredis_write_back_queue = 64",
+        )
+        .unwrap();
+        assert!(matches!(
+            from_file.target,
+            RedisTarget::Auto { memory_fraction, .. } if memory_fraction == 0.5
+        ));
+        assert_eq!(from_file.write_back_queue, Some(64));
+        let err = redis("auto", "redis_memory_fraction = 0.8")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("redis_memory_fraction") && err.contains("0.1") && err.contains("0.7"),
+            "{err}"
+        );
+        assert_eq!(
+            redis("redis://a:1,redis://b:2", "").unwrap().target,
+            RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert_eq!(
+            redis("rediss://:pw@h:6380/2", "").unwrap().target,
+            RedisTarget::Url("rediss://:pw@h:6380/2".into())
+        );
+        let err = redis("http://:secret@h", "").unwrap_err().to_string();
+        assert!(err.contains("redis://") && !err.contains("secret"), "{err}");
+        let err = redis("redis://h", "redis_memory_fraction = 0.3").unwrap_err();
+        assert!(err.to_string().contains("only to redis = auto"), "{err}");
+        let none = ServerConfig::resolve(ServeArgs::default(), file("redis_prefix = \"x:\""));
+        assert!(none.unwrap_err().to_string().contains("need redis"));
+    }
+
+    #[test]
     fn defaults_apply_with_nothing_given() {
         let c = ServerConfig::resolve(ServeArgs::default(), FileConfig::default()).unwrap();
         let disk = c.disk.clone().expect("serve runs the disk tier by default");
