@@ -64,13 +64,61 @@ impl ModelPool {
         Ok(Self {
             pool,
             info: ModelInfo {
-                id: MODEL_NAME.to_owned(),
-                aliases: vec![MODEL_ID.to_owned()],
-                version: format!("1+max_tokens={MAX_TOKENS}"),
                 artifact: Some(artifact),
-                dims: DIMS,
+                ..builtin_info()
             },
         })
+    }
+}
+
+/// The built-in model's identity (the artifact digest is added once the weights are
+/// verified).
+fn builtin_info() -> ModelInfo {
+    ModelInfo {
+        id: MODEL_NAME.to_owned(),
+        aliases: vec![MODEL_ID.to_owned()],
+        version: format!("1+max_tokens={MAX_TOKENS}"),
+        artifact: None,
+        dims: DIMS,
+    }
+}
+
+/// What a server holds in the built-in model's place when its `[[models]]` leave the
+/// built-in model out: its identity without its weights, so a proxy-only deployment never
+/// loads or downloads them. No route reaches it (the model is not served), and `embed`
+/// refuses.
+#[derive(Debug)]
+pub struct NotServed {
+    info: ModelInfo,
+}
+
+impl Default for NotServed {
+    fn default() -> Self {
+        Self {
+            info: builtin_info(),
+        }
+    }
+}
+
+impl Embed for NotServed {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn count_tokens(&self, _text: &str) -> usize {
+        0
+    }
+
+    fn embed(&self, _texts: Vec<String>) -> EmbedFuture<'_> {
+        Box::pin(async {
+            Err(EmbedError::Failed(
+                "the built-in model is not served by this configuration".into(),
+            ))
+        })
+    }
+
+    fn stats(&self) -> InferenceStats {
+        InferenceStats::default()
     }
 }
 
@@ -111,6 +159,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let serves_builtin = config.models.is_empty()
+        || config
+            .models
+            .iter()
+            .any(|m| m.backend == crate::upstream::Backend::Builtin);
+    if !serves_builtin {
+        tracing::info!("{MODEL_NAME} is not among the configured models: not loading it");
+        return run_with(config, Arc::new(NotServed::default()), listener, shutdown).await;
+    }
     let model_dir = config.model_dir.clone();
     let batch = config.batch;
     match &model_dir {

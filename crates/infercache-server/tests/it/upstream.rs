@@ -80,3 +80,57 @@ async fn models_from_the_config_file_are_served_and_cached_per_row() {
     assert_eq!(builtin.code(), "model_not_found");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_proxy_only_configuration_never_loads_the_builtin_model() {
+    let (url, rows) = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("infercache.toml");
+    // A model directory that does not exist: loading the built-in model would fail.
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            no_disk = true
+            model_dir = "{}"
+
+            [[models]]
+            name = "scorer"
+            backend = "http-json"
+            url = "{url}/score"
+            "#,
+            dir.path().join("no-model-here").display()
+        ),
+    )
+    .unwrap();
+    let config = ServerConfig::from_args(&ServeArgs {
+        config: Some(path),
+        ..ServeArgs::default()
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(infercache_server::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let mut reply = None;
+    for _ in 0..100 {
+        if let Ok(r) = client
+            .post(format!("{base}/v1/models/scorer/predict"))
+            .json(&json!({ "inputs": ["x"] }))
+            .send()
+            .await
+        {
+            reply = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let reply = reply.expect("the server answers");
+    assert_eq!(reply.status(), 200);
+    assert_eq!(rows.load(Ordering::SeqCst), 1);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
