@@ -1,29 +1,48 @@
 //! `POST /v1/models/{name}/run`: Ersilia-style, for a model with an `ersilia` upstream.
 //!
-//! Request body: a JSON array of inputs, each a string (`"CCO"`) or an object
-//! `{"key": "...", "input": "..."}` (`key` optional). Response: a JSON array with one
-//! output row per input, in order, with the `X-Cache*` headers.
+//! Request body, as ersilia-pack's `Union[List[str], List[InputItem]]`: a non-empty JSON
+//! array either of strings (`["CCO", "CCCO"]`) or of objects `{"key": "...", "input":
+//! "..."}` with both fields strings. A list that mixes the two, an object without `key`
+//! or `input`, or one whose `key` or `input` is not a string is refused (400) before
+//! anything is looked up, as ersilia-pack refuses it (422); so are empty inputs and
+//! object fields other than `key` and `input` (which ersilia-pack would silently drop).
+//! Response: a JSON array with one output row per input, in order, with the `X-Cache*`
+//! headers.
+//!
+//! Each row is keyed by its input string alone, as ersilia-pack's own cache is: `"CCO"`
+//! and `{"key": "k1", "input": "CCO"}` share an entry, whatever the key. ersilia-pack
+//! replaces objects by their `input` before running the model and indexes its output by
+//! those inputs, so the `key` never changes an output; for the same reason the missing
+//! inputs go upstream as `POST {url}/run` with a JSON array of strings whatever form the
+//! client used (a form ersilia-pack accepts for every request). The upstream must answer
+//! a JSON array with one row per input.
 //!
 //! Query flags, with ersilia-pack's meaning (each `true`/`false`, also `1`/`0`,
 //! `yes`/`no`, `on`/`off`):
 //!
 //! | flag | default | effect |
 //! |---|---|---|
-//! | `fetch_cache` | true | `false`: do not read the cache; compute every row (as `Cache-Control: no-cache`) |
+//! | `fetch_cache` | true | `false`: do not read the cache and store nothing; every row is computed, and `save_cache` and `cache_only` are ignored |
 //! | `save_cache` | true | `false`: store nothing computed (as `Cache-Control: no-store`) |
 //! | `cache_only` | false | never call the upstream: a row that is not cached comes back as a row of nulls |
 //!
-//! `cache_only=true` with `fetch_cache=false` is refused (400): it could return nothing.
+//! This is what ersilia-pack's `get_cached_or_compute` does with them, with one
+//! difference: its defaults are `false` (no cache unless asked for), ours `true`, since
+//! a client sends its requests here to have them cached. As in ersilia-pack, the flags
+//! have no effect on a model whose rows are never cached (`deterministic = false`, or
+//! the cache disabled): every row is computed. `cache_only=true` with `Cache-Control:
+//! no-cache` is refused (400): it could return nothing.
+//!
 //! A row of nulls has the shape of the first cached row of the response: an object with
 //! the same keys, every value `null`; an array of as many `null`s; else `null` (also
 //! when no row of the response is cached). Any other query parameter is refused (400),
 //! so that one that changes the output (ersilia-pack's `orient`) never shares entries
 //! with the default: the upstream is always called with its defaults.
 //!
-//! Each input is keyed by its canonical JSON (so `{"key", "input"}` objects whose keys
-//! differ only in order share an entry, and a bare string is its own row). The missing
-//! inputs go upstream as `POST {url}/run` with the JSON array of those inputs as sent;
-//! the upstream must answer a JSON array with one row per input.
+//! A computed row that is entirely null (`null`, or an object or array whose every value
+//! is `null`) is ersilia-pack's result for an input the model failed on: it is returned
+//! but not kept in the cache, so the next request for that input computes it again and
+//! `cache_only` reports it as not cached.
 
 use std::sync::Arc;
 
@@ -38,7 +57,10 @@ use super::body;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::upstream::{Backend, CacheControl, RemoteModel, RowRequest, UpstreamError, fetch_rows};
+use crate::upstream::rows::fetch_rows_keeping;
+use crate::upstream::{
+    Backend, CacheControl, CanonicalInput, RemoteModel, RowRequest, UpstreamError,
+};
 use crate::{cache_control, routes};
 
 const FLAGS: &str = "fetch_cache, save_cache, cache_only";
@@ -60,11 +82,14 @@ pub async fn run(
         .models()
         .resolve(&name, &[Backend::Ersilia], &state.model().id)?;
     let inputs = body::row_array(body::value(body, state.limits())?, "body", state.limits())?;
-    for (i, input) in inputs.iter().enumerate() {
-        check_input(input, i)?;
+    let texts = Arc::new(input_strings(&inputs)?);
+    if !model.config().deterministic || state.cache().is_none() {
+        // Nothing is cached for this model: ersilia-pack computes every row whatever
+        // the flags say.
+        control.cache_only = false;
     }
     let params = model.key_params(None, serde_json::Map::new())?;
-    let rows = super::predict::canonical_rows(&inputs)?;
+    let rows = texts.iter().map(|t| CanonicalInput::text(t)).collect();
     let _room = state.reserve_items(inputs.len())?;
 
     let request = RowRequest {
@@ -74,29 +99,40 @@ pub async fn run(
         params,
         control,
     };
-    let inputs = Arc::new(inputs);
-    let rows = fetch_rows(&state, request, move |indices: Vec<usize>| {
-        let body = Value::Array(indices.iter().map(|&i| inputs[i].clone()).collect());
+    let fetch = move |indices: Vec<usize>| {
+        let body = Value::Array(
+            indices
+                .iter()
+                .map(|&i| Value::String(texts[i].clone()))
+                .collect(),
+        );
         let model = Arc::clone(&model);
         async move { run_upstream(&model, &body).await }
-    })
-    .await?;
+    };
+    let rows = fetch_rows_keeping(&state, request, fetch, Some(not_all_null)).await?;
     let headers = rows.headers();
     let absent = null_row(&rows.values)?;
     let body = routes::json_rows(b"", &rows.values, &absent, b"");
     Ok(routes::json_response(body, headers))
 }
 
-/// Applies the query flags to `control`.
+/// Applies the query flags to `control` as ersilia-pack's `get_cached_or_compute` does:
+/// `fetch_cache=false` turns `save_cache` and `cache_only` off.
 fn flags(query: &[(String, String)], control: &mut CacheControl) -> Result<(), ApiError> {
+    let (mut fetch_cache, mut save_cache, mut cache_only) = (true, true, false);
     for (name, value) in query {
-        if !["fetch_cache", "save_cache", "cache_only"].contains(&name.as_str()) {
-            return Err(ApiError::UnsupportedField {
-                field: name.clone(),
-                hint: format!("supported query parameters are {FLAGS}"),
-            });
-        }
-        let on = match value.to_ascii_lowercase().as_str() {
+        let flag = match name.as_str() {
+            "fetch_cache" => &mut fetch_cache,
+            "save_cache" => &mut save_cache,
+            "cache_only" => &mut cache_only,
+            _ => {
+                return Err(ApiError::UnsupportedField {
+                    field: name.clone(),
+                    hint: format!("supported query parameters are {FLAGS}"),
+                });
+            }
+        };
+        *flag = match value.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
             _ => {
@@ -106,52 +142,94 @@ fn flags(query: &[(String, String)], control: &mut CacheControl) -> Result<(), A
                 ));
             }
         };
-        match name.as_str() {
-            "fetch_cache" => control.options.no_cache |= !on,
-            "save_cache" => control.options.no_store |= !on,
-            _ => control.cache_only = on,
-        }
+    }
+    if !fetch_cache {
+        control.options.no_cache = true;
+        control.options.no_store = true;
+    } else {
+        control.options.no_store |= !save_cache;
+        control.cache_only = cache_only;
     }
     if control.cache_only && control.options.no_cache {
         return Err(ApiError::invalid(
             "cache_only",
-            "cache_only=true cannot be combined with fetch_cache=false (or Cache-Control: no-cache)",
+            "cache_only=true cannot be combined with Cache-Control: no-cache",
         ));
     }
     Ok(())
 }
 
-/// An input is a non-empty string or `{"input": string, "key"?: string}`.
-fn check_input(input: &Value, i: usize) -> Result<(), ApiError> {
-    let param = || format!("body[{i}]");
-    match input {
-        Value::String(s) if !s.is_empty() => Ok(()),
-        Value::String(_) => Err(ApiError::EmptyString { param: param() }),
-        Value::Object(obj) => {
-            if let Some(field) = obj.keys().find(|k| *k != "key" && *k != "input") {
-                return Err(ApiError::invalid(
-                    param(),
-                    format!(
-                        "unsupported field `{field}`; an input object holds `input` and optionally `key`"
-                    ),
-                ));
+/// Each input's string: the body is all strings or all `{"key": string, "input":
+/// string}` objects (ersilia-pack's `Union[List[str], List[InputItem]]`), inputs non-empty.
+fn input_strings(inputs: &[Value]) -> Result<Vec<String>, ApiError> {
+    let objects = inputs.first().is_some_and(Value::is_object);
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let param = || format!("body[{i}]");
+            let text = match input {
+                Value::String(s) if !objects => s,
+                Value::Object(obj) if objects => object_input(obj, &param)?,
+                Value::String(_) | Value::Object(_) => {
+                    return Err(ApiError::invalid(
+                        param(),
+                        format!(
+                            "the body mixes strings and objects; it must be all strings or all \
+                             {{\"key\", \"input\"}} objects (body[0] is {})",
+                            if objects { "an object" } else { "a string" }
+                        ),
+                    ));
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        param(),
+                        format!(
+                            "expected a string or a {{\"key\", \"input\"}} object, got {}",
+                            body::type_name(other)
+                        ),
+                    ));
+                }
+            };
+            if text.is_empty() {
+                return Err(ApiError::EmptyString { param: param() });
             }
-            match (obj.get("input"), obj.get("key")) {
-                (Some(Value::String(s)), None | Some(Value::String(_))) if !s.is_empty() => Ok(()),
-                (None, _) => Err(ApiError::invalid(param(), "missing `input`")),
-                _ => Err(ApiError::invalid(
-                    param(),
-                    "`input` must be a non-empty string and `key` a string",
-                )),
-            }
-        }
-        other => Err(ApiError::invalid(
+            Ok(text.clone())
+        })
+        .collect()
+}
+
+/// The `input` of a `{"key": string, "input": string}` object.
+fn object_input<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    param: &dyn Fn() -> String,
+) -> Result<&'a String, ApiError> {
+    if let Some(field) = obj.keys().find(|k| *k != "key" && *k != "input") {
+        return Err(ApiError::invalid(
             param(),
-            format!(
-                "expected a string or an object with `input`, got {}",
-                body::type_name(other)
-            ),
+            format!("unsupported field `{field}`; an input object holds `key` and `input`"),
+        ));
+    }
+    let string = |field: &str| match obj.get(field) {
+        Some(Value::String(s)) => Ok(s),
+        None => Err(ApiError::invalid(param(), format!("missing `{field}`"))),
+        Some(other) => Err(ApiError::invalid(
+            param(),
+            format!("`{field}` must be a string, got {}", body::type_name(other)),
         )),
+    };
+    string("key")?;
+    string("input")
+}
+
+/// Whether a computed row may be kept: not ersilia-pack's failure row (`null`, or a
+/// non-empty object or array of `null`s).
+fn not_all_null(row: &[u8]) -> bool {
+    match serde_json::from_slice::<Value>(row) {
+        Ok(Value::Null) => false,
+        Ok(Value::Object(obj)) => obj.is_empty() || obj.values().any(|v| !v.is_null()),
+        Ok(Value::Array(a)) => a.is_empty() || a.iter().any(|v| !v.is_null()),
+        _ => true,
     }
 }
 
@@ -180,4 +258,27 @@ async fn run_upstream(model: &RemoteModel, body: &Value) -> Result<Vec<Bytes>, U
         UpstreamError::bad_response(model.name(), format!("expected a JSON array of rows: {e}"))
     })?;
     Ok(routes::row_bytes(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_all_null;
+
+    #[test]
+    fn ersilia_rows_of_nulls_are_not_kept() {
+        for row in ["null", r#"{"a": null, "b": null}"#, "[null, null]"] {
+            assert!(!not_all_null(row.as_bytes()), "{row}");
+        }
+        for row in [
+            r#"{"a": null, "b": 0}"#,
+            "[null, 1]",
+            "{}",
+            "[]",
+            "0",
+            r#""""#,
+            r#"{"a": [null]}"#,
+        ] {
+            assert!(not_all_null(row.as_bytes()), "{row}");
+        }
+    }
 }

@@ -18,7 +18,8 @@
 //!
 //! A model with `deterministic = false`, and every model while the cache is disabled:
 //! every row goes upstream, repeated rows included (a generative model's repeated row
-//! is a second sample, not a duplicate).
+//! is a second sample, not a duplicate). A computed row the protocol refuses to keep
+//! ([`fetch_rows_keeping`]: Ersilia's row of nulls) is returned but removed once stored.
 //!
 //! # Freshness and stale-if-error
 //!
@@ -29,14 +30,14 @@
 //! marked stale (`X-Cache: STALE`). A request with `no-cache` (or Ersilia's
 //! `fetch_cache=false`) asked for a fresh answer and gets the error instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::http::{HeaderName, HeaderValue};
 use bytes::Bytes;
 use infercache_core::{CanonicalInput, Digest, Epochs, KeyParts};
-use infercache_engine::{Cache, CacheKey, Lookup, RequestOptions, Source};
+use infercache_engine::{Cache, CacheKey, Fetched, Lookup, RequestOptions, Source};
 use tokio::task::JoinSet;
 
 use super::{RemoteModel, UpstreamError};
@@ -198,6 +199,30 @@ where
     F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Bytes>, UpstreamError>> + Send + 'static,
 {
+    fetch_rows_keeping(state, request, fetch, None).await
+}
+
+/// [`fetch_rows`], except that a row computed by this request whose value `keep` refuses
+/// is returned but not left in the cache (Ersilia's row of nulls, a failure for that
+/// input, must not make the failure stick).
+///
+/// The engine stores every computed value, so a refused value is removed from every tier
+/// once stored; a request in that short window, and the requests that waited for this
+/// one's rows, get it too. The removal runs in the same task as the computation, so it
+/// happens even when the client has gone.
+///
+/// # Errors
+/// As [`fetch_rows`].
+pub async fn fetch_rows_keeping<F, Fut>(
+    state: &AppState,
+    request: RowRequest,
+    fetch: F,
+    keep: Option<fn(&[u8]) -> bool>,
+) -> Result<Rows, ApiError>
+where
+    F: Fn(Vec<usize>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Bytes>, UpstreamError>> + Send + 'static,
+{
     let RowRequest {
         model,
         tenant,
@@ -279,7 +304,7 @@ where
     let task_keys = keys.clone();
     let task_model = Arc::clone(&model);
     let computation = tokio::spawn(async move {
-        task_cache
+        let fetched = task_cache
             .get_many_or_compute(&task_keys, &options, |missing| {
                 let indices: Vec<usize> = missing
                     .iter()
@@ -292,7 +317,13 @@ where
                 let (model, fetch) = (Arc::clone(&task_model), Arc::clone(&fetch));
                 async move { in_chunks(&model, &fetch, indices).await }
             })
-            .await
+            .await;
+        if let (Some(keep), Ok(fetched)) = (keep, &fetched)
+            && !options.no_store
+        {
+            forget_refused(&task_cache, &task_keys, fetched, keep).await;
+        }
+        fetched
     });
     match computation.await.map_err(ApiError::internal)? {
         Ok(fetched) => Ok(Rows {
@@ -322,6 +353,21 @@ where
                 }
                 None => Err(ApiError::Upstream(upstream.clone())),
             }
+        }
+    }
+}
+
+/// Removes from the cache each row this request computed whose value `keep` refuses.
+async fn forget_refused(
+    cache: &Cache,
+    keys: &[CacheKey],
+    fetched: &[Fetched],
+    keep: fn(&[u8]) -> bool,
+) {
+    let mut done: HashSet<Digest> = HashSet::new();
+    for (k, f) in keys.iter().zip(fetched) {
+        if f.source == Source::Computed && !keep(&f.value) && done.insert(*k.digest()) {
+            cache.remove(k).await;
         }
     }
 }

@@ -103,19 +103,48 @@ async fn predict(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Re
     axum::Json(json!({ "outputs": outputs })).into_response()
 }
 
-async fn run(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Response {
-    let inputs = body.as_array().cloned().unwrap_or_default();
+/// An ersilia-pack `/run`: the body must be a non-empty `Union[List[str], List[InputItem]]`
+/// (`InputItem`: `key` and `input`, both strings, other fields ignored), else 422 as
+/// FastAPI answers. An input starting with `!` fails: its row is all nulls, as
+/// ersilia-pack returns for an input the model failed on.
+async fn run(State(up): State<Arc<Upstream>>, body: axum::body::Bytes) -> Response {
+    let Some(texts) = ersilia_inputs(&body) else {
+        let detail = json!({ "detail": "body is not a list of strings or of {key, input}" });
+        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(detail)).into_response();
+    };
+    let inputs: Vec<Value> = serde_json::from_slice::<Vec<Value>>(&body).unwrap();
     if let Some(r) = up.enter(&inputs).await {
         return r;
     }
-    let rows: Vec<Value> = inputs
+    let rows: Vec<Value> = texts
         .iter()
-        .map(|i| {
-            let text = i.as_str().or(i["input"].as_str()).unwrap_or("");
-            json!({ "input": text, "mw": text.len() })
+        .map(|text| match text.strip_prefix('!') {
+            Some(_) => json!({ "input": null, "mw": null }),
+            None => json!({ "input": text, "mw": text.len() }),
         })
         .collect();
     axum::Json(Value::Array(rows)).into_response()
+}
+
+/// The input strings of a body ersilia-pack accepts; `None` for one it refuses.
+fn ersilia_inputs(body: &[u8]) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct InputItem {
+        #[serde(rename = "key")]
+        _key: String,
+        input: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum InputSchema {
+        Strings(Vec<String>),
+        Items(Vec<InputItem>),
+    }
+    let texts = match serde_json::from_slice::<InputSchema>(body).ok()? {
+        InputSchema::Strings(s) => s,
+        InputSchema::Items(items) => items.into_iter().map(|i| i.input).collect(),
+    };
+    (!texts.is_empty()).then_some(texts)
 }
 
 async fn openai(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Response {
@@ -625,13 +654,17 @@ async fn ersilia_miss_then_hit_and_cache_only_returns_null_rows() {
         let app = h.app.clone();
         async move { post(&app, &format!("/v1/models/eos3b5e/run{q}"), &[], &body).await }
     };
-    let r = run("", json!(["CCO", {"key": "k1", "input": "CCCO"}])).await;
+    let r = run("", json!(["CCO", "CCCO"])).await;
     assert_eq!(r.header("x-cache"), "MISS", "{}", r.body);
     assert_eq!(
         r.body,
         json!([{"input": "CCO", "mw": 3}, {"input": "CCCO", "mw": 4}])
     );
-    let r = run("", json!([{"input": "CCCO", "key": "k1"}, "CCO"])).await;
+    let r = run(
+        "",
+        json!([{"input": "CCCO", "key": "k1"}, {"key": "k2", "input": "CCO"}]),
+    )
+    .await;
     assert_eq!(r.header("x-cache"), "HIT");
     assert_eq!(up.calls(), 1);
 
@@ -652,6 +685,152 @@ async fn ersilia_miss_then_hit_and_cache_only_returns_null_rows() {
     let r = run("?fetch_cache=false", json!(["CCO"])).await;
     assert_eq!(r.header("x-cache"), "MISS", "fetch_cache=false recomputes");
     assert_eq!(up.calls(), 3);
+}
+
+/// `POST /v1/models/{name}/run` on `h` with `query` (e.g. `?cache_only=true`).
+async fn ersilia_run(h: &Harness, name: &str, query: &str, body: Value) -> Reply {
+    let uri = format!("/v1/models/{name}/run{query}");
+    post(&h.app, &uri, &[], &body).await
+}
+
+#[tokio::test]
+async fn ersilia_keys_rows_by_input_alone_and_sends_strings_upstream() {
+    let (url, up) = upstream().await;
+    let h = harness(vec![model("e", Backend::Ersilia, &url)]);
+    let body = json!([{"key": "k1", "input": "CCO"}, {"key": "k2", "input": "CCCO"}]);
+    let r = ersilia_run(&h, "e", "", body).await;
+    assert_eq!(r.header("x-cache"), "MISS", "{}", r.body);
+    assert_eq!(up.batches.lock().unwrap()[0], [json!("CCO"), json!("CCCO")]);
+
+    // The same inputs as bare strings, or under other keys: the same entries.
+    let r = ersilia_run(&h, "e", "", json!(["CCCO", "CCO"])).await;
+    assert_eq!(r.header("x-cache"), "HIT", "{}", r.body);
+    assert_eq!(r.body[0], json!({"input": "CCCO", "mw": 4}));
+    let r = ersilia_run(&h, "e", "", json!([{"key": "other", "input": "CCO"}])).await;
+    assert_eq!(r.header("x-cache"), "HIT");
+    assert_eq!(up.calls(), 1);
+
+    let body = json!([{"key": "a", "input": "N"}, {"key": "b", "input": "CCO"}]);
+    let r = ersilia_run(&h, "e", "", body).await;
+    assert_eq!(r.header("x-cache"), "PARTIAL");
+    assert_eq!(r.body[0], json!({"input": "N", "mw": 1}));
+    assert_eq!(up.batches.lock().unwrap()[1], [json!("N")]);
+}
+
+#[tokio::test]
+async fn ersilia_fake_upstream_refuses_what_ersilia_pack_refuses() {
+    let (url, up) = upstream().await;
+    let client = reqwest::Client::new();
+    let status = |body: &'static str| {
+        let req = client
+            .post(format!("{url}/run"))
+            .header("content-type", "application/json")
+            .body(body);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for refused in [
+        r#"["C", {"key": "k", "input": "C"}]"#,
+        r#"[{"input": "C"}]"#,
+        r#"[{"key": "k", "input": 3}]"#,
+        r#"[{"key": 1, "input": "C"}]"#,
+        r#"[1]"#,
+        r#"[]"#,
+        r#"{"inputs": ["C"]}"#,
+    ] {
+        assert_eq!(status(refused).await, 422, "{refused}");
+    }
+    assert_eq!(up.calls(), 0);
+    assert_eq!(status(r#"["C"]"#).await, 200);
+    assert_eq!(status(r#"[{"key": "k", "input": "C", "x": 1}]"#).await, 200);
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test]
+async fn ersilia_flags_do_what_ersilia_pack_does() {
+    let (url, up) = upstream().await;
+    let mut variable = model("v", Backend::Ersilia, &url);
+    variable.deterministic = false;
+    let h = harness(vec![model("e", Backend::Ersilia, &url), variable]);
+    let cached = |input: &'static str| {
+        let h = &h;
+        async move {
+            let r = ersilia_run(h, "e", "?cache_only=true", json!([input])).await;
+            r.header("x-cache") == "HIT"
+        }
+    };
+
+    // fetch_cache=false: computed, stored nothing, save_cache and cache_only ignored.
+    let r = ersilia_run(&h, "e", "?fetch_cache=false&save_cache=true", json!(["A"])).await;
+    assert_eq!(r.body, json!([{"input": "A", "mw": 1}]));
+    assert!(
+        !cached("A").await,
+        "fetch_cache=false implies save_cache=false"
+    );
+    let q = "?fetch_cache=false&cache_only=true";
+    let r = ersilia_run(&h, "e", q, json!(["A"])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, json!([{"input": "A", "mw": 1}]));
+    assert!(!cached("A").await);
+    assert_eq!(up.calls(), 2);
+
+    // Stored by default; fetch_cache=false computes it again.
+    ersilia_run(&h, "e", "", json!(["A"])).await;
+    assert!(cached("A").await);
+    let r = ersilia_run(&h, "e", "?fetch_cache=0", json!(["A"])).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+    assert_eq!(up.calls(), 4);
+
+    // save_cache=false reads the cache and stores nothing new.
+    let r = ersilia_run(&h, "e", "?save_cache=false", json!(["A", "B"])).await;
+    assert_eq!(r.header("x-cache"), "PARTIAL");
+    assert_eq!(up.batches.lock().unwrap()[4], [json!("B")]);
+    assert!(!cached("B").await);
+    let r = ersilia_run(&h, "e", "?cache_only=true&save_cache=false", json!(["A"])).await;
+    assert_eq!(r.header("x-cache"), "HIT");
+    assert_eq!(up.calls(), 5);
+
+    // cache_only has nothing to read on a model that is never cached: computed.
+    let r = ersilia_run(&h, "v", "?cache_only=true", json!(["A"])).await;
+    assert_eq!(r.body, json!([{"input": "A", "mw": 1}]));
+    assert_eq!(up.calls(), 6);
+
+    let r = post(
+        &h.app,
+        "/v1/models/e/run?cache_only=true",
+        &[("cache-control", "no-cache")],
+        &json!(["A"]),
+    )
+    .await;
+    r.error(StatusCode::BAD_REQUEST, "invalid_value");
+    assert_eq!(up.calls(), 6);
+}
+
+#[tokio::test]
+async fn ersilia_failed_rows_are_returned_but_not_cached() {
+    let (url, up) = upstream().await;
+    let h = harness(vec![model("e", Backend::Ersilia, &url)]);
+    let r = ersilia_run(&h, "e", "", json!(["CCO", "!x", "!x"])).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+    let failed = json!({"input": null, "mw": null});
+    assert_eq!(
+        r.body,
+        json!([{"input": "CCO", "mw": 3}, failed.clone(), failed.clone()])
+    );
+    assert_eq!(up.batches.lock().unwrap()[0], [json!("CCO"), json!("!x")]);
+
+    let r = ersilia_run(&h, "e", "?cache_only=true", json!(["!x", "CCO"])).await;
+    assert_eq!(r.header("x-cache"), "PARTIAL", "the failure is not cached");
+    assert_eq!(r.header("x-cache-hits"), "1");
+    assert_eq!(r.body, json!([failed.clone(), {"input": "CCO", "mw": 3}]));
+
+    let r = ersilia_run(&h, "e", "", json!(["!x", "CCO"])).await;
+    assert_eq!(r.header("x-cache"), "PARTIAL");
+    assert_eq!(r.body[0], failed);
+    assert_eq!(
+        up.batches.lock().unwrap()[1],
+        [json!("!x")],
+        "computed again"
+    );
 }
 
 #[tokio::test]
@@ -706,11 +885,33 @@ async fn malformed_bodies_are_4xx_and_the_server_keeps_serving() {
         ("/v1/models/e/run", r#"[3]"#, "invalid_value"),
         ("/v1/models/e/run", r#"[""]"#, "empty_string"),
         ("/v1/models/e/run", r#"[{"key": "k"}]"#, "invalid_value"),
+        ("/v1/models/e/run", r#"[{"input": "C"}]"#, "invalid_value"),
         (
             "/v1/models/e/run",
-            r#"[{"input": "C", "x": 1}]"#,
+            r#"[{"key": "k", "input": "C", "x": 1}]"#,
             "invalid_value",
         ),
+        (
+            "/v1/models/e/run",
+            r#"["C", {"key": "k", "input": "C"}]"#,
+            "invalid_value",
+        ),
+        (
+            "/v1/models/e/run",
+            r#"[{"key": "k", "input": "C"}, "C"]"#,
+            "invalid_value",
+        ),
+        (
+            "/v1/models/e/run",
+            r#"[{"key": "k", "input": 3}]"#,
+            "invalid_value",
+        ),
+        (
+            "/v1/models/e/run",
+            r#"[{"key": 1, "input": "C"}]"#,
+            "invalid_value",
+        ),
+        ("/v1/models/e/run", r#"[]"#, "invalid_value"),
         (
             "/v1/models/e/run?orient=split",
             r#"["C"]"#,
@@ -718,11 +919,6 @@ async fn malformed_bodies_are_4xx_and_the_server_keeps_serving() {
         ),
         (
             "/v1/models/e/run?cache_only=maybe",
-            r#"["C"]"#,
-            "invalid_value",
-        ),
-        (
-            "/v1/models/e/run?cache_only=true&fetch_cache=false",
             r#"["C"]"#,
             "invalid_value",
         ),
