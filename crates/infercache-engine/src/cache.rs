@@ -509,14 +509,16 @@ impl Cache {
     /// Removes `key` from every tier; whether any tier held it.
     pub async fn remove(&self, key: &CacheKey) -> bool {
         let digest = key.digest;
-        let in_memory = self
-            .inner
-            .with_stripe(&digest, |m| m.remove(&digest))
-            .unwrap_or(false);
+        // The shared tier first: a concurrent lookup that read it before the removal
+        // then finds the stripe moved and does not promote what it read.
         let in_remote = match &self.inner.remote {
             Some(remote) => remote.remove(digest).await,
             None => false,
         };
+        let in_memory = self
+            .inner
+            .with_stripe(&digest, |m| m.remove(&digest))
+            .unwrap_or(false);
         let in_memory = in_memory || in_remote;
         let Some(disk) = &self.inner.disk else {
             return in_memory;
@@ -713,7 +715,9 @@ impl Cache {
             //    no other node is computing (their values are awaited, then computed here
             //    if they do not come).
             if !missing.is_empty() {
-                let (mine, theirs, lease) = self.lease(&missing, &unique, opts).await;
+                let (mine, theirs, lease) = self
+                    .lease(&missing, &unique, opts, &guard, &mut results)
+                    .await;
                 let computed = self
                     .compute_led(&mut f, &mut guard, &mine, &unique, &mut results, opts)
                     .await;
@@ -842,31 +846,89 @@ impl Cache {
     }
 
     /// Splits the keys at `missing` into those this node computes and those another node
-    /// holds the lease of (none without a remote tier, or under `no-cache`).
+    /// holds the lease of (none without a remote tier, or under `no-cache`). A key whose
+    /// value another node stored meanwhile is neither: it is served as a remote hit.
     async fn lease(
         &self,
         missing: &[usize],
         unique: &[&CacheKey],
         opts: &RequestOptions,
+        guard: &LeaderGuard<'_>,
+        results: &mut [Option<Fetched>],
     ) -> (Vec<usize>, Vec<usize>, Option<Box<dyn Lease>>) {
         let Some(remote) = self.inner.remote.as_ref().filter(|_| !opts.no_cache) else {
             return (missing.to_vec(), Vec::new(), None);
         };
         let digests: Vec<Digest> = missing.iter().map(|&i| unique[i].digest).collect();
-        let lease = remote.lease(&digests).await;
-        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
-        for (&i, &granted) in missing.iter().zip(lease.granted()) {
-            if granted {
-                mine.push(i)
-            } else {
-                theirs.push(i)
+        let generations = self.inner.generations(&digests);
+        let mut lease = remote.lease(&digests).await;
+        let found = lease.take_found();
+        let (mut mine, mut theirs, mut to_disk) = (Vec::new(), Vec::new(), Vec::new());
+        for (((&i, &granted), value), generation) in missing
+            .iter()
+            .zip(lease.granted())
+            .zip(found.into_iter().chain(std::iter::repeat(None)))
+            .zip(generations)
+        {
+            match value {
+                Some(entry) => {
+                    unique[i].model.counters.remote_hits.incr();
+                    let fetched = self.adopt(
+                        guard,
+                        unique[i],
+                        entry,
+                        Source::Remote,
+                        generation,
+                        &mut to_disk,
+                    );
+                    results[i] = Some(fetched);
+                }
+                None if granted => mine.push(i),
+                None => theirs.push(i),
             }
         }
+        self.store_disk(to_disk).await;
         (mine, theirs, Some(lease))
     }
 
+    /// Takes a value another node stored: promoted to memory (if its stripe did not move
+    /// since `generation`) and queued for disk, handed to this node's waiters.
+    fn adopt(
+        &self,
+        guard: &LeaderGuard<'_>,
+        key: &CacheKey,
+        entry: RemoteEntry,
+        source: Source,
+        generation: u64,
+        to_disk: &mut Vec<(Digest, MemEntry)>,
+    ) -> Fetched {
+        let mem = MemEntry {
+            value: entry.value.clone(),
+            created_ms: entry.created_ms,
+            expires_ms: entry.expires_ms.unwrap_or(NEVER),
+        };
+        if self
+            .inner
+            .promote(&key.digest, mem.clone(), Some(generation))
+        {
+            to_disk.push((key.digest, mem));
+        }
+        let found = Found {
+            value: entry.value.clone(),
+            created_ms: entry.created_ms,
+            computed: source == Source::Coalesced,
+        };
+        guard.send(&key.digest, Ok(found));
+        Fetched {
+            value: entry.value,
+            source,
+            created_ms: entry.created_ms,
+        }
+    }
+
     /// Waits for the values of keys another node is computing; returns the keys that did
-    /// not come (to compute here). Values that came go to memory and this node's waiters.
+    /// not come (to compute here). Values that came go to memory, disk and this node's
+    /// waiters.
     async fn await_remote(
         &self,
         guard: &LeaderGuard<'_>,
@@ -878,37 +940,27 @@ impl Cache {
             return theirs.to_vec();
         };
         let digests: Vec<Digest> = theirs.iter().map(|&i| unique[i].digest).collect();
+        let generations = self.inner.generations(&digests);
         let values = remote.wait_for(&digests).await;
-        let mut empty = Vec::new();
-        for (&i, entry) in theirs.iter().zip(values) {
+        let (mut empty, mut to_disk) = (Vec::new(), Vec::new());
+        for ((&i, entry), generation) in theirs.iter().zip(values).zip(generations) {
             let Some(entry) = entry else {
                 empty.push(i);
                 continue;
             };
-            let key = unique[i];
-            self.inner.promote(
-                &key.digest,
-                MemEntry {
-                    value: entry.value.clone(),
-                    created_ms: entry.created_ms,
-                    expires_ms: entry.expires_ms.unwrap_or(NEVER),
-                },
-                None,
-            );
             self.inner.coalesced.incr();
-            key.model.counters.coalesced.incr();
-            let found = Found {
-                value: entry.value.clone(),
-                created_ms: entry.created_ms,
-                computed: true,
-            };
-            guard.send(&key.digest, Ok(found));
-            results[i] = Some(Fetched {
-                value: entry.value,
-                source: Source::Coalesced,
-                created_ms: entry.created_ms,
-            });
+            unique[i].model.counters.coalesced.incr();
+            let fetched = self.adopt(
+                guard,
+                unique[i],
+                entry,
+                Source::Coalesced,
+                generation,
+                &mut to_disk,
+            );
+            results[i] = Some(fetched);
         }
+        self.store_disk(to_disk).await;
         empty
     }
 

@@ -90,6 +90,10 @@ pub trait Lease: Send + fmt::Debug {
     /// Per key, in the order asked: whether this node holds its lease.
     fn granted(&self) -> &[bool];
 
+    /// Per key, in the order asked: a value found while taking the leases (stored by
+    /// another node since this node looked). Such a key is not computed. Taken once.
+    fn take_found(&mut self) -> Vec<Option<RemoteEntry>>;
+
     /// Releases the leases held, once their values are stored. Dropping without releasing
     /// lets them expire.
     fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
@@ -104,7 +108,8 @@ pub struct RemoteStats {
     pub endpoint: String,
     /// The circuit breaker: `closed` (in use), `open` (not called), `half_open` (probing).
     pub breaker: String,
-    /// Whether a connection is established.
+    /// Whether the tier is in use: the remote answered the last call and this node's
+    /// epochs are in sync with it.
     pub connected: bool,
     /// Times the breaker opened.
     pub breaker_opened: u64,
@@ -157,6 +162,13 @@ impl EpochSync {
         })
         .await
         .expect("an epoch raise panicked (a bug)")
+    }
+
+    /// The epoch of `scope` on this node (0 once the cache is gone).
+    pub fn get(&self, scope: &Scope) -> u64 {
+        self.inner
+            .upgrade()
+            .map_or(0, |inner| inner.epochs.get(scope))
     }
 
     /// Every scope with a non-zero epoch on this node.

@@ -3,12 +3,14 @@
 //!
 //! Closed: every operation calls Redis. After `failures` consecutive failures (errors or
 //! timeouts) it opens: operations skip Redis (misses, dropped writes) for a delay that
-//! grows from `min_open` to `max_open`. Then it is half-open: the next operation (or the
-//! tier's prober, which pings on its own so recovery needs no traffic) is a probe; success
-//! closes it, failure opens it again.
+//! grows from `min_open` to `max_open`. Then it is half-open: one operation at a time (the
+//! tier's prober, which probes on its own so recovery needs no traffic, or a request) is
+//! let through as the probe, the others still skip Redis; success closes it, failure opens
+//! it again. (failsafe alone lets every caller through while half-open, which against an
+//! unresponsive Redis would cost each of them a full timeout.)
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use failsafe::failure_policy::{self, ConsecutiveFailures};
@@ -88,6 +90,8 @@ impl Instrument for Observer {
 pub struct Breaker {
     machine: StateMachine<ConsecutiveFailures<Doubling>, Observer>,
     observed: Observer,
+    /// A half-open probe is in flight.
+    probing: Arc<AtomicBool>,
 }
 
 impl Breaker {
@@ -103,22 +107,42 @@ impl Breaker {
             .failure_policy(policy)
             .instrument(observed.clone())
             .build();
-        Self { machine, observed }
+        Self {
+            machine,
+            observed,
+            probing: Arc::new(AtomicBool::new(false)),
+        }
     }
 
-    /// Whether to call Redis now.
+    /// Whether to call Redis now: always when closed, never when open, and for one caller
+    /// at a time when half-open. A permitted call must end in `success` or `failure`.
     pub fn permits(&self) -> bool {
-        self.machine.is_call_permitted()
+        if !self.machine.is_call_permitted() {
+            return false;
+        }
+        self.state() != BreakerState::HalfOpen
+            || self
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// Records a successful call.
     pub fn success(&self) {
         self.machine.on_success();
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// A permitted call that ended without a result (its caller was cancelled): lets the
+    /// next caller probe.
+    pub fn abandon(&self) {
+        self.probing.store(false, Ordering::Release);
     }
 
     /// Records a failed call.
     pub fn failure(&self) {
         self.machine.on_error();
+        self.probing.store(false, Ordering::Release);
     }
 
     /// The state now.
@@ -160,6 +184,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         assert!(b.permits(), "the probe is let through");
         assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(!b.permits(), "one probe at a time");
         b.failure();
         assert_eq!(
             b.state(),

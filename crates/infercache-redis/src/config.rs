@@ -37,7 +37,8 @@ pub fn redact(u: &str) -> String {
     let Some((scheme, rest)) = u.split_once("://") else {
         return u.to_owned();
     };
-    match rest.split_once('@') {
+    // The host follows the last `@`; a password may hold one too.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or("", |(user, _)| user);
             format!("{scheme}://{user}:***@{host}")
@@ -87,9 +88,11 @@ pub struct RedisConfig {
     /// TTL of a computation lease; renewed while computing, so it matters only when its
     /// holder dies. Default 3 s.
     pub lease_ttl: Duration,
-    /// Longest wait for a value another node is computing. Default 30 s.
+    /// Longest wait for a value another node is computing (then this node computes it).
+    /// Default 10 s; keep it below the server's request timeout.
     pub lease_wait: Duration,
-    /// Values larger than this are not written. Default 64 MiB.
+    /// Values larger than this are not written (a batch of them must fit the command
+    /// timeout). Default 8 MiB.
     pub max_value_bytes: usize,
 }
 
@@ -109,8 +112,8 @@ impl RedisConfig {
             probe_interval: Duration::from_millis(250),
             epoch_resync: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(3),
-            lease_wait: Duration::from_secs(30),
-            max_value_bytes: 64 << 20,
+            lease_wait: Duration::from_secs(10),
+            max_value_bytes: 8 << 20,
         }
     }
 
@@ -135,6 +138,12 @@ impl RedisConfig {
         if self.lease_ttl < Duration::from_millis(30) {
             return bad("the lease TTL must be at least 30 ms");
         }
+        if self.probe_interval.is_zero() || self.epoch_resync.is_zero() {
+            return bad("the probe and epoch resync intervals must be positive");
+        }
+        if self.lease_wait.is_zero() {
+            return bad("the lease wait must be positive");
+        }
         if matches!(self.write, WriteMode::Back { queue: 0 }) {
             return bad("the write-back queue must hold at least one value");
         }
@@ -154,6 +163,7 @@ mod tests {
         );
         assert_eq!(redact("rediss://:secret@host"), "rediss://:***@host");
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact("redis://u:p@ss@host"), "redis://u:***@host");
     }
 
     #[test]

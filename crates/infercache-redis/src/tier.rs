@@ -113,7 +113,6 @@ struct Counters {
     errors: AtomicU64,
     skipped: AtomicU64,
     writeback_dropped: AtomicU64,
-    writeback_queued: AtomicU64,
     leases_granted: AtomicU64,
     leases_contended: AtomicU64,
     lease_waits_filled: AtomicU64,
@@ -127,6 +126,8 @@ fn bump(c: &AtomicU64, n: u64) {
 
 enum WriteJob {
     Put(Digest, RemoteEntry),
+    /// Leases to release once the puts queued before them are written.
+    Release(Vec<String>, String),
     Flush(oneshot::Sender<()>),
 }
 
@@ -138,6 +139,13 @@ struct Shared {
     pubsub_client: redis::Client,
     breaker: Breaker,
     connected: AtomicBool,
+    /// The epochs were synchronised with Redis since the last failure.
+    synced: AtomicBool,
+    /// The epoch channel is subscribed (changes made elsewhere reach this node).
+    subscribed: AtomicBool,
+    /// Scopes invalidated here while Redis was unreachable: bumped in Redis (not merged)
+    /// at the next synchronisation, so they are not lost in a concurrent bump elsewhere.
+    pending_bumps: parking_lot::Mutex<Vec<Scope>>,
     counters: Counters,
     epochs: OnceLock<EpochSync>,
     write_tx: Option<mpsc::Sender<WriteJob>>,
@@ -217,6 +225,9 @@ impl RedisTier {
             connector,
             breaker,
             connected: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            pending_bumps: parking_lot::Mutex::new(Vec::new()),
             counters: Counters::default(),
             epochs: OnceLock::new(),
             write_tx,
@@ -306,10 +317,13 @@ impl Shared {
             bump(&self.counters.skipped, 1);
             return None;
         }
+        let permit = Permit(&self.breaker);
+        // Connecting (a cluster's first use) has its own bound in `conn`.
+        let Some(mut conn) = self.conn().await else {
+            self.failed();
+            return None;
+        };
         let outcome = tokio::time::timeout(self.config.command_timeout * 2, async {
-            let Some(mut conn) = self.conn().await else {
-                return Err(None);
-            };
             match what {
                 Call::Cmd(c) => c.query_async::<T>(&mut conn).await,
                 Call::Each(cmds) => each(&mut conn, cmds).await.and_then(|values| {
@@ -319,6 +333,7 @@ impl Shared {
             .map_err(Some)
         })
         .await;
+        drop(permit);
         match outcome {
             Ok(Ok(v)) => {
                 self.breaker.success();
@@ -343,6 +358,17 @@ impl Shared {
         bump(&self.counters.errors, 1);
         self.breaker.failure();
         self.connected.store(false, Ordering::Relaxed);
+        // Epoch changes may be missed from now on: no value is read or written until
+        // the epochs are synchronised again (see `usable`).
+        self.synced.store(false, Ordering::Release);
+    }
+
+    /// Whether values may be read and written: the epochs are known to match Redis's. A
+    /// node whose epochs may be behind (at start, after a failure, while its subscription
+    /// is down) could otherwise read entries from before an invalidation.
+    fn usable(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+            && (self.epochs.get().is_none() || self.subscribed.load(Ordering::Acquire))
     }
 
     /// PX for an entry: its remaining life, capped by the default TTL; `None` if expired.
@@ -420,8 +446,21 @@ impl Shared {
     /// Pushes this node's epochs (raising Redis's where lower) and adopts Redis's.
     async fn sync_epochs(&self) -> bool {
         let Some(epochs) = self.epochs.get() else {
+            self.synced.store(true, Ordering::Release);
             return true;
         };
+        let pending: Vec<Scope> = std::mem::take(&mut *self.pending_bumps.lock());
+        for (i, scope) in pending.iter().enumerate() {
+            match self.bump(scope, epochs.get(scope)).await {
+                Some(value) => {
+                    epochs.raise(scope.clone(), value).await;
+                }
+                None => {
+                    self.pending_bumps.lock().extend_from_slice(&pending[i..]);
+                    return false;
+                }
+            }
+        }
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(MERGE)
             .arg(1)
@@ -440,7 +479,20 @@ impl Shared {
                 bump(&self.counters.epoch_updates, 1);
             }
         }
+        self.synced.store(true, Ordering::Release);
         true
+    }
+
+    /// The BUMP script: `max(redis, local) + 1` for `scope`, published.
+    async fn bump(&self, scope: &Scope, local: u64) -> Option<u64> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(BUMP)
+            .arg(1)
+            .arg(self.epoch_key())
+            .arg(scope_field(scope))
+            .arg(local)
+            .arg(self.channel());
+        self.call::<u64>(Call::Cmd(&cmd)).await
     }
 
     async fn apply_message(&self, payload: &[u8]) {
@@ -459,6 +511,17 @@ impl Shared {
         if epochs.raise(scope, value).await {
             bump(&self.counters.epoch_updates, 1);
         }
+    }
+}
+
+/// A call the breaker let through. Dropped before its outcome is recorded (the caller was
+/// cancelled), it frees the half-open probe for the next caller; dropped after, it does
+/// nothing that matters (the breaker left half-open when the outcome was recorded).
+struct Permit<'a>(&'a Breaker);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }
 
@@ -517,6 +580,10 @@ impl RemoteTier for RedisTier {
             if keys.is_empty() {
                 return Vec::new();
             }
+            if !s.usable() {
+                bump(&s.counters.skipped, 1);
+                return vec![None; keys.len()];
+            }
             let mut cmd = redis::cmd("MGET");
             for k in keys {
                 cmd.arg(s.value_key(k));
@@ -535,12 +602,14 @@ impl RemoteTier for RedisTier {
     fn put_many(&self, entries: Vec<(Digest, RemoteEntry)>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let s = &*self.shared;
+            if !s.usable() {
+                bump(&s.counters.skipped, 1);
+                return;
+            }
             match &s.write_tx {
                 Some(tx) => {
                     for (k, e) in entries {
-                        if tx.try_send(WriteJob::Put(k, e)).is_ok() {
-                            bump(&s.counters.writeback_queued, 1);
-                        } else {
+                        if tx.try_send(WriteJob::Put(k, e)).is_err() {
                             bump(&s.counters.writeback_dropped, 1);
                         }
                     }
@@ -573,14 +642,12 @@ impl RemoteTier for RedisTier {
     fn bump_epoch<'a>(&'a self, scope: &'a Scope, local: u64) -> BoxFuture<'a, Option<u64>> {
         Box::pin(async move {
             let s = &*self.shared;
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(BUMP)
-                .arg(1)
-                .arg(s.epoch_key())
-                .arg(scope_field(scope))
-                .arg(local)
-                .arg(s.channel());
-            s.call::<u64>(Call::Cmd(&cmd)).await
+            let agreed = s.bump(scope, local).await;
+            if agreed.is_none() {
+                s.pending_bumps.lock().push(scope.clone());
+                s.synced.store(false, Ordering::Release);
+            }
+            agreed
         })
     }
 
@@ -589,25 +656,55 @@ impl RemoteTier for RedisTier {
             let s = &self.shared;
             let token = s.token();
             let ttl = u64::try_from(s.config.lease_ttl.as_millis()).unwrap_or(u64::MAX);
-            let cmds: Vec<Cmd> = keys
-                .iter()
-                .map(|k| {
-                    let mut set = redis::cmd("SET");
-                    set.arg(s.lease_key(k))
-                        .arg(&token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl);
-                    set
-                })
-                .collect();
-            // Unreachable Redis: every key is granted (no coordination, never a wait).
-            let granted: Vec<bool> = match s
-                .call::<Vec<Option<String>>>(Call::Each(&pipeline(cmds)))
-                .await
-            {
-                Some(r) if r.len() == keys.len() => r.iter().map(Option::is_some).collect(),
-                _ => vec![true; keys.len()],
+            // Per key, the lease and the value in one round trip: a value stored by
+            // another node since this node's lookup is found here instead of computed
+            // again.
+            let mut cmds = Vec::with_capacity(keys.len() * 2);
+            for k in keys {
+                let mut set = redis::cmd("SET");
+                set.arg(s.lease_key(k))
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl);
+                let mut get = redis::cmd("GET");
+                get.arg(s.value_key(k));
+                cmds.push(set);
+                cmds.push(get);
+            }
+            let replies = if s.usable() {
+                s.call::<Vec<Value>>(Call::Each(&pipeline(cmds))).await
+            } else {
+                None
+            };
+            let (granted, found): (Vec<bool>, Vec<Option<RemoteEntry>>) = match replies {
+                Some(r) if r.len() == keys.len() * 2 => keys
+                    .iter()
+                    .zip(r.chunks(2))
+                    .map(|(k, pair)| {
+                        let granted = !matches!(pair[0], Value::Nil);
+                        // Already counted as a miss (or as corrupt) by the lookup before.
+                        let now = s.clock.now_ms();
+                        let value = Option::<Vec<u8>>::from_redis_value(pair[1].clone())
+                            .ok()
+                            .flatten()
+                            .and_then(|bytes| codec::decode_owned(k, bytes).ok())
+                            .filter(|e| e.expires_ms.is_none_or(|at| at > now));
+                        (granted, value)
+                    })
+                    .unzip(),
+                // Unreachable Redis: every key is granted (no coordination, never a wait).
+                _ => {
+                    let lease = RedisLease {
+                        tier: Arc::downgrade(s),
+                        granted: vec![true; keys.len()],
+                        found: vec![None; keys.len()],
+                        held: Vec::new(),
+                        token,
+                        renew: None,
+                    };
+                    return Box::new(lease) as Box<dyn Lease>;
+                }
             };
             let held: Vec<String> = keys
                 .iter()
@@ -632,6 +729,7 @@ impl RemoteTier for RedisTier {
             Box::new(RedisLease {
                 tier: Arc::downgrade(s),
                 granted,
+                found,
                 held,
                 token,
                 renew,
@@ -699,7 +797,7 @@ impl RemoteTier for RedisTier {
             },
             endpoint: s.config.target.redacted(),
             breaker: s.breaker.state().as_str().into(),
-            connected: s.connected.load(Ordering::Relaxed),
+            connected: s.connected.load(Ordering::Relaxed) && s.usable(),
             breaker_opened: s.breaker.opened(),
             hits: get(&c.hits),
             misses: get(&c.misses),
@@ -708,7 +806,10 @@ impl RemoteTier for RedisTier {
             errors: get(&c.errors),
             skipped: get(&c.skipped),
             writeback_dropped: get(&c.writeback_dropped),
-            writeback_queued: get(&c.writeback_queued),
+            writeback_queued: s
+                .write_tx
+                .as_ref()
+                .map_or(0, |tx| (tx.max_capacity() - tx.capacity()) as u64),
             leases_granted: get(&c.leases_granted),
             leases_contended: get(&c.leases_contended),
             lease_waits_filled: get(&c.lease_waits_filled),
@@ -722,6 +823,7 @@ impl RemoteTier for RedisTier {
 struct RedisLease {
     tier: Weak<Shared>,
     granted: Vec<bool>,
+    found: Vec<Option<RemoteEntry>>,
     held: Vec<String>,
     token: String,
     renew: Option<tokio::task::AbortHandle>,
@@ -765,10 +867,29 @@ impl Lease for RedisLease {
         &self.granted
     }
 
+    fn take_found(&mut self) -> Vec<Option<RemoteEntry>> {
+        std::mem::take(&mut self.found)
+    }
+
     fn release(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         let job = self.take();
         Box::pin(async move {
-            if let Some((tier, held, token)) = job {
+            let Some((tier, held, token)) = job else {
+                return;
+            };
+            // With write-back the values are still queued: release behind them, so a
+            // node that sees the lease gone finds the value.
+            if let Some(tx) = &tier.write_tx {
+                match tx.try_send(WriteJob::Release(held, token)) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        let WriteJob::Release(held, token) = e.into_inner() else {
+                            unreachable!("the job just sent")
+                        };
+                        release(tier, held, token).await;
+                    }
+                }
+            } else {
                 release(tier, held, token).await;
             }
         })
@@ -811,10 +932,10 @@ async fn probe(tier: Weak<Shared>) {
     loop {
         let Some(s) = tier.upgrade() else { return };
         let every = s.config.probe_interval;
-        if s.breaker.state() != crate::BreakerState::Closed || !s.connected.load(Ordering::Relaxed)
-        {
-            let ping = redis::cmd("PING");
-            s.call::<String>(Call::Cmd(&ping)).await;
+        if !s.usable() || s.breaker.state() != crate::BreakerState::Closed {
+            // Synchronising the epochs is the probe: the tier is used again only once it
+            // succeeds.
+            s.sync_epochs().await;
         }
         drop(s);
         tokio::time::sleep(every).await;
@@ -848,6 +969,9 @@ async fn listen(tier: Weak<Shared>) {
             tokio::time::sleep(every).await;
             continue;
         }
+        // Messages published before the subscription are covered by this sync.
+        s.subscribed.store(true, Ordering::Release);
+        s.synced.store(false, Ordering::Release);
         s.sync_epochs().await;
         drop(s);
         let mut messages = pubsub.on_message();
@@ -856,7 +980,14 @@ async fn listen(tier: Weak<Shared>) {
         loop {
             tokio::select! {
                 msg = messages.next() => {
-                    let Some(msg) = msg else { break }; // disconnected
+                    let Some(msg) = msg else {
+                        // Disconnected: changes may be missed until resubscribed and synced.
+                        if let Some(s) = tier.upgrade() {
+                            s.subscribed.store(false, Ordering::Release);
+                            s.synced.store(false, Ordering::Release);
+                        }
+                        break;
+                    };
                     let Some(s) = tier.upgrade() else { return };
                     s.apply_message(msg.get_payload_bytes()).await;
                 }
@@ -876,17 +1007,19 @@ async fn write_back(tier: Weak<Shared>, mut rx: mpsc::Receiver<WriteJob>) {
     while rx.recv_many(&mut batch, 256).await > 0 {
         let Some(s) = tier.upgrade() else { return };
         let mut puts = Vec::with_capacity(batch.len());
+        let mut releases = Vec::new();
         let mut acks = Vec::new();
         for job in batch.drain(..) {
             match job {
                 WriteJob::Put(k, e) => puts.push((k, e)),
+                WriteJob::Release(held, token) => releases.push((held, token)),
                 WriteJob::Flush(ack) => acks.push(ack),
             }
         }
-        s.counters
-            .writeback_queued
-            .fetch_sub(puts.len() as u64, Ordering::Relaxed);
         s.write(&puts).await;
+        for (held, token) in releases {
+            release(Arc::clone(&s), held, token).await;
+        }
         for ack in acks {
             let _ = ack.send(());
         }

@@ -17,7 +17,7 @@ async fn a_three_node_cluster_works_as_the_tier() {
         tier(Target::Cluster(cluster.urls()), |_| {}),
         tier(Target::Cluster(cluster.urls()), |_| {}),
     );
-    let (a, b) = (node(&ta, false), node(&tb, false));
+    let (a, b) = (node(&ta, false).await, node(&tb, false).await);
     // 64 keys spread over the three masters' slots: one batch in, one batch out.
     let keys: Vec<CacheKey> = (0..64).map(|i| key(&a, "m", &format!("t{i}"))).collect();
     let computed = a

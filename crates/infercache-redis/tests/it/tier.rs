@@ -20,13 +20,27 @@ pub fn tier(target: Target, tweak: impl FnOnce(&mut RedisConfig)) -> RedisTier {
     config.breaker_min_open = Duration::from_millis(100);
     config.breaker_max_open = Duration::from_millis(400);
     config.probe_interval = Duration::from_millis(50);
-    config.epoch_resync = Duration::from_millis(500);
     tweak(&mut config);
     RedisTier::connect(config, SystemClock::shared()).unwrap()
 }
 
-/// A node: a cache with only the Redis tier (`memory`: a memory tier above it).
-pub fn node(tier: &RedisTier, memory: bool) -> Cache {
+/// A node: a cache with only the Redis tier (`memory`: a memory tier above it), once the
+/// tier is in use (connected, epochs in sync).
+pub async fn node(tier: &RedisTier, memory: bool) -> Cache {
+    let cache = node_unready(tier, memory);
+    let start = Instant::now();
+    while !tier.stats().connected {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the Redis tier never came into use"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cache
+}
+
+/// A node, at once (Redis may be down).
+pub fn node_unready(tier: &RedisTier, memory: bool) -> Cache {
     let config = CacheConfig {
         memory: memory.then(|| infercache_engine::MemoryConfig::bytes(16 << 20)),
         remote: Some(Arc::new(tier.clone()) as Arc<dyn RemoteTier>),
@@ -86,8 +100,8 @@ fn commandstat(server: &RedisServer, cmd: &str) -> u64 {
 async fn a_miss_on_one_node_is_a_hit_on_another() {
     let redis = RedisServer::start();
     let (a, b) = (
-        node(&tier(Target::Single(redis.url()), |_| {}), true),
-        node(&tier(Target::Single(redis.url()), |_| {}), true),
+        node(&tier(Target::Single(redis.url()), |_| {}), true).await,
+        node(&tier(Target::Single(redis.url()), |_| {}), true).await,
     );
     let calls = AtomicUsize::new(0);
     let (va, sa) = get(&a, &key(&a, "m", "x"), &calls).await;
@@ -110,7 +124,7 @@ async fn a_batch_is_one_mget_and_every_key_has_a_ttl_under_the_prefix() {
     let t = tier(Target::Single(redis.url()), |c| {
         c.prefix = "ic-test:".into()
     });
-    let (a, b) = (node(&t, false), node(&t, false));
+    let (a, b) = (node(&t, false).await, node(&t, false).await);
     let keys: Vec<CacheKey> = (0..20).map(|i| key(&a, "m", &format!("t{i}"))).collect();
     a.get_many_or_compute(&keys, &RequestOptions::default(), |ks| async move {
         Ok::<_, std::io::Error>(
@@ -160,7 +174,7 @@ async fn a_batch_is_one_mget_and_every_key_has_a_ttl_under_the_prefix() {
 async fn damaged_and_foreign_values_are_dropped_and_counted() {
     let redis = RedisServer::start();
     let t = tier(Target::Single(redis.url()), |_| {});
-    let a = node(&t, false);
+    let a = node(&t, false).await;
     let calls = AtomicUsize::new(0);
     let k1 = key(&a, "m", "one");
     let k2 = key(&a, "m", "two");
@@ -198,7 +212,7 @@ async fn write_back_queues_drains_on_flush_and_counts_overflow() {
     let t = tier(Target::Single(redis.url()), |c| {
         c.write = WriteMode::Back { queue: 4 };
     });
-    let a = node(&t, true);
+    let a = node(&t, true).await;
     let keys: Vec<CacheKey> = (0..50).map(|i| key(&a, "m", &format!("t{i}"))).collect();
     a.get_many_or_compute(&keys, &RequestOptions::default(), |ks| async move {
         Ok::<_, std::io::Error>(ks.iter().map(|_| Bytes::from_static(b"v")).collect())
@@ -224,7 +238,7 @@ async fn a_node_starts_and_serves_with_redis_down_and_uses_it_once_it_is_up() {
     let mut redis = RedisServer::start();
     redis.kill9();
     let t = tier(Target::Single(redis.url()), |_| {});
-    let a = node(&t, false);
+    let a = node_unready(&t, false);
     let calls = AtomicUsize::new(0);
     for i in 0..10 {
         let started = Instant::now();
@@ -237,15 +251,19 @@ async fn a_node_starts_and_serves_with_redis_down_and_uses_it_once_it_is_up() {
         );
     }
     let stats = t.stats();
-    assert_eq!(stats.breaker, "open", "{stats:?}");
-    assert!(stats.skipped > 0, "{stats:?}");
+    assert!(!stats.connected && stats.skipped > 0, "{stats:?}");
     redis.restart();
-    wait_until("the breaker closes", Duration::from_secs(5), async || {
-        t.stats().breaker == "closed"
-    })
+    wait_until(
+        "the tier comes into use",
+        Duration::from_secs(5),
+        async || {
+            let s = t.stats();
+            s.connected && s.breaker == "closed"
+        },
+    )
     .await;
     get(&a, &key(&a, "m", "after"), &calls).await;
-    let b = node(&tier(Target::Single(redis.url()), |_| {}), false);
+    let b = node(&tier(Target::Single(redis.url()), |_| {}), false).await;
     assert_eq!(
         get(&b, &key(&b, "m", "after"), &calls).await.1,
         Source::Remote
@@ -259,7 +277,7 @@ async fn invalidation_on_one_node_reaches_the_other_within_a_second() {
         tier(Target::Single(redis.url()), |_| {}),
         tier(Target::Single(redis.url()), |_| {}),
     );
-    let (a, b) = (node(&ta, true), node(&tb, true));
+    let (a, b) = (node(&ta, true).await, node(&tb, true).await);
     let calls = AtomicUsize::new(0);
     get(&a, &key(&a, "m", "x"), &calls).await;
     assert_eq!(get(&b, &key(&b, "m", "x"), &calls).await.1, Source::Remote);
@@ -305,7 +323,7 @@ async fn a_node_that_missed_an_invalidation_catches_up_when_redis_is_back() {
         tier(Target::Single(redis.url()), |_| {}),
         tier(Target::Single(redis.url()), |_| {}),
     );
-    let (a, b) = (node(&ta, true), node(&tb, true));
+    let (a, b) = (node(&ta, true).await, node(&tb, true).await);
     let before = key(&b, "m", "x").digest().to_owned();
     redis.kill9();
     // Redis is down: A's bump is local only, and B cannot hear of it.
@@ -326,8 +344,8 @@ async fn a_node_that_missed_an_invalidation_catches_up_when_redis_is_back() {
 async fn concurrent_misses_on_two_nodes_compute_once() {
     let redis = RedisServer::start();
     let (a, b) = (
-        node(&tier(Target::Single(redis.url()), |_| {}), true),
-        node(&tier(Target::Single(redis.url()), |_| {}), true),
+        node(&tier(Target::Single(redis.url()), |_| {}), true).await,
+        node(&tier(Target::Single(redis.url()), |_| {}), true).await,
     );
     for round in 0..5 {
         let calls = Arc::new(AtomicUsize::new(0));
@@ -359,9 +377,10 @@ async fn concurrent_misses_on_two_nodes_compute_once() {
 async fn a_lease_whose_holder_died_is_taken_over_after_it_expires() {
     let redis = RedisServer::start();
     let t = tier(Target::Single(redis.url()), |_| {});
-    let a = node(&t, false);
+    let a = node(&t, false).await;
     let k = key(&a, "m", "x");
     // A node took the lease and died: its lease lives out its TTL.
+    let started = Instant::now();
     let mut c = redis
         .client()
         .get_multiplexed_async_connection()
@@ -377,7 +396,6 @@ async fn a_lease_whose_holder_died_is_taken_over_after_it_expires() {
         .await
         .unwrap();
     let calls = AtomicUsize::new(0);
-    let started = Instant::now();
     let (_, source) = get(&a, &k, &calls).await;
     let waited = started.elapsed();
     assert_eq!(source, Source::Computed);
@@ -386,4 +404,56 @@ async fn a_lease_whose_holder_died_is_taken_over_after_it_expires() {
     assert!(waited < Duration::from_secs(3), "{waited:?}");
     let s = t.stats();
     assert_eq!((s.leases_contended, s.lease_waits_empty), (1, 1), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_write_back_concurrent_misses_on_two_nodes_still_compute_once() {
+    let redis = RedisServer::start();
+    let write_back = |c: &mut RedisConfig| c.write = WriteMode::Back { queue: 64 };
+    let (a, b) = (
+        node(&tier(Target::Single(redis.url()), write_back), true).await,
+        node(&tier(Target::Single(redis.url()), write_back), true).await,
+    );
+    for round in 0..5 {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let calls = Arc::clone(&calls);
+            tasks.push(tokio::spawn(async move {
+                let k = key(&cache, "m", &format!("write-back round {round}"));
+                cache
+                    .get_or_compute(&k, &RequestOptions::default(), || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, std::io::Error>(Bytes::from_static(b"queued value"))
+                    })
+                    .await
+                    .unwrap()
+                    .value
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Bytes::from_static(b"queued value"));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_on_one_node_removes_the_shared_entry() {
+    let redis = RedisServer::start();
+    let (a, b) = (
+        node(&tier(Target::Single(redis.url()), |_| {}), true).await,
+        node(&tier(Target::Single(redis.url()), |_| {}), true).await,
+    );
+    let calls = AtomicUsize::new(0);
+    let k = key(&a, "m", "to remove");
+    get(&a, &k, &calls).await;
+    assert!(a.remove(&k).await);
+    assert_eq!(
+        get(&b, &key(&b, "m", "to remove"), &calls).await.1,
+        Source::Computed
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }

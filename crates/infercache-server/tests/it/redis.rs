@@ -14,13 +14,15 @@ use serde_json::{Value, json};
 
 use crate::support::{Server, model};
 
+/// A server on `target`. Timeouts of 1 s: the model keeps both cores of a CI machine busy,
+/// and these tests are not about a slow Redis (the fault test sets its own).
 fn config(target: RedisTarget) -> ServerConfig {
     ServerConfig {
         redis: Some(RedisSettings {
             target,
             prefix: "infercache:".into(),
             write_back_queue: None,
-            timeout: Duration::from_millis(50),
+            timeout: Duration::from_secs(1),
         }),
         ..ServerConfig::default()
     }
@@ -28,9 +30,27 @@ fn config(target: RedisTarget) -> ServerConfig {
 
 /// Two servers on one Redis, each with its own model.
 async fn pair(redis: &RedisServer) -> (Server, Arc<ModelPool>, Server, Arc<ModelPool>) {
+    pair_with(redis, Duration::from_secs(1)).await
+}
+
+/// Two servers whose Redis tier is in use (connected, epochs in sync).
+async fn pair_with(
+    redis: &RedisServer,
+    timeout: Duration,
+) -> (Server, Arc<ModelPool>, Server, Arc<ModelPool>) {
     let (ma, mb) = (model().await, model().await);
-    let a = Server::start(config(RedisTarget::Url(redis.url())), Arc::clone(&ma)).await;
-    let b = Server::start(config(RedisTarget::Url(redis.url())), Arc::clone(&mb)).await;
+    let mut cfg = config(RedisTarget::Url(redis.url()));
+    cfg.redis.as_mut().unwrap().timeout = timeout;
+    let a = Server::start(cfg.clone(), Arc::clone(&ma)).await;
+    let b = Server::start(cfg, Arc::clone(&mb)).await;
+    for s in [&a, &b] {
+        wait_for(
+            "the Redis tier in use",
+            Duration::from_secs(5),
+            async || redis_stats(s).await["connected"] == true,
+        )
+        .await;
+    }
     (a, ma, b, mb)
 }
 
@@ -169,7 +189,8 @@ async fn concurrent_identical_requests_to_both_servers_run_the_model_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_under_load_fails_no_request_and_is_used_again_when_back() {
     let mut redis = RedisServer::start_with(RedisServerOptions { appendonly: true });
-    let (a, _ma, b, _mb) = pair(&redis).await;
+    // The default timeout: a dead Redis must not slow requests down.
+    let (a, _ma, b, _mb) = pair_with(&redis, Duration::from_millis(50)).await;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -225,9 +246,17 @@ async fn redis_killed_under_load_fails_no_request_and_is_used_again_when_back() 
 
     redis.restart();
     let back = Instant::now();
-    wait_for("both breakers close", Duration::from_secs(5), async || {
-        redis_stats(&a).await["breaker"] == "closed" && redis_stats(&b).await["breaker"] == "closed"
-    })
+    wait_for(
+        "both nodes use Redis again",
+        Duration::from_secs(5),
+        async || {
+            let (sa, sb) = (redis_stats(&a).await, redis_stats(&b).await);
+            sa["breaker"] == "closed"
+                && sb["breaker"] == "closed"
+                && sa["connected"] == true
+                && sb["connected"] == true
+        },
+    )
     .await;
     // The tier is in use again: a value computed on A is a Redis hit on B.
     let probe = "written after Redis came back";
@@ -274,6 +303,12 @@ async fn redis_auto_starts_a_configured_local_redis_and_stops_it() {
         dir: dir.path().join("redis"),
     });
     let server = Server::start(cfg, model().await).await;
+    wait_for(
+        "the managed Redis in use",
+        Duration::from_secs(5),
+        async || redis_stats(&server).await["connected"] == true,
+    )
+    .await;
     assert_eq!(
         server
             .embed(&[], json!(["stored in the managed redis"]))
