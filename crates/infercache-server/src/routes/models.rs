@@ -137,11 +137,22 @@ pub async fn version_ready(
     model_ready(&state, &name, Some(&version)).await
 }
 
-fn v2_path(upstream_name: &str, version: Option<&str>, tail: &str) -> String {
+/// 404 unless `version` (from the path) is the one `name` is served at. The upstream is
+/// then asked at its unversioned path, as the infer route does: a client's path segment
+/// never reaches the upstream's URL.
+fn check_version(name: &str, version: Option<&str>, served: &str) -> Result<(), ApiError> {
     match version {
-        Some(v) => format!("/v2/models/{upstream_name}/versions/{v}{tail}"),
-        None => format!("/v2/models/{upstream_name}{tail}"),
+        Some(v) if v != served => Err(ApiError::UnknownVersion {
+            model: name.to_owned(),
+            requested: v.to_owned(),
+            served: served.to_owned(),
+        }),
+        _ => Ok(()),
     }
+}
+
+fn v2_path(upstream_name: &str, tail: &str) -> String {
+    format!("/v2/models/{upstream_name}{tail}")
 }
 
 async fn describe(
@@ -152,6 +163,7 @@ async fn describe(
     let builtin = state.model();
     let Some(model) = state.models().remote(name) else {
         if state.models().serves_builtin() && builtin.answers_to(name) {
+            check_version(name, version, &builtin.version)?;
             return Ok(Json(json!({
                 "name": name,
                 "versions": [builtin.version],
@@ -164,6 +176,7 @@ async fn describe(
         return Err(state.models().unknown(name, &builtin.id));
     };
     let config = model.config();
+    check_version(name, version, &config.version)?;
     if config.backend != Backend::KServeV2 {
         return Ok(Json(json!({
             "name": name,
@@ -176,7 +189,7 @@ async fn describe(
     }
     let reply = model
         .upstream()
-        .get(&v2_path(&config.upstream_name, version, ""))
+        .get(&v2_path(&config.upstream_name, ""))
         .await?;
     let mut meta: Value = serde_json::from_slice(&reply.body).map_err(|e| {
         UpstreamError::bad_response(name, format!("model metadata is not JSON: {e}"))
@@ -195,17 +208,19 @@ async fn model_ready(
     let builtin = state.model();
     let Some(model) = state.models().remote(name) else {
         if state.models().serves_builtin() && builtin.answers_to(name) {
+            check_version(name, version, &builtin.version)?;
             return Ok(StatusCode::OK);
         }
         return Err(state.models().unknown(name, &builtin.id));
     };
     let config = model.config();
+    check_version(name, version, &config.version)?;
     if config.backend != Backend::KServeV2 {
         return Ok(StatusCode::OK);
     }
     model
         .upstream()
-        .get(&v2_path(&config.upstream_name, version, "/ready"))
+        .get(&v2_path(&config.upstream_name, "/ready"))
         .await?;
     Ok(StatusCode::OK)
 }

@@ -6,7 +6,7 @@
 //!     └► rows::fetch_rows(state, RowRequest { model, tenant, rows, params, control }, fetch)
 //!          keys: tenant, model, version, digest, canonical row, output-affecting params
 //!          └► Cache::get_many_or_compute ─► hits │ missing rows (deduplicated, single flight)
-//!                 └► fetch(row indices), in chunks of max_batch, run concurrently
+//!                 └► fetch(row indices), in chunks of max_batch, 4 at a time
 //!                        └► the protocol builds one upstream request per chunk, sends it
 //!                           with Upstream::send (timeout, retries) and splits the answer
 //!                           into one value per row
@@ -180,9 +180,13 @@ impl Models {
         if models.is_empty() {
             return Ok(Self::builtin_only());
         }
+        // No redirects (a POST would come back as a GET elsewhere) and no proxy from the
+        // environment: an upstream is exactly the URL configured.
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
         let remote = models

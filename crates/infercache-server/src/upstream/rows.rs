@@ -6,9 +6,13 @@
 //! [`Cache::get_many_or_compute`]. So repeated rows in one request are looked up and sent
 //! once, rows a concurrent request is already fetching are waited for rather than sent
 //! again, and the rows left go upstream through the protocol's `fetch` closure: in one
-//! request, or in chunks of at most the model's `max_batch` rows, sent concurrently (the
-//! request's latency is then one upstream call, not one per chunk; the number of chunks
-//! is bounded by `max_items / max_batch`).
+//! request, or in chunks of at most the model's `max_batch` rows, four at a time (so the
+//! request's latency is about a quarter of one call per chunk, and one request never
+//! opens more than four upstream connections).
+//!
+//! The request waits for its rows at most its timeout less a margin; then it is answered
+//! with stale rows (`stale_if_error`) or `upstream_timeout`, and the computation goes on
+//! in its own task and fills the cache.
 //!
 //! Like the built-in model's path, the lookup and the upstream calls run as their own
 //! task: a request that times out or whose client goes away still fills the cache, and
@@ -33,11 +37,12 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 use bytes::Bytes;
 use infercache_core::{CanonicalInput, Digest, Epochs, KeyParts};
-use infercache_engine::{Cache, CacheKey, Fetched, Lookup, RequestOptions, Source};
+use infercache_engine::{Cache, CacheKey, ComputeError, Fetched, Lookup, RequestOptions, Source};
 use tokio::task::JoinSet;
 
 use super::{RemoteModel, UpstreamError};
@@ -325,7 +330,18 @@ where
         }
         fetched
     });
-    match computation.await.map_err(ApiError::internal)? {
+    // The answer must come before the request's own timeout, so that a hung upstream
+    // still gets its stale rows or its upstream error (naming the model) rather than a
+    // bare 504. The computation goes on in its task and fills the cache.
+    let budget = answer_budget(state.limits().request_timeout);
+    let outcome = match tokio::time::timeout(budget, computation).await {
+        Ok(joined) => joined.map_err(ApiError::internal)?,
+        Err(_) => Err(ComputeError::new(UpstreamError::Timeout {
+            model: model.name().to_owned(),
+            timeout: budget,
+        })),
+    };
+    match outcome {
         Ok(fetched) => Ok(Rows {
             sources: fetched
                 .iter()
@@ -355,6 +371,12 @@ where
             }
         }
     }
+}
+
+/// How long a request waits for its rows: its timeout less a margin (a tenth, at most a
+/// second) for the stale lookup and the response.
+fn answer_budget(request_timeout: Duration) -> Duration {
+    request_timeout.saturating_sub((request_timeout / 10).min(Duration::from_secs(1)))
 }
 
 /// Removes from the cache each row this request computed whose value `keep` refuses.
@@ -433,8 +455,11 @@ async fn stale(
     Some((values, sources))
 }
 
-/// Fetches the rows at `indices`: in one call, or in chunks of the model's `max_batch`
-/// run concurrently; checks that each call returned one value per row.
+/// Upstream calls one request runs at once when its rows are split into chunks.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Fetches the rows at `indices`: in one call, or in chunks of the model's `max_batch`,
+/// at most [`CHUNKS_IN_FLIGHT`] at once; checks that each call returned one value per row.
 async fn in_chunks<F, Fut>(
     model: &RemoteModel,
     fetch: &Arc<F>,
@@ -462,10 +487,15 @@ where
     let chunks: Vec<Vec<usize>> = indices.chunks(max).map(<[usize]>::to_vec).collect();
     let mut parts: Vec<Option<Vec<Bytes>>> = vec![None; chunks.len()];
     let mut calls = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(CHUNKS_IN_FLIGHT));
     for (i, chunk) in chunks.into_iter().enumerate() {
         let asked = chunk.len();
         let call = fetch(chunk);
-        calls.spawn(async move { (i, asked, call.await) });
+        let slots = Arc::clone(&slots);
+        calls.spawn(async move {
+            let _slot = slots.acquire().await.expect("never closed");
+            (i, asked, call.await)
+        });
     }
     // Dropping the set (on the first error) aborts the other chunks' calls.
     while let Some(joined) = calls.join_next().await {

@@ -227,13 +227,19 @@ struct Harness {
 }
 
 fn harness(models: Vec<ModelConfig>) -> Harness {
+    harness_with(
+        models,
+        Limits {
+            max_items: 16,
+            ..Limits::default()
+        },
+    )
+}
+
+fn harness_with(models: Vec<ModelConfig>, limits: Limits) -> Harness {
     let clock = ManualClock::new(1_000_000);
     let cache = Cache::open(CacheConfig::default(), clock.clone()).unwrap();
     let models = Models::new(&models, None).unwrap();
-    let limits = Limits {
-        max_items: 16,
-        ..Limits::default()
-    };
     let state = AppState::with_models(Some(cache), Fake::new(), models, ApiKeys::none(), limits);
     Harness {
         app: app(state),
@@ -463,6 +469,54 @@ async fn a_slow_upstream_times_out_with_504() {
     let r = predict_rows(&h, json!(["a"])).await;
     r.error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
     assert_eq!(r.body["error"]["model"], "m");
+}
+
+#[tokio::test]
+async fn a_hung_upstream_whose_timeout_is_the_requests_still_gets_stale_rows_or_its_error() {
+    let (url, up) = upstream().await;
+    let mut m = model("m", Backend::HttpJson, &format!("{url}/predict"));
+    m.ttl = Some(Duration::from_secs(60));
+    m.stale_if_error = Some(Duration::from_secs(600));
+    m.retries = 0;
+    // The longest a model's timeout may be: the request's own.
+    m.timeout = Duration::from_millis(600);
+    let h = harness_with(
+        vec![m],
+        Limits {
+            max_items: 16,
+            request_timeout: Duration::from_millis(600),
+            ..Limits::default()
+        },
+    );
+    assert_eq!(
+        predict_rows(&h, json!(["a"])).await.header("x-cache"),
+        "MISS"
+    );
+    h.clock.advance(Duration::from_secs(61));
+    up.delay_ms.store(3000, Ordering::SeqCst);
+    let r = predict_rows(&h, json!(["a"])).await;
+    assert_eq!(r.header("x-cache"), "STALE", "{}", r.body);
+    let r = predict_rows(&h, json!(["never cached"])).await;
+    r.error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
+    assert_eq!(r.body["error"]["model"], "m");
+}
+
+#[tokio::test]
+async fn a_version_in_a_metadata_path_must_be_the_served_one() {
+    let (url, up) = upstream().await;
+    let mut m = model("k", Backend::KServeV2, &url);
+    m.version = "3".into();
+    let h = harness(vec![m]);
+    let before = up.calls();
+    for path in [
+        "/v2/models/k/versions/2",
+        "/v2/models/k/versions/..%2F..%2Fadmin",
+        "/v2/models/k/versions/2/ready",
+    ] {
+        let r = send(&h.app, request(Method::GET, path, &[], "")).await;
+        r.error(StatusCode::NOT_FOUND, "model_version_not_found");
+    }
+    assert_eq!(up.calls(), before, "nothing reached the upstream");
 }
 
 #[tokio::test]
