@@ -39,7 +39,8 @@ struct ModelEntry {
     ttl_secs: Option<u64>,
     stale_if_error_secs: Option<u64>,
     max_batch: Option<usize>,
-    params: Vec<String>,
+    /// The keyed parameters; `null`: every parameter is keyed.
+    params: Option<Vec<String>>,
 }
 
 /// `GET /v1/models`.
@@ -57,7 +58,7 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> Json<Value>
         ttl_secs: None,
         stale_if_error_secs: None,
         max_batch: None,
-        params: Vec::new(),
+        params: None,
     };
     let models = state.models();
     let data: Vec<ModelEntry> = if models.listed().is_empty() {

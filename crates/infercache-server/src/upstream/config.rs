@@ -158,8 +158,10 @@ pub struct ModelConfig {
     pub stale_if_error: Option<Duration>,
     /// Whether outputs may be cached. Default: true.
     pub deterministic: bool,
-    /// Names of request parameters that change the output, sorted. Default: none.
-    pub params: Vec<String>,
+    /// Names of the request parameters that change the output, sorted; only these are
+    /// keyed. Default (`None`): every request parameter is keyed, since a parameter not
+    /// keyed but forwarded would let one request's output be served for another's.
+    pub params: Option<Vec<String>>,
     /// Most rows in one upstream request. Default: no limit.
     pub max_batch: Option<usize>,
     /// Retries of an idempotent upstream call. Default: 2.
@@ -180,7 +182,7 @@ impl ModelConfig {
             ttl: None,
             stale_if_error: None,
             deterministic: true,
-            params: Vec::new(),
+            params: None,
             max_batch: None,
             retries: DEFAULT_RETRIES,
         }
@@ -375,7 +377,7 @@ fn validate_one(
         if params.windows(2).any(|w| w[0] == w[1]) {
             return Err(err("params", "a parameter is named twice"));
         }
-        model.params = params;
+        model.params = Some(params);
     }
     if let Some(b) = m.max_batch {
         if b == 0 {
@@ -440,7 +442,7 @@ mod tests {
         assert_eq!(m.upstream_name, "sol");
         assert_eq!(m.ttl, Some(Duration::from_secs(3600)));
         assert_eq!(m.stale_if_error, Some(Duration::from_secs(600)));
-        assert_eq!(m.params, ["seed", "temperature"]);
+        assert_eq!(m.params.as_deref().unwrap(), ["seed", "temperature"]);
         assert_eq!(m.timeout, DEFAULT_TIMEOUT);
         assert_eq!(m.retries, DEFAULT_RETRIES);
         assert!(m.deterministic);

@@ -107,11 +107,11 @@ impl RemoteModel {
         }
     }
 
-    /// The key bytes of a request's output-affecting parameters: the model's configured
-    /// `params` picked out of `params` (others are ignored), beside `protocol`, the
-    /// protocol's own fields that change the output (OpenAI's `dimensions`), as canonical
-    /// JSON. Empty when there are none, so that leaving every parameter out and sending
-    /// only ignored ones share an entry.
+    /// The key bytes of a request's output-affecting parameters: all of `params`, or
+    /// only those the model's `params` setting names (the others are declared not to
+    /// change the output), beside `protocol`, the protocol's own fields that change the
+    /// output (OpenAI's `dimensions`), as canonical JSON. Empty when there are none, so
+    /// that leaving every parameter out and sending only ignored ones share an entry.
     ///
     /// # Errors
     /// [`ApiError::Internal`] only for a non-finite number, which parsed JSON never holds.
@@ -120,15 +120,14 @@ impl RemoteModel {
         params: Option<&Map<String, Value>>,
         protocol: Map<String, Value>,
     ) -> Result<Vec<u8>, ApiError> {
-        let picked: Map<String, Value> = params
-            .map(|p| {
-                self.config()
-                    .params
-                    .iter()
-                    .filter_map(|name| p.get(name).map(|v| (name.clone(), v.clone())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let picked: Map<String, Value> = match (params, &self.config().params) {
+            (None, _) => Map::new(),
+            (Some(p), None) => p.clone(),
+            (Some(p), Some(names)) => names
+                .iter()
+                .filter_map(|name| p.get(name).map(|v| (name.clone(), v.clone())))
+                .collect(),
+        };
         if picked.is_empty() && protocol.is_empty() {
             return Ok(Vec::new());
         }

@@ -339,7 +339,7 @@ async fn json_rows_whose_keys_differ_only_in_order_share_an_entry() {
 #[tokio::test]
 async fn output_affecting_parameters_are_keyed_and_others_ignored() {
     let (url, up) = upstream().await;
-    let h = json_model(&url, |m| m.params = vec!["temperature".into()]);
+    let h = json_model(&url, |m| m.params = Some(vec!["temperature".into()]));
     let ask = |params: Value| {
         let app = h.app.clone();
         async move {
@@ -360,6 +360,38 @@ async fn output_affecting_parameters_are_keyed_and_others_ignored() {
     let r = ask(json!({"temperature": 0.2})).await;
     assert_eq!(r.header("x-cache"), "MISS", "a listed one does");
     assert_eq!(r.body["outputs"][0]["params"]["temperature"], 0.2);
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test]
+async fn without_a_params_setting_every_parameter_is_keyed() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |_| {});
+    let ask = |params: Value| {
+        let app = h.app.clone();
+        async move {
+            let body = json!({ "inputs": ["x"], "parameters": params });
+            post(&app, "/v1/models/m/predict", &[], &body).await
+        }
+    };
+    assert_eq!(
+        ask(json!({"scale": 1, "trace": true}))
+            .await
+            .header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(
+        ask(json!({"trace": true, "scale": 1}))
+            .await
+            .header("x-cache"),
+        "HIT"
+    );
+    assert_eq!(
+        ask(json!({"scale": 1, "trace": false}))
+            .await
+            .header("x-cache"),
+        "MISS"
+    );
     assert_eq!(up.calls(), 2);
 }
 
@@ -1015,7 +1047,7 @@ async fn models_are_listed_and_described() {
     builtin.timeout = Duration::from_secs(1);
     let mut sol = model("sol", Backend::HttpJson, &url);
     sol.ttl = Some(Duration::from_secs(3600));
-    sol.params = vec!["t".into()];
+    sol.params = Some(vec!["t".into()]);
     sol.digest = Some("sha256:ab".into());
     let h = harness(vec![sol, kserve, builtin]);
 
