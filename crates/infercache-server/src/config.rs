@@ -697,7 +697,12 @@ fn resolve_redis(
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
     else {
-        if memory_fraction.is_some() || prefix.is_some() || write_back_queue.is_some() {
+        if memory_fraction.is_some()
+            || prefix.is_some()
+            || write_back_queue.is_some()
+            || cluster
+            || timeout.is_some()
+        {
             return Err(ConfigError::Inconsistent(
                 "redis_* settings need redis (auto or a URL)",
             ));

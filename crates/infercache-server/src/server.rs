@@ -157,8 +157,11 @@ pub async fn serve(
     };
     state.set_ready(false);
     if let Some(cache) = state.cache() {
-        cache.shutdown().await;
-        tracing::info!("cache flushed");
+        // Bounded: a slow Redis must not hold the process past its drain time.
+        match tokio::time::timeout(drain, cache.shutdown()).await {
+            Ok(()) => tracing::info!("cache flushed"),
+            Err(_) => tracing::warn!(?drain, "the cache did not finish flushing in time"),
+        }
     }
     result.map_err(ServerError::Io)
 }
