@@ -902,17 +902,8 @@ impl Cache {
         generation: u64,
         to_disk: &mut Vec<(Digest, MemEntry)>,
     ) -> Fetched {
-        let mem = MemEntry {
-            value: entry.value.clone(),
-            created_ms: entry.created_ms,
-            expires_ms: entry.expires_ms.unwrap_or(NEVER),
-        };
-        if self
-            .inner
-            .promote(&key.digest, mem.clone(), Some(generation))
-        {
-            to_disk.push((key.digest, mem));
-        }
+        self.inner
+            .promote_remote(&key.digest, &entry, generation, to_disk);
         let found = Found {
             value: entry.value.clone(),
             created_ms: entry.created_ms,
@@ -1147,17 +1138,8 @@ impl Cache {
                 let entry = entry.filter(|e| {
                     e.expires_ms.is_none_or(|x| x > now) && fresh_enough(e.created_ms, now, opts)
                 })?;
-                let mem = MemEntry {
-                    value: entry.value.clone(),
-                    created_ms: entry.created_ms,
-                    expires_ms: entry.expires_ms.unwrap_or(NEVER),
-                };
-                if self
-                    .inner
-                    .promote(&key.digest, mem.clone(), Some(generation))
-                {
-                    to_disk.push((key.digest, mem));
-                }
+                self.inner
+                    .promote_remote(&key.digest, &entry, generation, &mut to_disk);
                 key.model.counters.remote_hits.incr();
                 Some(Fetched {
                     value: entry.value,
@@ -1316,6 +1298,25 @@ impl Inner {
             m.insert(*key, entry);
         }
         true
+    }
+
+    /// Promotes a value read from the remote tier to memory (see [`Inner::promote`]) and,
+    /// if promoted, queues it for disk.
+    fn promote_remote(
+        &self,
+        key: &Digest,
+        entry: &RemoteEntry,
+        generation: u64,
+        to_disk: &mut Vec<(Digest, MemEntry)>,
+    ) {
+        let mem = MemEntry {
+            value: entry.value.clone(),
+            created_ms: entry.created_ms,
+            expires_ms: entry.expires_ms.unwrap_or(NEVER),
+        };
+        if self.promote(key, mem.clone(), Some(generation)) {
+            to_disk.push((*key, mem));
+        }
     }
 
     /// The write generation of each key's stripe now (see [`Inner::promote`]).
