@@ -4,7 +4,7 @@
 //! model's output ([`KeyParts`]). The encoding writes a schema version, then each field as
 //! `tag (1 byte) | length (u64 LE) | bytes` in a fixed order, so no two different field
 //! tuples share an encoding (there is no way to move bytes from one field into the next),
-//! and [`KeyParts::decode`] recovers the tuple from it, which the property tests use to
+//! and [`DecodedKey::decode`] recovers the tuple from it, which the property tests use to
 //! prove exactly that.
 
 use std::fmt;
