@@ -60,7 +60,7 @@ use crate::kserve::{
     self, Encoded, HEADER_LENGTH, InferRequest, ResponseMeta, Row, RowOutput, WireFormat,
 };
 use crate::state::AppState;
-use crate::upstream::{Backend, RemoteModel, RowRequest, UpstreamError, fetch_rows};
+use crate::upstream::{Backend, CacheControl, RemoteModel, RowRequest, UpstreamError, fetch_rows};
 use crate::{cache_control, routes};
 
 /// `POST /v2/models/{name}/infer`.
@@ -112,8 +112,16 @@ async fn serve(
     let work = body.len();
     let header_length = headers.get(HEADER_LENGTH).cloned();
     let max_rows = state.limits().max_items;
+    let whole = !model.config().batched;
     let parse = move || -> Result<(InferRequest, Vec<Row>), ApiError> {
-        let request = kserve::parse_request(body, header_length.as_ref())?;
+        let mut request = kserve::parse_request(body, header_length.as_ref())?;
+        if whole {
+            // Dimension 0 is not a batch: the request is one row, seen as a batch of one
+            // (a leading dimension of 1 moves no byte).
+            for t in &mut request.inputs {
+                t.shape.insert(0, 1);
+            }
+        }
         let rows = request.split(max_rows)?;
         Ok((request, rows))
     };
@@ -134,12 +142,18 @@ async fn serve(
     let params = model.key_params(Some(&request.parameters), protocol)?;
     let _room = state.reserve_items(rows.len())?;
 
+    let mut control: CacheControl = directives.into();
+    // A sequence (stateful) request advances the model's state: never served from, nor
+    // kept in, the cache.
+    control.bypass = SEQUENCE_PARAMETERS
+        .iter()
+        .any(|p| request.parameters.contains_key(*p));
     let row_request = RowRequest {
         model: Arc::clone(&model),
         tenant: caller.tenant,
         rows: rows.iter().map(Row::canonical_input).collect(),
         params,
-        control: directives.into(),
+        control,
     };
     let request = Arc::new(request);
     let upstream_request = Arc::clone(&request);
@@ -172,15 +186,22 @@ async fn serve(
             model_version: Some(&model.config().version),
             id: request.id.as_deref(),
         };
-        kserve::assemble_response(meta, &outputs, &request.outputs).map_err(|e| {
-            // The rows are the upstream's (a requested output's presence is checked
-            // before a row is stored): rows that cannot share one tensor were answered
-            // with different shapes by different calls.
-            ApiError::Upstream(UpstreamError::bad_response(
-                model.name(),
-                format!("cached and fetched rows cannot be batched together: {e}"),
-            ))
-        })
+        let assembled =
+            kserve::assemble_response(meta, &outputs, &request.outputs).map_err(|e| {
+                // The rows are the upstream's (a requested output's presence is checked
+                // before a row is stored): rows that cannot share one tensor were
+                // answered with different shapes by different calls.
+                ApiError::Upstream(UpstreamError::bad_response(
+                    model.name(),
+                    format!("cached and fetched rows cannot be batched together: {e}"),
+                ))
+            })?;
+        if whole {
+            // One row assembled: every output is led by a dimension of 1.
+            leading_dimension(assembled, "outputs", Shift::Remove).map_err(ApiError::internal)
+        } else {
+            Ok(assembled)
+        }
     })
     .await?;
     Ok(respond(encoded, headers))
@@ -238,6 +259,13 @@ async fn infer_upstream(
         WireFormat::Binary,
     )
     .expect("the rows of one request share their layout and parameters (a bug otherwise)");
+    let whole = !model.config().batched;
+    let encoded = if whole {
+        leading_dimension(encoded, "inputs", Shift::Remove)
+            .expect("a request this codec wrote, each input led by a dimension of 1")
+    } else {
+        encoded
+    };
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -256,8 +284,25 @@ async fn infer_upstream(
             model.upstream().inference_retry(),
         )
         .await?;
-    let parsed = kserve::parse_response(reply.body, reply.headers.get(HEADER_LENGTH))
-        .map_err(|e| bad(e.to_string()))?;
+    let (body, header_length) = if whole {
+        let declared = reply
+            .headers
+            .get(HEADER_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|s| s.parse::<usize>().ok()))
+            .map(|n| n.ok_or_else(|| bad("a malformed Inference-Header-Content-Length".into())))
+            .transpose()?;
+        let encoded = Encoded {
+            body: reply.body.to_vec(),
+            header_length: declared,
+        };
+        let wrapped = leading_dimension(encoded, "outputs", Shift::Add).map_err(bad)?;
+        let length = wrapped.header_length.map(HeaderValue::from);
+        (Bytes::from(wrapped.body), length)
+    } else {
+        (reply.body, reply.headers.get(HEADER_LENGTH).cloned())
+    };
+    let parsed =
+        kserve::parse_response(body, header_length.as_ref()).map_err(|e| bad(e.to_string()))?;
     if let Some(requested) = &request.outputs.requested
         && let Some(missing) = requested
             .iter()
@@ -270,4 +315,56 @@ async fn infer_upstream(
     }
     let split = parsed.split(batch.len()).map_err(|e| bad(e.to_string()))?;
     Ok(split.iter().map(|row| Bytes::from(row.encode())).collect())
+}
+
+/// The request parameters of Triton's sequence batcher: a request carrying one belongs to
+/// a stateful sequence.
+const SEQUENCE_PARAMETERS: [&str; 3] = ["sequence_id", "sequence_start", "sequence_end"];
+
+/// Which way [`leading_dimension`] moves shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shift {
+    /// `[d, ...]` becomes `[1, d, ...]`.
+    Add,
+    /// `[1, d, ...]` becomes `[d, ...]`.
+    Remove,
+}
+
+/// Adds or removes a leading dimension of 1 on every tensor of `field` (`inputs` or
+/// `outputs`) of an encoded message, for a model whose dimension 0 is not a batch
+/// (`batched = false`): its whole request travels through the per-row path as one row.
+/// Only the JSON part changes; binary data and flat or nested JSON `data` are the same
+/// bytes and values under either shape.
+fn leading_dimension(encoded: Encoded, field: &str, shift: Shift) -> Result<Encoded, String> {
+    let split = encoded.header_length.unwrap_or(encoded.body.len());
+    let header = encoded
+        .body
+        .get(..split)
+        .ok_or("the header length exceeds the body")?;
+    let mut json: Value =
+        serde_json::from_slice(header).map_err(|e| format!("the JSON part is not JSON: {e}"))?;
+    if let Some(tensors) = json.get_mut(field).and_then(Value::as_array_mut) {
+        for t in tensors {
+            let shape = t
+                .get_mut("shape")
+                .and_then(Value::as_array_mut)
+                .ok_or_else(|| format!("a tensor of `{field}` has no shape"))?;
+            match shift {
+                Shift::Add => shape.insert(0, Value::from(1)),
+                Shift::Remove if shape.first().and_then(Value::as_u64) == Some(1) => {
+                    shape.remove(0);
+                }
+                Shift::Remove => {
+                    return Err(format!("a tensor of `{field}` is not a batch of one"));
+                }
+            }
+        }
+    }
+    let mut body = serde_json::to_vec(&json).expect("a JSON value serializes");
+    let header_length = encoded.header_length.map(|_| body.len());
+    body.extend_from_slice(&encoded.body[split..]);
+    Ok(Encoded {
+        body,
+        header_length,
+    })
 }

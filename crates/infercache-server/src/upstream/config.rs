@@ -14,6 +14,7 @@
 //! deterministic = true          # false: never cached [default: true]
 //! params = ["temperature"]      # request parameters that change the output (keyed)
 //! max_batch = 64                # most rows in one upstream request [default: no limit]
+//! batched = false               # kserve-v2: dimension 0 is not a batch; cache whole requests [default: true]
 //! retries = 2                   # retries of idempotent calls [default: 2]
 //! upstream_name = "solubility"  # the name the upstream knows it by [default: name]
 //! ```
@@ -131,6 +132,7 @@ pub(crate) struct RawModel {
     deterministic: Option<bool>,
     params: Option<Vec<String>>,
     max_batch: Option<usize>,
+    batched: Option<bool>,
     retries: Option<u32>,
 }
 
@@ -164,6 +166,10 @@ pub struct ModelConfig {
     pub params: Option<Vec<String>>,
     /// Most rows in one upstream request. Default: no limit.
     pub max_batch: Option<usize>,
+    /// `kserve-v2` only: whether dimension 0 of every tensor is a batch of independent
+    /// rows (Triton's `max_batch_size > 0`). When false, a whole request is one entry.
+    /// Default: true.
+    pub batched: bool,
     /// Retries of an idempotent upstream call. Default: 2.
     pub retries: u32,
 }
@@ -184,6 +190,7 @@ impl ModelConfig {
             deterministic: true,
             params: None,
             max_batch: None,
+            batched: true,
             retries: DEFAULT_RETRIES,
         }
     }
@@ -294,6 +301,7 @@ fn validate_one(
             ("deterministic", m.deterministic.is_some()),
             ("params", m.params.is_some()),
             ("max_batch", m.max_batch.is_some()),
+            ("batched", m.batched.is_some()),
             ("retries", m.retries.is_some()),
         ];
         if let Some((field, _)) = upstream_only.iter().find(|(_, set)| *set) {
@@ -378,6 +386,21 @@ fn validate_one(
             return Err(err("params", "a parameter is named twice"));
         }
         model.params = Some(params);
+    }
+    if let Some(batched) = m.batched {
+        if backend != Backend::KServeV2 {
+            return Err(err(
+                "batched",
+                "applies to kserve-v2 models only (other protocols have rows of their own)",
+            ));
+        }
+        if !batched && m.max_batch.is_some() {
+            return Err(err(
+                "max_batch",
+                "a model with batched = false has no rows to batch",
+            ));
+        }
+        model.batched = batched;
     }
     if let Some(b) = m.max_batch {
         if b == 0 {
@@ -484,6 +507,14 @@ mod tests {
             ),
             (
                 "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\nmax_batch = 0",
+                "max_batch",
+            ),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\nbatched = false",
+                "batched",
+            ),
+            (
+                "name = \"a\"\nbackend = \"kserve-v2\"\nurl = \"http://x\"\nbatched = false\nmax_batch = 4",
                 "max_batch",
             ),
             (

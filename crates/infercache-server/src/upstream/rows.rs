@@ -62,6 +62,9 @@ pub struct CacheControl {
     /// Ersilia's `cache_only`: never call the upstream; a missing row is
     /// [`RowSource::Absent`] and its value `None`.
     pub cache_only: bool,
+    /// The call changes state upstream (a KServe sequence request): it is neither looked
+    /// up, nor stored, nor merged with an identical concurrent call.
+    pub bypass: bool,
 }
 
 impl From<Directives> for CacheControl {
@@ -70,6 +73,7 @@ impl From<Directives> for CacheControl {
             options: d.options,
             only_if_cached: d.only_if_cached,
             cache_only: false,
+            bypass: false,
         }
     }
 }
@@ -238,7 +242,7 @@ where
     let n = rows.len();
     let fetch = Arc::new(fetch);
     let cache = match state.cache() {
-        Some(cache) if model.config().deterministic => cache.clone(),
+        Some(cache) if model.config().deterministic && !control.bypass => cache.clone(),
         _ => {
             // Nothing is keyed: every row goes upstream, repeats included.
             if control.cache_only {

@@ -570,3 +570,75 @@ async fn an_upstream_answer_that_does_not_fit_the_rows_is_502_and_is_not_cached(
         s.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_model_without_a_batch_dimension_is_cached_per_whole_request() {
+    let upstream = Upstream::start().await;
+    let s = start(&upstream.url, "", "batched = false").await;
+
+    let four = json_request(&[0, 1, 2, 3], both_outputs());
+    let first = post(&s.url, INFER, four.clone(), None).await;
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!(
+        first.header("x-cache-misses"),
+        "1",
+        "one entry: the whole request"
+    );
+    // The upstream got the tensors as sent, [4, 3], not one row of them.
+    assert_eq!((upstream.calls(), upstream.rows()), (1, 4));
+    assert_outputs(&first.parsed(), &[0, 1, 2, 3]);
+    let direct = post(&upstream.url, INFER, four.clone(), None).await;
+    assert_eq!(first.parsed().outputs, direct.parsed().outputs);
+
+    let again = post(&s.url, INFER, four, None).await;
+    assert_eq!(again.header("x-cache"), "HIT");
+    assert_eq!(again.parsed().outputs, first.parsed().outputs);
+
+    // Part of a cached request is another request: no row of it is served from the
+    // cache (dimension 0 is not a batch of independent rows).
+    let two = post(&s.url, INFER, json_request(&[0, 1], both_outputs()), None).await;
+    assert_eq!(two.header("x-cache"), "MISS");
+    assert_outputs(&two.parsed(), &[0, 1]);
+    let (body, len) = binary_request(&[0, 1, 2, 3]);
+    let binary = post(&s.url, INFER, body, Some(len)).await;
+    assert_eq!(
+        binary.header("x-cache"),
+        "HIT",
+        "the same tensors sent as binary"
+    );
+    assert_outputs(&binary.parsed(), &[0, 1, 2, 3]);
+    assert_eq!(upstream.calls(), 3, "two through infercache, one direct");
+}
+
+#[tokio::test]
+async fn sequence_requests_are_never_cached() {
+    let upstream = Upstream::start().await;
+    let s = start(&upstream.url, "", "").await;
+    let step = json_request(
+        &[7],
+        json!({"parameters": {"sequence_id": 42, "sequence_start": true}}),
+    );
+    for _ in 0..2 {
+        let r = post(&s.url, INFER, step.clone(), None).await;
+        assert_eq!(r.header("x-cache"), "MISS");
+        assert_outputs(&r.parsed(), &[7]);
+    }
+    assert_eq!(
+        upstream.calls(),
+        2,
+        "each step of a sequence reaches the model"
+    );
+    // The same row outside a sequence is cached as usual, and was not stored by the steps.
+    let plain = json_request(&[7], json!({}));
+    assert_eq!(
+        post(&s.url, INFER, plain.clone(), None)
+            .await
+            .header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(
+        post(&s.url, INFER, plain, None).await.header("x-cache"),
+        "HIT"
+    );
+    assert_eq!(upstream.calls(), 3);
+}
