@@ -125,7 +125,9 @@ pub fn parse_request(
     binary.finish()?;
     unique("input", inputs.iter().map(|t| t.name.as_str()))?;
     let requested = match array_field(&json, "outputs", "")? {
+        // An empty list asks for nothing in particular: every output, as Triton answers.
         None => None,
+        Some(items) if items.is_empty() => None,
         Some(items) => Some(
             items
                 .iter()

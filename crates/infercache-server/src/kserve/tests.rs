@@ -908,3 +908,12 @@ fn tritonclient_request_bodies_parse_to_the_same_rows() {
     );
     assert_eq!(&a[1].inputs[4].data[..], &f32s(&[0.75, 1.0, 1.25])[..]);
 }
+
+#[test]
+fn an_empty_output_list_asks_for_every_output_like_none() {
+    let input = json!([{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]);
+    let empty = parse_request(json_body(&json!({"inputs": input, "outputs": []})), None).unwrap();
+    let absent = parse_request(json_body(&json!({"inputs": input})), None).unwrap();
+    assert!(empty.outputs.requested.is_none());
+    assert_eq!(empty.outputs.key_bytes(), absent.outputs.key_bytes());
+}
