@@ -31,6 +31,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::embed::Embed;
+use crate::upstream::{CallStats, Models};
 
 /// How a request's inputs were served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +157,7 @@ impl fmt::Debug for Metrics {
 
 impl Metrics {
     /// Metrics for one model, reading the cache's and the model's counters at scrape time.
-    pub fn new(cache: Option<Cache>, embedder: Arc<dyn Embed>) -> Self {
+    pub fn new(cache: Option<Cache>, embedder: Arc<dyn Embed>, models: Models) -> Self {
         let model = embedder.info().id.clone();
         let mut registry = Registry::with_prefix("infercache");
 
@@ -206,7 +207,11 @@ impl Metrics {
                 .clone()
         });
 
-        registry.register_collector(Box::new(EngineCollector { cache, embedder }));
+        registry.register_collector(Box::new(EngineCollector {
+            cache,
+            embedder,
+            models,
+        }));
         Self {
             registry,
             requests,
@@ -259,6 +264,7 @@ impl Metrics {
 struct EngineCollector {
     cache: Option<Cache>,
     embedder: Arc<dyn Embed>,
+    models: Models,
 }
 
 fn counter(
@@ -304,6 +310,7 @@ impl Collector for EngineCollector {
             "Texts the model embedded",
             &[(m(), inference.texts)],
         )?;
+        encode_upstreams(&mut enc, &self.models)?;
         let Some(cache) = &self.cache else {
             return Ok(());
         };
@@ -493,5 +500,46 @@ fn encode_remote(
         "redis_connected",
         "Whether Redis answered the last call",
         &[(vec![], u64::from(r.connected))],
+    )
+}
+
+/// Each upstream model's calls: attempts, failures, retries and time.
+fn encode_upstreams(enc: &mut DescriptorEncoder<'_>, models: &Models) -> Result<(), fmt::Error> {
+    let stats: Vec<(String, CallStats)> = models
+        .remotes()
+        .map(|m| (m.name().to_owned(), m.upstream().stats()))
+        .collect();
+    if stats.is_empty() {
+        return Ok(());
+    }
+    let per = |f: fn(&CallStats) -> u64| -> Vec<(Labels, u64)> {
+        stats
+            .iter()
+            .map(|(name, s)| (vec![("model", name.clone())], f(s)))
+            .collect()
+    };
+    counter(
+        enc,
+        "upstream_attempts",
+        "HTTP attempts made to a model's upstream (each retry counts)",
+        &per(|s| s.attempts),
+    )?;
+    counter(
+        enc,
+        "upstream_failures",
+        "Upstream attempts that failed (transport error, timeout, error status, unusable body)",
+        &per(|s| s.failures),
+    )?;
+    counter(
+        enc,
+        "upstream_retries",
+        "Upstream attempts that were retries",
+        &per(|s| s.retries),
+    )?;
+    counter(
+        enc,
+        "upstream_attempt_microseconds",
+        "Time spent in upstream attempts",
+        &per(|s| s.micros),
     )
 }

@@ -58,7 +58,7 @@ impl AppState {
         keys: ApiKeys,
         limits: Limits,
     ) -> Self {
-        let metrics = Metrics::new(cache.clone(), Arc::clone(&embedder));
+        let metrics = Metrics::new(cache.clone(), Arc::clone(&embedder), models.clone());
         Self {
             inner: Arc::new(Shared {
                 cache,

@@ -21,6 +21,8 @@
 //! Backoff: 50 ms before the first retry, doubling, at most 1 s; at most `retries`
 //! retries (per model, default 2). Every attempt has the model's full `timeout`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -187,12 +189,50 @@ pub struct UpstreamReply {
 pub struct Upstream {
     config: ModelConfig,
     client: reqwest::Client,
+    counters: Arc<CallCounters>,
+}
+
+/// What one model's upstream calls did, for `/metrics`.
+#[derive(Debug, Default)]
+struct CallCounters {
+    attempts: AtomicU64,
+    failures: AtomicU64,
+    retries: AtomicU64,
+    micros: AtomicU64,
+}
+
+/// A snapshot of a model's upstream calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// HTTP attempts made (a retried call counts each attempt).
+    pub attempts: u64,
+    /// Attempts that failed (transport error, timeout, error status, unusable body).
+    pub failures: u64,
+    /// Attempts that were retries.
+    pub retries: u64,
+    /// Time spent in attempts, in microseconds.
+    pub micros: u64,
 }
 
 impl Upstream {
     /// The upstream of `config` (a model with a `url`), sharing `client`'s pool.
     pub fn new(config: ModelConfig, client: reqwest::Client) -> Self {
-        Self { config, client }
+        Self {
+            config,
+            client,
+            counters: Arc::default(),
+        }
+    }
+
+    /// What this model's upstream calls did so far.
+    pub fn stats(&self) -> CallStats {
+        let c = &self.counters;
+        CallStats {
+            attempts: c.attempts.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            micros: c.micros.load(Ordering::Relaxed),
+        }
     }
 
     /// The model's settings.
@@ -281,15 +321,25 @@ impl Upstream {
             if let Some((bytes, headers)) = &body {
                 request = request.headers(headers.clone()).body(bytes.clone());
             }
-            let error = match self.attempt(request).await {
+            let started = std::time::Instant::now();
+            let outcome = self.attempt(request).await;
+            let c = &self.counters;
+            c.attempts.fetch_add(1, Ordering::Relaxed);
+            c.micros.fetch_add(
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            let error = match outcome {
                 Ok(reply) => return Ok(reply),
                 Err(e) => e,
             };
+            c.failures.fetch_add(1, Ordering::Relaxed);
             if attempt >= self.config.retries || !error.retryable(retry) {
                 log_failure(&error, &url, attempt);
                 return Err(error);
             }
             attempt += 1;
+            c.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(model = %self.config.name, %url, attempt, error = %error, "retrying upstream call");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -49,7 +49,7 @@ use infercache_core::canonical::canonical_json;
 use infercache_engine::RequestOptions;
 use serde_json::{Map, Value};
 
-pub use client::{Retry, Upstream, UpstreamError, UpstreamReply};
+pub use client::{CallStats, Retry, Upstream, UpstreamError, UpstreamReply};
 pub use config::{Backend, ModelConfig};
 pub use infercache_core::CanonicalInput;
 pub use rows::{CacheControl, RowRequest, RowSource, Rows, fetch_rows};
@@ -216,6 +216,11 @@ impl Models {
     /// The upstream model `name`, if there is one.
     pub fn remote(&self, name: &str) -> Option<&Arc<RemoteModel>> {
         self.inner.remote.get(name)
+    }
+
+    /// Every upstream model, by name.
+    pub fn remotes(&self) -> impl Iterator<Item = &Arc<RemoteModel>> {
+        self.inner.remote.values()
     }
 
     /// Every configured model, in file order; empty without `[[models]]`.

@@ -1170,3 +1170,21 @@ async fn tenants_never_share_rows() {
     }
     assert_eq!(up.calls(), 2);
 }
+
+#[tokio::test]
+async fn upstream_calls_are_counted_per_model_in_the_metrics() {
+    let (url, up) = upstream().await;
+    let h = json_model(&url, |m| m.retries = 1);
+    assert_eq!(predict_rows(&h, json!(["a"])).await.status, StatusCode::OK);
+    up.fail(1, 503);
+    assert_eq!(predict_rows(&h, json!(["b"])).await.status, StatusCode::OK);
+    let r = send(&h.app, request(Method::GET, "/metrics", &[], "")).await;
+    let text = r.body.as_str().unwrap().to_owned();
+    for line in [
+        "infercache_upstream_attempts_total{model=\"m\"} 3",
+        "infercache_upstream_failures_total{model=\"m\"} 1",
+        "infercache_upstream_retries_total{model=\"m\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+}
