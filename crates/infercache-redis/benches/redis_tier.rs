@@ -45,7 +45,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use infercache_core::{CanonicalInput, Epochs, KeyParts, SystemClock};
-use infercache_engine::{Cache, CacheConfig, CacheKey, Lookup, RemoteTier, RequestOptions};
+use infercache_engine::{
+    Cache, CacheConfig, CacheKey, Lookup, RemoteEntry, RemoteTier, RequestOptions,
+};
 use infercache_redis::codec;
 use infercache_redis::testing::RedisServer;
 use infercache_redis::{RedisConfig, RedisTier, Target};
@@ -679,7 +681,12 @@ fn cpu_costs(plan: &Plan, cache: &Cache, tier: &RedisTier) -> String {
     let k = key(cache, "cpu", 7);
     let d = *k.digest();
     for &len in plan.sizes {
-        let stored = infercache_redis::encode_value(&d, &value(7, len), 1);
+        let entry = RemoteEntry {
+            value: value(7, len).into(),
+            created_ms: 1,
+            expires_ms: None,
+        };
+        let stored = codec::encode(&d, &entry);
         let ns = ns_per(plan.cpu_iters, || codec::decode(&d, black_box(&stored)));
         out.push_str(&format!(
             "| codec decode (CRC32 + copy), {} | {ns:.0} |\n",

@@ -34,4 +34,4 @@ mod tier;
 pub use breaker::BreakerState;
 pub use config::{RedisConfig, Target, WriteMode};
 pub use error::RedisTierError;
-pub use tier::{RedisTier, decode_value, encode_value};
+pub use tier::RedisTier;

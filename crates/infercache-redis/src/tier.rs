@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use infercache_core::{Digest, SharedClock};
 use infercache_engine::remote::BoxFuture;
@@ -1024,21 +1023,4 @@ async fn write_back(tier: Weak<Shared>, mut rx: mpsc::Receiver<WriteJob>) {
             let _ = ack.send(());
         }
     }
-}
-
-/// A value for tests and tools: what a stored entry's bytes decode to.
-pub fn decode_value(key: &Digest, bytes: &[u8]) -> Result<RemoteEntry, codec::DecodeError> {
-    codec::decode(key, bytes)
-}
-
-#[doc(hidden)]
-pub fn encode_value(key: &Digest, value: &[u8], created_ms: u64) -> Vec<u8> {
-    codec::encode(
-        key,
-        &RemoteEntry {
-            value: Bytes::copy_from_slice(value),
-            created_ms,
-            expires_ms: None,
-        },
-    )
 }

@@ -347,30 +347,7 @@ async fn concurrent_misses_on_two_nodes_compute_once() {
         node(&tier(Target::Single(redis.url()), |_| {}), true).await,
         node(&tier(Target::Single(redis.url()), |_| {}), true).await,
     );
-    for round in 0..5 {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for i in 0..8 {
-            let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
-            let calls = Arc::clone(&calls);
-            tasks.push(tokio::spawn(async move {
-                let k = key(&cache, "m", &format!("round {round}"));
-                cache
-                    .get_or_compute(&k, &RequestOptions::default(), || async {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        Ok::<_, std::io::Error>(Bytes::from_static(b"slow value"))
-                    })
-                    .await
-                    .unwrap()
-                    .value
-            }));
-        }
-        for t in tasks {
-            assert_eq!(t.await.unwrap(), Bytes::from_static(b"slow value"));
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "round {round}");
-    }
+    computed_once_across(&a, &b, "round ", Duration::from_millis(100)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,30 +391,7 @@ async fn with_write_back_concurrent_misses_on_two_nodes_still_compute_once() {
         node(&tier(Target::Single(redis.url()), write_back), true).await,
         node(&tier(Target::Single(redis.url()), write_back), true).await,
     );
-    for round in 0..5 {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for i in 0..8 {
-            let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
-            let calls = Arc::clone(&calls);
-            tasks.push(tokio::spawn(async move {
-                let k = key(&cache, "m", &format!("write-back round {round}"));
-                cache
-                    .get_or_compute(&k, &RequestOptions::default(), || async {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok::<_, std::io::Error>(Bytes::from_static(b"queued value"))
-                    })
-                    .await
-                    .unwrap()
-                    .value
-            }));
-        }
-        for t in tasks {
-            assert_eq!(t.await.unwrap(), Bytes::from_static(b"queued value"));
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "round {round}");
-    }
+    computed_once_across(&a, &b, "write-back round ", Duration::from_millis(50)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,4 +410,35 @@ async fn a_removal_on_one_node_removes_the_shared_entry() {
         Source::Computed
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// Five rounds of 8 concurrent `get_or_compute`s of one new key, split over nodes `a` and
+/// `b`, each computation taking `delay`: every round computes once and every caller gets
+/// the value.
+async fn computed_once_across(a: &Cache, b: &Cache, label: &str, delay: Duration) {
+    for round in 0..5 {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let calls = Arc::clone(&calls);
+            let text = format!("{label}{round}");
+            tasks.push(tokio::spawn(async move {
+                let k = key(&cache, "m", &text);
+                cache
+                    .get_or_compute(&k, &RequestOptions::default(), || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::io::Error>(Bytes::from_static(b"the value"))
+                    })
+                    .await
+                    .unwrap()
+                    .value
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Bytes::from_static(b"the value"));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "round {round}");
+    }
 }
