@@ -33,32 +33,33 @@ async fn upstream() -> (String, Arc<AtomicUsize>) {
     (url, rows)
 }
 
-#[tokio::test]
-async fn models_from_the_config_file_are_served_and_cached_per_row() {
-    let (url, rows) = upstream().await;
+/// The configuration `serve --config FILE` resolves from a file holding `toml`.
+fn from_file(toml: &str) -> ServerConfig {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("infercache.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-            no_disk = true
-
-            [[models]]
-            name = "scorer"
-            backend = "http-json"
-            url = "{url}/score"
-            version = "3"
-            ttl = "1h"
-            "#
-        ),
-    )
-    .unwrap();
-    let config = ServerConfig::from_args(&ServeArgs {
+    std::fs::write(&path, toml).unwrap();
+    ServerConfig::from_args(&ServeArgs {
         config: Some(path),
         ..ServeArgs::default()
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn models_from_the_config_file_are_served_and_cached_per_row() {
+    let (url, rows) = upstream().await;
+    let config = from_file(&format!(
+        r#"
+        no_disk = true
+
+        [[models]]
+        name = "scorer"
+        backend = "http-json"
+        url = "{url}/score"
+        version = "3"
+        ttl = "1h"
+        "#
+    ));
     let s = Server::start(config, model().await).await;
 
     let listed = s.get("/v1/models", &[]).await;
@@ -84,30 +85,20 @@ async fn models_from_the_config_file_are_served_and_cached_per_row() {
 #[tokio::test]
 async fn a_proxy_only_configuration_never_loads_the_builtin_model() {
     let (url, rows) = upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("infercache.toml");
     // A model directory that does not exist: loading the built-in model would fail.
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-            no_disk = true
-            model_dir = "{}"
+    let missing = tempfile::tempdir().unwrap();
+    let config = from_file(&format!(
+        r#"
+        no_disk = true
+        model_dir = "{}"
 
-            [[models]]
-            name = "scorer"
-            backend = "http-json"
-            url = "{url}/score"
-            "#,
-            dir.path().join("no-model-here").display()
-        ),
-    )
-    .unwrap();
-    let config = ServerConfig::from_args(&ServeArgs {
-        config: Some(path),
-        ..ServeArgs::default()
-    })
-    .unwrap();
+        [[models]]
+        name = "scorer"
+        backend = "http-json"
+        url = "{url}/score"
+        "#,
+        missing.path().join("no-model-here").display()
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
