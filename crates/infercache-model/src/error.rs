@@ -40,12 +40,26 @@ pub enum ModelError {
     /// `config.json` could not be parsed as a BERT configuration.
     #[error("invalid model config: {0}")]
     Config(Arc<serde_json::Error>),
+    /// `config.json` describes a model this forward pass does not run.
+    #[error("unsupported model config: {0}")]
+    UnsupportedConfig(String),
+    /// The weights file is not a valid safetensors file.
+    #[error("invalid safetensors file: {0}")]
+    Safetensors(Arc<safetensors::SafeTensorError>),
+    /// A tensor a component needs is missing or has the wrong shape or dtype.
+    #[error("tensor {tensor}: {reason}")]
+    Weights {
+        /// The tensor's name, as in the safetensors file.
+        tensor: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Inputs to a component do not fit it (token ids, lengths, widths).
+    #[error("invalid forward-pass input: {0}")]
+    Shape(String),
     /// The tokenizer could not be loaded or failed on an input.
     #[error("tokenizer error: {0}")]
     Tokenizer(Arc<dyn std::error::Error + Send + Sync>),
-    /// The model runtime (candle) failed.
-    #[error("model runtime error: {0}")]
-    Candle(Arc<candle_core::Error>),
     /// The inference queue is full; the request was not queued. A server answers 429.
     #[error("the inference queue is full")]
     Overloaded,
@@ -66,9 +80,9 @@ impl ModelError {
     }
 }
 
-impl From<candle_core::Error> for ModelError {
-    fn from(error: candle_core::Error) -> Self {
-        Self::Candle(Arc::new(error))
+impl From<safetensors::SafeTensorError> for ModelError {
+    fn from(error: safetensors::SafeTensorError) -> Self {
+        Self::Safetensors(Arc::new(error))
     }
 }
 

@@ -59,6 +59,7 @@
 //! [all-MiniLM-L6-v2]: https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2
 //! [candle]: https://github.com/huggingface/candle
 
+pub mod bert;
 mod embedder;
 mod error;
 mod fetch;

@@ -1,0 +1,232 @@
+//! One encoder layer: self-attention, then the feed-forward block, each with a residual
+//! connection and a layer norm (BERT's post-norm layout).
+
+use safetensors::SafeTensors;
+
+use super::kernels::{Matrix, dot, gelu, layer_norm, linear, softmax, vectorized};
+use super::weights::Tensors;
+use super::{BertConfig, Hidden, Threads, for_each, row_blocks};
+use crate::ModelError;
+
+/// Encoder layer `i`, built from the tensors `encoder.layer.{i}.*`:
+/// `attention.self.{query,key,value}`, `attention.output.dense`,
+/// `attention.output.LayerNorm`, `intermediate.dense`, `output.dense` and
+/// `output.LayerNorm` (each `.weight` and `.bias`).
+///
+/// The query, key and value projections are fused into one product at load.
+#[derive(Clone, PartialEq)]
+pub struct Layer {
+    index: usize,
+    /// `[hidden, 3 hidden]`: query | key | value.
+    qkv: Matrix,
+    qkv_bias: Vec<f32>,
+    attention_out: Matrix,
+    attention_out_bias: Vec<f32>,
+    attention_norm: (Vec<f32>, Vec<f32>),
+    up: Matrix,
+    up_bias: Vec<f32>,
+    down: Matrix,
+    down_bias: Vec<f32>,
+    output_norm: (Vec<f32>, Vec<f32>),
+    heads: usize,
+    head_dim: usize,
+    eps: f32,
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("index", &self.index)
+            .field("width", &self.width())
+            .field("heads", &self.heads)
+            .field("intermediate", &self.up.cols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Layer {
+    /// Loads layer `index` from `tensors` (F32, F16 or BF16; kept as `f32`).
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] naming a tensor that is missing or has the wrong shape or
+    /// dtype; [`ModelError::UnsupportedConfig`] for an index past `num_hidden_layers`.
+    pub fn load(
+        tensors: &SafeTensors<'_>,
+        index: usize,
+        config: &BertConfig,
+    ) -> Result<Self, ModelError> {
+        if index >= config.num_hidden_layers {
+            return Err(ModelError::UnsupportedConfig(format!(
+                "layer {index} of a model with {} layers",
+                config.num_hidden_layers
+            )));
+        }
+        let t = Tensors::new(tensors);
+        let p = format!("encoder.layer.{index}");
+        let (h, i) = (config.hidden_size, config.intermediate_size);
+        let (q, qb) = t.linear(&format!("{p}.attention.self.query"), h, h)?;
+        let (k, kb) = t.linear(&format!("{p}.attention.self.key"), h, h)?;
+        let (v, vb) = t.linear(&format!("{p}.attention.self.value"), h, h)?;
+        let (attention_out, attention_out_bias) =
+            t.linear(&format!("{p}.attention.output.dense"), h, h)?;
+        let (up, up_bias) = t.linear(&format!("{p}.intermediate.dense"), h, i)?;
+        let (down, down_bias) = t.linear(&format!("{p}.output.dense"), i, h)?;
+        Ok(Self {
+            index,
+            qkv: Matrix::concat_cols(&[q, k, v]),
+            qkv_bias: [qb, kb, vb].concat(),
+            attention_out,
+            attention_out_bias,
+            attention_norm: t.layer_norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+            up,
+            up_bias,
+            down,
+            down_bias,
+            output_norm: t.layer_norm(&format!("{p}.output.LayerNorm"), h)?,
+            heads: config.num_attention_heads,
+            head_dim: config.head_dim(),
+            eps: config.eps(),
+        })
+    }
+
+    /// Which layer of the encoder this is.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Runs the layer on `hidden`: the next hidden states, same shape.
+    ///
+    /// # Errors
+    /// [`ModelError::Shape`] if `hidden` is not as wide as the layer.
+    pub fn forward(&self, hidden: &Hidden, threads: &Threads) -> Result<Hidden, ModelError> {
+        let w = self.width();
+        if hidden.width() != w {
+            return Err(ModelError::Shape(format!(
+                "hidden states of width {} into layer {} of width {w}",
+                hidden.width(),
+                self.index
+            )));
+        }
+        let parts = threads.count();
+        let x = hidden.states();
+        let tokens = hidden.tokens();
+        let states = threads.run(|| {
+            let mut qkv = vec![0.0; tokens * 3 * w];
+            linear(&mut qkv, x, &self.qkv, parts, |_, start, row| {
+                add(row, &self.qkv_bias[start..]);
+            });
+            let context = self.attention(&qkv, hidden.lengths(), parts);
+            drop(qkv);
+
+            let mut attended = vec![0.0; tokens * w];
+            linear(
+                &mut attended,
+                &context,
+                &self.attention_out,
+                parts,
+                |r, start, row| {
+                    add(row, &self.attention_out_bias[start..]);
+                    add(row, &x[r * w + start..]);
+                },
+            );
+            drop(context);
+            self.normalize(&mut attended, &self.attention_norm, parts);
+
+            let mut inner = vec![0.0; tokens * self.up.cols];
+            linear(&mut inner, &attended, &self.up, parts, |_, start, row| {
+                for (v, b) in row.iter_mut().zip(&self.up_bias[start..]) {
+                    *v = gelu(*v + b);
+                }
+            });
+
+            let mut out = vec![0.0; tokens * w];
+            linear(&mut out, &inner, &self.down, parts, |r, start, row| {
+                add(row, &self.down_bias[start..]);
+                add(row, &attended[r * w + start..]);
+            });
+            self.normalize(&mut out, &self.output_norm, parts);
+            out
+        });
+        Hidden::new(states, hidden.lengths().to_vec(), w)
+    }
+
+    fn normalize(&self, rows: &mut [f32], (gamma, beta): &(Vec<f32>, Vec<f32>), parts: usize) {
+        let w = self.width();
+        for_each(row_blocks(rows, w, parts), parts, |(_, block)| {
+            vectorized(|| {
+                for row in block.chunks_exact_mut(w) {
+                    layer_norm(row, gamma, beta, self.eps);
+                }
+            });
+        });
+    }
+
+    /// Scaled dot-product attention of every sequence over itself, from the fused
+    /// projections `qkv` (`tokens × 3 hidden`); the context, `tokens × hidden`.
+    ///
+    /// Work items are whole sequences, or, with fewer sequences than threads, runs of
+    /// query rows of each sequence: every row is computed the same way whatever the split.
+    fn attention(&self, qkv: &[f32], lengths: &[usize], parts: usize) -> Vec<f32> {
+        let w = self.width();
+        let mut context = vec![0.0; qkv.len() / 3];
+        let mut items = Vec::new();
+        let mut rest = context.as_mut_slice();
+        let mut offset = 0;
+        for &len in lengths {
+            let (mine, tail) = rest.split_at_mut(len * w);
+            rest = tail;
+            let sequence = &qkv[offset * 3 * w..(offset + len) * 3 * w];
+            let split = if lengths.len() >= parts { 1 } else { parts };
+            for (first, block) in row_blocks(mine, w, split) {
+                items.push((sequence, len, first, block));
+            }
+            offset += len;
+        }
+        for_each(items, parts, |(sequence, len, first, block)| {
+            vectorized(|| self.attend(sequence, len, first, block));
+        });
+        context
+    }
+
+    /// Context rows `first..` of one sequence of `len` tokens into `out`.
+    #[inline(always)]
+    fn attend(&self, qkv: &[f32], len: usize, first: usize, out: &mut [f32]) {
+        let (w, d) = (self.width(), self.head_dim);
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a head dimension is a small integer"
+        )]
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut scores = vec![0.0f32; len];
+        for (i, row) in out.chunks_exact_mut(w).enumerate() {
+            let query = &qkv[(first + i) * 3 * w..][..w];
+            for h in 0..self.heads {
+                let q = &query[h * d..][..d];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = dot(q, &qkv[j * 3 * w + w + h * d..][..d]) * scale;
+                }
+                softmax(&mut scores);
+                let o = &mut row[h * d..][..d];
+                o.fill(0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    let v = &qkv[j * 3 * w + 2 * w + h * d..][..d];
+                    for (o, v) in o.iter_mut().zip(v) {
+                        *o = p.mul_add(*v, *o);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `row += other` element-wise (over `row`'s length).
+#[inline(always)]
+fn add(row: &mut [f32], other: &[f32]) {
+    for (v, o) in row.iter_mut().zip(other) {
+        *v += o;
+    }
+}
