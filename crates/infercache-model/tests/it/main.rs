@@ -4,6 +4,7 @@
 //! `<target dir>/model-cache` (`$CARGO_TARGET_DIR` or the workspace's `target/`). A test
 //! fails, never skips, when the model cannot be had.
 
+mod bert;
 mod embedder;
 mod files;
 mod pool;
