@@ -1,14 +1,19 @@
 //! The built-in embedding model: [all-MiniLM-L6-v2] (sentence-transformers, 384 dimensions,
-//! Apache-2.0) run in-process on the CPU with [candle], behind a pool of inference threads.
+//! Apache-2.0) run in-process on the CPU, behind a pool of inference threads.
 //!
-//! This crate holds infercache's heaviest dependencies (candle, tokenizers, an HTTP
-//! client); nothing else in the workspace needs them, so only the server depends on it.
+//! This crate holds infercache's heaviest dependencies (faer's matrix kernels, tokenizers,
+//! an HTTP client); nothing else in the workspace needs them, so only the server depends
+//! on it.
 //!
 //! # Parts
 //!
 //! - [`ModelFiles`]: the three files the model needs (`config.json`, `tokenizer.json`,
 //!   `model.safetensors`), each checked against a pinned SHA-256 before use.
 //! - [`Embedder`]: tokenizer + BERT encoder + mean pooling + L2 normalisation; synchronous.
+//! - [`bert`]: the forward pass one component at a time ([`bert::Embeddings`], encoder
+//!   [`bert::Layer`] `i`, [`bert::MeanPooling`]), each loaded from its own tensors by their
+//!   original names, so a caller holding one layer's tensors runs the same code
+//!   [`Embedder`] runs, with the same bits.
 //! - [`InferencePool`]: dedicated OS threads fed by a bounded queue, with dynamic batching,
 //!   for async callers.
 //! - [`ModelError`]: the crate's typed error.
@@ -37,10 +42,10 @@
 //!   is dropped. The shipped `tokenizer.json` truncates at 128; we override it so that our
 //!   vectors match sentence-transformers'. [`Embedder::count_tokens`] reports the count
 //!   before truncation, so a caller can tell when it happened.
-//! - **Each batch is padded to its longest input**, not to the fixed 128 the shipped
-//!   `tokenizer.json` asks for: short batches cost less, and padding is masked out of both
-//!   attention and pooling, so a text's vector is the same alone or in any batch (up to
-//!   float rounding, ~1e-6).
+//! - **No padding at all**, neither the fixed 128 the shipped `tokenizer.json` asks for nor
+//!   a batch's longest input: a batch is its sequences' tokens packed one after the other
+//!   (see [`bert`]), attention runs per sequence, so a text's vector is the same alone or
+//!   in any batch (up to float rounding, ~1e-6) and no time goes to padding.
 //!
 //! Pooling is the mean of the last hidden states over real (unmasked) tokens, then L2
 //! normalisation, as the model's sentence-transformers pipeline does: cosine similarity of
@@ -48,8 +53,8 @@
 //!
 //! # Threading model
 //!
-//! [`Embedder::embed`] is CPU-bound (one forward pass; candle spreads it over the cores)
-//! and never runs on an async worker. [`InferencePool`] owns `threads` OS threads
+//! [`Embedder::embed`] is CPU-bound (one forward pass, spread over the embedder's
+//! [`bert::Threads`], by default one per core) and never runs on an async worker. [`InferencePool`] owns `threads` OS threads
 //! (default 1) that take requests from a bounded queue. A worker waits for one request, then
 //! gathers more for at most `max_wait` (default 2 ms) or until it has `max_batch` texts
 //! (default 32), and runs them as one padded batch: concurrent callers share a forward
@@ -57,7 +62,6 @@
 //! a 429. [`InferencePool::stats`] counts requests, forward passes and texts.
 //!
 //! [all-MiniLM-L6-v2]: https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2
-//! [candle]: https://github.com/huggingface/candle
 
 pub mod bert;
 mod embedder;

@@ -53,8 +53,8 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
-    /// Inference threads, each running one forward pass at a time. Default 1: candle
-    /// already spreads one forward pass over the cores.
+    /// Inference threads, each running one forward pass at a time. Default 1: the
+    /// embedder already spreads one forward pass over the cores (its `Threads`).
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
         self

@@ -2,7 +2,7 @@
 
 use safetensors::SafeTensors;
 
-use super::kernels::{layer_norm, vectorized};
+use super::kernels::{Kernel, layer_norm, vectorized};
 use super::weights::Tensors;
 use super::{BertConfig, Hidden, Threads, Tokens, for_each, row_blocks};
 use crate::ModelError;
@@ -95,22 +95,40 @@ impl Embeddings {
         threads.run(|| {
             let blocks = row_blocks(&mut states, w, threads.count());
             for_each(blocks, threads.count(), |(first, block)| {
-                vectorized(|| {
-                    for (i, row) in block.chunks_exact_mut(w).enumerate() {
-                        let t = first + i;
-                        let id = tokens.ids()[t] as usize;
-                        let word = &self.words[id * w..][..w];
-                        let pos = &self.positions[positions[t] * w..][..w];
-                        for (((x, a), b), c) in
-                            row.iter_mut().zip(word).zip(pos).zip(&self.token_type)
-                        {
-                            *x = a + c + b;
-                        }
-                        layer_norm(row, &self.gamma, &self.beta, self.eps);
-                    }
+                vectorized(EmbedRows {
+                    embeddings: self,
+                    ids: &tokens.ids()[first..],
+                    positions: &positions[first..],
+                    block,
                 });
             });
         });
         Hidden::new(states, tokens.lengths().to_vec(), w)
+    }
+}
+
+/// Embeddings of a run of tokens into `block`.
+struct EmbedRows<'a> {
+    embeddings: &'a Embeddings,
+    ids: &'a [u32],
+    positions: &'a [usize],
+    block: &'a mut [f32],
+}
+
+impl Kernel for EmbedRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let e = self.embeddings;
+        let w = e.width;
+        for (t, row) in self.block.chunks_exact_mut(w).enumerate() {
+            let word = &e.words[self.ids[t] as usize * w..][..w];
+            let pos = &e.positions[self.positions[t] * w..][..w];
+            for (((x, a), b), c) in row.iter_mut().zip(word).zip(pos).zip(&e.token_type) {
+                *x = a + c + b;
+            }
+            layer_norm(row, &e.gamma, &e.beta, e.eps);
+        }
     }
 }

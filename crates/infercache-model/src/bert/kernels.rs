@@ -1,10 +1,13 @@
 //! The numeric kernels of the forward pass: matrix products on faer, and the element-wise
 //! steps (bias + GELU, layer norm, softmax, dot products) written here.
 //!
-//! The element-wise steps are plain loops run through [`pulp::Arch::dispatch`], which
-//! compiles each closure once per instruction set (AVX-512, AVX2 + FMA, scalar) and picks the
-//! best one the CPU has at run time, so LLVM vectorizes them without `unsafe` code or a
-//! `-C target-cpu` flag. No crate offers fused bias + GELU or a one-pass layer norm over
+//! The element-wise steps are plain loops in [`Kernel`]s run through
+//! [`pulp::Arch::dispatch`], which compiles each once per instruction set (AVX-512,
+//! AVX2 + FMA, scalar) and picks the best one the CPU has at run time, so LLVM vectorizes
+//! them without `unsafe` code or a `-C target-cpu` flag. A kernel is a struct rather than a
+//! closure because only `#[inline(always)]` code is compiled for the chosen instruction set:
+//! a closure body LLVM declines to inline runs as baseline x86-64 code (`mul_add` becomes a
+//! library call to `fmaf`). No crate offers fused bias + GELU or a one-pass layer norm over
 //! plain slices, and `erf`/`exp` from `std` are scalar library calls that would not
 //! vectorize: hence the short polynomial versions below, each checked against a
 //! double-precision reference in the tests.
@@ -17,10 +20,91 @@ use faer::{Accum, MatMut, MatRef, Par};
 /// Partial sums kept by a reduction: one AVX-512 register of `f32`.
 pub(crate) const LANES: usize = 16;
 
-/// Runs `f` compiled for the best instruction set this CPU has.
+/// A step of the forward pass compiled for the best instruction set this CPU has: `run`
+/// (and everything it calls) must be `#[inline(always)]`.
+pub(crate) trait Kernel {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+struct Dispatch<K>(K);
+
+impl<K: Kernel> pulp::WithSimd for Dispatch<K> {
+    type Output = K::Output;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> K::Output {
+        self.0.run()
+    }
+}
+
+/// Runs `kernel` compiled for the best instruction set this CPU has.
+pub(crate) fn vectorized<K: Kernel>(kernel: K) -> K::Output {
+    pulp::Arch::new().dispatch(Dispatch(kernel))
+}
+
+/// What [`linear`] adds to each output row while it is in cache.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Epilogue<'a> {
+    /// `+ bias`.
+    Bias(&'a [f32]),
+    /// `gelu(· + bias)`.
+    BiasGelu(&'a [f32]),
+    /// `+ bias + residual[row]` (`residual` is `rows × width`).
+    BiasResidual {
+        bias: &'a [f32],
+        residual: &'a [f32],
+        width: usize,
+    },
+}
+
+/// [`Epilogue`] over every row of one column block starting at column `start`.
+struct EpilogueRows<'v, 'a> {
+    view: MatMut<'v, f32>,
+    start: usize,
+    epilogue: Epilogue<'a>,
+}
+
+impl Kernel for EpilogueRows<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(mut self) {
+        let start = self.start;
+        for r in 0..self.view.nrows() {
+            let row = self
+                .view
+                .as_mut()
+                .row_mut(r)
+                .try_as_row_major_mut()
+                .expect("bug: a row of a row-major block has unit stride")
+                .as_slice_mut();
+            match self.epilogue {
+                Epilogue::Bias(bias) => add(row, &bias[start..]),
+                Epilogue::BiasGelu(bias) => {
+                    for (v, b) in row.iter_mut().zip(&bias[start..]) {
+                        *v = gelu(*v + b);
+                    }
+                }
+                Epilogue::BiasResidual {
+                    bias,
+                    residual,
+                    width,
+                } => {
+                    add(row, &bias[start..]);
+                    add(row, &residual[r * width + start..]);
+                }
+            }
+        }
+    }
+}
+
+/// `row += other` element-wise (over `row`'s length).
 #[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
+fn add(row: &mut [f32], other: &[f32]) {
+    for (v, o) in row.iter_mut().zip(other) {
+        *v += o;
+    }
 }
 
 /// A weight matrix laid out for `x · W`: `rows` = inputs, `cols` = outputs, row-major.
@@ -66,21 +150,15 @@ impl Matrix {
     }
 }
 
-/// `dst (m × w.cols) = x (m × w.rows) · w`, then `epilogue(row, first_col, values)` on each
-/// row of each column block (to add a bias, a residual, an activation while the block is
-/// in cache), on as many threads as `parts`.
+/// `dst (m × w.cols) = x (m × w.rows) · w`, then `epilogue` on each row of each column
+/// block (a bias, a residual, an activation, added while the block is in cache), on as
+/// many threads as `parts`.
 ///
 /// The output columns are cut into `parts` blocks of whole multiples of [`LANES`]; each
 /// block is one sequential faer product, so the result depends only on the shapes and
 /// `parts`, never on which thread ran what. Call inside the [`Threads`](super::Threads)
 /// pool when `parts > 1`.
-pub(crate) fn linear(
-    dst: &mut [f32],
-    x: &[f32],
-    w: &Matrix,
-    parts: usize,
-    epilogue: impl Fn(usize, usize, &mut [f32]) + Sync,
-) {
+pub(crate) fn linear(dst: &mut [f32], x: &[f32], w: &Matrix, parts: usize, epilogue: Epilogue<'_>) {
     let m = x.len() / w.rows;
     debug_assert_eq!(x.len(), m * w.rows);
     debug_assert_eq!(dst.len(), m * w.cols);
@@ -99,16 +177,10 @@ pub(crate) fn linear(
     let run = |(start, len, mut view): (usize, usize, MatMut<'_, f32>)| {
         let rhs = MatRef::from_row_major_slice(&w.data, w.rows, w.cols).subcols(start, len);
         faer::linalg::matmul::matmul(view.as_mut(), Accum::Replace, lhs, rhs, 1.0, Par::Seq);
-        vectorized(|| {
-            for r in 0..m {
-                let row = view
-                    .as_mut()
-                    .row_mut(r)
-                    .try_as_row_major_mut()
-                    .expect("bug: a row of a row-major block has unit stride")
-                    .as_slice_mut();
-                epilogue(r, start, row);
-            }
+        vectorized(EpilogueRows {
+            view,
+            start,
+            epilogue,
         });
     };
     if views.len() == 1 {
@@ -133,7 +205,7 @@ fn column_blocks(cols: usize, parts: usize) -> Vec<(usize, usize)> {
     blocks
 }
 
-/// `x · y` with [`LANES`] partial sums; call inside [`vectorized`].
+/// `x · y` with [`LANES`] partial sums; call from a [`Kernel`].
 #[inline(always)]
 pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
     debug_assert_eq!(x.len(), y.len());
@@ -151,7 +223,7 @@ pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
     sum_lanes(&acc)
 }
 
-/// Sum of `x` with [`LANES`] partial sums; call inside [`vectorized`].
+/// Sum of `x` with [`LANES`] partial sums; call from a [`Kernel`].
 #[inline(always)]
 pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
@@ -182,7 +254,7 @@ fn sum_lanes(acc: &[f32; LANES]) -> f32 {
 }
 
 /// `row = (row - mean) / sqrt(var + eps) * gamma + beta` over one token's features (the
-/// biased variance, as PyTorch's `LayerNorm`); call inside [`vectorized`].
+/// biased variance, as PyTorch's `LayerNorm`); call from a [`Kernel`].
 #[inline(always)]
 pub(crate) fn layer_norm(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     #[expect(
@@ -209,7 +281,7 @@ pub(crate) fn layer_norm(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32)
     }
 }
 
-/// Softmax of `x` in place (max-subtracted); call inside [`vectorized`].
+/// Softmax of `x` in place (max-subtracted); call from a [`Kernel`].
 #[inline(always)]
 pub(crate) fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -348,20 +420,22 @@ mod tests {
         let torch: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.7).cos()).collect();
         let w = Matrix::from_linear_weight(&torch, n, k);
         let bias: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let residual: Vec<f32> = (0..m * n).map(|i| (i as f32).sqrt()).collect();
         let mut want = vec![0.0; m * n];
         for r in 0..m {
             for c in 0..n {
                 let s: f32 = (0..k).map(|i| x[r * k + i] * torch[c * k + i]).sum();
-                want[r * n + c] = 2.0 * (s + bias[c]);
+                want[r * n + c] = s + bias[c] + residual[r * n + c];
             }
         }
         for parts in [1, 2, 3] {
             let mut got = vec![f32::NAN; m * n];
-            linear(&mut got, &x, &w, parts, |_, start, row| {
-                for (v, b) in row.iter_mut().zip(&bias[start..]) {
-                    *v = 2.0 * (*v + b);
-                }
-            });
+            let epilogue = Epilogue::BiasResidual {
+                bias: &bias,
+                residual: &residual,
+                width: n,
+            };
+            linear(&mut got, &x, &w, parts, epilogue);
             let diff = got
                 .iter()
                 .zip(&want)

@@ -3,7 +3,7 @@
 
 use safetensors::SafeTensors;
 
-use super::kernels::{Matrix, dot, gelu, layer_norm, linear, softmax, vectorized};
+use super::kernels::{Epilogue, Kernel, Matrix, dot, layer_norm, linear, softmax, vectorized};
 use super::weights::Tensors;
 use super::{BertConfig, Hidden, Threads, for_each, row_blocks};
 use crate::ModelError;
@@ -116,38 +116,48 @@ impl Layer {
         let tokens = hidden.tokens();
         let states = threads.run(|| {
             let mut qkv = vec![0.0; tokens * 3 * w];
-            linear(&mut qkv, x, &self.qkv, parts, |_, start, row| {
-                add(row, &self.qkv_bias[start..]);
-            });
+            linear(
+                &mut qkv,
+                x,
+                &self.qkv,
+                parts,
+                Epilogue::Bias(&self.qkv_bias),
+            );
             let context = self.attention(&qkv, hidden.lengths(), parts);
             drop(qkv);
 
             let mut attended = vec![0.0; tokens * w];
+            let epilogue = Epilogue::BiasResidual {
+                bias: &self.attention_out_bias,
+                residual: x,
+                width: w,
+            };
             linear(
                 &mut attended,
                 &context,
                 &self.attention_out,
                 parts,
-                |r, start, row| {
-                    add(row, &self.attention_out_bias[start..]);
-                    add(row, &x[r * w + start..]);
-                },
+                epilogue,
             );
             drop(context);
             self.normalize(&mut attended, &self.attention_norm, parts);
 
             let mut inner = vec![0.0; tokens * self.up.cols];
-            linear(&mut inner, &attended, &self.up, parts, |_, start, row| {
-                for (v, b) in row.iter_mut().zip(&self.up_bias[start..]) {
-                    *v = gelu(*v + b);
-                }
-            });
+            linear(
+                &mut inner,
+                &attended,
+                &self.up,
+                parts,
+                Epilogue::BiasGelu(&self.up_bias),
+            );
 
             let mut out = vec![0.0; tokens * w];
-            linear(&mut out, &inner, &self.down, parts, |r, start, row| {
-                add(row, &self.down_bias[start..]);
-                add(row, &attended[r * w + start..]);
-            });
+            let epilogue = Epilogue::BiasResidual {
+                bias: &self.down_bias,
+                residual: &attended,
+                width: w,
+            };
+            linear(&mut out, &inner, &self.down, parts, epilogue);
             self.normalize(&mut out, &self.output_norm, parts);
             out
         });
@@ -157,10 +167,12 @@ impl Layer {
     fn normalize(&self, rows: &mut [f32], (gamma, beta): &(Vec<f32>, Vec<f32>), parts: usize) {
         let w = self.width();
         for_each(row_blocks(rows, w, parts), parts, |(_, block)| {
-            vectorized(|| {
-                for row in block.chunks_exact_mut(w) {
-                    layer_norm(row, gamma, beta, self.eps);
-                }
+            vectorized(NormRows {
+                block,
+                gamma,
+                beta,
+                eps: self.eps,
+                width: w,
             });
         });
     }
@@ -187,7 +199,13 @@ impl Layer {
             offset += len;
         }
         for_each(items, parts, |(sequence, len, first, block)| {
-            vectorized(|| self.attend(sequence, len, first, block));
+            vectorized(Attend {
+                layer: self,
+                qkv: sequence,
+                len,
+                first,
+                out: block,
+            });
         });
         context
     }
@@ -223,10 +241,40 @@ impl Layer {
     }
 }
 
-/// `row += other` element-wise (over `row`'s length).
-#[inline(always)]
-fn add(row: &mut [f32], other: &[f32]) {
-    for (v, o) in row.iter_mut().zip(other) {
-        *v += o;
+/// Layer norm over every row of a block.
+struct NormRows<'a> {
+    block: &'a mut [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    eps: f32,
+    width: usize,
+}
+
+impl Kernel for NormRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for row in self.block.chunks_exact_mut(self.width) {
+            layer_norm(row, self.gamma, self.beta, self.eps);
+        }
+    }
+}
+
+/// [`Layer::attend`] for one work item.
+struct Attend<'a> {
+    layer: &'a Layer,
+    qkv: &'a [f32],
+    len: usize,
+    first: usize,
+    out: &'a mut [f32],
+}
+
+impl Kernel for Attend<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        self.layer.attend(self.qkv, self.len, self.first, self.out);
     }
 }
