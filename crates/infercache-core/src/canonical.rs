@@ -18,6 +18,7 @@
 use serde_json::Value;
 
 use crate::CoreError;
+use crate::encode::{put_field, put_u64};
 
 /// What kind of input the canonical bytes encode; part of the key, so that the text
 /// `abc` and the JSON string `"abc"` never share an entry.
@@ -104,9 +105,9 @@ impl CanonicalInput {
         }
         let mut bytes = Vec::with_capacity(dtype.len() + 8 * shape.len() + data.len() + 24);
         put_field(&mut bytes, dtype.as_bytes());
-        bytes.extend_from_slice(&(shape.len() as u64).to_le_bytes());
-        for d in shape {
-            bytes.extend_from_slice(&d.to_le_bytes());
+        put_u64(&mut bytes, shape.len() as u64);
+        for &d in shape {
+            put_u64(&mut bytes, d);
         }
         put_field(&mut bytes, data);
         Ok(Self {
@@ -136,11 +137,6 @@ fn dtype_size(dtype: &str) -> Result<Option<u64>, CoreError> {
         "BYTES" => return Ok(None),
         other => return Err(CoreError::UnknownDtype(other.to_owned())),
     }))
-}
-
-fn put_field(out: &mut Vec<u8>, field: &[u8]) {
-    out.extend_from_slice(&(field.len() as u64).to_le_bytes());
-    out.extend_from_slice(field);
 }
 
 /// The canonical JSON text of `value` (see the module docs for the rules).

@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use crate::CoreError;
 use crate::canonical::{CanonicalInput, InputKind};
+use crate::encode;
 
 /// Version of the key encoding. Changing the encoding changes every key; bump this.
 pub const KEY_SCHEMA_VERSION: u32 = 1;
@@ -122,8 +123,7 @@ mod tag {
 
 fn put(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
     out.push(tag);
-    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-    out.extend_from_slice(bytes);
+    encode::put_field(out, bytes);
 }
 
 impl KeyParts<'_> {
@@ -158,7 +158,7 @@ impl KeyParts<'_> {
         put(&mut out, tag::EPOCHS, &epochs);
         // The input kind travels inside the input field, ahead of its bytes.
         out.push(tag::INPUT);
-        out.extend_from_slice(&(input.len() as u64 + 1).to_le_bytes());
+        encode::put_u64(&mut out, input.len() as u64 + 1);
         out.push(self.input.kind() as u8);
         out.extend_from_slice(input);
         put(&mut out, tag::PARAMS, self.params);

@@ -20,6 +20,8 @@
 //! - [`remote`]: the trait of a remote tier shared by many nodes.
 //! - [`epochs`]: invalidation by namespace, model, version or everything, without scans.
 //! - [`replay`]: trace replay for hit-ratio measurement.
+//! - `testing` (feature `test-support`): an in-process remote tier, so the lease and epoch
+//!   logic can be tested without a Redis server.
 //!
 //! Keys come from `infercache-core` ([`infercache_core::KeyParts`]); the cache folds its
 //! current epochs into them ([`Cache::key`]). Time comes from an injected
@@ -33,15 +35,18 @@ pub(crate) mod hash;
 pub mod memory;
 pub mod remote;
 pub mod replay;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use cache::{
-    Cache, CacheConfig, CacheKey, CacheStats, Fetched, Lookup, RequestOptions, Source, WritePolicy,
+    Cache, CacheConfig, CacheKey, CacheStats, Fetched, Lookup, Model, RequestOptions, Source,
+    WritePolicy,
 };
 pub use disk::{Compression, DiskConfig, DiskTier};
 pub use epochs::Scope;
 pub use error::{ComputeError, EngineError};
 pub use memory::{MemoryConfig, MemoryTier, Policy, Weigher};
-pub use remote::{EpochSync, Lease, RemoteEntry, RemoteStats, RemoteTier};
+pub use remote::{BreakerState, EpochSync, Lease, RemoteEntry, RemoteStats, RemoteTier};
 
 /// The README's examples, compiled as doctests.
 #[doc = include_str!("../../../README.md")]

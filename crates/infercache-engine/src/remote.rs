@@ -23,14 +23,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use infercache_core::Digest;
 use serde::Serialize;
 
-use crate::cache::Inner;
-use crate::epochs::Scope;
+use crate::epochs::{EpochTable, Scope};
 
 /// A boxed, sendable future (what the trait's methods return, keeping it object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -99,15 +98,40 @@ pub trait Lease: Send + fmt::Debug {
     fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
-/// Counters and state of a remote tier.
+/// The state of a remote tier's circuit breaker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// The remote is called (the default).
+    #[default]
+    Closed,
+    /// The remote is not called: lookups miss and writes are dropped.
+    Open,
+    /// One call at a time probes whether the remote is back.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Counters and state of a remote tier, whatever the tier is (each implementation fills
+/// what applies to it and leaves the rest at zero).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RemoteStats {
     /// What the tier is (e.g. `redis`, `redis-cluster`).
     pub kind: String,
-    /// Where it is (URLs with passwords redacted).
+    /// Where it is, with any password redacted.
     pub endpoint: String,
-    /// The circuit breaker: `closed` (in use), `open` (not called), `half_open` (probing).
-    pub breaker: String,
+    /// The circuit breaker in front of the remote.
+    pub breaker: BreakerState,
     /// Whether the tier is in use: the remote answered the last call and this node's
     /// epochs are in sync with it.
     pub connected: bool,
@@ -123,7 +147,7 @@ pub struct RemoteStats {
     pub writes: u64,
     /// Operations that failed (errors and timeouts).
     pub errors: u64,
-    /// Operations skipped because the breaker was open.
+    /// Operations skipped because the breaker was open or the epochs were not in sync.
     pub skipped: u64,
     /// Writes dropped because the write-back queue was full.
     pub writeback_dropped: u64,
@@ -141,42 +165,49 @@ pub struct RemoteStats {
     pub epoch_updates: u64,
 }
 
-/// The handle through which a remote tier reads and raises this node's epochs.
+/// The handle through which a remote tier reads and raises this node's epochs. It holds
+/// the epoch table weakly: a no-op once the cache is gone.
 #[derive(Debug, Clone)]
 pub struct EpochSync {
-    pub(crate) inner: Weak<Inner>,
+    table: Weak<EpochTable>,
 }
 
 impl EpochSync {
+    /// A handle on `table`.
+    pub fn new(table: Weak<EpochTable>) -> Self {
+        Self { table }
+    }
+
     /// Raises `scope`'s epoch to `value` if lower, persisting it; whether it changed. A
     /// no-op once the cache is gone.
     pub async fn raise(&self, scope: Scope, value: u64) -> bool {
-        let Some(inner) = self.inner.upgrade() else {
+        let Some(table) = self.table.upgrade() else {
             return false;
         };
-        tokio::task::spawn_blocking(move || {
-            inner.epochs.raise(&scope, value).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "persisting an epoch from the remote tier failed");
-                true
-            })
-        })
-        .await
-        // Cancelled only when the runtime shuts down.
-        .unwrap_or(false)
+        tokio::task::spawn_blocking(move || raise_persisted(&table, &scope, value))
+            .await
+            // Cancelled only when the runtime shuts down.
+            .unwrap_or(false)
     }
 
     /// The epoch of `scope` on this node (0 once the cache is gone).
     pub fn get(&self, scope: &Scope) -> u64 {
-        self.inner
-            .upgrade()
-            .map_or(0, |inner| inner.epochs.get(scope))
+        self.table.upgrade().map_or(0, |table| table.get(scope))
     }
 
     /// Every scope with a non-zero epoch on this node.
     pub fn entries(&self) -> Vec<(Scope, u64)> {
-        self.inner
+        self.table
             .upgrade()
-            .map(|inner| inner.epochs.entries())
+            .map(|table| table.entries())
             .unwrap_or_default()
     }
+}
+
+/// Raises `scope` in `table`; a failure to persist is logged (the raise applies in memory).
+fn raise_persisted(table: &Arc<EpochTable>, scope: &Scope, value: u64) -> bool {
+    table.raise(scope, value).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "persisting an epoch from the remote tier failed");
+        true
+    })
 }

@@ -13,46 +13,50 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use failsafe::failure_policy::{self, ConsecutiveFailures};
 use failsafe::{Instrument, StateMachine};
+use infercache_engine::BreakerState;
 
-/// The breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Redis is in use.
-    Closed,
-    /// Redis is not called.
-    Open,
-    /// The next call probes Redis.
-    HalfOpen,
+/// Open delays doubling from `min_open` to `max_open`: backon's exponential backoff, in
+/// the `Clone` iterator failsafe's policy takes. failsafe keeps a fresh copy and clones it
+/// each time the breaker closes; backon's iterator is not `Clone`, so a clone is built anew
+/// from the builder, which is what a fresh copy is. (failsafe's own backoffs start at
+/// whole seconds, too slow for a cache that must resume within seconds of Redis
+/// returning.)
+#[derive(Debug)]
+struct OpenDelays {
+    builder: ExponentialBuilder,
+    delays: ExponentialBackoff,
 }
 
-impl BreakerState {
-    /// `closed`, `open` or `half_open`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
+impl OpenDelays {
+    fn new(min_open: Duration, max_open: Duration) -> Self {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(min_open)
+            .with_max_delay(max_open.max(min_open))
+            .without_max_times();
+        Self {
+            builder,
+            delays: builder.build(),
         }
     }
 }
 
-/// Open delays doubling from a start to a cap. failsafe's own backoffs start at whole
-/// seconds, too slow for a cache that must resume within seconds of Redis returning.
-#[derive(Debug, Clone)]
-struct Doubling {
-    next: Duration,
-    max: Duration,
+impl Clone for OpenDelays {
+    fn clone(&self) -> Self {
+        Self {
+            builder: self.builder,
+            delays: self.builder.build(),
+        }
+    }
 }
 
-impl Iterator for Doubling {
+impl Iterator for OpenDelays {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        Some(d)
+        self.delays.next()
     }
 }
 
@@ -88,7 +92,7 @@ impl Instrument for Observer {
 /// The breaker.
 #[derive(Debug, Clone)]
 pub struct Breaker {
-    machine: StateMachine<ConsecutiveFailures<Doubling>, Observer>,
+    machine: StateMachine<ConsecutiveFailures<OpenDelays>, Observer>,
     observed: Observer,
     /// A half-open probe is in flight.
     probing: Arc<AtomicBool>,
@@ -98,10 +102,7 @@ impl Breaker {
     /// Opens after `failures` consecutive failures, for `min_open` growing to `max_open`.
     pub fn new(failures: u32, min_open: Duration, max_open: Duration) -> Self {
         let observed = Observer::default();
-        let backoff = Doubling {
-            next: min_open,
-            max: max_open.max(min_open),
-        };
+        let backoff = OpenDelays::new(min_open, max_open);
         let policy = failure_policy::consecutive_failures(failures.max(1), backoff);
         let machine = failsafe::Config::new()
             .failure_policy(policy)
@@ -163,6 +164,15 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_delays_double_to_the_cap_and_a_clone_starts_over() {
+        let ms = Duration::from_millis;
+        let mut d = OpenDelays::new(ms(250), ms(2000));
+        let first: Vec<Duration> = d.by_ref().take(5).collect();
+        assert_eq!(first, [ms(250), ms(500), ms(1000), ms(2000), ms(2000)]);
+        assert_eq!(d.clone().next(), Some(ms(250)));
+    }
 
     #[test]
     fn opens_after_consecutive_failures_then_probes_and_closes() {

@@ -1,8 +1,16 @@
-//! Configuration of the Redis tier.
+//! Configuration of the Redis tier: every default, the validation of every field (URLs
+//! included), and how URLs are shown (passwords redacted). Servers build a
+//! [`RedisConfig`] from their settings and call [`RedisConfig::validate`] rather than
+//! restate any of it.
 
 use std::time::Duration;
 
+use infercache_core::redact_url;
+
 use crate::error::RedisTierError;
+
+/// The URL schemes of a Redis server: plain and TLS.
+pub const URL_SCHEMES: [&str; 2] = ["redis", "rediss"];
 
 /// Which Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +22,50 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target a setting names: one URL, or several joined by commas (a cluster);
+    /// `cluster` makes a single URL a cluster node too. Every URL is checked
+    /// ([`Target::validate`]).
+    ///
+    /// # Errors
+    /// [`RedisTierError::Url`] naming the (redacted) URL that is not a Redis URL.
+    pub fn parse(spec: &str, cluster: bool) -> Result<Self, RedisTierError> {
+        let urls: Vec<String> = spec.split(',').map(|u| u.trim().to_owned()).collect();
+        let target = if urls.len() > 1 || cluster {
+            Target::Cluster(urls)
+        } else {
+            Target::Single(urls.into_iter().next().expect("split yields one item"))
+        };
+        target.validate()?;
+        Ok(target)
+    }
+
+    /// Checks that there is a URL and that every URL is `redis://` or `rediss://` with a
+    /// host.
+    ///
+    /// # Errors
+    /// [`RedisTierError::Url`] naming the (redacted) URL.
+    pub fn validate(&self) -> Result<(), RedisTierError> {
+        let urls = self.urls();
+        if urls.is_empty() {
+            return Err(RedisTierError::Config(
+                "at least one Redis URL is needed".into(),
+            ));
+        }
+        for u in &urls {
+            let ok = url::Url::parse(u).is_ok_and(|parsed| {
+                URL_SCHEMES.contains(&parsed.scheme())
+                    && parsed.host_str().is_some_and(|h| !h.is_empty())
+            });
+            if !ok {
+                return Err(RedisTierError::Url(format!(
+                    "{}: give URLs starting with redis:// or rediss://, with a host",
+                    redact_url(u)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Every URL.
     pub fn urls(&self) -> Vec<String> {
         match self {
@@ -26,24 +78,9 @@ impl Target {
     pub fn redacted(&self) -> String {
         self.urls()
             .iter()
-            .map(|u| redact(u))
+            .map(|u| redact_url(u))
             .collect::<Vec<_>>()
             .join(",")
-    }
-}
-
-/// `u` with the password of its user info replaced by `***`.
-pub fn redact(u: &str) -> String {
-    let Some((scheme, rest)) = u.split_once("://") else {
-        return u.to_owned();
-    };
-    // The host follows the last `@`; a password may hold one too.
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => u.to_owned(),
     }
 }
 
@@ -97,13 +134,19 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
+    /// The default key prefix.
+    pub const DEFAULT_PREFIX: &str = "infercache:";
+
+    /// The default connect and command timeout.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
     /// The defaults for `target`.
     pub fn new(target: Target) -> Self {
         Self {
             target,
-            prefix: "infercache:".into(),
-            connect_timeout: Duration::from_millis(50),
-            command_timeout: Duration::from_millis(50),
+            prefix: Self::DEFAULT_PREFIX.into(),
+            connect_timeout: Self::DEFAULT_TIMEOUT,
+            command_timeout: Self::DEFAULT_TIMEOUT,
             ttl: Duration::from_secs(7 * 24 * 3600),
             write: WriteMode::Through,
             breaker_failures: 3,
@@ -117,15 +160,14 @@ impl RedisConfig {
         }
     }
 
-    /// Checks every field.
+    /// Checks every field, the URLs included.
     ///
     /// # Errors
-    /// [`RedisTierError::Config`] naming the field.
+    /// [`RedisTierError::Url`] naming the (redacted) URL, or [`RedisTierError::Config`]
+    /// naming the field.
     pub fn validate(&self) -> Result<(), RedisTierError> {
         let bad = |what: &str| Err(RedisTierError::Config(what.to_owned()));
-        if self.target.urls().is_empty() {
-            return bad("at least one Redis URL is needed");
-        }
+        self.target.validate()?;
         if self.prefix.is_empty() {
             return bad("the key prefix must not be empty (it keeps other data apart)");
         }
@@ -156,14 +198,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_redacted() {
+    fn targets_parse_and_show_no_password() {
         assert_eq!(
-            redact("redis://user:secret@host:6379/2"),
-            "redis://user:***@host:6379/2"
+            Target::parse("rediss://:pw@h:6380/2", false).unwrap(),
+            Target::Single("rediss://:pw@h:6380/2".into())
         );
-        assert_eq!(redact("rediss://:secret@host"), "rediss://:***@host");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
-        assert_eq!(redact("redis://u:p@ss@host"), "redis://u:***@host");
+        assert_eq!(
+            Target::parse("redis://a:1, redis://b:2", false).unwrap(),
+            Target::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert_eq!(
+            Target::parse("redis://a:1", true).unwrap(),
+            Target::Cluster(vec!["redis://a:1".into()])
+        );
+        assert_eq!(
+            Target::Cluster(vec!["redis://u:secret@a:1".into(), "redis://b".into()]).redacted(),
+            "redis://u:***@a:1,redis://b"
+        );
+        for bad in ["http://:secret@h", "redis://", "h:6379", "redis://a:1,"] {
+            let err = Target::parse(bad, false).unwrap_err().to_string();
+            assert!(
+                err.contains("redis://") && !err.contains("secret"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

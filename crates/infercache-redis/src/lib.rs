@@ -31,7 +31,7 @@ pub mod managed;
 pub mod testing;
 mod tier;
 
-pub use breaker::BreakerState;
 pub use config::{RedisConfig, Target, WriteMode};
 pub use error::RedisTierError;
+pub use infercache_engine::BreakerState;
 pub use tier::RedisTier;

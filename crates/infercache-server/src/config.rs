@@ -657,13 +657,11 @@ impl fmt::Display for Redacted<'_> {
                 dir.display()
             )?,
             Some(RedisTarget::Url(u)) => {
-                write!(f, " redis={}", infercache_redis::config::redact(u))?;
+                write!(f, " redis={}", infercache_core::redact_url(u))?;
             }
             Some(RedisTarget::Cluster(us)) => {
-                let shown: Vec<String> = us
-                    .iter()
-                    .map(|u| infercache_redis::config::redact(u))
-                    .collect();
+                let shown: Vec<String> =
+                    us.iter().map(|u| infercache_core::redact_url(u)).collect();
                 write!(f, " redis_cluster={}", shown.join(","))?;
             }
         }
@@ -728,7 +726,7 @@ fn resolve_redis(
             if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                 return Err(invalid(
                     "redis",
-                    &infercache_redis::config::redact(u),
+                    &infercache_core::redact_url(u),
                     "give auto, or URLs starting with redis:// or rediss://",
                 ));
             }

@@ -493,7 +493,7 @@ fn encode_remote(
         enc,
         "redis_breaker_state",
         "The Redis circuit breaker: 1 for its current state",
-        &["closed", "open", "half_open"].map(|s| (state(s), u64::from(r.breaker == s))),
+        &["closed", "open", "half_open"].map(|s| (state(s), u64::from(r.breaker.as_str() == s))),
     )?;
     gauge(
         enc,

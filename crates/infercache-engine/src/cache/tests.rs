@@ -6,7 +6,8 @@ use infercache_core::{CanonicalInput, ManualClock};
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::disk::Compression;
+use crate::disk::{Compression, DiskConfig};
+use crate::memory::MemoryConfig;
 
 #[derive(Debug, thiserror::Error)]
 #[error("model failed: {0}")]

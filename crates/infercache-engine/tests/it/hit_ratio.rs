@@ -1,6 +1,6 @@
-//! Hit-ratio regression tests on the ARC paper's traces (`shared/traces`, beside the
-//! checkout): the `lru` policy reproduces the published LRU column to the hundredth, and
-//! the default policy reaches at least the published ARC column on every row.
+//! Hit-ratio regression tests on the ARC paper's traces (the repository's `traces/`): the
+//! `lru` policy reproduces the published LRU column to the hundredth, and the default
+//! policy reaches at least the published ARC column on every row.
 
 use std::path::PathBuf;
 
@@ -17,11 +17,11 @@ const ROWS: [(&str, u64, f64, f64); 5] = [
 ];
 
 fn trace(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../../shared/traces/{name}.lis.zst"));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../traces/{name}.lis.zst"));
     assert!(
         path.exists(),
-        "trace {} is missing: these tests need the shared/ folder beside the checkout",
+        "trace {} is missing: it belongs to the repository (traces/)",
         path.display()
     );
     path

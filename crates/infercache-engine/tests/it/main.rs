@@ -4,3 +4,4 @@ mod disk_crash;
 mod disk_faults;
 mod hit_ratio;
 mod regressions;
+mod remote;

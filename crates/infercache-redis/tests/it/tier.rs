@@ -9,7 +9,7 @@ use bytes::Bytes;
 use infercache_core::{CanonicalInput, Epochs, KeyParts, SystemClock};
 use infercache_engine::{Cache, CacheConfig, CacheKey, RemoteTier, RequestOptions, Scope, Source};
 use infercache_redis::testing::{RedisServer, RedisServerOptions};
-use infercache_redis::{RedisConfig, RedisTier, Target, WriteMode};
+use infercache_redis::{BreakerState, RedisConfig, RedisTier, Target, WriteMode};
 use redis::AsyncCommands;
 
 /// A Redis tier on `url` with test-friendly timings.
@@ -115,7 +115,7 @@ async fn a_miss_on_one_node_is_a_hit_on_another() {
     let stats = b.stats();
     assert_eq!(stats.remote.as_ref().unwrap().hits, 1);
     assert_eq!(stats.models["m"].remote_hits, 1);
-    assert_eq!(stats.remote.unwrap().breaker, "closed");
+    assert_eq!(stats.remote.unwrap().breaker, BreakerState::Closed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +258,7 @@ async fn a_node_starts_and_serves_with_redis_down_and_uses_it_once_it_is_up() {
         Duration::from_secs(5),
         async || {
             let s = t.stats();
-            s.connected && s.breaker == "closed"
+            s.connected && s.breaker == BreakerState::Closed
         },
     )
     .await;

@@ -1,0 +1,398 @@
+//! The tiers below the single-flight logic: memory hits and writes under the stripe locks,
+//! disk and remote lookups with their promotion to the tiers above, and stores per the
+//! write policy.
+
+use std::sync::Arc;
+
+use infercache_core::clock::duration_ms;
+use infercache_core::{Digest, SharedClock};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use super::types::{CacheKey, Fetched, Found, RequestOptions, Source, fresh_enough};
+use super::write_back::WriteOp;
+use super::{Cache, Inner, WRITE_STRIPES};
+use crate::disk::{DiskConfig, DiskEntry, DiskTier};
+use crate::epochs::EpochTable;
+use crate::error::EngineError;
+use crate::memory::{MemEntry, MemoryTier, NEVER};
+use crate::remote::RemoteEntry;
+
+/// The disk tier, behind a semaphore: its operations run on tokio's blocking pool, at most
+/// `disk_io_concurrency` at once, never on the async workers.
+#[derive(Debug)]
+pub(super) struct DiskIo {
+    pub(super) tier: Arc<DiskTier>,
+    permits: Arc<Semaphore>,
+}
+
+impl DiskIo {
+    /// Opens the disk tier and the epoch table persisted beside it (both block).
+    pub(super) fn open(
+        config: DiskConfig,
+        cache_version: u64,
+        concurrency: usize,
+        clock: &SharedClock,
+    ) -> Result<(Self, EpochTable), EngineError> {
+        let dir = config.dir.clone();
+        let tier = DiskTier::open(config, Arc::clone(clock))?;
+        let epochs = EpochTable::open(&dir, cache_version)?;
+        let io = Self {
+            tier: Arc::new(tier),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+        };
+        Ok((io, epochs))
+    }
+
+    /// Runs `f` on the blocking pool, at most `disk_io_concurrency` at once.
+    pub(super) async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&DiskTier) -> R + Send + 'static,
+    ) -> R {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .expect("the disk semaphore is never closed");
+        let tier = Arc::clone(&self.tier);
+        // The permit lives as long as the blocking task, even if this caller is cancelled.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&tier)
+        })
+        .await
+        .expect("a disk operation panicked (a bug)")
+    }
+}
+
+/// A tier below memory, in lookup order.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Tier {
+    Disk,
+    Remote,
+}
+
+impl Cache {
+    /// Looks `keys` up on disk in one blocking task; hits are promoted to memory.
+    pub(super) async fn disk_lookup(
+        &self,
+        keys: &[CacheKey],
+        opts: &RequestOptions,
+    ) -> Vec<Option<Fetched>> {
+        let Some(disk) = &self.inner.disk else {
+            return vec![None; keys.len()];
+        };
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let digests: Vec<Digest> = keys.iter().map(|k| k.digest).collect();
+        let skip: Vec<bool> = digests
+            .iter()
+            .map(|d| self.inner.pending_removals.contains_key(d))
+            .collect();
+        let generations = self.inner.generations(&digests);
+        let entries: Vec<Option<DiskEntry>> = disk
+            .run(move |d| {
+                digests
+                    .iter()
+                    .zip(skip)
+                    .map(|(k, skip)| {
+                        if skip {
+                            return None;
+                        }
+                        d.get(k).unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "disk read failed; treating as a miss");
+                            None
+                        })
+                    })
+                    .collect()
+            })
+            .await;
+        let now = self.inner.clock.now_ms();
+        keys.iter()
+            .zip(entries)
+            .zip(generations)
+            .map(|((key, entry), generation)| {
+                let entry = entry.filter(|e| fresh_enough(e.created_ms, now, opts))?;
+                self.inner.promote(
+                    &key.digest,
+                    MemEntry {
+                        value: entry.value.clone(),
+                        created_ms: entry.created_ms,
+                        expires_ms: entry.expires_ms.unwrap_or(NEVER),
+                    },
+                    Some(generation),
+                );
+                key.model.counters.disk_hits.incr();
+                Some(Fetched {
+                    value: entry.value,
+                    source: Source::Disk,
+                    created_ms: entry.created_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Looks `keys` up in the remote tier in one call; hits are promoted to memory and disk.
+    pub(super) async fn remote_lookup(
+        &self,
+        keys: &[CacheKey],
+        opts: &RequestOptions,
+    ) -> Vec<Option<Fetched>> {
+        let Some(remote) = &self.inner.remote else {
+            return vec![None; keys.len()];
+        };
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let digests: Vec<Digest> = keys.iter().map(|k| k.digest).collect();
+        let generations = self.inner.generations(&digests);
+        let entries = remote.get_many(&digests).await;
+        let now = self.inner.clock.now_ms();
+        let mut to_disk = Vec::new();
+        let out = keys
+            .iter()
+            .zip(entries)
+            .zip(generations)
+            .map(|((key, entry), generation)| {
+                let entry = entry.filter(|e| {
+                    e.expires_ms.is_none_or(|x| x > now) && fresh_enough(e.created_ms, now, opts)
+                })?;
+                self.inner
+                    .promote_remote(&key.digest, &entry, generation, &mut to_disk);
+                key.model.counters.remote_hits.incr();
+                Some(Fetched {
+                    value: entry.value,
+                    source: Source::Remote,
+                    created_ms: entry.created_ms,
+                })
+            })
+            .collect();
+        self.store_disk(to_disk).await;
+        out
+    }
+
+    /// Stores computed values in every tier.
+    pub(super) async fn store(&self, found: Vec<(CacheKey, Found)>, opts: &RequestOptions) {
+        self.inner.store_memory(&found, opts);
+        self.store_below_memory(found, opts).await;
+    }
+
+    /// Writes to the tiers below memory, per the write policy.
+    pub(super) async fn store_below_memory(
+        &self,
+        found: Vec<(CacheKey, Found)>,
+        opts: &RequestOptions,
+    ) {
+        let entries: Vec<(Digest, MemEntry)> = found
+            .into_iter()
+            .map(|(k, f)| {
+                let expires_ms = self.inner.expiry(&k, f.created_ms, opts);
+                (
+                    k.digest,
+                    MemEntry {
+                        value: f.value,
+                        created_ms: f.created_ms,
+                        expires_ms,
+                    },
+                )
+            })
+            .collect();
+        let remote: Vec<(Digest, RemoteEntry)> = match &self.inner.remote {
+            Some(_) => entries
+                .iter()
+                .map(|(k, e)| {
+                    let entry = RemoteEntry {
+                        value: e.value.clone(),
+                        created_ms: e.created_ms,
+                        expires_ms: (e.expires_ms != NEVER).then_some(e.expires_ms),
+                    };
+                    (*k, entry)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        self.store_disk(entries).await;
+        if let Some(r) = &self.inner.remote {
+            r.put_many(remote).await;
+        }
+    }
+
+    /// Writes to the disk tier, per the write policy.
+    pub(super) async fn store_disk(&self, entries: Vec<(Digest, MemEntry)>) {
+        let Some(disk) = &self.inner.disk else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        if let Some(wb) = &self.inner.write_back {
+            for (key, entry) in entries {
+                if wb.tx.try_send(WriteOp::Put { key, entry }).is_err() {
+                    // The disk's value (if any) is now older than memory's: stop serving it.
+                    wb.dropped.incr();
+                    disk.tier.unindex(&key);
+                }
+            }
+            return;
+        }
+        let failed = disk
+            .run(move |d| {
+                entries
+                    .iter()
+                    .filter_map(|(k, e)| {
+                        d.insert(
+                            *k,
+                            &e.value,
+                            e.created_ms,
+                            (e.expires_ms != NEVER).then_some(e.expires_ms),
+                        )
+                        .err()
+                    })
+                    .last()
+            })
+            .await;
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "disk write failed; the value stays in memory only");
+        }
+    }
+
+    /// Removes `key` from the disk tier (queued behind earlier writes under write-back);
+    /// whether the disk held it.
+    pub(super) async fn remove_disk(&self, digest: Digest) -> bool {
+        let Some(disk) = &self.inner.disk else {
+            return false;
+        };
+        if let Some(wb) = &self.inner.write_back {
+            let on_disk = disk.tier.contains(&digest);
+            *self.inner.pending_removals.entry(digest).or_insert(0) += 1;
+            if wb.tx.send(WriteOp::Remove { key: digest }).await.is_ok() {
+                return on_disk;
+            }
+            // The drainer is gone (shutdown): remove directly.
+            self.inner.finish_pending_removal(&digest);
+        }
+        disk.run(move |d| d.remove(&digest))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "disk remove failed");
+                false
+            })
+    }
+
+    /// Clears the disk tier (behind every queued write under write-back, then flushed).
+    pub(super) async fn clear_disk(&self) {
+        if let Some(wb) = &self.inner.write_back {
+            // Ordered after every queued write, so none of them survives the clear.
+            if wb.tx.send(WriteOp::Clear).await.is_ok() {
+                self.flush().await;
+                return;
+            }
+        }
+        if let Some(disk) = &self.inner.disk
+            && let Err(e) = disk.run(DiskTier::clear).await
+        {
+            tracing::warn!(error = %e, "disk clear failed");
+        }
+    }
+}
+
+impl Inner {
+    /// A memory hit for `key` that `opts` accepts, counted for the model.
+    pub(super) fn memory_hit(
+        &self,
+        key: &CacheKey,
+        opts: &RequestOptions,
+        now: u64,
+        count_tier: bool,
+    ) -> Option<Fetched> {
+        let memory = self.memory.as_ref()?;
+        let entry = if count_tier {
+            memory.get(&key.digest)
+        } else {
+            memory.get_quiet(&key.digest)
+        }?;
+        if !fresh_enough(entry.created_ms, now, opts) {
+            return None;
+        }
+        key.model.counters.memory_hits.incr();
+        Some(Fetched {
+            value: entry.value,
+            source: Source::Memory,
+            created_ms: entry.created_ms,
+        })
+    }
+
+    /// The absolute expiry of a value of `key` created at `created_ms`.
+    pub(super) fn expiry(&self, key: &CacheKey, created_ms: u64, opts: &RequestOptions) -> u64 {
+        opts.ttl
+            .or(key.model.ttl)
+            .or(self.default_ttl)
+            .map_or(NEVER, |ttl| created_ms.saturating_add(duration_ms(ttl)))
+    }
+
+    pub(super) fn store_memory(&self, found: &[(CacheKey, Found)], opts: &RequestOptions) {
+        for (k, f) in found {
+            k.model.counters.inserts.incr();
+            let entry = MemEntry {
+                value: f.value.clone(),
+                created_ms: f.created_ms,
+                expires_ms: self.expiry(k, f.created_ms, opts),
+            };
+            self.with_stripe(&k.digest, |m| m.insert(k.digest, entry));
+        }
+    }
+
+    /// Promotes a value read from a lower tier to memory: only if no write or removal of
+    /// its stripe happened since `generation` was read (`None`: now). Whether it did.
+    pub(super) fn promote(&self, key: &Digest, entry: MemEntry, generation: Option<u64>) -> bool {
+        let stripe = self.stripe(key).lock();
+        if generation.is_some_and(|g| g != *stripe) {
+            return false;
+        }
+        if let Some(m) = &self.memory {
+            m.insert(*key, entry);
+        }
+        true
+    }
+
+    /// Promotes a value read from the remote tier to memory (see [`Inner::promote`]) and,
+    /// if promoted, queues it for disk.
+    pub(super) fn promote_remote(
+        &self,
+        key: &Digest,
+        entry: &RemoteEntry,
+        generation: u64,
+        to_disk: &mut Vec<(Digest, MemEntry)>,
+    ) {
+        let mem = MemEntry {
+            value: entry.value.clone(),
+            created_ms: entry.created_ms,
+            expires_ms: entry.expires_ms.unwrap_or(NEVER),
+        };
+        if self.promote(key, mem.clone(), Some(generation)) {
+            to_disk.push((*key, mem));
+        }
+    }
+
+    /// The write generation of each key's stripe now (see [`Inner::promote`]).
+    pub(super) fn generations(&self, keys: &[Digest]) -> Vec<u64> {
+        keys.iter().map(|d| *self.stripe(d).lock()).collect()
+    }
+
+    pub(super) fn stripe(&self, key: &Digest) -> &Mutex<u64> {
+        &self.stripes[usize::from(key.0[30]) % WRITE_STRIPES]
+    }
+
+    /// Runs a memory write for `key` under its stripe lock and bumps the stripe.
+    pub(super) fn with_stripe<R>(
+        &self,
+        key: &Digest,
+        write: impl FnOnce(&MemoryTier) -> R,
+    ) -> Option<R> {
+        let memory = self.memory.as_ref()?;
+        let mut generation = self.stripe(key).lock();
+        let r = write(memory);
+        *generation += 1;
+        Some(r)
+    }
+}

@@ -1,0 +1,236 @@
+//! [`RedisTier`]: the engine's [`RemoteTier`] on Redis or Redis Cluster.
+//!
+//! - `conn`: connections, and every round trip through the circuit breaker.
+//! - `values`: value keys, TTLs, batched reads and writes.
+//! - `epochs`: the shared epoch hash, bumps, the listener and the synchronisation.
+//! - `lease`: distributed single flight (leases, renewals, waits for another node).
+//! - `write_back`: the write-back queue and its drainer.
+//! - `lua/`: the scripts (`include_str!`), each atomic on the Redis side.
+
+mod conn;
+mod epochs;
+mod lease;
+mod values;
+mod write_back;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use infercache_core::{Digest, SharedClock};
+use infercache_engine::remote::BoxFuture;
+use infercache_engine::{
+    BreakerState, EpochSync, Lease, RemoteEntry, RemoteStats, RemoteTier, Scope,
+};
+use tokio::sync::mpsc;
+
+use self::conn::Connector;
+use self::write_back::WriteJob;
+use crate::breaker::Breaker;
+use crate::config::{RedisConfig, Target, WriteMode};
+use crate::error::RedisTierError;
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    corrupt: AtomicU64,
+    writes: AtomicU64,
+    errors: AtomicU64,
+    skipped: AtomicU64,
+    writeback_dropped: AtomicU64,
+    leases_granted: AtomicU64,
+    leases_contended: AtomicU64,
+    lease_waits_filled: AtomicU64,
+    lease_waits_empty: AtomicU64,
+    epoch_updates: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What every clone of a [`RedisTier`] and its background tasks share.
+struct Shared {
+    config: RedisConfig,
+    clock: SharedClock,
+    connector: Connector,
+    /// For the pub/sub connection (a cluster's first node: publications reach every node).
+    pubsub_client: redis::Client,
+    breaker: Breaker,
+    connected: AtomicBool,
+    /// The epochs were synchronised with Redis since the last failure.
+    synced: AtomicBool,
+    /// The epoch channel is subscribed (changes made elsewhere reach this node).
+    subscribed: AtomicBool,
+    /// Scopes invalidated here while Redis was unreachable: bumped in Redis (not merged)
+    /// at the next synchronisation, so they are not lost in a concurrent bump elsewhere.
+    pending_bumps: parking_lot::Mutex<Vec<Scope>>,
+    counters: Counters,
+    epochs: OnceLock<EpochSync>,
+    write_tx: Option<mpsc::Sender<WriteJob>>,
+    /// Unique per process: lease tokens.
+    node: String,
+    next_token: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("target", &self.config.target.redacted())
+            .field("prefix", &self.config.prefix)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Redis tier. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct RedisTier {
+    shared: Arc<Shared>,
+}
+
+impl RedisTier {
+    /// A tier on `config`'s Redis. Nothing is contacted yet: a node starts (and serves)
+    /// while Redis is down, and the tier comes into use when Redis answers. Starts the
+    /// prober, the pub/sub listener and (for write-back) the writer; call inside a tokio
+    /// runtime.
+    ///
+    /// # Errors
+    /// [`RedisTierError::Config`] for a field out of range, [`RedisTierError::Url`] for a
+    /// URL that cannot be parsed.
+    pub fn connect(config: RedisConfig, clock: SharedClock) -> Result<Self, RedisTierError> {
+        config.validate()?;
+        let urls = config.target.urls();
+        let pubsub_client = redis::Client::open(urls[0].as_str()).map_err(RedisTierError::url)?;
+        let connector = Connector::new(&config)?;
+        let (write_tx, write_rx) = match config.write {
+            WriteMode::Back { queue } => {
+                let (tx, rx) = mpsc::channel(queue.max(1));
+                (Some(tx), Some(rx))
+            }
+            WriteMode::Through => (None, None),
+        };
+        let breaker = Breaker::new(
+            config.breaker_failures,
+            config.breaker_min_open,
+            config.breaker_max_open,
+        );
+        let shared = Arc::new(Shared {
+            pubsub_client,
+            connector,
+            breaker,
+            connected: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            pending_bumps: parking_lot::Mutex::new(Vec::new()),
+            counters: Counters::default(),
+            epochs: OnceLock::new(),
+            write_tx,
+            node: format!("{:016x}", rand::random::<u64>()),
+            next_token: AtomicU64::new(0),
+            config,
+            clock,
+        });
+        tokio::spawn(probe(Arc::downgrade(&shared)));
+        if let Some(rx) = write_rx {
+            tokio::spawn(write_back::drain(Arc::downgrade(&shared), rx));
+        }
+        Ok(Self { shared })
+    }
+
+    /// The breaker's state.
+    pub fn breaker(&self) -> BreakerState {
+        self.shared.breaker.state()
+    }
+
+    /// Whether Redis answered the last call.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// The Redis key of a value.
+    pub fn value_key(&self, key: &Digest) -> String {
+        self.shared.value_key(key)
+    }
+}
+
+impl RemoteTier for RedisTier {
+    fn attach(&self, epochs: EpochSync) {
+        if self.shared.epochs.set(epochs).is_ok() {
+            tokio::spawn(epochs::listen(Arc::downgrade(&self.shared)));
+        }
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Vec<Option<RemoteEntry>>> {
+        Box::pin(self.shared.get_many(keys))
+    }
+
+    fn put_many(&self, entries: Vec<(Digest, RemoteEntry)>) -> BoxFuture<'_, ()> {
+        Box::pin(self.shared.put_many(entries))
+    }
+
+    fn remove(&self, key: Digest) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.shared.remove(&key).await })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.shared.flush())
+    }
+
+    fn bump_epoch<'a>(&'a self, scope: &'a Scope, local: u64) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(self.shared.bump_epoch(scope, local))
+    }
+
+    fn lease<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Box<dyn Lease>> {
+        Box::pin(self.shared.lease(keys))
+    }
+
+    fn wait_for<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Vec<Option<RemoteEntry>>> {
+        Box::pin(self.shared.wait_for(keys))
+    }
+
+    fn stats(&self) -> RemoteStats {
+        let s = &*self.shared;
+        let c = &s.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RemoteStats {
+            kind: match s.config.target {
+                Target::Single(_) => "redis".into(),
+                Target::Cluster(_) => "redis-cluster".into(),
+            },
+            endpoint: s.config.target.redacted(),
+            breaker: s.breaker.state(),
+            connected: s.connected.load(Ordering::Relaxed) && s.usable(),
+            breaker_opened: s.breaker.opened(),
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            corrupt: get(&c.corrupt),
+            writes: get(&c.writes),
+            errors: get(&c.errors),
+            skipped: get(&c.skipped),
+            writeback_dropped: get(&c.writeback_dropped),
+            writeback_queued: s.queued(),
+            leases_granted: get(&c.leases_granted),
+            leases_contended: get(&c.leases_contended),
+            lease_waits_filled: get(&c.lease_waits_filled),
+            lease_waits_empty: get(&c.lease_waits_empty),
+            epoch_updates: get(&c.epoch_updates),
+        }
+    }
+}
+
+/// While the breaker is not closed, pings Redis so it closes as soon as Redis is back,
+/// without waiting for traffic.
+async fn probe(tier: Weak<Shared>) {
+    loop {
+        let Some(s) = tier.upgrade() else { return };
+        let every = s.config.probe_interval;
+        if !s.usable() || s.breaker.state() != BreakerState::Closed {
+            // Synchronising the epochs is the probe: the tier is used again only once it
+            // succeeds.
+            s.sync_epochs().await;
+        }
+        drop(s);
+        tokio::time::sleep(every).await;
+    }
+}
