@@ -67,7 +67,6 @@ pub mod cache_control;
 pub mod config;
 pub mod embed;
 pub mod error;
-pub mod kserve;
 pub mod metrics;
 pub mod model;
 pub mod routes;
@@ -79,6 +78,9 @@ pub mod upstream;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
+
+/// The KServe v2 codec the `/v2` routes use.
+pub use infercache_kserve as kserve;
 
 pub use auth::{ApiKeys, Caller};
 pub use config::{ConfigError, Limits, ServeArgs, ServerConfig};

@@ -4,8 +4,8 @@
 //! Reading and writing tensors is the same for requests and responses, so both live here:
 //! [`read_message`] and [`read_tensor`] parse, [`write_message`] writes.
 
-use axum::http::HeaderValue;
 use bytes::Bytes;
+use http::HeaderValue;
 use serde::Serialize;
 use serde_json::{Map, Value};
 

@@ -1,8 +1,8 @@
 //! Inference responses: parsing the upstream's, splitting it into per-row outputs, and
 //! reassembling a client's response from rows.
 
-use axum::http::HeaderValue;
 use bytes::Bytes;
+use http::HeaderValue;
 use serde::Serialize;
 use serde_json::{Map, Value};
 

@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 
-use axum::http::HeaderValue;
 use bytes::Bytes;
+use http::HeaderValue;
 use serde::Serialize;
 use serde_json::{Map, Value};
 

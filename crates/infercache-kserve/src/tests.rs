@@ -2,9 +2,9 @@
 //! over random tensors of every datatype. Bodies are written here with `serde_json`
 //! directly, not with the codec, so the codec is checked against an independent writer.
 
-use axum::http::HeaderValue;
 use bytes::Bytes;
 use half::{bf16, f16};
+use http::HeaderValue;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
