@@ -26,6 +26,9 @@
 //! Nothing here panics on hostile input: shapes are bounded ([`MAX_DIMS`]) and their
 //! products checked, sizes are compared with the body before anything is allocated from
 //! them, and every failure is a [`KserveError`].
+//!
+//! A model whose dimension 0 is not a batch goes through the same steps as a batch of
+//! one: [`leading_dimension`] adds and removes that dimension on the JSON part.
 
 mod datatype;
 mod error;
@@ -33,6 +36,7 @@ mod request;
 mod response;
 mod row;
 mod tensor;
+mod unbatched;
 mod wire;
 
 pub use datatype::DataType;
@@ -44,6 +48,7 @@ pub use request::{
 pub use response::{InferResponse, ResponseMeta, assemble_response, parse_response};
 pub use row::{ROW_FORMAT_VERSION, Row, RowOutput, RowTensor};
 pub use tensor::{MAX_DIMS, Tensor};
+pub use unbatched::{Shift, leading_dimension};
 pub use wire::{Encoded, HEADER_LENGTH};
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ use crate::ModelError;
 use crate::fetch::{self, Source};
 
 /// The model's name, also the name of its folder in a cache directory.
-pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
+pub const MODEL_NAME: &str = infercache_backend::BUILTIN_MODEL;
 
 /// The model's id on the Hugging Face hub.
-pub const MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
+pub const MODEL_ID: &str = infercache_backend::BUILTIN_ALIAS;
 
 /// One file the model needs and the SHA-256 it must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,26 +105,7 @@ impl ModelFiles {
     }
 }
 
-/// The default cache directory: `$INFERCACHE_HOME`, else `$XDG_CACHE_HOME/infercache`, else
-/// `$HOME/.cache/infercache`, else `infercache` in the system temporary directory. Empty
-/// variables count as unset. The model lives in `<cache dir>/all-MiniLM-L6-v2/`.
-pub fn default_cache_dir() -> PathBuf {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(home) = var("INFERCACHE_HOME") {
-        return home;
-    }
-    if let Some(xdg) = var("XDG_CACHE_HOME") {
-        return xdg.join("infercache");
-    }
-    if let Some(home) = var("HOME") {
-        return home.join(".cache").join("infercache");
-    }
-    std::env::temp_dir().join("infercache")
-}
+pub use infercache_backend::default_cache_dir;
 
 /// Checks every file of `specs` in `dir`.
 pub(crate) fn verify_dir(dir: &Path, specs: &[FileSpec]) -> Result<(), ModelError> {

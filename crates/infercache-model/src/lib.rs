@@ -2,8 +2,8 @@
 //! Apache-2.0) run in-process on the CPU, behind a pool of inference threads.
 //!
 //! This crate holds infercache's heaviest dependencies (faer's matrix kernels, tokenizers,
-//! an HTTP client); nothing else in the workspace needs them, so only the server depends
-//! on it.
+//! an HTTP client); nothing else in the workspace needs them, so only the `infercache`
+//! binary depends on it (behind its `builtin` feature).
 //!
 //! # Parts
 //!
@@ -16,6 +16,8 @@
 //!   [`Embedder`] runs, with the same bits.
 //! - [`InferencePool`]: dedicated OS threads fed by a bounded queue, with dynamic batching,
 //!   for async callers.
+//! - [`BuiltinModel`]: the pool as an `infercache_backend::Backend`, the form in which the
+//!   server's registry holds it: texts in, little-endian `f32` embeddings out.
 //! - [`ModelError`]: the crate's typed error.
 //!
 //! # Where the files come from
@@ -63,6 +65,7 @@
 //!
 //! [all-MiniLM-L6-v2]: https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2
 
+mod backend;
 pub mod bert;
 mod embedder;
 mod error;
@@ -70,6 +73,7 @@ mod fetch;
 mod files;
 mod pool;
 
+pub use backend::BuiltinModel;
 pub use embedder::{DIMS, Embedder, MAX_TOKENS};
 pub use error::ModelError;
 pub use files::{MODEL_ID, MODEL_NAME, ModelFiles, WEIGHTS_SHA256, default_cache_dir};

@@ -1,0 +1,186 @@
+//! [`Inputs`]: a request's rows in the form its protocol gives them.
+
+use infercache_core::canonical::canonical_json;
+use infercache_core::{CanonicalInput, CoreError};
+use infercache_kserve::{InferRequest, ROW_FORMAT_VERSION, Row};
+use serde_json::{Map, Value};
+
+/// The rows of one request, each of which is cached on its own.
+///
+/// Each kind says how its rows are keyed ([`Inputs::canonical`]) and which of the
+/// request's fields change every row's output ([`Inputs::key_params`]); a backend reads
+/// the rows it is asked to compute from it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Inputs {
+    /// Texts: the built-in embedder, OpenAI-compatible and TEI embedders, Ersilia models.
+    Texts {
+        /// One row per text.
+        texts: Vec<String>,
+        /// OpenAI's `dimensions`: the size of the embeddings asked for.
+        dimensions: Option<u64>,
+    },
+    /// JSON rows of any shape, with the request's parameters (plain JSON upstreams).
+    Json {
+        /// One row per value.
+        rows: Vec<Value>,
+        /// The request's `parameters`, forwarded with every row.
+        parameters: Option<Map<String, Value>>,
+    },
+    /// The rows of a KServe v2 inference request, split along dimension 0.
+    Tensors {
+        /// The request (its parameters and output selection apply to every row).
+        request: InferRequest,
+        /// One row per batch entry.
+        rows: Vec<Row>,
+    },
+}
+
+impl Inputs {
+    /// Texts, with no other parameter.
+    pub fn texts(texts: Vec<String>) -> Self {
+        Self::Texts {
+            texts,
+            dimensions: None,
+        }
+    }
+
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Texts { texts, .. } => texts.len(),
+            Self::Json { rows, .. } => rows.len(),
+            Self::Tensors { rows, .. } => rows.len(),
+        }
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each row's canonical form, the input part of its key: a text as its bytes, a JSON
+    /// row as canonical JSON (object key order never matters), a tensor row as every
+    /// input's name, datatype, row shape, parameters and bytes (the same whether it came
+    /// as JSON or binary).
+    ///
+    /// # Errors
+    /// [`CoreError`] only for a non-finite number, which parsed JSON never holds.
+    pub fn canonical(&self) -> Result<Vec<CanonicalInput>, CoreError> {
+        match self {
+            Self::Texts { texts, .. } => {
+                Ok(texts.iter().map(|t| CanonicalInput::text(t)).collect())
+            }
+            Self::Json { rows, .. } => rows.iter().map(CanonicalInput::json).collect(),
+            Self::Tensors { rows, .. } => Ok(rows.iter().map(Row::canonical_input).collect()),
+        }
+    }
+
+    /// The key bytes of the request's fields that change every row's output, as
+    /// canonical JSON: the request's parameters (all of them, or only those named in
+    /// `keyed`, the model's `params` setting: the others are declared not to change the
+    /// output) beside the protocol's own fields (OpenAI's `dimensions`; KServe v2's output
+    /// selection and stored row format). Empty when there are none, so that leaving
+    /// every parameter out and sending only ignored ones share an entry.
+    ///
+    /// # Errors
+    /// [`CoreError`] only for a non-finite number, which parsed JSON never holds.
+    pub fn key_params(&self, keyed: Option<&[String]>) -> Result<Vec<u8>, CoreError> {
+        let mut protocol = Map::new();
+        let params = match self {
+            Self::Texts { dimensions, .. } => {
+                if let Some(d) = dimensions {
+                    protocol.insert("dimensions".to_owned(), Value::from(*d));
+                }
+                None
+            }
+            Self::Json { parameters, .. } => parameters.as_ref(),
+            Self::Tensors { request, .. } => {
+                protocol.insert(
+                    "outputs".to_owned(),
+                    Value::String(
+                        String::from_utf8(request.outputs.key_bytes())
+                            .expect("the output selection's key is canonical JSON or `*`"),
+                    ),
+                );
+                protocol.insert("row_format".to_owned(), Value::from(ROW_FORMAT_VERSION));
+                Some(&request.parameters)
+            }
+        };
+        let picked: Map<String, Value> = match (params, keyed) {
+            (None, _) => Map::new(),
+            (Some(p), None) => p.clone(),
+            (Some(p), Some(names)) => names
+                .iter()
+                .filter_map(|name| p.get(name).map(|v| (name.clone(), v.clone())))
+                .collect(),
+        };
+        if picked.is_empty() && protocol.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut key = Map::new();
+        if !picked.is_empty() {
+            key.insert("params".into(), Value::Object(picked));
+        }
+        if !protocol.is_empty() {
+            key.insert("protocol".into(), Value::Object(protocol));
+        }
+        canonical_json(&Value::Object(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn json_rows(parameters: Value) -> Inputs {
+        Inputs::Json {
+            rows: vec![json!({"b": 1, "a": 2})],
+            parameters: parameters.as_object().cloned(),
+        }
+    }
+
+    #[test]
+    fn parameters_are_keyed_all_or_as_named() {
+        let all = json_rows(json!({"t": 1, "seed": 2}));
+        let named = ["t".to_owned()];
+        assert_ne!(
+            all.key_params(None).unwrap(),
+            all.key_params(Some(&named)).unwrap()
+        );
+        let only_t = json_rows(json!({"t": 1}));
+        assert_eq!(
+            all.key_params(Some(&named)).unwrap(),
+            only_t.key_params(None).unwrap()
+        );
+        let ignored = json_rows(json!({"seed": 2}));
+        assert!(ignored.key_params(Some(&named)).unwrap().is_empty());
+        assert!(json_rows(Value::Null).key_params(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn texts_key_by_their_bytes_and_dimensions() {
+        let plain = Inputs::texts(vec!["a".into()]);
+        assert!(plain.key_params(None).unwrap().is_empty());
+        let sized = Inputs::Texts {
+            texts: vec!["a".into()],
+            dimensions: Some(64),
+        };
+        assert_ne!(sized.key_params(None).unwrap(), Vec::<u8>::new());
+        assert_eq!(plain.canonical().unwrap(), sized.canonical().unwrap());
+    }
+
+    #[test]
+    fn json_rows_key_in_canonical_form() {
+        let a = json_rows(Value::Null).canonical().unwrap();
+        let b = Inputs::Json {
+            rows: vec![json!({"a": 2, "b": 1})],
+            parameters: None,
+        }
+        .canonical()
+        .unwrap();
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,85 @@
+//! The model registry and the one per-row path through the cache that every model takes.
+//!
+//! ```text
+//!  caller (an HTTP route, warming, a bulk job): a model name, a tenant, Inputs
+//!     └► Models::resolve(name, kinds)          one registry: the built-in embedder and
+//!                                              every upstream model, by name
+//!     └► Infer::rows(RowRequest { model, tenant, inputs, control })
+//!          keys: tenant, model, version, digest, canonical row, output-affecting params
+//!          └► Cache::get_many_or_compute ─► hits │ missing rows (deduplicated, single flight)
+//!                 └► Backend::compute(inputs, row indices), in chunks of max_batch, 4 at a time
+//!          model failed? ─► stale-if-error: serve expired rows, marked Stale
+//!     ◄─ Rows: one stored value per row, in order, with how each was served
+//! ```
+//!
+//! - [`Models`], [`Model`], [`CachePolicy`]: the registry and how each model's rows are
+//!   cached.
+//! - [`Infer`]: the cache and the registry together; [`Infer::rows`] is the per-row path
+//!   ([`rows`] explains it).
+//! - [`InferError`]: why rows could not be served.
+//!
+//! There is no HTTP here: the server turns requests into [`RowRequest`]s and [`Rows`]
+//! into responses, and chooses every status; anything else that computes rows (warming,
+//! bulk jobs, a dashboard) calls the same path.
+
+mod error;
+mod models;
+pub mod rows;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use infercache_engine::Cache;
+
+pub use error::InferError;
+pub use models::{CachePolicy, Model, Models, NoBuiltinModel, ResolveError, serves_builtin};
+pub use rows::{
+    CacheControl, NoObserver, Observer, Outcome, RowRequest, RowSource, Rows, answer_budget,
+};
+
+/// The cache (`None` when disabled) and the models served through it. Cheap to clone;
+/// clones share everything.
+#[derive(Debug, Clone)]
+pub struct Infer {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cache: Option<Cache>,
+    models: Models,
+    /// How long a request waits for an upstream model's rows ([`answer_budget`]).
+    budget: Duration,
+    observer: Arc<dyn Observer>,
+}
+
+impl Infer {
+    /// `models` served through `cache`; a request for an upstream model waits at most
+    /// [`answer_budget`]`(request_timeout)` for its rows. `observer` hears of every
+    /// backend call.
+    pub fn new(
+        cache: Option<Cache>,
+        models: Models,
+        request_timeout: Duration,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                cache,
+                models,
+                budget: answer_budget(request_timeout),
+                observer,
+            }),
+        }
+    }
+
+    /// The cache; `None` when disabled.
+    pub fn cache(&self) -> Option<&Cache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// The models served.
+    pub fn models(&self) -> &Models {
+        &self.inner.models
+    }
+}

@@ -1,0 +1,531 @@
+//! The per-row path every model takes: one key per row, only the missing rows computed,
+//! outputs back in order.
+//!
+//! [`Infer::rows`] keys each row by tenant, model, version, artifact digest, the row's
+//! canonical form and the output-affecting parameters ([`Inputs`] says both), and hands
+//! the keys to [`Cache::get_many_or_compute`]. So repeated rows in one request are looked
+//! up and computed once, rows a concurrent request is already computing are waited for
+//! rather than computed again, and the rows left go to the model's
+//! [`Backend::compute`](infercache_backend::Backend::compute): in one call, or in chunks
+//! of at most the model's `max_batch` rows, four at a time (so the request's latency is
+//! about a quarter of one call per chunk, and one request never opens more than four
+//! upstream connections).
+//!
+//! The lookup and the computation run as their own task: a request that times out or
+//! whose client goes away still fills the cache, and the requests waiting on its rows
+//! still get them. A request for a model behind an upstream waits for its rows at most
+//! its timeout less a margin ([`answer_budget`]); then it is answered with stale rows
+//! (`stale_if_error`) or `upstream_timeout`, and the computation goes on. A model run in
+//! this process has no call timeout of its own: the request's timeout bounds it.
+//!
+//! # What is never cached
+//!
+//! A model with `deterministic = false`, a call that changes state upstream
+//! ([`CacheControl::bypass`]), and every model while the cache is disabled: every row is
+//! computed, repeated rows included (a generative model's repeated row is a second
+//! sample, not a duplicate). A computed row the backend refuses to keep
+//! ([`Backend::keep`](infercache_backend::Backend::keep): Ersilia's row of nulls) is
+//! returned but removed once stored.
+//!
+//! # Freshness and stale-if-error
+//!
+//! Entries are served while younger than the stricter of the model's `ttl` and the
+//! client's `max-age`, and stored for `ttl + stale_if_error` ([`CachePolicy::options`]).
+//! When the model fails and it has `stale_if_error`, every row is looked up again
+//! allowing that much more age; if every row is found, the request is served, rows past
+//! their freshness marked [`RowSource::Stale`]. A request with `no-cache` asked for a
+//! fresh answer and gets the error instead.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use infercache_backend::{BackendError, Inputs, UpstreamError};
+use infercache_core::{Digest, Epochs, KeyParts};
+use infercache_engine::{Cache, CacheKey, ComputeError, Fetched, Lookup, RequestOptions, Source};
+
+use crate::models::{CachePolicy, Model};
+use crate::{Infer, InferError};
+
+/// Backend calls one request runs at once when its rows are split into chunks.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// How a request may use the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `max-age`, `no-cache` (Ersilia: `fetch_cache=false`), `no-store` (Ersilia:
+    /// `save_cache=false`).
+    pub options: RequestOptions,
+    /// `Cache-Control: only-if-cached`: any missing row fails the request
+    /// ([`InferError::NotCached`]).
+    pub only_if_cached: bool,
+    /// Ersilia's `cache_only`: never compute; a missing row is [`RowSource::Absent`] and
+    /// its value `None`.
+    pub cache_only: bool,
+    /// The call changes state upstream (a KServe v2 sequence request): it is neither
+    /// looked up, nor stored, nor merged with an identical concurrent call.
+    pub bypass: bool,
+}
+
+/// One request's rows, as [`Infer::rows`] needs them.
+#[derive(Debug)]
+pub struct RowRequest {
+    /// The model.
+    pub model: Arc<Model>,
+    /// The caller's tenant: tenants never share entries.
+    pub tenant: Arc<str>,
+    /// The rows, in request order (shared with the caller, which may need them to render
+    /// its answer).
+    pub inputs: Arc<Inputs>,
+    /// How the cache may be used.
+    pub control: CacheControl,
+}
+
+/// How one row was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowSource {
+    /// From a cache tier, fresh.
+    Hit,
+    /// Computed by this request.
+    Computed,
+    /// Computed by a concurrent request this one waited for.
+    Coalesced,
+    /// From a cache tier, past its freshness, because the model failed.
+    Stale,
+    /// Not cached and not computed (`cache_only`).
+    Absent,
+}
+
+/// How a request's rows were served, as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every row came from a cache tier.
+    Hit,
+    /// No row came from a cache tier.
+    Miss,
+    /// Some did, some did not.
+    Partial,
+}
+
+impl Outcome {
+    /// The outcome of a request with `hits` of `total` rows served from a tier.
+    pub fn of(hits: usize, total: usize) -> Self {
+        match hits {
+            0 => Self::Miss,
+            h if h == total => Self::Hit,
+            _ => Self::Partial,
+        }
+    }
+}
+
+/// The rows of one request, in request order.
+#[derive(Debug)]
+pub struct Rows {
+    /// One value per row, as the backend computed and the cache stored it, never decoded
+    /// here (`None` only for [`RowSource::Absent`]).
+    pub values: Vec<Option<Bytes>>,
+    /// How each row was served.
+    pub sources: Vec<RowSource>,
+    /// Each row's key; empty when nothing was keyed (no cache, a model that is not
+    /// deterministic, a bypassing call).
+    pub keys: Vec<Digest>,
+}
+
+impl Rows {
+    fn count(&self, which: &[RowSource]) -> usize {
+        self.sources.iter().filter(|s| which.contains(s)).count()
+    }
+
+    /// Rows a tier served fresh. A repeated row counts as its first copy does.
+    pub fn hits(&self) -> usize {
+        self.count(&[RowSource::Hit])
+    }
+
+    /// Rows served stale.
+    pub fn stale(&self) -> usize {
+        self.count(&[RowSource::Stale])
+    }
+
+    /// Rows no tier served (computed, coalesced or absent).
+    pub fn misses(&self) -> usize {
+        self.count(&[RowSource::Computed, RowSource::Coalesced, RowSource::Absent])
+    }
+
+    /// Rows a concurrent request computed.
+    pub fn coalesced(&self) -> usize {
+        self.count(&[RowSource::Coalesced])
+    }
+
+    /// Hit, miss or partial, by the rows a tier served fresh.
+    pub fn outcome(&self) -> Outcome {
+        Outcome::of(self.hits(), self.sources.len())
+    }
+
+    fn computed(values: Vec<Bytes>) -> Self {
+        Self {
+            sources: vec![RowSource::Computed; values.len()],
+            values: values.into_iter().map(Some).collect(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// What the per-row path reports as it works; the server turns it into metrics.
+pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
+    /// One successful backend call of `model` for `rows` rows took `took`.
+    fn computed(&self, model: &Model, rows: usize, took: Duration);
+}
+
+/// An [`Observer`] that records nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn computed(&self, _model: &Model, _rows: usize, _took: Duration) {}
+}
+
+/// How long a request for a model behind an upstream waits for its rows: its timeout
+/// less a margin (a tenth, at most a second) for the stale lookup and the response.
+pub fn answer_budget(request_timeout: Duration) -> Duration {
+    request_timeout.saturating_sub((request_timeout / 10).min(Duration::from_secs(1)))
+}
+
+impl Infer {
+    /// Serves `request`'s rows from the cache, computing the missing ones with the
+    /// model's backend.
+    ///
+    /// # Errors
+    /// [`InferError::NotCached`] under `only-if-cached`; [`InferError::Backend`] when the
+    /// model failed and no stale entries could stand in.
+    pub async fn rows(&self, request: RowRequest) -> Result<Rows, InferError> {
+        let RowRequest {
+            model,
+            tenant,
+            inputs,
+            control,
+        } = request;
+        let cache = match self.cache() {
+            Some(cache) if model.policy().deterministic && !control.bypass => cache.clone(),
+            _ => return self.uncached(&model, &inputs, control).await,
+        };
+        let keys = keys(&cache, &model, &tenant, &inputs)?;
+        let digests: Vec<Digest> = keys.iter().map(|k| *k.digest()).collect();
+        let options = model.policy().options(control.options);
+        if control.cache_only || control.only_if_cached {
+            return lookup_only(&cache, &keys, &options, control, digests).await;
+        }
+        match self
+            .compute(&cache, &model, &inputs, keys.clone(), options)
+            .await
+        {
+            Ok(fetched) => Ok(Rows {
+                sources: fetched.iter().map(|f| source(f.source)).collect(),
+                values: fetched.into_iter().map(|f| Some(f.value)).collect(),
+                keys: digests,
+            }),
+            Err(e) => match stale(model.policy(), &cache, &keys, &options).await {
+                Some((values, sources)) => {
+                    tracing::warn!(model = model.name(), error = %e, "serving stale rows");
+                    Ok(Rows {
+                        values,
+                        sources,
+                        keys: digests,
+                    })
+                }
+                None => Err(InferError::Backend(e)),
+            },
+        }
+    }
+
+    /// Every row computed, nothing keyed: no cache, a model that is not deterministic,
+    /// or a bypassing call.
+    async fn uncached(
+        &self,
+        model: &Model,
+        inputs: &Inputs,
+        control: CacheControl,
+    ) -> Result<Rows, InferError> {
+        let n = inputs.len();
+        if control.cache_only {
+            return Ok(Rows {
+                values: vec![None; n],
+                sources: vec![RowSource::Absent; n],
+                keys: Vec::new(),
+            });
+        }
+        if control.only_if_cached {
+            return Err(InferError::NotCached {
+                misses: n,
+                total: n,
+            });
+        }
+        let values = in_chunks(model, inputs, (0..n).collect(), &*self.inner.observer).await?;
+        Ok(Rows::computed(values))
+    }
+
+    /// Looks the rows up and computes the missing ones in a task of their own, waiting
+    /// at most the answer budget for a model behind an upstream.
+    async fn compute(
+        &self,
+        cache: &Cache,
+        model: &Arc<Model>,
+        inputs: &Arc<Inputs>,
+        keys: Vec<CacheKey>,
+        options: RequestOptions,
+    ) -> Result<Vec<Fetched>, BackendError> {
+        // The first row of each key: what the backend is asked for.
+        let mut first: HashMap<Digest, usize> = HashMap::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            first.entry(*k.digest()).or_insert(i);
+        }
+        let (cache, model_in_task, inputs) = (cache.clone(), Arc::clone(model), Arc::clone(inputs));
+        let observer = Arc::clone(&self.inner.observer);
+        let computation = tokio::spawn(async move {
+            let model = model_in_task;
+            let fetched = cache
+                .get_many_or_compute(&keys, &options, |missing| {
+                    let indices: Vec<usize> = missing
+                        .iter()
+                        .map(|k| {
+                            *first.get(k.digest()).expect(
+                                "the engine computes only keys it was given (a bug otherwise)",
+                            )
+                        })
+                        .collect();
+                    let (model, inputs, observer) = (
+                        Arc::clone(&model),
+                        Arc::clone(&inputs),
+                        Arc::clone(&observer),
+                    );
+                    async move { in_chunks(&model, &inputs, indices, &*observer).await }
+                })
+                .await;
+            if let Ok(fetched) = &fetched
+                && !options.no_store
+            {
+                forget_refused(&cache, &model, &keys, fetched).await;
+            }
+            fetched
+        });
+        let joined = if model.kind().in_process() {
+            computation.await
+        } else {
+            // The answer must come before the request's own timeout, so that a hung
+            // upstream still gets its stale rows or its upstream error (naming the model)
+            // rather than a bare 504. The computation goes on in its task and fills the
+            // cache.
+            let budget = self.inner.budget;
+            match tokio::time::timeout(budget, computation).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    return Err(BackendError::Upstream(UpstreamError::Timeout {
+                        model: model.name().to_owned(),
+                        timeout: budget,
+                    }));
+                }
+            }
+        };
+        match joined {
+            Ok(result) => result.map_err(|e| backend_error(&e)),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(BackendError::failed(e)),
+        }
+    }
+}
+
+/// Each row's key: tenant, model name, version, digest, the canonical row and the
+/// output-affecting parameters, with the cache's epochs folded in. The one place a
+/// row's key is built.
+fn keys(
+    cache: &Cache,
+    model: &Model,
+    tenant: &str,
+    inputs: &Inputs,
+) -> Result<Vec<CacheKey>, InferError> {
+    let info = model.info();
+    let canonical = inputs.canonical().map_err(InferError::internal)?;
+    let params = inputs
+        .key_params(model.policy().params.as_deref())
+        .map_err(InferError::internal)?;
+    Ok(canonical
+        .iter()
+        .map(|row| {
+            cache.key(KeyParts {
+                namespace: tenant,
+                model: &info.name,
+                version: &info.version,
+                artifact: info.digest.as_deref(),
+                epochs: Epochs::default(),
+                input: row,
+                params: &params,
+            })
+        })
+        .collect())
+}
+
+fn source(s: Source) -> RowSource {
+    match s {
+        Source::Memory | Source::Disk | Source::Remote => RowSource::Hit,
+        Source::Computed => RowSource::Computed,
+        Source::Coalesced => RowSource::Coalesced,
+    }
+}
+
+/// The backend's error a computation failed with (shared with every waiter).
+fn backend_error(e: &ComputeError) -> BackendError {
+    e.downcast_ref::<BackendError>()
+        .cloned()
+        .unwrap_or_else(|| BackendError::failed(e.to_string()))
+}
+
+/// `cache_only` and `only-if-cached`: the rows the cache holds, nothing computed.
+async fn lookup_only(
+    cache: &Cache,
+    keys: &[CacheKey],
+    options: &RequestOptions,
+    control: CacheControl,
+    digests: Vec<Digest>,
+) -> Result<Rows, InferError> {
+    let found = lookup(cache, keys, options).await;
+    let misses = found.iter().filter(|f| f.is_none()).count();
+    if control.only_if_cached && misses > 0 {
+        return Err(InferError::NotCached {
+            misses,
+            total: keys.len(),
+        });
+    }
+    Ok(Rows {
+        sources: found
+            .iter()
+            .map(|f| match f {
+                Some(_) => RowSource::Hit,
+                None => RowSource::Absent,
+            })
+            .collect(),
+        values: found,
+        keys: digests,
+    })
+}
+
+/// Removes from the cache each row this request computed whose value the backend
+/// refuses to keep.
+///
+/// The engine stores every computed value, so a refused value is removed from every tier
+/// once stored; a request in that short window, and the requests that waited for this
+/// one's rows, get it too. The removal runs in the same task as the computation, so it
+/// happens even when the client has gone.
+async fn forget_refused(cache: &Cache, model: &Model, keys: &[CacheKey], fetched: &[Fetched]) {
+    let mut done: HashSet<Digest> = HashSet::new();
+    for (k, f) in keys.iter().zip(fetched) {
+        if f.source == Source::Computed
+            && !model.backend().keep(&f.value)
+            && done.insert(*k.digest())
+        {
+            cache.remove(k).await;
+        }
+    }
+}
+
+/// Each key's value under `options`, looking each distinct key up once.
+async fn lookup(cache: &Cache, keys: &[CacheKey], options: &RequestOptions) -> Vec<Option<Bytes>> {
+    let mut seen: HashMap<Digest, Option<Bytes>> = HashMap::with_capacity(keys.len());
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if let Some(v) = seen.get(k.digest()) {
+            out.push(v.clone());
+            continue;
+        }
+        let v = match cache.get(k, options).await {
+            Lookup::Hit(f) => Some(f.value),
+            Lookup::Miss => None,
+        };
+        seen.insert(*k.digest(), v.clone());
+        out.push(v);
+    }
+    out
+}
+
+/// Every row from the cache, allowing `stale_if_error` past its freshness; `None` when a
+/// row is missing, the model has no stale window, or the request asked for `no-cache`.
+async fn stale(
+    policy: &CachePolicy,
+    cache: &Cache,
+    keys: &[CacheKey],
+    options: &RequestOptions,
+) -> Option<(Vec<Option<Bytes>>, Vec<RowSource>)> {
+    let window = policy.stale_if_error?;
+    if options.no_cache {
+        return None;
+    }
+    let fresh = lookup(cache, keys, options).await;
+    let lenient = RequestOptions {
+        max_age: options.max_age.map(|age| age.saturating_add(window)),
+        ..*options
+    };
+    let mut values = Vec::with_capacity(keys.len());
+    let mut sources = Vec::with_capacity(keys.len());
+    let mut older: HashMap<Digest, Bytes> = HashMap::new();
+    for (k, v) in keys.iter().zip(fresh) {
+        if v.is_some() {
+            values.push(v);
+            sources.push(RowSource::Hit);
+            continue;
+        }
+        let stale = match older.get(k.digest()) {
+            Some(v) => v.clone(),
+            None => match cache.get(k, &lenient).await {
+                Lookup::Hit(f) => {
+                    older.insert(*k.digest(), f.value.clone());
+                    f.value
+                }
+                Lookup::Miss => return None,
+            },
+        };
+        values.push(Some(stale));
+        sources.push(RowSource::Stale);
+    }
+    Some((values, sources))
+}
+
+/// Computes the rows at `indices`: in one call, or in chunks of the model's `max_batch`,
+/// at most [`CHUNKS_IN_FLIGHT`] at once; checks that each call returned one value per
+/// row. The first failing chunk fails the whole and drops the others' calls.
+async fn in_chunks(
+    model: &Model,
+    inputs: &Inputs,
+    indices: Vec<usize>,
+    observer: &dyn Observer,
+) -> Result<Vec<Bytes>, BackendError> {
+    let call = |chunk: &[usize]| {
+        let chunk = chunk.to_vec();
+        async move {
+            let started = Instant::now();
+            let values = model.backend().compute(inputs, &chunk).await?;
+            if values.len() != chunk.len() {
+                let reason = format!("{} outputs for {} inputs", values.len(), chunk.len());
+                return Err(if model.kind().in_process() {
+                    BackendError::failed(reason)
+                } else {
+                    UpstreamError::bad_response(model.name(), reason).into()
+                });
+            }
+            observer.computed(model, chunk.len(), started.elapsed());
+            Ok(values)
+        }
+    };
+    let max = model.policy().max_batch.unwrap_or(usize::MAX);
+    if indices.len() <= max {
+        return call(&indices).await;
+    }
+    let parts: Vec<Vec<Bytes>> = futures_util::stream::iter(indices.chunks(max))
+        .map(call)
+        .buffered(CHUNKS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+//! The per-row path against a counting backend and a real cache on a manual clock.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use infercache_backend::{
+    Backend, BackendError, BackendKind, BackendStats, BoxFuture, InferenceStats, Inputs, ModelInfo,
+    UpstreamError,
+};
+use infercache_core::ManualClock;
+use infercache_engine::{Cache, CacheConfig};
+
+use super::*;
+use crate::models::{CachePolicy, Models};
+
+/// Each text's value is its own bytes; every call's rows are recorded.
+#[derive(Debug)]
+struct Echo {
+    info: ModelInfo,
+    calls: Mutex<Vec<Vec<String>>>,
+    fail: AtomicBool,
+    hang: AtomicBool,
+}
+
+impl Echo {
+    fn new(kind: BackendKind) -> Arc<Self> {
+        Arc::new(Self {
+            info: ModelInfo {
+                name: "echo".into(),
+                aliases: vec!["echo-alias".into()],
+                kind,
+                version: "1".into(),
+                digest: None,
+                dims: None,
+            },
+            calls: Mutex::default(),
+            fail: AtomicBool::new(false),
+            hang: AtomicBool::new(false),
+        })
+    }
+
+    fn calls(&self) -> Vec<Vec<String>> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn rows(&self) -> usize {
+        self.calls().iter().map(Vec::len).sum()
+    }
+}
+
+impl Backend for Echo {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn compute<'a>(
+        &'a self,
+        inputs: &'a Inputs,
+        rows: &'a [usize],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, BackendError>> {
+        Box::pin(async move {
+            if self.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(UpstreamError::Status {
+                    model: "echo".into(),
+                    status: 500,
+                }
+                .into());
+            }
+            let Inputs::Texts { texts, .. } = inputs else {
+                return Err(BackendError::failed("texts only"));
+            };
+            let batch: Vec<String> = rows.iter().map(|&i| texts[i].clone()).collect();
+            self.calls.lock().unwrap().push(batch.clone());
+            Ok(batch.into_iter().map(Bytes::from).collect())
+        })
+    }
+
+    fn keep(&self, value: &[u8]) -> bool {
+        value != b"refused"
+    }
+
+    fn stats(&self) -> BackendStats {
+        BackendStats::InProcess(InferenceStats::default())
+    }
+}
+
+/// Counts the backend calls it hears of.
+#[derive(Debug, Default)]
+struct Counted(AtomicUsize);
+
+impl Observer for Counted {
+    fn computed(&self, _model: &Model, _rows: usize, _took: Duration) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+struct Harness {
+    infer: Infer,
+    echo: Arc<Echo>,
+    clock: Arc<ManualClock>,
+    observed: Arc<Counted>,
+}
+
+fn harness(kind: BackendKind, policy: CachePolicy) -> Harness {
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::open(CacheConfig::default(), clock.clone()).unwrap();
+    let echo = Echo::new(kind);
+    let observed = Arc::new(Counted::default());
+    let models = Models::new([(Arc::clone(&echo) as Arc<dyn Backend>, policy)]);
+    let infer = Infer::new(
+        Some(cache),
+        models,
+        Duration::from_secs(1),
+        Arc::clone(&observed) as Arc<dyn Observer>,
+    );
+    Harness {
+        infer,
+        echo,
+        clock,
+        observed,
+    }
+}
+
+impl Harness {
+    async fn rows(&self, texts: &[&str], control: CacheControl) -> Result<Rows, InferError> {
+        let model = Arc::clone(self.infer.models().get("echo").unwrap());
+        self.infer
+            .rows(RowRequest {
+                model,
+                tenant: "t".into(),
+                inputs: Arc::new(Inputs::texts(
+                    texts.iter().map(|t| (*t).to_owned()).collect(),
+                )),
+                control,
+            })
+            .await
+    }
+}
+
+fn values(rows: &Rows) -> Vec<&[u8]> {
+    rows.values.iter().map(|v| v.as_deref().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn repeated_rows_are_computed_once_and_come_back_in_order() {
+    let h = harness(BackendKind::Builtin, CachePolicy::builtin());
+    let r = h
+        .rows(&["a", "b", "a"], CacheControl::default())
+        .await
+        .unwrap();
+    assert_eq!(values(&r), [&b"a"[..], b"b", b"a"]);
+    assert_eq!((r.hits(), r.misses(), r.outcome()), (0, 3, Outcome::Miss));
+    assert_eq!(h.echo.calls(), [vec!["a".to_owned(), "b".to_owned()]]);
+    assert_eq!(r.keys[0], r.keys[2]);
+    assert_ne!(r.keys[0], r.keys[1]);
+    let r = h.rows(&["b", "c"], CacheControl::default()).await.unwrap();
+    assert_eq!(r.sources, [RowSource::Hit, RowSource::Computed]);
+    assert_eq!(r.outcome(), Outcome::Partial);
+    assert_eq!(h.echo.rows(), 3);
+    assert_eq!(h.observed.0.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn rows_past_max_batch_go_in_chunks_and_keep_their_order() {
+    let policy = CachePolicy {
+        max_batch: Some(3),
+        ..CachePolicy::default()
+    };
+    let h = harness(BackendKind::HttpJson, policy);
+    let texts: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let r = h.rows(&refs, CacheControl::default()).await.unwrap();
+    let got: Vec<String> = r
+        .values
+        .iter()
+        .map(|v| String::from_utf8(v.as_ref().unwrap().to_vec()).unwrap())
+        .collect();
+    assert_eq!(got, texts);
+    let sizes: Vec<usize> = h.echo.calls().iter().map(Vec::len).collect();
+    let mut sorted = sizes.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [1, 3, 3, 3]);
+}
+
+#[tokio::test]
+async fn a_value_the_backend_refuses_is_returned_but_not_kept() {
+    let h = harness(BackendKind::Ersilia, CachePolicy::default());
+    let r = h
+        .rows(&["refused", "kept"], CacheControl::default())
+        .await
+        .unwrap();
+    assert_eq!(values(&r), [&b"refused"[..], b"kept"]);
+    let r = h
+        .rows(&["refused", "kept"], CacheControl::default())
+        .await
+        .unwrap();
+    assert_eq!(r.sources, [RowSource::Computed, RowSource::Hit]);
+}
+
+#[tokio::test]
+async fn a_model_that_is_not_deterministic_computes_every_row_every_time() {
+    let policy = CachePolicy {
+        deterministic: false,
+        ..CachePolicy::default()
+    };
+    let h = harness(BackendKind::HttpJson, policy);
+    for _ in 0..2 {
+        let r = h.rows(&["a", "a"], CacheControl::default()).await.unwrap();
+        assert!(r.keys.is_empty());
+        assert_eq!(r.sources, [RowSource::Computed; 2]);
+    }
+    assert_eq!(h.echo.rows(), 4);
+    let only = CacheControl {
+        only_if_cached: true,
+        ..CacheControl::default()
+    };
+    let e = h.rows(&["a"], only).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            InferError::NotCached {
+                misses: 1,
+                total: 1
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn only_if_cached_and_cache_only_never_compute() {
+    let h = harness(BackendKind::Builtin, CachePolicy::builtin());
+    h.rows(&["a"], CacheControl::default()).await.unwrap();
+    let only = CacheControl {
+        only_if_cached: true,
+        ..CacheControl::default()
+    };
+    let e = h.rows(&["a", "b", "b"], only).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            InferError::NotCached {
+                misses: 2,
+                total: 3
+            }
+        ),
+        "{e}"
+    );
+    let cache_only = CacheControl {
+        cache_only: true,
+        ..CacheControl::default()
+    };
+    let r = h.rows(&["a", "b"], cache_only).await.unwrap();
+    assert_eq!(r.sources, [RowSource::Hit, RowSource::Absent]);
+    assert_eq!(r.values[1], None);
+    assert_eq!(h.echo.rows(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_model_is_answered_with_stale_rows_within_its_window() {
+    let policy = CachePolicy {
+        ttl: Some(Duration::from_secs(10)),
+        stale_if_error: Some(Duration::from_secs(60)),
+        ..CachePolicy::default()
+    };
+    let h = harness(BackendKind::HttpJson, policy);
+    h.rows(&["a"], CacheControl::default()).await.unwrap();
+    h.clock.advance(Duration::from_secs(20));
+    h.echo.fail.store(true, Ordering::SeqCst);
+    let r = h.rows(&["a"], CacheControl::default()).await.unwrap();
+    assert_eq!((r.sources[0], r.stale()), (RowSource::Stale, 1));
+    assert_eq!(values(&r), [&b"a"[..]]);
+    let no_cache = CacheControl {
+        options: RequestOptions {
+            no_cache: true,
+            ..RequestOptions::default()
+        },
+        ..CacheControl::default()
+    };
+    let e = h.rows(&["a"], no_cache).await.unwrap_err();
+    assert!(
+        matches!(e, InferError::Backend(BackendError::Upstream(_))),
+        "{e}"
+    );
+    h.clock.advance(Duration::from_secs(60));
+    let e = h.rows(&["a"], CacheControl::default()).await.unwrap_err();
+    assert!(
+        matches!(e, InferError::Backend(BackendError::Upstream(_))),
+        "{e}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_upstream_is_answered_within_the_budget_naming_the_model() {
+    let h = harness(BackendKind::HttpJson, CachePolicy::default());
+    h.echo.hang.store(true, Ordering::SeqCst);
+    let e = h.rows(&["a"], CacheControl::default()).await.unwrap_err();
+    let InferError::Backend(BackendError::Upstream(UpstreamError::Timeout { model, timeout })) = e
+    else {
+        panic!("{e}");
+    };
+    assert_eq!(
+        (model.as_str(), timeout),
+        ("echo", answer_budget(Duration::from_secs(1)))
+    );
+}
+
+#[test]
+fn the_budget_leaves_a_tenth_at_most_a_second() {
+    assert_eq!(
+        answer_budget(Duration::from_secs(1)),
+        Duration::from_millis(900)
+    );
+    assert_eq!(
+        answer_budget(Duration::from_secs(30)),
+        Duration::from_secs(29)
+    );
+}

@@ -1,0 +1,172 @@
+//! KServe v2 / Triton upstreams: the missing rows of a request batched back into one
+//! request to `POST {url}/v2/models/{upstream_name}/infer`, as binary tensors with binary
+//! outputs asked for, carrying every request parameter; the answer split back into one
+//! stored row per input row ([`infercache_kserve::RowOutput::encode`]).
+//!
+//! An answer whose outputs are not batched by the rows sent, or that lacks a requested
+//! output, is the upstream's error (`UpstreamError::BadResponse`) and nothing of it is
+//! stored. A model with `batched = false` (dimension 0 is not a batch) has the leading
+//! dimension of 1 its one row carries taken off the request and put on the answer
+//! ([`infercache_kserve::leading_dimension`]), so the upstream sees the tensors as sent.
+//!
+//! The upstream is always called at its unversioned paths: a client's version segment is
+//! checked against the model's `version` by the route and never reaches the upstream URL.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, header};
+use infercache_backend::{
+    Backend, BackendError, BackendStats, BoxFuture, Inputs, ModelInfo, UpstreamError,
+};
+use infercache_kserve::{
+    Encoded, HEADER_LENGTH, InferRequest, Row, Shift, WireFormat, build_request, leading_dimension,
+    parse_response,
+};
+use serde_json::Value;
+
+use crate::client::Upstream;
+
+/// A model behind a KServe v2 / Triton server.
+#[derive(Debug)]
+pub struct Kserve {
+    upstream: Upstream,
+    info: ModelInfo,
+}
+
+impl Kserve {
+    /// The model behind `upstream`.
+    pub fn new(upstream: Upstream) -> Self {
+        let info = crate::info(upstream.config());
+        Self { upstream, info }
+    }
+
+    fn path(&self, tail: &str) -> String {
+        format!("/v2/models/{}{tail}", self.upstream.config().upstream_name)
+    }
+
+    /// Sends the rows at `indices` upstream in one request; returns each row's stored form.
+    async fn infer(
+        &self,
+        request: &InferRequest,
+        rows: &[Row],
+        indices: &[usize],
+    ) -> Result<Vec<Bytes>, UpstreamError> {
+        let bad = |reason: String| UpstreamError::bad_response(self.upstream.name(), reason);
+        let batch: Vec<&Row> = indices.iter().map(|&i| &rows[i]).collect();
+        let encoded = build_request(
+            &batch,
+            &request.outputs,
+            &request.parameters,
+            WireFormat::Binary,
+        )
+        .expect("the rows of one request share their layout and parameters (a bug otherwise)");
+        let whole = !self.upstream.config().batched;
+        let encoded = if whole {
+            leading_dimension(encoded, "inputs", Shift::Remove)
+                .expect("a request this codec wrote, each input led by a dimension of 1")
+        } else {
+            encoded
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(encoded.content_type()),
+        );
+        if let Some(len) = encoded.header_length {
+            headers.insert(HEADER_LENGTH, HeaderValue::from(len));
+        }
+        let reply = self
+            .upstream
+            .send(
+                Method::POST,
+                &self.path("/infer"),
+                Some((Bytes::from(encoded.body), headers)),
+                self.upstream.inference_retry(),
+            )
+            .await?;
+        let (body, header_length) = if whole {
+            let declared = reply
+                .headers
+                .get(HEADER_LENGTH)
+                .map(|v| v.to_str().ok().and_then(|s| s.parse::<usize>().ok()))
+                .map(|n| n.ok_or_else(|| bad("a malformed Inference-Header-Content-Length".into())))
+                .transpose()?;
+            let encoded = Encoded {
+                body: reply.body.to_vec(),
+                header_length: declared,
+            };
+            let wrapped = leading_dimension(encoded, "outputs", Shift::Add)
+                .map_err(|e| bad(e.to_string()))?;
+            let length = wrapped.header_length.map(HeaderValue::from);
+            (Bytes::from(wrapped.body), length)
+        } else {
+            (reply.body, reply.headers.get(HEADER_LENGTH).cloned())
+        };
+        let parsed =
+            parse_response(body, header_length.as_ref()).map_err(|e| bad(e.to_string()))?;
+        if let Some(requested) = &request.outputs.requested
+            && let Some(missing) = requested
+                .iter()
+                .find(|o| !parsed.outputs.iter().any(|t| t.name == o.name))
+        {
+            return Err(bad(format!(
+                "output `{}` was requested but not answered",
+                missing.name
+            )));
+        }
+        let split = parsed.split(batch.len()).map_err(|e| bad(e.to_string()))?;
+        Ok(split.iter().map(|row| Bytes::from(row.encode())).collect())
+    }
+}
+
+impl Backend for Kserve {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn compute<'a>(
+        &'a self,
+        inputs: &'a Inputs,
+        rows: &'a [usize],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, BackendError>> {
+        Box::pin(async move {
+            let Inputs::Tensors {
+                request,
+                rows: tensors,
+            } = inputs
+            else {
+                return Err(BackendError::failed(
+                    "a KServe v2 model takes tensor rows (a bug otherwise)",
+                ));
+            };
+            Ok(self.infer(request, tensors, rows).await?)
+        })
+    }
+
+    /// The upstream's model metadata (retried: a `GET` is idempotent), with `name`
+    /// rewritten to the name clients use.
+    fn metadata(&self) -> BoxFuture<'_, Result<Option<Value>, BackendError>> {
+        Box::pin(async move {
+            let name = self.upstream.name();
+            let reply = self.upstream.get(&self.path("")).await?;
+            let mut meta: Value = serde_json::from_slice(&reply.body).map_err(|e| {
+                UpstreamError::bad_response(name, format!("model metadata is not JSON: {e}"))
+            })?;
+            if let Some(obj) = meta.as_object_mut() {
+                obj.insert("name".to_owned(), Value::String(name.to_owned()));
+            }
+            Ok(Some(meta))
+        })
+    }
+
+    /// The upstream's readiness route.
+    fn ready(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.upstream.get(&self.path("/ready")).await?;
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> BackendStats {
+        BackendStats::Upstream(self.upstream.stats())
+    }
+}

@@ -1,0 +1,106 @@
+//! Models behind upstream model servers, as [`Backend`]s: one client per protocol.
+//!
+//! | kind | upstream call | file |
+//! |---|---|---|
+//! | `kserve-v2` | `POST {url}/v2/models/{upstream_name}/infer`, binary tensors; `GET` metadata and readiness | [`kserve`] |
+//! | `openai` | `POST {url}/v1/embeddings` | [`openai`] |
+//! | `tei` | `POST {url}/embed` | [`tei`] |
+//! | `ersilia` | `POST {url}/run` | [`ersilia`] |
+//! | `http-json` | `POST {url}` with `{"inputs", "parameters"}` | [`http_json`] |
+//!
+//! Every call goes through [`client::Upstream`]: one shared connection pool (no
+//! redirects, no proxy from the environment: an upstream is exactly the URL configured),
+//! the model's timeout on every attempt, a bound on the answer's size, and retries only
+//! where a retry is safe. A failure is an [`UpstreamError`] naming the model; a 2xx answer
+//! the protocol cannot use (not JSON, the wrong number of rows) is
+//! [`UpstreamError::BadResponse`], and nothing of it is stored.
+//!
+//! The inbound half of each protocol (parsing a client's request into
+//! [`Inputs`](infercache_backend::Inputs), rendering stored rows back) is the server's;
+//! this crate only talks to upstreams. [`backend`] builds the backend of one validated
+//! `[[models]]` entry, sharing the pool of [`client`].
+
+pub mod client;
+pub mod ersilia;
+pub mod http_json;
+pub mod kserve;
+pub mod openai;
+pub mod tei;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use infercache_backend::{Backend, BackendError, BackendKind, Inputs, ModelConfig, ModelInfo};
+
+pub use client::{Retry, Upstream, UpstreamReply};
+pub use infercache_backend::UpstreamError;
+
+/// Idle connections kept per upstream host.
+const POOL_IDLE_PER_HOST: usize = 64;
+
+/// The HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("building the upstream HTTP client: {0}")]
+pub struct ClientError(#[source] reqwest::Error);
+
+/// The connection pool every upstream shares.
+///
+/// # Errors
+/// [`ClientError`] if the TLS or resolver setup of the HTTP client fails.
+pub fn client() -> Result<reqwest::Client, ClientError> {
+    // No redirects (a POST would come back as a GET elsewhere) and no proxy from the
+    // environment: an upstream is exactly the URL configured.
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(ClientError)
+}
+
+/// The backend of `config`, sharing `client`'s pool; `None` for the built-in model,
+/// which has no upstream.
+pub fn backend(config: &ModelConfig, client: &reqwest::Client) -> Option<Arc<dyn Backend>> {
+    let upstream = Upstream::new(config.clone(), client.clone());
+    Some(match config.backend {
+        BackendKind::Builtin => return None,
+        BackendKind::KServeV2 => Arc::new(kserve::Kserve::new(upstream)),
+        BackendKind::OpenAi => Arc::new(openai::OpenAi::new(upstream)),
+        BackendKind::Tei => Arc::new(tei::Tei::new(upstream)),
+        BackendKind::Ersilia => Arc::new(ersilia::Ersilia::new(upstream)),
+        BackendKind::HttpJson => Arc::new(http_json::HttpJson::new(upstream)),
+    })
+}
+
+/// The identity of an upstream model: its configured name, version and digest.
+fn info(config: &ModelConfig) -> ModelInfo {
+    ModelInfo {
+        name: config.name.clone(),
+        aliases: Vec::new(),
+        kind: config.backend,
+        version: config.version.clone(),
+        digest: config.digest.clone(),
+        dims: None,
+    }
+}
+
+/// The texts at `rows` of text inputs, and the embedding size asked for.
+fn texts_of(inputs: &Inputs, rows: &[usize]) -> Result<(Vec<String>, Option<u64>), BackendError> {
+    match inputs {
+        Inputs::Texts { texts, dimensions } => Ok((
+            rows.iter().map(|&i| texts[i].clone()).collect(),
+            *dimensions,
+        )),
+        _ => Err(BackendError::failed(
+            "this model takes texts (a bug otherwise)",
+        )),
+    }
+}
+
+/// Stored forms of JSON output rows: each row's compact JSON text.
+fn json_rows(rows: &[serde_json::Value]) -> Vec<Bytes> {
+    rows.iter()
+        .map(|r| Bytes::from(serde_json::to_vec(r).expect("a JSON value serializes")))
+        .collect()
+}
