@@ -18,19 +18,17 @@
 //!
 //! Results are printed as Markdown tables; BENCHMARKS.md records them.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::post;
+use infercache_backend::{BackendKind, ModelConfig};
 use infercache_core::SystemClock;
 use infercache_engine::{Cache, CacheConfig, DiskConfig};
+use infercache_infer::Models;
 use infercache_server::config::Limits;
-use infercache_server::upstream::{Backend, ModelConfig, Models};
-use infercache_server::{
-    ApiKeys, AppState, Embed, EmbedError, EmbedFuture, InferenceStats, ModelInfo,
-};
+use infercache_server::{ApiKeys, AppState};
 use serde_json::{Value, json};
 
 /// Requests per hit-ratio run.
@@ -41,29 +39,6 @@ const MISS_PAIRS: usize = 300;
 const WARMUP: usize = 20;
 
 /// The built-in model slot is unused here: every request names the upstream model.
-#[derive(Debug)]
-struct NoBuiltinModel(ModelInfo);
-
-impl Embed for NoBuiltinModel {
-    fn info(&self) -> &ModelInfo {
-        &self.0
-    }
-    fn count_tokens(&self, _text: &str) -> usize {
-        0
-    }
-    fn embed(&self, _texts: Vec<String>) -> EmbedFuture<'_> {
-        Box::pin(async {
-            Err(EmbedError::Failed(
-                "this benchmark serves no built-in model".into(),
-            ))
-        })
-    }
-    fn stats(&self) -> InferenceStats {
-        InferenceStats::default()
-    }
-}
-
-/// An upstream that waits `delay` per call and echoes each input as an output row.
 async fn start_upstream(delay: Duration) -> anyhow::Result<String> {
     let app = Router::new().route(
         "/predict",
@@ -100,24 +75,12 @@ async fn start_infercache(
         },
         SystemClock::shared(),
     )?;
-    let models = Models::new(
-        &[ModelConfig::new("m", Backend::HttpJson, Some(upstream))],
-        None,
-    )?;
-    let embedder = Arc::new(NoBuiltinModel(ModelInfo {
-        id: "none".into(),
-        aliases: Vec::new(),
-        version: "0".into(),
-        artifact: None,
-        dims: 1,
-    }));
-    let state = AppState::with_models(
-        Some(cache),
-        embedder,
-        models,
-        ApiKeys::none(),
-        Limits::default(),
-    );
+    let client = infercache_upstream::client()?;
+    let configs = [ModelConfig::new("m", BackendKind::HttpJson, Some(upstream))];
+    let models = Models::configured(&configs, None, None, |m| {
+        infercache_upstream::backend(m, &client).expect("an upstream model")
+    })?;
+    let state = AppState::new(Some(cache), models, ApiKeys::none(), Limits::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/models/m/predict", listener.local_addr()?);
     tokio::spawn(infercache_server::serve(

@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use axum::http::header::CACHE_CONTROL;
 use infercache_engine::RequestOptions;
+use infercache_infer::CacheControl;
 
 use crate::error::ApiError;
 
@@ -26,6 +27,17 @@ pub struct Directives {
     pub options: RequestOptions,
     /// `only-if-cached`.
     pub only_if_cached: bool,
+}
+
+impl From<Directives> for CacheControl {
+    fn from(d: Directives) -> Self {
+        Self {
+            options: d.options,
+            only_if_cached: d.only_if_cached,
+            cache_only: false,
+            bypass: false,
+        }
+    }
 }
 
 /// The directives of `headers`.

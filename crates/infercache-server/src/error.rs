@@ -30,9 +30,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use infercache_backend::{BackendError, BackendKind, UpstreamError};
+use infercache_infer::{InferError, ResolveError};
+use infercache_kserve::KserveError;
+
 use crate::config::ConfigError;
-use crate::kserve::KserveError;
-use crate::upstream::{Backend, UpstreamError};
 
 /// Seconds a client is told to wait after a 429.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -123,11 +125,11 @@ pub enum ApiError {
         /// The model.
         model: String,
         /// Its backend.
-        backend: Backend,
+        backend: BackendKind,
     },
     /// The model's upstream failed.
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Upstream(UpstreamError),
     /// A malformed `Cache-Control` header.
     #[error("invalid Cache-Control header: {0}")]
     InvalidCacheControl(String),
@@ -216,7 +218,7 @@ impl ApiError {
             | Self::InvalidInference(_)
             | Self::WrongRoute { .. }
             | Self::InvalidKey(_) => StatusCode::BAD_REQUEST,
-            Self::Upstream(e) => e.status(),
+            Self::Upstream(e) => upstream_status(e),
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::UnknownModel { .. }
@@ -249,7 +251,7 @@ impl ApiError {
             Self::UnknownVersion { .. } => "model_version_not_found",
             Self::InvalidInference(_) => "invalid_inference_request",
             Self::WrongRoute { .. } => "wrong_route",
-            Self::Upstream(e) => e.code(),
+            Self::Upstream(e) => upstream_code(e),
             Self::InvalidCacheControl(_) => "invalid_cache_control",
             Self::InvalidKey(_) => "invalid_cache_key",
             Self::PayloadTooLarge { .. } => "payload_too_large",
@@ -294,6 +296,69 @@ impl ApiError {
             Self::UnknownModel { .. } | Self::WrongRoute { .. } => Some("model"),
             Self::UnknownVersion { .. } => Some("version"),
             _ => None,
+        }
+    }
+}
+
+/// The status of an upstream's failure: 504 when it did not answer in time (or answered
+/// 504), 503 when it could not be reached or said "not now" (429, 503), else 502.
+fn upstream_status(e: &UpstreamError) -> StatusCode {
+    match e {
+        UpstreamError::Timeout { .. } | UpstreamError::Status { status: 504, .. } => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
+        UpstreamError::Unreachable { .. }
+        | UpstreamError::Status {
+            status: 429 | 503, ..
+        } => StatusCode::SERVICE_UNAVAILABLE,
+        UpstreamError::Broken { .. }
+        | UpstreamError::Status { .. }
+        | UpstreamError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// The stable code of an upstream's failure.
+fn upstream_code(e: &UpstreamError) -> &'static str {
+    match e {
+        UpstreamError::Timeout { .. } => "upstream_timeout",
+        UpstreamError::Unreachable { .. } => "upstream_unavailable",
+        UpstreamError::Broken { .. } => "upstream_connection_broken",
+        UpstreamError::Status { .. } => "upstream_error",
+        UpstreamError::BadResponse { .. } => "upstream_bad_response",
+    }
+}
+
+/// A model's failure: 429 when its queue is full, the upstream's mapping, else 500.
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Overloaded => Self::Overloaded,
+            BackendError::Upstream(e) => Self::Upstream(e),
+            e @ BackendError::Failed(_) => Self::internal(e),
+        }
+    }
+}
+
+/// The per-row path's failures.
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        match e {
+            InferError::NotCached { misses, total } => Self::NotCached { misses, total },
+            InferError::Backend(e) => e.into(),
+            InferError::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
+/// A name that does not resolve: 404 naming what is served, or 400 naming the route.
+impl From<ResolveError> for ApiError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Unknown { requested, served } => Self::UnknownModel { requested, served },
+            ResolveError::WrongRoute { model, kind } => Self::WrongRoute {
+                model,
+                backend: kind,
+            },
         }
     }
 }
@@ -358,7 +423,7 @@ impl IntoResponse for ApiError {
             Self::TooManyRequests { .. } | Self::Overloaded | Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
-            Self::Upstream(e) if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            Self::Upstream(e) if upstream_status(&e) == StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             Self::Unauthorized => {
@@ -386,6 +451,13 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
+    /// The configuration serves the built-in model, and none was given (or this build
+    /// has none).
+    #[error(transparent)]
+    NoBuiltinModel(#[from] infercache_infer::NoBuiltinModel),
+    /// The upstreams' HTTP client could not be built.
+    #[error(transparent)]
+    Upstream(#[from] infercache_upstream::ClientError),
     /// The Redis tier could not be set up (a bad URL, or `--redis auto` could not start
     /// redis-server). Redis being down is not an error: the node serves without it.
     #[error("redis tier: {0}")]

@@ -1,11 +1,12 @@
-//! The infercache HTTP server: embedding APIs in front of the tiered cache.
+//! The infercache HTTP server: every model's protocol in front of the tiered cache.
 //!
 //! ```text
 //!  request ─► guard (concurrency 429, timeout 504) ─► auth (bearer key → tenant)
-//!          ─► route: parse and validate the body (400/404/413 with the field named)
-//!          ─► service::embed_texts: keys (tenant, model, version, weights, text)
-//!                 └► Cache::get_many_or_compute ─► hits │ misses ─► Embed (batching pool)
-//!          ─► response: OpenAI or Smally shape, X-Cache headers, metrics
+//!          ─► route: resolve the model in the registry (404/400), parse the body into
+//!             Inputs (400/413 with the field named)
+//!          ─► infercache_infer::Infer::rows: keys, lookup, single flight, misses computed
+//!                 by the model's Backend (the built-in embedder's pool, an upstream)
+//!          ─► response: the protocol's shape from the stored rows, X-Cache headers, metrics
 //! ```
 //!
 //! # Routes
@@ -27,10 +28,11 @@
 //! | `GET /v2/models/{name}[/versions/{v}][/ready]` | KServe v2 metadata and readiness ([`routes::models`]) | 200, 401, 404, 502, 503, 504 |
 //! | `GET /v2/health/live`, `GET /v2/health/ready` | KServe v2 health | 200, 503 |
 //!
-//! `POST /v1/embeddings` also serves models with an `openai` or `tei` upstream. Every
-//! upstream route, the KServe v2 inference route included, takes the same per-row path
-//! ([`upstream`]): a batch is split into rows, each row keyed and looked up, and only the
-//! missing rows go upstream, in one request.
+//! Every model, the built-in embedder included, is an entry of one registry
+//! ([`infercache_infer::Models`]) and every route takes the same per-row path
+//! ([`infercache_infer::rows`]): a request is split into rows, each row keyed and looked
+//! up, and only the missing rows are computed, in one backend call (or chunks of the
+//! model's `max_batch`).
 //!
 //! Every `/v1/*` route may also answer 429 (too many requests in flight, or the model's
 //! queue is full; with `Retry-After`), 503 (draining for shutdown) and 504 (timeout).
@@ -44,14 +46,14 @@
 //!
 //! - [`config`]: flags, environment and TOML resolved into a validated [`ServerConfig`].
 //! - [`auth`]: API keys from a TOML file, each mapped to a tenant, compared in constant time.
-//! - [`embed`]: the [`Embed`] trait, the only thing the server knows about a model;
-//!   [`model`] implements it for `infercache-model`'s batching pool.
-//! - [`service`]: the one path from texts to embeddings through the cache.
-//! - [`upstream`]: models behind upstream servers: `[[models]]`, upstream calls with
-//!   timeouts and retries, and the per-row cached path every protocol shares.
-//! - [`kserve`]: the KServe v2 / Triton inference protocol (JSON and binary tensors) as a
-//!   codec that splits a batch into cacheable rows and reassembles responses from them.
-//! - [`routes`]: the handlers. [`state`]: what they share. [`metrics`]: Prometheus.
+//! - [`routes`]: the handlers, one file per protocol: inbound parsing into
+//!   [`Inputs`](infercache_backend::Inputs) and rendering of stored rows; the one place
+//!   that sets cache headers and builds the per-request summary.
+//! - [`error`]: the one mapping from every domain error (per-row path, backend, upstream,
+//!   KServe codec, registry) to a status and an error body.
+//! - [`state`]: what handlers share. [`metrics`]: Prometheus.
+//! - [`model`], `server`: loading the built-in model, building the registry and the
+//!   cache from the configuration, serving and draining.
 //!
 //! # Concurrency
 //!
@@ -65,15 +67,12 @@
 pub mod auth;
 pub mod cache_control;
 pub mod config;
-pub mod embed;
 pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod routes;
 mod server;
-pub mod service;
 pub mod state;
-pub mod upstream;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -84,10 +83,9 @@ pub use infercache_kserve as kserve;
 
 pub use auth::{ApiKeys, Caller};
 pub use config::{ConfigError, Limits, ServeArgs, ServerConfig};
-pub use embed::{Embed, EmbedError, EmbedFuture, InferenceStats, ModelInfo};
 pub use error::{ApiError, ServerError};
 pub use model::run;
-pub use server::{run_with, serve};
+pub use server::{registry, run_with, serve};
 pub use state::AppState;
 
 /// The router. Tests drive it without a socket (`tower::ServiceExt::oneshot`).

@@ -3,24 +3,28 @@
 //!
 //! Two sources, few families:
 //!
-//! - **Read at scrape time** from the engine's striped counters and the model's stats, by
-//!   a collector: `infercache_cache_lookups_total{tier,outcome}`,
+//! - **Read at scrape time** from the engine's striped counters and each backend's stats,
+//!   by a collector: `infercache_cache_lookups_total{tier,outcome}`,
 //!   `infercache_cache_evictions_total{tier}`, `infercache_cache_expirations_total{tier}`,
 //!   `infercache_cache_entries{tier}`, `infercache_cache_bytes{tier}`,
-//!   `infercache_model_lookups_total{model,tier,outcome}`,
-//!   `infercache_model_invocations_total{model}`, `infercache_model_texts_total{model}`.
-//!   The hot path pays nothing for these.
-//! - **Recorded by the server**, through handles resolved once at start-up:
+//!   `infercache_model_lookups_total{model,tier,outcome}`, for models run in this process
+//!   `infercache_model_invocations_total{model}` and `infercache_model_texts_total{model}`,
+//!   for models behind an upstream `infercache_upstream_*_total{model}`, and the Redis
+//!   tier's `infercache_redis_*`. The hot path pays nothing for these.
+//! - **Recorded by the server**, through handles resolved once per model at start-up:
 //!   `infercache_request_duration_seconds{model,outcome}` (outcome `hit`, `miss` or
-//!   `partial`), `infercache_inference_duration_seconds{model}` (one model call made for a
-//!   request's misses), and `infercache_rejected_requests_total{reason}`.
+//!   `partial`), `infercache_inference_duration_seconds{model}` (one backend call made for
+//!   a request's misses, heard as the per-row path's [`Observer`]), and
+//!   `infercache_rejected_requests_total{reason}`.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use infercache_backend::{BackendStats, CallStats};
 use infercache_core::stats::Counter as StripedCounter;
 use infercache_engine::Cache;
+use infercache_infer::{Model, Models, Observer, Outcome};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -30,49 +34,22 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::embed::Embed;
-use crate::upstream::{CallStats, Models};
+/// The three outcomes, in the order of [`outcome_index`].
+const OUTCOMES: [Outcome; 3] = [Outcome::Hit, Outcome::Miss, Outcome::Partial];
 
-/// How a request's inputs were served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every input came from a cache tier.
-    Hit,
-    /// No input came from a cache tier.
-    Miss,
-    /// Some did, some did not.
-    Partial,
+fn outcome_index(o: Outcome) -> usize {
+    match o {
+        Outcome::Hit => 0,
+        Outcome::Miss => 1,
+        Outcome::Partial => 2,
+    }
 }
 
-impl Outcome {
-    /// The outcome of a request with `hits` of `total` inputs served from a tier.
-    pub fn of(hits: usize, total: usize) -> Self {
-        match hits {
-            0 => Self::Miss,
-            h if h == total => Self::Hit,
-            _ => Self::Partial,
-        }
-    }
-
-    /// `HIT`, `MISS` or `PARTIAL`, as in the `X-Cache` header.
-    pub fn header(self) -> &'static str {
-        match self {
-            Self::Hit => "HIT",
-            Self::Miss => "MISS",
-            Self::Partial => "PARTIAL",
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Hit => "hit",
-            Self::Miss => "miss",
-            Self::Partial => "partial",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
+fn outcome_label(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Hit => "hit",
+        Outcome::Miss => "miss",
+        Outcome::Partial => "partial",
     }
 }
 
@@ -143,9 +120,10 @@ impl Timed {
 /// The server's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
-    requests: [Timed; 3],
-    inference: Timed,
-    inference_texts: StripedCounter,
+    /// Per model (by [`Model::index`]), per outcome.
+    requests: Vec<[Timed; 3]>,
+    /// Per model: its backend calls and the rows they computed.
+    compute: Vec<(Timed, StripedCounter)>,
     rejected: [Counter; 3],
 }
 
@@ -156,9 +134,9 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for one model, reading the cache's and the model's counters at scrape time.
-    pub fn new(cache: Option<Cache>, embedder: Arc<dyn Embed>, models: Models) -> Self {
-        let model = embedder.info().id.clone();
+    /// Metrics for `models`, reading the cache's and the backends' counters at scrape
+    /// time. Every handle is resolved here, once per model.
+    pub fn new(cache: Option<Cache>, models: Models) -> Self {
         let mut registry = Registry::with_prefix("infercache");
 
         let requests = Family::<Labels, Histogram>::new_with_constructor(|| {
@@ -166,21 +144,9 @@ impl Metrics {
         });
         registry.register(
             "request_duration_seconds",
-            "Time to answer an embedding request, by how its inputs were served",
+            "Time to answer a request, by model and how its rows were served",
             requests.clone(),
         );
-        let request = |o: Outcome| {
-            Timed::new(
-                requests
-                    .get_or_create(&vec![
-                        ("model", model.clone()),
-                        ("outcome", o.label().to_owned()),
-                    ])
-                    .clone(),
-            )
-        };
-        let requests = [Outcome::Hit, Outcome::Miss, Outcome::Partial].map(request);
-
         let inference = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
         });
@@ -189,11 +155,23 @@ impl Metrics {
             "Time of one model call made for a request's cache misses",
             inference.clone(),
         );
-        let inference = Timed::new(
-            inference
-                .get_or_create(&vec![("model", model.clone())])
-                .clone(),
-        );
+        let model_label = |m: &Model| ("model", m.name().to_owned());
+        let request_handles = models
+            .iter()
+            .map(|m| {
+                OUTCOMES.map(|o| {
+                    let labels = vec![model_label(m), ("outcome", outcome_label(o).to_owned())];
+                    Timed::new(requests.get_or_create(&labels).clone())
+                })
+            })
+            .collect();
+        let compute = models
+            .iter()
+            .map(|m| {
+                let timed = Timed::new(inference.get_or_create(&vec![model_label(m)]).clone());
+                (timed, StripedCounter::default())
+            })
+            .collect();
 
         let rejected = Family::<Labels, Counter>::default();
         registry.register(
@@ -207,29 +185,20 @@ impl Metrics {
                 .clone()
         });
 
-        registry.register_collector(Box::new(EngineCollector {
-            cache,
-            embedder,
-            models,
-        }));
+        registry.register_collector(Box::new(EngineCollector { cache, models }));
         Self {
             registry,
-            requests,
-            inference,
-            inference_texts: StripedCounter::default(),
+            requests: request_handles,
+            compute,
             rejected,
         }
     }
 
-    /// Records an answered request.
-    pub fn request(&self, outcome: Outcome, took: Duration) {
-        self.requests[outcome.index()].observe(took);
-    }
-
-    /// Records one model call for `texts` texts.
-    pub fn inference(&self, took: Duration, texts: usize) {
-        self.inference.observe(took);
-        self.inference_texts.add(texts as u64);
+    /// Records an answered request for `model`.
+    pub fn request(&self, model: &Model, outcome: Outcome, took: Duration) {
+        if let Some(timed) = self.requests.get(model.index()) {
+            timed[outcome_index(outcome)].observe(took);
+        }
     }
 
     /// Records a refused request.
@@ -237,15 +206,22 @@ impl Metrics {
         self.rejected[why as usize].inc();
     }
 
-    /// Mean latency in milliseconds of requests with `outcome`; `None` before the first.
-    pub fn mean_request_ms(&self, outcome: Outcome) -> Option<f64> {
-        self.requests[outcome.index()].mean_ms()
+    /// Mean latency in milliseconds of `model`'s requests with `outcome`; `None` before
+    /// the first.
+    pub fn mean_request_ms(&self, model: &Model, outcome: Outcome) -> Option<f64> {
+        self.requests
+            .get(model.index())
+            .and_then(|t| t[outcome_index(outcome)].mean_ms())
     }
 
-    /// Total seconds, calls and texts of the model calls made for requests.
-    pub fn inference_totals(&self) -> (f64, u64, u64) {
-        let (secs, calls) = self.inference.totals();
-        (secs, calls, self.inference_texts.get())
+    /// Total seconds, calls and rows of the backend calls made for `model`'s requests.
+    pub fn compute_totals(&self, model: &Model) -> (f64, u64, u64) {
+        self.compute
+            .get(model.index())
+            .map_or((0.0, 0, 0), |(t, rows)| {
+                let (secs, calls) = t.totals();
+                (secs, calls, rows.get())
+            })
     }
 
     /// The OpenMetrics text of every metric.
@@ -259,11 +235,19 @@ impl Metrics {
     }
 }
 
-/// Reads the engine's and the model's counters at scrape time.
+impl Observer for Metrics {
+    fn computed(&self, model: &Model, rows: usize, took: Duration) {
+        if let Some((timed, counted)) = self.compute.get(model.index()) {
+            timed.observe(took);
+            counted.add(rows as u64);
+        }
+    }
+}
+
+/// Reads the engine's and the backends' counters at scrape time.
 #[derive(Debug)]
 struct EngineCollector {
     cache: Option<Cache>,
-    embedder: Arc<dyn Embed>,
     models: Models,
 }
 
@@ -295,21 +279,7 @@ fn gauge(
 
 impl Collector for EngineCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let model = self.embedder.info().id.clone();
-        let inference = self.embedder.stats();
-        let m = || vec![("model", model.clone())];
-        counter(
-            &mut enc,
-            "model_invocations",
-            "Model invocations (one forward pass over a batch)",
-            &[(m(), inference.invocations)],
-        )?;
-        counter(
-            &mut enc,
-            "model_texts",
-            "Texts the model embedded",
-            &[(m(), inference.texts)],
-        )?;
+        encode_in_process(&mut enc, &self.models)?;
         encode_upstreams(&mut enc, &self.models)?;
         let Some(cache) = &self.cache else {
             return Ok(());
@@ -503,11 +473,43 @@ fn encode_remote(
     )
 }
 
+/// Each model run in this process: its invocations and the texts it embedded.
+fn encode_in_process(enc: &mut DescriptorEncoder<'_>, models: &Models) -> Result<(), fmt::Error> {
+    let stats: Vec<(Labels, infercache_backend::InferenceStats)> = models
+        .iter()
+        .filter_map(|m| match m.backend().stats() {
+            BackendStats::InProcess(s) => Some((vec![("model", m.name().to_owned())], s)),
+            BackendStats::Upstream(_) => None,
+        })
+        .collect();
+    if stats.is_empty() {
+        return Ok(());
+    }
+    let per = |f: fn(&infercache_backend::InferenceStats) -> u64| -> Vec<(Labels, u64)> {
+        stats.iter().map(|(l, s)| (l.clone(), f(s))).collect()
+    };
+    counter(
+        enc,
+        "model_invocations",
+        "Model invocations (one forward pass over a batch)",
+        &per(|s| s.invocations),
+    )?;
+    counter(
+        enc,
+        "model_texts",
+        "Texts the model embedded",
+        &per(|s| s.texts),
+    )
+}
+
 /// Each upstream model's calls: attempts, failures, retries and time.
 fn encode_upstreams(enc: &mut DescriptorEncoder<'_>, models: &Models) -> Result<(), fmt::Error> {
     let stats: Vec<(String, CallStats)> = models
-        .remotes()
-        .map(|m| (m.name().to_owned(), m.upstream().stats()))
+        .iter()
+        .filter_map(|m| match m.backend().stats() {
+            BackendStats::Upstream(s) => Some((m.name().to_owned(), s)),
+            BackendStats::InProcess(_) => None,
+        })
         .collect();
     if stats.is_empty() {
         return Ok(());

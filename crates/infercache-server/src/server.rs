@@ -8,30 +8,34 @@ use infercache_core::SystemClock;
 use infercache_engine::Cache;
 use tokio::net::TcpListener;
 
+use infercache_backend::{Backend, BackendKind};
+use infercache_engine::RemoteTier;
+use infercache_infer::Models;
+
 use crate::auth::ApiKeys;
 use crate::config::{RedisSettings, RedisTarget, ServerConfig};
-use crate::embed::Embed;
 use crate::error::ServerError;
 use crate::state::AppState;
-use crate::upstream::Models;
-use infercache_engine::RemoteTier;
 use infercache_redis::managed::{ManagedConfig, ManagedRedis};
 use infercache_redis::{RedisConfig, RedisTier, Target, WriteMode};
 
-/// Serves `embedder` per `config` on `listener` until `shutdown` completes.
+/// Serves the models of `config` on `listener` until `shutdown` completes, with
+/// `builtin` as the built-in model when `config` serves it.
 ///
 /// Opens the cache (recovering the disk tier, on the blocking pool), loads the API keys,
-/// logs the effective configuration with secrets redacted, then serves; see [`serve`] for
-/// the shutdown sequence.
+/// builds the registry, logs the effective configuration with secrets redacted, then
+/// serves; see [`serve`] for the shutdown sequence.
 ///
 /// # Errors
-/// An unreadable keys file, a cache that cannot open, or a failing listener.
+/// An unreadable keys file, a cache that cannot open, a configuration that serves the
+/// built-in model without one given, or a failing listener.
 pub async fn run_with(
     config: ServerConfig,
-    embedder: Arc<dyn Embed>,
+    builtin: Option<Arc<dyn Backend>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let models = registry(&config, builtin)?;
     let keys = match &config.api_keys_file {
         Some(path) => ApiKeys::load(path)?,
         None => ApiKeys::none(),
@@ -52,12 +56,18 @@ pub async fn run_with(
         None => None,
     };
     let addr = listener.local_addr()?;
-    let model = embedder.info();
+    for m in models.iter() {
+        let info = m.info();
+        tracing::info!(
+            model = %info.name,
+            backend = %info.kind,
+            version = %info.version,
+            artifact = info.digest.as_deref().unwrap_or("none"),
+            "serving model"
+        );
+    }
     tracing::info!(
         %addr,
-        model = %model.id,
-        version = %model.version,
-        artifact = model.artifact.as_deref().unwrap_or("unknown"),
         api_keys = keys.len(),
         "effective config: {}",
         config.redacted()
@@ -69,8 +79,7 @@ pub async fn run_with(
              address can use and administer the cache (set --api-keys-file)"
         );
     }
-    let models = Models::new(&config.models, config.ttl)?;
-    let state = AppState::with_models(cache, embedder, models, keys, config.limits);
+    let state = AppState::new(cache, models, keys, config.limits);
     let served = serve(state, listener, shutdown, config.shutdown_timeout).await;
     if let Some(redis) = managed {
         match redis.stop().await {
@@ -79,6 +88,35 @@ pub async fn run_with(
         }
     }
     served
+}
+
+/// The registry of `config`'s models: `builtin` for the built-in model, an upstream
+/// client for each other one, sharing one connection pool.
+///
+/// # Errors
+/// [`ServerError::NoBuiltinModel`] when `config` serves the built-in model and `builtin`
+/// is `None`; [`ServerError::Upstream`] when the HTTP client cannot be built.
+pub fn registry(
+    config: &ServerConfig,
+    builtin: Option<Arc<dyn Backend>>,
+) -> Result<Models, ServerError> {
+    let client = if config
+        .models
+        .iter()
+        .any(|m| m.backend != BackendKind::Builtin)
+    {
+        Some(infercache_upstream::client()?)
+    } else {
+        None
+    };
+    let models = Models::configured(&config.models, config.ttl, builtin, |m| {
+        let client = client
+            .as_ref()
+            .expect("built above: a model has an upstream");
+        infercache_upstream::backend(m, client)
+            .expect("every model but the built-in one has an upstream")
+    })?;
+    Ok(models)
 }
 
 /// The Redis tier per `settings`, starting a local `redis-server` for `auto` (kept in

@@ -4,20 +4,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use infercache_engine::Cache;
+use infercache_infer::{Infer, Models, RowRequest, Rows};
 use tokio::sync::Semaphore;
 
 use crate::auth::ApiKeys;
 use crate::config::Limits;
-use crate::embed::{Embed, ModelInfo};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Rejection};
-use crate::upstream::Models;
 
-/// The state behind [`crate::app`]. Cheap to clone; clones share everything.
 /// Inputs in flight, in units of `max_items`: eight full requests (16,384 inputs, about
 /// 6.3 M floats, with the defaults).
 pub const IN_FLIGHT_REQUESTS_OF_MAX_ITEMS: usize = 8;
 
+/// The state behind [`crate::app`]. Cheap to clone; clones share everything.
 #[derive(Debug, Clone)]
 pub struct AppState {
     inner: Arc<Shared>,
@@ -25,45 +24,31 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct Shared {
-    cache: Option<Cache>,
-    embedder: Arc<dyn Embed>,
-    models: Models,
+    infer: Infer,
     keys: ApiKeys,
     limits: Limits,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Requests in flight on `/v1/*`; a request that finds none free gets 429 at once.
     permits: Arc<Semaphore>,
-    /// Inputs in flight on the embedding routes, which bounds the memory their vectors and
+    /// Inputs in flight on the row routes, which bounds the memory their values and
     /// responses take (a 10 KB request can ask for a 10 MB response).
     items: Arc<Semaphore>,
     ready: AtomicBool,
 }
 
 impl AppState {
-    /// State serving `embedder` alone through `cache` (`None`: the cache is bypassed).
-    pub fn new(
-        cache: Option<Cache>,
-        embedder: Arc<dyn Embed>,
-        keys: ApiKeys,
-        limits: Limits,
-    ) -> Self {
-        Self::with_models(cache, embedder, Models::builtin_only(), keys, limits)
-    }
-
-    /// State serving `models` (and `embedder`, if `models` lists it) through `cache`.
-    pub fn with_models(
-        cache: Option<Cache>,
-        embedder: Arc<dyn Embed>,
-        models: Models,
-        keys: ApiKeys,
-        limits: Limits,
-    ) -> Self {
-        let metrics = Metrics::new(cache.clone(), Arc::clone(&embedder), models.clone());
+    /// State serving `models` through `cache` (`None`: the cache is bypassed).
+    pub fn new(cache: Option<Cache>, models: Models, keys: ApiKeys, limits: Limits) -> Self {
+        let metrics = Arc::new(Metrics::new(cache.clone(), models.clone()));
+        let infer = Infer::new(
+            cache,
+            models,
+            limits.request_timeout,
+            Arc::clone(&metrics) as _,
+        );
         Self {
             inner: Arc::new(Shared {
-                cache,
-                embedder,
-                models,
+                infer,
                 keys,
                 permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
                 items: Arc::new(Semaphore::new(
@@ -93,24 +78,34 @@ impl AppState {
             })
     }
 
+    /// The rows of `request` through the per-row path, its failure mapped to a response
+    /// (an overloaded model counted as a rejection).
+    ///
+    /// # Errors
+    /// As [`Infer::rows`], mapped by [`ApiError`].
+    pub async fn rows(&self, request: RowRequest) -> Result<Rows, ApiError> {
+        self.inner.infer.rows(request).await.map_err(|e| {
+            let e = ApiError::from(e);
+            if matches!(e, ApiError::Overloaded) {
+                self.inner.metrics.rejected(Rejection::Overloaded);
+            }
+            e
+        })
+    }
+
+    /// The registry and the per-row path.
+    pub fn infer(&self) -> &Infer {
+        &self.inner.infer
+    }
+
     /// The cache; `None` when disabled.
     pub fn cache(&self) -> Option<&Cache> {
-        self.inner.cache.as_ref()
-    }
-
-    /// The model.
-    pub fn embedder(&self) -> &dyn Embed {
-        &*self.inner.embedder
-    }
-
-    /// The model's identity.
-    pub fn model(&self) -> &ModelInfo {
-        self.inner.embedder.info()
+        self.inner.infer.cache()
     }
 
     /// The models served.
     pub fn models(&self) -> &Models {
-        &self.inner.models
+        self.inner.infer.models()
     }
 
     /// The API keys.

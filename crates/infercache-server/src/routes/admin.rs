@@ -9,11 +9,15 @@
 //!   older entry in that scope becomes unreachable at once (an epoch bump; no scan).
 //! - `DELETE /v1/cache/entries/{key}`: removes one entry by its hex key (as reported in a
 //!   response's `cache.keys` or `X-Cache-Key`); 404 if no tier held it.
-//! - `POST /v1/cache/warm`: `{"inputs": [...], "namespace"?}` computes and stores what is
-//!   missing, for the caller's tenant unless `namespace` names another.
+//! - `POST /v1/cache/warm`: `{"inputs": [...], "namespace"?, "model"?}` computes and
+//!   stores what is missing, for the caller's tenant unless `namespace` names another,
+//!   through the per-row path every route takes. `model` (default: the built-in model)
+//!   may name any model whose rows are texts (`builtin`, `openai`, `tei`, `ersilia`); one
+//!   not served is a 404 naming it.
 //! - `GET /metrics`: Prometheus (OpenMetrics) text.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -21,19 +25,26 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use infercache_backend::{BUILTIN_MODEL, BackendKind, BackendStats, InferenceStats, Inputs};
 use infercache_core::Digest;
 use infercache_core::stats::{ModelStats, TierStats};
 use infercache_engine::Scope;
+use infercache_infer::{Model, Outcome, RowRequest};
 use serde::Serialize;
 
 use super::body;
 use crate::auth::Admin;
 use crate::cache_control;
-use crate::embed::InferenceStats;
 use crate::error::ApiError;
-use crate::metrics::Outcome;
-use crate::service;
 use crate::state::AppState;
+
+/// The kinds of model `POST /v1/cache/warm` fills: those whose rows are texts.
+const WARM_KINDS: &[BackendKind] = &[
+    BackendKind::Builtin,
+    BackendKind::OpenAi,
+    BackendKind::Tei,
+    BackendKind::Ersilia,
+];
 
 /// The body of `GET /v1/cache/stats`.
 #[derive(Debug, Serialize)]
@@ -87,29 +98,7 @@ struct InferenceReport {
 
 /// `GET /v1/cache/stats`.
 pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsResponse> {
-    let model = state.model();
-    let metrics = state.metrics();
-    let (secs, calls, texts) = metrics.inference_totals();
-    #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
-    let per_text_ms = (texts > 0).then(|| secs * 1000.0 / texts as f64);
     let engine = state.cache().map(infercache_engine::Cache::stats);
-    let lookups = engine
-        .as_ref()
-        .and_then(|s| s.models.get(&model.id).cloned())
-        .unwrap_or_default();
-    #[expect(clippy::cast_precision_loss, reason = "an estimate for display")]
-    let saved = per_text_ms.unwrap_or(0.0) * lookups.hits as f64;
-    let builtin = BuiltinReport {
-        mean_hit_latency_ms: metrics.mean_request_ms(Outcome::Hit),
-        mean_miss_latency_ms: metrics.mean_request_ms(Outcome::Miss),
-        mean_partial_latency_ms: metrics.mean_request_ms(Outcome::Partial),
-        inference: InferenceReport {
-            model: state.embedder().stats(),
-            calls,
-            mean_ms_per_text: per_text_ms,
-        },
-        inference_time_saved_ms: saved,
-    };
     let mut models: BTreeMap<String, ModelReport> = engine
         .as_ref()
         .map(|s| {
@@ -125,13 +114,22 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsRe
                 .collect()
         })
         .unwrap_or_default();
-    models.insert(
-        model.id.clone(),
-        ModelReport {
-            lookups,
-            builtin: Some(builtin),
-        },
-    );
+    for model in state.models().iter() {
+        if let BackendStats::InProcess(inference) = model.backend().stats() {
+            let lookups = models
+                .get(model.name())
+                .map(|r| r.lookups.clone())
+                .unwrap_or_default();
+            let builtin = in_process_report(&state, model, &lookups, inference);
+            models.insert(
+                model.name().to_owned(),
+                ModelReport {
+                    lookups,
+                    builtin: Some(builtin),
+                },
+            );
+        }
+    }
     let response = StatsResponse {
         cache_enabled: engine.is_some(),
         tiers: Tiers {
@@ -145,6 +143,32 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsRe
         writeback_queued: engine.as_ref().map_or(0, |s| s.writeback_queued),
     };
     Json(response)
+}
+
+/// The request latencies and inference work of a model run in this process.
+fn in_process_report(
+    state: &AppState,
+    model: &Model,
+    lookups: &ModelStats,
+    inference: InferenceStats,
+) -> BuiltinReport {
+    let metrics = state.metrics();
+    let (secs, calls, texts) = metrics.compute_totals(model);
+    #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
+    let per_text_ms = (texts > 0).then(|| secs * 1000.0 / texts as f64);
+    #[expect(clippy::cast_precision_loss, reason = "an estimate for display")]
+    let saved = per_text_ms.unwrap_or(0.0) * lookups.hits as f64;
+    BuiltinReport {
+        mean_hit_latency_ms: metrics.mean_request_ms(model, Outcome::Hit),
+        mean_miss_latency_ms: metrics.mean_request_ms(model, Outcome::Miss),
+        mean_partial_latency_ms: metrics.mean_request_ms(model, Outcome::Partial),
+        inference: InferenceReport {
+            model: inference,
+            calls,
+            mean_ms_per_text: per_text_ms,
+        },
+        inference_time_saved_ms: saved,
+    }
 }
 
 /// `POST /v1/cache/invalidate`.
@@ -164,14 +188,20 @@ pub async fn invalidate(
             ),
         )
     })?;
-    // Clients may name the model by an alias; keys use its id.
-    let id = &state.model().id;
+    // Clients may name a model by an alias; keys use its name. A configured model's
+    // name always means that model.
+    let name_of = |model: String| {
+        state
+            .models()
+            .get(&model)
+            .map_or(model, |m| m.name().to_owned())
+    };
     let scope = match scope {
-        Scope::Model { model } if state.model().answers_to(&model) => {
-            Scope::Model { model: id.clone() }
-        }
-        Scope::Version { model, version } if state.model().answers_to(&model) => Scope::Version {
-            model: id.clone(),
+        Scope::Model { model } => Scope::Model {
+            model: name_of(model),
+        },
+        Scope::Version { model, version } => Scope::Version {
+            model: name_of(model),
             version,
         },
         other => other,
@@ -193,8 +223,9 @@ pub async fn delete_entry(
     let Path(key) = key.map_err(|_| ApiError::InvalidKey(String::new()))?;
     let digest: Digest = key.parse().map_err(|_| ApiError::InvalidKey(key.clone()))?;
     let cache = state.cache().ok_or(ApiError::CacheDisabled)?;
+    // The model named only picks the handle the key carries; removal is by digest.
     let removed = cache
-        .remove(&cache.key_from_digest(digest, &state.model().id))
+        .remove(&cache.key_from_digest(digest, BUILTIN_MODEL))
         .await;
     if !removed {
         return Err(ApiError::EntryNotFound(digest.to_hex()));
@@ -217,14 +248,10 @@ pub async fn warm(
         "supported fields are inputs, namespace, model".to_owned()
     })?;
     let texts = body::texts(&mut obj, "inputs", state.limits())?;
-    if let Some(model) = body::opt_str(&mut obj, "model")?
-        && !state.model().answers_to(&model)
-    {
-        return Err(ApiError::UnknownModel {
-            requested: model,
-            served: state.model().id.clone(),
-        });
-    }
+    let name = body::opt_str(&mut obj, "model")?;
+    let model = state
+        .models()
+        .resolve(name.as_deref().unwrap_or(BUILTIN_MODEL), WARM_KINDS)?;
     let namespace = match body::opt_str(&mut obj, "namespace")? {
         Some(ns) if ns.is_empty() => {
             return Err(ApiError::EmptyString {
@@ -237,13 +264,21 @@ pub async fn warm(
     if state.cache().is_none() {
         return Err(ApiError::CacheDisabled);
     }
-    let e = service::embed_texts(&state, &namespace, &texts, &directives).await?;
+    let n = texts.len();
+    let rows = state
+        .rows(RowRequest {
+            model,
+            tenant: Arc::from(namespace.as_str()),
+            inputs: Arc::new(Inputs::texts(texts)),
+            control: directives.into(),
+        })
+        .await?;
     Ok(Json(serde_json::json!({
         "namespace": namespace,
-        "inputs": texts.len(),
-        "hits": e.hit_count(),
-        "misses": e.miss_count(),
-        "coalesced": e.coalesced,
+        "inputs": n,
+        "hits": rows.hits(),
+        "misses": rows.misses(),
+        "coalesced": rows.coalesced(),
     })))
 }
 

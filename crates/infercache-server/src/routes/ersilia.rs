@@ -51,16 +51,14 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use infercache_backend::{BackendKind, Inputs};
+use infercache_infer::{CacheControl, RowRequest};
 use serde_json::Value;
 
 use super::body;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::upstream::rows::fetch_rows_keeping;
-use crate::upstream::{
-    Backend, CacheControl, CanonicalInput, RemoteModel, RowRequest, UpstreamError,
-};
 use crate::{cache_control, routes};
 
 const FLAGS: &str = "fetch_cache, save_cache, cache_only";
@@ -78,39 +76,24 @@ pub async fn run(
     let mut control = CacheControl::from(cache_control::parse(&headers)?);
     let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     flags(&query, &mut control)?;
-    let model = state
-        .models()
-        .resolve(&name, &[Backend::Ersilia], &state.model().id)?;
+    let model = state.models().resolve(&name, &[BackendKind::Ersilia])?;
     let inputs = body::row_array(body::value(body, state.limits())?, "body", state.limits())?;
-    let texts = Arc::new(input_strings(&inputs)?);
-    if !model.config().deterministic || state.cache().is_none() {
+    let texts = input_strings(&inputs)?;
+    if !model.policy().deterministic || state.cache().is_none() {
         // Nothing is cached for this model: ersilia-pack computes every row whatever
         // the flags say.
         control.cache_only = false;
     }
-    let params = model.key_params(None, serde_json::Map::new())?;
-    let rows = texts.iter().map(|t| CanonicalInput::text(t)).collect();
     let _room = state.reserve_items(inputs.len())?;
-
-    let request = RowRequest {
-        model: Arc::clone(&model),
-        tenant: caller.tenant,
-        rows,
-        params,
-        control,
-    };
-    let fetch = move |indices: Vec<usize>| {
-        let body = Value::Array(
-            indices
-                .iter()
-                .map(|&i| Value::String(texts[i].clone()))
-                .collect(),
-        );
-        let model = Arc::clone(&model);
-        async move { run_upstream(&model, &body).await }
-    };
-    let rows = fetch_rows_keeping(&state, request, fetch, Some(not_all_null)).await?;
-    let headers = rows.headers();
+    let rows = state
+        .rows(RowRequest {
+            model,
+            tenant: caller.tenant,
+            inputs: Arc::new(Inputs::texts(texts)),
+            control,
+        })
+        .await?;
+    let headers = routes::cache_headers(&rows);
     let absent = null_row(&rows.values)?;
     let body = routes::json_rows(b"", &rows.values, &absent, b"");
     Ok(routes::json_response(body, headers))
@@ -222,17 +205,6 @@ fn object_input<'a>(
     string("input")
 }
 
-/// Whether a computed row may be kept: not ersilia-pack's failure row (`null`, or a
-/// non-empty object or array of `null`s).
-fn not_all_null(row: &[u8]) -> bool {
-    match serde_json::from_slice::<Value>(row) {
-        Ok(Value::Null) => false,
-        Ok(Value::Object(obj)) => obj.is_empty() || obj.values().any(|v| !v.is_null()),
-        Ok(Value::Array(a)) => a.is_empty() || a.iter().any(|v| !v.is_null()),
-        _ => true,
-    }
-}
-
 /// The row that stands for an input under `cache_only` that is not cached.
 fn null_row(values: &[Option<Bytes>]) -> Result<Vec<u8>, ApiError> {
     let Some(first) = values.iter().flatten().next() else {
@@ -250,35 +222,4 @@ fn null_row(values: &[Option<Bytes>]) -> Result<Vec<u8>, ApiError> {
         _ => Value::Null,
     };
     serde_json::to_vec(&nulls).map_err(ApiError::internal)
-}
-
-async fn run_upstream(model: &RemoteModel, body: &Value) -> Result<Vec<Bytes>, UpstreamError> {
-    let reply = model.upstream().post_json("/run", body).await?;
-    let rows: Vec<Value> = serde_json::from_slice(&reply.body).map_err(|e| {
-        UpstreamError::bad_response(model.name(), format!("expected a JSON array of rows: {e}"))
-    })?;
-    Ok(routes::row_bytes(rows))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::not_all_null;
-
-    #[test]
-    fn ersilia_rows_of_nulls_are_not_kept() {
-        for row in ["null", r#"{"a": null, "b": null}"#, "[null, null]"] {
-            assert!(!not_all_null(row.as_bytes()), "{row}");
-        }
-        for row in [
-            r#"{"a": null, "b": 0}"#,
-            "[null, 1]",
-            "{}",
-            "[]",
-            "0",
-            r#""""#,
-            r#"{"a": [null]}"#,
-        ] {
-            assert!(not_all_null(row.as_bytes()), "{row}");
-        }
-    }
 }

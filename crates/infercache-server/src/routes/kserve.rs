@@ -49,19 +49,24 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value};
+use infercache_backend::{BackendKind, Inputs, UpstreamError};
+use infercache_infer::{CacheControl, RowRequest};
+use infercache_kserve::{
+    self as kserve, Encoded, HEADER_LENGTH, InferRequest, OutputSelection, ResponseMeta, Row,
+    RowOutput, Shift, leading_dimension,
+};
 
 use super::body;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::kserve::{
-    self, Encoded, HEADER_LENGTH, InferRequest, ResponseMeta, Row, RowOutput, WireFormat,
-};
 use crate::state::AppState;
-use crate::upstream::{Backend, CacheControl, RemoteModel, RowRequest, UpstreamError, fetch_rows};
 use crate::{cache_control, routes};
+
+/// The request parameters of Triton's sequence batcher: a request carrying one belongs to
+/// a stateful sequence.
+const SEQUENCE_PARAMETERS: [&str; 3] = ["sequence_id", "sequence_start", "sequence_end"];
 
 /// `POST /v2/models/{name}/infer`.
 pub async fn infer(
@@ -96,50 +101,11 @@ async fn serve(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let directives = cache_control::parse(headers)?;
-    let model = state
-        .models()
-        .resolve(name, &[Backend::KServeV2], &state.model().id)?;
-    if let Some(v) = version
-        && v != model.config().version
-    {
-        return Err(ApiError::UnknownVersion {
-            model: name.to_owned(),
-            requested: v.to_owned(),
-            served: model.config().version.clone(),
-        });
-    }
+    let model = state.models().resolve(name, &[BackendKind::KServeV2])?;
+    super::models::check_version(name, version, &model.info().version)?;
     let body = body::bytes(body, state.limits())?;
-    let work = body.len();
-    let header_length = headers.get(HEADER_LENGTH).cloned();
-    let max_rows = state.limits().max_items;
-    let whole = !model.config().batched;
-    let parse = move || -> Result<(InferRequest, Vec<Row>), ApiError> {
-        let mut request = kserve::parse_request(body, header_length.as_ref())?;
-        if whole {
-            // Dimension 0 is not a batch: the request is one row, seen as a batch of one
-            // (a leading dimension of 1 moves no byte).
-            for t in &mut request.inputs {
-                t.shape.insert(0, 1);
-            }
-        }
-        let rows = request.split(max_rows)?;
-        Ok((request, rows))
-    };
-    let (request, rows) = off_worker(work, parse).await?;
-
-    let mut protocol = Map::new();
-    protocol.insert(
-        "outputs".to_owned(),
-        Value::String(
-            String::from_utf8(request.outputs.key_bytes())
-                .expect("the output selection's key is canonical JSON or `*`"),
-        ),
-    );
-    protocol.insert(
-        "row_format".to_owned(),
-        Value::from(kserve::ROW_FORMAT_VERSION),
-    );
-    let params = model.key_params(Some(&request.parameters), protocol)?;
+    let whole = !model.policy().batched;
+    let (request, rows) = parse(body, headers, state.limits().max_items, whole).await?;
     let _room = state.reserve_items(rows.len())?;
 
     let mut control: CacheControl = directives.into();
@@ -148,28 +114,18 @@ async fn serve(
     control.bypass = SEQUENCE_PARAMETERS
         .iter()
         .any(|p| request.parameters.contains_key(*p));
-    let row_request = RowRequest {
-        model: Arc::clone(&model),
-        tenant: caller.tenant,
-        rows: rows.iter().map(Row::canonical_input).collect(),
-        params,
-        control,
-    };
-    let request = Arc::new(request);
-    let upstream_request = Arc::clone(&request);
-    let upstream_model = Arc::clone(&model);
-    let rows = Arc::new(rows);
-    let fetched = fetch_rows(state, row_request, move |indices: Vec<usize>| {
-        let (model, request, rows) = (
-            Arc::clone(&upstream_model),
-            Arc::clone(&upstream_request),
-            Arc::clone(&rows),
-        );
-        async move { infer_upstream(&model, &request, &rows, &indices).await }
-    })
-    .await?;
+    // What the response needs of the request, which the rows take with them.
+    let (id, outputs) = (request.id.clone(), request.outputs.clone());
+    let fetched = state
+        .rows(RowRequest {
+            model: Arc::clone(&model),
+            tenant: caller.tenant,
+            inputs: Arc::new(Inputs::Tensors { request, rows }),
+            control,
+        })
+        .await?;
 
-    let headers = fetched.headers();
+    let headers = routes::cache_headers(&fetched);
     let stored: Vec<Bytes> = fetched
         .values
         .into_iter()
@@ -177,34 +133,68 @@ async fn serve(
         .collect::<Result<_, _>>()?;
     let work = stored.iter().map(Bytes::len).sum();
     let encoded = off_worker(work, move || {
-        let outputs = stored
-            .iter()
-            .map(RowOutput::decode)
-            .collect::<Result<Vec<_>, _>>()?;
         let meta = ResponseMeta {
             model_name: model.name(),
-            model_version: Some(&model.config().version),
-            id: request.id.as_deref(),
+            model_version: Some(&model.info().version),
+            id: id.as_deref(),
         };
-        let assembled =
-            kserve::assemble_response(meta, &outputs, &request.outputs).map_err(|e| {
-                // The rows are the upstream's (a requested output's presence is checked
-                // before a row is stored): rows that cannot share one tensor were
-                // answered with different shapes by different calls.
-                ApiError::Upstream(UpstreamError::bad_response(
-                    model.name(),
-                    format!("cached and fetched rows cannot be batched together: {e}"),
-                ))
-            })?;
-        if whole {
-            // One row assembled: every output is led by a dimension of 1.
-            leading_dimension(assembled, "outputs", Shift::Remove).map_err(ApiError::internal)
-        } else {
-            Ok(assembled)
-        }
+        assemble(meta, &outputs, &stored, whole)
     })
     .await?;
     Ok(respond(encoded, headers))
+}
+
+/// Parses and splits the body (off the async workers when large). A model whose
+/// dimension 0 is not a batch (`whole`) sees its request as one row: a batch of one
+/// (a leading dimension of 1 moves no byte).
+async fn parse(
+    body: Bytes,
+    headers: &HeaderMap,
+    max_rows: usize,
+    whole: bool,
+) -> Result<(InferRequest, Vec<Row>), ApiError> {
+    let work = body.len();
+    let header_length = headers.get(HEADER_LENGTH).cloned();
+    off_worker(work, move || {
+        let mut request = kserve::parse_request(body, header_length.as_ref())?;
+        if whole {
+            for t in &mut request.inputs {
+                t.shape.insert(0, 1);
+            }
+        }
+        let rows = request.split(max_rows)?;
+        Ok((request, rows))
+    })
+    .await
+}
+
+/// The response from the stored rows, in request order, JSON or binary as asked.
+fn assemble(
+    meta: ResponseMeta<'_>,
+    selection: &OutputSelection,
+    stored: &[Bytes],
+    whole: bool,
+) -> Result<Encoded, ApiError> {
+    let name = meta.model_name;
+    let outputs = stored
+        .iter()
+        .map(RowOutput::decode)
+        .collect::<Result<Vec<_>, _>>()?;
+    let assembled = kserve::assemble_response(meta, &outputs, selection).map_err(|e| {
+        // The rows are the upstream's (a requested output's presence is checked before
+        // a row is stored): rows that cannot share one tensor were answered with
+        // different shapes by different calls.
+        ApiError::Upstream(UpstreamError::bad_response(
+            name,
+            format!("cached and fetched rows cannot be batched together: {e}"),
+        ))
+    })?;
+    if whole {
+        // One row assembled: every output is led by a dimension of 1.
+        leading_dimension(assembled, "outputs", Shift::Remove).map_err(ApiError::internal)
+    } else {
+        Ok(assembled)
+    }
 }
 
 /// Runs `f` inline when `work` is small, else on the blocking pool, so that converting
@@ -241,130 +231,4 @@ fn respond(
     }
     response.headers_mut().extend(headers);
     response
-}
-
-/// Sends the rows at `indices` upstream in one request; returns each row's stored form.
-async fn infer_upstream(
-    model: &RemoteModel,
-    request: &InferRequest,
-    rows: &[Row],
-    indices: &[usize],
-) -> Result<Vec<Bytes>, UpstreamError> {
-    let bad = |reason: String| UpstreamError::bad_response(model.name(), reason);
-    let batch: Vec<&Row> = indices.iter().map(|&i| &rows[i]).collect();
-    let encoded = kserve::build_request(
-        &batch,
-        &request.outputs,
-        &request.parameters,
-        WireFormat::Binary,
-    )
-    .expect("the rows of one request share their layout and parameters (a bug otherwise)");
-    let whole = !model.config().batched;
-    let encoded = if whole {
-        leading_dimension(encoded, "inputs", Shift::Remove)
-            .expect("a request this codec wrote, each input led by a dimension of 1")
-    } else {
-        encoded
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(encoded.content_type()),
-    );
-    if let Some(len) = encoded.header_length {
-        headers.insert(HEADER_LENGTH, HeaderValue::from(len));
-    }
-    let path = format!("/v2/models/{}/infer", model.config().upstream_name);
-    let reply = model
-        .upstream()
-        .send(
-            Method::POST,
-            &path,
-            Some((Bytes::from(encoded.body), headers)),
-            model.upstream().inference_retry(),
-        )
-        .await?;
-    let (body, header_length) = if whole {
-        let declared = reply
-            .headers
-            .get(HEADER_LENGTH)
-            .map(|v| v.to_str().ok().and_then(|s| s.parse::<usize>().ok()))
-            .map(|n| n.ok_or_else(|| bad("a malformed Inference-Header-Content-Length".into())))
-            .transpose()?;
-        let encoded = Encoded {
-            body: reply.body.to_vec(),
-            header_length: declared,
-        };
-        let wrapped = leading_dimension(encoded, "outputs", Shift::Add).map_err(bad)?;
-        let length = wrapped.header_length.map(HeaderValue::from);
-        (Bytes::from(wrapped.body), length)
-    } else {
-        (reply.body, reply.headers.get(HEADER_LENGTH).cloned())
-    };
-    let parsed =
-        kserve::parse_response(body, header_length.as_ref()).map_err(|e| bad(e.to_string()))?;
-    if let Some(requested) = &request.outputs.requested
-        && let Some(missing) = requested
-            .iter()
-            .find(|o| !parsed.outputs.iter().any(|t| t.name == o.name))
-    {
-        return Err(bad(format!(
-            "output `{}` was requested but not answered",
-            missing.name
-        )));
-    }
-    let split = parsed.split(batch.len()).map_err(|e| bad(e.to_string()))?;
-    Ok(split.iter().map(|row| Bytes::from(row.encode())).collect())
-}
-
-/// The request parameters of Triton's sequence batcher: a request carrying one belongs to
-/// a stateful sequence.
-const SEQUENCE_PARAMETERS: [&str; 3] = ["sequence_id", "sequence_start", "sequence_end"];
-
-/// Which way [`leading_dimension`] moves shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shift {
-    /// `[d, ...]` becomes `[1, d, ...]`.
-    Add,
-    /// `[1, d, ...]` becomes `[d, ...]`.
-    Remove,
-}
-
-/// Adds or removes a leading dimension of 1 on every tensor of `field` (`inputs` or
-/// `outputs`) of an encoded message, for a model whose dimension 0 is not a batch
-/// (`batched = false`): its whole request travels through the per-row path as one row.
-/// Only the JSON part changes; binary data and flat or nested JSON `data` are the same
-/// bytes and values under either shape.
-fn leading_dimension(encoded: Encoded, field: &str, shift: Shift) -> Result<Encoded, String> {
-    let split = encoded.header_length.unwrap_or(encoded.body.len());
-    let header = encoded
-        .body
-        .get(..split)
-        .ok_or("the header length exceeds the body")?;
-    let mut json: Value =
-        serde_json::from_slice(header).map_err(|e| format!("the JSON part is not JSON: {e}"))?;
-    if let Some(tensors) = json.get_mut(field).and_then(Value::as_array_mut) {
-        for t in tensors {
-            let shape = t
-                .get_mut("shape")
-                .and_then(Value::as_array_mut)
-                .ok_or_else(|| format!("a tensor of `{field}` has no shape"))?;
-            match shift {
-                Shift::Add => shape.insert(0, Value::from(1)),
-                Shift::Remove if shape.first().and_then(Value::as_u64) == Some(1) => {
-                    shape.remove(0);
-                }
-                Shift::Remove => {
-                    return Err(format!("a tensor of `{field}` is not a batch of one"));
-                }
-            }
-        }
-    }
-    let mut body = serde_json::to_vec(&json).expect("a JSON value serializes");
-    let header_length = encoded.header_length.map(|_| body.len());
-    body.extend_from_slice(&encoded.body[split..]);
-    Ok(Encoded {
-        body,
-        header_length,
-    })
 }

@@ -27,11 +27,11 @@ use axum::http::{HeaderName, HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use infercache_infer::{Outcome, Rows};
 use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::metrics::Rejection;
-use crate::service::Embedded;
 use crate::state::AppState;
 
 /// Renders whose work (values written plus input bytes tokenized) exceeds this run on the
@@ -73,28 +73,82 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// `X-Cache: HIT | MISS | PARTIAL`, `X-Cache-Hits`, `X-Cache-Misses`, `X-Cache-Coalesced`.
-/// Counts are per input; a duplicate inside one request shares its first copy's outcome.
-/// A coalesced input (computed by a concurrent request) counts as a miss.
-pub fn cache_headers(e: &Embedded) -> [(HeaderName, HeaderValue); 4] {
-    [
+/// The `X-Cache` value: `STALE` when any row was served stale, else `HIT` (every row
+/// from the cache), `MISS` (none) or `PARTIAL`.
+pub fn x_cache(rows: &Rows) -> &'static str {
+    if rows.stale() > 0 {
+        return "STALE";
+    }
+    match rows.outcome() {
+        Outcome::Hit => "HIT",
+        Outcome::Miss => "MISS",
+        Outcome::Partial => "PARTIAL",
+    }
+}
+
+/// The cache headers of every row route, set here only: `X-Cache`, `X-Cache-Hits`,
+/// `X-Cache-Misses`, `X-Cache-Coalesced`, and `X-Cache-Stale` when any row was stale.
+/// Counts are per row; a repeated row counts as its first copy does, and a coalesced row
+/// (computed by a concurrent request) counts as a miss.
+pub fn cache_headers(rows: &Rows) -> Vec<(HeaderName, HeaderValue)> {
+    let mut h = vec![
         (
             HeaderName::from_static("x-cache"),
-            HeaderValue::from_static(e.outcome().header()),
+            HeaderValue::from_static(x_cache(rows)),
         ),
         (
             HeaderName::from_static("x-cache-hits"),
-            HeaderValue::from(e.hit_count()),
+            HeaderValue::from(rows.hits()),
         ),
         (
             HeaderName::from_static("x-cache-misses"),
-            HeaderValue::from(e.miss_count()),
+            HeaderValue::from(rows.misses()),
         ),
         (
             HeaderName::from_static("x-cache-coalesced"),
-            HeaderValue::from(e.coalesced),
+            HeaderValue::from(rows.coalesced()),
         ),
-    ]
+    ];
+    if rows.stale() > 0 {
+        h.push((
+            HeaderName::from_static("x-cache-stale"),
+            HeaderValue::from(rows.stale()),
+        ));
+    }
+    h
+}
+
+/// The cache's part of a response body, built here only (OpenAI clients ignore it).
+#[derive(Debug, Serialize)]
+pub struct CacheSummary {
+    /// Inputs a tier served.
+    pub hits: usize,
+    /// Inputs computed.
+    pub misses: usize,
+    /// Of the misses, those computed by a concurrent request.
+    pub coalesced: usize,
+    /// Each input's key (hex), for `DELETE /v1/cache/entries/{key}`.
+    pub keys: Vec<String>,
+    /// Inputs served stale because the upstream failed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stale: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl CacheSummary {
+    /// The summary of a request's rows.
+    pub fn of(rows: &Rows) -> Self {
+        Self {
+            hits: rows.hits(),
+            misses: rows.misses(),
+            coalesced: rows.coalesced(),
+            keys: rows.keys.iter().map(|k| k.to_hex()).collect(),
+            stale: rows.stale(),
+        }
+    }
 }
 
 /// Runs `render` (decoding, token counting, JSON) inline for small responses and on the
@@ -136,13 +190,6 @@ pub fn json_response(
 pub fn path_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     name.map(|Path(n)| n)
         .map_err(|e| ApiError::invalid("name", e.body_text()))
-}
-
-/// Stored forms of upstream output rows: each row's compact JSON text.
-pub fn row_bytes(rows: Vec<serde_json::Value>) -> Vec<Bytes> {
-    rows.iter()
-        .map(|r| Bytes::from(serde_json::to_vec(r).expect("a JSON value serializes")))
-        .collect()
 }
 
 /// `prefix [row, row, ...] suffix`, each row's stored JSON text written verbatim

@@ -18,13 +18,13 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use infercache_backend::BackendKind;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::upstream::{Backend, UpstreamError};
 
 #[derive(Debug, Serialize)]
 struct ModelEntry {
@@ -32,7 +32,7 @@ struct ModelEntry {
     object: &'static str,
     created: u64,
     owned_by: &'static str,
-    backend: Backend,
+    backend: BackendKind,
     version: String,
     digest: Option<String>,
     deterministic: bool,
@@ -45,47 +45,27 @@ struct ModelEntry {
 
 /// `GET /v1/models`.
 pub async fn list(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
-    let builtin = state.model();
-    let builtin_entry = || ModelEntry {
-        id: builtin.id.clone(),
-        object: "model",
-        created: 0,
-        owned_by: "infercache",
-        backend: Backend::Builtin,
-        version: builtin.version.clone(),
-        digest: builtin.artifact.clone(),
-        deterministic: true,
-        ttl_secs: None,
-        stale_if_error_secs: None,
-        max_batch: None,
-        params: None,
-    };
-    let models = state.models();
-    let data: Vec<ModelEntry> = if models.listed().is_empty() {
-        vec![builtin_entry()]
-    } else {
-        models
-            .listed()
-            .iter()
-            .map(|m| match models.remote(&m.name) {
-                None => builtin_entry(),
-                Some(remote) => ModelEntry {
-                    id: m.name.clone(),
-                    object: "model",
-                    created: 0,
-                    owned_by: "infercache",
-                    backend: m.backend,
-                    version: m.version.clone(),
-                    digest: m.digest.clone(),
-                    deterministic: m.deterministic,
-                    ttl_secs: remote.fresh_for().map(|d| d.as_secs()),
-                    stale_if_error_secs: m.stale_if_error.map(|d| d.as_secs()),
-                    max_batch: m.max_batch,
-                    params: m.params.clone(),
-                },
-            })
-            .collect()
-    };
+    let data: Vec<ModelEntry> = state
+        .models()
+        .iter()
+        .map(|m| {
+            let (info, policy) = (m.info(), m.policy());
+            ModelEntry {
+                id: info.name.clone(),
+                object: "model",
+                created: 0,
+                owned_by: "infercache",
+                backend: info.kind,
+                version: info.version.clone(),
+                digest: info.digest.clone(),
+                deterministic: policy.deterministic,
+                ttl_secs: policy.ttl.map(|d| d.as_secs()),
+                stale_if_error_secs: policy.stale_if_error.map(|d| d.as_secs()),
+                max_batch: policy.max_batch,
+                params: policy.params.clone(),
+            }
+        })
+        .collect();
     Json(json!({ "object": "list", "data": data }))
 }
 
@@ -141,7 +121,11 @@ pub async fn version_ready(
 /// 404 unless `version` (from the path) is the one `name` is served at. The upstream is
 /// then asked at its unversioned path, as the infer route does: a client's path segment
 /// never reaches the upstream's URL.
-fn check_version(name: &str, version: Option<&str>, served: &str) -> Result<(), ApiError> {
+pub(crate) fn check_version(
+    name: &str,
+    version: Option<&str>,
+    served: &str,
+) -> Result<(), ApiError> {
     match version {
         Some(v) if v != served => Err(ApiError::UnknownVersion {
             model: name.to_owned(),
@@ -152,53 +136,27 @@ fn check_version(name: &str, version: Option<&str>, served: &str) -> Result<(), 
     }
 }
 
-fn v2_path(upstream_name: &str, tail: &str) -> String {
-    format!("/v2/models/{upstream_name}{tail}")
-}
-
+/// The model's own metadata when its protocol has one (a `kserve-v2` upstream's), else
+/// metadata from its configuration.
 async fn describe(
     state: &AppState,
     name: &str,
     version: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let builtin = state.model();
-    let Some(model) = state.models().remote(name) else {
-        if state.models().serves_builtin() && builtin.answers_to(name) {
-            check_version(name, version, &builtin.version)?;
-            return Ok(Json(json!({
-                "name": name,
-                "versions": [builtin.version],
-                "platform": "infercache-builtin",
-                "inputs": [],
-                "outputs": [],
-            }))
-            .into_response());
-        }
-        return Err(state.models().unknown(name, &builtin.id));
-    };
-    let config = model.config();
-    check_version(name, version, &config.version)?;
-    if config.backend != Backend::KServeV2 {
-        return Ok(Json(json!({
-            "name": name,
-            "versions": [config.version],
-            "platform": format!("infercache-{}", config.backend),
-            "inputs": [],
-            "outputs": [],
-        }))
-        .into_response());
+    let model = state.models().resolve(name, &BackendKind::ALL)?;
+    let info = model.info();
+    check_version(name, version, &info.version)?;
+    if let Some(meta) = model.backend().metadata().await? {
+        return Ok(Json(meta).into_response());
     }
-    let reply = model
-        .upstream()
-        .get(&v2_path(&config.upstream_name, ""))
-        .await?;
-    let mut meta: Value = serde_json::from_slice(&reply.body).map_err(|e| {
-        UpstreamError::bad_response(name, format!("model metadata is not JSON: {e}"))
-    })?;
-    if let Some(obj) = meta.as_object_mut() {
-        obj.insert("name".to_owned(), Value::String(name.to_owned()));
-    }
-    Ok(Json(meta).into_response())
+    Ok(Json(json!({
+        "name": name,
+        "versions": [info.version],
+        "platform": format!("infercache-{}", info.kind),
+        "inputs": [],
+        "outputs": [],
+    }))
+    .into_response())
 }
 
 async fn model_ready(
@@ -206,22 +164,8 @@ async fn model_ready(
     name: &str,
     version: Option<&str>,
 ) -> Result<StatusCode, ApiError> {
-    let builtin = state.model();
-    let Some(model) = state.models().remote(name) else {
-        if state.models().serves_builtin() && builtin.answers_to(name) {
-            check_version(name, version, &builtin.version)?;
-            return Ok(StatusCode::OK);
-        }
-        return Err(state.models().unknown(name, &builtin.id));
-    };
-    let config = model.config();
-    check_version(name, version, &config.version)?;
-    if config.backend != Backend::KServeV2 {
-        return Ok(StatusCode::OK);
-    }
-    model
-        .upstream()
-        .get(&v2_path(&config.upstream_name, "/ready"))
-        .await?;
+    let model = state.models().resolve(name, &BackendKind::ALL)?;
+    check_version(name, version, &model.info().version)?;
+    model.backend().ready().await?;
     Ok(StatusCode::OK)
 }

@@ -12,14 +12,16 @@
 //!
 //! # Upstream models
 //!
-//! When `model` names a `[[models]]` entry with an `openai` or `tei` backend, each input
-//! is a row of the per-row path ([`crate::upstream::rows`]): keyed by its text (and
-//! `dimensions`), and only the inputs no tier holds are sent, in one request, to
+//! Every model takes the one per-row path (`infercache_infer::rows`): each input is a row,
+//! keyed by its text (and `dimensions`), and only the inputs no tier holds are computed.
+//! The built-in model embeds them in this process. When `model` names a `[[models]]`
+//! entry with an `openai` or `tei` backend, they are sent, in one request, to
 //! `{url}/v1/embeddings` (`{"model": upstream_name, "input": [...],
 //! "encoding_format": "float"}`, plus `dimensions` when given) or to TEI's `{url}/embed`
 //! (`{"inputs": [...]}`). Vectors are stored as little-endian `f32` bytes. `usage` counts
 //! zero tokens: infercache has no tokenizer for a remote model.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -28,19 +30,23 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use base64::Engine as _;
+use infercache_backend::{BackendKind, Inputs, vector};
+use infercache_infer::{Model, RowRequest, Rows};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
-use super::body;
+use super::{CacheSummary, body};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::service::{self, Embedded};
 use crate::state::AppState;
-use crate::upstream::{
-    Backend, CanonicalInput, RemoteModel, RowRequest, Rows, UpstreamError, fetch_rows,
-};
 use crate::{cache_control, routes};
 
+/// The kinds of model this route serves: embedders.
+const KINDS: &[BackendKind] = &[BackendKind::Builtin, BackendKind::OpenAi, BackendKind::Tei];
+
 const FIELDS: &[&str] = &["model", "input", "encoding_format", "user"];
+
+const UPSTREAM_FIELDS: &[&str] = &["model", "input", "encoding_format", "user", "dimensions"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -77,48 +83,12 @@ struct Usage {
     total_tokens: usize,
 }
 
-/// The cache's part of a response body.
-#[derive(Debug, Serialize)]
-pub struct CacheSummary {
-    /// Inputs a tier served.
-    pub hits: usize,
-    /// Inputs computed.
-    pub misses: usize,
-    /// Of the misses, those computed by a concurrent request.
-    pub coalesced: usize,
-    /// Each input's key (hex), for `DELETE /v1/cache/entries/{key}`.
-    pub keys: Vec<String>,
-    /// Inputs served stale because the upstream failed (upstream models only).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub stale: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-impl CacheSummary {
-    /// The summary of `e`.
-    pub fn of(e: &Embedded) -> Self {
-        Self {
-            hits: e.hit_count(),
-            misses: e.miss_count(),
-            coalesced: e.coalesced,
-            keys: e.keys.iter().map(|k| k.to_hex()).collect(),
-            stale: 0,
-        }
-    }
-
-    /// The summary of an upstream model's rows.
-    pub fn of_rows(r: &Rows) -> Self {
-        Self {
-            hits: r.hits(),
-            misses: r.misses(),
-            coalesced: r.coalesced(),
-            keys: r.keys.iter().map(|k| k.to_hex()).collect(),
-            stale: r.stale(),
-        }
-    }
+/// A request, validated.
+struct Parsed {
+    model: Arc<Model>,
+    texts: Vec<String>,
+    dimensions: Option<u64>,
+    encoding: Encoding,
 }
 
 /// `POST /v1/embeddings`.
@@ -130,66 +100,161 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let directives = cache_control::parse(&headers)?;
-    let mut obj = body::object(body, state.limits())?;
-    if let Some(serde_json::Value::String(name)) = obj.get("model")
-        && state.models().remote(name).is_some()
-    {
-        let model =
-            state
-                .models()
-                .resolve(name, &[Backend::OpenAi, Backend::Tei], &state.model().id)?;
-        return remote(state, caller, directives, obj, model).await;
-    }
-    body::only_fields(&obj, FIELDS, |field| match field {
-        "dimensions" => format!(
-            "this server returns the model's native {} dimensions; remove `dimensions`",
-            state.model().dims
-        ),
-        _ => format!("supported fields are {}", FIELDS.join(", ")),
-    })?;
-    let model = body::opt_str(&mut obj, "model")?.ok_or(ApiError::MissingField("model"))?;
-    let texts = body::texts(&mut obj, "input", state.limits())?;
-    let encoding = encoding(&mut obj)?;
-    body::opt_str(&mut obj, "user")?;
-    if !state.models().serves_builtin() || !state.model().answers_to(&model) {
-        return Err(state.models().unknown(&model, &state.model().id));
-    }
+    let obj = body::object(body, state.limits())?;
+    let named = match obj.get("model") {
+        Some(Value::String(name)) => state.models().get(name).cloned(),
+        _ => None,
+    };
+    let parsed = match named {
+        Some(m) if !m.kind().in_process() => {
+            // 400 naming its route for a model of another protocol.
+            let m = state.models().resolve(m.name(), KINDS)?;
+            parse_upstream(&state, obj, m)?
+        }
+        named => parse_in_process(&state, obj, named.as_deref())?,
+    };
+    let Parsed {
+        model,
+        texts,
+        dimensions,
+        encoding,
+    } = parsed;
 
     // Held until the response is rendered: bounds the memory of vectors and JSON in flight.
     let _room = state.reserve_items(texts.len())?;
-    let embedded = service::embed_texts(&state, &caller.tenant, &texts, &directives).await?;
-    let headers = routes::cache_headers(&embedded);
-    let outcome = embedded.outcome();
-    // Rendering counts tokens (proportional to the input) and writes the vectors.
-    let work = texts.len() * state.model().dims + texts.iter().map(String::len).sum::<usize>();
-    let render_state = state.clone();
-    let body = routes::render(work, move || {
-        render(&render_state, &texts, embedded, encoding)
-    })
-    .await?;
-    state.metrics().request(outcome, start.elapsed());
+    let inputs = Arc::new(Inputs::Texts { texts, dimensions });
+    let rows = state
+        .rows(RowRequest {
+            model: Arc::clone(&model),
+            tenant: caller.tenant,
+            inputs: Arc::clone(&inputs),
+            control: directives.into(),
+        })
+        .await?;
+    let headers = routes::cache_headers(&rows);
+    let outcome = rows.outcome();
+    // Rendering writes the vectors and, for a model with a tokenizer here, counts tokens
+    // (proportional to the input).
+    let mut work = rows
+        .values
+        .iter()
+        .flatten()
+        .map(|v| v.len() / 4)
+        .sum::<usize>();
+    if model.kind().in_process() {
+        work += texts_of(&inputs).iter().map(String::len).sum::<usize>();
+    }
+    let render_model = Arc::clone(&model);
+    let body = routes::render(work, move || render(&render_model, &inputs, rows, encoding)).await?;
+    state.metrics().request(&model, outcome, start.elapsed());
     Ok(routes::json_response(body, headers))
 }
 
-fn render(
+/// The fields of a request for the built-in model (or for a model not served, which
+/// answers 404 once the body is known to be well formed).
+fn parse_in_process(
     state: &AppState,
-    texts: &[String],
-    embedded: Embedded,
+    mut obj: Map<String, Value>,
+    named: Option<&Model>,
+) -> Result<Parsed, ApiError> {
+    body::only_fields(&obj, FIELDS, |field| match field {
+        "dimensions" => match named.and_then(|m| m.info().dims) {
+            Some(dims) => format!(
+                "this server returns the model's native {dims} dimensions; remove `dimensions`"
+            ),
+            None => {
+                "this server returns the model's native dimensions; remove `dimensions`".to_owned()
+            }
+        },
+        _ => format!("supported fields are {}", FIELDS.join(", ")),
+    })?;
+    let name = body::opt_str(&mut obj, "model")?.ok_or(ApiError::MissingField("model"))?;
+    let texts = body::texts(&mut obj, "input", state.limits())?;
+    let encoding = encoding(&mut obj)?;
+    body::opt_str(&mut obj, "user")?;
+    let model = state.models().resolve(&name, KINDS)?;
+    Ok(Parsed {
+        model,
+        texts,
+        dimensions: None,
+        encoding,
+    })
+}
+
+/// The fields of a request for a model behind an OpenAI-compatible or TEI upstream.
+fn parse_upstream(
+    state: &AppState,
+    mut obj: Map<String, Value>,
+    model: Arc<Model>,
+) -> Result<Parsed, ApiError> {
+    body::only_fields(&obj, UPSTREAM_FIELDS, |_| {
+        format!("supported fields are {}", UPSTREAM_FIELDS.join(", "))
+    })?;
+    obj.remove("model");
+    let texts = body::texts(&mut obj, "input", state.limits())?;
+    let encoding = encoding(&mut obj)?;
+    body::opt_str(&mut obj, "user")?;
+    let dimensions = match obj.remove("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|d| d > 0) => n.as_u64(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "dimensions",
+                "expected a positive whole number",
+            ));
+        }
+    };
+    if dimensions.is_some() && model.kind() == BackendKind::Tei {
+        return Err(ApiError::UnsupportedField {
+            field: "dimensions".to_owned(),
+            hint: format!(
+                "model `{}` is served by TEI, which returns its native dimensions; remove `dimensions`",
+                model.name()
+            ),
+        });
+    }
+    Ok(Parsed {
+        model,
+        texts,
+        dimensions,
+        encoding,
+    })
+}
+
+fn texts_of(inputs: &Inputs) -> &[String] {
+    match inputs {
+        Inputs::Texts { texts, .. } => texts,
+        _ => &[],
+    }
+}
+
+/// The response body: OpenAI's shape from the stored vectors, tokens counted where the
+/// model's tokenizer runs here (0 for a model behind an upstream).
+fn render(
+    model: &Model,
+    inputs: &Inputs,
+    rows: Rows,
     encoding: Encoding,
 ) -> Result<EmbeddingsResponse, ApiError> {
-    let dims = state.model().dims;
-    let tokens: usize = texts.iter().map(|t| state.embedder().count_tokens(t)).sum();
-    let cache = CacheSummary::of(&embedded);
-    let data = embedded
-        .vectors
+    let dims = model.info().dims;
+    let tokens: usize = texts_of(inputs)
         .iter()
+        .map(|t| model.backend().count_tokens(t))
+        .sum();
+    let cache = CacheSummary::of(&rows);
+    let data = rows
+        .values
+        .into_iter()
         .enumerate()
         .map(|(index, v)| {
+            let v = v.ok_or_else(|| ApiError::internal("an embedding row is absent (a bug)"))?;
             let embedding = match encoding {
-                Encoding::Float => Embedding::Float(service::decode(v, dims)?),
+                Encoding::Float => {
+                    Embedding::Float(vector::decode(&v, dims).map_err(ApiError::internal)?)
+                }
                 Encoding::Base64 => {
-                    service::check_len(v, dims)?;
-                    Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(v))
+                    vector::check(&v, dims).map_err(ApiError::internal)?;
+                    Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(&v))
                 }
             };
             Ok(Item {
@@ -202,7 +267,7 @@ fn render(
     Ok(EmbeddingsResponse {
         object: "list",
         data,
-        model: state.model().id.clone(),
+        model: model.name().to_owned(),
         usage: Usage {
             prompt_tokens: tokens,
             total_tokens: tokens,
@@ -211,171 +276,7 @@ fn render(
     })
 }
 
-const REMOTE_FIELDS: &[&str] = &["model", "input", "encoding_format", "user", "dimensions"];
-
-/// `POST /v1/embeddings` for a model behind an OpenAI-compatible or TEI upstream.
-async fn remote(
-    state: AppState,
-    caller: Caller,
-    directives: cache_control::Directives,
-    mut obj: serde_json::Map<String, serde_json::Value>,
-    model: std::sync::Arc<RemoteModel>,
-) -> Result<Response, ApiError> {
-    let backend = model.config().backend;
-    body::only_fields(&obj, REMOTE_FIELDS, |_| {
-        format!("supported fields are {}", REMOTE_FIELDS.join(", "))
-    })?;
-    obj.remove("model");
-    let texts = body::texts(&mut obj, "input", state.limits())?;
-    let encoding = encoding(&mut obj)?;
-    body::opt_str(&mut obj, "user")?;
-    let dimensions = match obj.remove("dimensions") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) if n.as_u64().is_some_and(|d| d > 0) => n.as_u64(),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "dimensions",
-                "expected a positive whole number",
-            ));
-        }
-    };
-    if dimensions.is_some() && backend == Backend::Tei {
-        return Err(ApiError::UnsupportedField {
-            field: "dimensions".to_owned(),
-            hint: format!(
-                "model `{}` is served by TEI, which returns its native dimensions; remove `dimensions`",
-                model.name()
-            ),
-        });
-    }
-    let mut protocol = serde_json::Map::new();
-    if let Some(d) = dimensions {
-        protocol.insert("dimensions".to_owned(), d.into());
-    }
-    let params = model.key_params(None, protocol)?;
-    let _room = state.reserve_items(texts.len())?;
-
-    let request = RowRequest {
-        model: std::sync::Arc::clone(&model),
-        tenant: caller.tenant,
-        rows: texts.iter().map(|t| CanonicalInput::text(t)).collect(),
-        params,
-        control: directives.into(),
-    };
-    let texts = std::sync::Arc::new(texts);
-    let fetch_model = std::sync::Arc::clone(&model);
-    let rows = fetch_rows(&state, request, move |indices: Vec<usize>| {
-        let model = std::sync::Arc::clone(&fetch_model);
-        let batch: Vec<String> = indices.iter().map(|&i| texts[i].clone()).collect();
-        async move { embed_upstream(&model, batch, dimensions).await }
-    })
-    .await?;
-
-    let headers = rows.headers();
-    let work = rows
-        .values
-        .iter()
-        .map(|v| v.as_ref().map_or(0, |v| v.len() / 4))
-        .sum::<usize>();
-    let name = model.name().to_owned();
-    let body = routes::render(work, move || {
-        let cache = CacheSummary::of_rows(&rows);
-        let data = rows
-            .values
-            .into_iter()
-            .enumerate()
-            .map(|(index, v)| {
-                let v =
-                    v.ok_or_else(|| ApiError::internal("an embedding row is absent (a bug)"))?;
-                if v.len() % 4 != 0 {
-                    return Err(ApiError::internal(format!(
-                        "a cached embedding has {} bytes, not a multiple of 4 (a bug)",
-                        v.len()
-                    )));
-                }
-                let embedding = match encoding {
-                    Encoding::Float => Embedding::Float(service::decode(&v, v.len() / 4)?),
-                    Encoding::Base64 => {
-                        Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(&v))
-                    }
-                };
-                Ok(Item {
-                    object: "embedding",
-                    index,
-                    embedding,
-                })
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
-        Ok(EmbeddingsResponse {
-            object: "list",
-            data,
-            model: name,
-            usage: Usage {
-                prompt_tokens: 0,
-                total_tokens: 0,
-            },
-            cache,
-        })
-    })
-    .await?;
-    Ok(routes::json_response(body, headers))
-}
-
-/// Embeds `texts` with the model's upstream: little-endian `f32` bytes per text, in order.
-async fn embed_upstream(
-    model: &RemoteModel,
-    texts: Vec<String>,
-    dimensions: Option<u64>,
-) -> Result<Vec<Bytes>, UpstreamError> {
-    let upstream = model.upstream();
-    let bad = |reason: String| UpstreamError::bad_response(model.name(), reason);
-    let n = texts.len();
-    if model.config().backend == Backend::Tei {
-        let reply = upstream
-            .post_json("/embed", &serde_json::json!({ "inputs": texts }))
-            .await?;
-        let vectors: Vec<Vec<f32>> = serde_json::from_slice(&reply.body)
-            .map_err(|e| bad(format!("expected an array of vectors: {e}")))?;
-        return Ok(vectors.iter().map(|v| service::encode(v)).collect());
-    }
-    #[derive(serde::Deserialize)]
-    struct Reply {
-        data: Vec<Datum>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Datum {
-        index: usize,
-        embedding: Vec<f32>,
-    }
-    let mut request = serde_json::json!({
-        "model": model.config().upstream_name,
-        "input": texts,
-        "encoding_format": "float",
-    });
-    if let Some(d) = dimensions {
-        request["dimensions"] = d.into();
-    }
-    let reply = upstream.post_json("/v1/embeddings", &request).await?;
-    let reply: Reply = serde_json::from_slice(&reply.body)
-        .map_err(|e| bad(format!("expected an OpenAI embeddings list: {e}")))?;
-    let mut out: Vec<Option<Bytes>> = vec![None; n];
-    for d in reply.data {
-        match out.get_mut(d.index) {
-            Some(slot @ None) => *slot = Some(service::encode(&d.embedding)),
-            _ => {
-                return Err(bad(format!(
-                    "index {} is out of range or repeated",
-                    d.index
-                )));
-            }
-        }
-    }
-    out.into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| bad(format!("fewer than {n} embeddings")))
-}
-
-fn encoding(obj: &mut serde_json::Map<String, serde_json::Value>) -> Result<Encoding, ApiError> {
+fn encoding(obj: &mut Map<String, Value>) -> Result<Encoding, ApiError> {
     match body::opt_str(obj, "encoding_format")?.as_deref() {
         None | Some("float") => Ok(Encoding::Float),
         Some("base64") => Ok(Encoding::Base64),

@@ -16,6 +16,7 @@
 //! For all-MiniLM-L6-v2 the two settings give the same vector (to rounding): the model's
 //! pipeline ends in a `Normalize` layer, so its output is already unit length.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -23,12 +24,13 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
+use infercache_backend::{BUILTIN_MODEL, BackendKind, Inputs, vector};
+use infercache_infer::{Model, RowRequest};
 use serde::Serialize;
 
 use super::body;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::service;
 use crate::state::AppState;
 use crate::{cache_control, routes};
 
@@ -65,43 +67,57 @@ pub async fn embed(
     }
     let text = body::texts(&mut obj, "text", state.limits())?.remove(0);
     let normalize = body::opt_bool(&mut obj, "normalize")?.unwrap_or(false);
+    // Smally's API names no model: it is the built-in one.
+    let model = state
+        .models()
+        .resolve(BUILTIN_MODEL, &[BackendKind::Builtin])?;
 
-    let texts = [text];
-    let embedded = service::embed_texts(&state, &caller.tenant, &texts, &directives).await?;
-    let mut headers: Vec<(HeaderName, HeaderValue)> = routes::cache_headers(&embedded).into();
-    if let Some(key) = embedded.keys.first() {
+    let inputs = Arc::new(Inputs::texts(vec![text.clone()]));
+    let rows = state
+        .rows(RowRequest {
+            model: Arc::clone(&model),
+            tenant: caller.tenant,
+            inputs: Arc::clone(&inputs),
+            control: directives.into(),
+        })
+        .await?;
+    let mut headers = routes::cache_headers(&rows);
+    if let Some(key) = rows.keys.first() {
         headers.push((
             HeaderName::from_static("x-cache-key"),
             HeaderValue::from_str(&key.to_hex()).map_err(ApiError::internal)?,
         ));
     }
-    let outcome = embedded.outcome();
-    let vector = service::decode(&embedded.vectors[0], state.model().dims)?;
+    let outcome = rows.outcome();
+    let stored = rows.values[0]
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("an embedding row is absent (a bug)"))?;
+    let vector = vector::decode(stored, model.info().dims).map_err(ApiError::internal)?;
     let embedding = if normalize {
-        service::l2_normalize(vector)
+        vector::l2_normalize(vector)
     } else {
         vector
     };
     let response = EmbedResponse {
         embedding,
-        model: state.model().id.clone(),
-        tokens: count_tokens(&state, &texts[0]).await?,
-        cached: embedded.hit_count() == 1,
+        model: model.name().to_owned(),
+        tokens: count_tokens(&model, &text).await?,
+        cached: rows.hits() == 1,
         latency_ms: start.elapsed().as_secs_f64() * 1000.0,
     };
     let body = serde_json::to_vec(&response).map_err(ApiError::internal)?;
-    state.metrics().request(outcome, start.elapsed());
+    state.metrics().request(&model, outcome, start.elapsed());
     Ok(routes::json_response(body, headers))
 }
 
 /// Tokens in `text`, counted on the blocking pool when the text is long enough for the
 /// tokenizer to stall an async worker.
-async fn count_tokens(state: &AppState, text: &str) -> Result<usize, ApiError> {
+async fn count_tokens(model: &Arc<Model>, text: &str) -> Result<usize, ApiError> {
     if text.len() < routes::BLOCKING_RENDER_WORK {
-        return Ok(state.embedder().count_tokens(text));
+        return Ok(model.backend().count_tokens(text));
     }
-    let (state, text) = (state.clone(), text.to_owned());
-    tokio::task::spawn_blocking(move || state.embedder().count_tokens(&text))
+    let (model, text) = (Arc::clone(model), text.to_owned());
+    tokio::task::spawn_blocking(move || model.backend().count_tokens(&text))
         .await
         .map_err(ApiError::internal)
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use infercache_model::BuiltinModel;
 use infercache_redis::testing::{RedisServer, RedisServerOptions};
 use infercache_server::ServerConfig;
 use infercache_server::config::{RedisSettings, RedisTarget};
-use infercache_server::model::ModelPool;
 use serde_json::{Value, json};
 
 use crate::support::{Server, model};
@@ -29,7 +29,7 @@ fn config(target: RedisTarget) -> ServerConfig {
 }
 
 /// Two servers on one Redis, each with its own model.
-async fn pair(redis: &RedisServer) -> (Server, Arc<ModelPool>, Server, Arc<ModelPool>) {
+async fn pair(redis: &RedisServer) -> (Server, Arc<BuiltinModel>, Server, Arc<BuiltinModel>) {
     pair_with(redis, Duration::from_secs(1)).await
 }
 
@@ -37,7 +37,7 @@ async fn pair(redis: &RedisServer) -> (Server, Arc<ModelPool>, Server, Arc<Model
 async fn pair_with(
     redis: &RedisServer,
     timeout: Duration,
-) -> (Server, Arc<ModelPool>, Server, Arc<ModelPool>) {
+) -> (Server, Arc<BuiltinModel>, Server, Arc<BuiltinModel>) {
     let (ma, mb) = (model().await, model().await);
     let mut cfg = config(RedisTarget::Url(redis.url()));
     cfg.redis.as_mut().unwrap().timeout = timeout;
@@ -54,8 +54,8 @@ async fn pair_with(
     (a, ma, b, mb)
 }
 
-fn texts(m: &ModelPool) -> u64 {
-    infercache_server::Embed::stats(m).texts
+fn texts(m: &BuiltinModel) -> u64 {
+    crate::support::texts(m)
 }
 
 async fn redis_stats(s: &Server) -> Value {

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use infercache_model::ModelFiles;
+use infercache_model::{BuiltinModel, ModelFiles};
 use infercache_server::config::BatchSettings;
-use infercache_server::model::ModelPool;
+use infercache_server::model::pool_config;
 use infercache_server::{ServerConfig, ServerError, run_with};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The real model behind its pool. Fails the test if the model cannot be had.
-pub async fn model() -> Arc<ModelPool> {
+pub async fn model() -> Arc<BuiltinModel> {
     tokio::task::spawn_blocking(|| {
         let files = match std::env::var_os("INFERCACHE_MODEL_DIR") {
             Some(dir) => ModelFiles::from_dir(PathBuf::from(dir)),
@@ -24,7 +24,8 @@ pub async fn model() -> Arc<ModelPool> {
             ),
         }
         .expect("these tests need the real model: set INFERCACHE_MODEL_DIR or let it be fetched");
-        Arc::new(ModelPool::from_files(&files, &BatchSettings::default()).expect("the model loads"))
+        let pool = pool_config(&BatchSettings::default());
+        Arc::new(BuiltinModel::from_files(&files, pool).expect("the model loads"))
     })
     .await
     .unwrap()
@@ -57,14 +58,19 @@ impl Reply {
 }
 
 impl Server {
-    /// Serves `model` with `config` on a fresh loopback port.
-    pub async fn start(config: ServerConfig, model: Arc<ModelPool>) -> Self {
+    /// Serves `config`'s models on a fresh loopback port, `model` as the built-in one.
+    pub async fn start(config: ServerConfig, model: Arc<BuiltinModel>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run_with(config, model, listener, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(run_with(
+            config,
+            Some(model as Arc<dyn infercache_backend::Backend>),
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         let server = Self {
             url,
             stop: Some(stop),
@@ -138,6 +144,11 @@ impl Server {
         assert_eq!(r.status, 200, "{}", r.body);
         r.body["models"]["all-MiniLM-L6-v2"].clone()
     }
+}
+
+/// Texts the model has embedded so far.
+pub fn texts(m: &BuiltinModel) -> u64 {
+    m.pool().stats().texts
 }
 
 /// The floats of a JSON embedding.

@@ -79,6 +79,15 @@ async fn models_from_the_config_file_are_served_and_cached_per_row() {
     let builtin = s.embed(&[], json!("hello")).await;
     assert_eq!(builtin.status, 404);
     assert_eq!(builtin.code(), "model_not_found");
+    let named = builtin.body["error"]["message"].as_str().unwrap();
+    assert!(named.contains("`all-MiniLM-L6-v2`"), "{named}");
+    let warm = s
+        .post("/v1/cache/warm", &[], &json!({ "inputs": ["hello"] }))
+        .await;
+    assert_eq!(warm.status, 404, "{}", warm.body);
+    assert_eq!(warm.code(), "model_not_found");
+    let named = warm.body["error"]["message"].as_str().unwrap();
+    assert!(named.contains("`all-MiniLM-L6-v2`"), "{named}");
     s.stop().await;
 }
 

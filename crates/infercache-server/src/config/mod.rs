@@ -35,7 +35,7 @@
 //! | `redis_prefix` | `infercache:` | prefix of every Redis key the cache uses |
 //! | `redis_write_back_queue` | none | write Redis through a queue of this many values (write-back); none is write-through |
 //! | `redis_timeout` | `50ms` | connect and command timeout of the Redis tier |
-//! | `[[models]]` | none: the built-in embedder | models served, each through its upstream (TOML only; see [`crate::upstream::config`]) |
+//! | `[[models]]` | none: the built-in embedder | models served, each through its upstream (TOML only; see `config/models.rs`) |
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -46,7 +46,10 @@ use infercache_core::Capacity;
 use infercache_engine::{CacheConfig, Compression, DiskConfig, MemoryConfig, Policy, WritePolicy};
 use serde::Deserialize;
 
-use crate::upstream::config::{ModelConfig, RawModel};
+mod models;
+
+use infercache_backend::ModelConfig;
+use models::RawModel;
 
 /// Flags of `infercache serve`; the binary flattens this into its subcommand. Every flag
 /// is also an `INFERCACHE_*` environment variable and a key of the `--config` file.
@@ -458,7 +461,7 @@ impl ServerConfig {
         } else {
             // `serve` runs both tiers by default: disk under the cache directory.
             let dir =
-                disk_dir.unwrap_or_else(|| infercache_model::default_cache_dir().join("disk"));
+                disk_dir.unwrap_or_else(|| infercache_backend::default_cache_dir().join("disk"));
             let size = disk_size.unwrap_or_else(|| DEFAULT_DISK_SIZE.to_owned());
             let capacity = match size.parse::<Capacity>() {
                 Ok(Capacity::Bytes(b)) if b > 0 => b,
@@ -544,10 +547,7 @@ impl ServerConfig {
             a.redis_write_back_queue.or(f.redis_write_back_queue),
             duration("redis_timeout", text(a.redis_timeout, f.redis_timeout))?,
         )?;
-        let models = crate::upstream::config::validate(
-            f.models.unwrap_or_default(),
-            limits.request_timeout,
-        )?;
+        let models = models::validate(f.models.unwrap_or_default(), limits.request_timeout)?;
         Ok(Self {
             redis,
             bind,
@@ -677,9 +677,23 @@ impl fmt::Display for Redacted<'_> {
             c.shutdown_timeout
         )?;
         for m in &c.models {
-            write!(f, " model={}:{}@{}", m.name, m.backend, m.redacted_url())?;
+            write!(f, " model={}:{}@{}", m.name, m.backend, redacted_url(m))?;
         }
         Ok(())
+    }
+}
+
+/// A model's URL for logs: any password it holds is replaced by `***`.
+fn redacted_url(m: &ModelConfig) -> String {
+    let Some(url) = &m.url else {
+        return "in-process".to_owned();
+    };
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.clone(),
     }
 }
 
@@ -718,7 +732,7 @@ fn resolve_redis(
             .map_err(|e| invalid("redis_memory_fraction", &memory_fraction.to_string(), e))?;
         RedisTarget::Auto {
             memory_fraction,
-            dir: infercache_model::default_cache_dir().join("redis"),
+            dir: infercache_backend::default_cache_dir().join("redis"),
         }
     } else {
         let urls: Vec<String> = target.split(',').map(|u| u.trim().to_owned()).collect();
@@ -839,7 +853,7 @@ mod tests {
             auto.target,
             RedisTarget::Auto {
                 memory_fraction: 0.3,
-                dir: infercache_model::default_cache_dir().join("redis"),
+                dir: infercache_backend::default_cache_dir().join("redis"),
             }
         );
         assert_eq!(
@@ -884,7 +898,10 @@ mod tests {
         let c = ServerConfig::resolve(ServeArgs::default(), FileConfig::default()).unwrap();
         let disk = c.disk.clone().expect("serve runs the disk tier by default");
         assert_eq!(disk.capacity, 2 << 30);
-        assert_eq!(disk.dir, infercache_model::default_cache_dir().join("disk"));
+        assert_eq!(
+            disk.dir,
+            infercache_backend::default_cache_dir().join("disk")
+        );
         assert_eq!(
             ServerConfig {
                 disk: None,

@@ -15,8 +15,16 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tower::ServiceExt as _;
 
-use crate::embed::{Embed, EmbedError, EmbedFuture, InferenceStats, ModelInfo};
+use bytes::Bytes;
+use infercache_backend::{
+    Backend, BackendError, BackendKind, BackendStats, BoxFuture, InferenceStats, Inputs, ModelInfo,
+    vector,
+};
+use infercache_infer::{CachePolicy, Models};
+
 use crate::{ApiKeys, AppState, Limits, app};
+
+mod upstream;
 
 const DIMS: usize = 8;
 
@@ -36,11 +44,12 @@ impl Fake {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             info: ModelInfo {
-                id: "all-MiniLM-L6-v2".into(),
+                name: "all-MiniLM-L6-v2".into(),
                 aliases: vec!["sentence-transformers/all-MiniLM-L6-v2".into()],
+                kind: BackendKind::Builtin,
                 version: "1".into(),
-                artifact: Some("sha256:fake".into()),
-                dims: DIMS,
+                digest: Some("sha256:fake".into()),
+                dims: Some(DIMS),
             },
             invocations: AtomicU64::new(0),
             texts: AtomicU64::new(0),
@@ -68,7 +77,28 @@ fn vector(text: &str) -> Vec<f32> {
         .collect()
 }
 
-impl Embed for Fake {
+impl Fake {
+    fn embed(&self, texts: &[String]) -> Result<Vec<Bytes>, BackendError> {
+        if self.overloaded.load(Ordering::SeqCst) {
+            return Err(BackendError::Overloaded);
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(BackendError::failed("CUDA secret-detail exploded"));
+        }
+        self.invocations.fetch_add(1, Ordering::SeqCst);
+        self.texts.fetch_add(texts.len() as u64, Ordering::SeqCst);
+        Ok(texts.iter().map(|t| vector::encode(&vector(t))).collect())
+    }
+
+    fn inference(&self) -> InferenceStats {
+        InferenceStats {
+            invocations: self.invocations(),
+            texts: self.texts.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Backend for Fake {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
@@ -77,28 +107,25 @@ impl Embed for Fake {
         text.split_whitespace().count() + 2
     }
 
-    fn embed(&self, texts: Vec<String>) -> EmbedFuture<'_> {
+    fn compute<'a>(
+        &'a self,
+        inputs: &'a Inputs,
+        rows: &'a [usize],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, BackendError>> {
         Box::pin(async move {
             if let Some(hold) = &self.hold {
                 hold.notified().await;
             }
-            if self.overloaded.load(Ordering::SeqCst) {
-                return Err(EmbedError::Overloaded);
-            }
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(EmbedError::Failed("CUDA secret-detail exploded".into()));
-            }
-            self.invocations.fetch_add(1, Ordering::SeqCst);
-            self.texts.fetch_add(texts.len() as u64, Ordering::SeqCst);
-            Ok(texts.iter().map(|t| vector(t)).collect())
+            let Inputs::Texts { texts, .. } = inputs else {
+                return Err(BackendError::failed("the fake takes texts"));
+            };
+            let batch: Vec<String> = rows.iter().map(|&i| texts[i].clone()).collect();
+            self.embed(&batch)
         })
     }
 
-    fn stats(&self) -> InferenceStats {
-        InferenceStats {
-            invocations: self.invocations(),
-            texts: self.texts.load(Ordering::SeqCst),
-        }
+    fn stats(&self) -> BackendStats {
+        BackendStats::InProcess(self.inference())
     }
 }
 
@@ -121,7 +148,8 @@ fn limits() -> Limits {
 fn harness_with(fake: Arc<Fake>, keys: ApiKeys, limits: Limits, cache: bool) -> Harness {
     let clock = ManualClock::new(1_000_000);
     let cache = cache.then(|| Cache::open(CacheConfig::default(), clock.clone()).unwrap());
-    let state = AppState::new(cache, fake.clone(), keys, limits);
+    let models = Models::new([(fake.clone() as Arc<dyn Backend>, CachePolicy::builtin())]);
+    let state = AppState::new(cache, models, keys, limits);
     Harness {
         app: app(state.clone()),
         state,
@@ -278,7 +306,7 @@ async fn partial_batches_and_duplicates_compute_only_what_is_missing() {
         assert_eq!(r.body["data"][i]["index"], i);
         assert_eq!(floats(&r.body["data"][i]["embedding"]), vector(t));
     }
-    let s = h.fake.stats();
+    let s = h.fake.inference();
     assert_eq!((s.invocations, s.texts), (2, 3), "c computed once");
 }
 

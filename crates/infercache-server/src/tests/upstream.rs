@@ -16,8 +16,10 @@ use infercache_engine::{Cache, CacheConfig};
 use serde_json::{Value, json};
 use std::sync::Mutex;
 
-use super::{Backend, ModelConfig, Models};
-use crate::tests::{Fake, Reply, get as get_req, post, request, send};
+use infercache_backend::{BackendKind as Backend, ModelConfig};
+use infercache_infer::Models;
+
+use super::{Fake, Reply, get as get_req, post, request, send};
 use crate::{ApiKeys, AppState, Limits, app};
 
 /// What an upstream saw, and how it misbehaves.
@@ -221,6 +223,19 @@ fn model(name: &str, backend: Backend, url: &str) -> ModelConfig {
     }
 }
 
+/// The registry of `models`, the fake as the built-in model, upstreams through real
+/// clients.
+fn registry(models: &[ModelConfig]) -> Models {
+    let client = infercache_upstream::client().unwrap();
+    Models::configured(
+        models,
+        None,
+        Some(Fake::new() as Arc<dyn infercache_backend::Backend>),
+        |m| infercache_upstream::backend(m, &client).unwrap(),
+    )
+    .unwrap()
+}
+
 struct Harness {
     app: Router,
     clock: Arc<ManualClock>,
@@ -239,8 +254,7 @@ fn harness(models: Vec<ModelConfig>) -> Harness {
 fn harness_with(models: Vec<ModelConfig>, limits: Limits) -> Harness {
     let clock = ManualClock::new(1_000_000);
     let cache = Cache::open(CacheConfig::default(), clock.clone()).unwrap();
-    let models = Models::new(&models, None).unwrap();
-    let state = AppState::with_models(Some(cache), Fake::new(), models, ApiKeys::none(), limits);
+    let state = AppState::new(Some(cache), registry(&models), ApiKeys::none(), limits);
     Harness {
         app: app(state),
         clock,
@@ -411,10 +425,9 @@ async fn changing_version_or_digest_makes_old_entries_unreachable() {
         let mut m = model("m", Backend::HttpJson, &format!("{url}/predict"));
         m.version = version.into();
         m.digest = digest.map(Into::into);
-        let state = AppState::with_models(
+        let state = AppState::new(
             Some(cache.clone()),
-            Fake::new(),
-            Models::new(&[m], None).unwrap(),
+            registry(&[m]),
             ApiKeys::none(),
             Limits::default(),
         );
@@ -1142,14 +1155,9 @@ async fn tenants_never_share_rows() {
     let clock = ManualClock::new(1_000_000);
     let cache = Cache::open(CacheConfig::default(), clock).unwrap();
     let keys = ApiKeys::new([("sk-a", "a", false), ("sk-b", "b", false)]).unwrap();
-    let state = AppState::with_models(
+    let state = AppState::new(
         Some(cache),
-        Fake::new(),
-        Models::new(
-            &[model("m", Backend::HttpJson, &format!("{url}/predict"))],
-            None,
-        )
-        .unwrap(),
+        registry(&[model("m", Backend::HttpJson, &format!("{url}/predict"))]),
         keys,
         Limits::default(),
     );

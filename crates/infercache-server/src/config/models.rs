@@ -24,97 +24,14 @@
 //! it names are (the built-in one as `backend = "builtin"`).
 
 use std::collections::HashSet;
-use std::fmt;
 use std::time::Duration;
 
+use infercache_backend::{
+    BUILTIN_ALIAS, BUILTIN_MODEL, BackendKind, DEFAULT_TIMEOUT, MAX_RETRIES, ModelConfig,
+};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Scalar, parse_duration};
-
-/// Per-attempt upstream timeout when a model sets none.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Retries of an idempotent call when a model sets none.
-pub const DEFAULT_RETRIES: u32 = 2;
-/// Most retries a model may ask for.
-pub const MAX_RETRIES: u32 = 10;
-
-/// Which protocol the upstream speaks (and so which client routes serve the model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// The built-in embedder (no upstream).
-    Builtin,
-    /// KServe v2 / Triton HTTP: `POST {url}/v2/models/{name}/infer`.
-    KServeV2,
-    /// OpenAI-compatible embeddings: `POST {url}/v1/embeddings`.
-    OpenAi,
-    /// Text Embeddings Inference: `POST {url}/embed` with `{"inputs": [...]}`.
-    Tei,
-    /// Ersilia model server: `POST {url}/run` with a JSON array of inputs.
-    Ersilia,
-    /// Plain JSON: `POST {url}` with `{"inputs": [...]}`, answering `{"outputs": [...]}`.
-    HttpJson,
-}
-
-impl Backend {
-    /// The name used in the config file and in `GET /v1/models`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Builtin => "builtin",
-            Self::KServeV2 => "kserve-v2",
-            Self::OpenAi => "openai",
-            Self::Tei => "tei",
-            Self::Ersilia => "ersilia",
-            Self::HttpJson => "http-json",
-        }
-    }
-
-    /// The client route that serves models of this backend.
-    pub fn route(self) -> &'static str {
-        match self {
-            Self::Builtin | Self::OpenAi | Self::Tei => "POST /v1/embeddings",
-            Self::KServeV2 => "POST /v2/models/{name}/infer",
-            Self::Ersilia => "POST /v1/models/{name}/run",
-            Self::HttpJson => "POST /v1/models/{name}/predict",
-        }
-    }
-
-    /// Whether clients address the model in the URL path (so its name cannot hold `/`).
-    fn named_in_path(self) -> bool {
-        matches!(self, Self::KServeV2 | Self::Ersilia | Self::HttpJson)
-    }
-}
-
-impl serde::Serialize for Backend {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Backend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "builtin" => Self::Builtin,
-            "kserve-v2" => Self::KServeV2,
-            "openai" => Self::OpenAi,
-            "tei" => Self::Tei,
-            "ersilia" => Self::Ersilia,
-            "http-json" => Self::HttpJson,
-            other => {
-                return Err(format!(
-                    "unknown backend {other:?}; use builtin, kserve-v2, openai, tei, ersilia or http-json"
-                ));
-            }
-        })
-    }
-}
+use super::{ConfigError, Scalar, parse_duration};
 
 /// One `[[models]]` table as written.
 #[derive(Debug, Default, Deserialize)]
@@ -134,82 +51,6 @@ pub(crate) struct RawModel {
     max_batch: Option<usize>,
     batched: Option<bool>,
     retries: Option<u32>,
-}
-
-/// A validated model. Each field documents its default.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelConfig {
-    /// What clients call it.
-    pub name: String,
-    /// The protocol its upstream speaks.
-    pub backend: Backend,
-    /// The upstream's base URL, without a trailing `/`; `None` for `builtin`.
-    pub url: Option<String>,
-    /// The name the upstream knows the model by. Default: `name`.
-    pub upstream_name: String,
-    /// Part of every key. Default: `"1"`.
-    pub version: String,
-    /// Artifact digest, part of every key. Default: none.
-    pub digest: Option<String>,
-    /// Per-attempt upstream timeout. Default: 30 s.
-    pub timeout: Duration,
-    /// Entries older than this are not served (falls back to the global `ttl`). Default: none.
-    pub ttl: Option<Duration>,
-    /// How long past its freshness an entry is still served when the upstream fails.
-    /// Default: none.
-    pub stale_if_error: Option<Duration>,
-    /// Whether outputs may be cached. Default: true.
-    pub deterministic: bool,
-    /// Names of the request parameters that change the output, sorted; only these are
-    /// keyed. Default (`None`): every request parameter is keyed, since a parameter not
-    /// keyed but forwarded would let one request's output be served for another's.
-    pub params: Option<Vec<String>>,
-    /// Most rows in one upstream request. Default: no limit.
-    pub max_batch: Option<usize>,
-    /// `kserve-v2` only: whether dimension 0 of every tensor is a batch of independent
-    /// rows (Triton's `max_batch_size > 0`). When false, a whole request is one entry.
-    /// Default: true.
-    pub batched: bool,
-    /// Retries of an idempotent upstream call. Default: 2.
-    pub retries: u32,
-}
-
-impl ModelConfig {
-    /// A model of `backend` at `url` with every other setting at its default.
-    pub fn new(name: &str, backend: Backend, url: Option<&str>) -> Self {
-        Self {
-            name: name.to_owned(),
-            backend,
-            url: url.map(|u| u.trim_end_matches('/').to_owned()),
-            upstream_name: name.to_owned(),
-            version: "1".to_owned(),
-            digest: None,
-            timeout: DEFAULT_TIMEOUT,
-            ttl: None,
-            stale_if_error: None,
-            deterministic: true,
-            params: None,
-            max_batch: None,
-            batched: true,
-            retries: DEFAULT_RETRIES,
-        }
-    }
-}
-
-impl ModelConfig {
-    /// The URL for logs: any password it holds is replaced by `***`.
-    pub fn redacted_url(&self) -> String {
-        let Some(url) = &self.url else {
-            return "in-process".to_owned();
-        };
-        match reqwest::Url::parse(url) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            _ => url.clone(),
-        }
-    }
 }
 
 /// Validates the `[[models]]` list: every field, unique names, and each model's timeout
@@ -256,7 +97,7 @@ fn validate_one(
             "may hold only ASCII letters, digits and . _ - : /",
         ));
     }
-    let backend: Backend = m
+    let backend: BackendKind = m
         .backend
         .ok_or_else(|| err("backend", "is required"))?
         .parse()
@@ -279,15 +120,11 @@ fn validate_one(
     };
     let mut model = ModelConfig::new(&name, backend, None);
 
-    if backend == Backend::Builtin {
-        if name != infercache_model::MODEL_NAME && name != infercache_model::MODEL_ID {
+    if backend == BackendKind::Builtin {
+        if name != BUILTIN_MODEL && name != BUILTIN_ALIAS {
             return Err(err(
                 "name",
-                &format!(
-                    "the built-in model is `{}` (or `{}`)",
-                    infercache_model::MODEL_NAME,
-                    infercache_model::MODEL_ID
-                ),
+                &format!("the built-in model is `{BUILTIN_MODEL}` (or `{BUILTIN_ALIAS}`)"),
             ));
         }
         let upstream_only = [
@@ -315,7 +152,7 @@ fn validate_one(
     }
 
     let url = m.url.ok_or_else(|| err("url", "is required"))?;
-    let parsed = reqwest::Url::parse(&url).map_err(|e| err("url", &format!("{url:?}: {e}")))?;
+    let parsed = url::Url::parse(&url).map_err(|e| err("url", &format!("{url:?}: {e}")))?;
     if parsed.scheme() != "http" {
         return Err(err(
             "url",
@@ -388,7 +225,7 @@ fn validate_one(
         model.params = Some(params);
     }
     if let Some(batched) = m.batched {
-        if backend != Backend::KServeV2 {
+        if backend != BackendKind::KServeV2 {
             return Err(err(
                 "batched",
                 "applies to kserve-v2 models only (other protocols have rows of their own)",
@@ -467,9 +304,9 @@ mod tests {
         assert_eq!(m.stale_if_error, Some(Duration::from_secs(600)));
         assert_eq!(m.params.as_deref().unwrap(), ["seed", "temperature"]);
         assert_eq!(m.timeout, DEFAULT_TIMEOUT);
-        assert_eq!(m.retries, DEFAULT_RETRIES);
+        assert_eq!(m.retries, infercache_backend::DEFAULT_RETRIES);
         assert!(m.deterministic);
-        assert_eq!(models[1].backend, Backend::Builtin);
+        assert_eq!(models[1].backend, BackendKind::Builtin);
     }
 
     #[test]
