@@ -12,11 +12,12 @@
 //! tenant, model, version and text (the server's derivation for the built-in model), and
 //! values stored by [`Cache::get_many_or_compute`] in batches, each value a `Vec<u8>` of
 //! exactly 1,536 bytes turned into `Bytes` (what the server's encoder produces). Several
-//! tasks insert at once on a multi-threaded runtime, as concurrent requests do. The
-//! allocator is the system's, as in the server binary.
+//! tasks insert at once on a multi-threaded runtime, as concurrent requests do, then read
+//! every entry back once (a hit may allocate: the first clone of a stored value allocates
+//! its reference count). The allocator is the system's, as in the server binary.
 //!
 //! The resident set is read from `/proc/self/statm` (Linux) before the first insert and
-//! after the last one, once the runtime is idle; everything the loop allocated for its own
+//! after the read pass, once the runtime is idle; everything the loop allocated for its own
 //! use (texts, keys, batches) is freed by then, so the growth is what the cache holds.
 
 use std::time::Duration;
@@ -24,7 +25,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use infercache_core::{CanonicalInput, Epochs, KeyParts, SystemClock};
-use infercache_engine::{Cache, CacheConfig, CacheKey, MemoryConfig, RequestOptions};
+use infercache_engine::{
+    Cache, CacheConfig, CacheKey, Lookup, MemoryConfig, RequestOptions, Source,
+};
 
 /// Dimensions of the embedding (all-MiniLM-L6-v2).
 const DIMS: usize = 384;
@@ -140,6 +143,19 @@ async fn fill(cache: Cache, start: usize, step: usize, end: usize) -> anyhow::Re
     Ok(())
 }
 
+/// Reads entries `start, start + step, ...` below `end`; every one must hit memory.
+async fn read(cache: Cache, start: usize, step: usize, end: usize) -> anyhow::Result<()> {
+    let options = RequestOptions::default();
+    for i in (start..end).step_by(step) {
+        let key = key(&cache, &format!("passage {i}: a sentence about caching"));
+        match cache.get(&key, &options).await {
+            Lookup::Hit(hit) if hit.source == Source::Memory && hit.value.len() == VALUE_BYTES => {}
+            other => bail!("entry {i} did not hit memory: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let options = Options::parse()?;
     let n = options.entries;
@@ -161,6 +177,12 @@ fn main() -> anyhow::Result<()> {
         let before = rss_bytes()?;
         let tasks: Vec<_> = (0..options.tasks)
             .map(|t| tokio::spawn(fill(cache.clone(), t, options.tasks, n)))
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        let tasks: Vec<_> = (0..options.tasks)
+            .map(|t| tokio::spawn(read(cache.clone(), t, options.tasks, n)))
             .collect();
         for task in tasks {
             task.await??;
