@@ -24,7 +24,8 @@
 //! A slot is in exactly one queue position while it holds an entry. A replaced value is
 //! written into its slot in place. An evicted slot is free at once (its queue item was just
 //! popped); a removed or purged one is marked free and reclaimed when its queue item comes
-//! up, or when such items outnumber the live ones and the queues are compacted.
+//! up, or when such items exceed an eighth of the live ones and the queues are compacted.
+//! Reclaimed slots are reused by later inserts.
 //!
 //! # Memory per entry
 //!
@@ -432,9 +433,10 @@ impl Shard {
         self.compact();
     }
 
-    /// Drops stale queue items, reclaiming their slots, once they outnumber the live ones.
+    /// Drops stale queue items, reclaiming their slots, once they number more than an
+    /// eighth of the live ones: a removed entry's slot is not charged, so few may wait.
     fn compact(&mut self) {
-        if self.stale > self.map.len() + 64 {
+        if self.stale > self.map.len() / 8 + 64 {
             let Self {
                 slots,
                 free,
@@ -563,6 +565,77 @@ mod tests {
             value: Bytes::from_static(b"v"),
             created_ms: 0,
             expires_ms: super::super::NEVER,
+        }
+    }
+
+    #[test]
+    fn timestamps_keep_48_bits_and_never() {
+        for ms in [0, 1, 1_764_590_000_000, Millis48::MAX - 1] {
+            assert_eq!(Millis48::new(ms).get(), ms);
+        }
+        assert_eq!(Millis48::new(NEVER).get(), NEVER);
+        assert_eq!(
+            Millis48::new(Millis48::MAX).get(),
+            NEVER,
+            "saturates to never"
+        );
+    }
+
+    /// The weight is exactly the charge of the live entries plus the ghost's keys, through
+    /// in-place replacements, removals (stale queue items, compaction), purges and
+    /// evictions.
+    #[test]
+    fn weight_is_the_charge_of_what_is_held() {
+        use rand::{Rng, SeedableRng};
+
+        let capacity = 200 * super::super::charge(Policy::S3fifo, 1536);
+        let store = S3FifoStore::new(capacity, 1, Weigher::EncodedSize, Arc::default());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for step in 0..20_000u32 {
+            let key = Digest::of_u64(rng.random_range(0..400));
+            match rng.random_range(0..10) {
+                0..6 => {
+                    let len = [0, 2, 24, 1536, 3000][rng.random_range(0..5)];
+                    let entry = MemEntry {
+                        value: Bytes::from(vec![7; len]),
+                        created_ms: u64::from(step),
+                        expires_ms: if step % 3 == 0 {
+                            u64::from(step) + 50
+                        } else {
+                            NEVER
+                        },
+                    };
+                    store.insert(key, entry);
+                }
+                6..8 => {
+                    store.remove(&key);
+                }
+                8 => {
+                    store.get(&key);
+                }
+                _ => {
+                    store.purge_expired(u64::from(step));
+                }
+            }
+            let shard = store.shards[0].read();
+            let held: u64 = shard
+                .map
+                .iter()
+                .map(|&i| super::super::charge(Policy::S3fifo, shard.slots[i as usize].value.len()))
+                .sum();
+            let ghost = shard.ghost.order.len() as u64 * GHOST_ENTRY_BYTES;
+            assert_eq!(store.weight(), held + ghost, "step {step}");
+            assert!(store.weight() <= capacity, "step {step}");
+            let queued = shard.small.len() + shard.main.len();
+            assert_eq!(
+                queued,
+                shard.map.len() + shard.stale,
+                "one queue item per slot in use"
+            );
+            assert!(
+                shard.stale <= shard.map.len() / 8 + 65,
+                "stale items are compacted"
+            );
         }
     }
 
