@@ -4,7 +4,7 @@
 //! it charges against its budget) against that growth.
 //!
 //! ```text
-//! cargo run --release -p infercache-engine --example memory_per_entry -- --entries 1000000
+//! cargo run -p infercache-engine --example memory_per_entry -- --entries 1000000
 //! ```
 //!
 //! The cache is built as the server builds it: `Cache::open` with a memory tier only
