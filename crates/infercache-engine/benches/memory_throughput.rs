@@ -13,8 +13,8 @@
 //!   most popular. Each thread gets its own sequence of [`SEQ_LEN`] indices, generated before
 //!   anything is timed, and walks it cyclically; its position carries over from one sample
 //!   to the next, so consecutive samples do not replay the same prefix.
-//! - **Equal capacities.** Every contender weighs an entry as [`memory::ENTRY_OVERHEAD`]
-//!   plus its value bytes (what the tier's default weigher charges) and gets the same byte
+//! - **Equal capacities.** Every contender weighs an entry as the tier's default weigher
+//!   charges it under the default policy ([`memory::charge`]) and gets the same byte
 //!   capacity. `quick_cache` runs with its default hasher and options (its item estimate is
 //!   the real entry count), `moka` with its defaults.
 //! - **Workloads.**
@@ -59,7 +59,7 @@ const N: usize = 100_000;
 /// Bytes per value.
 const VALUE_LEN: usize = 64;
 /// What every contender charges per entry.
-const ENTRY_WEIGHT: u64 = VALUE_LEN as u64 + memory::ENTRY_OVERHEAD;
+const ENTRY_WEIGHT: u64 = memory::charge(Policy::S3fifo, VALUE_LEN);
 /// Entries the `insert` and `read_through` caches hold: half the keys.
 const HALF: u64 = N as u64 / 2;
 /// Entries the `get` caches are sized for: every key, plus slack for uneven shards.
@@ -138,7 +138,7 @@ struct QuickWeighter;
 impl quick_cache::Weighter<Digest, MemEntry> for QuickWeighter {
     #[inline]
     fn weight(&self, _key: &Digest, val: &MemEntry) -> u64 {
-        val.value.len() as u64 + memory::ENTRY_OVERHEAD
+        memory::charge(Policy::S3fifo, val.value.len())
     }
 }
 
@@ -194,7 +194,7 @@ fn moka(entries: u64) -> MokaCache {
     MokaCache::builder()
         .max_capacity(entries * ENTRY_WEIGHT)
         .weigher(|_, v: &MemEntry| {
-            u32::try_from(v.value.len() as u64 + memory::ENTRY_OVERHEAD).expect("fits u32")
+            u32::try_from(memory::charge(Policy::S3fifo, v.value.len())).expect("fits u32")
         })
         .build()
 }

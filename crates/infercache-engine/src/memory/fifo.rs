@@ -5,13 +5,21 @@ use hashlink::LinkedHashMap;
 use infercache_core::Digest;
 
 use super::MemEntry;
+use super::Policy;
 use super::locked::PolicyMap;
 use crate::hash::DigestHasher;
+
+/// Bytes per entry besides the value: hashlink's boxed node (key, entry, two links) and its
+/// table bucket (a node pointer).
+pub(super) const ENTRY_BYTES: u64 =
+    super::heap_block(size_of::<(Digest, MemEntry)>() + 16) + super::table_bytes(8);
 
 #[derive(Debug)]
 pub(super) struct Fifo(LinkedHashMap<Digest, MemEntry, DigestHasher>);
 
 impl PolicyMap for Fifo {
+    const POLICY: Policy = Policy::Fifo;
+
     fn new() -> Self {
         Self(LinkedHashMap::with_hasher(DigestHasher::default()))
     }

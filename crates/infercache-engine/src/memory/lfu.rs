@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use infercache_core::Digest;
 
 use super::MemEntry;
+use super::Policy;
 use super::locked::PolicyMap;
 use crate::hash::DigestHasher;
 
@@ -19,6 +20,11 @@ struct Slot {
     freq: u64,
     tick: u64,
 }
+
+/// Bytes per entry besides the value: the map's bucket (key and slot) and the order set's
+/// element, B-tree nodes being about two thirds full.
+pub(super) const ENTRY_BYTES: u64 = super::table_bytes(size_of::<(Digest, Slot)>())
+    + size_of::<(u64, u64, Digest)>() as u64 * 3 / 2;
 
 #[derive(Debug)]
 pub(super) struct Lfu {
@@ -35,6 +41,8 @@ impl Lfu {
 }
 
 impl PolicyMap for Lfu {
+    const POLICY: Policy = Policy::Lfu;
+
     fn new() -> Self {
         Self {
             map: HashMap::with_hasher(DigestHasher::default()),

@@ -9,10 +9,12 @@ use infercache_core::Digest;
 use infercache_core::stats::TierCounters;
 use parking_lot::Mutex;
 
-use super::{MemEntry, Store, Weigher};
+use super::{MemEntry, Policy, Store, Weigher};
 
 /// A map that knows its policy's victim order.
 pub(super) trait PolicyMap: Send + fmt::Debug {
+    /// The policy this map implements (which fixes what an entry is charged).
+    const POLICY: Policy;
     fn new() -> Self;
     /// The entry, recording the access as the policy wants.
     fn get(&mut self, key: &Digest) -> Option<&MemEntry>;
@@ -71,6 +73,11 @@ impl<P: PolicyMap> Locked<P> {
         }
     }
 
+    /// What `entry` is charged.
+    fn weigh(&self, entry: &MemEntry) -> u64 {
+        self.weigher.weigh(P::POLICY, entry.value.len())
+    }
+
     /// Evicts the policy's victims until the shard weighs at most `limit`.
     fn evict_to(&self, shard: &mut Shard<P>, limit: u64) {
         while shard.weight > limit {
@@ -78,7 +85,7 @@ impl<P: PolicyMap> Locked<P> {
                 .map
                 .pop_victim()
                 .expect("a shard over its budget holds entries (a bug otherwise)");
-            shard.weight -= self.weigher.weigh(&victim);
+            shard.weight -= self.weigh(&victim);
             self.counters.evictions.incr();
         }
     }
@@ -98,12 +105,12 @@ impl<P: PolicyMap> Store for Locked<P> {
     }
 
     fn insert(&self, key: Digest, entry: MemEntry) {
-        let w = self.weigher.weigh(&entry);
+        let w = self.weigh(&entry);
         let mut shard = self.shard(&key).lock();
         if w > self.shard_capacity {
             // Too large for any shard: not admitted, and an older value must not survive.
             if let Some(old) = shard.map.remove(&key) {
-                shard.weight -= self.weigher.weigh(&old);
+                shard.weight -= self.weigh(&old);
             }
             self.counters.evictions.incr();
             return;
@@ -114,7 +121,7 @@ impl<P: PolicyMap> Store for Locked<P> {
             self.evict_to(&mut shard, self.shard_capacity - w);
         }
         if let Some(old) = shard.map.insert(key, entry) {
-            shard.weight -= self.weigher.weigh(&old);
+            shard.weight -= self.weigh(&old);
         }
         shard.weight += w;
         // A replacement may have grown the entry.
@@ -124,7 +131,7 @@ impl<P: PolicyMap> Store for Locked<P> {
     fn remove(&self, key: &Digest) -> Option<MemEntry> {
         let mut shard = self.shard(key).lock();
         let old = shard.map.remove(key)?;
-        shard.weight -= self.weigher.weigh(&old);
+        shard.weight -= self.weigh(&old);
         Some(old)
     }
 
@@ -142,7 +149,7 @@ impl<P: PolicyMap> Store for Locked<P> {
             let mut s = s.lock();
             for key in s.map.keys_where(&|_, e| e.is_expired(now_ms)) {
                 if let Some(old) = s.map.remove(&key) {
-                    s.weight -= self.weigher.weigh(&old);
+                    s.weight -= self.weigh(&old);
                     dropped += 1;
                 }
             }

@@ -5,13 +5,21 @@ use infercache_core::Digest;
 use lru::LruCache;
 
 use super::MemEntry;
+use super::Policy;
 use super::locked::PolicyMap;
 use crate::hash::DigestHasher;
+
+/// Bytes per entry besides the value: the `lru` crate's boxed node (key, entry, two links)
+/// and its table bucket (a key reference and a node pointer).
+pub(super) const ENTRY_BYTES: u64 =
+    super::heap_block(size_of::<(Digest, MemEntry)>() + 16) + super::table_bytes(16);
 
 #[derive(Debug)]
 pub(super) struct Lru(LruCache<Digest, MemEntry, DigestHasher>);
 
 impl PolicyMap for Lru {
+    const POLICY: Policy = Policy::Lru;
+
     fn new() -> Self {
         Self(LruCache::unbounded_with_hasher(DigestHasher::default()))
     }

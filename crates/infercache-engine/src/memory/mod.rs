@@ -1,8 +1,19 @@
 //! The memory tier: a byte-bounded concurrent map with a selectable eviction policy.
 //!
-//! Values are weighed by their encoded size ([`Weigher::EncodedSize`]: value bytes plus a
-//! fixed per-entry overhead) unless unit weights are asked for (trace replay). Every
-//! policy keeps `weight <= capacity` after every operation.
+//! Values are weighed by the bytes the process holds for them ([`Weigher::EncodedSize`],
+//! see [`charge`]) unless unit weights are asked for (trace replay). Every policy keeps
+//! `weight <= capacity` after every operation.
+//!
+//! # What an entry costs, and what it is charged
+//!
+//! The tier stores its own exactly sized copy of every value, so a value that is a slice of
+//! a larger buffer (a response body, a disk read) never keeps that buffer alive, and what
+//! the tier charges is what it holds: the value's heap block as the system allocator sizes
+//! it ([`heap_block`]), the header `Bytes` allocates when a stored value is first shared
+//! ([`SHARED_HEADER`]), and the policy's own per-entry bytes (its slot, its share of the
+//! hash table and queues). For the default policy that is 1,677 bytes for a 1,536-byte
+//! embedding, and the process grows by about as much (BENCHMARKS.md, "Memory per entry";
+//! `examples/memory_per_entry.rs` measures it).
 //!
 //! | policy | backend | notes |
 //! |---|---|---|
@@ -38,9 +49,39 @@ use serde::{Deserialize, Serialize};
 /// Expiry meaning "never".
 pub const NEVER: u64 = u64::MAX;
 
-/// Bytes charged per entry on top of its value: the 32-byte key, two timestamps and the
-/// bookkeeping of the map and the policy.
-pub const ENTRY_OVERHEAD: u64 = 96;
+/// Bytes the system allocator takes for a block of `len` bytes: glibc's malloc (what the
+/// server binary uses) adds an 8-byte header, rounds up to 16 bytes and takes at least 32.
+/// An empty value takes no block.
+pub const fn heap_block(len: usize) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    let chunk = (len as u64 + 8).next_multiple_of(16);
+    if chunk < 32 { 32 } else { chunk }
+}
+
+/// A hash table's bytes per entry for buckets of `bucket` bytes: hashbrown (behind std's
+/// `HashMap` and every map here) adds a control byte per bucket and keeps between 7/16 and
+/// 7/8 of its buckets full; charged at two thirds full, the middle of that range.
+pub(crate) const fn table_bytes(bucket: usize) -> u64 {
+    (bucket as u64 + 1) * 3 / 2
+}
+
+/// The block `Bytes` allocates for its reference count (a 24-byte header) when a stored
+/// value is first cloned, which every hit does.
+pub const SHARED_HEADER: u64 = heap_block(24);
+
+/// Bytes the tier charges, with the default weigher, for one entry of `value_len` bytes
+/// under `policy`: the value's heap block, its shared header and the policy's per-entry
+/// bytes.
+pub const fn charge(policy: Policy, value_len: usize) -> u64 {
+    let value = if value_len == 0 {
+        0
+    } else {
+        heap_block(value_len) + SHARED_HEADER
+    };
+    value + policy.entry_bytes()
+}
 
 /// One cached value and its timestamps (ms since the Unix epoch).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,13 +95,6 @@ pub struct MemEntry {
 }
 
 impl MemEntry {
-    /// No value; what a freed slot holds.
-    pub(crate) const EMPTY: MemEntry = MemEntry {
-        value: Bytes::new(),
-        created_ms: 0,
-        expires_ms: NEVER,
-    };
-
     /// Whether the entry has expired at `now_ms`.
     #[inline]
     pub fn is_expired(&self, now_ms: u64) -> bool {
@@ -94,6 +128,18 @@ impl Policy {
         Policy::Fifo,
         Policy::Random,
     ];
+
+    /// Bytes the policy keeps per entry besides the value: its slot (key, value handle,
+    /// timestamps, bookkeeping) and its share of the hash table and queues.
+    const fn entry_bytes(self) -> u64 {
+        match self {
+            Policy::S3fifo => s3fifo::ENTRY_BYTES,
+            Policy::Lru => lru::ENTRY_BYTES,
+            Policy::Lfu => lfu::ENTRY_BYTES,
+            Policy::Fifo => fifo::ENTRY_BYTES,
+            Policy::Random => random::ENTRY_BYTES,
+        }
+    }
 
     /// The policy's name as written in config.
     pub fn name(self) -> &'static str {
@@ -135,7 +181,7 @@ impl FromStr for Policy {
 /// How entries are weighed against the capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Weigher {
-    /// Value bytes plus [`ENTRY_OVERHEAD`] (the default).
+    /// The bytes the process holds for the entry, see [`charge`] (the default).
     #[default]
     EncodedSize,
     /// Every entry weighs 1; the capacity is an entry count (trace replay).
@@ -143,11 +189,11 @@ pub enum Weigher {
 }
 
 impl Weigher {
-    /// The weight of `entry`.
+    /// The weight of an entry of `value_len` bytes under `policy`.
     #[inline]
-    pub fn weigh(self, entry: &MemEntry) -> u64 {
+    pub fn weigh(self, policy: Policy, value_len: usize) -> u64 {
         match self {
-            Weigher::EncodedSize => entry.value.len() as u64 + ENTRY_OVERHEAD,
+            Weigher::EncodedSize => charge(policy, value_len),
             Weigher::Unit => 1,
         }
     }
@@ -298,10 +344,15 @@ impl MemoryTier {
             .filter(|e| !e.is_expired(self.clock.now_ms()))
     }
 
-    /// Stores `entry` under `key`, replacing any previous value.
+    /// Stores a copy of `entry` under `key`, replacing any previous value. The value is
+    /// copied into a block of its own exact size (see the module docs).
     #[inline]
     pub fn insert(&self, key: Digest, entry: MemEntry) {
         self.counters.inserts.incr();
+        let entry = MemEntry {
+            value: Bytes::copy_from_slice(&entry.value),
+            ..entry
+        };
         match &self.store {
             Backend::S3fifo(s) => s.insert(key, entry),
             Backend::Other(s) => s.insert(key, entry),

@@ -9,8 +9,14 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::MemEntry;
+use super::Policy;
 use super::locked::PolicyMap;
 use crate::hash::DigestHasher;
+
+/// Bytes per entry besides the value: the map's bucket (key, entry, position) and the key
+/// vector's element, with its growth slack.
+pub(super) const ENTRY_BYTES: u64 = super::table_bytes(size_of::<(Digest, (MemEntry, usize))>())
+    + size_of::<Digest>() as u64 * 3 / 2;
 
 #[derive(Debug)]
 pub(super) struct Random {
@@ -34,6 +40,8 @@ impl Random {
 }
 
 impl PolicyMap for Random {
+    const POLICY: Policy = Policy::Random;
+
     fn new() -> Self {
         Self {
             map: HashMap::with_hasher(DigestHasher::default()),

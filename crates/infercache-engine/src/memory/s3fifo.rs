@@ -21,9 +21,19 @@
 //! slot's frequency with a relaxed atomic and clones the value; every other operation takes
 //! the write lock.
 //!
-//! Removed or replaced slots are not searched for in the queues: their generation changes,
-//! and queue items with an old generation are skipped when they come up (and compacted
-//! away when they outnumber the live ones).
+//! A slot is in exactly one queue position while it holds an entry. A replaced value is
+//! written into its slot in place. An evicted slot is free at once (its queue item was just
+//! popped); a removed or purged one is marked free and reclaimed when its queue item comes
+//! up, or when such items exceed an eighth of the live ones and the queues are compacted.
+//! Reclaimed slots are reused by later inserts.
+//!
+//! # Memory per entry
+//!
+//! A slot is 80 bytes: the full 32-byte key (every lookup compares it, so a hash collision
+//! can never serve another key's value), the value's `Bytes` handle (32), the two
+//! timestamps in 48 bits each (milliseconds until the year 10889), the frequency and the
+//! queue. Add a 4-byte queue item and a 4-byte table bucket with its control byte, at the
+//! tables' load: [`ENTRY_BYTES`] charges 93 bytes per entry besides the value.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -31,11 +41,12 @@ use hashbrown::HashTable;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use bytes::Bytes;
 use infercache_core::Digest;
 use infercache_core::stats::TierCounters;
 use parking_lot::RwLock;
 
-use super::{MemEntry, Store, Weigher};
+use super::{MemEntry, NEVER, Policy, Store, Weigher};
 use crate::hash::DigestHasher;
 
 /// Entries move from the small to the main queue after this many hits.
@@ -47,25 +58,79 @@ const SMALL_QUEUE: f64 = 0.1;
 /// Weight of ghost keys remembered, relative to the capacity (the paper's 100 %).
 const GHOST_QUEUE: f64 = 1.0;
 
+/// Bytes per entry besides the value: the slot, its queue item (a `u32`, with the ring's
+/// growth slack) and its bucket in the shard's table.
+pub(super) const ENTRY_BYTES: u64 =
+    size_of::<Slot>() as u64 + size_of::<u32>() as u64 * 3 / 2 + super::table_bytes(4);
+
+/// Bytes per key remembered by the ghost queue: its order item (with the ring's growth
+/// slack) and its bucket in the ghost's set.
+const GHOST_ENTRY_BYTES: u64 = size_of::<(u64, u64)>() as u64 * 3 / 2 + super::table_bytes(8);
+
+const _: () = assert!(
+    size_of::<Slot>() == 80,
+    "a slot grew: recheck ENTRY_BYTES and the docs"
+);
+
+/// Where a slot is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Queue {
+enum State {
     Small,
     Main,
+    /// Holds nothing; its queue item, if any, is stale.
+    Free,
+}
+
+/// A timestamp in milliseconds since the Unix epoch, in 48 bits; [`NEVER`] and anything
+/// from the year 10889 on are stored as the all-ones value, which reads back as [`NEVER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Millis48([u8; 6]);
+
+impl Millis48 {
+    const MAX: u64 = (1 << 48) - 1;
+
+    fn new(ms: u64) -> Self {
+        let b = ms.min(Self::MAX).to_le_bytes();
+        Self([b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+
+    #[inline]
+    fn get(self) -> u64 {
+        let [a, b, c, d, e, f] = self.0;
+        match u64::from_le_bytes([a, b, c, d, e, f, 0, 0]) {
+            Self::MAX => NEVER,
+            ms => ms,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Slot {
     key: Digest,
-    entry: MemEntry,
-    weight: u64,
+    value: Bytes,
+    created: Millis48,
+    expires: Millis48,
     frequency: AtomicU8,
-    /// Bumped whenever the slot is freed; queue items carry the generation they saw.
-    generation: u32,
-    queue: Queue,
+    state: State,
 }
 
-/// A queue item: a slot index and the slot's generation when queued.
-type Item = (u32, u32);
+impl Slot {
+    #[inline]
+    fn entry(&self) -> MemEntry {
+        MemEntry {
+            value: self.value.clone(),
+            created_ms: self.created.get(),
+            expires_ms: self.expires.get(),
+        }
+    }
+
+    fn set(&mut self, entry: MemEntry) {
+        self.value = entry.value;
+        self.created = Millis48::new(entry.created_ms);
+        self.expires = Millis48::new(entry.expires_ms);
+        self.frequency.store(0, Ordering::Relaxed);
+    }
+}
 
 /// Keys recently evicted from the small queue, by their hash, bounded by weight.
 #[derive(Debug, Default)]
@@ -89,11 +154,14 @@ impl Ghost {
         self.weight += weight;
     }
 
-    fn pop(&mut self) {
-        if let Some((hash, weight)) = self.order.pop_front() {
-            self.weight -= weight;
-            self.members.remove(&hash);
-        }
+    /// Forgets the oldest key; `false` if there is none.
+    fn pop(&mut self) -> bool {
+        let Some((hash, weight)) = self.order.pop_front() else {
+            return false;
+        };
+        self.weight -= weight;
+        self.members.remove(&hash);
+        true
     }
 }
 
@@ -102,18 +170,22 @@ struct Shard {
     /// Slot indices, hashed by their key's digest prefix.
     map: HashTable<u32>,
     slots: Vec<Slot>,
+    /// Free slots with no queue item.
     free: Vec<u32>,
-    small: VecDeque<Item>,
-    main: VecDeque<Item>,
+    /// Free slots whose queue item is still queued.
+    stale: usize,
+    small: VecDeque<u32>,
+    main: VecDeque<u32>,
     ghost: Ghost,
     small_weight: u64,
     main_weight: u64,
     small_capacity: u64,
     capacity: u64,
+    weigher: Weigher,
 }
 
 impl Shard {
-    fn new(capacity: u64) -> Self {
+    fn new(capacity: u64, weigher: Weigher) -> Self {
         #[expect(
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss,
@@ -125,6 +197,7 @@ impl Shard {
             map: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
+            stale: 0,
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: Ghost {
@@ -135,31 +208,56 @@ impl Shard {
             main_weight: 0,
             small_capacity: share(SMALL_QUEUE),
             capacity,
+            weigher,
         }
     }
 
+    /// Weight in use: the entries, and in bytes mode the ghost's own memory.
     fn usage(&self) -> u64 {
-        self.small_weight + self.main_weight
+        let ghost = match self.weigher {
+            Weigher::EncodedSize => self.ghost.order.len() as u64 * GHOST_ENTRY_BYTES,
+            Weigher::Unit => 0,
+        };
+        self.small_weight + self.main_weight + ghost
     }
 
-    fn live(&self, (idx, generation): Item) -> bool {
-        self.slots[idx as usize].generation == generation
+    fn weight_of(&self, idx: u32) -> u64 {
+        let len = self.slots[idx as usize].value.len();
+        self.weigher.weigh(Policy::S3fifo, len)
     }
 
-    /// Frees a slot: out of the map, its weight out of its queue, its value dropped.
-    fn free_slot(&mut self, idx: u32) -> MemEntry {
+    /// Takes a slot's entry out: out of the map, its weight out of its queue, its state
+    /// free. Its queue item, if still queued, is the caller's to account for.
+    fn vacate(&mut self, idx: u32) -> MemEntry {
+        let weight = self.weight_of(idx);
         let slot = &mut self.slots[idx as usize];
-        slot.generation = slot.generation.wrapping_add(1);
-        let entry = std::mem::replace(&mut slot.entry, MemEntry::EMPTY);
-        match slot.queue {
-            Queue::Small => self.small_weight -= slot.weight,
-            Queue::Main => self.main_weight -= slot.weight,
+        let entry = MemEntry {
+            value: std::mem::take(&mut slot.value),
+            created_ms: slot.created.get(),
+            expires_ms: slot.expires.get(),
+        };
+        match std::mem::replace(&mut slot.state, State::Free) {
+            State::Small => self.small_weight -= weight,
+            State::Main => self.main_weight -= weight,
+            State::Free => unreachable!("a free slot is not in the map (a bug)"),
         }
         let hash = slot.key.prefix_u64();
         if let Ok(found) = self.map.find_entry(hash, |&i| i == idx) {
             found.remove();
         }
+        entry
+    }
+
+    /// Frees a slot whose queue item was just popped.
+    fn evict_slot(&mut self, idx: u32) {
+        self.vacate(idx);
         self.free.push(idx);
+    }
+
+    /// Frees a slot whose queue item stays queued (a removal or a purge).
+    fn release(&mut self, idx: u32) -> MemEntry {
+        let entry = self.vacate(idx);
+        self.stale += 1;
         entry
     }
 
@@ -172,9 +270,20 @@ impl Shard {
 
     fn remove(&mut self, key: &Digest) -> Option<MemEntry> {
         let idx = self.find(key)?;
-        let entry = self.free_slot(idx);
+        let entry = self.release(idx);
         self.compact();
         Some(entry)
+    }
+
+    /// Whether a popped queue item is live; a stale one's slot is reclaimed.
+    fn live(&mut self, idx: u32) -> bool {
+        if self.slots[idx as usize].state == State::Free {
+            self.stale -= 1;
+            self.free.push(idx);
+            false
+        } else {
+            true
+        }
     }
 
     /// Evicts one entry; `false` if the shard is empty.
@@ -186,12 +295,9 @@ impl Shard {
             return true;
         }
         // Everything left is in the small queue: evict its head regardless.
-        while let Some(item) = self.small.pop_front() {
-            if self.live(item) {
-                self.slots[item.0 as usize]
-                    .frequency
-                    .store(0, Ordering::Relaxed);
-                self.free_slot(item.0);
+        while let Some(idx) = self.small.pop_front() {
+            if self.live(idx) {
+                self.evict_slot(idx);
                 counters.evictions.incr();
                 return true;
             }
@@ -200,19 +306,20 @@ impl Shard {
     }
 
     fn evict_small(&mut self, counters: &TierCounters) -> bool {
-        while let Some(item) = self.small.pop_front() {
-            if !self.live(item) {
+        while let Some(idx) = self.small.pop_front() {
+            if !self.live(idx) {
                 continue;
             }
-            let slot = &mut self.slots[item.0 as usize];
+            let weight = self.weight_of(idx);
+            let slot = &mut self.slots[idx as usize];
             if slot.frequency.load(Ordering::Relaxed) >= PROMOTE_AFTER_HITS {
-                slot.queue = Queue::Main;
-                self.small_weight -= slot.weight;
-                self.main_weight += slot.weight;
-                self.main.push_back(item);
+                slot.state = State::Main;
+                self.small_weight -= weight;
+                self.main_weight += weight;
+                self.main.push_back(idx);
             } else {
-                let (hash, weight) = (slot.key.prefix_u64(), slot.weight);
-                self.free_slot(item.0);
+                let hash = slot.key.prefix_u64();
+                self.evict_slot(idx);
                 self.ghost.push(hash, weight);
                 counters.evictions.incr();
                 return true;
@@ -222,17 +329,17 @@ impl Shard {
     }
 
     fn evict_main(&mut self, counters: &TierCounters) -> bool {
-        while let Some(item) = self.main.pop_front() {
-            if !self.live(item) {
+        while let Some(idx) = self.main.pop_front() {
+            if !self.live(idx) {
                 continue;
             }
-            let slot = &self.slots[item.0 as usize];
+            let slot = &self.slots[idx as usize];
             let frequency = slot.frequency.load(Ordering::Relaxed);
             if frequency > 0 {
                 slot.frequency.store(frequency - 1, Ordering::Relaxed);
-                self.main.push_back(item);
+                self.main.push_back(idx);
             } else {
-                self.free_slot(item.0);
+                self.evict_slot(idx);
                 counters.evictions.incr();
                 return true;
             }
@@ -240,7 +347,32 @@ impl Shard {
         false
     }
 
+    /// Evicts entries, then forgets ghost keys, until `weight` more fits; `false` if it
+    /// cannot.
+    fn make_room(&mut self, weight: u64, counters: &TierCounters) -> bool {
+        while self.usage() + weight > self.capacity {
+            if !self.evict_one(counters) && !self.ghost.pop() {
+                return false;
+            }
+        }
+        true
+    }
+
     fn insert(&mut self, key: Digest, entry: MemEntry, weight: u64, counters: &TierCounters) {
+        if let Some(idx) = self.find(&key) {
+            // A replacement that fits is written in place, keeping the queue position.
+            let old = self.weight_of(idx);
+            if self.usage() - old + weight <= self.capacity {
+                let slot = &mut self.slots[idx as usize];
+                match slot.state {
+                    State::Small => self.small_weight = self.small_weight - old + weight,
+                    State::Main => self.main_weight = self.main_weight - old + weight,
+                    State::Free => unreachable!("a free slot is not in the map (a bug)"),
+                }
+                slot.set(entry);
+                return;
+            }
+        }
         if weight > self.capacity {
             // Not admitted, and an older value must not survive it.
             if self.remove(&key).is_some() {
@@ -250,63 +382,78 @@ impl Shard {
             return;
         }
         // Make room first, as foyer does (the old value of this key may go too).
-        while self.usage() > self.capacity - weight && self.evict_one(counters) {}
+        let room = self.make_room(weight, counters);
+        assert!(
+            room,
+            "an empty shard has room for an entry within its capacity (a bug)"
+        );
         if let Some(idx) = self.find(&key) {
-            self.free_slot(idx);
+            self.release(idx);
         }
-        let queue = if self.ghost.members.contains(&key.prefix_u64()) {
-            Queue::Main
+        let hash = key.prefix_u64();
+        let state = if self.ghost.members.contains(&hash) {
+            State::Main
         } else {
-            Queue::Small
+            State::Small
         };
         let idx = match self.free.pop() {
             Some(idx) => {
                 let slot = &mut self.slots[idx as usize];
                 slot.key = key;
-                slot.entry = entry;
-                slot.weight = weight;
-                slot.frequency.store(0, Ordering::Relaxed);
-                slot.queue = queue;
+                slot.state = state;
+                slot.set(entry);
                 idx
             }
             None => {
                 self.slots.push(Slot {
                     key,
-                    entry,
-                    weight,
+                    value: entry.value,
+                    created: Millis48::new(entry.created_ms),
+                    expires: Millis48::new(entry.expires_ms),
                     frequency: AtomicU8::new(0),
-                    generation: 0,
-                    queue,
+                    state,
                 });
                 u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 entries per shard")
             }
         };
-        let item = (idx, self.slots[idx as usize].generation);
-        match queue {
-            Queue::Small => {
+        match state {
+            State::Small => {
                 self.small_weight += weight;
-                self.small.push_back(item);
+                self.small.push_back(idx);
             }
-            Queue::Main => {
+            State::Main => {
                 self.main_weight += weight;
-                self.main.push_back(item);
+                self.main.push_back(idx);
             }
+            State::Free => unreachable!("a new entry goes to a queue"),
         }
         let slots = &self.slots;
-        self.map.insert_unique(key.prefix_u64(), idx, |&i| {
-            slots[i as usize].key.prefix_u64()
-        });
+        self.map
+            .insert_unique(hash, idx, |&i| slots[i as usize].key.prefix_u64());
         self.compact();
     }
 
-    /// Drops stale queue items once they outnumber the live entries.
+    /// Drops stale queue items, reclaiming their slots, once they number more than an
+    /// eighth of the live ones: a removed entry's slot is not charged, so few may wait.
     fn compact(&mut self) {
-        if self.small.len() + self.main.len() > 2 * self.map.len() + 64 {
-            let slots = &self.slots;
-            self.small
-                .retain(|&(i, g)| slots[i as usize].generation == g);
-            self.main
-                .retain(|&(i, g)| slots[i as usize].generation == g);
+        if self.stale > self.map.len() / 8 + 64 {
+            let Self {
+                slots,
+                free,
+                small,
+                main,
+                ..
+            } = self;
+            for queue in [small, main] {
+                queue.retain(|&i| {
+                    let live = slots[i as usize].state != State::Free;
+                    if !live {
+                        free.push(i);
+                    }
+                    live
+                });
+            }
+            self.stale = 0;
         }
     }
 }
@@ -330,7 +477,7 @@ impl S3FifoStore {
         let n = super::shard_count(capacity, shards, weigher);
         Self {
             shards: (0..n)
-                .map(|_| RwLock::new(Shard::new(capacity / n)))
+                .map(|_| RwLock::new(Shard::new(capacity / n, weigher)))
                 .collect(),
             mask: n - 1,
             weigher,
@@ -357,12 +504,12 @@ impl Store for S3FifoStore {
         if frequency < MAX_FREQUENCY {
             slot.frequency.store(frequency + 1, Ordering::Relaxed);
         }
-        Some(slot.entry.clone())
+        Some(slot.entry())
     }
 
     #[inline]
     fn insert(&self, key: Digest, entry: MemEntry) {
-        let weight = self.weigher.weigh(&entry);
+        let weight = self.weigher.weigh(Policy::S3fifo, entry.value.len());
         self.shard(&key)
             .write()
             .insert(key, entry, weight, &self.counters);
@@ -375,8 +522,7 @@ impl Store for S3FifoStore {
     fn clear(&self) {
         for shard in &*self.shards {
             let mut s = shard.write();
-            let capacity = s.capacity;
-            *s = Shard::new(capacity);
+            *s = Shard::new(s.capacity, self.weigher);
         }
     }
 
@@ -388,10 +534,10 @@ impl Store for S3FifoStore {
                 .map
                 .iter()
                 .copied()
-                .filter(|&i| s.slots[i as usize].entry.is_expired(now_ms))
+                .filter(|&i| now_ms >= s.slots[i as usize].expires.get())
                 .collect();
             for idx in expired {
-                s.free_slot(idx);
+                s.release(idx);
                 dropped += 1;
             }
             s.compact();
@@ -419,6 +565,77 @@ mod tests {
             value: Bytes::from_static(b"v"),
             created_ms: 0,
             expires_ms: super::super::NEVER,
+        }
+    }
+
+    #[test]
+    fn timestamps_keep_48_bits_and_never() {
+        for ms in [0, 1, 1_764_590_000_000, Millis48::MAX - 1] {
+            assert_eq!(Millis48::new(ms).get(), ms);
+        }
+        assert_eq!(Millis48::new(NEVER).get(), NEVER);
+        assert_eq!(
+            Millis48::new(Millis48::MAX).get(),
+            NEVER,
+            "saturates to never"
+        );
+    }
+
+    /// The weight is exactly the charge of the live entries plus the ghost's keys, through
+    /// in-place replacements, removals (stale queue items, compaction), purges and
+    /// evictions.
+    #[test]
+    fn weight_is_the_charge_of_what_is_held() {
+        use rand::{Rng, SeedableRng};
+
+        let capacity = 200 * super::super::charge(Policy::S3fifo, 1536);
+        let store = S3FifoStore::new(capacity, 1, Weigher::EncodedSize, Arc::default());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for step in 0..20_000u32 {
+            let key = Digest::of_u64(rng.random_range(0..400));
+            match rng.random_range(0..10) {
+                0..6 => {
+                    let len = [0, 2, 24, 1536, 3000][rng.random_range(0..5)];
+                    let entry = MemEntry {
+                        value: Bytes::from(vec![7; len]),
+                        created_ms: u64::from(step),
+                        expires_ms: if step % 3 == 0 {
+                            u64::from(step) + 50
+                        } else {
+                            NEVER
+                        },
+                    };
+                    store.insert(key, entry);
+                }
+                6..8 => {
+                    store.remove(&key);
+                }
+                8 => {
+                    store.get(&key);
+                }
+                _ => {
+                    store.purge_expired(u64::from(step));
+                }
+            }
+            let shard = store.shards[0].read();
+            let held: u64 = shard
+                .map
+                .iter()
+                .map(|&i| super::super::charge(Policy::S3fifo, shard.slots[i as usize].value.len()))
+                .sum();
+            let ghost = shard.ghost.order.len() as u64 * GHOST_ENTRY_BYTES;
+            assert_eq!(store.weight(), held + ghost, "step {step}");
+            assert!(store.weight() <= capacity, "step {step}");
+            let queued = shard.small.len() + shard.main.len();
+            assert_eq!(
+                queued,
+                shard.map.len() + shard.stale,
+                "one queue item per slot in use"
+            );
+            assert!(
+                shard.stale <= shard.map.len() / 8 + 65,
+                "stale items are compacted"
+            );
         }
     }
 
@@ -475,8 +692,8 @@ mod tests {
         store.insert(k, entry());
         let shard = store.shards[0].read();
         assert_eq!(
-            shard.slots[shard.find(&k).unwrap() as usize].queue,
-            Queue::Main
+            shard.slots[shard.find(&k).unwrap() as usize].state,
+            State::Main
         );
     }
 }

@@ -44,7 +44,7 @@ fn every_policy_round_trips_and_removes() {
         tier.insert(k, entry(b"v2"));
         assert_eq!(tier.get(&k).unwrap().value, "v2", "{policy}");
         assert_eq!(tier.entries(), 1, "{policy}");
-        assert_eq!(tier.weight(), 2 + ENTRY_OVERHEAD, "{policy}");
+        assert_eq!(tier.weight(), charge(policy, 2), "{policy}");
         assert!(tier.remove(&k), "{policy}");
         assert!(tier.get(&k).is_none(), "{policy}");
         assert_eq!(tier.weight(), 0, "{policy}");

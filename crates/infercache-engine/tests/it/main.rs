@@ -3,5 +3,6 @@
 mod disk_crash;
 mod disk_faults;
 mod hit_ratio;
+mod memory_accounting;
 mod regressions;
 mod remote;

@@ -1,0 +1,228 @@
+//! What one cached embedding costs the process: fills a memory-only [`Cache`] with `N`
+//! entries of 384-dimension `f32` embeddings (1,536 bytes each) and prints the resident set
+//! growth per entry against the raw value bytes, and the tier's own byte accounting (what
+//! it charges against its budget) against that growth.
+//!
+//! ```text
+//! cargo run -p infercache-engine --example memory_per_entry -- --entries 1000000
+//! ```
+//!
+//! The cache is built as the server builds it: `Cache::open` with a memory tier only
+//! (default policy, shards picked from the core count), keys from [`Cache::key`] over a
+//! tenant, model, version and text (the server's derivation for the built-in model), and
+//! values stored by [`Cache::get_many_or_compute`] in batches, each value a `Vec<u8>` of
+//! exactly 1,536 bytes turned into `Bytes` (what the server's encoder produces). Several
+//! tasks insert at once on a multi-threaded runtime, as concurrent requests do, then read
+//! every entry back once (a hit may allocate: the first clone of a stored value allocates
+//! its reference count). The allocator is the system's, as in the server binary.
+//!
+//! The resident set is read from `/proc/self/statm` (Linux) before the first insert and
+//! after the read pass, once the runtime is idle; everything the loop allocated for its own
+//! use (texts, keys, batches) is freed by then, so the growth is what the cache holds.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use infercache_core::{CanonicalInput, Epochs, KeyParts, SystemClock};
+use infercache_engine::{
+    Cache, CacheConfig, CacheKey, Lookup, MemoryConfig, RequestOptions, Source,
+};
+
+/// Dimensions of the embedding (all-MiniLM-L6-v2).
+const DIMS: usize = 384;
+/// Bytes of one stored embedding.
+const VALUE_BYTES: usize = DIMS * 4;
+/// Keys per `get_many_or_compute` call (a typical request's batch).
+const BATCH: usize = 32;
+
+/// Command-line options.
+struct Options {
+    entries: usize,
+    tasks: usize,
+}
+
+impl Options {
+    fn parse() -> anyhow::Result<Self> {
+        let mut options = Self {
+            entries: 1_000_000,
+            tasks: 4,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let mut number = || -> anyhow::Result<usize> {
+                let value = args
+                    .next()
+                    .with_context(|| format!("{flag} needs a value"))?;
+                value
+                    .replace('_', "")
+                    .parse()
+                    .with_context(|| format!("{flag}: {value:?} is not a count"))
+            };
+            match flag.as_str() {
+                "--entries" => options.entries = number()?,
+                "--tasks" => options.tasks = number()?.max(1),
+                _ => bail!(
+                    "unknown flag {flag:?}; usage: memory_per_entry [--entries N (1000000)] \
+                     [--tasks T (4)]"
+                ),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// Resident set size of this process, in bytes.
+fn rss_bytes() -> anyhow::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .context("/proc/self/statm has no resident field")?
+        .parse()
+        .context("/proc/self/statm: resident field")?;
+    // Every Linux target this runs on uses 4 KiB pages.
+    Ok(pages * 4096)
+}
+
+/// The server's key for `text` under the built-in model.
+fn key(cache: &Cache, text: &str) -> CacheKey {
+    let input = CanonicalInput::text(text);
+    cache.key(KeyParts {
+        namespace: "default",
+        model: "all-MiniLM-L6-v2",
+        version: "1",
+        artifact: Some("sha256:53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+        epochs: Epochs::default(),
+        input: &input,
+        params: b"",
+    })
+}
+
+/// A deterministic embedding for entry `i`, encoded as the server stores it.
+fn embedding(i: usize) -> Bytes {
+    let mut out = Vec::with_capacity(VALUE_BYTES);
+    let mut x = (i as u32).wrapping_mul(2_654_435_761) | 1;
+    for _ in 0..DIMS {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        #[expect(clippy::cast_precision_loss, reason = "a pseudo-random float")]
+        let v = x as f32 / u32::MAX as f32 - 0.5;
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+/// Inserts entries `start, start + step, ...` below `end`, `BATCH` per call.
+async fn fill(cache: Cache, start: usize, step: usize, end: usize) -> anyhow::Result<()> {
+    let options = RequestOptions::default();
+    let ids: Vec<usize> = (start..end).step_by(step).collect();
+    for chunk in ids.chunks(BATCH) {
+        let keys: Vec<CacheKey> = chunk
+            .iter()
+            .map(|i| key(&cache, &format!("passage {i}: a sentence about caching")))
+            .collect();
+        let values = cache
+            .get_many_or_compute(&keys, &options, |missing| {
+                let values: Vec<Bytes> = missing
+                    .iter()
+                    .map(|k| {
+                        let i = keys
+                            .iter()
+                            .position(|x| x.digest() == k.digest())
+                            .expect("the engine computes only keys it was given");
+                        embedding(chunk[i])
+                    })
+                    .collect();
+                async move { Ok::<_, std::convert::Infallible>(values) }
+            })
+            .await?;
+        assert_eq!(values.len(), chunk.len());
+    }
+    Ok(())
+}
+
+/// Reads entries `start, start + step, ...` below `end`; every one must hit memory.
+async fn read(cache: Cache, start: usize, step: usize, end: usize) -> anyhow::Result<()> {
+    let options = RequestOptions::default();
+    for i in (start..end).step_by(step) {
+        let key = key(&cache, &format!("passage {i}: a sentence about caching"));
+        match cache.get(&key, &options).await {
+            Lookup::Hit(hit) if hit.source == Source::Memory && hit.value.len() == VALUE_BYTES => {}
+            other => bail!("entry {i} did not hit memory: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = Options::parse()?;
+    let n = options.entries;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // Room for every entry however unevenly the shards fill: nothing is evicted.
+    let capacity = (n as u64 * (VALUE_BYTES as u64 + 1024)).max(64 << 20) * 2;
+    let (rss_before, rss_after, stats) = runtime.block_on(async {
+        let config = CacheConfig {
+            memory: Some(MemoryConfig::bytes(capacity)),
+            ..CacheConfig::default()
+        };
+        let cache = Cache::open(config, SystemClock::shared())?;
+        // Warm the runtime's threads and the key path before the baseline.
+        fill(cache.clone(), n, 1, n + BATCH).await?;
+        cache.clear().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = rss_bytes()?;
+        let tasks: Vec<_> = (0..options.tasks)
+            .map(|t| tokio::spawn(fill(cache.clone(), t, options.tasks, n)))
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        let tasks: Vec<_> = (0..options.tasks)
+            .map(|t| tokio::spawn(read(cache.clone(), t, options.tasks, n)))
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss_bytes()?;
+        let stats = cache
+            .stats()
+            .memory
+            .context("the cache has a memory tier")?;
+        Ok::<_, anyhow::Error>((before, after, (stats, cache)))
+    })?;
+    let (stats, _cache) = stats;
+    if stats.entries != n as u64 || stats.evictions != 0 {
+        bail!(
+            "expected {n} entries and no eviction, found {} entries and {} evictions",
+            stats.entries,
+            stats.evictions
+        );
+    }
+    #[expect(clippy::cast_precision_loss, reason = "byte counts far below 2^52")]
+    {
+        let growth = rss_after.saturating_sub(rss_before) as f64;
+        let per_entry = growth / n as f64;
+        let raw = VALUE_BYTES as f64;
+        let accounted = stats.bytes as f64;
+        println!("entries                 {n}");
+        println!("value bytes per entry   {VALUE_BYTES}");
+        println!(
+            "rss growth              {:.1} MiB",
+            growth / f64::from(1 << 20)
+        );
+        println!("rss growth per entry    {per_entry:.1} bytes");
+        println!("ratio to value bytes    {:.3}x", per_entry / raw);
+        println!("accounted per entry     {:.1} bytes", accounted / n as f64);
+        println!(
+            "accounted / rss growth  {:.3} ({:+.1} %)",
+            accounted / growth,
+            (accounted / growth - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}

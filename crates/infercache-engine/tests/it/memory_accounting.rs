@@ -1,0 +1,131 @@
+//! The memory tier's byte accounting against what the process really holds.
+//!
+//! Each policy runs in a child process of its own (this binary, re-executed on
+//! [`accounting_child`]), so no other test's allocations reach its resident set. The child
+//! fills a tier with 1,536-byte embeddings, reads every entry back (a first hit allocates a
+//! value's reference count), removes half of them and stores as many new ones (the freed
+//! blocks are reused), and reports its resident set growth and the tier's accounted bytes
+//! after each step. The parent asserts that the two agree within 5 %, and within 2 % for the
+//! default policy.
+
+use std::process::Command;
+
+use bytes::Bytes;
+use infercache_core::{Digest, ManualClock};
+use infercache_engine::memory::{self, MemEntry, NEVER};
+use infercache_engine::{MemoryConfig, MemoryTier, Policy};
+
+const CHILD_ENV: &str = "INFERCACHE_ACCOUNTING_CHILD";
+/// Entries per child.
+const ENTRIES: u64 = 100_000;
+/// Bytes per value: a 384-dimension `f32` embedding.
+const VALUE_BYTES: usize = 1536;
+
+/// Resident set size of this process, in bytes (Linux).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn value(i: u64) -> MemEntry {
+    let byte = u8::try_from(i % 251).unwrap();
+    MemEntry {
+        value: Bytes::from(vec![byte; VALUE_BYTES]),
+        created_ms: i,
+        expires_ms: NEVER,
+    }
+}
+
+fn tier(policy: Policy) -> MemoryTier {
+    // Room for every entry: nothing is evicted.
+    let config = MemoryConfig {
+        policy,
+        ..MemoryConfig::bytes(1 << 30)
+    };
+    MemoryTier::new(config, ManualClock::new(0))
+}
+
+/// Inserts keys `range` and reads each back once.
+fn fill(tier: &MemoryTier, range: std::ops::Range<u64>) {
+    for i in range.clone() {
+        tier.insert(Digest::of_u64(i), value(i));
+    }
+    for i in range {
+        let hit = tier.get(&Digest::of_u64(i)).expect("no eviction");
+        assert_eq!(hit.value.len(), VALUE_BYTES);
+    }
+}
+
+/// Runs the steps for the policy named in the environment and prints, per step,
+/// `step rss_growth accounted_bytes`; without the variable, checks what the steps rely on.
+#[test]
+fn accounting_child() {
+    let Ok(name) = std::env::var(CHILD_ENV) else {
+        let tier = tier(Policy::default());
+        tier.insert(Digest::of_u64(1), value(1));
+        assert_eq!(
+            tier.weight(),
+            memory::charge(Policy::default(), VALUE_BYTES)
+        );
+        assert!(rss_bytes() > 0);
+        return;
+    };
+    let policy: Policy = name.parse().unwrap();
+    let tier = tier(policy);
+    let before = rss_bytes();
+    fill(&tier, 0..ENTRIES);
+    println!("filled {} {}", rss_bytes() - before, tier.weight());
+    for i in 0..ENTRIES / 2 {
+        assert!(tier.remove(&Digest::of_u64(i * 2)));
+    }
+    fill(&tier, ENTRIES..ENTRIES + ENTRIES / 2);
+    assert_eq!(tier.entries(), ENTRIES);
+    println!("churned {} {}", rss_bytes() - before, tier.weight());
+}
+
+#[test]
+fn accounted_bytes_match_resident_bytes_for_every_policy() {
+    let exe = std::env::current_exe().unwrap();
+    for policy in Policy::ALL {
+        let out = Command::new(&exe)
+            .args([
+                "memory_accounting::accounting_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, policy.name())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{policy}: the child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        for step in ["filled", "churned"] {
+            let line = stdout
+                .lines()
+                // The test harness may print its own text ahead of ours on a line.
+                .find_map(|l| l.split_once(&format!("{step} ")).map(|(_, rest)| rest))
+                .unwrap_or_else(|| panic!("{policy}: no {step:?} line in {stdout:?}"));
+            let numbers: Vec<f64> = line
+                .split_whitespace()
+                .map(|n| n.parse().unwrap())
+                .collect();
+            let (rss, accounted) = (numbers[0], numbers[1]);
+            let ratio = accounted / rss;
+            // The default policy's layout is charged exactly, the others' estimated.
+            let tolerance = if policy == Policy::default() {
+                0.02
+            } else {
+                0.05
+            };
+            assert!(
+                (1.0 - tolerance..=1.0 + tolerance).contains(&ratio),
+                "{policy} {step}: accounted {accounted} bytes for {rss} resident ({ratio:.3})"
+            );
+        }
+    }
+}
