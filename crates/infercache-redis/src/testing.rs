@@ -171,6 +171,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and nothing answers, as
+    /// with a server stalled or cut off by the network. [`RedisServer::resume`] undoes it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.pid().expect("the redis-server runs");
+        let status = std::process::Command::new("kill")
+            .arg(which)
+            .arg(pid.to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {which} {pid} failed");
+    }
+
     /// Starts the server again on the same port over the same directory (with the AOF on,
     /// it reloads its data), killing it first if it still runs. Panics when it cannot
     /// start, for instance because another process took the port meanwhile.

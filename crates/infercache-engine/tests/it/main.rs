@@ -5,3 +5,4 @@ mod disk_faults;
 mod hit_ratio;
 mod regressions;
 mod remote;
+mod removals;

@@ -4,12 +4,14 @@
 //! - `values`: value keys, TTLs, batched reads and writes.
 //! - `epochs`: the shared epoch hash, bumps, the listener and the synchronisation.
 //! - `lease`: distributed single flight (leases, renewals, waits for another node).
+//! - `removals`: removals that reach every node (the removal log, messages, replays).
 //! - `write_back`: the write-back queue and its drainer.
 //! - `lua/`: the scripts (`include_str!`), each atomic on the Redis side.
 
 mod conn;
 mod epochs;
 mod lease;
+mod removals;
 mod values;
 mod write_back;
 
@@ -19,7 +21,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use infercache_core::{Digest, SharedClock};
 use infercache_engine::remote::BoxFuture;
 use infercache_engine::{
-    BreakerState, EpochSync, Lease, RemoteEntry, RemoteStats, RemoteTier, Scope,
+    BreakerState, EpochSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier, Scope,
 };
 use tokio::sync::mpsc;
 
@@ -43,6 +45,8 @@ struct Counters {
     lease_waits_filled: AtomicU64,
     lease_waits_empty: AtomicU64,
     epoch_updates: AtomicU64,
+    removals_replayed: AtomicU64,
+    removals_received: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -65,6 +69,11 @@ struct Shared {
     /// Scopes invalidated here while Redis was unreachable: bumped in Redis (not merged)
     /// at the next synchronisation, so they are not lost in a concurrent bump elsewhere.
     pending_bumps: parking_lot::Mutex<Vec<Scope>>,
+    /// Removals Redis could not take: replayed at the next synchronisation, before the
+    /// tier is used again.
+    pending_removals: parking_lot::Mutex<Vec<Digest>>,
+    /// The newest removal time read from the removal log (ms; 0: never read).
+    removals_seen_ms: AtomicU64,
     counters: Counters,
     epochs: OnceLock<EpochSync>,
     write_tx: Option<mpsc::Sender<WriteJob>>,
@@ -123,6 +132,8 @@ impl RedisTier {
             synced: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             pending_bumps: parking_lot::Mutex::new(Vec::new()),
+            pending_removals: parking_lot::Mutex::new(Vec::new()),
+            removals_seen_ms: AtomicU64::new(0),
             counters: Counters::default(),
             epochs: OnceLock::new(),
             write_tx,
@@ -169,8 +180,8 @@ impl RemoteTier for RedisTier {
         Box::pin(self.shared.put_many(entries))
     }
 
-    fn remove(&self, key: Digest) -> BoxFuture<'_, bool> {
-        Box::pin(async move { self.shared.remove(&key).await })
+    fn remove(&self, key: Digest) -> BoxFuture<'_, RemoteRemoval> {
+        Box::pin(self.shared.remove(key))
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
@@ -215,6 +226,9 @@ impl RemoteTier for RedisTier {
             lease_waits_filled: get(&c.lease_waits_filled),
             lease_waits_empty: get(&c.lease_waits_empty),
             epoch_updates: get(&c.epoch_updates),
+            removals_pending: s.pending_removals.lock().len() as u64,
+            removals_replayed: get(&c.removals_replayed),
+            removals_received: get(&c.removals_received),
         }
     }
 }

@@ -4,4 +4,5 @@
 mod cluster;
 mod harness;
 mod managed;
+mod removals;
 mod tier;

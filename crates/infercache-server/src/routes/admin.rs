@@ -195,7 +195,8 @@ pub async fn delete_entry(
     let cache = state.cache().ok_or(ApiError::CacheDisabled)?;
     let removed = cache
         .remove(&cache.key_from_digest(digest, &state.model().id))
-        .await;
+        .await
+        .found;
     if !removed {
         return Err(ApiError::EntryNotFound(digest.to_hex()));
     }
