@@ -26,6 +26,7 @@
 //!   [`RemoteRemoval::Deferred`]: the remote replays it when it reconnects, before it
 //!   serves or stores anything again.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -166,8 +167,12 @@ pub struct RemoteStats {
     pub corrupt: u64,
     /// Values written.
     pub writes: u64,
-    /// Operations that failed (errors and timeouts).
+    /// Operations that failed because the remote could not be reached or did not answer
+    /// in time (what drives the breaker).
     pub errors: u64,
+    /// Operations the remote answered with an error reply, by kind (e.g. `oom`,
+    /// `readonly`, `moved`): that operation failed, the breaker is not affected.
+    pub error_replies: BTreeMap<String, u64>,
     /// Operations skipped because the breaker was open or the epochs were not in sync.
     pub skipped: u64,
     /// Writes dropped because the write-back queue was full.

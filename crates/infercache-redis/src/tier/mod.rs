@@ -75,6 +75,8 @@ struct Shared {
     /// The newest removal time read from the removal log (ms; 0: never read).
     removals_seen_ms: AtomicU64,
     counters: Counters,
+    /// Error replies by kind (a fixed set of kinds: see `conn::reply_kind`).
+    error_replies: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     epochs: OnceLock<EpochSync>,
     write_tx: Option<mpsc::Sender<WriteJob>>,
     /// Unique per process: lease tokens.
@@ -110,7 +112,7 @@ impl RedisTier {
     pub fn connect(config: RedisConfig, clock: SharedClock) -> Result<Self, RedisTierError> {
         config.validate()?;
         let urls = config.target.urls();
-        let pubsub_client = redis::Client::open(urls[0].as_str()).map_err(RedisTierError::url)?;
+        let pubsub_client = conn::client(&urls[0], &config)?;
         let connector = Connector::new(&config)?;
         let (write_tx, write_rx) = match config.write {
             WriteMode::Back { queue } => {
@@ -135,6 +137,7 @@ impl RedisTier {
             pending_removals: parking_lot::Mutex::new(Vec::new()),
             removals_seen_ms: AtomicU64::new(0),
             counters: Counters::default(),
+            error_replies: parking_lot::Mutex::default(),
             epochs: OnceLock::new(),
             write_tx,
             node: format!("{:016x}", rand::random::<u64>()),
@@ -147,6 +150,33 @@ impl RedisTier {
             tokio::spawn(write_back::drain(Arc::downgrade(&shared), rx));
         }
         Ok(Self { shared })
+    }
+
+    /// Contacts Redis once (the first URL), bounded by the connect timeout, to refuse at
+    /// start what would otherwise fail every call: a server whose TLS certificate the
+    /// configured CAs do not sign. A Redis that is down or slow is not an error here (the
+    /// tier comes into use when it answers).
+    ///
+    /// # Errors
+    /// [`RedisTierError::Tls`] naming the (redacted) URL and the handshake's error.
+    pub async fn verify(&self) -> Result<(), RedisTierError> {
+        let s = &self.shared;
+        let attempt = tokio::time::timeout(
+            s.config.connect_timeout * 4,
+            s.pubsub_client.get_multiplexed_async_connection(),
+        )
+        .await;
+        match attempt {
+            // redis-rs wraps the TLS library's error in an I/O error whose kind it keeps
+            // private: its text is what tells a refused certificate apart.
+            Ok(Err(e)) if e.to_string().contains("certificate") => {
+                Err(RedisTierError::Tls(format!(
+                    "{}: the server's certificate is not trusted ({e}); check the CA file",
+                    infercache_core::redact_url(&s.config.target.urls()[0])
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The breaker's state.
@@ -218,6 +248,12 @@ impl RemoteTier for RedisTier {
             corrupt: get(&c.corrupt),
             writes: get(&c.writes),
             errors: get(&c.errors),
+            error_replies: s
+                .error_replies
+                .lock()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
             skipped: get(&c.skipped),
             writeback_dropped: get(&c.writeback_dropped),
             writeback_queued: s.queued(),
