@@ -46,7 +46,9 @@ pub use disk::{Compression, DiskConfig, DiskTier};
 pub use epochs::Scope;
 pub use error::{ComputeError, EngineError};
 pub use memory::{MemoryConfig, MemoryTier, Policy, Weigher};
-pub use remote::{BreakerState, EpochSync, Lease, RemoteEntry, RemoteStats, RemoteTier};
+pub use remote::{
+    BreakerState, EpochSync, Lease, LocalTiers, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier,
+};
 
 /// The README's examples, compiled as doctests.
 #[doc = include_str!("../../../README.md")]

@@ -19,7 +19,14 @@
 //! - **Epochs.** [`crate::Cache::invalidate`] agrees on the new epoch with the remote
 //!   ([`RemoteTier::bump_epoch`]), which tells the other nodes; the remote raises this
 //!   node's epochs through the [`EpochSync`] handed to [`RemoteTier::attach`].
+//! - **Removals.** [`crate::Cache::remove`] removes from the remote first
+//!   ([`RemoteTier::remove`]), which tells the other nodes (they drop the key from their
+//!   own tiers through [`EpochSync::remove_local`]) and keeps it in a log that a node
+//!   replays before it uses the remote again. A removal the remote could not take is
+//!   [`RemoteRemoval::Deferred`]: the remote replays it when it reconnects, before it
+//!   serves or stores anything again.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -59,8 +66,9 @@ pub trait RemoteTier: Send + Sync + fmt::Debug + 'static {
     /// Stores values (awaited or queued, per the implementation's write policy).
     fn put_many(&self, entries: Vec<(Digest, RemoteEntry)>) -> BoxFuture<'_, ()>;
 
-    /// Removes `key`; whether it was there.
-    fn remove(&self, key: Digest) -> BoxFuture<'_, bool>;
+    /// Removes `key` (after every write of it queued before this call) and tells the
+    /// other nodes, which drop it from their own tiers.
+    fn remove(&self, key: Digest) -> BoxFuture<'_, RemoteRemoval>;
 
     /// Waits until queued writes have been sent.
     fn flush(&self) -> BoxFuture<'_, ()>;
@@ -82,6 +90,20 @@ pub trait RemoteTier: Send + Sync + fmt::Debug + 'static {
 
     /// A snapshot of the tier's counters and state.
     fn stats(&self) -> RemoteStats;
+}
+
+/// What [`RemoteTier::remove`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteRemoval {
+    /// Removed, and the other nodes told; whether the remote held the key.
+    Removed {
+        /// The remote held the key.
+        found: bool,
+    },
+    /// The remote was unreachable: the removal is kept and replayed when it reconnects,
+    /// before this node reads or writes it again. Until then another node may still read
+    /// the value from the remote.
+    Deferred,
 }
 
 /// The leases one call of [`RemoteTier::lease`] asked for.
@@ -145,8 +167,12 @@ pub struct RemoteStats {
     pub corrupt: u64,
     /// Values written.
     pub writes: u64,
-    /// Operations that failed (errors and timeouts).
+    /// Operations that failed because the remote could not be reached or did not answer
+    /// in time (what drives the breaker).
     pub errors: u64,
+    /// Operations the remote answered with an error reply, by kind (e.g. `oom`,
+    /// `readonly`, `moved`): that operation failed, the breaker is not affected.
+    pub error_replies: BTreeMap<String, u64>,
     /// Operations skipped because the breaker was open or the epochs were not in sync.
     pub skipped: u64,
     /// Writes dropped because the write-back queue was full.
@@ -163,19 +189,49 @@ pub struct RemoteStats {
     pub lease_waits_empty: u64,
     /// Epoch changes received from other nodes.
     pub epoch_updates: u64,
+    /// Removals that could not reach the remote and wait to be replayed.
+    pub removals_pending: u64,
+    /// Removals replayed once the remote was back.
+    pub removals_replayed: u64,
+    /// Removals made on other nodes, applied to this node's tiers.
+    pub removals_received: u64,
 }
 
-/// The handle through which a remote tier reads and raises this node's epochs. It holds
-/// the epoch table weakly: a no-op once the cache is gone.
+/// This node's own tiers (memory, disk), as a remote tier sees them: what it calls when
+/// another node removed a key.
+pub trait LocalTiers: Send + Sync + fmt::Debug {
+    /// Removes `key` from this node's tiers (not from the remote).
+    fn remove_local(&self, key: Digest) -> BoxFuture<'_, ()>;
+}
+
+/// The handle through which a remote tier reads and raises this node's epochs and applies
+/// other nodes' removals. It holds the cache weakly: a no-op once the cache is gone.
 #[derive(Debug, Clone)]
 pub struct EpochSync {
     table: Weak<EpochTable>,
+    local: Option<Weak<dyn LocalTiers>>,
 }
 
 impl EpochSync {
     /// A handle on `table`.
     pub fn new(table: Weak<EpochTable>) -> Self {
-        Self { table }
+        Self { table, local: None }
+    }
+
+    /// The same handle, applying removals to `local`.
+    pub fn with_local(self, local: Weak<dyn LocalTiers>) -> Self {
+        Self {
+            local: Some(local),
+            ..self
+        }
+    }
+
+    /// Removes `key` from this node's own tiers (another node removed it). A no-op once
+    /// the cache is gone.
+    pub async fn remove_local(&self, key: Digest) {
+        if let Some(local) = self.local.as_ref().and_then(Weak::upgrade) {
+            local.remove_local(key).await;
+        }
     }
 
     /// Raises `scope`'s epoch to `value` if lower, persisting it; whether it changed. A
@@ -188,6 +244,11 @@ impl EpochSync {
             .await
             // Cancelled only when the runtime shuts down.
             .unwrap_or(false)
+    }
+
+    /// Whether `other` is a handle on the same node's epoch table.
+    pub fn same_node(&self, other: &EpochSync) -> bool {
+        Weak::ptr_eq(&self.table, &other.table)
     }
 
     /// The epoch of `scope` on this node (0 once the cache is gone).

@@ -25,7 +25,9 @@ use infercache_core::{Digest, SharedClock};
 use parking_lot::Mutex;
 
 use crate::epochs::Scope;
-use crate::remote::{BoxFuture, EpochSync, Lease, RemoteEntry, RemoteStats, RemoteTier};
+use crate::remote::{
+    BoxFuture, EpochSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier,
+};
 
 /// How often [`RemoteTier::wait_for`] looks again.
 const WAIT_POLL: Duration = Duration::from_millis(1);
@@ -81,6 +83,8 @@ pub struct MemoryRemote {
     reachable: AtomicBool,
     /// Scopes bumped while cut off: bumped in the store when reachable again.
     pending_bumps: Mutex<Vec<Scope>>,
+    /// Keys removed while cut off: removed when reachable again.
+    pending_removals: Mutex<Vec<Digest>>,
     epochs: Mutex<Option<EpochSync>>,
     counters: Counters,
 }
@@ -99,6 +103,7 @@ impl MemoryRemote {
             lease_wait,
             reachable: AtomicBool::new(true),
             pending_bumps: Mutex::new(Vec::new()),
+            pending_removals: Mutex::new(Vec::new()),
             epochs: Mutex::new(None),
             counters: Counters::default(),
         }
@@ -118,6 +123,10 @@ impl MemoryRemote {
     /// ways, before it returns.
     pub async fn set_reachable(&self, reachable: bool) {
         if reachable && !self.reachable.load(Ordering::Acquire) {
+            let pending = std::mem::take(&mut *self.pending_removals.lock());
+            for key in pending {
+                self.remove_everywhere(key).await;
+            }
             self.sync_epochs().await;
         }
         self.reachable.store(reachable, Ordering::Release);
@@ -162,6 +171,20 @@ impl MemoryRemote {
         for (scope, value) in all {
             local.raise(scope, value).await;
         }
+    }
+
+    /// Removes `key` from the store and from every other node's tiers; whether the store
+    /// held it.
+    async fn remove_everywhere(&self, key: Digest) -> bool {
+        let found = self.store.values.lock().remove(&key).is_some();
+        let me = self.epochs.lock().clone();
+        let nodes = self.store.nodes.lock().clone();
+        for node in nodes {
+            if me.as_ref().is_none_or(|me| !me.same_node(&node)) {
+                node.remove_local(key).await;
+            }
+        }
+        found
     }
 
     /// The stored value of `key`, unless it expired.
@@ -215,8 +238,16 @@ impl RemoteTier for MemoryRemote {
         })
     }
 
-    fn remove(&self, key: Digest) -> BoxFuture<'_, bool> {
-        Box::pin(async move { self.reachable() && self.store.values.lock().remove(&key).is_some() })
+    fn remove(&self, key: Digest) -> BoxFuture<'_, RemoteRemoval> {
+        Box::pin(async move {
+            if !self.reachable() {
+                self.pending_removals.lock().push(key);
+                return RemoteRemoval::Deferred;
+            }
+            RemoteRemoval::Removed {
+                found: self.remove_everywhere(key).await,
+            }
+        })
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
@@ -322,6 +353,7 @@ impl RemoteTier for MemoryRemote {
             leases_contended: c.leases_contended.get(),
             lease_waits_filled: c.lease_waits_filled.get(),
             lease_waits_empty: c.lease_waits_empty.get(),
+            removals_pending: self.pending_removals.lock().len() as u64,
             ..RemoteStats::default()
         }
     }

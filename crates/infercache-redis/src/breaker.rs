@@ -1,8 +1,9 @@
 //! The circuit breaker in front of Redis: `failsafe`'s state machine, with its state kept
 //! where stats and metrics can read it.
 //!
-//! Closed: every operation calls Redis. After `failures` consecutive failures (errors or
-//! timeouts) it opens: operations skip Redis (misses, dropped writes) for a delay that
+//! Closed: every operation calls Redis. After `failures` consecutive failures (connection
+//! errors or timeouts; an error reply such as `OOM` or `READONLY` is an answer, which
+//! fails only its command and counts as a success here) it opens: operations skip Redis (misses, dropped writes) for a delay that
 //! grows from `min_open` to `max_open`. Then it is half-open: one operation at a time (the
 //! tier's prober, which probes on its own so recovery needs no traffic, or a request) is
 //! let through as the probe, the others still skip Redis; success closes it, failure opens

@@ -3,6 +3,7 @@
 //! [`RedisConfig`] from their settings and call [`RedisConfig::validate`] rather than
 //! restate any of it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use infercache_core::redact_url;
@@ -131,9 +132,43 @@ pub struct RedisConfig {
     /// Values larger than this are not written (a batch of them must fit the command
     /// timeout). Default 8 MiB.
     pub max_value_bytes: usize,
+    /// For `rediss://` URLs: a PEM file of the CA certificates that sign the servers'
+    /// certificates, trusted instead of the built-in web roots (what a private Redis with
+    /// its own CA needs). Read when the tier is built. Default: none (the web roots).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl RedisConfig {
+    /// The TLS settings the clients are built with: the CA file's certificates, or `None`
+    /// (plain connections, or TLS with the built-in web roots).
+    ///
+    /// # Errors
+    /// [`RedisTierError::Tls`] naming the file when it cannot be read or holds no PEM
+    /// certificate.
+    pub(crate) fn tls_certificates(
+        &self,
+    ) -> Result<Option<redis::TlsCertificates>, RedisTierError> {
+        let Some(path) = &self.tls_ca_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path).map_err(|e| {
+            RedisTierError::Tls(format!(
+                "the CA file {} cannot be read: {e}",
+                path.display()
+            ))
+        })?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(RedisTierError::Tls(format!(
+                "the CA file {} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        Ok(Some(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        }))
+    }
+
     /// The default key prefix.
     pub const DEFAULT_PREFIX: &str = "infercache:";
 
@@ -157,6 +192,7 @@ impl RedisConfig {
             lease_ttl: Duration::from_secs(3),
             lease_wait: Duration::from_secs(10),
             max_value_bytes: 8 << 20,
+            tls_ca_file: None,
         }
     }
 
@@ -188,6 +224,15 @@ impl RedisConfig {
         }
         if matches!(self.write, WriteMode::Back { queue: 0 }) {
             return bad("the write-back queue must hold at least one value");
+        }
+        if self.tls_ca_file.is_some()
+            && self
+                .target
+                .urls()
+                .iter()
+                .any(|u| !u.starts_with("rediss://"))
+        {
+            return bad("a TLS CA file needs rediss:// URLs");
         }
         Ok(())
     }

@@ -9,6 +9,10 @@ pub enum RedisTierError {
     /// A configuration value out of range.
     #[error("invalid Redis configuration: {0}")]
     Config(String),
+    /// TLS cannot be set up: the CA file cannot be read or parsed, or the server's
+    /// certificate is not signed by a trusted CA.
+    #[error("Redis TLS: {0}")]
+    Tls(String),
 }
 
 impl RedisTierError {

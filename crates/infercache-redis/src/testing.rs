@@ -61,6 +61,10 @@ pub struct RedisServer {
     /// The cluster bus port, for a cluster node.
     cluster_bus_port: Option<u16>,
     options: RedisServerOptions,
+    /// Arguments added to the command line (TLS), kept for restarts.
+    extra_args: Vec<String>,
+    /// The TLS port, for a TLS server.
+    tls_port: Option<u16>,
     dir: TempDir,
 }
 
@@ -72,10 +76,21 @@ impl RedisServer {
 
     /// A server with these options. Panics when it cannot start.
     pub fn start_with(options: RedisServerOptions) -> Self {
-        Self::launch(options, false)
+        Self::launch(options, false, None)
     }
 
-    fn launch(options: RedisServerOptions, cluster: bool) -> Self {
+    /// A server that also serves TLS on a second port ([`RedisServer::tls_url`]), with the
+    /// certificate chain `cert_pem` and its key `key_pem` (PEM), not asking clients for
+    /// certificates. The plain port stays open for the harness's own checks.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::launch(
+            RedisServerOptions::default(),
+            false,
+            Some((cert_pem, key_pem)),
+        )
+    }
+
+    fn launch(options: RedisServerOptions, cluster: bool, tls: Option<(&str, &str)>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("infercache-redis-test-")
             .tempdir()
@@ -85,13 +100,20 @@ impl RedisServer {
             attempt += 1;
             let port = free_port();
             let cluster_bus_port = cluster.then(free_port);
-            match run(dir.path(), port, cluster_bus_port, options) {
+            let tls_port = tls.map(|_| free_port());
+            let extra_args = match (tls, tls_port) {
+                (Some((cert, key)), Some(tls_port)) => tls_args(dir.path(), tls_port, cert, key),
+                _ => Vec::new(),
+            };
+            match run(dir.path(), port, cluster_bus_port, options, &extra_args) {
                 Ok(child) => {
                     return Self {
                         child: Some(child),
                         port,
                         cluster_bus_port,
                         options,
+                        extra_args,
+                        tls_port,
                         dir,
                     };
                 }
@@ -105,6 +127,12 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`, for a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("a server started with start_tls");
+        format!("rediss://127.0.0.1:{port}")
     }
 
     /// The port, which stays the same across [`RedisServer::restart`].
@@ -171,6 +199,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and nothing answers, as
+    /// with a server stalled or cut off by the network. [`RedisServer::resume`] undoes it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.pid().expect("the redis-server runs");
+        let status = std::process::Command::new("kill")
+            .arg(which)
+            .arg(pid.to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {which} {pid} failed");
+    }
+
     /// Starts the server again on the same port over the same directory (with the AOF on,
     /// it reloads its data), killing it first if it still runs. Panics when it cannot
     /// start, for instance because another process took the port meanwhile.
@@ -181,6 +230,7 @@ impl RedisServer {
             self.port,
             self.cluster_bus_port,
             self.options,
+            &self.extra_args,
         ) {
             Ok(child) => self.child = Some(child),
             Err(failure) => panic!(
@@ -220,7 +270,7 @@ impl RedisCluster {
             "a Redis Cluster needs at least 3 masters, not {masters}"
         );
         let nodes: Vec<RedisServer> = (0..masters)
-            .map(|_| RedisServer::launch(RedisServerOptions::default(), true))
+            .map(|_| RedisServer::launch(RedisServerOptions::default(), true, None))
             .collect();
         let cluster = Self { nodes };
         cluster.create();
@@ -318,6 +368,7 @@ fn run(
     port: u16,
     cluster_bus_port: Option<u16>,
     options: RedisServerOptions,
+    extra_args: &[String],
 ) -> Result<Child, String> {
     let log_path = dir.join(LOG_FILE);
     // Appended: a restart's log follows the previous run's.
@@ -340,6 +391,7 @@ fn run(
             .args(["--cluster-port", &bus_port.to_string()])
             .args(["--cluster-node-timeout", "5000"]);
     }
+    command.args(extra_args);
     let mut child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("cloning a file handle"))
@@ -381,6 +433,24 @@ fn run(
         }
         std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Writes the certificate and key into `dir`; the arguments that serve TLS on `port`.
+fn tls_args(dir: &Path, port: u16, cert_pem: &str, key_pem: &str) -> Vec<String> {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert, cert_pem).expect("writing the test server's certificate");
+    std::fs::write(&key, key_pem).expect("writing the test server's key");
+    let path = |p: &Path| p.to_str().expect("a UTF-8 temporary path").to_owned();
+    vec![
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        path(&cert),
+        "--tls-key-file".into(),
+        path(&key),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]
 }
 
 fn cluster_config_file(dir: &Path) -> PathBuf {

@@ -5,10 +5,9 @@
 use super::Cache;
 use super::batch::Batch;
 use super::flight::LeaderGuard;
+use super::removal::Promoted;
 use super::types::{CacheKey, Fetched, Found, Source};
-use crate::memory::MemEntry;
 use crate::remote::{Lease, RemoteEntry};
-use infercache_core::Digest;
 
 impl Cache {
     /// Splits the keys at `missing` into those this node computes and those another node
@@ -46,7 +45,7 @@ impl Cache {
                 None => theirs.push(i),
             }
         }
-        self.store_disk(to_disk).await;
+        self.store_promoted(to_disk).await;
         (mine, theirs, Some(lease))
     }
 
@@ -59,7 +58,7 @@ impl Cache {
         entry: RemoteEntry,
         source: Source,
         generation: u64,
-        to_disk: &mut Vec<(Digest, MemEntry)>,
+        to_disk: &mut Vec<Promoted>,
     ) -> Fetched {
         self.inner
             .promote_remote(&key.digest, &entry, generation, to_disk);
@@ -107,7 +106,7 @@ impl Cache {
             );
             batch.resolve(i, fetched);
         }
-        self.store_disk(to_disk).await;
+        self.store_promoted(to_disk).await;
         empty
     }
 }

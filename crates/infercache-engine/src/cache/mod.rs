@@ -42,6 +42,7 @@
 mod batch;
 mod flight;
 mod lease;
+mod removal;
 mod tiers;
 mod types;
 mod write_back;
@@ -60,6 +61,7 @@ use parking_lot::Mutex;
 
 use self::batch::Batch;
 use self::flight::Flight;
+pub use self::removal::Removal;
 use self::tiers::DiskIo;
 use self::types::Found;
 pub use self::types::{
@@ -96,6 +98,10 @@ struct Inner {
     /// stripe did not move meanwhile, so a backfill never overwrites a newer value nor
     /// resurrects a removed one.
     stripes: Box<[Mutex<u64>]>,
+    /// Removal marks per key stripe (see `cache/removal.rs`).
+    fences: Box<[removal::Fence]>,
+    /// This cache, for the remote tier's removals (see [`crate::remote::LocalTiers`]).
+    me: Weak<Inner>,
 }
 
 const WRITE_STRIPES: usize = 64;
@@ -139,7 +145,7 @@ impl Cache {
             }
             _ => (None, None),
         };
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
             clock,
             memory,
             disk,
@@ -154,9 +160,12 @@ impl Cache {
             write_back,
             pending_removals: DashMap::with_hasher(DigestHasher::default()),
             stripes: (0..WRITE_STRIPES).map(|_| Mutex::new(0)).collect(),
+            fences: removal::fences(),
+            me: me.clone(),
         });
         if let Some(remote) = &inner.remote {
-            remote.attach(EpochSync::new(Arc::downgrade(&inner.epochs)));
+            let local: Weak<dyn crate::remote::LocalTiers> = Arc::downgrade(&inner) as _;
+            remote.attach(EpochSync::new(Arc::downgrade(&inner.epochs)).with_local(local));
         }
         if let Some(rt) = runtime {
             if let (Some(rx), Some(wb)) = (rx, &inner.write_back) {
@@ -279,23 +288,6 @@ impl Cache {
             computed: true,
         };
         self.store(vec![(key.clone(), found)], opts).await;
-    }
-
-    /// Removes `key` from every tier; whether any tier held it.
-    pub async fn remove(&self, key: &CacheKey) -> bool {
-        let digest = key.digest;
-        // The shared tier first: a concurrent lookup that read it before the removal
-        // then finds the stripe moved and does not promote what it read.
-        let in_remote = match &self.inner.remote {
-            Some(remote) => remote.remove(digest).await,
-            None => false,
-        };
-        let in_memory = self
-            .inner
-            .with_stripe(&digest, |m| m.remove(&digest))
-            .unwrap_or(false);
-        let on_disk = self.remove_disk(digest).await;
-        in_memory || in_remote || on_disk
     }
 
     /// Removes everything from this node's tiers. A remote tier is shared with other nodes

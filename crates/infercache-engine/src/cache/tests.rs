@@ -333,7 +333,7 @@ async fn remove_and_clear_reach_every_tier() {
     let (a, b) = (key(&cache, "m", "a"), key(&cache, "m", "b"));
     cache.insert(&a, Bytes::from_static(b"a"), &NONE).await;
     cache.insert(&b, Bytes::from_static(b"b"), &NONE).await;
-    assert!(cache.remove(&a).await);
+    assert!(cache.remove(&a).await.found);
     assert_eq!(cache.get(&a, &NONE).await, Lookup::Miss);
     cache.clear().await;
     assert_eq!(cache.get(&b, &NONE).await, Lookup::Miss);
@@ -447,7 +447,7 @@ async fn write_back_reaches_disk_on_flush_and_removals_stay_removed() {
     for k in &ks {
         cache.insert(k, value_of(k), &NONE).await;
     }
-    assert!(cache.remove(&ks[0]).await);
+    assert!(cache.remove(&ks[0]).await.found);
     cache.memory().unwrap().clear();
     assert_eq!(cache.get(&ks[0], &NONE).await, Lookup::Miss);
     cache.shutdown().await;

@@ -85,11 +85,13 @@ impl Cache {
             return Vec::new();
         }
         let digests: Vec<Digest> = keys.iter().map(|k| k.digest).collect();
+        // Generations before the pending removals: a removal marks its key pending before
+        // it moves the stripe, so a read that sees the moved stripe sees the mark too.
+        let generations = self.inner.generations(&digests);
         let skip: Vec<bool> = digests
             .iter()
             .map(|d| self.inner.pending_removals.contains_key(d))
             .collect();
-        let generations = self.inner.generations(&digests);
         let entries: Vec<Option<DiskEntry>> = disk
             .run(move |d| {
                 digests
@@ -167,7 +169,7 @@ impl Cache {
                 })
             })
             .collect();
-        self.store_disk(to_disk).await;
+        self.store_promoted(to_disk).await;
         out
     }
 
@@ -256,29 +258,6 @@ impl Cache {
         }
     }
 
-    /// Removes `key` from the disk tier (queued behind earlier writes under write-back);
-    /// whether the disk held it.
-    pub(super) async fn remove_disk(&self, digest: Digest) -> bool {
-        let Some(disk) = &self.inner.disk else {
-            return false;
-        };
-        if let Some(wb) = &self.inner.write_back {
-            let on_disk = disk.tier.contains(&digest);
-            *self.inner.pending_removals.entry(digest).or_insert(0) += 1;
-            if wb.tx.send(WriteOp::Remove { key: digest }).await.is_ok() {
-                return on_disk;
-            }
-            // The drainer is gone (shutdown): remove directly.
-            self.inner.finish_pending_removal(&digest);
-        }
-        disk.run(move |d| d.remove(&digest))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "disk remove failed");
-                false
-            })
-    }
-
     /// Clears the disk tier (behind every queued write under write-back, then flushed).
     pub(super) async fn clear_disk(&self) {
         if let Some(wb) = &self.inner.write_back {
@@ -353,25 +332,6 @@ impl Inner {
             m.insert(*key, entry);
         }
         true
-    }
-
-    /// Promotes a value read from the remote tier to memory (see [`Inner::promote`]) and,
-    /// if promoted, queues it for disk.
-    pub(super) fn promote_remote(
-        &self,
-        key: &Digest,
-        entry: &RemoteEntry,
-        generation: u64,
-        to_disk: &mut Vec<(Digest, MemEntry)>,
-    ) {
-        let mem = MemEntry {
-            value: entry.value.clone(),
-            created_ms: entry.created_ms,
-            expires_ms: entry.expires_ms.unwrap_or(NEVER),
-        };
-        if self.promote(key, mem.clone(), Some(generation)) {
-            to_disk.push((*key, mem));
-        }
     }
 
     /// The write generation of each key's stripe now (see [`Inner::promote`]).

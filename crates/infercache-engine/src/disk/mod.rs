@@ -643,13 +643,13 @@ impl DiskTier {
         self.state.write().index.remove(key).is_some()
     }
 
-    /// Removes `key`; `true` if it was present. The removal is written as a tombstone, so the
-    /// entry does not come back after a restart.
+    /// Removes `key`; `true` if it was indexed. The removal is written as a tombstone, so the
+    /// entry does not come back after a restart, even when the index no longer held it: a
+    /// record unindexed without a tombstone ([`DiskTier::unindex`], a failed tombstone)
+    /// would otherwise be indexed again by the next open.
     pub fn remove(&self, key: &Digest) -> Result<bool, DiskError> {
         let mut writer = self.writer.lock();
-        if !self.state.read().index.contains_key(key) {
-            return Ok(false);
-        }
+        let indexed = self.state.read().index.contains_key(key);
         let now = self.clock.now_ms();
         let rec = record::encode(key, &[], true, now, 0, Compression::None);
         if let Err(e) = self.append_with_room(&mut writer, *key, &rec, true, now, 0) {
@@ -657,8 +657,10 @@ impl DiskTier {
             self.state.write().index.remove(key);
             return Err(e);
         }
-        self.counters.removals.incr();
-        Ok(true)
+        if indexed {
+            self.counters.removals.incr();
+        }
+        Ok(indexed)
     }
 
     /// [`DiskTier::append`], and when the file system is full, evicts the oldest segment

@@ -6,3 +6,4 @@ mod hit_ratio;
 mod memory_accounting;
 mod regressions;
 mod remote;
+mod removals;

@@ -129,7 +129,7 @@ async fn a_backfill_racing_remove_does_not_bring_the_value_back() {
     let reader = tokio::spawn(async move { c1.get(&k1, &NONE).await });
     tokio::task::yield_now().await; // reader is now reading disk
     assert!(
-        cache.remove(&k).await,
+        cache.remove(&k).await.found,
         "remove reports it removed something"
     );
     reader.await.unwrap();
@@ -308,7 +308,7 @@ async fn a_write_back_remove_reports_a_key_only_the_disk_held() {
     cache.insert(&k, Bytes::from_static(b"v"), &NONE).await;
     cache.flush().await;
     cache.memory().unwrap().remove(k.digest());
-    assert!(cache.remove(&k).await, "the disk held it");
+    assert!(cache.remove(&k).await.found, "the disk held it");
     cache.flush().await;
     assert_eq!(hit(cache.get(&k, &NONE).await), None);
 }

@@ -65,7 +65,7 @@ impl Connector {
     pub(super) fn new(config: &RedisConfig) -> Result<Self, RedisTierError> {
         Ok(match &config.target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(RedisTierError::url)?;
+                let client = client(url, config)?;
                 let cfg = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
                     .set_response_timeout(Some(config.command_timeout))
@@ -77,7 +77,14 @@ impl Connector {
                 Connector::Single(manager)
             }
             Target::Cluster(urls) => {
-                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                if urls.iter().any(|u| u.starts_with("rediss://")) {
+                    install_crypto_provider();
+                }
+                let mut builder = ClusterClient::builder(urls.iter().map(String::as_str));
+                if let Some(certs) = config.tls_certificates()? {
+                    builder = builder.certs(certs);
+                }
+                let client = builder
                     .connection_timeout(config.connect_timeout)
                     .response_timeout(config.command_timeout)
                     .retries(1)
@@ -89,6 +96,28 @@ impl Connector {
                 }
             }
         })
+    }
+}
+
+/// A client of the server at `url`, trusting `config`'s CA file if it has one.
+pub(super) fn client(url: &str, config: &RedisConfig) -> Result<redis::Client, RedisTierError> {
+    if url.starts_with("rediss://") {
+        install_crypto_provider();
+    }
+    match config.tls_certificates()? {
+        Some(certs) => redis::Client::build_with_tls(url, certs)
+            .map_err(|e| RedisTierError::Tls(format!("{}: {e}", infercache_core::redact_url(url)))),
+        None => redis::Client::open(url).map_err(RedisTierError::url),
+    }
+}
+
+/// Installs rustls's ring provider as the process default unless one is installed
+/// already: redis-rs's TLS needs one and selects none (without it, the first `rediss://`
+/// connection panics).
+pub(super) fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may win the race; its provider serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
@@ -155,6 +184,14 @@ impl Shared {
                 self.connected.store(true, Ordering::Relaxed);
                 Some(v)
             }
+            Ok(Err(Some(e))) if !is_outage(&e) => {
+                // Redis answered: the command failed, Redis is not down.
+                tracing::debug!(error = %e, "redis refused a command");
+                self.breaker.success();
+                self.connected.store(true, Ordering::Relaxed);
+                self.count_error_reply(reply_kind(&e));
+                None
+            }
             Ok(Err(e)) => {
                 if let Some(e) = &e {
                     tracing::debug!(error = %e, "redis call failed");
@@ -167,6 +204,10 @@ impl Shared {
                 None
             }
         }
+    }
+
+    fn count_error_reply(&self, kind: &'static str) {
+        *self.error_replies.lock().entry(kind).or_insert(0) += 1;
     }
 
     pub(super) fn failed(&self) {
@@ -184,6 +225,77 @@ impl Shared {
     pub(super) fn usable(&self) -> bool {
         self.synced.load(Ordering::Acquire)
             && (self.epochs.get().is_none() || self.subscribed.load(Ordering::Acquire))
+    }
+}
+
+/// Whether `e` means Redis could not be reached or did not answer (what drives the
+/// breaker), rather than an answer refusing the command (an error reply such as `OOM`
+/// under `noeviction`, `READONLY` from a replica, `MOVED` during resharding, or a reply of
+/// an unexpected type).
+fn is_outage(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+}
+
+/// The kinds error replies are counted by: the server's error code, lower-cased, for the
+/// codes Redis sends; `other` for the rest (a server's codes are not trusted to be few).
+fn reply_kind(e: &redis::RedisError) -> &'static str {
+    const CODES: [&str; 17] = [
+        "ERR",
+        "OOM",
+        "READONLY",
+        "MOVED",
+        "ASK",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "CROSSSLOT",
+        "MASTERDOWN",
+        "LOADING",
+        "NOSCRIPT",
+        "NOPERM",
+        "NOAUTH",
+        "BUSY",
+        "WRONGTYPE",
+        "EXECABORT",
+        "MISCONF",
+    ];
+    const KINDS: [&str; 17] = [
+        "err",
+        "oom",
+        "readonly",
+        "moved",
+        "ask",
+        "tryagain",
+        "clusterdown",
+        "crossslot",
+        "masterdown",
+        "loading",
+        "noscript",
+        "noperm",
+        "noauth",
+        "busy",
+        "wrongtype",
+        "execabort",
+        "misconf",
+    ];
+    // A pipeline's error keeps its commands' codes apart from its own.
+    let code = e.code().map(str::to_owned).or_else(|| {
+        let items = e.clone().into_server_errors()?;
+        items.first().map(|(_, err)| err.code().to_owned())
+    });
+    if let Some(code) = code {
+        return CODES
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(&code))
+            .map_or("other", |i| KINDS[i]);
+    }
+    match e.kind() {
+        redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse => "type",
+        redis::ErrorKind::AuthenticationFailed => "auth",
+        _ => "other",
     }
 }
 

@@ -25,12 +25,15 @@ impl Shared {
         format!("{}epochs", self.config.prefix)
     }
 
-    fn channel(&self) -> String {
+    pub(super) fn channel(&self) -> String {
         self.epoch_key()
     }
 
-    /// Pushes this node's epochs (raising Redis's where lower) and adopts Redis's.
+    /// Pushes this node's epochs (raising Redis's where lower) and adopts Redis's; when
+    /// the tier was not in sync, first replays the removals Redis could not take and
+    /// applies those logged by other nodes since this one last read the log.
     pub(super) async fn sync_epochs(&self) -> bool {
+        let catch_up = !self.synced.load(Ordering::Acquire);
         let Some(epochs) = self.epochs.get() else {
             self.synced.store(true, Ordering::Release);
             return true;
@@ -46,6 +49,9 @@ impl Shared {
                     return false;
                 }
             }
+        }
+        if catch_up && !(self.replay_removals().await && self.catch_up_removals().await) {
+            return false;
         }
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(MERGE)
@@ -82,10 +88,13 @@ impl Shared {
     }
 
     async fn apply_message(&self, payload: &[u8]) {
-        let Some((field, value)) = std::str::from_utf8(payload)
-            .ok()
-            .and_then(|s| s.rsplit_once('\n'))
-        else {
+        let Ok(payload) = std::str::from_utf8(payload) else {
+            return;
+        };
+        if self.apply_removal(payload).await {
+            return;
+        }
+        let Some((field, value)) = payload.rsplit_once('\n') else {
             return;
         };
         let (Some(scope), Ok(value), Some(epochs)) =

@@ -4,12 +4,14 @@
 //! - `values`: value keys, TTLs, batched reads and writes.
 //! - `epochs`: the shared epoch hash, bumps, the listener and the synchronisation.
 //! - `lease`: distributed single flight (leases, renewals, waits for another node).
+//! - `removals`: removals that reach every node (the removal log, messages, replays).
 //! - `write_back`: the write-back queue and its drainer.
 //! - `lua/`: the scripts (`include_str!`), each atomic on the Redis side.
 
 mod conn;
 mod epochs;
 mod lease;
+mod removals;
 mod values;
 mod write_back;
 
@@ -19,7 +21,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use infercache_core::{Digest, SharedClock};
 use infercache_engine::remote::BoxFuture;
 use infercache_engine::{
-    BreakerState, EpochSync, Lease, RemoteEntry, RemoteStats, RemoteTier, Scope,
+    BreakerState, EpochSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier, Scope,
 };
 use tokio::sync::mpsc;
 
@@ -43,6 +45,8 @@ struct Counters {
     lease_waits_filled: AtomicU64,
     lease_waits_empty: AtomicU64,
     epoch_updates: AtomicU64,
+    removals_replayed: AtomicU64,
+    removals_received: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -65,7 +69,14 @@ struct Shared {
     /// Scopes invalidated here while Redis was unreachable: bumped in Redis (not merged)
     /// at the next synchronisation, so they are not lost in a concurrent bump elsewhere.
     pending_bumps: parking_lot::Mutex<Vec<Scope>>,
+    /// Removals Redis could not take: replayed at the next synchronisation, before the
+    /// tier is used again.
+    pending_removals: parking_lot::Mutex<Vec<Digest>>,
+    /// The newest removal time read from the removal log (ms; 0: never read).
+    removals_seen_ms: AtomicU64,
     counters: Counters,
+    /// Error replies by kind (a fixed set of kinds: see `conn::reply_kind`).
+    error_replies: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     epochs: OnceLock<EpochSync>,
     write_tx: Option<mpsc::Sender<WriteJob>>,
     /// Unique per process: lease tokens.
@@ -101,7 +112,7 @@ impl RedisTier {
     pub fn connect(config: RedisConfig, clock: SharedClock) -> Result<Self, RedisTierError> {
         config.validate()?;
         let urls = config.target.urls();
-        let pubsub_client = redis::Client::open(urls[0].as_str()).map_err(RedisTierError::url)?;
+        let pubsub_client = conn::client(&urls[0], &config)?;
         let connector = Connector::new(&config)?;
         let (write_tx, write_rx) = match config.write {
             WriteMode::Back { queue } => {
@@ -123,7 +134,10 @@ impl RedisTier {
             synced: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             pending_bumps: parking_lot::Mutex::new(Vec::new()),
+            pending_removals: parking_lot::Mutex::new(Vec::new()),
+            removals_seen_ms: AtomicU64::new(0),
             counters: Counters::default(),
+            error_replies: parking_lot::Mutex::default(),
             epochs: OnceLock::new(),
             write_tx,
             node: format!("{:016x}", rand::random::<u64>()),
@@ -136,6 +150,33 @@ impl RedisTier {
             tokio::spawn(write_back::drain(Arc::downgrade(&shared), rx));
         }
         Ok(Self { shared })
+    }
+
+    /// Contacts Redis once (the first URL), bounded by the connect timeout, to refuse at
+    /// start what would otherwise fail every call: a server whose TLS certificate the
+    /// configured CAs do not sign. A Redis that is down or slow is not an error here (the
+    /// tier comes into use when it answers).
+    ///
+    /// # Errors
+    /// [`RedisTierError::Tls`] naming the (redacted) URL and the handshake's error.
+    pub async fn verify(&self) -> Result<(), RedisTierError> {
+        let s = &self.shared;
+        let attempt = tokio::time::timeout(
+            s.config.connect_timeout * 4,
+            s.pubsub_client.get_multiplexed_async_connection(),
+        )
+        .await;
+        match attempt {
+            // redis-rs wraps the TLS library's error in an I/O error whose kind it keeps
+            // private: its text is what tells a refused certificate apart.
+            Ok(Err(e)) if e.to_string().contains("certificate") => {
+                Err(RedisTierError::Tls(format!(
+                    "{}: the server's certificate is not trusted ({e}); check the CA file",
+                    infercache_core::redact_url(&s.config.target.urls()[0])
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The breaker's state.
@@ -169,8 +210,8 @@ impl RemoteTier for RedisTier {
         Box::pin(self.shared.put_many(entries))
     }
 
-    fn remove(&self, key: Digest) -> BoxFuture<'_, bool> {
-        Box::pin(async move { self.shared.remove(&key).await })
+    fn remove(&self, key: Digest) -> BoxFuture<'_, RemoteRemoval> {
+        Box::pin(self.shared.remove(key))
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
@@ -207,6 +248,12 @@ impl RemoteTier for RedisTier {
             corrupt: get(&c.corrupt),
             writes: get(&c.writes),
             errors: get(&c.errors),
+            error_replies: s
+                .error_replies
+                .lock()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
             skipped: get(&c.skipped),
             writeback_dropped: get(&c.writeback_dropped),
             writeback_queued: s.queued(),
@@ -215,6 +262,9 @@ impl RemoteTier for RedisTier {
             lease_waits_filled: get(&c.lease_waits_filled),
             lease_waits_empty: get(&c.lease_waits_empty),
             epoch_updates: get(&c.epoch_updates),
+            removals_pending: s.pending_removals.lock().len() as u64,
+            removals_replayed: get(&c.removals_replayed),
+            removals_received: get(&c.removals_received),
         }
     }
 }

@@ -56,13 +56,6 @@ impl Shared {
         }
     }
 
-    /// Deletes the value of `key`; whether Redis held it.
-    pub(super) async fn remove(&self, key: &Digest) -> bool {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.value_key(key));
-        self.call::<u64>(Call::Cmd(&cmd)).await.unwrap_or(0) > 0
-    }
-
     /// PX for an entry: its remaining life, capped by the default TTL; `None` if expired.
     fn px(&self, entry: &RemoteEntry) -> Option<u64> {
         let cap = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);

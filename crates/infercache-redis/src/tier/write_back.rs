@@ -1,11 +1,12 @@
 //! Write-back to Redis: values queue (bounded) and a background task sends them in
 //! batches, one round trip each; a full queue drops the write (counted), never blocking a
-//! request. Lease releases queue behind the values they cover.
+//! request. Lease releases queue behind the values they cover, and removals behind the
+//! values queued before them (a value queued before a removal is never written after it).
 
 use std::sync::{Arc, Weak};
 
 use infercache_core::Digest;
-use infercache_engine::RemoteEntry;
+use infercache_engine::{RemoteEntry, RemoteRemoval};
 use tokio::sync::{mpsc, oneshot};
 
 use super::lease::release;
@@ -16,6 +17,8 @@ pub(super) enum WriteJob {
     Put(Digest, RemoteEntry),
     /// Leases to release once the puts queued before them are written.
     Release(Vec<String>, String),
+    /// A removal, sent once the puts queued before it are written; its outcome.
+    Remove(Digest, oneshot::Sender<RemoteRemoval>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -36,6 +39,19 @@ impl Shared {
             }
             None => self.write(&entries).await,
         }
+    }
+
+    /// Removes `key` after the values queued before it (write-back), or at once.
+    pub(super) async fn remove(&self, key: Digest) -> RemoteRemoval {
+        if let Some(tx) = &self.write_tx {
+            let (answer, outcome) = oneshot::channel();
+            if tx.send(WriteJob::Remove(key, answer)).await.is_ok()
+                && let Ok(outcome) = outcome.await
+            {
+                return outcome;
+            }
+        }
+        self.delete(key).await
     }
 
     /// Queues the release of `held` behind the queued values (write-back); what to release
@@ -87,6 +103,10 @@ pub(super) async fn drain(tier: Weak<Shared>, mut rx: mpsc::Receiver<WriteJob>) 
             match job {
                 WriteJob::Put(k, e) => puts.push((k, e)),
                 WriteJob::Release(held, token) => releases.push((held, token)),
+                WriteJob::Remove(key, answer) => {
+                    s.write(&std::mem::take(&mut puts)).await;
+                    let _ = answer.send(s.delete(key).await);
+                }
                 WriteJob::Flush(ack) => acks.push(ack),
             }
         }

@@ -2,6 +2,9 @@
 //! processes (a missing Redis fails them; it never skips them).
 
 mod cluster;
+mod faults;
 mod harness;
 mod managed;
+mod removals;
 mod tier;
+mod tls;

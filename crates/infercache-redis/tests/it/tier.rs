@@ -75,7 +75,11 @@ pub async fn get(cache: &Cache, key: &CacheKey, calls: &AtomicUsize) -> (Bytes, 
     (f.value, f.source)
 }
 
-async fn wait_until(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> Duration {
+pub async fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut cond: impl AsyncFnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     while !cond().await {
         assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
@@ -404,7 +408,7 @@ async fn a_removal_on_one_node_removes_the_shared_entry() {
     let calls = AtomicUsize::new(0);
     let k = key(&a, "m", "to remove");
     get(&a, &k, &calls).await;
-    assert!(a.remove(&k).await);
+    assert!(a.remove(&k).await.found);
     assert_eq!(
         get(&b, &key(&b, "m", "to remove"), &calls).await.1,
         Source::Computed

@@ -226,7 +226,8 @@ pub async fn delete_entry(
     // The model named only picks the handle the key carries; removal is by digest.
     let removed = cache
         .remove(&cache.key_from_digest(digest, BUILTIN_MODEL))
-        .await;
+        .await
+        .found;
     if !removed {
         return Err(ApiError::EntryNotFound(digest.to_hex()));
     }
