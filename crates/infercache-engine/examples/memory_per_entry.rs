@@ -40,6 +40,9 @@ const BATCH: usize = 32;
 struct Options {
     entries: usize,
     tasks: usize,
+    /// Capacity of each value's vector when it becomes `Bytes`: more than the value when it
+    /// was built by growing, as `serde_json::to_vec` builds an upstream row's JSON.
+    capacity: usize,
 }
 
 impl Options {
@@ -47,6 +50,7 @@ impl Options {
         let mut options = Self {
             entries: 1_000_000,
             tasks: 4,
+            capacity: VALUE_BYTES,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -62,9 +66,10 @@ impl Options {
             match flag.as_str() {
                 "--entries" => options.entries = number()?,
                 "--tasks" => options.tasks = number()?.max(1),
+                "--vec-capacity" => options.capacity = number()?.max(VALUE_BYTES),
                 _ => bail!(
                     "unknown flag {flag:?}; usage: memory_per_entry [--entries N (1000000)] \
-                     [--tasks T (4)]"
+                     [--tasks T (4)] [--vec-capacity BYTES (1536)]"
                 ),
             }
         }
@@ -100,8 +105,8 @@ fn key(cache: &Cache, text: &str) -> CacheKey {
 }
 
 /// A deterministic embedding for entry `i`, encoded as the server stores it.
-fn embedding(i: usize) -> Bytes {
-    let mut out = Vec::with_capacity(VALUE_BYTES);
+fn embedding(i: usize, capacity: usize) -> Bytes {
+    let mut out = Vec::with_capacity(capacity);
     let mut x = (i as u32).wrapping_mul(2_654_435_761) | 1;
     for _ in 0..DIMS {
         x ^= x << 13;
@@ -115,7 +120,13 @@ fn embedding(i: usize) -> Bytes {
 }
 
 /// Inserts entries `start, start + step, ...` below `end`, `BATCH` per call.
-async fn fill(cache: Cache, start: usize, step: usize, end: usize) -> anyhow::Result<()> {
+async fn fill(
+    cache: Cache,
+    start: usize,
+    step: usize,
+    end: usize,
+    capacity: usize,
+) -> anyhow::Result<()> {
     let options = RequestOptions::default();
     let ids: Vec<usize> = (start..end).step_by(step).collect();
     for chunk in ids.chunks(BATCH) {
@@ -132,7 +143,7 @@ async fn fill(cache: Cache, start: usize, step: usize, end: usize) -> anyhow::Re
                             .iter()
                             .position(|x| x.digest() == k.digest())
                             .expect("the engine computes only keys it was given");
-                        embedding(chunk[i])
+                        embedding(chunk[i], capacity)
                     })
                     .collect();
                 async move { Ok::<_, std::convert::Infallible>(values) }
@@ -171,12 +182,12 @@ fn main() -> anyhow::Result<()> {
         };
         let cache = Cache::open(config, SystemClock::shared())?;
         // Warm the runtime's threads and the key path before the baseline.
-        fill(cache.clone(), n, 1, n + BATCH).await?;
+        fill(cache.clone(), n, 1, n + BATCH, options.capacity).await?;
         cache.clear().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = rss_bytes()?;
         let tasks: Vec<_> = (0..options.tasks)
-            .map(|t| tokio::spawn(fill(cache.clone(), t, options.tasks, n)))
+            .map(|t| tokio::spawn(fill(cache.clone(), t, options.tasks, n, options.capacity)))
             .collect();
         for task in tasks {
             task.await??;
@@ -211,6 +222,7 @@ fn main() -> anyhow::Result<()> {
         let accounted = stats.bytes as f64;
         println!("entries                 {n}");
         println!("value bytes per entry   {VALUE_BYTES}");
+        println!("vector capacity         {}", options.capacity);
         println!(
             "rss growth              {:.1} MiB",
             growth / f64::from(1 << 20)
