@@ -33,7 +33,9 @@
 //! can never serve another key's value), the value's `Bytes` handle (32), the two
 //! timestamps in 48 bits each (milliseconds until the year 10889), the frequency and the
 //! queue. Add a 4-byte queue item and a 4-byte table bucket with its control byte, at the
-//! tables' load: [`ENTRY_BYTES`] charges 93 bytes per entry besides the value.
+//! tables' load: [`ENTRY_BYTES`] charges 93 bytes per entry on top of the value's block and
+//! its reference count ([`super::charge`]). The ghost's keys are charged too, 37 bytes each.
+//! A removed entry's slot is reused, not returned to the allocator, and not charged.
 
 use std::collections::{HashSet, VecDeque};
 
