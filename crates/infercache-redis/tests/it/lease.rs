@@ -1,17 +1,128 @@
-//! Leases whose replies come late: a real redis-server whose writes stall past the command
-//! timeout (`CLIENT PAUSE … WRITE`: reads are served, every write waits, as behind an AOF
-//! fsync stall, and is then applied late). The computed value is still written, and no
-//! lease is left behind to make the other nodes wait, cancelled callers included.
+//! Leases against a real redis-server: the value read with a lease passes the freshness
+//! rule; a stale-while-revalidate refresh runs once across two nodes; and leases whose
+//! replies come late, on a server whose writes stall past the command timeout (`CLIENT
+//! PAUSE … WRITE`: reads are served, every write waits, as behind an AOF fsync stall, and
+//! is then applied late). The computed value is still written, and no lease is left
+//! behind to make the other nodes wait, cancelled callers included.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use infercache_engine::{RemoteTier, RequestOptions, Source};
-use infercache_redis::Target;
+use infercache_core::SystemClock;
+use infercache_engine::{
+    Cache, CacheConfig, FreshnessPolicy, RemoteTier, RequestOptions, Source, Stale,
+};
 use infercache_redis::testing::RedisServer;
+use infercache_redis::{RedisTier, Target};
 
 use crate::tier::{get, key, node, tier};
+
+/// A node with a memory tier over `tier`, model `m` under `policy`, once the tier is in use.
+async fn node_with(tier: &RedisTier, policy: FreshnessPolicy) -> Cache {
+    node(tier, false).await;
+    let config = CacheConfig {
+        memory: Some(infercache_engine::MemoryConfig::bytes(16 << 20)),
+        remote: Some(Arc::new(tier.clone()) as Arc<dyn RemoteTier>),
+        policies: [("m".to_owned(), policy)].into_iter().collect(),
+        ..CacheConfig::default()
+    };
+    Cache::open(config, SystemClock::shared()).unwrap()
+}
+
+/// `serve --redis`, a text embedded, then asked again past `max-age` on another node: the
+/// value read with the lease is too old, so the lease holder computes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_read_with_the_lease_is_too_old_for_max_age_and_recomputed() {
+    let redis = RedisServer::start();
+    let (ta, tb) = (
+        tier(Target::Single(redis.url()), |_| {}),
+        tier(Target::Single(redis.url()), |_| {}),
+    );
+    let (a, b) = (node(&ta, true).await, node(&tb, true).await);
+    let calls = AtomicUsize::new(0);
+    get(&a, &key(&a, "m", "x"), &calls).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let strict = RequestOptions {
+        max_age: Some(Duration::from_secs(1)),
+        ..RequestOptions::default()
+    };
+    let k = key(&b, "m", "x");
+    let got = b
+        .get_or_compute(&k, &strict, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Bytes::from_static(b"again"))
+        })
+        .await
+        .unwrap();
+    assert_eq!((got.value, got.source), ("again".into(), Source::Computed));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(tb.stats().leases_granted, 1, "{:?}", tb.stats());
+}
+
+/// Within the stale-while-revalidate window, callers on two nodes get the stale value at
+/// once; one refresh runs for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_while_revalidate_refreshes_once_across_two_nodes() {
+    let redis = RedisServer::start();
+    let policy = FreshnessPolicy {
+        ttl: Some(Duration::from_secs(1)),
+        stale_while_revalidate: Duration::from_secs(60),
+        ..FreshnessPolicy::default()
+    };
+    let (ta, tb) = (
+        tier(Target::Single(redis.url()), |_| {}),
+        tier(Target::Single(redis.url()), |_| {}),
+    );
+    let (a, b) = (node_with(&ta, policy).await, node_with(&tb, policy).await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ask = |cache: &Cache, value: &'static [u8]| {
+        let (cache, calls) = (cache.clone(), Arc::clone(&calls));
+        async move {
+            let k = key(&cache, "m", "x");
+            cache
+                .get_many_or_refresh(&[k], &RequestOptions::default(), move |keys| {
+                    let calls = Arc::clone(&calls);
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>(vec![Bytes::from_static(value); keys.len()])
+                    }
+                })
+                .await
+                .unwrap()
+                .remove(0)
+        }
+    };
+    assert_eq!(ask(&a, b"v1").await.value, "v1");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| tokio::spawn(ask(if i % 2 == 0 { &a } else { &b }, b"v2")))
+        .collect();
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert_eq!(
+            (got.value, got.stale),
+            ("v1".into(), Some(Stale::WhileRevalidate))
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for node in [&a, &b] {
+        let got = node
+            .get(&key(node, "m", "x"), &RequestOptions::default())
+            .await;
+        assert!(
+            matches!(&got, infercache_engine::Lookup::Hit(f) if f.value == "v2"),
+            "{got:?}"
+        );
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one computation, one refresh"
+    );
+}
 
 /// Stalls every write on `redis` for `ms` milliseconds (reads go on).
 fn stall_writes(redis: &RedisServer, ms: u64) -> Instant {
