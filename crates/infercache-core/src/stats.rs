@@ -144,6 +144,12 @@ pub struct ModelCounters {
     pub coalesced: Counter,
     /// Computations that failed.
     pub compute_errors: Counter,
+    /// Values served past their freshness (stale-while-revalidate or stale-if-error).
+    pub stale_served: Counter,
+    /// Background recomputations of values served stale-while-revalidate.
+    pub refreshes: Counter,
+    /// Computed values marked not to be stored (handed back, cached nowhere).
+    pub not_stored: Counter,
 }
 
 impl ModelCounters {
@@ -164,6 +170,9 @@ impl ModelCounters {
             inserts: self.inserts.get(),
             coalesced: self.coalesced.get(),
             compute_errors: self.compute_errors.get(),
+            stale_served: self.stale_served.get(),
+            refreshes: self.refreshes.get(),
+            not_stored: self.not_stored.get(),
         }
     }
 }
@@ -189,6 +198,12 @@ pub struct ModelStats {
     pub coalesced: u64,
     /// Failed computations.
     pub compute_errors: u64,
+    /// Values served past their freshness (stale-while-revalidate or stale-if-error).
+    pub stale_served: u64,
+    /// Background recomputations of values served stale-while-revalidate.
+    pub refreshes: u64,
+    /// Computed values marked not to be stored.
+    pub not_stored: u64,
 }
 
 /// `hits / (hits + misses)`, or 0 with no lookups.

@@ -12,6 +12,9 @@
 //!        │      hit ─► promote to memory and disk ─► value
 //!        ├─► lease the missing keys on the remote tier (another node computing: wait)
 //!        └─► f(missing keys) once ─► memory ─► waiters ─► disk ─► remote
+//!
+//!   every value found, on every path above, passes one freshness rule
+//!   (cache::freshness: expiry, the model's ttl, the request's max-age) before it is used
 //! ```
 //!
 //! - [`cache`]: the [`Cache`] API, its concurrency contract and write policies.
@@ -39,15 +42,16 @@ pub mod replay;
 pub mod testing;
 
 pub use cache::{
-    Cache, CacheConfig, CacheKey, CacheStats, Fetched, Lookup, Model, RequestOptions, Source,
-    WritePolicy,
+    Cache, CacheConfig, CacheKey, CacheStats, Computed, Fetched, FreshnessPolicy, Lookup, Model,
+    RequestOptions, Source, Stale, WritePolicy,
 };
 pub use disk::{Compression, DiskConfig, DiskTier};
 pub use epochs::Scope;
 pub use error::{ComputeError, EngineError};
 pub use memory::{MemoryConfig, MemoryTier, Policy, Weigher};
 pub use remote::{
-    BreakerState, EpochSync, Lease, LocalTiers, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier,
+    Accept, BreakerState, EpochSync, Lease, LocalTiers, RemoteEntry, RemoteRemoval, RemoteStats,
+    RemoteTier,
 };
 
 /// The README's examples, compiled as doctests.

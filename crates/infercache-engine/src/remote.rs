@@ -15,7 +15,12 @@
 //! - **Distributed single flight.** Before computing, the leader of a key on this node
 //!   takes a lease on it ([`RemoteTier::lease`]). Keys leased by another node are not
 //!   computed here: the cache waits for their values ([`RemoteTier::wait_for`], bounded) and
-//!   computes only those whose lease vanished without a value or whose wait ran out.
+//!   computes only those whose lease vanished without a value or whose wait ran out. The
+//!   lease holder stores its values and releases the leases in one step
+//!   ([`Lease::release`]).
+//! - **Freshness.** Every value read here (a lookup, a value found with a lease, one
+//!   awaited from another node) is judged by the cache's one freshness rule
+//!   (`cache/freshness.rs`) before it is served; a tier only drops expired entries.
 //! - **Epochs.** [`crate::Cache::invalidate`] agrees on the new epoch with the remote
 //!   ([`RemoteTier::bump_epoch`]), which tells the other nodes; the remote raises this
 //!   node's epochs through the [`EpochSync`] handed to [`RemoteTier::attach`].
@@ -83,10 +88,16 @@ pub trait RemoteTier: Send + Sync + fmt::Debug + 'static {
     /// no other node holds its lease, or when the remote is unreachable.
     fn lease<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Box<dyn Lease>>;
 
-    /// Waits, bounded, for the values of keys another node leased. `None` for a key whose
-    /// lease vanished without a value, or that the bound ran out on: the caller computes
-    /// those itself.
-    fn wait_for<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Vec<Option<RemoteEntry>>>;
+    /// Waits, bounded, for the values of keys another node leased: for each key, a value
+    /// that `accept(index, entry)` takes (the caller's freshness rule; a value too old
+    /// for it, still stored while the other node recomputes it, is waited past). `None`
+    /// for a key whose lease vanished without an accepted value, or that the bound ran
+    /// out on: the caller computes those itself.
+    fn wait_for<'a>(
+        &'a self,
+        keys: &'a [Digest],
+        accept: &'a Accept<'a>,
+    ) -> BoxFuture<'a, Vec<Option<RemoteEntry>>>;
 
     /// A snapshot of the tier's counters and state.
     fn stats(&self) -> RemoteStats;
@@ -106,7 +117,15 @@ pub enum RemoteRemoval {
     Deferred,
 }
 
+/// What [`RemoteTier::wait_for`] takes a value with: the key's index in the call, and the
+/// value found.
+pub type Accept<'a> = dyn Fn(usize, &RemoteEntry) -> bool + Send + Sync + 'a;
+
 /// The leases one call of [`RemoteTier::lease`] asked for.
+///
+/// A lease is never left behind by a caller that gave up: dropping it (a cancelled or
+/// failed computation) releases what it holds, and an implementation that cannot tell
+/// whether a lease was taken (its reply came late) releases it as if it had been.
 pub trait Lease: Send + fmt::Debug {
     /// Per key, in the order asked: whether this node holds its lease.
     fn granted(&self) -> &[bool];
@@ -115,9 +134,11 @@ pub trait Lease: Send + fmt::Debug {
     /// another node since this node looked). Such a key is not computed. Taken once.
     fn take_found(&mut self) -> Vec<Option<RemoteEntry>>;
 
-    /// Releases the leases held, once their values are stored. Dropping without releasing
-    /// lets them expire.
-    fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+    /// Stores `values` (computed under these leases; keys of this call, possibly fewer
+    /// of them: a value not to be stored is left out) and then releases every lease held,
+    /// so that a node waiting for a key either finds its value or computes it. The
+    /// returned future may be dropped: the store and the release still happen.
+    fn release(self: Box<Self>, values: Vec<(Digest, RemoteEntry)>) -> BoxFuture<'static, ()>;
 }
 
 /// The state of a remote tier's circuit breaker.
@@ -187,6 +208,11 @@ pub struct RemoteStats {
     pub lease_waits_filled: u64,
     /// Waits that ended without a value (the caller computed).
     pub lease_waits_empty: u64,
+    /// Lease requests whose reply was lost or late (the keys computed here, their leases
+    /// released with the values in case they were taken).
+    pub lease_replies_lost: u64,
+    /// Stores of computed values under a lease tried again after Redis did not answer.
+    pub lease_release_retries: u64,
     /// Epoch changes received from other nodes.
     pub epoch_updates: u64,
     /// Removals that could not reach the remote and wait to be replayed.

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use crate::epochs::Scope;
 use crate::remote::{
-    BoxFuture, EpochSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier,
+    Accept, BoxFuture, EpochSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier,
 };
 
 /// How often [`RemoteTier::wait_for`] looks again.
@@ -66,7 +66,8 @@ impl Store {
 struct Counters {
     hits: Counter,
     misses: Counter,
-    writes: Counter,
+    /// Shared with this node's leases, which write on release.
+    writes: Arc<Counter>,
     skipped: Counter,
     leases_granted: Counter,
     leases_contended: Counter,
@@ -80,7 +81,8 @@ pub struct MemoryRemote {
     store: Arc<Store>,
     clock: SharedClock,
     lease_wait: Duration,
-    reachable: AtomicBool,
+    /// Shared with this node's leases.
+    reachable: Arc<AtomicBool>,
     /// Scopes bumped while cut off: bumped in the store when reachable again.
     pending_bumps: Mutex<Vec<Scope>>,
     /// Keys removed while cut off: removed when reachable again.
@@ -101,7 +103,7 @@ impl MemoryRemote {
             store,
             clock,
             lease_wait,
-            reachable: AtomicBool::new(true),
+            reachable: Arc::new(AtomicBool::new(true)),
             pending_bumps: Mutex::new(Vec::new()),
             pending_removals: Mutex::new(Vec::new()),
             epochs: Mutex::new(None),
@@ -140,6 +142,13 @@ impl MemoryRemote {
     /// Whether `key` is leased by some node.
     pub fn is_leased(&self, key: &Digest) -> bool {
         self.store.leases.lock().contains_key(key)
+    }
+
+    fn handle(&self) -> WriteHandle {
+        WriteHandle {
+            reachable: Arc::clone(&self.reachable),
+            writes: Arc::clone(&self.counters.writes),
+        }
     }
 
     fn reachable(&self) -> bool {
@@ -278,6 +287,7 @@ impl RemoteTier for MemoryRemote {
                 // Like an unreachable Redis: every key granted, nothing coordinated.
                 return Box::new(MemoryLease {
                     store: Arc::clone(&self.store),
+                    writes: None,
                     token,
                     granted: vec![true; keys.len()],
                     found: vec![None; keys.len()],
@@ -304,6 +314,7 @@ impl RemoteTier for MemoryRemote {
             let found = keys.iter().map(|k| self.live(k)).collect();
             Box::new(MemoryLease {
                 store: Arc::clone(&self.store),
+                writes: Some(self.handle()),
                 token,
                 granted,
                 found,
@@ -312,7 +323,11 @@ impl RemoteTier for MemoryRemote {
         })
     }
 
-    fn wait_for<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Vec<Option<RemoteEntry>>> {
+    fn wait_for<'a>(
+        &'a self,
+        keys: &'a [Digest],
+        accept: &'a Accept<'a>,
+    ) -> BoxFuture<'a, Vec<Option<RemoteEntry>>> {
         Box::pin(async move {
             let mut out = vec![None; keys.len()];
             let mut pending: Vec<usize> = (0..keys.len()).collect();
@@ -322,7 +337,7 @@ impl RemoteTier for MemoryRemote {
                 // stores, then releases.
                 pending.retain(|&i| {
                     let leased = self.is_leased(&keys[i]);
-                    out[i] = self.live(&keys[i]);
+                    out[i] = self.live(&keys[i]).filter(|e| accept(i, e));
                     out[i].is_none() && leased
                 });
                 if pending.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -359,10 +374,19 @@ impl RemoteTier for MemoryRemote {
     }
 }
 
+/// What a lease needs of its node to write on release.
+#[derive(Debug)]
+struct WriteHandle {
+    reachable: Arc<AtomicBool>,
+    writes: Arc<Counter>,
+}
+
 /// The leases of one [`RemoteTier::lease`] call on a [`MemoryRemote`].
 #[derive(Debug)]
 struct MemoryLease {
     store: Arc<Store>,
+    /// Where values are written on release; `None` when the node was cut off.
+    writes: Option<WriteHandle>,
     token: u64,
     granted: Vec<bool>,
     found: Vec<Option<RemoteEntry>>,
@@ -389,7 +413,16 @@ impl Lease for MemoryLease {
         std::mem::take(&mut self.found)
     }
 
-    fn release(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+    fn release(mut self: Box<Self>, values: Vec<(Digest, RemoteEntry)>) -> BoxFuture<'static, ()> {
+        if let Some(w) = &self.writes
+            && w.reachable.load(Ordering::Acquire)
+        {
+            let mut stored = self.store.values.lock();
+            for (k, e) in values {
+                w.writes.incr();
+                stored.insert(k, e);
+            }
+        }
         self.release_held();
         Box::pin(async {})
     }

@@ -17,9 +17,11 @@
 //!   every few seconds pushes its own epochs and adopts Redis's, so a node that missed
 //!   messages while disconnected catches up. Epochs only grow.
 //! - **Distributed single flight.** A node computing a key holds `{prefix}l:{key hex}`
-//!   (`SET NX PX`, renewed while computing, released once the value is stored); other
-//!   nodes wait for the value, bounded, and compute themselves if the lease vanishes
-//!   without one (its holder died).
+//!   (`SET NX PX`, renewed while computing, released in the round trip that stores the
+//!   value, retried while Redis stalls); other nodes wait for a value fresh for them,
+//!   bounded, and compute themselves if the lease vanishes without one (its holder died,
+//!   or the value was not to be stored). A lease whose reply came late, or whose caller
+//!   gave up, is released with its token: none is left behind.
 //! - **Managed local Redis** ([`managed`]): `infercache serve --redis auto`.
 
 pub mod breaker;

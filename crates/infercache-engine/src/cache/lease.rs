@@ -1,18 +1,22 @@
 //! Distributed single flight: the remote tier's leases on the keys this node leads, and
 //! the values of keys another node computes (see "Distributed single flight" in
-//! [`crate::remote`]).
+//! [`crate::remote`]). Values found in the remote tier here pass the freshness rule like
+//! any other: one too old is recomputed by the lease holder, or waited past.
 
 use super::Cache;
 use super::batch::Batch;
 use super::flight::LeaderGuard;
+use super::freshness::{FreshnessPolicy, Times, Verdict, judge};
 use super::removal::Promoted;
-use super::types::{CacheKey, Fetched, Found, Source};
+use super::types::{Found, Source};
+use crate::memory::NEVER;
 use crate::remote::{Lease, RemoteEntry};
 
 impl Cache {
     /// Splits the keys at `missing` into those this node computes and those another node
     /// holds the lease of (none without a remote tier, or under `no-cache`). A key whose
-    /// value another node stored meanwhile is neither: it is served as a remote hit.
+    /// value another node stored meanwhile, fresh for this call, is neither: it is served
+    /// as a remote hit.
     pub(super) async fn lease(
         &self,
         batch: &mut Batch<'_>,
@@ -26,6 +30,7 @@ impl Cache {
         let generations = self.inner.generations(&digests);
         let mut lease = remote.lease(&digests).await;
         let found = lease.take_found();
+        let now = self.inner.clock.now_ms();
         let (mut mine, mut theirs, mut to_disk) = (Vec::new(), Vec::new(), Vec::new());
         for (((&i, &granted), value), generation) in missing
             .iter()
@@ -33,48 +38,70 @@ impl Cache {
             .zip(found.into_iter().chain(std::iter::repeat(None)))
             .zip(generations)
         {
-            match value {
-                Some(entry) => {
-                    let key = batch.key(i);
-                    key.model.counters.remote_hits.incr();
-                    let fetched =
-                        self.adopt(guard, key, entry, Source::Remote, generation, &mut to_disk);
-                    batch.resolve(i, fetched);
-                }
-                None if granted => mine.push(i),
-                None => theirs.push(i),
+            let adopted = value.is_some_and(|entry| {
+                self.adopt(
+                    batch,
+                    guard,
+                    i,
+                    entry,
+                    Source::Remote,
+                    now,
+                    generation,
+                    &mut to_disk,
+                )
+            });
+            if adopted {
+                continue;
+            }
+            if granted {
+                mine.push(i);
+            } else {
+                theirs.push(i);
             }
         }
         self.store_promoted(to_disk).await;
         (mine, theirs, Some(lease))
     }
 
-    /// Takes a value another node stored: promoted to memory (if its stripe did not move
-    /// since `generation`) and queued for disk, handed to this node's waiters.
+    /// Takes a value another node stored if this call may serve it: promoted to memory (if
+    /// its stripe did not move since `generation`) and queued for disk, handed to this
+    /// node's waiters. Whether it was taken.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the steps of one adoption; a struct would only rename them"
+    )]
     fn adopt(
         &self,
+        batch: &mut Batch<'_>,
         guard: &LeaderGuard<'_>,
-        key: &CacheKey,
+        i: usize,
         entry: RemoteEntry,
         source: Source,
+        now: u64,
         generation: u64,
         to_disk: &mut Vec<Promoted>,
-    ) -> Fetched {
+    ) -> bool {
+        let key = batch.key(i);
+        let found = Found {
+            value: entry.value.clone(),
+            created_ms: entry.created_ms,
+            expires_ms: entry.expires_ms.unwrap_or(NEVER),
+            computed: source == Source::Coalesced,
+            store: true,
+        };
+        if !batch.accept(i, &found, source, now) {
+            return false;
+        }
         self.inner
             .promote_remote(&key.digest, &entry, generation, to_disk);
-        let found = Found {
-            value: entry.value,
-            created_ms: entry.created_ms,
-            computed: source == Source::Coalesced,
-        };
-        let fetched = found.fetched(source);
         guard.send(&key.digest, Ok(found));
-        fetched
+        true
     }
 
     /// Waits for the values of keys another node is computing; returns the keys that did
-    /// not come (to compute here). Values that came go to memory, disk and this node's
-    /// waiters.
+    /// not come (to compute here). A value counts only if it is fresh for this call (an
+    /// older one still stored while the other node recomputes it is waited past). Values
+    /// that came go to memory, disk and this node's waiters.
     pub(super) async fn await_remote(
         &self,
         batch: &mut Batch<'_>,
@@ -86,27 +113,43 @@ impl Cache {
         };
         let digests = batch.digests(theirs);
         let generations = self.inner.generations(&digests);
-        let values = remote.wait_for(&digests).await;
+        let policies: Vec<FreshnessPolicy> =
+            theirs.iter().map(|&i| batch.key(i).model.policy).collect();
+        let (opts, clock) = (*batch.opts, &self.inner.clock);
+        let fresh = move |n: usize, entry: &RemoteEntry| {
+            judge(&policies[n], &opts, times(entry), clock.now_ms()) == Verdict::Fresh
+        };
+        let values = remote.wait_for(&digests, &fresh).await;
+        let now = self.inner.clock.now_ms();
         let (mut empty, mut to_disk) = (Vec::new(), Vec::new());
         for ((&i, entry), generation) in theirs.iter().zip(values).zip(generations) {
-            let Some(entry) = entry else {
+            let adopted = entry.is_some_and(|entry| {
+                self.adopt(
+                    batch,
+                    guard,
+                    i,
+                    entry,
+                    Source::Coalesced,
+                    now,
+                    generation,
+                    &mut to_disk,
+                )
+            });
+            if adopted {
+                self.inner.coalesced.incr();
+            } else {
                 empty.push(i);
-                continue;
-            };
-            let key = batch.key(i);
-            self.inner.coalesced.incr();
-            key.model.counters.coalesced.incr();
-            let fetched = self.adopt(
-                guard,
-                key,
-                entry,
-                Source::Coalesced,
-                generation,
-                &mut to_disk,
-            );
-            batch.resolve(i, fetched);
+            }
         }
         self.store_promoted(to_disk).await;
         empty
+    }
+}
+
+/// The times of a remote entry, for the freshness rule.
+fn times(entry: &RemoteEntry) -> Times {
+    Times {
+        created_ms: entry.created_ms,
+        expires_ms: entry.expires_ms.unwrap_or(NEVER),
     }
 }

@@ -3,9 +3,13 @@
 //!
 //! # Lookups
 //!
-//! A read goes memory → disk → compute. A disk hit is promoted to memory (backfill) with
-//! its original creation time and expiry. Expired entries are never returned; an entry
-//! older than a request's `max_age` is treated as a miss and recomputed.
+//! A read goes memory → disk → remote → compute. A disk hit is promoted to memory
+//! (backfill), a remote hit to memory and disk, with their original creation time and
+//! expiry. Every value, from any tier or from another node, passes one freshness rule
+//! ([`freshness`]: expiry, the model's `ttl`, the request's `max-age`) before it is
+//! served: a value too old is recomputed (by the lease holder, with a remote tier), or,
+//! within a stale window, served marked [`Fetched::stale`] (stale-while-revalidate with
+//! [`Cache::get_many_or_refresh`], stale-if-error when the computation fails).
 //!
 //! # Concurrency contract
 //!
@@ -41,6 +45,7 @@
 
 mod batch;
 mod flight;
+pub mod freshness;
 mod lease;
 mod removal;
 mod tiers;
@@ -59,13 +64,15 @@ use infercache_core::stats::{Counter, ModelCounters};
 use infercache_core::{Digest, KeyParts, SharedClock};
 use parking_lot::Mutex;
 
-use self::batch::Batch;
+use self::batch::{Batch, Mode};
 use self::flight::Flight;
+pub use self::freshness::{FreshnessPolicy, Stale};
 pub use self::removal::Removal;
 use self::tiers::DiskIo;
 use self::types::Found;
 pub use self::types::{
-    CacheConfig, CacheKey, CacheStats, Fetched, Lookup, Model, RequestOptions, Source, WritePolicy,
+    CacheConfig, CacheKey, CacheStats, Computed, Fetched, Lookup, Model, RequestOptions, Source,
+    WritePolicy,
 };
 use self::write_back::WriteBack;
 use crate::disk::DiskTier;
@@ -85,7 +92,7 @@ struct Inner {
     /// Shared with the remote tier's [`EpochSync`], which raises it.
     epochs: Arc<EpochTable>,
     default_ttl: Option<Duration>,
-    model_ttls: HashMap<String, Duration>,
+    policies: HashMap<String, FreshnessPolicy>,
     models: DashMap<String, Arc<Model>>,
     inflight: DashMap<Digest, Flight, DigestHasher>,
     next_flight: AtomicU64,
@@ -152,7 +159,7 @@ impl Cache {
             remote: config.remote,
             epochs: Arc::new(epochs),
             default_ttl: config.default_ttl,
-            model_ttls: config.model_ttls,
+            policies: config.policies,
             models: DashMap::new(),
             inflight: DashMap::with_hasher(DigestHasher::default()),
             next_flight: AtomicU64::new(0),
@@ -184,7 +191,7 @@ impl Cache {
         if let Some(m) = self.inner.models.get(name) {
             return Arc::clone(&m);
         }
-        let ttl = self.inner.model_ttls.get(name).copied();
+        let policy = self.inner.policies.get(name).copied().unwrap_or_default();
         Arc::clone(
             self.inner
                 .models
@@ -192,7 +199,7 @@ impl Cache {
                 .or_insert_with(|| {
                     Arc::new(Model {
                         name: name.into(),
-                        ttl,
+                        policy,
                         counters: ModelCounters::default(),
                     })
                 })
@@ -246,34 +253,31 @@ impl Cache {
         Ok(())
     }
 
-    /// Looks `key` up in every tier.
+    /// Looks `key` up in every tier: a hit only for a value fresh for this request (see
+    /// [`freshness`]); a stale one is a miss here.
     pub async fn get(&self, key: &CacheKey, opts: &RequestOptions) -> Lookup {
         if opts.no_cache {
             return Lookup::Miss;
         }
+        let keys = std::slice::from_ref(key);
+        let mut batch = Batch::new(keys, opts, Mode::Answer);
+        if self.inner.memory_pass(&mut batch).is_empty() {
+            return Lookup::Hit(batch.finish().remove(0));
+        }
         let now = self.inner.clock.now_ms();
-        if let Some(hit) = self.inner.memory_hit(key, opts, now, true) {
-            return Lookup::Hit(hit);
+        if let Some(found) = self.disk_lookup(keys).await.pop().flatten()
+            && batch.accept(0, &found, Source::Disk, now)
+        {
+            return Lookup::Hit(batch.finish().remove(0));
         }
-        let mut hit = self
-            .disk_lookup(std::slice::from_ref(key), opts)
-            .await
-            .pop()
-            .flatten();
-        if hit.is_none() {
-            hit = self
-                .remote_lookup(std::slice::from_ref(key), opts)
-                .await
-                .pop()
-                .flatten();
+        let now = self.inner.clock.now_ms();
+        if let Some(found) = self.remote_lookup(keys).await.pop().flatten()
+            && batch.accept(0, &found, Source::Remote, now)
+        {
+            return Lookup::Hit(batch.finish().remove(0));
         }
-        match hit {
-            Some(hit) => Lookup::Hit(hit),
-            None => {
-                key.model.counters.misses.incr();
-                Lookup::Miss
-            }
-        }
+        key.model.counters.misses.incr();
+        Lookup::Miss
     }
 
     /// Stores `value` under `key` in every tier (per the write policy).
@@ -285,9 +289,11 @@ impl Cache {
         let found = Found {
             value,
             created_ms,
+            expires_ms: self.inner.expiry(key, created_ms, opts),
             computed: true,
+            store: true,
         };
-        self.store(vec![(key.clone(), found)], opts).await;
+        self.store(vec![(key.clone(), found)]).await;
     }
 
     /// Removes everything from this node's tiers. A remote tier is shared with other nodes
@@ -306,14 +312,17 @@ impl Cache {
         self.clear_disk().await;
     }
 
-    /// Returns the value of `key`, computing it with `f` if no tier has it.
+    /// Returns the value of `key`, computing it with `f` if no tier has one fresh for
+    /// this request.
     ///
     /// Concurrent callers for a missing key run `f` once and all receive its result; an
-    /// error reaches every waiter and is not cached (see the module docs).
+    /// error reaches every waiter and is not cached (see the module docs). `f` returns a
+    /// [`Bytes`] (stored) or a [`Computed`] (which may say not to store it).
     ///
     /// # Errors
-    /// The computation's error, shared.
-    pub async fn get_or_compute<F, Fut, E>(
+    /// The computation's error, shared, unless a stale entry stands in for it (see
+    /// [`Cache::get_many_or_compute`]).
+    pub async fn get_or_compute<F, Fut, E, V>(
         &self,
         key: &CacheKey,
         opts: &RequestOptions,
@@ -321,7 +330,8 @@ impl Cache {
     ) -> Result<Fetched, ComputeError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Bytes, E>>,
+        Fut: Future<Output = Result<V, E>>,
+        V: Into<Computed>,
         E: std::error::Error + Send + Sync + 'static,
     {
         let mut f = Some(f);
@@ -337,13 +347,20 @@ impl Cache {
         Ok(out.pop().expect("one key in, one value out"))
     }
 
-    /// Returns the values of `keys` in input order, computing the missing ones with one
-    /// call of `f`.
+    /// Returns the values of `keys` in input order, computing with one call of `f` those
+    /// no tier has a value of that is fresh for this request.
     ///
     /// Duplicate keys are looked up and computed once. `f` receives only the keys that no
     /// tier holds and no concurrent caller is already computing, and must return their
-    /// values in the same order. It is called again only for keys whose computing caller
-    /// was cancelled before finishing.
+    /// values in the same order ([`Bytes`], or [`Computed`] to mark some not to be
+    /// stored). It is called again only for keys whose computing caller was cancelled
+    /// before finishing.
+    ///
+    /// A value within its stale-while-revalidate window is recomputed before answering
+    /// here ([`Cache::get_many_or_refresh`] serves it at once). When `f` fails, every key
+    /// with an entry within its stale-if-error window (the request's, else its model's)
+    /// is answered with it, marked [`Stale::IfError`]; the error is returned only if some
+    /// key has none (or under `no-cache`).
     ///
     /// The steps (memory; lead or wait; memory again, disk, remote; lease, compute, store;
     /// collect what others computed) are named in `cache/batch.rs`.
@@ -351,7 +368,7 @@ impl Cache {
     /// # Errors
     /// The computation's error (shared with every waiter), or
     /// [`EngineError::BatchLength`] if `f` returned the wrong number of values.
-    pub async fn get_many_or_compute<F, Fut, E>(
+    pub async fn get_many_or_compute<F, Fut, E, V>(
         &self,
         keys: &[CacheKey],
         opts: &RequestOptions,
@@ -359,15 +376,59 @@ impl Cache {
     ) -> Result<Vec<Fetched>, ComputeError>
     where
         F: FnMut(Vec<CacheKey>) -> Fut,
-        Fut: Future<Output = Result<Vec<Bytes>, E>>,
+        Fut: Future<Output = Result<Vec<V>, E>>,
+        V: Into<Computed>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let mut batch = Batch::new(keys, opts);
-        let mut pending = self.inner.memory_pass(&mut batch);
-        while !pending.is_empty() {
-            pending = self.round(&mut batch, pending, &mut f).await?;
+        let mut batch = Batch::new(keys, opts, Mode::Answer);
+        self.run(&mut batch, &mut f).await?;
+        Ok(batch.finish())
+    }
+
+    /// [`Cache::get_many_or_compute`] with stale-while-revalidate: a value past its
+    /// freshness but within its stale-while-revalidate window (the request's, else its
+    /// model's) is served at once, marked [`Stale::WhileRevalidate`], and recomputed in
+    /// the background with `f`, once across concurrent callers (the single flight) and
+    /// nodes (the remote tier's lease: a key another node is computing is left to it).
+    /// A refresh that fails keeps the stale value (counted in `compute_errors`).
+    ///
+    /// # Errors
+    /// As [`Cache::get_many_or_compute`].
+    pub async fn get_many_or_refresh<F, Fut, E, V>(
+        &self,
+        keys: &[CacheKey],
+        opts: &RequestOptions,
+        mut f: F,
+    ) -> Result<Vec<Fetched>, ComputeError>
+    where
+        F: FnMut(Vec<CacheKey>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<V>, E>> + Send + 'static,
+        V: Into<Computed> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let mut batch = Batch::new(keys, opts, Mode::AnswerStale);
+        self.run(&mut batch, &mut f).await?;
+        let stale = batch.keys(&batch.revalidate);
+        if !stale.is_empty() {
+            let (cache, opts) = (self.clone(), *opts);
+            tokio::spawn(async move { cache.refresh(stale, opts, f).await });
         }
         Ok(batch.finish())
+    }
+
+    /// Recomputes `keys` (served stale-while-revalidate) and stores them, skipping those
+    /// another caller or node is computing, or that are fresh again by now.
+    async fn refresh<F, Fut, E, V>(self, keys: Vec<CacheKey>, opts: RequestOptions, mut f: F)
+    where
+        F: FnMut(Vec<CacheKey>) -> Fut,
+        Fut: Future<Output = Result<Vec<V>, E>>,
+        V: Into<Computed>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let mut batch = Batch::new(&keys, &opts, Mode::Refresh);
+        if let Err(e) = self.run(&mut batch, &mut f).await {
+            tracing::debug!(error = %e, "a stale-while-revalidate refresh failed");
+        }
     }
 
     /// Waits until every queued write-back operation has reached the lower tiers, then

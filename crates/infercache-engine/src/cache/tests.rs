@@ -53,6 +53,8 @@ const NONE: RequestOptions = RequestOptions {
     no_cache: false,
     no_store: false,
     ttl: None,
+    stale_while_revalidate: None,
+    stale_if_error: None,
 };
 
 #[tokio::test]
@@ -232,8 +234,13 @@ async fn ttls_per_cache_model_and_entry_are_honoured_in_every_tier() {
     let clock = ManualClock::new(10_000);
     let mut cfg = config(1 << 20, Some(dir.path()));
     cfg.default_ttl = Some(Duration::from_secs(100));
-    cfg.model_ttls
-        .insert("short".into(), Duration::from_secs(10));
+    cfg.policies.insert(
+        "short".into(),
+        FreshnessPolicy {
+            ttl: Some(Duration::from_secs(10)),
+            ..FreshnessPolicy::default()
+        },
+    );
     let cache = Cache::open(cfg.clone(), clock.clone()).unwrap();
     let default = key(&cache, "m", "x");
     let model = key(&cache, "short", "x");
@@ -382,7 +389,8 @@ async fn request_options_max_age_no_cache_no_store() {
         Lookup::Hit(Fetched {
             value: Bytes::from_static(b"three"),
             source: Source::Memory,
-            created_ms: 6_000
+            created_ms: 6_000,
+            stale: None,
         })
     );
     let k2 = key(&cache, "m", "b");
@@ -483,12 +491,14 @@ async fn a_full_write_back_queue_drops_lower_tier_writes_and_counts_them() {
                 Found {
                     value: value_of(k),
                     created_ms: 1,
+                    expires_ms: crate::memory::NEVER,
                     computed: true,
+                    store: true,
                 },
             )
         })
         .collect();
-    cache.store(batch, &NONE).await;
+    cache.store(batch).await;
     cache.shutdown().await;
     let s = cache.stats();
     assert!(s.writeback_dropped > 0, "{s:?}");
@@ -586,14 +596,13 @@ async fn randomized_concurrent_under_eviction_respects_bounds() {
                         .get_or_compute(&k, &NONE, || {
                             let v = value_of(&k);
                             async move {
-                                Ok::<_, ModelFailed>(
+                                Ok::<_, ModelFailed>(Bytes::from(
                                     v.iter()
                                         .copied()
                                         .cycle()
                                         .take(len.max(v.len()))
-                                        .collect::<Vec<u8>>()
-                                        .into(),
-                                )
+                                        .collect::<Vec<u8>>(),
+                                ))
                             }
                         })
                         .await

@@ -9,14 +9,15 @@ use infercache_core::{Digest, SharedClock};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-use super::types::{CacheKey, Fetched, Found, RequestOptions, Source, fresh_enough};
+use super::freshness::Times;
+use super::types::{CacheKey, Found, RequestOptions};
 use super::write_back::WriteOp;
 use super::{Cache, Inner, WRITE_STRIPES};
 use crate::disk::{DiskConfig, DiskEntry, DiskTier};
 use crate::epochs::EpochTable;
 use crate::error::EngineError;
 use crate::memory::{MemEntry, MemoryTier, NEVER};
-use crate::remote::RemoteEntry;
+use crate::remote::{Lease, RemoteEntry};
 
 /// The disk tier, behind a semaphore: its operations run on tokio's blocking pool, at most
 /// `disk_io_concurrency` at once, never on the async workers.
@@ -72,12 +73,9 @@ pub(super) enum Tier {
 }
 
 impl Cache {
-    /// Looks `keys` up on disk in one blocking task; hits are promoted to memory.
-    pub(super) async fn disk_lookup(
-        &self,
-        keys: &[CacheKey],
-        opts: &RequestOptions,
-    ) -> Vec<Option<Fetched>> {
+    /// Looks `keys` up on disk in one blocking task. Entries not expired are promoted to
+    /// memory with their times (each caller judges their freshness for itself).
+    pub(super) async fn disk_lookup(&self, keys: &[CacheKey]) -> Vec<Option<Found>> {
         let Some(disk) = &self.inner.disk else {
             return vec![None; keys.len()];
         };
@@ -114,32 +112,31 @@ impl Cache {
             .zip(entries)
             .zip(generations)
             .map(|((key, entry), generation)| {
-                let entry = entry.filter(|e| fresh_enough(e.created_ms, now, opts))?;
+                let entry = entry?;
+                let times = Times {
+                    created_ms: entry.created_ms,
+                    expires_ms: entry.expires_ms.unwrap_or(NEVER),
+                };
+                if times.expires_ms <= now {
+                    return None;
+                }
                 self.inner.promote(
                     &key.digest,
                     MemEntry {
                         value: entry.value.clone(),
-                        created_ms: entry.created_ms,
-                        expires_ms: entry.expires_ms.unwrap_or(NEVER),
+                        created_ms: times.created_ms,
+                        expires_ms: times.expires_ms,
                     },
                     Some(generation),
                 );
-                key.model.counters.disk_hits.incr();
-                Some(Fetched {
-                    value: entry.value,
-                    source: Source::Disk,
-                    created_ms: entry.created_ms,
-                })
+                Some(Found::hit(entry.value, times))
             })
             .collect()
     }
 
-    /// Looks `keys` up in the remote tier in one call; hits are promoted to memory and disk.
-    pub(super) async fn remote_lookup(
-        &self,
-        keys: &[CacheKey],
-        opts: &RequestOptions,
-    ) -> Vec<Option<Fetched>> {
+    /// Looks `keys` up in the remote tier in one call. Entries not expired are promoted
+    /// to memory and disk with their times.
+    pub(super) async fn remote_lookup(&self, keys: &[CacheKey]) -> Vec<Option<Found>> {
         let Some(remote) = &self.inner.remote else {
             return vec![None; keys.len()];
         };
@@ -156,17 +153,17 @@ impl Cache {
             .zip(entries)
             .zip(generations)
             .map(|((key, entry), generation)| {
-                let entry = entry.filter(|e| {
-                    e.expires_ms.is_none_or(|x| x > now) && fresh_enough(e.created_ms, now, opts)
-                })?;
+                let entry = entry?;
+                let times = Times {
+                    created_ms: entry.created_ms,
+                    expires_ms: entry.expires_ms.unwrap_or(NEVER),
+                };
+                if times.expires_ms <= now {
+                    return None;
+                }
                 self.inner
                     .promote_remote(&key.digest, &entry, generation, &mut to_disk);
-                key.model.counters.remote_hits.incr();
-                Some(Fetched {
-                    value: entry.value,
-                    source: Source::Remote,
-                    created_ms: entry.created_ms,
-                })
+                Some(Found::hit(entry.value, times))
             })
             .collect();
         self.store_promoted(to_disk).await;
@@ -174,29 +171,28 @@ impl Cache {
     }
 
     /// Stores computed values in every tier.
-    pub(super) async fn store(&self, found: Vec<(CacheKey, Found)>, opts: &RequestOptions) {
-        self.inner.store_memory(&found, opts);
-        self.store_below_memory(found, opts).await;
+    pub(super) async fn store(&self, found: Vec<(CacheKey, Found)>) {
+        self.inner.store_memory(&found);
+        self.store_below_memory(found, None).await;
     }
 
-    /// Writes to the tiers below memory, per the write policy.
+    /// Writes to the tiers below memory, per the write policy: disk, then the remote tier
+    /// (through `lease` when the values were computed under one: it stores them, then
+    /// lets the keys go).
     pub(super) async fn store_below_memory(
         &self,
         found: Vec<(CacheKey, Found)>,
-        opts: &RequestOptions,
+        lease: Option<Box<dyn Lease>>,
     ) {
         let entries: Vec<(Digest, MemEntry)> = found
             .into_iter()
             .map(|(k, f)| {
-                let expires_ms = self.inner.expiry(&k, f.created_ms, opts);
-                (
-                    k.digest,
-                    MemEntry {
-                        value: f.value,
-                        created_ms: f.created_ms,
-                        expires_ms,
-                    },
-                )
+                let entry = MemEntry {
+                    value: f.value,
+                    created_ms: f.created_ms,
+                    expires_ms: f.expires_ms,
+                };
+                (k.digest, entry)
             })
             .collect();
         let remote: Vec<(Digest, RemoteEntry)> = match &self.inner.remote {
@@ -214,8 +210,10 @@ impl Cache {
             None => Vec::new(),
         };
         self.store_disk(entries).await;
-        if let Some(r) = &self.inner.remote {
-            r.put_many(remote).await;
+        match (lease, &self.inner.remote) {
+            (Some(lease), _) => lease.release(remote).await,
+            (None, Some(r)) if !remote.is_empty() => r.put_many(remote).await,
+            (None, _) => {}
         }
     }
 
@@ -276,46 +274,38 @@ impl Cache {
 }
 
 impl Inner {
-    /// A memory hit for `key` that `opts` accepts, counted for the model.
-    pub(super) fn memory_hit(
-        &self,
-        key: &CacheKey,
-        opts: &RequestOptions,
-        now: u64,
-        count_tier: bool,
-    ) -> Option<Fetched> {
+    /// The memory tier's entry for `key`, not expired (counted by the tier when
+    /// `count_tier`); the caller judges its freshness.
+    pub(super) fn memory_entry(&self, key: &Digest, count_tier: bool) -> Option<Found> {
         let memory = self.memory.as_ref()?;
         let entry = if count_tier {
-            memory.get(&key.digest)
+            memory.get(key)
         } else {
-            memory.get_quiet(&key.digest)
+            memory.get_quiet(key)
         }?;
-        if !fresh_enough(entry.created_ms, now, opts) {
-            return None;
-        }
-        key.model.counters.memory_hits.incr();
-        Some(Fetched {
-            value: entry.value,
-            source: Source::Memory,
+        let times = Times {
             created_ms: entry.created_ms,
-        })
+            expires_ms: entry.expires_ms,
+        };
+        Some(Found::hit(entry.value, times))
     }
 
-    /// The absolute expiry of a value of `key` created at `created_ms`.
+    /// The absolute expiry of a value of `key` created at `created_ms`: the request's
+    /// `ttl`, else the model's `ttl` and stale windows, else the cache's `default_ttl`.
     pub(super) fn expiry(&self, key: &CacheKey, created_ms: u64, opts: &RequestOptions) -> u64 {
         opts.ttl
-            .or(key.model.ttl)
+            .or_else(|| key.model.policy.keep_for())
             .or(self.default_ttl)
             .map_or(NEVER, |ttl| created_ms.saturating_add(duration_ms(ttl)))
     }
 
-    pub(super) fn store_memory(&self, found: &[(CacheKey, Found)], opts: &RequestOptions) {
+    pub(super) fn store_memory(&self, found: &[(CacheKey, Found)]) {
         for (k, f) in found {
             k.model.counters.inserts.incr();
             let entry = MemEntry {
                 value: f.value.clone(),
                 created_ms: f.created_ms,
-                expires_ms: self.expiry(k, f.created_ms, opts),
+                expires_ms: f.expires_ms,
             };
             self.with_stripe(&k.digest, |m| m.insert(k.digest, entry));
         }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use infercache_core::Digest;
-use infercache_core::clock::duration_ms;
 use infercache_core::stats::{ModelCounters, ModelStats, TierStats};
 use serde::Serialize;
 
+use super::freshness::{FreshnessPolicy, Stale, Times};
 use crate::disk::DiskConfig;
 use crate::memory::MemoryConfig;
 use crate::remote::{RemoteStats, RemoteTier};
@@ -36,10 +36,12 @@ pub struct CacheConfig {
     pub disk: Option<DiskConfig>,
     /// A remote tier shared with other nodes, below disk; `None` for none.
     pub remote: Option<Arc<dyn RemoteTier>>,
-    /// TTL of entries whose model and request set none. Default: none.
+    /// How long entries are kept when neither their model's policy nor the request says
+    /// (entries of a model without a policy are fresh until then). Default: none.
     pub default_ttl: Option<Duration>,
-    /// TTL per model, overriding `default_ttl`.
-    pub model_ttls: HashMap<String, Duration>,
+    /// Freshness per model name: `ttl`, `stale_if_error`, `stale_while_revalidate` (see
+    /// [`crate::cache::freshness`]). A model without one is fresh until its entries expire.
+    pub policies: HashMap<String, FreshnessPolicy>,
     /// Write policy. Default: write-through.
     pub write_policy: WritePolicy,
     /// Folded into every key; bumping it invalidates everything. Default: 0.
@@ -57,7 +59,7 @@ impl Default for CacheConfig {
             disk: None,
             remote: None,
             default_ttl: None,
-            model_ttls: HashMap::new(),
+            policies: HashMap::new(),
             write_policy: WritePolicy::WriteThrough,
             cache_version: 0,
             cleanup_interval: Duration::from_secs(60),
@@ -66,11 +68,11 @@ impl Default for CacheConfig {
     }
 }
 
-/// A model's handle: its name, TTL and counters, resolved once per key.
+/// A model's handle: its name, freshness policy and counters, resolved once per key.
 #[derive(Debug)]
 pub struct Model {
     pub(super) name: Arc<str>,
-    pub(super) ttl: Option<Duration>,
+    pub(super) policy: FreshnessPolicy,
     pub(super) counters: ModelCounters,
 }
 
@@ -78,6 +80,11 @@ impl Model {
     /// The model id.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its freshness policy.
+    pub fn policy(&self) -> &FreshnessPolicy {
+        &self.policy
     }
 }
 
@@ -123,7 +130,7 @@ impl Source {
     }
 }
 
-/// A value and where it came from.
+/// A value, where it came from, and whether it was served past its freshness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
     /// The value.
@@ -132,6 +139,51 @@ pub struct Fetched {
     pub source: Source,
     /// When it was computed (ms since the Unix epoch).
     pub created_ms: u64,
+    /// `None`: fresh. Otherwise why it was served stale.
+    pub stale: Option<Stale>,
+}
+
+impl Fetched {
+    /// Whether it was served past its freshness.
+    pub fn is_stale(&self) -> bool {
+        self.stale.is_some()
+    }
+}
+
+/// What a computation returns for one key: its value, and whether it may be cached.
+///
+/// A value marked [`Computed::do_not_store`] (a row the model failed on, say) is handed
+/// to this call and to the callers waiting on the same key, and written to no tier on no
+/// node; the key stays uncached, and the next request computes it again. A plain
+/// [`Bytes`] converts into a value to store, so computations that return `Vec<Bytes>`
+/// work unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Computed {
+    /// The value.
+    pub value: Bytes,
+    /// Whether the cache may store it.
+    pub store: bool,
+}
+
+impl Computed {
+    /// A value to cache.
+    pub fn store(value: Bytes) -> Self {
+        Self { value, store: true }
+    }
+
+    /// A value to hand back but cache nowhere.
+    pub fn do_not_store(value: Bytes) -> Self {
+        Self {
+            value,
+            store: false,
+        }
+    }
+}
+
+impl From<Bytes> for Computed {
+    fn from(value: Bytes) -> Self {
+        Self::store(value)
+    }
 }
 
 /// The result of a plain lookup. A miss is a value, not an error.
@@ -146,14 +198,27 @@ pub enum Lookup {
 /// Per-request cache control (what `Cache-Control` carries over HTTP).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RequestOptions {
-    /// Accept only entries younger than this (`max-age`).
+    /// Accept as fresh only entries at most this old (`max-age`), on top of the model's
+    /// `ttl`.
     pub max_age: Option<Duration>,
-    /// Skip the lookup, compute and overwrite (`no-cache`).
+    /// Skip the lookup, compute and overwrite (`no-cache`). No stale entry is served.
     pub no_cache: bool,
     /// Do not store what is computed (`no-store`).
     pub no_store: bool,
-    /// TTL of what is stored, overriding the model's and the cache's.
+    /// How long what this request stores is kept, overriding what the model's policy
+    /// (or the cache's `default_ttl`) says; entries of a model without a `ttl` are fresh
+    /// for all of it.
     pub ttl: Option<Duration>,
+    /// RFC 5861's `stale-while-revalidate=N`: past this request's freshness (the model's
+    /// `ttl` or `max_age`, the stricter), entries up to `N` more are served at once,
+    /// marked stale, and recomputed in the background. Overrides the model's window;
+    /// like every stale window, it cannot outlast the entry's storage life (the model's
+    /// `ttl` plus its windows, or the cache's `default_ttl`).
+    pub stale_while_revalidate: Option<Duration>,
+    /// RFC 5861's `stale-if-error=N`: when the computation fails, entries up to `N` past
+    /// this request's freshness stand in for it, marked stale. Overrides the model's
+    /// window.
+    pub stale_if_error: Option<Duration>,
 }
 
 /// A snapshot of the cache's stats.
@@ -181,32 +246,41 @@ pub struct CacheStats {
 pub(super) struct Found {
     pub(super) value: Bytes,
     pub(super) created_ms: u64,
+    /// [`crate::memory::NEVER`] for no expiry.
+    pub(super) expires_ms: u64,
     /// Computed by the leader (not read from a tier): what a `no-cache` waiter needs.
     pub(super) computed: bool,
+    /// Whether it may be stored (see [`Computed`]).
+    pub(super) store: bool,
 }
 
 impl Found {
     /// A value read from a tier.
-    pub(super) fn hit(hit: &Fetched) -> Self {
+    pub(super) fn hit(value: Bytes, times: Times) -> Self {
         Self {
-            value: hit.value.clone(),
-            created_ms: hit.created_ms,
+            value,
+            created_ms: times.created_ms,
+            expires_ms: times.expires_ms,
             computed: false,
+            store: true,
+        }
+    }
+
+    /// Its times, for [`super::freshness::judge`].
+    pub(super) fn times(&self) -> Times {
+        Times {
+            created_ms: self.created_ms,
+            expires_ms: self.expires_ms,
         }
     }
 
     /// What this caller reports for the value.
-    pub(super) fn fetched(&self, source: Source) -> Fetched {
+    pub(super) fn fetched(&self, source: Source, stale: Option<Stale>) -> Fetched {
         Fetched {
             value: self.value.clone(),
             source,
             created_ms: self.created_ms,
+            stale,
         }
     }
-}
-
-/// Whether an entry created at `created_ms` satisfies the request's `max_age`.
-pub(super) fn fresh_enough(created_ms: u64, now: u64, opts: &RequestOptions) -> bool {
-    opts.max_age
-        .is_none_or(|max| now.saturating_sub(created_ms) <= duration_ms(max))
 }

@@ -2,6 +2,7 @@
 
 mod disk_crash;
 mod disk_faults;
+mod freshness;
 mod hit_ratio;
 mod memory_accounting;
 mod regressions;

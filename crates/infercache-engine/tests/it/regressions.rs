@@ -19,6 +19,8 @@ const NONE: RequestOptions = RequestOptions {
     no_cache: false,
     no_store: false,
     ttl: None,
+    stale_while_revalidate: None,
+    stale_if_error: None,
 };
 
 fn disk_cfg(dir: &std::path::Path, capacity: u64) -> DiskConfig {

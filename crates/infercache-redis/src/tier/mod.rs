@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use infercache_core::{Digest, SharedClock};
-use infercache_engine::remote::BoxFuture;
+use infercache_engine::remote::{Accept, BoxFuture};
 use infercache_engine::{
     BreakerState, EpochSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier, Scope,
 };
@@ -44,6 +44,8 @@ struct Counters {
     leases_contended: AtomicU64,
     lease_waits_filled: AtomicU64,
     lease_waits_empty: AtomicU64,
+    lease_replies_lost: AtomicU64,
+    lease_release_retries: AtomicU64,
     epoch_updates: AtomicU64,
     removals_replayed: AtomicU64,
     removals_received: AtomicU64,
@@ -74,6 +76,9 @@ struct Shared {
     pending_removals: parking_lot::Mutex<Vec<Digest>>,
     /// The newest removal time read from the removal log (ms; 0: never read).
     removals_seen_ms: AtomicU64,
+    /// Bumped by every removal made here or heard of: a value computed under a lease is
+    /// not written if a removal came in between (it could be of that key).
+    removal_seq: AtomicU64,
     counters: Counters,
     /// Error replies by kind (a fixed set of kinds: see `conn::reply_kind`).
     error_replies: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -135,6 +140,7 @@ impl RedisTier {
             subscribed: AtomicBool::new(false),
             pending_bumps: parking_lot::Mutex::new(Vec::new()),
             pending_removals: parking_lot::Mutex::new(Vec::new()),
+            removal_seq: AtomicU64::new(0),
             removals_seen_ms: AtomicU64::new(0),
             counters: Counters::default(),
             error_replies: parking_lot::Mutex::default(),
@@ -226,8 +232,12 @@ impl RemoteTier for RedisTier {
         Box::pin(self.shared.lease(keys))
     }
 
-    fn wait_for<'a>(&'a self, keys: &'a [Digest]) -> BoxFuture<'a, Vec<Option<RemoteEntry>>> {
-        Box::pin(self.shared.wait_for(keys))
+    fn wait_for<'a>(
+        &'a self,
+        keys: &'a [Digest],
+        accept: &'a Accept<'a>,
+    ) -> BoxFuture<'a, Vec<Option<RemoteEntry>>> {
+        Box::pin(self.shared.wait_for(keys, accept))
     }
 
     fn stats(&self) -> RemoteStats {
@@ -261,6 +271,8 @@ impl RemoteTier for RedisTier {
             leases_contended: get(&c.leases_contended),
             lease_waits_filled: get(&c.lease_waits_filled),
             lease_waits_empty: get(&c.lease_waits_empty),
+            lease_replies_lost: get(&c.lease_replies_lost),
+            lease_release_retries: get(&c.lease_release_retries),
             epoch_updates: get(&c.epoch_updates),
             removals_pending: s.pending_removals.lock().len() as u64,
             removals_replayed: get(&c.removals_replayed),

@@ -35,6 +35,7 @@ impl Shared {
     /// Removes `key` in Redis and tells every node; [`RemoteRemoval::Deferred`] (kept and
     /// replayed at the next synchronisation) when Redis did not take it.
     pub(super) async fn delete(&self, key: Digest) -> RemoteRemoval {
+        self.removal_seq.fetch_add(1, Ordering::AcqRel);
         if self.usable()
             && let Some(found) = self.delete_now(&key).await
         {
@@ -99,6 +100,9 @@ impl Shared {
         let mut newest = seen;
         for (hex, at) in logged {
             newest = newest.max(at);
+            if at > seen {
+                self.removal_seq.fetch_add(1, Ordering::AcqRel);
+            }
             if let Ok(key) = hex.parse::<Digest>() {
                 epochs.remove_local(key).await;
             }
@@ -120,6 +124,7 @@ impl Shared {
         }
         match (hex.parse::<Digest>(), self.epochs.get()) {
             (Ok(key), Some(epochs)) => {
+                self.removal_seq.fetch_add(1, Ordering::AcqRel);
                 epochs.remove_local(key).await;
                 bump(&self.counters.removals_received, 1);
             }

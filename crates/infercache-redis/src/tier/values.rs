@@ -3,7 +3,7 @@
 
 use infercache_core::Digest;
 use infercache_engine::RemoteEntry;
-use redis::Value;
+use redis::{Cmd, Value};
 
 use super::conn::{Call, pipeline};
 use super::{Shared, bump};
@@ -70,6 +70,22 @@ impl Shared {
 
     /// Writes entries in one round trip.
     pub(super) async fn write(&self, entries: &[(Digest, RemoteEntry)]) {
+        let cmds = self.set_commands(entries);
+        if cmds.is_empty() {
+            return;
+        }
+        let n = cmds.len() as u64;
+        if self
+            .call::<Value>(Call::Each(&pipeline(cmds)))
+            .await
+            .is_some()
+        {
+            bump(&self.counters.writes, n);
+        }
+    }
+
+    /// One `SET … PX` per entry that fits and has not expired.
+    pub(super) fn set_commands(&self, entries: &[(Digest, RemoteEntry)]) -> Vec<Cmd> {
         let mut cmds = Vec::with_capacity(entries.len());
         for (key, entry) in entries {
             if entry.value.len() > self.config.max_value_bytes {
@@ -83,17 +99,7 @@ impl Shared {
                 .arg(px);
             cmds.push(set);
         }
-        if cmds.is_empty() {
-            return;
-        }
-        let n = cmds.len() as u64;
-        if self
-            .call::<Value>(Call::Each(&pipeline(cmds)))
-            .await
-            .is_some()
-        {
-            bump(&self.counters.writes, n);
-        }
+        cmds
     }
 
     /// Decodes a value read under `key`, counting what it was.

@@ -4,6 +4,7 @@
 mod cluster;
 mod faults;
 mod harness;
+mod lease;
 mod managed;
 mod removals;
 mod tier;
