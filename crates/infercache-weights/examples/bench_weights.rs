@@ -207,13 +207,17 @@ fn short_texts(n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Byte-bounded cache simulations on a trace of `(key, bytes)`: hits of LRU and FIFO.
-fn simulate(trace: &[(String, u64)], capacity: u64, overhead: u64) -> (u64, u64) {
+/// Byte-bounded cache simulations on a trace of `(key, bytes)`, each entry charged as the
+/// server's memory tier charges it: hits of LRU and FIFO.
+fn simulate(trace: &[(String, u64)], capacity: u64) -> (u64, u64) {
     let mut lru: VecDeque<(String, u64)> = VecDeque::new();
     let mut fifo: VecDeque<(String, u64)> = VecDeque::new();
     let (mut lru_bytes, mut fifo_bytes, mut lru_hits, mut fifo_hits) = (0, 0, 0, 0);
     for (key, bytes) in trace {
-        let w = bytes + overhead;
+        let w = infercache_engine::memory::charge(
+            infercache_engine::Policy::Lru,
+            usize::try_from(*bytes).expect("a chunk fits in memory"),
+        );
         if let Some(pos) = lru.iter().position(|(k, _)| k == key) {
             let e = lru.remove(pos).expect("present");
             lru.push_back(e);
@@ -493,8 +497,7 @@ async fn main() -> Result<()> {
         .iter()
         .map(|(_, _, sha, size)| (sha.clone(), *size))
         .collect();
-    let overhead = infercache_engine::memory::ENTRY_OVERHEAD;
-    let (lru_hits, fifo_hits) = simulate(&keyed, capacity, overhead);
+    let (lru_hits, fifo_hits) = simulate(&keyed, capacity);
     let n = trace.len() as f64;
     println!(
         "\n## server cache, {} requests of two models ({} MB) through {} MiB",

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use infercache_core::canonical::CanonicalInput;
 use infercache_core::{KeyParts, SharedClock};
-use infercache_engine::memory::ENTRY_OVERHEAD;
+use infercache_engine::memory::charge;
 use infercache_engine::{
     Cache, CacheConfig, CacheKey, ComputeError, EngineError, Lookup, MemoryConfig, Policy,
     RemoteTier, RequestOptions, Source, Weigher,
@@ -110,7 +110,9 @@ impl ChunkCache {
     /// uncached).
     pub(crate) fn admits(&self, size: u64) -> bool {
         match (&self.memory, &self.shared) {
-            (Some(_), _) => size.saturating_add(ENTRY_OVERHEAD) <= self.capacity,
+            (Some(_), _) => {
+                usize::try_from(size).is_ok_and(|len| charge(Policy::Lru, len) <= self.capacity)
+            }
             (None, Some(_)) => size <= self.shared_max,
             (None, None) => false,
         }
@@ -224,7 +226,7 @@ impl ChunkCache {
         };
         let mut dropped = 0;
         for sha in sha256s {
-            if memory.remove(&Self::key(memory, sha)).await {
+            if memory.remove(&Self::key(memory, sha)).await.found {
                 dropped += 1;
             }
         }

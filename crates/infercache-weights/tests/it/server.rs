@@ -17,8 +17,10 @@ use tower::ServiceExt as _;
 
 use crate::common::{TINY, TestServer, Tiny, config};
 
-/// Bytes the memory tier charges per entry on top of the value.
-const OVERHEAD: u64 = infercache_engine::memory::ENTRY_OVERHEAD;
+/// Bytes the memory tier charges for a chunk of `len` bytes.
+fn charged(len: u64) -> u64 {
+    infercache_engine::memory::charge(infercache_engine::Policy::Lru, len as usize)
+}
 
 struct Answer {
     status: StatusCode,
@@ -421,7 +423,7 @@ async fn the_server_cache_is_lru_where_fifo_would_evict_the_hot_chunk() {
     let t = Tiny::new(TinyBert::default());
     let layer = t.size("layer_0");
     // Room for exactly two layers.
-    let server = open(&t, 2 * (layer + OVERHEAD) + OVERHEAD / 2);
+    let server = open(&t, 2 * charged(layer) + charged(layer) / 2);
     let app = server.app();
     // A B A C A: LRU keeps A (hit at the end); FIFO evicts A when C arrives (miss).
     let trace = ["layer_0", "layer_1", "layer_0", "layer_2", "layer_0"];
@@ -440,8 +442,8 @@ async fn the_cache_stays_within_its_bytes_after_every_request_and_big_chunks_byp
     let embeddings = t.size("embeddings");
     let layer = t.size("layer_0");
     assert!(embeddings > 3 * layer, "the embeddings must not fit");
-    let capacity = 3 * (layer + OVERHEAD) + t.size("pooler");
-    assert!(embeddings + OVERHEAD > capacity);
+    let capacity = 3 * charged(layer) + t.size("pooler");
+    assert!(charged(embeddings) > capacity);
     let server = open(&t, capacity);
     let app = server.app();
     let names: Vec<String> = t.manifest.chunks.keys().cloned().collect();
@@ -506,7 +508,7 @@ async fn thirty_two_clients_missing_one_chunk_cause_one_storage_read() {
 async fn a_damaged_chunk_file_is_never_served() {
     let t = Tiny::new(big_embeddings());
     // Cached chunks (layers) and a streamed one (the embeddings do not fit).
-    let server = TestServer::start(config(&t.root(), 4 * (t.size("layer_0") + OVERHEAD))).await;
+    let server = TestServer::start(config(&t.root(), 4 * charged(t.size("layer_0")))).await;
     for name in ["layer_3", "embeddings"] {
         let mut bytes = fs::read(t.chunk_path(name)).unwrap();
         let mid = bytes.len() / 2;
