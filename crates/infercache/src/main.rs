@@ -5,6 +5,7 @@
 //! - `stats`, `warm`, `invalidate`: admin commands that talk to a running server over
 //!   HTTP ([`client`] for the connection, one file per command).
 //! - `bench`: measurements of the engine ([`mod@bench`]).
+//! - `weights`: chunk, verify, serve and stream model weights by layer ([`weights`]).
 
 mod bench;
 mod client;
@@ -12,6 +13,7 @@ mod invalidate;
 mod serve;
 mod stats;
 mod warm;
+mod weights;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -40,6 +42,10 @@ enum Command {
     /// Measure the cache engine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Model weights by layer: chunk a model, verify chunks, serve them, embed with a
+    /// model streamed from a weight server.
+    #[command(subcommand)]
+    Weights(weights::WeightsCommand),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
         Command::Warm(cmd) => warm::run(&cmd),
         Command::Invalidate(cmd) => invalidate::run(&cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Weights(cmd) => weights::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

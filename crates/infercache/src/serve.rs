@@ -39,7 +39,7 @@ pub fn run(cmd: &ServeCommand) -> anyhow::Result<()> {
 }
 
 /// Completes on the first SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal(mut term: Signal, mut interrupt: Signal) {
+pub(crate) async fn shutdown_signal(mut term: Signal, mut interrupt: Signal) {
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",

@@ -403,3 +403,6 @@ fn invalidate_needs_exactly_one_scope() {
         assert!(stderr.contains("Usage"), "{args:?}: {stderr}");
     }
 }
+
+#[path = "cli/weights.rs"]
+mod weights;
