@@ -55,6 +55,14 @@
 //! - [`model`], `server`: loading the built-in model, building the registry and the
 //!   cache from the configuration, serving and draining.
 //!
+//! # Features
+//!
+//! - `builtin` (default): the built-in embedding model, run in this process
+//!   (`infercache-model`). Without it the server serves upstream models only and refuses
+//!   a configuration that serves the built-in one.
+//! - `redis` (default): the shared Redis tier (`infercache-redis`). Without it a
+//!   configuration that sets `redis` is refused.
+//!
 //! # Concurrency
 //!
 //! Handlers never block: inference runs on the model pool's threads, disk I/O on the
@@ -70,6 +78,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod model;
+mod remote;
 pub mod routes;
 mod server;
 pub mod state;
