@@ -8,7 +8,7 @@
 //! (`infercache-server`) parse a protocol into [`Inputs`] and render stored values back.
 //!
 //! ```text
-//!   infercache-model (candle)      ─┐
+//!   infercache-model (faer)        ─┐
 //!   infercache-upstream (reqwest)  ─┼─ impl Backend ─► infercache-infer (registry, rows)
 //!   a test double                  ─┘
 //! ```

@@ -14,11 +14,11 @@
 //! | route | what | statuses |
 //! |---|---|---|
 //! | `POST /v1/embeddings` | OpenAI-compatible ([`routes::openai`]) | 200, 400, 401, 404, 413, 429, 504 |
-//! | `POST /v1/embed` | Smally-compatible ([`routes::smally`]) | 200, 400, 401, 413, 429, 504 |
+//! | `POST /v1/embed` | Smally-compatible ([`routes::smally`]) | 200, 400, 401, 404, 413, 429, 504 |
 //! | `GET /v1/cache/stats` | per-tier and per-model stats ([`routes::admin`]) | 200, 401, 403 |
 //! | `POST /v1/cache/invalidate` | by scope | 200, 400, 401, 403, 409 |
 //! | `DELETE /v1/cache/entries/{key}` | one entry | 200, 400, 401, 403, 404, 409 |
-//! | `POST /v1/cache/warm` | precompute inputs | 200, 400, 401, 403, 409, 429 |
+//! | `POST /v1/cache/warm` | precompute inputs | 200, 400, 401, 403, 404, 409, 429 |
 //! | `GET /metrics` | Prometheus ([`metrics`]) | 200, 401, 403 |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness ([`routes::health`]) | 200, 503 |
 //! | `GET /v1/models` | the configured models ([`routes::models`]) | 200, 401 |
@@ -55,6 +55,14 @@
 //! - [`model`], `server`: loading the built-in model, building the registry and the
 //!   cache from the configuration, serving and draining.
 //!
+//! # Features
+//!
+//! - `builtin` (default): the built-in embedding model, run in this process
+//!   (`infercache-model`). Without it the server serves upstream models only and refuses
+//!   a configuration that serves the built-in one.
+//! - `redis` (default): the shared Redis tier (`infercache-redis`). Without it a
+//!   configuration that sets `redis` is refused.
+//!
 //! # Concurrency
 //!
 //! Handlers never block: inference runs on the model pool's threads, disk I/O on the
@@ -70,6 +78,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod model;
+mod remote;
 pub mod routes;
 mod server;
 pub mod state;

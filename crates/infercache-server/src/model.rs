@@ -1,14 +1,15 @@
 //! Serving per a configuration: [`run`] loads the built-in model when the configuration
-//! serves it (never otherwise) and serves.
+//! serves it (never otherwise) and serves. A build without the `builtin` feature has no
+//! built-in model: it serves upstream models only, and refuses a configuration that
+//! serves the built-in one.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use infercache_backend::Backend;
-use infercache_model::{BuiltinModel, MODEL_NAME, PoolConfig};
+use infercache_backend::{BUILTIN_MODEL, Backend};
 use tokio::net::TcpListener;
 
-use crate::config::{BatchSettings, ServerConfig};
+use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::server::run_with;
 
@@ -17,40 +18,55 @@ use crate::server::run_with;
 /// drain.
 ///
 /// # Errors
-/// The model does not load, or anything [`run_with`] fails with.
+/// The model does not load (or this build has none, [`ServerError::NoBuiltinModel`]), or
+/// anything [`run_with`] fails with.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     if !infercache_infer::serves_builtin(&config.models) {
-        tracing::info!("{MODEL_NAME} is not among the configured models: not loading it");
+        tracing::info!("{BUILTIN_MODEL} is not among the configured models: not loading it");
         return run_with(config, None, listener, shutdown).await;
     }
+    let builtin = load(&config).await?;
+    run_with(config, Some(builtin), listener, shutdown).await
+}
+
+/// The built-in model per `config`, loaded on the blocking pool.
+#[cfg(feature = "builtin")]
+async fn load(config: &ServerConfig) -> Result<Arc<dyn Backend>, ServerError> {
+    use infercache_model::BuiltinModel;
+
     let model_dir = config.model_dir.clone();
     let cache_dir = infercache_backend::default_cache_dir();
-    let batch = config.batch;
     match &model_dir {
-        Some(dir) => tracing::info!(dir = %dir.display(), "loading {MODEL_NAME}"),
+        Some(dir) => tracing::info!(dir = %dir.display(), "loading {BUILTIN_MODEL}"),
         None => tracing::info!(
             cache_dir = %cache_dir.display(),
-            "loading {MODEL_NAME}, fetching it into the cache directory if absent"
+            "loading {BUILTIN_MODEL}, fetching it into the cache directory if absent"
         ),
     }
-    let pool = pool_config(&batch);
+    let pool = pool_config(&config.batch);
     let model = tokio::task::spawn_blocking(move || {
         BuiltinModel::load(model_dir.as_deref(), &cache_dir, pool)
     })
     .await
     .map_err(|e| ServerError::Model(Box::new(e)))?
     .map_err(|e| ServerError::Model(Box::new(e)))?;
-    let builtin: Arc<dyn Backend> = Arc::new(model);
-    run_with(config, Some(builtin), listener, shutdown).await
+    Ok(Arc::new(model))
+}
+
+/// A build without the built-in model cannot serve it.
+#[cfg(not(feature = "builtin"))]
+async fn load(_config: &ServerConfig) -> Result<Arc<dyn Backend>, ServerError> {
+    Err(infercache_infer::NoBuiltinModel.into())
 }
 
 /// The built-in model's pool, batching per `batch`.
-pub fn pool_config(batch: &BatchSettings) -> PoolConfig {
-    PoolConfig::default()
+#[cfg(feature = "builtin")]
+pub fn pool_config(batch: &crate::config::BatchSettings) -> infercache_model::PoolConfig {
+    infercache_model::PoolConfig::default()
         .max_batch(batch.max_batch)
         .max_wait(batch.max_wait)
         .queue_capacity(batch.queue)

@@ -4,20 +4,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use infercache_backend::{Backend, BackendKind};
 use infercache_core::SystemClock;
 use infercache_engine::Cache;
+use infercache_infer::Models;
 use tokio::net::TcpListener;
 
-use infercache_backend::{Backend, BackendKind};
-use infercache_engine::RemoteTier;
-use infercache_infer::Models;
-
 use crate::auth::ApiKeys;
-use crate::config::{RedisSettings, RedisTarget, ServerConfig};
+use crate::config::ServerConfig;
 use crate::error::ServerError;
+use crate::remote;
 use crate::state::AppState;
-use infercache_redis::managed::{ManagedConfig, ManagedRedis};
-use infercache_redis::{RedisConfig, RedisTier, Target, WriteMode};
 
 /// Serves the models of `config` on `listener` until `shutdown` completes, with
 /// `builtin` as the built-in model when `config` serves it.
@@ -41,10 +38,12 @@ pub async fn run_with(
         None => ApiKeys::none(),
     };
     // A managed Redis starts before the cache and stops after it has flushed.
-    let mut managed = None;
-    let remote = match (&config.redis, config.enable_cache) {
-        (Some(settings), true) => Some(redis_tier(settings, &mut managed).await?),
-        _ => None,
+    let (remote, managed) = match (&config.redis, config.enable_cache) {
+        (Some(settings), true) => {
+            let (tier, managed) = remote::connect(settings).await?;
+            (Some(tier), managed)
+        }
+        _ => (None, None),
     };
     let cache = match config.cache_config() {
         Some(mut cache_config) => Some({
@@ -82,10 +81,7 @@ pub async fn run_with(
     let state = AppState::new(cache, models, keys, config.limits);
     let served = serve(state, listener, shutdown, config.shutdown_timeout).await;
     if let Some(redis) = managed {
-        match redis.stop().await {
-            Ok(status) => tracing::info!(%status, "managed redis-server stopped"),
-            Err(e) => tracing::warn!(error = %e, "stopping the managed redis-server failed"),
-        }
+        redis.stop().await;
     }
     served
 }
@@ -117,44 +113,6 @@ pub fn registry(
             .expect("every model but the built-in one has an upstream")
     })?;
     Ok(models)
-}
-
-/// The Redis tier per `settings`, starting a local `redis-server` for `auto` (kept in
-/// `managed` so the caller stops it after the cache has flushed).
-async fn redis_tier(
-    settings: &RedisSettings,
-    managed: &mut Option<ManagedRedis>,
-) -> Result<Arc<dyn RemoteTier>, ServerError> {
-    let target = match &settings.target {
-        RedisTarget::Auto {
-            memory_fraction,
-            dir,
-        } => {
-            let managed_config = ManagedConfig {
-                memory_fraction: *memory_fraction,
-                ..ManagedConfig::new(dir.clone())
-            };
-            let redis = ManagedRedis::start(managed_config)
-                .await
-                .map_err(|e| ServerError::Redis(e.to_string()))?;
-            tracing::info!(url = %redis.url(), dir = %dir.display(), "managed redis-server started");
-            let url = redis.url();
-            *managed = Some(redis);
-            Target::Single(url)
-        }
-        RedisTarget::Url(u) => Target::Single(u.clone()),
-        RedisTarget::Cluster(us) => Target::Cluster(us.clone()),
-    };
-    let mut config = RedisConfig::new(target);
-    config.prefix.clone_from(&settings.prefix);
-    config.connect_timeout = settings.timeout;
-    config.command_timeout = settings.timeout;
-    if let Some(queue) = settings.write_back_queue {
-        config.write = WriteMode::Back { queue };
-    }
-    let tier = RedisTier::connect(config, SystemClock::shared())
-        .map_err(|e| ServerError::Redis(e.to_string()))?;
-    Ok(Arc::new(tier))
 }
 
 /// Serves [`crate::app`] on `listener` until `shutdown` completes, then drains.

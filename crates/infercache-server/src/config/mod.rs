@@ -721,6 +721,13 @@ fn resolve_redis(
         }
         return Ok(None);
     };
+    if !cfg!(feature = "redis") {
+        return Err(invalid(
+            "redis",
+            &target,
+            "this build has no Redis tier (built without the `redis` feature)",
+        ));
+    }
     if memory_fraction.is_some() && target != "auto" {
         return Err(ConfigError::Inconsistent(
             "redis_memory_fraction applies only to redis = auto",
@@ -728,6 +735,7 @@ fn resolve_redis(
     }
     let target = if target == "auto" {
         let memory_fraction = memory_fraction.unwrap_or(0.3);
+        #[cfg(feature = "redis")]
         infercache_redis::managed::validate_memory_fraction(memory_fraction)
             .map_err(|e| invalid("redis_memory_fraction", &memory_fraction.to_string(), e))?;
         RedisTarget::Auto {
