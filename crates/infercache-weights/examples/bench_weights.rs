@@ -3,8 +3,9 @@
 //!
 //! 1. **cold stream**: every chunk fetched and verified by a new client (server cache
 //!    warm) against a raw loopback TCP transfer of the same bytes from memory, with the
-//!    same request pattern (one connection, one request per chunk, in order); and the
-//!    bytes on the wire against the chunk bytes;
+//!    same request pattern (one connection, one request per chunk, in order), bare and
+//!    with each chunk's SHA-256 checked after it arrives; and the bytes on the wire
+//!    against the chunk bytes;
 //! 2. **time to ready**: `connect` + `warmup` of every layer against the built-in model's
 //!    local load (`Embedder::load_with`, which checks every file's SHA-256 too);
 //! 3. **warm**: `cache_size` 6, every layer cached: fetches during the passes, and the
@@ -35,6 +36,7 @@ use infercache_core::SystemClock;
 use infercache_model::bert::Threads;
 use infercache_model::{Embedder, ModelFiles};
 use infercache_weights::client::{Fetcher, HttpConfig};
+use infercache_weights::digest::sha256_hex;
 use infercache_weights::server::{ServerConfig, WeightServer};
 use infercache_weights::{
     ChunkOptions, ClientConfig, Manifest, NoProgress, StreamingBertModel, chunk_model,
@@ -117,8 +119,9 @@ async fn start_raw(chunks: Vec<Bytes>) -> Result<String> {
     Ok(addr)
 }
 
-/// Every chunk over a new raw connection, into fresh buffers; the bytes received.
-async fn raw_transfer(addr: &str, count: usize) -> Result<u64> {
+/// Every chunk over a new raw connection, into fresh buffers, each checked against its
+/// SHA-256 when `digests` are given; the bytes received.
+async fn raw_transfer(addr: &str, count: usize, digests: Option<&[String]>) -> Result<u64> {
     let mut sock = TcpStream::connect(addr).await?;
     sock.set_nodelay(true)?;
     let mut total = 0;
@@ -128,6 +131,9 @@ async fn raw_transfer(addr: &str, count: usize) -> Result<u64> {
         sock.read_exact(&mut len).await?;
         let mut body = vec![0u8; usize::try_from(u64::from_le_bytes(len))?];
         sock.read_exact(&mut body).await?;
+        if let Some(d) = digests {
+            ensure!(sha256_hex(&body) == d[i], "raw chunk {i} failed its digest");
+        }
         total += body.len() as u64;
         std::hint::black_box(&body);
     }
@@ -291,36 +297,41 @@ async fn main() -> Result<()> {
     // The server with a cache holding every chunk, warmed by one stream.
     let (server, url) = start_server(&root, 512 << 20).await?;
     let raw = start_raw(bodies).await?;
+    let digests: Vec<String> = manifest.chunks.values().map(|c| c.sha256.clone()).collect();
     stream_transfer(&url, &manifest).await?;
-    raw_transfer(&raw, names.len()).await?;
+    raw_transfer(&raw, names.len(), None).await?;
 
     // 1. Cold stream against raw loopback TCP.
     let (mut raw_mbs, mut stream_mbs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-    let mut wire_ratio = Vec::new();
+    let (mut raw_sha_mbs, mut ratio_sha, mut wire_ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let mb = chunk_bytes as f64 / 1e6;
     for round in 0..rounds {
-        let run_raw = async || -> Result<f64> {
+        let run_raw = async |digests: Option<&[String]>| -> Result<f64> {
             let t = Instant::now();
-            let got = raw_transfer(&raw, names.len()).await?;
+            let got = raw_transfer(&raw, names.len(), digests).await?;
             ensure!(got == chunk_bytes, "raw transfer got {got} bytes");
             Ok(t.elapsed().as_secs_f64())
         };
         let sent_before = server.stats().bytes_sent;
-        let (r, s, wire) = if round % 2 == 0 {
-            let r = run_raw().await?;
+        let (r, rs, s, wire) = if round % 2 == 0 {
+            let r = run_raw(None).await?;
+            let rs = run_raw(Some(&digests)).await?;
             let t = Instant::now();
             let wire = stream_transfer(&url, &manifest).await?;
-            (r, t.elapsed().as_secs_f64(), wire)
+            (r, rs, t.elapsed().as_secs_f64(), wire)
         } else {
             let t = Instant::now();
             let wire = stream_transfer(&url, &manifest).await?;
             let s = t.elapsed().as_secs_f64();
-            (run_raw().await?, s, wire)
+            let rs = run_raw(Some(&digests)).await?;
+            (run_raw(None).await?, rs, s, wire)
         };
         let sent = server.stats().bytes_sent - sent_before;
-        let mb = chunk_bytes as f64 / 1e6;
         raw_mbs.push(mb / r);
+        raw_sha_mbs.push(mb / rs);
         stream_mbs.push(mb / s);
         ratio.push(r / s);
+        ratio_sha.push(rs / s);
         wire_ratio.push(wire as f64 / chunk_bytes as f64);
         ensure!(
             sent == chunk_bytes,
@@ -329,8 +340,10 @@ async fn main() -> Result<()> {
     }
     println!("\n## cold stream of every chunk (server cache warm, client empty)");
     println!("raw loopback TCP      MB/s  {}", spread(&raw_mbs));
+    println!("raw + SHA-256 each    MB/s  {}", spread(&raw_sha_mbs));
     println!("streamed, verified    MB/s  {}", spread(&stream_mbs));
     println!("streamed / raw              {}", spread(&ratio));
+    println!("streamed / raw + SHA-256    {}", spread(&ratio_sha));
     println!("client body bytes / chunk bytes {}", spread(&wire_ratio));
     println!("server body bytes sent per stream = chunk bytes: yes (checked each round)");
 
