@@ -99,8 +99,23 @@ pub trait RemoteTier: Send + Sync + fmt::Debug + 'static {
         accept: &'a Accept<'a>,
     ) -> BoxFuture<'a, Vec<Option<RemoteEntry>>>;
 
+    /// Whether this node's epochs are known to match the remote's (the cache reads its
+    /// own tiers by it: see [`crate::LocalReads`]).
+    fn epochs_in_sync(&self) -> EpochsInSync;
+
     /// A snapshot of the tier's counters and state.
     fn stats(&self) -> RemoteStats;
+}
+
+/// Whether a node's epochs are known to match the remote's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochsInSync {
+    /// Yes: synchronised and following the remote's changes.
+    Now,
+    /// Not now; they last were at this time (ms since the Unix epoch).
+    Since(u64),
+    /// Not since this process started.
+    Never,
 }
 
 /// What [`RemoteTier::remove`] did.

@@ -72,6 +72,7 @@ impl Shared {
             }
         }
         self.synced.store(true, Ordering::Release);
+        self.note_in_sync();
         true
     }
 
