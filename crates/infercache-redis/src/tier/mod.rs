@@ -61,8 +61,12 @@ struct Shared {
     config: RedisConfig,
     clock: SharedClock,
     connector: Connector,
-    /// For the pub/sub connection (a cluster's first node: publications reach every node).
-    pubsub_client: redis::Client,
+    /// For the pub/sub connection: one client per configured URL. On a cluster any node
+    /// will do (publications reach every node), so the subscription moves to the next
+    /// one that answers when its node fails.
+    pubsub_clients: Vec<redis::Client>,
+    /// The index in `pubsub_clients` of the last node that took the subscription.
+    pubsub_node: std::sync::atomic::AtomicUsize,
     breaker: Breaker,
     connected: AtomicBool,
     /// The epochs were synchronised with Redis since the last failure.
@@ -121,7 +125,10 @@ impl RedisTier {
     pub fn connect(config: RedisConfig, clock: SharedClock) -> Result<Self, RedisTierError> {
         config.validate()?;
         let urls = config.target.urls();
-        let pubsub_client = conn::client(&urls[0], &config)?;
+        let pubsub_clients = urls
+            .iter()
+            .map(|u| conn::client(u, &config))
+            .collect::<Result<Vec<_>, _>>()?;
         let connector = Connector::new(&config)?;
         let (write_tx, write_rx) = match config.write {
             WriteMode::Back { queue } => {
@@ -136,7 +143,8 @@ impl RedisTier {
             config.breaker_max_open,
         );
         let shared = Arc::new(Shared {
-            pubsub_client,
+            pubsub_clients,
+            pubsub_node: std::sync::atomic::AtomicUsize::new(0),
             connector,
             breaker,
             connected: AtomicBool::new(false),
@@ -174,7 +182,7 @@ impl RedisTier {
         let s = &self.shared;
         let attempt = tokio::time::timeout(
             s.config.connect_timeout * 4,
-            s.pubsub_client.get_multiplexed_async_connection(),
+            s.pubsub_clients[0].get_multiplexed_async_connection(),
         )
         .await;
         match attempt {
