@@ -50,8 +50,8 @@ pub use epochs::Scope;
 pub use error::{ComputeError, EngineError};
 pub use memory::{MemoryConfig, MemoryTier, Policy, Weigher};
 pub use remote::{
-    Accept, BreakerState, EpochSync, EpochsInSync, Lease, LocalTiers, RemoteEntry,
-    RemoteRemoval, RemoteStats, RemoteTier,
+    Accept, BreakerState, EpochSync, EpochsInSync, Lease, LocalTiers, RemoteEntry, RemoteRemoval,
+    RemoteStats, RemoteTier,
 };
 
 /// The README's examples, compiled as doctests.

@@ -68,7 +68,7 @@ pub struct LocalSyncStats {
 
 impl Inner {
     /// Whether memory and disk may be read now (see the module docs).
-    pub(super) fn local_reads_allowed(&self, now: u64) -> bool {
+    pub(super) fn local_reads_allowed(&self) -> bool {
         let Some(remote) = &self.remote else {
             return true;
         };
@@ -78,7 +78,7 @@ impl Inner {
         };
         let allowed = match remote.epochs_in_sync() {
             EpochsInSync::Now => true,
-            EpochsInSync::Since(at) => now.saturating_sub(at) <= duration_ms(grace),
+            EpochsInSync::Since(at) => self.clock.now_ms().saturating_sub(at) <= duration_ms(grace),
             EpochsInSync::Never => false,
         };
         if !allowed {

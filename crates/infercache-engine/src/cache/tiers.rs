@@ -82,7 +82,7 @@ impl Cache {
         if keys.is_empty() {
             return Vec::new();
         }
-        if !self.inner.local_reads_allowed(self.inner.clock.now_ms()) {
+        if !self.inner.local_reads_allowed() {
             return vec![None; keys.len()];
         }
         let digests: Vec<Digest> = keys.iter().map(|k| k.digest).collect();
@@ -281,7 +281,7 @@ impl Inner {
     /// `count_tier`); the caller judges its freshness.
     pub(super) fn memory_entry(&self, key: &Digest, count_tier: bool) -> Option<Found> {
         let memory = self.memory.as_ref()?;
-        if !self.local_reads_allowed(now) {
+        if !self.local_reads_allowed() {
             return None;
         }
         let entry = if count_tier {

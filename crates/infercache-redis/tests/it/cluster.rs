@@ -91,6 +91,12 @@ async fn a_cluster_with_replicas_loses_no_tier_to_one_dead_master() {
     cluster.nodes_mut()[0].kill9();
     let killed = std::time::Instant::now();
     crate::tier::wait_until(
+        "the tiers notice the dead node",
+        Duration::from_secs(2),
+        async || !ta.stats().connected && !tb.stats().connected,
+    )
+    .await;
+    crate::tier::wait_until(
         "both tiers in use again",
         Duration::from_secs(5),
         async || ta.stats().connected && tb.stats().connected,
