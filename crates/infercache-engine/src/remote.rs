@@ -243,6 +243,9 @@ pub struct RemoteStats {
 pub trait LocalTiers: Send + Sync + fmt::Debug {
     /// Removes `key` from this node's tiers (not from the remote).
     fn remove_local(&self, key: Digest) -> BoxFuture<'_, ()>;
+
+    /// Whether memory or the disk index holds `key` now (no I/O).
+    fn holds(&self, key: &Digest) -> bool;
 }
 
 /// The handle through which a remote tier reads and raises this node's epochs and applies
@@ -285,6 +288,16 @@ impl EpochSync {
             .await
             // Cancelled only when the runtime shuts down.
             .unwrap_or(false)
+    }
+
+    /// Whether this node's memory or disk index holds `key` (false once the cache is
+    /// gone): a removal log replayed at a synchronisation skips the keys not held, rather
+    /// than write a tombstone for each.
+    pub fn holds(&self, key: &Digest) -> bool {
+        self.local
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .is_some_and(|local| local.holds(key))
     }
 
     /// Whether `other` is a handle on the same node's epoch table.
