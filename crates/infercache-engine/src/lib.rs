@@ -42,16 +42,16 @@ pub mod replay;
 pub mod testing;
 
 pub use cache::{
-    Cache, CacheConfig, CacheKey, CacheStats, Computed, Fetched, FreshnessPolicy, Lookup, Model,
-    RequestOptions, Source, Stale, WritePolicy,
+    Cache, CacheConfig, CacheKey, CacheStats, Computed, Fetched, FreshnessPolicy, LocalReads,
+    LocalSyncStats, Lookup, Model, Removal, RequestOptions, Source, Stale, WritePolicy,
 };
 pub use disk::{Compression, DiskConfig, DiskTier};
 pub use epochs::Scope;
 pub use error::{ComputeError, EngineError};
 pub use memory::{MemoryConfig, MemoryTier, Policy, Weigher};
 pub use remote::{
-    Accept, BreakerState, EpochSync, Lease, LocalTiers, RemoteEntry, RemoteRemoval, RemoteStats,
-    RemoteTier,
+    Accept, BreakerState, EpochSync, EpochsInSync, Lease, LocalTiers, RemoteEntry, RemoteRemoval,
+    RemoteStats, RemoteTier,
 };
 
 /// The README's examples, compiled as doctests.

@@ -99,8 +99,23 @@ pub trait RemoteTier: Send + Sync + fmt::Debug + 'static {
         accept: &'a Accept<'a>,
     ) -> BoxFuture<'a, Vec<Option<RemoteEntry>>>;
 
+    /// Whether this node's epochs are known to match the remote's (the cache reads its
+    /// own tiers by it: see [`crate::LocalReads`]).
+    fn epochs_in_sync(&self) -> EpochsInSync;
+
     /// A snapshot of the tier's counters and state.
     fn stats(&self) -> RemoteStats;
+}
+
+/// Whether a node's epochs are known to match the remote's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochsInSync {
+    /// Yes: synchronised and following the remote's changes.
+    Now,
+    /// Not now; they last were at this time (ms since the Unix epoch).
+    Since(u64),
+    /// Not since this process started.
+    Never,
 }
 
 /// What [`RemoteTier::remove`] did.
@@ -228,6 +243,9 @@ pub struct RemoteStats {
 pub trait LocalTiers: Send + Sync + fmt::Debug {
     /// Removes `key` from this node's tiers (not from the remote).
     fn remove_local(&self, key: Digest) -> BoxFuture<'_, ()>;
+
+    /// Whether memory or the disk index holds `key` now (no I/O).
+    fn holds(&self, key: &Digest) -> bool;
 }
 
 /// The handle through which a remote tier reads and raises this node's epochs and applies
@@ -270,6 +288,16 @@ impl EpochSync {
             .await
             // Cancelled only when the runtime shuts down.
             .unwrap_or(false)
+    }
+
+    /// Whether this node's memory or disk index holds `key` (false once the cache is
+    /// gone): a removal log replayed at a synchronisation skips the keys not held, rather
+    /// than write a tombstone for each.
+    pub fn holds(&self, key: &Digest) -> bool {
+        self.local
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .is_some_and(|local| local.holds(key))
     }
 
     /// Whether `other` is a handle on the same node's epoch table.

@@ -26,7 +26,8 @@ use parking_lot::Mutex;
 
 use crate::epochs::Scope;
 use crate::remote::{
-    Accept, BoxFuture, EpochSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier,
+    Accept, BoxFuture, EpochSync, EpochsInSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats,
+    RemoteTier,
 };
 
 /// How often [`RemoteTier::wait_for`] looks again.
@@ -83,6 +84,8 @@ pub struct MemoryRemote {
     lease_wait: Duration,
     /// Shared with this node's leases.
     reachable: Arc<AtomicBool>,
+    /// When it was last cut off (ms; 0: never).
+    cut_off_at: AtomicU64,
     /// Scopes bumped while cut off: bumped in the store when reachable again.
     pending_bumps: Mutex<Vec<Scope>>,
     /// Keys removed while cut off: removed when reachable again.
@@ -104,6 +107,7 @@ impl MemoryRemote {
             clock,
             lease_wait,
             reachable: Arc::new(AtomicBool::new(true)),
+            cut_off_at: AtomicU64::new(0),
             pending_bumps: Mutex::new(Vec::new()),
             pending_removals: Mutex::new(Vec::new()),
             epochs: Mutex::new(None),
@@ -130,6 +134,10 @@ impl MemoryRemote {
                 self.remove_everywhere(key).await;
             }
             self.sync_epochs().await;
+        }
+        if !reachable && self.reachable() {
+            self.cut_off_at
+                .store(self.clock.now_ms().max(1), Ordering::Release);
         }
         self.reachable.store(reachable, Ordering::Release);
     }
@@ -352,6 +360,16 @@ impl RemoteTier for MemoryRemote {
                 .add(keys.len() as u64 - filled);
             out
         })
+    }
+
+    fn epochs_in_sync(&self) -> EpochsInSync {
+        // A node's handle starts in sync (the store is in-process), so a cut-off one was
+        // in sync when it was cut off.
+        if self.reachable() {
+            EpochsInSync::Now
+        } else {
+            EpochsInSync::Since(self.cut_off_at.load(Ordering::Acquire))
+        }
     }
 
     fn stats(&self) -> RemoteStats {

@@ -76,7 +76,7 @@ impl RedisServer {
 
     /// A server with these options. Panics when it cannot start.
     pub fn start_with(options: RedisServerOptions) -> Self {
-        Self::launch(options, false, None)
+        Self::launch(options, None, None)
     }
 
     /// A server that also serves TLS on a second port ([`RedisServer::tls_url`]), with the
@@ -85,12 +85,17 @@ impl RedisServer {
     pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
         Self::launch(
             RedisServerOptions::default(),
-            false,
+            None,
             Some((cert_pem, key_pem)),
         )
     }
 
-    fn launch(options: RedisServerOptions, cluster: bool, tls: Option<(&str, &str)>) -> Self {
+    /// `cluster`: the `cluster-node-timeout` (ms) of a cluster node.
+    fn launch(
+        options: RedisServerOptions,
+        cluster: Option<&str>,
+        tls: Option<(&str, &str)>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("infercache-redis-test-")
             .tempdir()
@@ -99,12 +104,15 @@ impl RedisServer {
         loop {
             attempt += 1;
             let port = free_port();
-            let cluster_bus_port = cluster.then(free_port);
+            let cluster_bus_port = cluster.map(|_| free_port());
             let tls_port = tls.map(|_| free_port());
-            let extra_args = match (tls, tls_port) {
+            let mut extra_args = match (tls, tls_port) {
                 (Some((cert, key)), Some(tls_port)) => tls_args(dir.path(), tls_port, cert, key),
                 _ => Vec::new(),
             };
+            if let Some(timeout) = cluster {
+                extra_args.extend(["--cluster-node-timeout".to_owned(), timeout.to_owned()]);
+            }
             match run(dir.path(), port, cluster_bus_port, options, &extra_args) {
                 Ok(child) => {
                     return Self {
@@ -251,31 +259,73 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of real cluster-enabled servers on loopback, one master per node and no
-/// replicas, formed with `redis-cli --cluster create`; killed on drop.
+/// A Redis Cluster of real cluster-enabled servers on loopback (masters, and optionally
+/// replicas of each), formed with `redis-cli --cluster create`; killed on drop.
 ///
 /// Each node's cluster bus gets its own free port (`cluster-port`, Redis 7.0 and later),
 /// since the default bus port (port + 10000) may be taken or out of range.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    replicas: usize,
 }
 
 impl RedisCluster {
     /// Starts `masters` nodes (at least 3, as Redis Cluster requires), joins them, and
     /// returns once every node reports `cluster_state:ok`. Panics when that fails.
     pub fn start(masters: usize) -> Self {
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// Starts `masters` masters with `replicas` replicas each (`--cluster-replicas`); the
+    /// first `masters` of [`RedisCluster::nodes`] are the masters. With replicas, a node
+    /// is held failed after 1 s without an answer (`cluster-node-timeout`), so a killed
+    /// master's replica takes over within seconds.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
         assert!(
             masters >= 3,
             "a Redis Cluster needs at least 3 masters, not {masters}"
         );
-        let nodes: Vec<RedisServer> = (0..masters)
-            .map(|_| RedisServer::launch(RedisServerOptions::default(), true, None))
+        let timeout = if replicas > 0 { "1000" } else { "5000" };
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
+            .map(|_| RedisServer::launch(RedisServerOptions::default(), Some(timeout), None))
             .collect();
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, replicas };
         cluster.create();
         cluster.wait_until_ok();
+        if replicas > 0 {
+            // A replica that never synced with its master may not take over from it.
+            cluster.wait_until_replicas_synced();
+        }
         cluster
+    }
+
+    /// Waits until every replica's link to its master is up, bounded by
+    /// [`CLUSTER_TIMEOUT`].
+    fn wait_until_replicas_synced(&self) {
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        for node in &self.nodes {
+            loop {
+                let info: Option<String> = node
+                    .client()
+                    .get_connection_with_timeout(PING_TIMEOUT)
+                    .and_then(|mut conn| redis::cmd("INFO").arg("replication").query(&mut conn))
+                    .ok();
+                let synced = info.as_deref().is_some_and(|info| {
+                    info.lines().any(|l| l.trim() == "role:master")
+                        || info.lines().any(|l| l.trim() == "master_link_status:up")
+                });
+                if synced {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the replica on port {} did not sync within {CLUSTER_TIMEOUT:?}",
+                    node.port()
+                );
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
     }
 
     /// `redis-cli --cluster create`, bounded by [`CLUSTER_TIMEOUT`].
@@ -285,7 +335,11 @@ impl RedisCluster {
         let mut child = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args([
+                "--cluster-replicas",
+                &self.replicas.to_string(),
+                "--cluster-yes",
+            ])
             .stdin(Stdio::null())
             .stdout(output.try_clone().expect("cloning a file handle"))
             .stderr(output)
@@ -388,8 +442,7 @@ fn run(
         command
             .args(["--cluster-enabled", "yes", "--cluster-config-file"])
             .arg(cluster_config_file(dir))
-            .args(["--cluster-port", &bus_port.to_string()])
-            .args(["--cluster-node-timeout", "5000"]);
+            .args(["--cluster-port", &bus_port.to_string()]);
     }
     command.args(extra_args);
     let mut child = command

@@ -48,6 +48,7 @@ mod flight;
 pub mod freshness;
 mod lease;
 mod removal;
+mod sync;
 mod tiers;
 mod types;
 mod write_back;
@@ -68,6 +69,7 @@ use self::batch::{Batch, Mode};
 use self::flight::Flight;
 pub use self::freshness::{FreshnessPolicy, Stale};
 pub use self::removal::Removal;
+pub use self::sync::{LocalReads, LocalSyncStats};
 use self::tiers::DiskIo;
 use self::types::Found;
 pub use self::types::{
@@ -109,6 +111,10 @@ struct Inner {
     fences: Box<[removal::Fence]>,
     /// This cache, for the remote tier's removals (see [`crate::remote::LocalTiers`]).
     me: Weak<Inner>,
+    /// When memory and disk are read (see `cache/sync.rs`).
+    local_reads: sync::LocalReads,
+    /// Lookups that skipped memory and disk because the epochs were not in sync.
+    local_skipped: Counter,
 }
 
 const WRITE_STRIPES: usize = 64;
@@ -169,6 +175,8 @@ impl Cache {
             stripes: (0..WRITE_STRIPES).map(|_| Mutex::new(0)).collect(),
             fences: removal::fences(),
             me: me.clone(),
+            local_reads: config.local_reads,
+            local_skipped: Counter::default(),
         });
         if let Some(remote) = &inner.remote {
             let local: Weak<dyn crate::remote::LocalTiers> = Arc::downgrade(&inner) as _;
@@ -481,6 +489,7 @@ impl Cache {
             coalesced: inner.coalesced.get(),
             writeback_dropped: inner.write_back.as_ref().map_or(0, |w| w.dropped.get()),
             writeback_queued: inner.write_back.as_ref().map_or(0, WriteBack::queued),
+            sync: inner.sync_stats(),
         }
     }
 

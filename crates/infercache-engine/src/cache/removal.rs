@@ -212,4 +212,11 @@ impl LocalTiers for Inner {
             }
         })
     }
+
+    fn holds(&self, key: &Digest) -> bool {
+        self.memory
+            .as_ref()
+            .is_some_and(|m| m.get_quiet(key).is_some())
+            || self.disk.as_ref().is_some_and(|d| d.tier.contains(key))
+    }
 }

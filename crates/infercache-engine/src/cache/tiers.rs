@@ -82,6 +82,9 @@ impl Cache {
         if keys.is_empty() {
             return Vec::new();
         }
+        if !self.inner.local_reads_allowed() {
+            return vec![None; keys.len()];
+        }
         let digests: Vec<Digest> = keys.iter().map(|k| k.digest).collect();
         // Generations before the pending removals: a removal marks its key pending before
         // it moves the stripe, so a read that sees the moved stripe sees the mark too.
@@ -278,6 +281,9 @@ impl Inner {
     /// `count_tier`); the caller judges its freshness.
     pub(super) fn memory_entry(&self, key: &Digest, count_tier: bool) -> Option<Found> {
         let memory = self.memory.as_ref()?;
+        if !self.local_reads_allowed() {
+            return None;
+        }
         let entry = if count_tier {
             memory.get(key)
         } else {

@@ -50,6 +50,9 @@ pub struct CacheConfig {
     pub cleanup_interval: Duration,
     /// Disk operations in flight at once. Default: 4.
     pub disk_io_concurrency: usize,
+    /// With a remote tier: whether memory and disk are read while this node's epochs are
+    /// not known to match the remote's. Default: only in sync, with a 10 s grace.
+    pub local_reads: super::sync::LocalReads,
 }
 
 impl Default for CacheConfig {
@@ -64,6 +67,7 @@ impl Default for CacheConfig {
             cache_version: 0,
             cleanup_interval: Duration::from_secs(60),
             disk_io_concurrency: 4,
+            local_reads: super::sync::LocalReads::default(),
         }
     }
 }
@@ -238,6 +242,9 @@ pub struct CacheStats {
     pub writeback_dropped: u64,
     /// Operations waiting in the write-back queue.
     pub writeback_queued: u64,
+    /// With a remote tier: whether this node's epochs are in sync, and the local reads
+    /// skipped while they were not.
+    pub sync: Option<super::sync::LocalSyncStats>,
 }
 
 /// A value on its way through one call: read from a tier or computed, not yet tagged with

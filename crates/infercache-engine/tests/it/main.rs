@@ -4,6 +4,7 @@ mod disk_crash;
 mod disk_faults;
 mod freshness;
 mod hit_ratio;
+mod local_reads;
 mod memory_accounting;
 mod regressions;
 mod remote;

@@ -72,6 +72,7 @@ impl Shared {
             }
         }
         self.synced.store(true, Ordering::Release);
+        self.note_in_sync();
         true
     }
 
@@ -155,16 +156,30 @@ pub(super) async fn listen(tier: Weak<Shared>) {
     }
 }
 
-/// A pub/sub connection subscribed to the epoch channel; `None` if Redis did not answer.
+/// A pub/sub connection subscribed to the epoch channel, on the node that last took it or
+/// else the next configured one that answers (on a cluster, any node hears every
+/// publication); `None` if none answered.
 async fn subscribe(s: &Shared) -> Option<redis::aio::PubSub> {
-    let mut pubsub = tokio::time::timeout(
-        s.config.connect_timeout * 4,
-        s.pubsub_client.get_async_pubsub(),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    pubsub.subscribe(&s.channel()).await.ok()?;
+    let n = s.pubsub_clients.len();
+    let first = s.pubsub_node.load(Ordering::Relaxed);
+    for i in (0..n).map(|k| (first + k) % n) {
+        if let Some(pubsub) = subscribe_on(s, &s.pubsub_clients[i]).await {
+            s.pubsub_node.store(i, Ordering::Relaxed);
+            return Some(pubsub);
+        }
+    }
+    None
+}
+
+async fn subscribe_on(s: &Shared, client: &redis::Client) -> Option<redis::aio::PubSub> {
+    let mut pubsub = tokio::time::timeout(s.config.connect_timeout * 4, client.get_async_pubsub())
+        .await
+        .ok()?
+        .ok()?;
+    tokio::time::timeout(s.config.command_timeout * 4, pubsub.subscribe(&s.channel()))
+        .await
+        .ok()?
+        .ok()?;
     Some(pubsub)
 }
 

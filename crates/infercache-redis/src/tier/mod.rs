@@ -21,7 +21,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use infercache_core::{Digest, SharedClock};
 use infercache_engine::remote::{Accept, BoxFuture};
 use infercache_engine::{
-    BreakerState, EpochSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats, RemoteTier, Scope,
+    BreakerState, EpochSync, EpochsInSync, Lease, RemoteEntry, RemoteRemoval, RemoteStats,
+    RemoteTier, Scope,
 };
 use tokio::sync::mpsc;
 
@@ -60,8 +61,12 @@ struct Shared {
     config: RedisConfig,
     clock: SharedClock,
     connector: Connector,
-    /// For the pub/sub connection (a cluster's first node: publications reach every node).
-    pubsub_client: redis::Client,
+    /// For the pub/sub connection: one client per configured URL. On a cluster any node
+    /// will do (publications reach every node), so the subscription moves to the next
+    /// one that answers when its node fails.
+    pubsub_clients: Vec<redis::Client>,
+    /// The index in `pubsub_clients` of the last node that took the subscription.
+    pubsub_node: std::sync::atomic::AtomicUsize,
     breaker: Breaker,
     connected: AtomicBool,
     /// The epochs were synchronised with Redis since the last failure.
@@ -79,6 +84,9 @@ struct Shared {
     /// Bumped by every removal made here or heard of: a value computed under a lease is
     /// not written if a removal came in between (it could be of that key).
     removal_seq: AtomicU64,
+    /// The last time the epochs were seen in sync (ms; 0: not since start). Updated by the
+    /// prober every `probe_interval` and at every synchronisation.
+    in_sync_at: AtomicU64,
     counters: Counters,
     /// Error replies by kind (a fixed set of kinds: see `conn::reply_kind`).
     error_replies: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -117,7 +125,10 @@ impl RedisTier {
     pub fn connect(config: RedisConfig, clock: SharedClock) -> Result<Self, RedisTierError> {
         config.validate()?;
         let urls = config.target.urls();
-        let pubsub_client = conn::client(&urls[0], &config)?;
+        let pubsub_clients = urls
+            .iter()
+            .map(|u| conn::client(u, &config))
+            .collect::<Result<Vec<_>, _>>()?;
         let connector = Connector::new(&config)?;
         let (write_tx, write_rx) = match config.write {
             WriteMode::Back { queue } => {
@@ -132,7 +143,8 @@ impl RedisTier {
             config.breaker_max_open,
         );
         let shared = Arc::new(Shared {
-            pubsub_client,
+            pubsub_clients,
+            pubsub_node: std::sync::atomic::AtomicUsize::new(0),
             connector,
             breaker,
             connected: AtomicBool::new(false),
@@ -142,6 +154,7 @@ impl RedisTier {
             pending_removals: parking_lot::Mutex::new(Vec::new()),
             removal_seq: AtomicU64::new(0),
             removals_seen_ms: AtomicU64::new(0),
+            in_sync_at: AtomicU64::new(0),
             counters: Counters::default(),
             error_replies: parking_lot::Mutex::default(),
             epochs: OnceLock::new(),
@@ -169,7 +182,7 @@ impl RedisTier {
         let s = &self.shared;
         let attempt = tokio::time::timeout(
             s.config.connect_timeout * 4,
-            s.pubsub_client.get_multiplexed_async_connection(),
+            s.pubsub_clients[0].get_multiplexed_async_connection(),
         )
         .await;
         match attempt {
@@ -240,6 +253,17 @@ impl RemoteTier for RedisTier {
         Box::pin(self.shared.wait_for(keys, accept))
     }
 
+    fn epochs_in_sync(&self) -> EpochsInSync {
+        let s = &*self.shared;
+        if s.usable() {
+            return EpochsInSync::Now;
+        }
+        match s.in_sync_at.load(Ordering::Acquire) {
+            0 => EpochsInSync::Never,
+            at => EpochsInSync::Since(at),
+        }
+    }
+
     fn stats(&self) -> RemoteStats {
         let s = &*self.shared;
         let c = &s.counters;
@@ -281,12 +305,23 @@ impl RemoteTier for RedisTier {
     }
 }
 
+impl Shared {
+    /// Records now as the last moment the epochs were seen in sync, if they are.
+    fn note_in_sync(&self) {
+        if self.usable() {
+            self.in_sync_at
+                .store(self.clock.now_ms().max(1), Ordering::Release);
+        }
+    }
+}
+
 /// While the breaker is not closed, pings Redis so it closes as soon as Redis is back,
 /// without waiting for traffic.
 async fn probe(tier: Weak<Shared>) {
     loop {
         let Some(s) = tier.upgrade() else { return };
         let every = s.config.probe_interval;
+        s.note_in_sync();
         if !s.usable() || s.breaker.state() != BreakerState::Closed {
             // Synchronising the epochs is the probe: the tier is used again only once it
             // succeeds.

@@ -103,7 +103,11 @@ impl Shared {
             if at > seen {
                 self.removal_seq.fetch_add(1, Ordering::AcqRel);
             }
-            if let Ok(key) = hex.parse::<Digest>() {
+            // Not held: nothing to remove (no value is read from Redis while the tier is
+            // out of sync, so none can be on its way in).
+            if let Ok(key) = hex.parse::<Digest>()
+                && epochs.holds(&key)
+            {
                 epochs.remove_local(key).await;
             }
         }

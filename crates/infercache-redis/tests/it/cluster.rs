@@ -76,3 +76,49 @@ async fn a_three_node_cluster_works_as_the_tier() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// The subscription used to stay on the first configured node: with it down, even after
+/// the cluster failed over, the tier was off on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_replicas_loses_no_tier_to_one_dead_master() {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1);
+    let (ta, tb) = (
+        tier(Target::Cluster(cluster.urls()), |_| {}),
+        tier(Target::Cluster(cluster.urls()), |_| {}),
+    );
+    let (a, b) = (node(&ta, false).await, node(&tb, false).await);
+
+    cluster.nodes_mut()[0].kill9();
+    let killed = std::time::Instant::now();
+    crate::tier::wait_until(
+        "the tiers notice the dead node",
+        Duration::from_secs(2),
+        async || !ta.stats().connected && !tb.stats().connected,
+    )
+    .await;
+    crate::tier::wait_until(
+        "both tiers in use again",
+        Duration::from_secs(5),
+        async || ta.stats().connected && tb.stats().connected,
+    )
+    .await;
+    eprintln!("in use again {:?} after the kill", killed.elapsed());
+
+    // Values and invalidations flow again, through the nodes that are left.
+    let calls = AtomicUsize::new(0);
+    let before = *key(&b, "m", "x").digest();
+    a.invalidate(Scope::Model { model: "m".into() })
+        .await
+        .unwrap();
+    crate::tier::wait_until(
+        "B hears the invalidation",
+        Duration::from_secs(2),
+        async || *key(&b, "m", "x").digest() != before,
+    )
+    .await;
+    get(&a, &key(&a, "m", "after"), &calls).await;
+    assert_eq!(
+        get(&b, &key(&b, "m", "after"), &calls).await.1,
+        Source::Remote
+    );
+}

@@ -5,6 +5,7 @@ mod cluster;
 mod faults;
 mod harness;
 mod lease;
+mod local_reads;
 mod managed;
 mod removals;
 mod tier;
