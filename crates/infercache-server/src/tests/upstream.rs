@@ -748,6 +748,49 @@ async fn tei_upstream_miss_then_hit() {
 }
 
 #[tokio::test]
+async fn invalidating_a_model_named_like_the_builtin_alias_invalidates_that_model_only() {
+    // A TEI model under the built-in model's hub id: its name means it, not the built-in
+    // model the id is an alias of.
+    let alias = "sentence-transformers/all-MiniLM-L6-v2";
+    let (url, up) = upstream().await;
+    let h = harness(vec![
+        model(alias, Backend::Tei, &url),
+        ModelConfig::new("all-MiniLM-L6-v2", Backend::Builtin, None),
+    ]);
+    let tei = json!({"model": alias, "input": "a"});
+    let builtin = json!({"model": "all-MiniLM-L6-v2", "input": "a"});
+    for body in [&tei, &builtin] {
+        let r = post(&h.app, "/v1/embeddings", &[], body).await;
+        assert_eq!(r.header("x-cache"), "MISS", "{}", r.body);
+        assert_eq!(r.body["model"], body["model"], "{}", r.body);
+    }
+    assert_eq!(up.calls(), 1, "the TEI model's upstream served it");
+
+    let r = post(
+        &h.app,
+        "/v1/cache/invalidate",
+        &[],
+        &json!({"scope": "model", "model": alias}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["invalidated"],
+        json!({"scope": "model", "model": alias}),
+        "no rewrite to the built-in model"
+    );
+    let r = post(&h.app, "/v1/embeddings", &[], &tei).await;
+    assert_eq!(
+        r.header("x-cache"),
+        "MISS",
+        "the TEI model's entries are gone"
+    );
+    assert_eq!(up.calls(), 2);
+    let r = post(&h.app, "/v1/embeddings", &[], &builtin).await;
+    assert_eq!(r.header("x-cache"), "HIT", "the built-in model's are kept");
+}
+
+#[tokio::test]
 async fn ersilia_miss_then_hit_and_cache_only_returns_null_rows() {
     let (url, up) = upstream().await;
     let h = harness(vec![model("eos3b5e", Backend::Ersilia, &url)]);
