@@ -82,6 +82,12 @@ pub enum ApiError {
         /// The field (`input[2]`).
         param: String,
     },
+    /// An input string of only whitespace, where the API refuses one (`/v1/embed`).
+    #[error("`{param}` contains only whitespace; every input must contain text")]
+    BlankString {
+        /// The field (`text`).
+        param: String,
+    },
     /// More inputs than the per-request limit.
     #[error("`{param}` has {got} items; at most {limit} are allowed per request")]
     TooManyItems {
@@ -228,6 +234,7 @@ impl ApiError {
             | Self::UnsupportedField { .. }
             | Self::EmptyInput(_)
             | Self::EmptyString { .. }
+            | Self::BlankString { .. }
             | Self::TooManyItems { .. }
             | Self::InputTooLong { .. }
             | Self::InvalidCacheControl(_)
@@ -261,7 +268,7 @@ impl ApiError {
             Self::MissingField(_) => "missing_required_parameter",
             Self::UnsupportedField { .. } => "unsupported_parameter",
             Self::EmptyInput(_) => "empty_input",
-            Self::EmptyString { .. } => "empty_string",
+            Self::EmptyString { .. } | Self::BlankString { .. } => "empty_string",
             Self::TooManyItems { .. } => "too_many_inputs",
             Self::InputTooLong { .. } => "input_too_long",
             Self::UnknownModel { .. } => "model_not_found",
@@ -306,6 +313,7 @@ impl ApiError {
         match self {
             Self::InvalidField { param, .. }
             | Self::EmptyString { param }
+            | Self::BlankString { param }
             | Self::InputTooLong { param, .. } => Some(param),
             Self::UnsupportedField { field, .. } => Some(field),
             Self::MissingField(p) | Self::EmptyInput(p) | Self::TooManyItems { param: p, .. } => {

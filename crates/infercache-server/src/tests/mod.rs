@@ -701,6 +701,16 @@ async fn smally_embed_normalizes_after_the_lookup() {
         (json!({"text": ["a"]}), "invalid_value", "expected a string"),
         (json!({"text": ""}), "empty_string", "text"),
         (
+            json!({"text": " "}),
+            "empty_string",
+            "`text` contains only whitespace",
+        ),
+        (
+            json!({"text": " \t\r\n\u{3000}"}),
+            "empty_string",
+            "`text` contains only whitespace",
+        ),
+        (
             json!({"text": "a", "normalize": "yes"}),
             "invalid_value",
             "normalize",
