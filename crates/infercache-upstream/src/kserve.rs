@@ -11,9 +11,10 @@
 //! `binary_tensors` setting when set, else what the upstream's server metadata
 //! (`GET {url}/v2`) says, asked before the first inference and remembered: binary when
 //! its `extensions` list `binary_tensor_data`, JSON when they do not, or when it answers
-//! with an error status or a body that is not server metadata (a server without the
-//! route). A probe that gets no answer at all (unreachable, timed out) is not
-//! remembered; the request fails as its inference would, and the next one asks again.
+//! 4xx (not 429), 501 or a body that is not server metadata (a server without the
+//! route). A probe answered 429 or another 5xx sends that request as JSON (which every
+//! server takes) and is asked again by the next one; a probe that gets no answer at all
+//! (unreachable, timed out) fails the request as its inference would, and is asked again.
 //! A non-finite float cannot travel as JSON: such a row fails (500) on a JSON-only
 //! upstream.
 //!
@@ -70,18 +71,25 @@ impl Kserve {
 
     /// How rows travel to this upstream (see the module docs).
     async fn wire_format(&self) -> Result<WireFormat, UpstreamError> {
-        self.wire
-            .get_or_try_init(|| async {
-                match self.upstream.get("/v2").await {
-                    Ok(reply) => Ok(wire_format_of(&reply.body)),
-                    Err(UpstreamError::Status { .. } | UpstreamError::BadResponse { .. }) => {
-                        Ok(WireFormat::Json)
-                    }
-                    Err(e) => Err(e),
-                }
-            })
-            .await
-            .copied()
+        if let Some(&known) = self.wire.get() {
+            return Ok(known);
+        }
+        // Concurrent first requests may each probe; they learn the same answer.
+        let learned = match self.upstream.get("/v2").await {
+            Ok(reply) => wire_format_of(&reply.body),
+            // No server metadata route (404, 405, 501), or not metadata: the core protocol.
+            Err(UpstreamError::Status { status, .. })
+                if ((400..500).contains(&status) && status != 429) || status == 501 =>
+            {
+                WireFormat::Json
+            }
+            Err(UpstreamError::BadResponse { .. }) => WireFormat::Json,
+            // "Not now" (429, 5xx): JSON, which every server takes, and ask again later.
+            Err(UpstreamError::Status { .. }) => return Ok(WireFormat::Json),
+            Err(e) => return Err(e),
+        };
+        let _ = self.wire.set(learned);
+        Ok(learned)
     }
 
     fn path(&self, tail: &str) -> String {

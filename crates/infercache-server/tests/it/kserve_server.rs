@@ -780,3 +780,72 @@ async fn binary_tensors_in_the_config_decides_without_asking_the_upstream() {
         upstream.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_server_metadata_probe_answered_503_is_asked_again_and_its_request_goes_as_json() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::response::IntoResponse as _;
+    // An upstream whose `GET /v2` answers 503 once, then lists the binary extension; it
+    // records, per inference, whether the body came with binary tensor data.
+    #[derive(Default)]
+    struct Seen {
+        probes: usize,
+        binary: Vec<bool>,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (probe, infer) = (Arc::clone(&seen), Arc::clone(&seen));
+    let app = axum::Router::new()
+        .route(
+            "/v2",
+            axum::routing::get(move || {
+                let seen = Arc::clone(&probe);
+                async move {
+                    let mut s = seen.lock().unwrap();
+                    s.probes += 1;
+                    if s.probes == 1 {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    axum::Json(
+                        json!({"name": "t", "version": "1", "extensions": ["binary_tensor_data"]}),
+                    )
+                    .into_response()
+                }
+            }),
+        )
+        .route(
+            "/v2/models/{name}/infer",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let seen = Arc::clone(&infer);
+                async move {
+                    let binary = headers.contains_key(HEADER_LENGTH);
+                    seen.lock().unwrap().binary.push(binary);
+                    axum::Json(json!({"outputs": [
+                        {"name": "OUTPUT0", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]},
+                        {"name": "OUTPUT1", "datatype": "INT64", "shape": [1], "data": [6]}
+                    ]}))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let s = start(&url, "", "").await;
+    for i in 1..=3 {
+        let answer = post(&s.url, INFER, json_request(&[i], both_outputs()), None).await;
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.header("x-cache"), "MISS");
+    }
+    s.stop().await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        (seen.probes, &seen.binary[..]),
+        (2, &[false, true, true][..]),
+        "503: JSON and asked again; then binary, remembered"
+    );
+}
