@@ -65,6 +65,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// The model's configuration document, when its protocol has one (a Triton
+    /// upstream's `GET /v2/models/{name}/config`). Default: none.
+    fn model_config(&self) -> BoxFuture<'_, Result<Option<serde_json::Value>, BackendError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Whether the model can serve now, when its protocol can tell (a KServe v2
     /// upstream's readiness route). Default: ready.
     fn ready(&self) -> BoxFuture<'_, Result<(), BackendError>> {

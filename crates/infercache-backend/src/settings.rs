@@ -47,6 +47,10 @@ pub struct ModelConfig {
     /// rows (Triton's `max_batch_size > 0`). When false, a whole request is one entry.
     /// Default: true.
     pub batched: bool,
+    /// `kserve-v2` only: whether the upstream takes Triton's binary tensor data
+    /// extension. Default (`None`): asked once, from the `extensions` of its `GET /v2`
+    /// server metadata.
+    pub binary_tensors: Option<bool>,
     /// Retries of an idempotent upstream call. Default: 2.
     pub retries: u32,
 }
@@ -68,6 +72,7 @@ impl ModelConfig {
             params: None,
             max_batch: None,
             batched: true,
+            binary_tensors: None,
             retries: DEFAULT_RETRIES,
         }
     }

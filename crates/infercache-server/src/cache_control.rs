@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `no-cache` | skip the lookup, compute, and overwrite the entry |
 //! | `no-store` | serve hits as usual, but store nothing this request computes |
-//! | `max-age=N` | accept only entries at most `N` seconds old; older ones are recomputed |
+//! | `max-age=N` | accept only entries at most `N` seconds old; older ones are recomputed (an `N` past 2^31 is taken as 2^31, RFC 9111 §1.2.2) |
 //! | `only-if-cached` | never compute: answer 504 if any input is not cached |
 //!
 //! Directives are case-insensitive and may come in one header or several. Unknown
@@ -61,7 +61,7 @@ pub fn parse(headers: &HeaderMap) -> Result<Directives, ApiError> {
                 "no-store" => d.options.no_store = true,
                 "only-if-cached" => d.only_if_cached = true,
                 "max-age" => {
-                    let secs: u64 = arg.and_then(|a| a.parse().ok()).ok_or_else(|| {
+                    let secs = arg.and_then(delta_seconds).ok_or_else(|| {
                         ApiError::InvalidCacheControl(format!(
                             "`{directive}`: max-age needs a whole number of seconds, e.g. max-age=3600"
                         ))
@@ -80,6 +80,23 @@ pub fn parse(headers: &HeaderMap) -> Result<Directives, ApiError> {
         ));
     }
     Ok(d)
+}
+
+/// The largest `delta-seconds` value kept: a larger one (however many digits) is taken
+/// as this, as RFC 9111 §1.2.2 says.
+pub const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// A `delta-seconds` value (one or more digits), capped at [`MAX_DELTA_SECONDS`]; `None`
+/// when it is not one.
+fn delta_seconds(arg: &str) -> Option<u64> {
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Digits only: parsing fails only past u64, which is past the cap too.
+    Some(
+        arg.parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |s| s.min(MAX_DELTA_SECONDS)),
+    )
 }
 
 #[cfg(test)]
@@ -110,9 +127,28 @@ mod tests {
     }
 
     #[test]
+    fn a_max_age_past_2_to_the_31_seconds_is_taken_as_2_to_the_31() {
+        let cap = Duration::from_secs(1 << 31);
+        for (value, expected) in [
+            ("max-age=2147483647", Duration::from_secs(2_147_483_647)),
+            ("max-age=2147483648", cap),
+            ("max-age=2147483649", cap),
+            ("max-age=18446744073709551615", cap),
+            ("max-age=99999999999999999999999999999", cap),
+            ("max-age=\"99999999999999999999999999999\"", cap),
+        ] {
+            let d = parse_all(&[value]).unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(d.options.max_age, Some(expected), "{value}");
+        }
+    }
+
+    #[test]
     fn malformed_and_contradictory_directives_are_refused() {
         for bad in [
             &["max-age"][..],
+            &["max-age="],
+            &["max-age=+5"],
+            &["max-age=1.5"],
             &["max-age=-1"],
             &["max-age=soon"],
             &["no-cache, only-if-cached"],

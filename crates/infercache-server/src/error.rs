@@ -18,6 +18,11 @@
 //! | `upstream_error` | 502 | any other error status from the upstream |
 //! | `upstream_bad_response` | 502 | a 2xx body the protocol cannot use (wrong row count, not JSON, a KServe v2 answer whose outputs are not batched by the rows sent) |
 //!
+//! On `/v2` and every path under it (KServe v2 / Triton), the same errors, status and
+//! headers have the protocol's body instead, `{"error": "<message>"}`, with the same
+//! message: [`crate::routes::kserve_errors`] rewrites the body from the [`ErrorMessage`]
+//! every error response carries.
+//!
 //! A KServe v2 inference request the codec refuses is 400 `invalid_inference_request`
 //! with the codec's message (the tensor and field at fault); a path naming a version the
 //! model is not served at is 404 `model_version_not_found`. Messages name the field and the limit at fault; an internal
@@ -77,6 +82,12 @@ pub enum ApiError {
         /// The field (`input[2]`).
         param: String,
     },
+    /// An input string of only whitespace, where the API refuses one (`/v1/embed`).
+    #[error("`{param}` contains only whitespace; every input must contain text")]
+    BlankString {
+        /// The field (`text`).
+        param: String,
+    },
     /// More inputs than the per-request limit.
     #[error("`{param}` has {got} items; at most {limit} are allowed per request")]
     TooManyItems {
@@ -122,6 +133,17 @@ pub enum ApiError {
     /// A model served by another route.
     #[error("model `{model}` is a {backend} model; use {}", backend.route())]
     WrongRoute {
+        /// The model.
+        model: String,
+        /// Its backend.
+        backend: BackendKind,
+    },
+    /// `GET /v2/models/{name}/config` for a model that is not behind a KServe v2 / Triton
+    /// upstream.
+    #[error(
+        "model `{model}` is a {backend} model and has no model configuration; only kserve-v2 models have one (from their upstream)"
+    )]
+    NoModelConfig {
         /// The model.
         model: String,
         /// Its backend.
@@ -212,6 +234,7 @@ impl ApiError {
             | Self::UnsupportedField { .. }
             | Self::EmptyInput(_)
             | Self::EmptyString { .. }
+            | Self::BlankString { .. }
             | Self::TooManyItems { .. }
             | Self::InputTooLong { .. }
             | Self::InvalidCacheControl(_)
@@ -223,6 +246,7 @@ impl ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::UnknownModel { .. }
             | Self::UnknownVersion { .. }
+            | Self::NoModelConfig { .. }
             | Self::NoRoute(_)
             | Self::EntryNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -244,13 +268,14 @@ impl ApiError {
             Self::MissingField(_) => "missing_required_parameter",
             Self::UnsupportedField { .. } => "unsupported_parameter",
             Self::EmptyInput(_) => "empty_input",
-            Self::EmptyString { .. } => "empty_string",
+            Self::EmptyString { .. } | Self::BlankString { .. } => "empty_string",
             Self::TooManyItems { .. } => "too_many_inputs",
             Self::InputTooLong { .. } => "input_too_long",
             Self::UnknownModel { .. } => "model_not_found",
             Self::UnknownVersion { .. } => "model_version_not_found",
             Self::InvalidInference(_) => "invalid_inference_request",
             Self::WrongRoute { .. } => "wrong_route",
+            Self::NoModelConfig { .. } => "model_config_not_found",
             Self::Upstream(e) => upstream_code(e),
             Self::InvalidCacheControl(_) => "invalid_cache_control",
             Self::InvalidKey(_) => "invalid_cache_key",
@@ -288,12 +313,15 @@ impl ApiError {
         match self {
             Self::InvalidField { param, .. }
             | Self::EmptyString { param }
+            | Self::BlankString { param }
             | Self::InputTooLong { param, .. } => Some(param),
             Self::UnsupportedField { field, .. } => Some(field),
             Self::MissingField(p) | Self::EmptyInput(p) | Self::TooManyItems { param: p, .. } => {
                 Some(p)
             }
-            Self::UnknownModel { .. } | Self::WrongRoute { .. } => Some("model"),
+            Self::UnknownModel { .. } | Self::WrongRoute { .. } | Self::NoModelConfig { .. } => {
+                Some("model")
+            }
             Self::UnknownVersion { .. } => Some("version"),
             _ => None,
         }
@@ -375,6 +403,11 @@ impl From<KserveError> for ApiError {
     }
 }
 
+/// The message of an error response, carried on it (a response extension) so that a
+/// protocol with its own error shape can render the same message.
+#[derive(Debug, Clone)]
+pub struct ErrorMessage(pub String);
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
@@ -401,9 +434,10 @@ impl IntoResponse for ApiError {
         if let Self::Internal(cause) = &self {
             tracing::error!(error = %cause, "request failed with an internal error");
         }
+        let message = self.to_string();
         let body = ErrorBody {
             error: ErrorDetail {
-                message: self.to_string(),
+                message: message.clone(),
                 kind: self.kind(),
                 param: self.param(),
                 code: self.code(),
@@ -418,6 +452,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(ErrorMessage(message));
         let headers = response.headers_mut();
         match self {
             Self::TooManyRequests { .. } | Self::Overloaded | Self::ShuttingDown => {

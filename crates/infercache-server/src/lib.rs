@@ -25,7 +25,9 @@
 //! | `POST /v1/models/{name}/predict` | plain JSON upstream ([`routes::predict`]) | 200, 400, 401, 404, 413, 429, 502, 503, 504 |
 //! | `POST /v1/models/{name}/run` | Ersilia upstream ([`routes::ersilia`]) | 200, 400, 401, 404, 413, 429, 502, 503, 504 |
 //! | `POST /v2/models/{name}[/versions/{v}]/infer` | KServe v2 / Triton inference, JSON or binary tensors, cached per row ([`routes::kserve`]) | 200, 400, 401, 404, 413, 429, 500, 502, 503, 504 |
+//! | `GET /v2` | KServe v2 server metadata: name, version, extensions ([`routes::models`]) | 200, 401 |
 //! | `GET /v2/models/{name}[/versions/{v}][/ready]` | KServe v2 metadata and readiness ([`routes::models`]) | 200, 401, 404, 502, 503, 504 |
+//! | `GET /v2/models/{name}[/versions/{v}]/config` | a Triton upstream's model configuration ([`routes::models`]) | 200, 400, 401, 404, 502, 503, 504 |
 //! | `GET /v2/health/live`, `GET /v2/health/ready` | KServe v2 health | 200, 503 |
 //!
 //! Every model, the built-in embedder included, is an entry of one registry
@@ -38,7 +40,8 @@
 //! queue is full; with `Retry-After`), 503 (draining for shutdown) and 504 (timeout).
 //! Admin routes and `/metrics` need an admin key when keys are configured.
 //!
-//! Every error has OpenAI's body shape and comes from one mapping ([`error::ApiError`]).
+//! Every error comes from one mapping ([`error::ApiError`]) and has OpenAI's body shape,
+//! except on `/v2/*`, where it has KServe v2's, `{"error": "<message>"}`.
 //! Per-request `Cache-Control` ([`cache_control`]): `no-cache`, `no-store`, `max-age=N`,
 //! `only-if-cached`.
 //!
@@ -106,7 +109,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{name}/predict", post(routes::predict::predict))
         .route("/v1/models/{name}/run", post(routes::ersilia::run))
+        .route("/v2", get(routes::models::server_metadata))
         .route("/v2/models/{name}", get(routes::models::metadata))
+        .route("/v2/models/{name}/config", get(routes::models::config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(routes::models::version_config),
+        )
         .route("/v2/models/{name}/infer", post(routes::kserve::infer))
         .route(
             "/v2/models/{name}/versions/{version}/infer",
@@ -142,6 +151,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(routes::kserve_errors))
         .with_state(state)
 }
 

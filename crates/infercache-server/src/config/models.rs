@@ -15,6 +15,7 @@
 //! params = ["temperature"]      # request parameters that change the output (keyed)
 //! max_batch = 64                # most rows in one upstream request [default: no limit]
 //! batched = false               # kserve-v2: dimension 0 is not a batch; cache whole requests [default: true]
+//! binary_tensors = false        # kserve-v2: send JSON tensors, not binary [default: asked from GET {url}/v2]
 //! retries = 2                   # retries of idempotent calls [default: 2]
 //! upstream_name = "solubility"  # the name the upstream knows it by [default: name]
 //! ```
@@ -50,6 +51,7 @@ pub(crate) struct RawModel {
     params: Option<Vec<String>>,
     max_batch: Option<usize>,
     batched: Option<bool>,
+    binary_tensors: Option<bool>,
     retries: Option<u32>,
 }
 
@@ -139,6 +141,7 @@ fn validate_one(
             ("params", m.params.is_some()),
             ("max_batch", m.max_batch.is_some()),
             ("batched", m.batched.is_some()),
+            ("binary_tensors", m.binary_tensors.is_some()),
             ("retries", m.retries.is_some()),
         ];
         if let Some((field, _)) = upstream_only.iter().find(|(_, set)| *set) {
@@ -238,6 +241,15 @@ fn validate_one(
             ));
         }
         model.batched = batched;
+    }
+    if let Some(binary) = m.binary_tensors {
+        if backend != BackendKind::KServeV2 {
+            return Err(err(
+                "binary_tensors",
+                "applies to kserve-v2 models only (Triton's binary tensor data extension)",
+            ));
+        }
+        model.binary_tensors = Some(binary);
     }
     if let Some(b) = m.max_batch {
         if b == 0 {
@@ -349,6 +361,10 @@ mod tests {
             (
                 "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\nbatched = false",
                 "batched",
+            ),
+            (
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\nbinary_tensors = true",
+                "binary_tensors",
             ),
             (
                 "name = \"a\"\nbackend = \"kserve-v2\"\nurl = \"http://x\"\nbatched = false\nmax_batch = 4",

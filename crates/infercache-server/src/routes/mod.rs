@@ -9,7 +9,7 @@
 //! | `POST /v1/models/{name}/predict` (plain JSON upstreams) | [`predict`] |
 //! | `POST /v1/models/{name}/run` (Ersilia upstreams) | [`ersilia`] |
 //! | `POST /v2/models/{name}[/versions/{v}]/infer` (KServe v2 upstreams) | [`kserve`] |
-//! | `GET /v1/models`, `GET /v2/health/ready`, `GET /v2/health/live`, `GET /v2/models/{name}[/versions/{v}][/ready]` | [`models`] |
+//! | `GET /v1/models`, `GET /v2`, `GET /v2/health/ready`, `GET /v2/health/live`, `GET /v2/models/{name}[/versions/{v}][/ready]`, `GET /v2/models/{name}[/versions/{v}]/config` | [`models`] |
 
 pub mod admin;
 pub mod body;
@@ -30,7 +30,7 @@ use bytes::Bytes;
 use infercache_infer::{Outcome, Rows};
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorMessage};
 use crate::metrics::Rejection;
 use crate::state::AppState;
 
@@ -61,6 +61,26 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             ApiError::Timeout(limits.request_timeout).into_response()
         }
     }
+}
+
+/// Gives every error on `/v2` and the paths under it KServe v2's body,
+/// `{"error": "<message>"}` (the message [`ApiError`] left on the response), keeping its
+/// status and headers: `tritonclient` reads the error from that field.
+pub async fn kserve_errors(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let v2 = path == "/v2" || path.starts_with("/v2/");
+    let response = next.run(request).await;
+    if !v2 {
+        return response;
+    }
+    let Some(ErrorMessage(message)) = response.extensions().get::<ErrorMessage>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let body = serde_json::to_vec(&serde_json::json!({ "error": message }))
+        .expect("a JSON value serializes");
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// 404 in the API's error shape.

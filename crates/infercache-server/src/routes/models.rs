@@ -4,12 +4,18 @@
 //!   "object": "model", "created", "owned_by"}]}`, each entry with infercache's fields
 //!   added: `backend`, `version`, `digest`, `deterministic`, `ttl_secs`,
 //!   `stale_if_error_secs`, `max_batch`, `params`. Upstream URLs are not shown.
+//! - `GET /v2` (KServe v2 server metadata): `{"name": "infercache", "version",
+//!   "extensions": ["binary_tensor_data", "model_configuration"]}`: clients may send
+//!   binary tensors whatever each upstream takes, and ask for a Triton model's config.
 //! - `GET /v2/health/live`, `GET /v2/health/ready` (KServe v2): 200 while the server
 //!   accepts work, 503 once shutdown has begun. Readiness does not probe the upstreams.
 //! - `GET /v2/models/{name}[/versions/{version}]` (KServe v2 metadata): for a `kserve-v2`
 //!   model, the upstream's own metadata, fetched with retries (a `GET` is idempotent) and
 //!   with `name` rewritten to the name clients use; for any other model, metadata from
 //!   the config (`name`, `versions`, `platform`, empty `inputs` and `outputs`).
+//! - `GET /v2/models/{name}[/versions/{version}]/config` (Triton's model configuration):
+//!   the upstream's `GET /v2/models/{upstream_name}/config`, retried, with `name`
+//!   rewritten; 404 `model_config_not_found` for a model that is not `kserve-v2`.
 //! - `GET /v2/models/{name}[/versions/{version}]/ready`: the upstream's answer for a
 //!   `kserve-v2` model, 200 for any other configured model.
 
@@ -67,6 +73,58 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> Json<Value>
         })
         .collect();
     Json(json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v2`: the server's metadata.
+pub async fn server_metadata(_caller: Caller) -> Json<Value> {
+    Json(json!({
+        "name": "infercache",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "model_configuration"],
+    }))
+}
+
+/// `GET /v2/models/{name}/config`.
+pub async fn config(
+    State(state): State<AppState>,
+    _caller: Caller,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let name = super::path_name(name)?;
+    model_config(&state, &name, None).await
+}
+
+/// `GET /v2/models/{name}/versions/{version}/config`.
+pub async fn version_config(
+    State(state): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path((name, version)) = path.map_err(|e| ApiError::invalid("name", e.body_text()))?;
+    model_config(&state, &name, Some(&version)).await
+}
+
+/// A `kserve-v2` model's configuration, from its upstream.
+async fn model_config(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Json<Value>, ApiError> {
+    let model = state.models().resolve(name, &BackendKind::ALL)?;
+    let info = model.info();
+    if info.kind != BackendKind::KServeV2 {
+        return Err(ApiError::NoModelConfig {
+            model: info.name.clone(),
+            backend: info.kind,
+        });
+    }
+    check_version(name, version, &info.version)?;
+    let config = model
+        .backend()
+        .model_config()
+        .await?
+        .ok_or_else(|| ApiError::internal("a kserve-v2 backend has no model configuration"))?;
+    Ok(Json(config))
 }
 
 /// `GET /v2/health/live` and `GET /v2/health/ready`.

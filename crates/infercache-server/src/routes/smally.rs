@@ -1,6 +1,7 @@
 //! `POST /v1/embed`, compatible with Smally's API.
 //!
-//! Request: `{"text": "…", "normalize": false}`. Response: `{"embedding", "model",
+//! Request: `{"text": "…", "normalize": false}`; an empty text, or one of only whitespace,
+//! is 400 `empty_string`, as Smally answers. Response: `{"embedding", "model",
 //! "tokens", "cached", "latency_ms"}`, with the `X-Cache*` headers as on every embedding
 //! route.
 //!
@@ -66,6 +67,12 @@ pub async fn embed(
         }
     }
     let text = body::texts(&mut obj, "text", state.limits())?.remove(0);
+    // As Smally answers: a text of only whitespace has nothing to embed.
+    if text.trim().is_empty() {
+        return Err(ApiError::BlankString {
+            param: "text".to_owned(),
+        });
+    }
     let normalize = body::opt_bool(&mut obj, "normalize")?.unwrap_or(false);
     // Smally's API names no model: it is the built-in one.
     let model = state

@@ -181,6 +181,15 @@ impl Reply {
         assert!(e["type"].is_string(), "{}", self.body);
         e["message"].as_str().unwrap()
     }
+
+    /// Asserts an error reply on a `/v2` route: its status and KServe v2's body shape,
+    /// `{"error": "<message>"}` and nothing else; returns the message.
+    pub(crate) fn kserve_error(&self, status: StatusCode) -> &str {
+        assert_eq!(self.status, status, "{}", self.body);
+        let obj = self.body.as_object().expect("a JSON object");
+        assert_eq!(obj.len(), 1, "only `error`: {}", self.body);
+        obj["error"].as_str().expect("`error` is a string")
+    }
 }
 
 pub(crate) async fn send(app: &Router, req: Request<Body>) -> Reply {
@@ -417,7 +426,12 @@ async fn every_bad_input_gets_its_own_400() {
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let h = harness();
-    get(&h.app, "/v2/nothing", &[])
+    let r = get(&h.app, "/v2/nothing", &[]).await;
+    assert_eq!(
+        r.kserve_error(StatusCode::NOT_FOUND),
+        "no route for /v2/nothing"
+    );
+    get(&h.app, "/v1/nothing", &[])
         .await
         .error(StatusCode::NOT_FOUND, "not_found");
     get(&h.app, "/v1/embeddings", &[])
@@ -686,6 +700,16 @@ async fn smally_embed_normalizes_after_the_lookup() {
         (json!({}), "missing_required_parameter", "text"),
         (json!({"text": ["a"]}), "invalid_value", "expected a string"),
         (json!({"text": ""}), "empty_string", "text"),
+        (
+            json!({"text": " "}),
+            "empty_string",
+            "`text` contains only whitespace",
+        ),
+        (
+            json!({"text": " \t\r\n\u{3000}"}),
+            "empty_string",
+            "`text` contains only whitespace",
+        ),
         (
             json!({"text": "a", "normalize": "yes"}),
             "invalid_value",

@@ -559,7 +559,8 @@ async fn a_version_in_a_metadata_path_must_be_the_served_one() {
         "/v2/models/k/versions/2/ready",
     ] {
         let r = send(&h.app, request(Method::GET, path, &[], "")).await;
-        r.error(StatusCode::NOT_FOUND, "model_version_not_found");
+        let msg = r.kserve_error(StatusCode::NOT_FOUND);
+        assert!(msg.contains("has no version"), "{path}: {msg}");
     }
     assert_eq!(up.calls(), before, "nothing reached the upstream");
 }
@@ -689,7 +690,8 @@ async fn unknown_models_are_404_naming_them_and_wrong_routes_400() {
         );
     }
     let r = get_req(&h.app, "/v2/models/nope", &[]).await;
-    r.error(StatusCode::NOT_FOUND, "model_not_found");
+    let msg = r.kserve_error(StatusCode::NOT_FOUND);
+    assert!(msg.contains("model `nope` does not exist"), "{msg}");
     let r = post(&h.app, "/v1/models/e/predict", &[], &json!({"inputs": [1]})).await;
     let msg = r.error(StatusCode::BAD_REQUEST, "wrong_route");
     assert!(msg.contains("POST /v1/embeddings"), "{msg}");
@@ -743,6 +745,49 @@ async fn tei_upstream_miss_then_hit() {
     )
     .await;
     r.error(StatusCode::BAD_REQUEST, "unsupported_parameter");
+}
+
+#[tokio::test]
+async fn invalidating_a_model_named_like_the_builtin_alias_invalidates_that_model_only() {
+    // A TEI model under the built-in model's hub id: its name means it, not the built-in
+    // model the id is an alias of.
+    let alias = "sentence-transformers/all-MiniLM-L6-v2";
+    let (url, up) = upstream().await;
+    let h = harness(vec![
+        model(alias, Backend::Tei, &url),
+        ModelConfig::new("all-MiniLM-L6-v2", Backend::Builtin, None),
+    ]);
+    let tei = json!({"model": alias, "input": "a"});
+    let builtin = json!({"model": "all-MiniLM-L6-v2", "input": "a"});
+    for body in [&tei, &builtin] {
+        let r = post(&h.app, "/v1/embeddings", &[], body).await;
+        assert_eq!(r.header("x-cache"), "MISS", "{}", r.body);
+        assert_eq!(r.body["model"], body["model"], "{}", r.body);
+    }
+    assert_eq!(up.calls(), 1, "the TEI model's upstream served it");
+
+    let r = post(
+        &h.app,
+        "/v1/cache/invalidate",
+        &[],
+        &json!({"scope": "model", "model": alias}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["invalidated"],
+        json!({"scope": "model", "model": alias}),
+        "no rewrite to the built-in model"
+    );
+    let r = post(&h.app, "/v1/embeddings", &[], &tei).await;
+    assert_eq!(
+        r.header("x-cache"),
+        "MISS",
+        "the TEI model's entries are gone"
+    );
+    assert_eq!(up.calls(), 2);
+    let r = post(&h.app, "/v1/embeddings", &[], &builtin).await;
+    assert_eq!(r.header("x-cache"), "HIT", "the built-in model's are kept");
 }
 
 #[tokio::test]
@@ -1113,6 +1158,41 @@ async fn models_are_listed_and_described() {
 }
 
 #[tokio::test]
+async fn server_metadata_answers_and_only_kserve_models_have_a_model_config() {
+    let (url, _up) = upstream().await;
+    let h = harness(vec![model("sol", Backend::HttpJson, &url)]);
+    let r = get_req(&h.app, "/v2", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["name"], "infercache");
+    assert_eq!(r.body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        r.body["extensions"],
+        json!(["binary_tensor_data", "model_configuration"])
+    );
+    for path in ["/v2/models/sol/config", "/v2/models/sol/versions/1/config"] {
+        let r = get_req(&h.app, path, &[]).await;
+        let msg = r.kserve_error(StatusCode::NOT_FOUND);
+        assert!(
+            msg.contains("model `sol` is a http-json model and has no model configuration"),
+            "{path}: {msg}"
+        );
+    }
+    let r = get_req(&h.app, "/v2/models/nope/config", &[]).await;
+    let msg = r.kserve_error(StatusCode::NOT_FOUND);
+    assert!(msg.contains("model `nope` does not exist"), "{msg}");
+    // Outside /v2 the same error keeps OpenAI's shape.
+    let r = post(
+        &h.app,
+        "/v1/models/nope/predict",
+        &[],
+        &json!({"inputs": [1]}),
+    )
+    .await;
+    let msg = r.error(StatusCode::NOT_FOUND, "model_not_found");
+    assert!(msg.contains("model `nope` does not exist"), "{msg}");
+}
+
+#[tokio::test]
 async fn metadata_of_an_upstream_that_stays_down_is_503_after_retries() {
     let (url, up) = upstream().await;
     let mut kserve = model("resnet", Backend::KServeV2, &url);
@@ -1120,7 +1200,12 @@ async fn metadata_of_an_upstream_that_stays_down_is_503_after_retries() {
     let h = harness(vec![kserve]);
     up.fail(5, 503);
     let r = get_req(&h.app, "/v2/models/resnet", &[]).await;
-    r.error(StatusCode::SERVICE_UNAVAILABLE, "upstream_error");
+    let msg = r.kserve_error(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        msg.contains("model `resnet`") && msg.contains("503"),
+        "{msg}"
+    );
+    assert_eq!(r.headers["retry-after"], "1", "the headers are kept");
     assert_eq!(up.metadata_calls.load(Ordering::SeqCst), 2);
 }
 

@@ -53,9 +53,16 @@ impl Answer {
         parse_response(self.body.clone(), len).unwrap()
     }
 
-    /// The body as a JSON error.
-    fn error(&self) -> Value {
-        serde_json::from_slice::<Value>(&self.body).unwrap()["error"].clone()
+    /// The message of an error in KServe v2's shape, `{"error": "<message>"}` and
+    /// nothing else.
+    fn error(&self) -> String {
+        let body: Value = serde_json::from_slice(&self.body).unwrap();
+        let obj = body.as_object().expect("a JSON object");
+        assert_eq!(obj.len(), 1, "only `error`: {body}");
+        obj["error"]
+            .as_str()
+            .expect("`error` is a string")
+            .to_owned()
     }
 }
 
@@ -292,20 +299,17 @@ async fn output_affecting_parameters_outputs_and_versions_are_keyed() {
     )
     .await;
     assert_eq!(other.status, 404);
-    assert_eq!(other.error()["code"], "model_version_not_found");
     assert!(
-        other.error()["message"].as_str().unwrap().contains("`4`"),
+        other.error().contains("has no version `4`"),
         "{}",
         other.error()
     );
     let unknown = post(&s.url, "/v2/models/nope/infer", with(json!({})), None).await;
     assert_eq!(unknown.status, 404);
-    assert_eq!(unknown.error()["code"], "model_not_found");
     assert!(
-        unknown.error()["message"]
-            .as_str()
-            .unwrap()
-            .contains("nope")
+        unknown.error().contains("model `nope` does not exist"),
+        "{}",
+        unknown.error()
     );
     assert_eq!(upstream.calls(), 3);
     s.stop().await;
@@ -398,13 +402,14 @@ async fn malformed_and_hostile_bodies_get_400_and_the_server_keeps_serving() {
         let answer = post(&s.url, INFER, body, header_length).await;
         assert_eq!(answer.status, 400, "{what}");
         let error = answer.error();
-        assert!(
-            error["message"].as_str().unwrap().contains(message),
-            "{what}: {error}"
-        );
+        assert!(error.contains(message), "{what}: {error}");
     }
     let invalid = post(&s.url, INFER, b"[1]".to_vec(), None).await;
-    assert_eq!(invalid.error()["code"], "invalid_inference_request");
+    assert!(
+        invalid.error().starts_with("invalid inference request"),
+        "{}",
+        invalid.error()
+    );
     let bad_length = reqwest::Client::new()
         .post(format!("{}{INFER}", s.url))
         .header(HEADER_LENGTH, "twelve")
@@ -437,8 +442,7 @@ async fn an_upstream_that_is_down_is_503_and_one_that_refuses_is_502_naming_the_
     assert_eq!(down.status, 503);
     assert_eq!(down.header("retry-after"), "1");
     let error = down.error();
-    assert_eq!(error["code"], "upstream_unavailable");
-    assert_eq!(error["model"], MODEL);
+    assert!(error.contains("model `simple`"), "{error}");
     s.stop().await;
 
     // An upstream that does not know the model answers 404: the upstream's error, 502.
@@ -447,9 +451,7 @@ async fn an_upstream_that_is_down_is_503_and_one_that_refuses_is_502_naming_the_
     let refused = post(&s.url, INFER, json_request(&[1], json!({})), None).await;
     assert_eq!(refused.status, 502);
     let error = refused.error();
-    assert_eq!(error["code"], "upstream_error");
-    assert_eq!(error["model"], MODEL);
-    assert_eq!(error["upstream_status"], 404);
+    assert_eq!(error, "the upstream of model `simple` answered 404");
     s.stop().await;
     upstream.stop().await;
 }
@@ -559,10 +561,9 @@ async fn an_upstream_answer_that_does_not_fit_the_rows_is_502_and_is_not_cached(
             let r = post(&s.url, INFER, body.clone(), None).await;
             assert_eq!(r.status, 502, "{reason}");
             let error = r.error();
-            assert_eq!(error["code"], "upstream_bad_response", "{reason}");
-            assert_eq!(error["model"], MODEL);
             assert!(
-                error["message"].as_str().unwrap().contains(reason),
+                error.starts_with("the upstream of model `simple` sent an unusable response")
+                    && error.contains(reason),
                 "{reason}: {error}"
             );
             assert_eq!(calls.load(Ordering::SeqCst), call, "nothing was cached");
@@ -641,4 +642,210 @@ async fn sequence_requests_are_never_cached() {
         "HIT"
     );
     assert_eq!(upstream.calls(), 3);
+}
+
+/// What `scripts/tritonclient_protocol.py` saw against the server at `url`.
+async fn tritonclient_protocol(url: &str) -> Value {
+    let python = test_python();
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/tritonclient_protocol.py");
+    let url = url.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(url)
+            .args(["--model", MODEL, "--unknown", "nope"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tritonclient_protocol.py failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+/// Both inferences of the script answered right, and each refusal of the unknown model
+/// raised an exception whose text names it.
+fn assert_inferences_and_refusals(report: &Value) {
+    assert_eq!(report["json_correct"], true, "{report}");
+    assert_eq!(report["binary_correct"], true, "{report}");
+    for refusal in ["unknown_metadata", "unknown_infer"] {
+        let r = &report[refusal];
+        assert_eq!(r["message_is_text"], true, "{refusal}: {report}");
+        assert!(
+            r["str"]
+                .as_str()
+                .is_some_and(|s| s.contains("model `nope` does not exist")),
+            "{refusal}: {report}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tritonclient_reads_server_metadata_health_model_metadata_and_config_and_is_told_of_an_unknown_model()
+ {
+    let upstream = Upstream::start().await;
+    let s = start(&upstream.url, "", "").await;
+    let report = tritonclient_protocol(&s.url).await;
+
+    let server = &report["server"];
+    assert_eq!(server["name"], "infercache", "{report}");
+    assert!(server["version"].is_string(), "{report}");
+    assert!(
+        server["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("binary_tensor_data")),
+        "{report}"
+    );
+    assert_eq!(
+        (&report["live"], &report["ready"], &report["model_ready"]),
+        (&json!(true), &json!(true), &json!(true)),
+        "{report}"
+    );
+    assert_eq!(report["metadata"]["name"], MODEL, "{report}");
+    assert_eq!(
+        report["metadata"]["inputs"][0]["name"], "INPUT0",
+        "{report}"
+    );
+    assert_eq!(report["config"]["name"], MODEL, "{report}");
+    assert_eq!(report["config"]["max_batch_size"], 64, "{report}");
+    assert_inferences_and_refusals(&report);
+
+    // The upstream lists the binary extension: both misses went to it as binary tensors,
+    // and its server metadata was asked once.
+    assert_eq!(
+        (
+            upstream.calls(),
+            upstream.binary_requests(),
+            upstream.server_metadata_calls()
+        ),
+        (2, 2, 1)
+    );
+    s.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_only_upstream_gets_json_tensors_from_json_and_binary_clients() {
+    let upstream = Upstream::start_json_only().await;
+    let s = start(&upstream.url, "", "").await;
+    let report = tritonclient_protocol(&s.url).await;
+    assert_inferences_and_refusals(&report);
+    assert_eq!(report["config"]["name"], MODEL, "{report}");
+
+    // A binary client on new rows: still JSON upstream, binary back to the client.
+    let (body, len) = binary_request(&[30, 31]);
+    let answer = post(&s.url, INFER, body, Some(len)).await;
+    assert_eq!(answer.header("x-cache"), "MISS");
+    assert_eq!(answer.header("content-type"), "application/octet-stream");
+    assert_outputs(&answer.parsed(), &[30, 31]);
+    assert_eq!(
+        (
+            upstream.calls(),
+            upstream.binary_requests(),
+            upstream.server_metadata_calls()
+        ),
+        (3, 0, 1),
+        "every miss as JSON tensors; the server metadata asked once and remembered"
+    );
+    s.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn binary_tensors_in_the_config_decides_without_asking_the_upstream() {
+    for (setting, binary) in [("false", 0), ("true", 1)] {
+        let upstream = Upstream::start().await;
+        let s = start(&upstream.url, "", &format!("binary_tensors = {setting}")).await;
+        let (body, len) = binary_request(&[1, 2]);
+        let answer = post(&s.url, INFER, body, Some(len)).await;
+        assert_eq!(answer.header("x-cache"), "MISS", "{setting}");
+        assert_outputs(&answer.parsed(), &[1, 2]);
+        assert_eq!(
+            (
+                upstream.calls(),
+                upstream.binary_requests(),
+                upstream.server_metadata_calls()
+            ),
+            (1, binary, 0),
+            "binary_tensors = {setting}"
+        );
+        s.stop().await;
+        upstream.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_metadata_probe_answered_503_is_asked_again_and_its_request_goes_as_json() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::response::IntoResponse as _;
+    // An upstream whose `GET /v2` answers 503 once, then lists the binary extension; it
+    // records, per inference, whether the body came with binary tensor data.
+    #[derive(Default)]
+    struct Seen {
+        probes: usize,
+        binary: Vec<bool>,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (probe, infer) = (Arc::clone(&seen), Arc::clone(&seen));
+    let app = axum::Router::new()
+        .route(
+            "/v2",
+            axum::routing::get(move || {
+                let seen = Arc::clone(&probe);
+                async move {
+                    let mut s = seen.lock().unwrap();
+                    s.probes += 1;
+                    if s.probes == 1 {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    axum::Json(
+                        json!({"name": "t", "version": "1", "extensions": ["binary_tensor_data"]}),
+                    )
+                    .into_response()
+                }
+            }),
+        )
+        .route(
+            "/v2/models/{name}/infer",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let seen = Arc::clone(&infer);
+                async move {
+                    let binary = headers.contains_key(HEADER_LENGTH);
+                    seen.lock().unwrap().binary.push(binary);
+                    axum::Json(json!({"outputs": [
+                        {"name": "OUTPUT0", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]},
+                        {"name": "OUTPUT1", "datatype": "INT64", "shape": [1], "data": [6]}
+                    ]}))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let s = start(&url, "", "").await;
+    for i in 1..=3 {
+        let answer = post(&s.url, INFER, json_request(&[i], both_outputs()), None).await;
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.header("x-cache"), "MISS");
+    }
+    s.stop().await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        (seen.probes, &seen.binary[..]),
+        (2, &[false, true, true][..]),
+        "503: JSON and asked again; then binary, remembered"
+    );
 }

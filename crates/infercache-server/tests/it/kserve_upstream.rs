@@ -10,9 +10,13 @@
 //! It parses the protocol itself, on purpose without infercache's codec, so that tests
 //! of the codec against it check two independent implementations.
 //!
-//! Routes: `POST /v2/models/{name}[/versions/{v}]/infer`, `GET /v2/models/{name}`,
-//! `GET /v2/health/ready`. Errors are 400 (or 404 for another model) with
-//! `{"error": "..."}`, Triton's shape.
+//! Routes: `POST /v2/models/{name}[/versions/{v}]/infer`, `GET /v2` (server metadata),
+//! `GET /v2/models/{name}[/ready|/config]`, `GET /v2/health/{live,ready}`. Errors are 400
+//! (or 404 for another model) with `{"error": "..."}`, Triton's shape.
+//!
+//! [`Upstream::start_json_only`] starts one that implements only the core (JSON)
+//! protocol: its server metadata lists no extension, a request with binary tensor data
+//! is refused (400), and every output is answered as JSON.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,7 +44,9 @@ struct Shared {
     calls: AtomicUsize,
     rows: AtomicUsize,
     binary_requests: AtomicUsize,
+    server_metadata_calls: AtomicUsize,
     delay: Duration,
+    json_only: bool,
 }
 
 /// A running upstream.
@@ -65,13 +71,32 @@ impl Upstream {
         Self::serve(listener, delay)
     }
 
+    /// Starts one that speaks only the core protocol: JSON tensors.
+    pub async fn start_json_only() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_shared(
+            listener,
+            Shared {
+                json_only: true,
+                ..Shared::default()
+            },
+        )
+    }
+
     /// Serves on `listener`.
     pub fn serve(listener: TcpListener, delay: Duration) -> Self {
+        Self::serve_shared(
+            listener,
+            Shared {
+                delay,
+                ..Shared::default()
+            },
+        )
+    }
+
+    fn serve_shared(listener: TcpListener, shared: Shared) -> Self {
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let shared = Arc::new(Shared {
-            delay,
-            ..Shared::default()
-        });
+        let shared = Arc::new(shared);
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
@@ -105,6 +130,11 @@ impl Upstream {
         self.shared.binary_requests.load(Ordering::SeqCst)
     }
 
+    /// `GET /v2` calls answered.
+    pub fn server_metadata_calls(&self) -> usize {
+        self.shared.server_metadata_calls.load(Ordering::SeqCst)
+    }
+
     /// Stops it and waits for it.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
@@ -114,8 +144,12 @@ impl Upstream {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(|| async { StatusCode::OK }))
         .route("/v2/models/{name}", get(metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/config", get(config))
         .route("/v2/models/{name}/infer", post(infer_latest))
         .route(
             "/v2/models/{name}/versions/{version}/infer",
@@ -126,6 +160,42 @@ fn router(shared: Arc<Shared>) -> Router {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn server_metadata(State(s): State<Arc<Shared>>) -> Response {
+    s.server_metadata_calls.fetch_add(1, Ordering::SeqCst);
+    let extensions: &[&str] = if s.json_only {
+        &[]
+    } else {
+        &["binary_tensor_data"]
+    };
+    axum::Json(json!({"name": "test-upstream", "version": "1", "extensions": extensions}))
+        .into_response()
+}
+
+async fn model_ready(Path(name): Path<String>) -> Response {
+    if name != MODEL {
+        return error(StatusCode::NOT_FOUND, format!("unknown model '{name}'"));
+    }
+    StatusCode::OK.into_response()
+}
+
+/// Triton's model configuration of [`MODEL`].
+async fn config(Path(name): Path<String>) -> Response {
+    if name != MODEL {
+        return error(StatusCode::NOT_FOUND, format!("unknown model '{name}'"));
+    }
+    axum::Json(json!({
+        "name": MODEL,
+        "platform": "test",
+        "max_batch_size": 64,
+        "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
+        "output": [
+            {"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [-1]},
+            {"name": "OUTPUT1", "data_type": "TYPE_INT64", "dims": [1]}
+        ]
+    }))
+    .into_response()
 }
 
 async fn metadata(Path(name): Path<String>) -> Response {
@@ -167,6 +237,12 @@ async fn infer(s: &Shared, name: &str, headers: &HeaderMap, body: &[u8]) -> Resp
     if name != MODEL {
         return error(StatusCode::NOT_FOUND, format!("unknown model '{name}'"));
     }
+    if s.json_only && headers.contains_key(HEADER_LENGTH) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "binary tensor data is not supported; send JSON tensors",
+        );
+    }
     let (rows, k, x, binary_in, request) = match read_input(headers, body) {
         Ok(parsed) => parsed,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -198,7 +274,7 @@ async fn infer(s: &Shared, name: &str, headers: &HeaderMap, body: &[u8]) -> Resp
         json: output1.iter().map(|v| json!(v)).collect(),
         raw: output1.iter().flat_map(|v| v.to_le_bytes()).collect(),
     };
-    respond(&request, [out0, out1])
+    respond(&request, [out0, out1], !s.json_only)
 }
 
 /// One computed output, in both forms.
@@ -294,8 +370,9 @@ fn flatten(v: &Value, out: &mut Vec<Value>) {
 }
 
 /// The response for `request`: its requested outputs (all when it names none), each
-/// binary when its `binary_data` (or the request's `binary_data_output`) says so.
-fn respond(request: &Value, outputs: [Output; 2]) -> Response {
+/// binary when its `binary_data` (or the request's `binary_data_output`) says so and
+/// `binary` allows it.
+fn respond(request: &Value, outputs: [Output; 2], binary_allowed: bool) -> Response {
     let all_binary = request["parameters"]["binary_data_output"]
         .as_bool()
         .unwrap_or(false);
@@ -327,7 +404,7 @@ fn respond(request: &Value, outputs: [Output; 2]) -> Response {
                 Some((_, b)) => b.unwrap_or(all_binary),
             },
         };
-        if as_binary {
+        if as_binary && binary_allowed {
             any_binary = true;
             json_outputs.push(json!({"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": raw.len()}}));
             binary.extend(raw);
