@@ -390,7 +390,8 @@ impl Cache {
     /// model's) is served at once, marked [`Stale::WhileRevalidate`], and recomputed in
     /// the background with `f`, once across concurrent callers (the single flight) and
     /// nodes (the remote tier's lease: a key another node is computing is left to it).
-    /// A refresh that fails keeps the stale value (counted in `compute_errors`).
+    /// A refresh that fails keeps the stale value (counted in `compute_errors`). Under
+    /// `no-store` the stale value is served but not refreshed.
     ///
     /// # Errors
     /// As [`Cache::get_many_or_compute`].
@@ -409,7 +410,8 @@ impl Cache {
         let mut batch = Batch::new(keys, opts, Mode::AnswerStale);
         self.run(&mut batch, &mut f).await?;
         let stale = batch.keys(&batch.revalidate);
-        if !stale.is_empty() {
+        // Under `no-store` a refresh would store nothing: a later request recomputes.
+        if !stale.is_empty() && !opts.no_store {
             let (cache, opts) = (self.clone(), *opts);
             tokio::spawn(async move { cache.refresh(stale, opts, f).await });
         }
