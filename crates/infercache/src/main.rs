@@ -5,10 +5,15 @@
 //! - `stats`, `warm`, `invalidate`: admin commands that talk to a running server over
 //!   HTTP ([`client`] for the connection, one file per command).
 //! - `bench`: measurements of the engine ([`mod@bench`]).
+//! - `datasets`, `artifacts`: the local dataset cache and artifact store ([`datasets`],
+//!   [`artifacts`]).
 
+mod artifacts;
 mod bench;
 mod client;
+mod datasets;
 mod invalidate;
+mod listing;
 mod serve;
 mod stats;
 mod warm;
@@ -40,6 +45,10 @@ enum Command {
     /// Measure the cache engine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Build, stream and manage cached datasets.
+    Datasets(datasets::DatasetsCommand),
+    /// Manage the local artifact store (model files, weight chunks).
+    Artifacts(artifacts::ArtifactsCommand),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +67,8 @@ fn main() -> ExitCode {
         Command::Warm(cmd) => warm::run(&cmd),
         Command::Invalidate(cmd) => invalidate::run(&cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Datasets(cmd) => datasets::run(&cmd),
+        Command::Artifacts(cmd) => artifacts::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
