@@ -848,13 +848,7 @@ impl Inner {
         &self,
         source: &DatasetSource,
         files: Option<&[SourceFile]>,
-    ) -> Result<
-        (
-            Box<dyn Iterator<Item = Result<RecordBatch, DatasetError>> + Send>,
-            SchemaRef,
-        ),
-        DatasetError,
-    > {
+    ) -> Result<(source::Batches, SchemaRef), DatasetError> {
         match (source, files) {
             (_, Some(files)) => {
                 let schema = source::schema(files)?;

@@ -10,7 +10,7 @@
 //! - [`step`]: `tokenize` (the built-in model's tokenizer), `embed` (any
 //!   [`TextEmbedder`], found through [`Embedders`]), `cmd:VERSION:COMMAND` (an external
 //!   command over JSON lines), and the [`Step`] trait for steps written in Rust.
-//! - [`DatasetCache`]: [`cache_dataset`](DatasetCache::cache_dataset),
+//! - [`DatasetCache`], with [`cache_dataset`](DatasetCache::cache_dataset),
 //!   [`get_dataset`](DatasetCache::get_dataset) and
 //!   [`stream_dataset`](DatasetCache::stream_dataset) (LlamaHome's names), and `ls`,
 //!   `rm`, `prune`, `clear`, `verify`, `audit`, `explain`. Builds are crash-safe with a

@@ -242,7 +242,7 @@ fn file_schema(source: &SourceFile) -> Result<Schema, DatasetError> {
     }
 }
 
-type Batches = Box<dyn Iterator<Item = Result<RecordBatch, DatasetError>> + Send>;
+pub(crate) type Batches = Box<dyn Iterator<Item = Result<RecordBatch, DatasetError>> + Send>;
 
 /// Every row of `sources`, in order, as batches of at most `batch_rows` rows with
 /// `schema`.

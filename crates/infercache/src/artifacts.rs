@@ -214,8 +214,8 @@ fn ls(store: &Store, filters: &[Filter], sort: Option<&Sort>, json: bool) -> any
         return Ok(());
     }
     println!(
-        "{:<20} {:<9} {:>10} {:>8} {:>8}  {}",
-        "digest", "class", "size", "used", "added", "pins / snapshots"
+        "{:<20} {:<9} {:>10} {:>8} {:>8}  pins / snapshots",
+        "digest", "class", "size", "used", "added"
     );
     for b in &blobs {
         let mut notes: Vec<String> = Vec::new();

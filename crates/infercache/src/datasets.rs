@@ -392,8 +392,8 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<24} {:<16} {:>10} {:>9} {:>12} {:>7}  {}",
-                "name", "fingerprint", "rows", "shards", "size", "built", "notes"
+                "{:<24} {:<16} {:>10} {:>9} {:>12} {:>7}  notes",
+                "name", "fingerprint", "rows", "shards", "size", "built"
             );
             for d in &items {
                 println!(
