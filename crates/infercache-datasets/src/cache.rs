@@ -449,7 +449,7 @@ impl DatasetCache {
     pub fn list(&self) -> Result<Vec<DatasetInfo>, DatasetError> {
         let mut out = Vec::new();
         for record in self.inner.records()? {
-            let Some(m) = self.inner.manifest(&record.fingerprint)? else {
+            let Some(m) = self.inner.readable_manifest(&record) else {
                 continue;
             };
             let mut cached = 0;
@@ -981,6 +981,18 @@ impl Inner {
             .unwrap_or_default())
     }
 
+    /// The manifest of a name, if readable: one corrupt manifest must not stop the cache
+    /// from serving the others (it is reported when its own dataset is asked for).
+    fn readable_manifest(&self, record: &NameRecord) -> Option<Manifest> {
+        match self.manifest(&record.fingerprint) {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, dataset = %record.name, "skipping an unreadable manifest");
+                None
+            }
+        }
+    }
+
     /// Pins the shards of every dataset whose cache is its only copy: built from rows in
     /// memory or with a step given in Rust, or whose source files are gone or changed.
     pub(crate) fn protect_only_copies(&self) -> Result<(), DatasetError> {
@@ -991,7 +1003,7 @@ impl Inner {
                     Some("only copy: built with a step written in Rust".to_owned())
                 }
                 Origin::Files { sources } => {
-                    let Some(m) = self.manifest(&record.fingerprint)? else {
+                    let Some(m) = self.readable_manifest(&record) else {
                         continue;
                     };
                     let want: Vec<SourceDigest> =
@@ -1010,7 +1022,7 @@ impl Inner {
                 }
             };
             let Some(reason) = reason else { continue };
-            let Some(m) = self.manifest(&record.fingerprint)? else {
+            let Some(m) = self.readable_manifest(&record) else {
                 continue;
             };
             for s in &m.shards {

@@ -264,9 +264,30 @@ fn add(
     }
     let mut entries = std::collections::BTreeMap::new();
     for file in files {
-        let inserted = store
-            .insert_file(class, file, expect)
-            .with_context(|| format!("adding {}", file.display()))?;
+        let inserted = match expect {
+            // Known digest: one copy at a time, however many processes add it at once.
+            Some(expected) => {
+                let fetched = store
+                    .get_or_fetch(class, expected, |partial| {
+                        partial.restart()?;
+                        let mut source = std::fs::File::open(file)?;
+                        std::io::copy(&mut source, partial)?;
+                        Ok::<_, std::io::Error>(())
+                    })
+                    .with_context(|| format!("adding {}", file.display()))?;
+                let blob = fetched.blob;
+                infercache_artifact::Inserted {
+                    digest: blob.digest(),
+                    sha256: blob.sha256(),
+                    size: blob.len(),
+                    new: fetched.fetched,
+                    evicted: Vec::new(),
+                }
+            }
+            None => store
+                .insert_file(class, file, None)
+                .with_context(|| format!("adding {}", file.display()))?,
+        };
         for e in &inserted.evicted {
             eprintln!("evicted {} ({})", e.digest, listing::bytes(e.size));
         }
