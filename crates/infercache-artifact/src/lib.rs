@@ -17,14 +17,18 @@
 //!   `lru` (recency persisted across restarts), `fifo`, `time` (`max_age`) and `size`
 //!   (largest first), with an eviction threshold. The defaults are `models` 1 GiB `lru`,
 //!   `training` 512 MiB `fifo`, `system` 256 MiB `time` with 86,400 s. Eviction runs on
-//!   every insert and on [`Store::prune`]; a class's usage never exceeds its cap.
-//! - **Pins**: [`Store::pin`] (persisted), and every open [`Blob`] (a shared lock on its
-//!   file): neither is ever evicted.
+//!   every insert and on [`Store::prune`]; a class's usage never exceeds its cap. A blob
+//!   its `time` policy has expired is never served (a read is a miss); it is removed at
+//!   the next insert, [`Store::open`], prune, or pass of the background [`Cleaner`]
+//!   ([`Store::spawn_cleanup`], every [`DEFAULT_CLEANUP_INTERVAL`] unless told otherwise).
+//! - **Pins**: [`Store::pin`] (persisted), and every open [`Blob`], reader or [`Mapped`]
+//!   view (a shared lock on its file): neither is ever evicted.
 //! - **Snapshots**: a name for a set of files ([`Snapshot`]).
 //!
 //! Every call blocks on file I/O; async callers run it on a blocking thread.
 
 mod blob;
+mod cleanup;
 mod config;
 mod digest;
 mod error;
@@ -32,7 +36,8 @@ mod policy;
 mod snapshot;
 pub mod store;
 
-pub use blob::Blob;
+pub use blob::{Blob, Mapped};
+pub use cleanup::{Cleaner, DEFAULT_CLEANUP_INTERVAL};
 pub use config::{ClassConfig, DEFAULT_EVICTION_THRESHOLD, DEFAULT_MAX_AGE, Policy, StoreConfig};
 pub use digest::Digest;
 pub use error::ArtifactError;

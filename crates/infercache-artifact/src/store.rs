@@ -49,7 +49,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use infercache_core::SharedClock;
 use serde::{Deserialize, Serialize};
 
-use crate::blob::Blob;
+use crate::blob::{Blob, ReadLock};
 use crate::config::{ClassConfig, StoreConfig};
 use crate::digest::{Digest, Hasher, Hashes, HashingWriter, hash_reader};
 use crate::error::{ArtifactError, io_err};
@@ -120,6 +120,9 @@ pub struct BlobInfo {
     pub pinned: Option<String>,
     /// `true` if some process holds it open.
     pub in_use: bool,
+    /// `true` if its `time` policy has expired it: it is no longer served, and goes at the
+    /// next insert, prune or cleanup.
+    pub expired: bool,
     /// `snapshot/file` names that refer to it.
     pub snapshots: Vec<String>,
 }
@@ -216,7 +219,8 @@ pub struct Fetched {
 
 impl Store {
     /// Opens (creating) the store in `root` with `config`; removes what a killed process
-    /// left (unlocked temporary files, records without a blob, blobs without a record).
+    /// left (unlocked temporary files, records without a blob, blobs without a record) and
+    /// the blobs a `time` policy has expired.
     pub fn open(
         root: impl Into<PathBuf>,
         config: StoreConfig,
@@ -250,8 +254,10 @@ impl Store {
             counters: Counters::default(),
             tmp_seq: AtomicU64::new(0),
         };
-        let _lock = store.lock_store()?;
+        let lock = store.lock_store()?;
         store.remove_leftovers(false)?;
+        store.remove_expired()?;
+        drop(lock);
         Ok(store)
     }
 
@@ -281,8 +287,20 @@ impl Store {
     }
 
     /// The BLAKE3 name of the blob `digest` names (itself for a BLAKE3 digest; looked up
-    /// for a SHA-256), if the store holds it.
+    /// for a SHA-256), if the store holds it and its `time` policy has not expired it.
     pub fn resolve(&self, digest: &Digest) -> Result<Option<Digest>, ArtifactError> {
+        let Some(blake3) = self.locate(digest)? else {
+            return Ok(None);
+        };
+        match self.record(&blake3)? {
+            Some(record) if !self.is_expired(&blake3, &record)? => Ok(Some(blake3)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The BLAKE3 name of the blob `digest` names if its file and record are there,
+    /// expired or not.
+    fn locate(&self, digest: &Digest) -> Result<Option<Digest>, ArtifactError> {
         let blake3 = match digest {
             Digest::Blake3(_) => *digest,
             Digest::Sha256(_) => {
@@ -301,42 +319,43 @@ impl Store {
         Ok(present.then_some(blake3))
     }
 
-    /// `true` if the store holds the blob (by either digest). Does not count as a use.
+    /// `true` if the store holds the blob (by either digest) and it has not expired. Does
+    /// not count as a use.
     pub fn contains(&self, digest: &Digest) -> Result<bool, ArtifactError> {
         Ok(self.resolve(digest)?.is_some())
     }
 
     /// Opens the blob `digest` names and marks it used; `None` if the store does not hold
-    /// it. The bytes are not re-hashed (see [`open_verified`](Self::open_verified)). While
-    /// the [`Blob`] lives the blob is never evicted.
+    /// it or its `time` policy has expired it (an expired blob is never served). The
+    /// bytes are not re-hashed (see [`open_verified`](Self::open_verified)). While the
+    /// [`Blob`] lives the blob is never evicted.
     pub fn open_blob(&self, digest: &Digest) -> Result<Option<Blob>, ArtifactError> {
-        let Some(blake3) = self.resolve(digest)? else {
+        let miss = || {
             bump(&self.counters.misses);
-            return Ok(None);
+            Ok(None)
+        };
+        let Some(blake3) = self.locate(digest)? else {
+            return miss();
         };
         let Some(record) = self.record(&blake3)? else {
-            bump(&self.counters.misses);
-            return Ok(None);
+            return miss();
         };
+        if self.is_expired(&blake3, &record)? {
+            return miss();
+        }
         let path = self.blob_path(&blake3);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                bump(&self.counters.misses);
-                return Ok(None);
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return miss(),
             Err(e) => return Err(ArtifactError::io(&path, e)),
         };
-        match file.try_lock_shared() {
-            Ok(()) => {}
-            // Being evicted right now.
-            Err(TryLockError::WouldBlock) => {
-                bump(&self.counters.misses);
-                return Ok(None);
-            }
-            Err(TryLockError::Error(e)) => return Err(ArtifactError::io(&path, e)),
-        }
+        // An exclusive lock is only ever held for an instant, under the store lock: by an
+        // eviction about to unlink the blob, or by a probe of whether it is in use. Wait
+        // it out rather than miss.
+        file.lock_shared().map_err(io_err(&path))?;
+        let lock = ReadLock::new(file, path.clone());
         // Evicted between the open and the lock: the name now points elsewhere (or nowhere).
+        let file = lock.file();
         let same = match fs::metadata(&path) {
             Ok(m) => {
                 let held = file.metadata().map_err(io_err(&path))?;
@@ -345,8 +364,7 @@ impl Store {
             Err(_) => false,
         };
         if !same {
-            bump(&self.counters.misses);
-            return Ok(None);
+            return miss();
         }
         self.touch(&blake3);
         bump(&self.counters.hits);
@@ -355,8 +373,7 @@ impl Store {
             record.sha256,
             record.size,
             record.class,
-            path,
-            file,
+            lock,
         )))
     }
 
@@ -408,7 +425,7 @@ impl Store {
             let hashes = writer.hasher.finish();
             drop(writer);
             file.sync_all().map_err(io_err(&tmp_path))?;
-            self.commit(class, &tmp_path, hashes, expected)
+            self.commit(class, &tmp_path, Some(&file), hashes, expected)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp_path);
@@ -533,10 +550,11 @@ impl Store {
     /// blob in use is safe: its readers keep their bytes).
     pub fn remove(&self, digest: &Digest, force: bool) -> Result<BlobInfo, ArtifactError> {
         let blake3 = self
-            .resolve(digest)?
+            .locate(digest)?
             .ok_or_else(|| ArtifactError::NotFound {
                 what: digest.to_string(),
             })?;
+        let _lock = self.lock_store()?;
         let info = self
             .info(&blake3, &self.pins()?, &BTreeMap::new())?
             .ok_or_else(|| ArtifactError::NotFound {
@@ -553,17 +571,17 @@ impl Store {
                 return Err(ArtifactError::InUse { digest: blake3 });
             }
         }
-        let _lock = self.lock_store()?;
         self.unlink_blob(&blake3)?;
         let _ = fs::remove_file(self.pin_path(&blake3));
         Ok(info)
     }
 
-    /// Pins a blob (by either digest): it is never evicted until unpinned. The pin is a
-    /// file, so it holds across restarts and for every process.
+    /// Pins a blob (by either digest): it is never evicted, nor expired, until unpinned
+    /// (pinning an expired blob keeps it). The pin is a file, so it holds across restarts
+    /// and for every process.
     pub fn pin(&self, digest: &Digest, reason: &str) -> Result<Digest, ArtifactError> {
         let blake3 = self
-            .resolve(digest)?
+            .locate(digest)?
             .ok_or_else(|| ArtifactError::NotFound {
                 what: digest.to_string(),
             })?;
@@ -577,7 +595,7 @@ impl Store {
 
     /// Removes a blob's pin; `false` if it had none.
     pub fn unpin(&self, digest: &Digest) -> Result<bool, ArtifactError> {
-        let Some(blake3) = self.resolve(digest)? else {
+        let Some(blake3) = self.locate(digest)? else {
             return Ok(false);
         };
         let path = self.pin_path(&blake3);
@@ -588,8 +606,11 @@ impl Store {
         }
     }
 
-    /// Every blob, in no particular order.
+    /// Every blob on disk (expired ones too, marked), in no particular order.
     pub fn list(&self) -> Result<Vec<BlobInfo>, ArtifactError> {
+        // Whether a blob is in use is probed with an exclusive lock: under the store lock,
+        // so that no eviction ever takes a probe for a reader.
+        let _lock = self.lock_store()?;
         let pins = self.pins()?;
         let mut refs: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
         for snap in self.snapshots()? {
@@ -645,7 +666,7 @@ impl Store {
         let _lock = self.lock_store()?;
         let mut report = PruneReport::default();
         for class in self.config.classes.keys() {
-            report.evicted.extend(self.make_space(class, 0, dry_run)?.0);
+            report.evicted.extend(self.make_space(class, None, dry_run)?.0);
         }
         report.temporaries = self.remove_leftovers(dry_run)?;
         // Partial downloads whose fetch lock is free are abandoned.
@@ -847,11 +868,14 @@ impl Store {
         Ok((path, file))
     }
 
-    /// Commits the verified temporary file `tmp` (see the module docs).
+    /// Commits the verified temporary file `tmp` (see the module docs). `tmp_lock` is the
+    /// writer's open, exclusively locked descriptor of it, unlocked before the rename: a
+    /// committed blob must not look in use (or being evicted) because of its writer.
     fn commit(
         &self,
         class: &str,
         tmp: &Path,
+        tmp_lock: Option<&File>,
         hashes: Hashes,
         expected: Option<&Digest>,
     ) -> Result<Inserted, ArtifactError> {
@@ -868,7 +892,16 @@ impl Store {
         }
         let _lock = self.lock_store()?;
         let digest = hashes.blake3;
-        if self.blob_path(&digest).exists() && self.record(&digest)?.is_some() {
+        // The same bytes, stored and live: nothing to write. An expired copy is replaced
+        // (renamed over; readers holding it keep their bytes) and starts a new life.
+        let live = match self.locate(&digest)? {
+            Some(d) => match self.record(&d)? {
+                Some(record) => !self.is_expired(&d, &record)?,
+                None => false,
+            },
+            None => false,
+        };
+        if live {
             fs::remove_file(tmp).map_err(io_err(tmp))?;
             self.touch(&digest);
             bump(&self.counters.deduplicated);
@@ -880,7 +913,7 @@ impl Store {
                 evicted: Vec::new(),
             });
         }
-        let (evicted, fits) = self.make_space(class, hashes.size, false)?;
+        let (evicted, fits) = self.make_space(class, Some((&digest, hashes.size)), false)?;
         if !fits {
             let used = self.class_used(class)?;
             return Err(ArtifactError::Full {
@@ -912,6 +945,10 @@ impl Store {
         let mut perms = fs::metadata(tmp).map_err(io_err(tmp))?.permissions();
         perms.set_readonly(true);
         fs::set_permissions(tmp, perms).map_err(io_err(tmp))?;
+        if let Some(file) = tmp_lock {
+            // Under the store lock, so `remove_leftovers` cannot take it for abandoned.
+            file.unlock().map_err(io_err(tmp))?;
+        }
         let blob_path = self.blob_path(&digest);
         fs::rename(tmp, &blob_path).map_err(io_err(&blob_path))?;
         sync_dir(&self.root.join("blobs"))?;
@@ -936,23 +973,26 @@ impl Store {
         })
     }
 
-    /// Under the store lock: removes `class`'s expired blobs, then, if `incoming` more
-    /// bytes would take it over its cap, evicts in policy order (skipping pinned blobs and
-    /// blobs in use) until it is at its threshold. Returns what went and whether
-    /// `incoming` now fits under the cap.
+    /// Under the store lock: removes `class`'s expired blobs, then, if the `incoming` blob
+    /// (its digest and size) would take it over its cap, evicts in policy order (skipping
+    /// pinned blobs and blobs in use) until it is at its threshold. An expired copy of the
+    /// incoming blob itself is left for the commit to replace. Returns what went and
+    /// whether `incoming` now fits under the cap.
     fn make_space(
         &self,
         class: &str,
-        incoming: u64,
+        incoming: Option<(&Digest, u64)>,
         dry_run: bool,
     ) -> Result<(Vec<Evicted>, bool), ArtifactError> {
         let config = *self.class(class)?;
         let now = self.clock.now_ms();
         let pins = self.pins()?;
+        let (replacing, incoming) = incoming.map_or((None, 0), |(d, size)| (Some(*d), size));
         let mut evicted = Vec::new();
         let mut used = 0u64;
         let mut candidates = Vec::new();
         let mut all = self.class_candidates(class)?;
+        all.retain(|c| Some(c.digest) != replacing);
         // Expired blobs go in policy order too (for `time`: oldest first).
         policy::sort(config.policy, &mut all);
         for c in all {
@@ -981,6 +1021,26 @@ impl Store {
             }
         }
         Ok((evicted, used + incoming <= config.cap))
+    }
+
+    /// Under the store lock: removes every class's expired blobs (not pinned, not in use).
+    fn remove_expired(&self) -> Result<Vec<Evicted>, ArtifactError> {
+        let now = self.clock.now_ms();
+        let mut evicted = Vec::new();
+        for (class, config) in &self.config.classes {
+            if !matches!(config.policy, crate::Policy::Time { .. }) {
+                continue;
+            }
+            for c in self.class_candidates(class)? {
+                if policy::expired(config.policy, &c, now)
+                    && !self.pin_path(&c.digest).exists()
+                    && self.try_evict(&c.digest, false)?
+                {
+                    evicted.push(self.evicted(&c, class, true));
+                }
+            }
+        }
+        Ok(evicted)
     }
 
     fn evicted(&self, c: &Candidate, class: &str, expired: bool) -> Evicted {
@@ -1027,7 +1087,27 @@ impl Store {
         };
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Ok(false),
+            Err(TryLockError::WouldBlock) => {
+                if std::env::var_os("DEBUG_LOCKS").is_some() {
+                    let ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+                    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+                    eprintln!("DEBUG in use: {} ino {ino} (pid {})", path.display(), std::process::id());
+                    for l in locks.lines().filter(|l| l.contains(&format!(":{ino} "))) {
+                        eprintln!("DEBUG   lock {l}");
+                    }
+                    for e in fs::read_dir("/proc/self/fd").into_iter().flatten().flatten() {
+                        if let Ok(t) = fs::read_link(e.path()) && t == path {
+                            eprintln!("DEBUG   fd {:?}", e.file_name());
+                        }
+                    }
+                    let maps = fs::read_to_string("/proc/self/maps").unwrap_or_default();
+                    for l in maps.lines().filter(|l| l.contains(&digest.hex())) {
+                        eprintln!("DEBUG   map {l}");
+                    }
+                    eprintln!("DEBUG   bt {}", std::backtrace::Backtrace::force_capture());
+                }
+                return Ok(false);
+            }
             Err(TryLockError::Error(e)) => return Err(ArtifactError::io(&path, e)),
         }
         if !dry_run {
@@ -1219,6 +1299,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ArtifactError::io(&path, e)),
         };
+        let expired = self.is_expired(digest, &record)?;
         Ok(Some(BlobInfo {
             digest: *digest,
             sha256: record.sha256,
@@ -1228,8 +1309,38 @@ impl Store {
             accessed_ms: self.accessed_ms(digest).unwrap_or(record.inserted_ms),
             pinned: pins.get(digest).cloned(),
             in_use,
+            expired,
             snapshots: refs.get(digest).cloned().unwrap_or_default(),
         }))
+    }
+
+    /// `true` if the blob's class has a `time` policy whose `max_age` has passed since the
+    /// blob was inserted, and it is not pinned. A record read earlier may be stale (another
+    /// process may have inserted the bytes again since): an expired one is read again.
+    fn is_expired(&self, digest: &Digest, record: &Record) -> Result<bool, ArtifactError> {
+        let Some(config) = self.config.classes.get(&record.class) else {
+            return Ok(false);
+        };
+        let expired = |r: &Record| {
+            policy::expired(
+                config.policy,
+                &Candidate {
+                    digest: *digest,
+                    size: r.size,
+                    inserted_ms: r.inserted_ms,
+                    accessed_ms: r.inserted_ms,
+                },
+                self.clock.now_ms(),
+            )
+        };
+        if !expired(record) || self.pin_path(digest).exists() {
+            return Ok(false);
+        }
+        self.records
+            .lock()
+            .expect("records lock poisoned")
+            .remove(digest.bytes());
+        Ok(self.record(digest)?.is_none_or(|r| expired(&r)))
     }
 
     /// The blob's last use: its record file's mtime.
@@ -1301,7 +1412,7 @@ impl Partial<'_> {
             .map_err(io_err(&self.path))?;
         let result = self
             .store
-            .commit(&self.class, &self.path, hashes, Some(&self.expected));
+            .commit(&self.class, &self.path, None, hashes, Some(&self.expected));
         if let Err(ArtifactError::DigestMismatch { .. }) = &result {
             let _ = fs::remove_file(&self.path);
         }

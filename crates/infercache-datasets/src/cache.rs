@@ -54,6 +54,9 @@ pub struct DatasetConfig {
     pub policy: Policy,
     /// Eviction brings usage down to this fraction of the cap (default 0.9).
     pub eviction_threshold: f64,
+    /// How often [`DatasetCache::spawn_cleanup`]'s thread prunes the cache (default an
+    /// hour, LlamaHome's `cleanup_interval`).
+    pub cleanup_interval: std::time::Duration,
     /// What `tokenize` and `embed` need.
     pub steps: StepContext,
 }
@@ -64,6 +67,7 @@ impl Default for DatasetConfig {
             disk_size: 10_000 << 20,
             policy: Policy::Lru,
             eviction_threshold: infercache_artifact::DEFAULT_EVICTION_THRESHOLD,
+            cleanup_interval: infercache_artifact::DEFAULT_CLEANUP_INTERVAL,
             steps: StepContext::default(),
         }
     }
@@ -554,6 +558,28 @@ impl DatasetCache {
             }
         }
         Ok(self.inner.store.prune(dry_run)?)
+    }
+
+    /// Starts a thread that runs [`prune`](Self::prune) every `cleanup_interval` (expired
+    /// shards, the cap, unnamed datasets, leftovers of killed writes) until the returned
+    /// [`Cleaner`](infercache_artifact::Cleaner) is dropped or the cache is. Eviction also
+    /// runs on every shard written; this is for a process that lives long (a server).
+    pub fn spawn_cleanup(&self) -> Result<infercache_artifact::Cleaner, DatasetError> {
+        let inner = Arc::downgrade(&self.inner);
+        infercache_artifact::Cleaner::spawn(
+            "dataset-cleanup",
+            self.inner.config.cleanup_interval,
+            move || {
+                let Some(inner) = inner.upgrade() else {
+                    return false;
+                };
+                if let Err(error) = (DatasetCache { inner }).prune(false) {
+                    tracing::warn!(%error, "dataset cache cleanup failed");
+                }
+                true
+            },
+        )
+        .map_err(|e| DatasetError::io(Path::new("dataset-cleanup thread"), e))
     }
 
     /// Checks every cached shard of `key` (or of every dataset) against its digest;

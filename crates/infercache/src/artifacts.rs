@@ -30,7 +30,7 @@ enum Action {
     /// List blobs: digest, class, size, last use, pins, snapshots; and each class's usage.
     Ls {
         /// Keep blobs matching FIELD OP VALUE (`size>1GB`, `accessed>30d`, `inserted<1h`,
-        /// `class=models`, `pinned`, `in_use`); repeat to combine.
+        /// `class=models`, `pinned`, `in_use`, `expired`); repeat to combine.
         #[arg(long, value_name = "EXPR")]
         filter: Vec<Filter>,
         /// Order by `size`, `accessed`, `inserted`, `class` or `digest`, `:asc` or `:desc`.
@@ -104,6 +104,7 @@ impl Listed for BlobInfo {
             "digest" => Field::Text(self.digest.to_string()),
             "pinned" => Field::Flag(self.pinned.is_some()),
             "in_use" => Field::Flag(self.in_use),
+            "expired" => Field::Flag(self.expired),
             _ => return None,
         })
     }
@@ -224,6 +225,9 @@ fn ls(store: &Store, filters: &[Filter], sort: Option<&Sort>, json: bool) -> any
         }
         if b.in_use {
             notes.push("in use".to_owned());
+        }
+        if b.expired {
+            notes.push("expired".to_owned());
         }
         notes.extend(b.snapshots.iter().cloned());
         println!(

@@ -365,3 +365,155 @@ fn snapshots_name_sets_of_blobs() {
     assert!(store.remove_snapshot(&snap.name).unwrap());
     assert!(store.snapshot(&snap.name).unwrap().is_none());
 }
+
+#[test]
+fn a_blob_is_in_use_exactly_while_a_blob_reader_or_view_of_it_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1);
+    let store = store_with(dir.path(), 10_000, Policy::Fifo, 1.0, &clock);
+    let d = store
+        .insert_bytes("c", &content(1, 3_000), None)
+        .unwrap()
+        .digest;
+    let in_use = |store: &Store| store.list().unwrap()[0].in_use;
+    // Just inserted: its writer's lock is gone.
+    assert!(!in_use(&store));
+    let blob = store.open_blob(&d).unwrap().unwrap();
+    assert!(in_use(&store));
+    // A copy of the descriptor (as a child process inherits it between fork and exec)
+    // does not keep the blob in use once the blob is dropped.
+    let copy = blob.file().try_clone().unwrap();
+    let view = blob.map().unwrap();
+    let mut reader = blob.reader();
+    drop(blob);
+    assert!(in_use(&store), "a view and a reader still hold it");
+    drop(view);
+    assert!(in_use(&store), "a reader still holds it");
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(&mut reader, &mut first).unwrap();
+    assert_eq!(first, 1u64.to_le_bytes());
+    drop(reader);
+    assert!(!in_use(&store), "only a copied descriptor is left");
+    drop(copy);
+    // And then eviction takes it.
+    store.remove(&d, false).unwrap();
+}
+
+#[test]
+fn probes_of_in_use_never_make_a_read_miss_or_an_insert_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1);
+    // Room for the pinned blob and one other: every insert must evict the one before.
+    let store = Arc::new(store_with(dir.path(), 6_000, Policy::Fifo, 1.0, &clock));
+    let kept = store
+        .insert_bytes("c", &content(0, 2_000), None)
+        .unwrap()
+        .digest;
+    store.pin(&kept, "read throughout").unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lister = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                store.list().unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for _ in 0..2_000 {
+                assert!(store.open_blob(&kept).unwrap().is_some(), "a probe made a read miss");
+            }
+        })
+    };
+    // Inserts that must evict: never refused as full because a probe held a blob.
+    for id in 1..300 {
+        store.insert_bytes("c", &content(id, 4_000), None).unwrap();
+    }
+    reader.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    assert!(lister.join().unwrap() > 0);
+}
+
+#[test]
+fn an_expired_blob_is_a_miss_and_is_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let time = Policy::Time {
+        max_age: Duration::from_secs(60),
+    };
+    let store = store_with(dir.path(), 1 << 20, time, 0.9, &clock);
+    let bytes = content(1, 1_000);
+    let d = store.insert_bytes("c", &bytes, None).unwrap().digest;
+    let pinned = store
+        .insert_bytes("c", &content(2, 1_000), None)
+        .unwrap()
+        .digest;
+    store.pin(&pinned, "kept").unwrap();
+    clock.advance(Duration::from_secs(59));
+    assert!(store.open_blob(&d).unwrap().is_some());
+    clock.advance(Duration::from_secs(1));
+    // Expired: never served, though still on disk until the next cleanup.
+    assert!(store.open_blob(&d).unwrap().is_none());
+    assert!(store.open_verified(&d).unwrap().is_none());
+    assert!(!store.contains(&d).unwrap());
+    let listed = store.list().unwrap();
+    let info = listed.iter().find(|b| b.digest == d).unwrap();
+    assert!(info.expired);
+    // A pinned blob does not expire.
+    assert!(store.open_blob(&pinned).unwrap().is_some());
+    assert!(!listed.iter().find(|b| b.digest == pinned).unwrap().expired);
+    // A fetch of it runs again, and the bytes start a new life.
+    let fetched = store
+        .get_or_fetch("c", &d, |partial| partial.write_all(&bytes))
+        .unwrap();
+    assert!(fetched.fetched);
+    drop(fetched);
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(store.open_blob(&d).unwrap().unwrap().read_all().unwrap(), bytes);
+    // Inserting the same bytes again after expiry renews them too.
+    clock.advance(Duration::from_secs(30));
+    assert!(!store.contains(&d).unwrap());
+    assert!(store.insert_bytes("c", &bytes, None).unwrap().new);
+    assert!(store.contains(&d).unwrap());
+    // The next open removes what has expired.
+    clock.advance(Duration::from_secs(60));
+    drop(store);
+    let store = store_with(dir.path(), 1 << 20, time, 0.9, &clock);
+    assert!(!dir.path().join("blobs").join(d.hex()).exists());
+    assert!(store.contains(&pinned).unwrap());
+}
+
+#[test]
+fn the_background_cleanup_removes_expired_blobs_every_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let time = Policy::Time {
+        max_age: Duration::from_secs(60),
+    };
+    let store = Arc::new(store_with(dir.path(), 1 << 20, time, 0.9, &clock));
+    let d = store
+        .insert_bytes("c", &content(1, 1_000), None)
+        .unwrap()
+        .digest;
+    let path = dir.path().join("blobs").join(d.hex());
+    let cleaner = store.spawn_cleanup(Duration::from_millis(20)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(path.exists(), "removed before it expired");
+    clock.advance(Duration::from_secs(61));
+    let mut waited = 0;
+    while path.exists() {
+        assert!(waited < 500, "the cleanup never ran");
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    // Dropping the cleaner stops it; dropping the store stops it as well.
+    drop(cleaner);
+    let cleaner = store.spawn_cleanup(Duration::from_millis(10)).unwrap();
+    drop(store);
+    drop(cleaner);
+}

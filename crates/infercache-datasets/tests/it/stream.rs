@@ -247,3 +247,35 @@ fn a_dataset_whose_source_is_gone_is_pinned_as_the_only_copy() {
             == d.manifest.shards.len()
     );
 }
+
+#[test]
+fn shards_their_time_policy_expired_are_recomputed_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = jsonl(dir.path(), "a.jsonl", 300, 0);
+    let clock = infercache_core::ManualClock::new(1_000_000);
+    let cache = infercache_datasets::DatasetCache::open(
+        dir.path().join("cache"),
+        infercache_datasets::DatasetConfig {
+            disk_size: 1 << 30,
+            policy: infercache_artifact::Policy::Time {
+                max_age: Duration::from_secs(60),
+            },
+            ..infercache_datasets::DatasetConfig::default()
+        },
+        clock.clone(),
+    )
+    .unwrap();
+    build(&cache, "a", &[src], &[], 100).unwrap();
+    let mut fresh = cache.stream_dataset("a", StreamOptions::default()).unwrap();
+    let want: Vec<RecordBatch> = fresh.by_ref().collect::<Result<_, _>>().unwrap();
+    assert_eq!(fresh.stats().shards_rebuilt, 0);
+    clock.advance(Duration::from_secs(60));
+    let mut expired = cache.stream_dataset("a", StreamOptions::default()).unwrap();
+    let got: Vec<RecordBatch> = expired.by_ref().collect::<Result<_, _>>().unwrap();
+    assert_eq!(got, want);
+    assert_eq!(expired.stats().shards_rebuilt, 3, "an expired shard was served");
+    // Recomputed, they live again.
+    let mut again = cache.stream_dataset("a", StreamOptions::default()).unwrap();
+    again.by_ref().for_each(drop);
+    assert_eq!(again.stats().shards_rebuilt, 0);
+}
