@@ -15,11 +15,12 @@ use crate::error::io_err;
 /// A blob's file, share-locked (`flock`) for as long as this value lives.
 ///
 /// The lock belongs to the open file description, which more than this value can hold: a
-/// memory map of the file, or a copy of the descriptor that a child process inherits
-/// between `fork` and `exec`. Dropping this value therefore *unlocks* the file explicitly
-/// before closing it, so the blob stops counting as in use exactly when its last reader
-/// ([`Blob`], its readers and its [`Mapped`] views) is gone, whatever else still refers to
-/// the description.
+/// memory map of the file (the kernel keeps the description for as long as the mapping
+/// exists, after the descriptor is closed), or a copy of the descriptor that a child
+/// process inherits between `fork` and `exec`. Dropping this value therefore *unlocks* the
+/// file explicitly before closing it, so the blob stops counting as in use exactly when
+/// its last reader ([`Blob`] and its readers) is gone, whatever else still refers to the
+/// description.
 #[derive(Debug)]
 pub(crate) struct ReadLock {
     file: File,
@@ -45,9 +46,10 @@ impl Drop for ReadLock {
     }
 }
 
-/// A blob opened from the store. While it lives (or any reader or [`Mapped`] view made
-/// from it), its file is share-locked and the store never evicts it (an explicit forced
-/// removal unlinks the name; these bytes stay readable).
+/// A blob opened from the store. While it lives (or any reader made from it), its file is
+/// share-locked and the store never evicts it (an explicit forced removal unlinks the
+/// name; these bytes stay readable). A [`Mapped`] view does not hold the lock: it stays
+/// valid after the blob is evicted, but no longer keeps the blob in the store.
 #[derive(Debug)]
 pub struct Blob {
     digest: Digest,
@@ -132,8 +134,12 @@ impl Blob {
         Ok(out)
     }
 
-    /// The blob mapped into memory, read-only, zero-copy. The view keeps the blob from
-    /// eviction while it lives (after the `Blob` is dropped, too).
+    /// The blob mapped into memory, read-only, zero-copy. The view stays valid for as long
+    /// as it lives, whatever happens to the blob; it keeps the blob from eviction only
+    /// while this `Blob` (or a reader) lives too: data decoded in place from a blob may be
+    /// kept indefinitely (a training loop collecting batches), and must not make its
+    /// class's cap unenforceable. An evicted blob's mapped pages are freed, on disk and in
+    /// memory, when its last view goes.
     pub fn map(&self) -> Result<Mapped, ArtifactError> {
         // SAFETY: a mapping is undefined behaviour only if the file is truncated or
         // written while mapped. The store never does either to a blob: blobs are written
@@ -144,17 +150,15 @@ impl Blob {
         let map = unsafe { Mmap::map(&self.lock.file) };
         Ok(Mapped {
             map: map.map_err(io_err(self.path()))?,
-            _lock: self.lock.clone(),
         })
     }
 }
 
-/// A read-only memory map of a blob ([`Blob::map`]); derefs to its bytes. While it lives
-/// the blob is never evicted.
+/// A read-only memory map of a blob ([`Blob::map`]); derefs to its bytes. It does not keep
+/// the blob from eviction (see [`Blob::map`]).
 #[derive(Debug)]
 pub struct Mapped {
     map: Mmap,
-    _lock: Arc<ReadLock>,
 }
 
 impl Deref for Mapped {

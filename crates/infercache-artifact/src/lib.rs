@@ -21,8 +21,9 @@
 //!   its `time` policy has expired is never served (a read is a miss); it is removed at
 //!   the next insert, [`Store::open`], prune, or pass of the background [`Cleaner`]
 //!   ([`Store::spawn_cleanup`], every [`DEFAULT_CLEANUP_INTERVAL`] unless told otherwise).
-//! - **Pins**: [`Store::pin`] (persisted), and every open [`Blob`], reader or [`Mapped`]
-//!   view (a shared lock on its file): neither is ever evicted.
+//! - **Pins**: [`Store::pin`] (persisted), and every open [`Blob`] or reader (a shared
+//!   lock on its file, released exactly when the last of them goes): neither is ever
+//!   evicted. A [`Mapped`] view stays valid after eviction but does not prevent it.
 //! - **Snapshots**: a name for a set of files ([`Snapshot`]).
 //!
 //! Every call blocks on file I/O; async callers run it on a blocking thread.

@@ -32,10 +32,15 @@
 //! Every method takes `&self` and may be called from many threads and many processes on
 //! one directory. Commits and evictions serialize on `store.lock` (an advisory `flock`,
 //! released by the kernel when a process dies). A reader holds a shared lock on the blob
-//! file for as long as its [`Blob`] lives; eviction takes the exclusive lock without
-//! waiting and skips a blob it cannot lock, so a blob in use (a mapped shard, a chunk being
-//! served) is never evicted. All calls block on file I/O: call them from a blocking
-//! context, not on an async worker.
+//! file for as long as its [`Blob`] (or a reader of it) lives, and unlocks it explicitly
+//! when the last goes, so a descriptor or memory map that outlives it (a child process
+//! between `fork` and `exec`, a mapped view) does not keep the lock. Eviction takes the
+//! exclusive lock without waiting and skips a blob it cannot lock, so a blob in use (a
+//! shard a stream is reading, a chunk being served) is never evicted; whether a blob is
+//! in use is probed only under the store lock, so a probe never looks like a reader to an
+//! eviction. The writer of a new blob unlocks it before its rename, so a blob is never in
+//! use just because it was inserted. All calls block on file I/O: call them from a
+//! blocking context, not on an async worker.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -666,7 +671,9 @@ impl Store {
         let _lock = self.lock_store()?;
         let mut report = PruneReport::default();
         for class in self.config.classes.keys() {
-            report.evicted.extend(self.make_space(class, None, dry_run)?.0);
+            report
+                .evicted
+                .extend(self.make_space(class, None, dry_run)?.0);
         }
         report.temporaries = self.remove_leftovers(dry_run)?;
         // Partial downloads whose fetch lock is free are abandoned.
@@ -1087,27 +1094,7 @@ impl Store {
         };
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                if std::env::var_os("DEBUG_LOCKS").is_some() {
-                    let ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
-                    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
-                    eprintln!("DEBUG in use: {} ino {ino} (pid {})", path.display(), std::process::id());
-                    for l in locks.lines().filter(|l| l.contains(&format!(":{ino} "))) {
-                        eprintln!("DEBUG   lock {l}");
-                    }
-                    for e in fs::read_dir("/proc/self/fd").into_iter().flatten().flatten() {
-                        if let Ok(t) = fs::read_link(e.path()) && t == path {
-                            eprintln!("DEBUG   fd {:?}", e.file_name());
-                        }
-                    }
-                    let maps = fs::read_to_string("/proc/self/maps").unwrap_or_default();
-                    for l in maps.lines().filter(|l| l.contains(&digest.hex())) {
-                        eprintln!("DEBUG   map {l}");
-                    }
-                    eprintln!("DEBUG   bt {}", std::backtrace::Backtrace::force_capture());
-                }
-                return Ok(false);
-            }
+            Err(TryLockError::WouldBlock) => return Ok(false),
             Err(TryLockError::Error(e)) => return Err(ArtifactError::io(&path, e)),
         }
         if !dry_run {

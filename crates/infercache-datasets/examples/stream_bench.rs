@@ -101,8 +101,8 @@ fn touch(sum: u64, array: &dyn Array) -> u64 {
             let s = array.as_string::<i32>();
             let offsets = s.value_offsets();
             let (first, last) = (offsets[0], offsets[offsets.len() - 1]);
-            let bytes = &s.values()[usize::try_from(first).expect("offset")
-                ..usize::try_from(last).expect("offset")];
+            let bytes = &s.values()
+                [usize::try_from(first).expect("offset")..usize::try_from(last).expect("offset")];
             fold(fold(sum, bytemuck_slice(offsets)), bytes)
         }
         DataType::List(_) => {

@@ -367,36 +367,38 @@ fn snapshots_name_sets_of_blobs() {
 }
 
 #[test]
-fn a_blob_is_in_use_exactly_while_a_blob_reader_or_view_of_it_lives() {
+fn a_blob_is_in_use_exactly_while_a_blob_or_reader_of_it_lives() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1);
     let store = store_with(dir.path(), 10_000, Policy::Fifo, 1.0, &clock);
-    let d = store
-        .insert_bytes("c", &content(1, 3_000), None)
-        .unwrap()
-        .digest;
+    let bytes = content(1, 3_000);
+    let d = store.insert_bytes("c", &bytes, None).unwrap().digest;
     let in_use = |store: &Store| store.list().unwrap()[0].in_use;
     // Just inserted: its writer's lock is gone.
     assert!(!in_use(&store));
     let blob = store.open_blob(&d).unwrap().unwrap();
     assert!(in_use(&store));
     // A copy of the descriptor (as a child process inherits it between fork and exec)
-    // does not keep the blob in use once the blob is dropped.
+    // and a memory map (which keeps the open file description alive in the kernel) do
+    // not keep the blob in use once the blob and its readers are dropped.
     let copy = blob.file().try_clone().unwrap();
     let view = blob.map().unwrap();
     let mut reader = blob.reader();
     drop(blob);
-    assert!(in_use(&store), "a view and a reader still hold it");
-    drop(view);
     assert!(in_use(&store), "a reader still holds it");
     let mut first = [0u8; 8];
     std::io::Read::read_exact(&mut reader, &mut first).unwrap();
     assert_eq!(first, 1u64.to_le_bytes());
     drop(reader);
-    assert!(!in_use(&store), "only a copied descriptor is left");
-    drop(copy);
-    // And then eviction takes it.
+    assert!(
+        !in_use(&store),
+        "only a copied descriptor and a view are left"
+    );
+    // So eviction takes it, and the view still reads the bytes it mapped.
     store.remove(&d, false).unwrap();
+    assert!(!store.contains(&d).unwrap());
+    assert_eq!(&view[..], &bytes[..]);
+    drop((view, copy));
 }
 
 #[test]
@@ -426,7 +428,10 @@ fn probes_of_in_use_never_make_a_read_miss_or_an_insert_fail() {
         let store = store.clone();
         std::thread::spawn(move || {
             for _ in 0..2_000 {
-                assert!(store.open_blob(&kept).unwrap().is_some(), "a probe made a read miss");
+                assert!(
+                    store.open_blob(&kept).unwrap().is_some(),
+                    "a probe made a read miss"
+                );
             }
         })
     };
@@ -474,7 +479,10 @@ fn an_expired_blob_is_a_miss_and_is_fetched_again() {
     assert!(fetched.fetched);
     drop(fetched);
     clock.advance(Duration::from_secs(30));
-    assert_eq!(store.open_blob(&d).unwrap().unwrap().read_all().unwrap(), bytes);
+    assert_eq!(
+        store.open_blob(&d).unwrap().unwrap().read_all().unwrap(),
+        bytes
+    );
     // Inserting the same bytes again after expiry renews them too.
     clock.advance(Duration::from_secs(30));
     assert!(!store.contains(&d).unwrap());
