@@ -119,7 +119,7 @@ fn touch(sum: u64, array: &dyn Array) -> u64 {
     }
 }
 
-fn bytemuck_slice<T: arrow_array::ArrowNativeType>(v: &[T]) -> &[u8] {
+fn bytemuck_slice<T: arrow_buffer::ArrowNativeType>(v: &[T]) -> &[u8] {
     arrow_buffer::ToByteSlice::to_byte_slice(v)
 }
 

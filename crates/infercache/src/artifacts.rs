@@ -95,6 +95,12 @@ enum Action {
 }
 
 impl Listed for BlobInfo {
+    fn fields() -> &'static [&'static str] {
+        &[
+            "size", "accessed", "inserted", "class", "digest", "pinned", "in_use", "expired",
+        ]
+    }
+
     fn field(&self, field: &str) -> Option<Field> {
         Some(match field {
             "size" => Field::Number(self.size),
@@ -273,7 +279,7 @@ fn add(
             Some(expected) => {
                 let fetched = store
                     .get_or_fetch(class, expected, |partial| {
-                        partial.restart()?;
+                        partial.restart().map_err(std::io::Error::other)?;
                         let mut source = std::fs::File::open(file)?;
                         std::io::copy(&mut source, partial)?;
                         Ok::<_, std::io::Error>(())
@@ -351,7 +357,7 @@ fn rm(store: &Store, targets: &[String], force: bool, dry_run: bool) -> anyhow::
                 store.remove(&digest, force)?;
             }
             println!("{verb} {} ({})", info.digest, listing::bytes(info.size));
-        } else if store.snapshot(target)?.is_some() {
+        } else if snapshot_named(store, target)?.is_some() {
             if !dry_run {
                 store.remove_snapshot(target)?;
             }
@@ -363,11 +369,23 @@ fn rm(store: &Store, targets: &[String], force: bool, dry_run: bool) -> anyhow::
     Ok(())
 }
 
+/// The snapshot `target` names; `None` also when `target` cannot be a snapshot name (a
+/// mistyped digest), so that the caller's error names both readings.
+fn snapshot_named(
+    store: &Store,
+    target: &str,
+) -> anyhow::Result<Option<infercache_artifact::Snapshot>> {
+    match store.snapshot(target) {
+        Ok(s) => Ok(s),
+        Err(infercache_artifact::ArtifactError::InvalidName { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn pin(store: &Store, target: &str, reason: &str, remove: bool) -> anyhow::Result<()> {
     let digests: Vec<Digest> = match target.parse::<Digest>() {
         Ok(d) => vec![d],
-        Err(_) => store
-            .snapshot(target)?
+        Err(_) => snapshot_named(store, target)?
             .with_context(|| format!("`{target}` is neither a digest nor a snapshot"))?
             .files
             .values()

@@ -188,6 +188,18 @@ enum Action {
 }
 
 impl Listed for DatasetInfo {
+    fn fields() -> &'static [&'static str] {
+        &[
+            "name",
+            "size",
+            "cached",
+            "rows",
+            "shards",
+            "built",
+            "recomputable",
+        ]
+    }
+
     fn field(&self, field: &str) -> Option<Field> {
         Some(match field {
             "name" => Field::Text(self.name.clone()),

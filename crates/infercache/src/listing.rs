@@ -22,8 +22,26 @@ pub enum Field {
 
 /// Something `ls` lists.
 pub trait Listed {
+    /// Every field name [`field`](Self::field) answers: filters and sorts are checked
+    /// against it before any item is read, so a misspelt field is refused even when
+    /// nothing is listed.
+    fn fields() -> &'static [&'static str]
+    where
+        Self: Sized;
+
     /// The value of `field`, or `None` if there is no such field.
     fn field(&self, field: &str) -> Option<Field>;
+}
+
+fn check_field<T: Listed>(kind: &str, field: &str) -> anyhow::Result<()> {
+    if T::fields().contains(&field) {
+        Ok(())
+    } else {
+        bail!(
+            "unknown {kind} field `{field}` (known: {})",
+            T::fields().join(", ")
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,11 +176,7 @@ impl FromStr for Sort {
 impl Sort {
     /// Sorts `items` (stable); fails on an unknown field.
     pub fn apply<T: Listed>(&self, items: &mut [T]) -> anyhow::Result<()> {
-        if let Some(first) = items.first()
-            && first.field(&self.field).is_none()
-        {
-            bail!("unknown sort field `{}`", self.field);
-        }
+        check_field::<T>("sort", &self.field)?;
         let key = |item: &T| item.field(&self.field);
         items.sort_by(|a, b| {
             let ord = match (key(a), key(b)) {
@@ -180,6 +194,9 @@ impl Sort {
 
 /// Keeps the items every filter passes.
 pub fn filter<T: Listed>(items: Vec<T>, filters: &[Filter], now_ms: u64) -> anyhow::Result<Vec<T>> {
+    for f in filters {
+        check_field::<T>("filter", &f.field)?;
+    }
     let mut out = Vec::new();
     for item in items {
         let mut keep = true;
@@ -250,6 +267,10 @@ mod tests {
     struct Item(u64, u64, &'static str);
 
     impl Listed for Item {
+        fn fields() -> &'static [&'static str] {
+            &["size", "accessed", "class"]
+        }
+
         fn field(&self, field: &str) -> Option<Field> {
             match field {
                 "size" => Some(Field::Number(self.0)),

@@ -39,6 +39,16 @@ impl Model {
         (id, size)
     }
 
+    /// `true` if `id` is held and its `time` policy has expired it: it is no longer
+    /// served, and inserting its bytes again gives it a new life.
+    fn expired(&self, id: u64, now: u64) -> bool {
+        let Policy::Time { max_age } = self.policy else {
+            return false;
+        };
+        let max = max_age.as_millis() as u64;
+        self.queue.iter().any(|e| e.0 == id && now - e.2 >= max)
+    }
+
     fn access(&mut self, id: u64) {
         if self.contains(id) {
             self.recency.retain(|&r| r != id);
@@ -66,6 +76,10 @@ impl Model {
 
     /// Inserts; returns the evicted ids in order.
     fn insert(&mut self, id: u64, size: u64, now: u64) -> Vec<u64> {
+        if self.expired(id, now) {
+            // Replaced in place, not reported as evicted.
+            self.remove(id);
+        }
         if self.contains(id) {
             self.access(id);
             return Vec::new();
@@ -122,6 +136,10 @@ fn replay(policy: Policy, seed: u64, ops: usize) {
         let size = [512usize, 1024, 4096, 8192, 12_000][(id % 5) as usize];
         if rng.random_bool(0.4) && model.contains(id) {
             let blob = store.open_blob(&digest_of[&id]).unwrap();
+            if model.expired(id, now) {
+                assert!(blob.is_none(), "{policy}: op {op}: {id} expired but served");
+                continue;
+            }
             assert!(blob.is_some(), "{policy}: op {op}: {id} should be present");
             model.access(id);
             continue;

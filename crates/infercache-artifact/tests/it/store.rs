@@ -330,11 +330,14 @@ fn time_policy_expires_on_prune_and_dry_runs_remove_nothing() {
     clock.advance(Duration::from_secs(31));
     let dry = store.prune(true).unwrap();
     assert_eq!(dry.evicted.len(), 1);
-    assert!(store.contains(&old).unwrap());
+    // Expired: no longer served, but a dry run leaves its file.
+    assert!(!store.contains(&old).unwrap());
+    let old_path = dir.path().join("blobs").join(old.hex());
+    assert!(old_path.exists());
     let report = store.prune(false).unwrap();
     assert_eq!(report.evicted[0].digest, old);
     assert!(report.evicted[0].expired);
-    assert!(!store.contains(&old).unwrap());
+    assert!(!old_path.exists());
     assert!(store.contains(&young).unwrap());
 }
 

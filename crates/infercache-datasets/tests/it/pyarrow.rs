@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use arrow_array::Array as _;
+
 use infercache_datasets::StreamOptions;
 
 use crate::{build, collect, jsonl, open};
