@@ -6,10 +6,15 @@
 //!   HTTP ([`client`] for the connection, one file per command).
 //! - `bench`: measurements of the engine ([`mod@bench`]).
 //! - `weights`: chunk, verify, serve and stream model weights by layer ([`weights`]).
+//! - `datasets`, `artifacts`: the local dataset cache and artifact store ([`datasets`],
+//!   [`artifacts`]).
 
+mod artifacts;
 mod bench;
 mod client;
+mod datasets;
 mod invalidate;
+mod listing;
 mod serve;
 mod stats;
 mod warm;
@@ -46,6 +51,10 @@ enum Command {
     /// model streamed from a weight server.
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
+    /// Build, stream and manage cached datasets.
+    Datasets(datasets::DatasetsCommand),
+    /// Manage the local artifact store (model files, weight chunks).
+    Artifacts(artifacts::ArtifactsCommand),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +74,8 @@ fn main() -> ExitCode {
         Command::Invalidate(cmd) => invalidate::run(&cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Weights(cmd) => weights::run(cmd),
+        Command::Datasets(cmd) => datasets::run(&cmd),
+        Command::Artifacts(cmd) => artifacts::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

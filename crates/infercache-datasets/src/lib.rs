@@ -1,0 +1,53 @@
+//! infercache's dataset cache: preprocess a dataset once, keep it as Arrow IPC shards
+//! named by a fingerprint that misses no change, and stream it back in batches at disk
+//! speed, within a byte cap.
+//!
+//! # Parts
+//!
+//! - [`fingerprint`]: a BLAKE3 chain over the sources' content and each step's id,
+//!   declared version, canonical parameters and output schema; [`fingerprint::explain`]
+//!   says in words why two chains differ.
+//! - [`step`]: `tokenize` (the built-in model's tokenizer), `embed` (any
+//!   [`TextEmbedder`], found through [`Embedders`]), `cmd:VERSION:COMMAND` (an external
+//!   command over JSON lines), and the [`Step`] trait for steps written in Rust.
+//! - [`DatasetCache`], with [`cache_dataset`](DatasetCache::cache_dataset),
+//!   [`get_dataset`](DatasetCache::get_dataset) and
+//!   [`stream_dataset`](DatasetCache::stream_dataset) (LlamaHome's names), and `ls`,
+//!   `rm`, `prune`, `clear`, `verify`, `audit`, `explain`. Builds are crash-safe with a
+//!   journal (a killed build recomputes at most the shard in flight).
+//! - [`DatasetStream`]: batches (default 32 rows) prefetched (default 4) from
+//!   memory-mapped shards, zero-copy; deterministic shuffle from a seed and an epoch; a
+//!   resume token that continues mid-epoch with exactly the remaining sequence.
+//!
+//! # Storage and size
+//!
+//! Shards are blobs of an [`infercache_artifact::Store`] in the class `datasets`, capped
+//! at `disk_size` bytes with a policy (`lru` by default). A shard the cap evicted, or one
+//! that fails its digest, is recomputed from its source rows when next read, and checked
+//! against the manifest: it is never served otherwise. Shards a live stream reads are
+//! never evicted, nor are those of a dataset whose only copy is the cache (built from rows
+//! in memory or by a Rust step, or whose source files changed or are gone): they are
+//! pinned. A cap below two shards is refused.
+//!
+//! Shards are Arrow IPC *files*, uncompressed: `pyarrow.ipc.open_file(path)` reads them as
+//! they are (`infercache datasets show NAME --json` lists their paths).
+
+mod cache;
+mod error;
+pub mod fingerprint;
+mod manifest;
+mod shard;
+mod source;
+pub mod step;
+mod stream;
+
+pub use cache::{
+    Audit, BuildOptions, Built, DEFAULT_SHARD_ROWS, Dataset, DatasetCache, DatasetConfig,
+    DatasetInfo, DatasetSource, DatasetVerify, SHARD_CLASS, StepSpec,
+};
+pub use error::DatasetError;
+pub use fingerprint::{Fingerprint, Link, StepDecl};
+pub use manifest::{MANIFEST_FORMAT, Manifest, NameRecord, Origin, ShardEntry};
+pub use source::{Format, SourceFile};
+pub use step::{Embedders, Step, StepContext, TextEmbedder, fields};
+pub use stream::{DatasetStream, StreamOptions, StreamStats};

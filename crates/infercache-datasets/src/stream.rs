@@ -1,0 +1,395 @@
+//! Streaming a cached dataset: batches from memory-mapped shards, prefetched on a thread
+//! of their own, in a deterministic (optionally shuffled) order, resumable mid-epoch.
+//!
+//! **Order.** Without a shuffle, shards in order and rows in order. With a shuffle seed,
+//! the shard order is a permutation drawn from (seed, epoch) and each shard's row order
+//! one drawn from (seed, epoch, shard), by Fisher–Yates over ChaCha8, so the sequence is
+//! the same on every machine and in every process. A batch never spans two shards (the
+//! last batch of a shard may be short), so a batch is a zero-copy slice of the mapping
+//! when not shuffled.
+//!
+//! **Resume.** [`DatasetStream::resume_token`] names the rows yielded so far (the
+//! dataset, the seed, the epoch, a position); a stream started with that token yields
+//! exactly the rest of the sequence, seeking straight to the shard and row.
+//!
+//! **Integrity.** A shard is verified (its BLAKE3, once per file identity) before its
+//! first batch is sent; a shard that fails, or that the cap evicted, is recomputed from
+//! its source rows and checked against the manifest's digest. The producer holds the
+//! shard it reads open, so eviction never takes it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use arrow_array::{RecordBatch, UInt32Array};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
+use serde::Serialize;
+
+use crate::DatasetError;
+use crate::cache::{Dataset, Inner};
+use crate::fingerprint::Fingerprint;
+use crate::shard;
+
+/// Options of one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Rows per batch (default 32, LlamaHome's `batch_buffer`).
+    pub batch_size: usize,
+    /// Batches decoded ahead of the reader (default 4).
+    pub prefetch: usize,
+    /// Shuffle with this seed; `None` keeps the dataset's order.
+    pub shuffle: Option<u64>,
+    /// The epoch (a new permutation per epoch when shuffled).
+    pub epoch: u64,
+    /// Continue a stream from its [`DatasetStream::resume_token`]; its seed and epoch
+    /// then apply.
+    pub resume: Option<String>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            prefetch: 4,
+            shuffle: None,
+            epoch: 0,
+            resume: None,
+        }
+    }
+}
+
+/// Counters of one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StreamStats {
+    /// Shards opened.
+    pub shards_read: u64,
+    /// Shards recomputed from their sources (evicted or corrupt).
+    pub shards_rebuilt: u64,
+    /// Shards that failed their digest (and were recomputed, never served).
+    pub corrupt: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    shards_read: AtomicU64,
+    shards_rebuilt: AtomicU64,
+    corrupt: AtomicU64,
+}
+
+/// Deterministic randomness: ChaCha8 keyed by BLAKE3 of (seed, epoch, salt).
+#[derive(Debug)]
+pub(crate) struct Rng(ChaCha8Rng);
+
+impl Rng {
+    pub(crate) fn new(seed: u64, epoch: u64, salt: u64) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"infercache-dataset-shuffle-v1");
+        h.update(&seed.to_le_bytes());
+        h.update(&epoch.to_le_bytes());
+        h.update(&salt.to_le_bytes());
+        Self(ChaCha8Rng::from_seed(*h.finalize().as_bytes()))
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2⁻³²).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        let wide = u128::from(self.0.next_u64()) * u128::from(n);
+        u64::try_from(wide >> 64).expect("the high half of a product by n is below n")
+    }
+
+    /// Fisher–Yates.
+    pub(crate) fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = usize::try_from(self.below(i as u64 + 1)).expect("an index fits");
+            v.swap(i, j);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Token {
+    fingerprint: Fingerprint,
+    seed: Option<u64>,
+    epoch: u64,
+    position: u64,
+}
+
+impl Token {
+    fn encode(&self) -> String {
+        format!(
+            "v1.{}.{}.{}.{}",
+            self.fingerprint,
+            self.seed.map_or("-".to_owned(), |s| s.to_string()),
+            self.epoch,
+            self.position
+        )
+    }
+
+    fn decode(text: &str) -> Result<Self, DatasetError> {
+        let bad = |reason: &str| DatasetError::BadToken {
+            token: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let parts: Vec<&str> = text.trim().split('.').collect();
+        let [v, fp, seed, epoch, position] = parts[..] else {
+            return Err(bad("expected v1.FINGERPRINT.SEED.EPOCH.POSITION"));
+        };
+        if v != "v1" {
+            return Err(bad("unknown token version"));
+        }
+        Ok(Self {
+            fingerprint: fp.parse().map_err(|_| bad("the fingerprint is not hex"))?,
+            seed: match seed {
+                "-" => None,
+                s => Some(s.parse().map_err(|_| bad("the seed is not a number"))?),
+            },
+            epoch: epoch
+                .parse()
+                .map_err(|_| bad("the epoch is not a number"))?,
+            position: position
+                .parse()
+                .map_err(|_| bad("the position is not a number"))?,
+        })
+    }
+}
+
+/// A stream of a dataset's batches. An iterator of `Result<RecordBatch, DatasetError>`;
+/// after an error it ends. Dropping it stops the producer.
+#[derive(Debug)]
+pub struct DatasetStream {
+    rx: Receiver<Result<RecordBatch, DatasetError>>,
+    token: Token,
+    rows: u64,
+    counters: Arc<Counters>,
+    failed: bool,
+}
+
+impl DatasetStream {
+    pub(crate) fn start(
+        inner: Arc<Inner>,
+        dataset: Dataset,
+        options: StreamOptions,
+    ) -> Result<Self, DatasetError> {
+        let m = &dataset.manifest;
+        let mut token = Token {
+            fingerprint: m.fingerprint,
+            seed: options.shuffle,
+            epoch: options.epoch,
+            position: 0,
+        };
+        if let Some(text) = &options.resume {
+            let t = Token::decode(text)?;
+            if t.fingerprint != m.fingerprint {
+                return Err(DatasetError::BadToken {
+                    token: text.clone(),
+                    reason: format!(
+                        "it belongs to dataset {}, not {}",
+                        t.fingerprint, m.fingerprint
+                    ),
+                });
+            }
+            if t.position > m.rows {
+                return Err(DatasetError::BadToken {
+                    token: text.clone(),
+                    reason: format!("position {} is past the {} rows", t.position, m.rows),
+                });
+            }
+            token = t;
+        }
+        if options.batch_size == 0 {
+            return Err(DatasetError::BadToken {
+                token: String::new(),
+                reason: "the batch size must be at least 1".to_owned(),
+            });
+        }
+        let cap = inner.config.disk_size;
+        if let Some(largest) = m.shards.iter().map(|s| s.bytes).max()
+            && 2 * largest > cap
+        {
+            return Err(DatasetError::CapTooSmall {
+                cap,
+                shard_bytes: largest,
+            });
+        }
+        let mut order: Vec<u64> = (0..m.shards.len() as u64).collect();
+        if let Some(seed) = token.seed {
+            Rng::new(seed, token.epoch, u64::MAX).shuffle(&mut order);
+        }
+        let (tx, rx) = sync_channel(options.prefetch.max(1));
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let rows = m.rows;
+        let batch_size = options.batch_size;
+        std::thread::Builder::new()
+            .name("dataset-stream".to_owned())
+            .spawn(move || {
+                if let Err(e) = produce(&inner, &dataset, &order, token, batch_size, &c, &tx) {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| DatasetError::io(std::path::Path::new("dataset-stream thread"), e))?;
+        Ok(Self {
+            rx,
+            token,
+            rows,
+            counters,
+            failed: false,
+        })
+    }
+
+    /// A token that resumes this stream after the batches yielded so far.
+    pub fn resume_token(&self) -> String {
+        self.token.encode()
+    }
+
+    /// Rows yielded so far in this epoch (resumed streams count from their token).
+    pub fn position(&self) -> u64 {
+        self.token.position
+    }
+
+    /// Rows in the dataset.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// This stream's counters.
+    pub fn stats(&self) -> StreamStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StreamStats {
+            shards_read: get(&self.counters.shards_read),
+            shards_rebuilt: get(&self.counters.shards_rebuilt),
+            corrupt: get(&self.counters.corrupt),
+        }
+    }
+}
+
+impl Iterator for DatasetStream {
+    type Item = Result<RecordBatch, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.rx.recv().ok()? {
+            Ok(batch) => {
+                self.token.position += batch.num_rows() as u64;
+                Some(Ok(batch))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The producer: sends every batch from `token.position` on, in order. Returns early
+/// (`Ok`) when the reader is gone.
+fn produce(
+    inner: &Inner,
+    dataset: &Dataset,
+    order: &[u64],
+    token: Token,
+    batch_size: usize,
+    counters: &Counters,
+    tx: &SyncSender<Result<RecordBatch, DatasetError>>,
+) -> Result<(), DatasetError> {
+    let shards = &dataset.manifest.shards;
+    let mut skip = token.position;
+    for &index in order {
+        let entry = shards[usize::try_from(index).expect("index fits")];
+        if skip >= entry.rows {
+            skip -= entry.rows;
+            continue;
+        }
+        let start = usize::try_from(skip).expect("a shard's rows fit");
+        skip = 0;
+        let blob = inner.shard_blob(
+            dataset,
+            index,
+            &mut || {
+                counters.corrupt.fetch_add(1, Ordering::Relaxed);
+            },
+            &mut || {
+                counters.shards_rebuilt.fetch_add(1, Ordering::Relaxed);
+            },
+        )?;
+        counters.shards_read.fetch_add(1, Ordering::Relaxed);
+        let mut batches = shard::decode_mapped(&blob)?;
+        let rows = if batches.len() == 1 {
+            batches.pop().expect("one batch")
+        } else {
+            let schema = batches.first().map(RecordBatch::schema).ok_or_else(|| {
+                DatasetError::Unrecoverable {
+                    dataset: dataset.manifest.fingerprint.hex(),
+                    shard: index,
+                    reason: "the shard holds no batch".to_owned(),
+                }
+            })?;
+            arrow_select::concat::concat_batches(&schema, &batches)
+                .map_err(|e| DatasetError::arrow("reading a shard", e))?
+        };
+        let n = rows.num_rows();
+        let perm: Option<Vec<u32>> = token.seed.map(|seed| {
+            let mut p: Vec<u32> =
+                (0..u32::try_from(n).expect("a shard has under 2^32 rows")).collect();
+            Rng::new(seed, token.epoch, index).shuffle(&mut p);
+            p
+        });
+        let mut at = start;
+        while at < n {
+            let len = batch_size.min(n - at);
+            let batch = match &perm {
+                None => rows.slice(at, len),
+                Some(p) => arrow_select::take::take_record_batch(
+                    &rows,
+                    &UInt32Array::from(p[at..at + len].to_vec()),
+                )
+                .map_err(|e| DatasetError::arrow("shuffling a batch", e))?,
+            };
+            if tx.send(Ok(batch)).is_err() {
+                return Ok(());
+            }
+            at += len;
+        }
+        drop(blob);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_refuse_garbage() {
+        let t = Token {
+            fingerprint: Fingerprint([7; 32]),
+            seed: Some(42),
+            epoch: 3,
+            position: 1_000,
+        };
+        assert_eq!(Token::decode(&t.encode()).unwrap(), t);
+        let t = Token { seed: None, ..t };
+        assert_eq!(Token::decode(&t.encode()).unwrap(), t);
+        for bad in ["", "v2.x.1.2.3", "v1.zz.1.2.3", "v1.00.1.2"] {
+            assert!(Token::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shuffles_are_permutations_and_depend_on_seed_and_epoch() {
+        let perm = |seed, epoch| {
+            let mut v: Vec<u32> = (0..100).collect();
+            Rng::new(seed, epoch, 0).shuffle(&mut v);
+            v
+        };
+        let a = perm(1, 0);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, perm(1, 0));
+        assert_ne!(a, perm(2, 0));
+        assert_ne!(a, perm(1, 1));
+    }
+}
