@@ -38,10 +38,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::StreamExt as _;
 use infercache_backend::{BackendError, Inputs, UpstreamError};
 use infercache_core::{Digest, Epochs, KeyParts};
 use infercache_engine::{Cache, CacheKey, ComputeError, Fetched, Lookup, RequestOptions, Source};
@@ -261,7 +262,9 @@ impl Infer {
                 total: n,
             });
         }
-        let values = in_chunks(model, inputs, (0..n).collect(), &*self.inner.observer).await?;
+        let values = in_chunks(model, inputs, (0..n).collect(), &*self.inner.observer)
+            .await
+            .map_err(|f| InferError::Backend(f.error))?;
         Ok(Rows::computed(values))
     }
 
@@ -280,6 +283,8 @@ impl Infer {
         for (i, k) in keys.iter().enumerate() {
             first.entry(*k.digest()).or_insert(i);
         }
+        // Each row's key, for the rows of chunks that succeeded when another failed.
+        let by_index: Arc<Vec<CacheKey>> = Arc::new(keys.clone());
         let (cache, model_in_task, inputs) = (cache.clone(), Arc::clone(model), Arc::clone(inputs));
         let observer = Arc::clone(&self.inner.observer);
         let computation = tokio::spawn(async move {
@@ -299,7 +304,16 @@ impl Infer {
                         Arc::clone(&inputs),
                         Arc::clone(&observer),
                     );
-                    async move { in_chunks(&model, &inputs, indices, &*observer).await }
+                    let (cache, by_index) = (cache.clone(), Arc::clone(&by_index));
+                    async move {
+                        match in_chunks(&model, &inputs, indices, &*observer).await {
+                            Ok(values) => Ok(values),
+                            Err(ChunksFailed { error, done }) => {
+                                keep_done(&cache, &model, &by_index, done, &options).await;
+                                Err(error)
+                            }
+                        }
+                    }
                 })
                 .await;
             if let Ok(fetched) = &fetched
@@ -428,6 +442,24 @@ async fn forget_refused(cache: &Cache, model: &Model, keys: &[CacheKey], fetched
     }
 }
 
+/// Stores the rows of the chunks that succeeded in a computation that failed, so a retry
+/// computes only the rows that failed. They are stored as the engine stores computed
+/// values (`no-store` stores nothing), except those the backend refuses to keep; requests
+/// waiting on this computation still get its error.
+async fn keep_done(
+    cache: &Cache,
+    model: &Model,
+    keys: &[CacheKey],
+    done: Vec<(usize, Bytes)>,
+    options: &RequestOptions,
+) {
+    for (i, value) in done {
+        if model.backend().keep(&value) {
+            cache.insert(&keys[i], value, options).await;
+        }
+    }
+}
+
 /// Each key's value under `options`, looking each distinct key up once.
 async fn lookup(cache: &Cache, keys: &[CacheKey], options: &RequestOptions) -> Vec<Option<Bytes>> {
     let mut seen: HashMap<Digest, Option<Bytes>> = HashMap::with_capacity(keys.len());
@@ -489,42 +521,94 @@ async fn stale(
     Some((values, sources))
 }
 
+/// Why [`in_chunks`] failed, with the rows of the chunks that succeeded.
+struct ChunksFailed {
+    /// The first failing chunk's error.
+    error: BackendError,
+    /// Each row of a chunk that succeeded, by index into the inputs, with its value.
+    done: Vec<(usize, Bytes)>,
+}
+
 /// Computes the rows at `indices`: in one call, or in chunks of the model's `max_batch`,
 /// at most [`CHUNKS_IN_FLIGHT`] at once; checks that each call returned one value per
-/// row. The first failing chunk fails the whole and drops the others' calls.
+/// row. The first failing chunk fails the whole: chunks not yet started are not sent,
+/// chunks in flight finish, and the rows of every chunk that succeeded come back with the
+/// error, so the caller can keep them.
 async fn in_chunks(
     model: &Model,
     inputs: &Inputs,
     indices: Vec<usize>,
     observer: &dyn Observer,
-) -> Result<Vec<Bytes>, BackendError> {
+) -> Result<Vec<Bytes>, ChunksFailed> {
+    let failed = AtomicBool::new(false);
     let call = |chunk: &[usize]| {
         let chunk = chunk.to_vec();
+        let failed = &failed;
         async move {
-            let started = Instant::now();
-            let values = model.backend().compute(inputs, &chunk).await?;
-            if values.len() != chunk.len() {
-                let reason = format!("{} outputs for {} inputs", values.len(), chunk.len());
-                return Err(if model.kind().in_process() {
-                    BackendError::failed(reason)
-                } else {
-                    UpstreamError::bad_response(model.name(), reason).into()
-                });
+            if failed.load(Ordering::Relaxed) {
+                return (chunk, None);
             }
-            observer.computed(model, chunk.len(), started.elapsed());
-            Ok(values)
+            let started = Instant::now();
+            let result = match model.backend().compute(inputs, &chunk).await {
+                Ok(values) if values.len() != chunk.len() => {
+                    let reason = format!("{} outputs for {} inputs", values.len(), chunk.len());
+                    Err(if model.kind().in_process() {
+                        BackendError::failed(reason)
+                    } else {
+                        UpstreamError::bad_response(model.name(), reason).into()
+                    })
+                }
+                Ok(values) => {
+                    observer.computed(model, chunk.len(), started.elapsed());
+                    Ok(values)
+                }
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            (chunk, Some(result))
         }
     };
     let max = model.policy().max_batch.unwrap_or(usize::MAX);
     if indices.len() <= max {
-        return call(&indices).await;
+        let (_, result) = call(&indices).await;
+        return result
+            .expect("a lone chunk always runs")
+            .map_err(|error| ChunksFailed {
+                error,
+                done: Vec::new(),
+            });
     }
-    let parts: Vec<Vec<Bytes>> = futures_util::stream::iter(indices.chunks(max))
+    let mut parts = futures_util::stream::iter(indices.chunks(max))
         .map(call)
-        .buffered(CHUNKS_IN_FLIGHT)
-        .try_collect()
-        .await?;
-    Ok(parts.into_iter().flatten().collect())
+        .buffered(CHUNKS_IN_FLIGHT);
+    let mut values = Vec::with_capacity(indices.len());
+    let mut done = Vec::new();
+    let mut error = None;
+    while let Some((chunk, result)) = parts.next().await {
+        match result {
+            Some(Ok(part)) if error.is_none() => values.extend(part),
+            Some(Ok(part)) => done.extend(chunk.into_iter().zip(part)),
+            Some(Err(e)) => {
+                if error.is_none() {
+                    // What succeeded so far is kept, not returned.
+                    done.extend(indices_of(&indices, values.len()).zip(values.drain(..)));
+                }
+                error.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match error {
+        None => Ok(values),
+        Some(error) => Err(ChunksFailed { error, done }),
+    }
+}
+
+/// The first `n` of `indices`, in order: the rows of the chunks collected so far.
+fn indices_of(indices: &[usize], n: usize) -> impl Iterator<Item = usize> + '_ {
+    indices[..n].iter().copied()
 }
 
 #[cfg(test)]

@@ -96,6 +96,8 @@ impl Backend for BuiltinModel {
             };
             let batch: Vec<String> = rows.iter().map(|&i| texts[i].clone()).collect();
             let n = batch.len();
+            // A panicked pass (`ModelError::Panicked`) or no thread to run one
+            // (`ModelError::NoWorkers`) is an internal failure of this request.
             let vectors = self.pool.embed(batch).await.map_err(|e| match e {
                 ModelError::Overloaded => BackendError::Overloaded,
                 e => BackendError::failed(e),
@@ -108,6 +110,16 @@ impl Backend for BuiltinModel {
             }
             Ok(vectors.iter().map(|v| vector::encode(v)).collect())
         })
+    }
+
+    /// Ready while an inference thread runs (a panicked one is replaced first).
+    fn ready(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        let ready = if self.pool.is_ready() {
+            Ok(())
+        } else {
+            Err(BackendError::failed(ModelError::NoWorkers))
+        };
+        Box::pin(std::future::ready(ready))
     }
 
     fn count_tokens(&self, text: &str) -> usize {

@@ -63,9 +63,17 @@ pub enum ModelError {
     /// The inference queue is full; the request was not queued. A server answers 429.
     #[error("the inference queue is full")]
     Overloaded,
-    /// The inference pool has shut down (or its worker died) before answering.
+    /// The inference pool has shut down before answering.
     #[error("the inference pool has shut down")]
     Shutdown,
+    /// The forward pass of this request's batch panicked; the thread that ran it was
+    /// replaced. The message is the panic's, for logs.
+    #[error("a forward pass panicked: {0}")]
+    Panicked(String),
+    /// No inference thread runs (a replacement could not be started): the request was not
+    /// queued.
+    #[error("no inference thread is running")]
+    NoWorkers,
     /// A pool setting is out of range.
     #[error("invalid inference pool configuration: {0}")]
     InvalidConfig(&'static str),

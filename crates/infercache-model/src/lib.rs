@@ -61,7 +61,12 @@
 //! gathers more for at most `max_wait` (default 2 ms) or until it has `max_batch` texts
 //! (default 32), and runs them as one padded batch: concurrent callers share a forward
 //! pass. A full queue answers [`ModelError::Overloaded`] at once, for a server to turn into
-//! a 429. [`InferencePool::stats`] counts requests, forward passes and texts.
+//! a 429. A panic in a forward pass fails only its batch ([`ModelError::Panicked`]) and
+//! replaces the thread; [`InferencePool::is_ready`] says whether any thread runs.
+//! [`InferencePool::stats`] counts requests, forward passes, texts and panics.
+//!
+//! Feature `test-support` adds fault injection for tests (`InferencePool::inject_panics`,
+//! `InferencePool::refuse_spawns`); without it the pool has no such hooks.
 //!
 //! [all-MiniLM-L6-v2]: https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2
 

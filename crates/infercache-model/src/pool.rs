@@ -13,10 +13,19 @@
 //! request, then at most `max_wait` for more, up to `max_batch` texts), releases the lock and
 //! runs the forward pass while the next worker gathers. A std mutex is right here: it is
 //! only ever taken on the pool's threads, never across an `.await`.
+//!
+//! A panic in a forward pass fails only the batch in flight: its callers get
+//! [`ModelError::Panicked`], the worker thread ends and a fresh one takes its place (the
+//! queue's receiver is the pool's, not the thread's, so queued requests wait for it). Should
+//! no thread run (a replacement could not be spawned), [`InferencePool::is_ready`] is false
+//! and requests fail at once with [`ModelError::NoWorkers`] until a spawn succeeds again;
+//! both retry the spawn.
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -114,6 +123,8 @@ pub struct PoolStats {
     pub failed_invocations: u64,
     /// Texts embedded successfully.
     pub texts: u64,
+    /// Forward passes that panicked (each failed its batch and replaced its thread).
+    pub panics: u64,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +134,7 @@ struct Counters {
     invocations: AtomicU64,
     failed_invocations: AtomicU64,
     texts: AtomicU64,
+    panics: AtomicU64,
 }
 
 impl Counters {
@@ -137,6 +149,7 @@ impl Counters {
             invocations: self.invocations.load(Ordering::Relaxed),
             failed_invocations: self.failed_invocations.load(Ordering::Relaxed),
             texts: self.texts.load(Ordering::Relaxed),
+            panics: self.panics.load(Ordering::Relaxed),
         }
     }
 }
@@ -154,10 +167,113 @@ struct Job {
 #[derive(Debug)]
 pub struct InferencePool {
     queue: SyncSender<Job>,
-    embedder: Arc<Embedder>,
-    workers: Vec<JoinHandle<()>>,
-    counters: Arc<Counters>,
+    crew: Arc<Crew>,
     config: PoolConfig,
+}
+
+/// What the worker threads share, and what replaces one that panicked.
+#[derive(Debug)]
+struct Crew {
+    receiver: Arc<Mutex<Receiver<Job>>>,
+    embedder: Arc<Embedder>,
+    counters: Arc<Counters>,
+    max_batch: usize,
+    max_wait: Duration,
+    /// Threads wanted: `config.threads`.
+    wanted: usize,
+    /// Threads started and not yet ended.
+    live: AtomicUsize,
+    /// Every thread ever spawned; [`InferencePool::shutdown`] joins them.
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    /// Numbers the threads' names.
+    spawned: AtomicUsize,
+    #[cfg(feature = "test-support")]
+    faults: Faults,
+}
+
+/// Faults a test injects (feature `test-support`).
+#[cfg(feature = "test-support")]
+#[derive(Debug, Default)]
+struct Faults {
+    /// Forward passes still to panic.
+    panics: AtomicUsize,
+    /// Whether spawning a thread fails, as when the process is out of threads.
+    refuse_spawns: std::sync::atomic::AtomicBool,
+}
+
+impl Crew {
+    /// Spawns threads until `wanted` run; how many run afterwards.
+    fn fill(self: &Arc<Self>) -> usize {
+        // One spawner at a time, so two callers do not both fill the same gap.
+        let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.live.load(Ordering::SeqCst) < self.wanted {
+            match self.spawn() {
+                Ok(handle) => handles.push(handle),
+                Err(error) => {
+                    tracing::error!(%error, "could not start an inference thread");
+                    break;
+                }
+            }
+        }
+        self.live.load(Ordering::SeqCst)
+    }
+
+    fn spawn(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
+        #[cfg(feature = "test-support")]
+        if self.faults.refuse_spawns.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("spawns refused by the test"));
+        }
+        let i = self.spawned.fetch_add(1, Ordering::Relaxed);
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let crew = Arc::clone(self);
+        std::thread::Builder::new()
+            .name(format!("infercache-model-{i}"))
+            .spawn(move || {
+                Worker {
+                    crew,
+                    retired: std::cell::Cell::new(false),
+                }
+                .run();
+            })
+            .inspect_err(|_| {
+                self.live.fetch_sub(1, Ordering::SeqCst);
+            })
+    }
+
+    /// Runs one forward pass, turning a panic into [`ModelError::Panicked`].
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Fault> {
+        let pass = catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(feature = "test-support")]
+            if self
+                .faults
+                .panics
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                panic!("a forward pass panicked, as the test asked");
+            }
+            self.embedder.embed(texts)
+        }));
+        match pass {
+            Ok(Ok(vectors)) => Ok(vectors),
+            Ok(Err(error)) => Err(Fault::Error(error)),
+            Err(payload) => Err(Fault::Panic(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+/// Why a forward pass gave no vectors.
+enum Fault {
+    Error(ModelError),
+    Panic(String),
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 impl InferencePool {
@@ -165,31 +281,54 @@ impl InferencePool {
     pub fn new(embedder: Embedder, config: PoolConfig) -> Result<Self, ModelError> {
         config.validate()?;
         let (queue, receiver) = mpsc::sync_channel(config.queue_capacity);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let embedder = Arc::new(embedder);
-        let counters = Arc::new(Counters::default());
-        let workers = (0..config.threads)
-            .map(|i| {
-                let worker = Worker {
-                    receiver: Arc::clone(&receiver),
-                    embedder: Arc::clone(&embedder),
-                    counters: Arc::clone(&counters),
-                    max_batch: config.max_batch,
-                    max_wait: config.max_wait,
-                };
-                std::thread::Builder::new()
-                    .name(format!("infercache-model-{i}"))
-                    .spawn(move || worker.run())
-                    .map_err(|e| ModelError::io("<thread>", e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let crew = Arc::new(Crew {
+            receiver: Arc::new(Mutex::new(receiver)),
+            embedder: Arc::new(embedder),
+            counters: Arc::new(Counters::default()),
+            max_batch: config.max_batch,
+            max_wait: config.max_wait,
+            wanted: config.threads,
+            live: AtomicUsize::new(0),
+            handles: Mutex::new(Vec::with_capacity(config.threads)),
+            spawned: AtomicUsize::new(0),
+            #[cfg(feature = "test-support")]
+            faults: Faults::default(),
+        });
+        {
+            let mut handles = crew.handles.lock().unwrap_or_else(PoisonError::into_inner);
+            for _ in 0..config.threads {
+                handles.push(crew.spawn().map_err(|e| ModelError::io("<thread>", e))?);
+            }
+        }
         Ok(Self {
             queue,
-            embedder,
-            workers,
-            counters,
+            crew,
             config,
         })
+    }
+
+    /// Whether the pool can serve: at least one inference thread runs. Starts threads
+    /// missing since a panic first.
+    pub fn is_ready(&self) -> bool {
+        self.crew.live.load(Ordering::SeqCst) >= self.crew.wanted || self.crew.fill() > 0
+    }
+
+    /// Makes the next `n` forward passes panic (feature `test-support`).
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn inject_panics(&self, n: usize) {
+        self.crew.faults.panics.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes spawning an inference thread fail while `refuse` holds (feature
+    /// `test-support`).
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn refuse_spawns(&self, refuse: bool) {
+        self.crew
+            .faults
+            .refuse_spawns
+            .store(refuse, Ordering::SeqCst);
     }
 
     /// Tokens in `text` with `[CLS]` and `[SEP]`, before truncation (see
@@ -198,7 +337,7 @@ impl InferencePool {
     /// # Errors
     /// [`ModelError::Tokenizer`] if the tokenizer fails on `text`.
     pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
-        self.embedder.count_tokens(text)
+        self.crew.embedder.count_tokens(text)
     }
 
     /// Embeds `texts` (unit vectors of [`DIMS`](crate::DIMS) floats, in order), batched
@@ -213,6 +352,9 @@ impl InferencePool {
     /// synchronously. Dropping the future abandons the request; a worker skips it if it
     /// has not started on it yet.
     pub fn submit(&self, texts: Vec<String>) -> Result<PendingEmbeddings, ModelError> {
+        if !self.is_ready() {
+            return Err(ModelError::NoWorkers);
+        }
         // A request larger than a batch is queued as several jobs of at most `max_batch`
         // texts, so other requests' jobs interleave with its passes instead of waiting for
         // all of them, and a caller that gives up stops costing passes at the next chunk.
@@ -228,14 +370,14 @@ impl InferencePool {
                 Ok(()) => receivers.push(receiver),
                 // Chunks already queued are skipped by the workers once `receivers` drops.
                 Err(TrySendError::Full(_)) => {
-                    Counters::add(&self.counters.overloaded, 1);
+                    Counters::add(&self.crew.counters.overloaded, 1);
                     return Err(ModelError::Overloaded);
                 }
                 Err(TrySendError::Disconnected(_)) => return Err(ModelError::Shutdown),
             }
         }
         if !receivers.is_empty() {
-            Counters::add(&self.counters.requests, 1);
+            Counters::add(&self.crew.counters.requests, 1);
         }
         Ok(PendingEmbeddings {
             receivers,
@@ -245,7 +387,7 @@ impl InferencePool {
 
     /// The pool's counters now.
     pub fn stats(&self) -> PoolStats {
-        self.counters.snapshot()
+        self.crew.counters.snapshot()
     }
 
     /// The configuration the pool runs with.
@@ -256,11 +398,19 @@ impl InferencePool {
     /// Closes the queue and waits until the workers have answered every queued request and
     /// exited. Blocks: from async code, call it inside `spawn_blocking`.
     pub fn shutdown(self) {
-        let Self { queue, workers, .. } = self;
+        let Self { queue, crew, .. } = self;
         drop(queue);
-        for worker in workers {
+        // A thread that panicked pushes its replacement's handle before it ends, so once
+        // the list is empty after a join, no thread is left.
+        loop {
+            let next = crew
+                .handles
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let Some(worker) = next else { break };
             if worker.join().is_err() {
-                tracing::error!("an inference worker panicked");
+                tracing::error!("an inference thread panicked outside a forward pass");
             }
         }
     }
@@ -297,32 +447,56 @@ impl Future for PendingEmbeddings {
 }
 
 struct Worker {
-    receiver: Arc<Mutex<Receiver<Job>>>,
-    embedder: Arc<Embedder>,
-    counters: Arc<Counters>,
-    max_batch: usize,
-    max_wait: Duration,
+    crew: Arc<Crew>,
+    /// Set once this thread no longer counts as running (a forward pass panicked).
+    retired: std::cell::Cell<bool>,
+}
+
+impl Drop for Worker {
+    /// The thread ends (the queue closed): it no longer runs.
+    fn drop(&mut self) {
+        if !self.retired.get() {
+            self.crew.live.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Worker {
     fn run(self) {
         while let Some(jobs) = self.gather() {
-            self.serve(jobs);
+            if self.serve(jobs).is_err() {
+                // Whatever state the panic left on this thread goes with it; its
+                // replacement was started before the callers were answered.
+                return;
+            }
         }
+    }
+
+    /// This thread stops counting as running and a replacement is started, before the
+    /// callers of the panicked batch are answered: by then readiness is already true to
+    /// the threads that run.
+    fn retire(&self) {
+        self.retired.set(true);
+        self.crew.live.fetch_sub(1, Ordering::SeqCst);
+        self.crew.fill();
     }
 
     /// Waits for a request, then for more until `max_batch` texts or `max_wait`. `None`
     /// once the queue is closed and drained.
     fn gather(&self) -> Option<Vec<Job>> {
         // A panic elsewhere cannot leave the receiver inconsistent; keep serving.
-        let receiver = self.receiver.lock().unwrap_or_else(PoisonError::into_inner);
+        let receiver = self
+            .crew
+            .receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let first = receiver.recv().ok()?;
         let deadline = Instant::now()
-            .checked_add(self.max_wait)
+            .checked_add(self.crew.max_wait)
             .expect("max_wait is validated to at most MAX_WAIT (a bug otherwise)");
         let mut texts = first.texts.len();
         let mut jobs = vec![first];
-        while texts < self.max_batch {
+        while texts < self.crew.max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match receiver.recv_timeout(left) {
                 Ok(job) => {
@@ -336,8 +510,10 @@ impl Worker {
     }
 
     /// Runs the gathered requests in forward passes of at most `max_batch` texts and
-    /// answers each caller. A failed pass fails every request with a text in it.
-    fn serve(&self, jobs: Vec<Job>) {
+    /// answers each caller. A failed pass fails every request with a text in it; `Err` if
+    /// one panicked.
+    fn serve(&self, jobs: Vec<Job>) -> Result<(), ()> {
+        let crew = &*self.crew;
         // Callers that gave up are not worth a forward pass.
         let jobs: Vec<Job> = jobs
             .into_iter()
@@ -349,17 +525,29 @@ impl Worker {
             .collect();
         let mut vectors = Vec::with_capacity(texts.len());
         let mut failure = None;
-        for chunk in texts.chunks(self.max_batch) {
-            Counters::add(&self.counters.invocations, 1);
-            match self.embedder.embed(chunk) {
+        let mut panicked = false;
+        for chunk in texts.chunks(crew.max_batch) {
+            Counters::add(&crew.counters.invocations, 1);
+            match crew.embed(chunk) {
                 Ok(batch) => vectors.extend(batch),
-                Err(error) => {
-                    Counters::add(&self.counters.failed_invocations, 1);
-                    tracing::warn!(%error, texts = chunk.len(), "embedding batch failed");
+                Err(fault) => {
+                    Counters::add(&crew.counters.failed_invocations, 1);
+                    let error = match fault {
+                        Fault::Error(error) => error,
+                        Fault::Panic(message) => {
+                            Counters::add(&crew.counters.panics, 1);
+                            panicked = true;
+                            ModelError::Panicked(message)
+                        }
+                    };
+                    tracing::error!(%error, texts = chunk.len(), "embedding batch failed");
                     failure = Some(error);
                     break;
                 }
             }
+        }
+        if panicked {
+            self.retire();
         }
         // Hand each caller its share; callers entirely before a failed pass still succeed.
         let mut vectors = vectors.into_iter();
@@ -367,7 +555,7 @@ impl Worker {
             let n = job.texts.len();
             let mine: Vec<Vec<f32>> = vectors.by_ref().take(n).collect();
             let reply = if mine.len() == n {
-                Counters::add(&self.counters.texts, n);
+                Counters::add(&crew.counters.texts, n);
                 Ok(mine)
             } else {
                 Err(failure.clone().unwrap_or_else(|| {
@@ -377,5 +565,6 @@ impl Worker {
             // The caller may have gone in the meantime; nothing to do then.
             let _ = job.reply.send(reply);
         }
+        if panicked { Err(()) } else { Ok(()) }
     }
 }

@@ -119,3 +119,43 @@ fn invalid_configs_are_refused() {
         assert!(matches!(err, ModelError::InvalidConfig(_)), "{err:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_pass_fails_its_batch_and_the_thread_is_replaced() {
+    let pool = InferencePool::new(embedder(), PoolConfig::default()).unwrap();
+    let expected = embedder().embed(&[SENTENCE]).unwrap().remove(0);
+
+    pool.inject_panics(1);
+    let failed = pool.embed(vec![SENTENCE.to_owned()]).await;
+    assert!(
+        matches!(failed, Err(ModelError::Panicked(_))),
+        "the batch in flight fails with the panic: {failed:?}"
+    );
+    // The one thread that panicked was replaced: the pool serves again.
+    assert!(pool.is_ready());
+    let vectors = pool.embed(vec![SENTENCE.to_owned()]).await.unwrap();
+    assert!(max_abs_diff(&vectors[0], &expected) < 1e-5);
+    let stats = pool.stats();
+    assert_eq!((stats.panics, stats.failed_invocations), (1, 1));
+
+    // With no thread to replace it, the pool is unready and refuses at once; it recovers
+    // once a thread can be started again.
+    pool.refuse_spawns(true);
+    pool.inject_panics(1);
+    assert!(matches!(
+        pool.embed(vec![SENTENCE.to_owned()]).await,
+        Err(ModelError::Panicked(_))
+    ));
+    assert!(!pool.is_ready());
+    assert!(matches!(
+        pool.embed(vec![SENTENCE.to_owned()]).await,
+        Err(ModelError::NoWorkers)
+    ));
+    pool.refuse_spawns(false);
+    assert!(pool.is_ready());
+    assert_eq!(
+        pool.embed(vec![SENTENCE.to_owned()]).await.unwrap().len(),
+        1
+    );
+    pool.shutdown();
+}

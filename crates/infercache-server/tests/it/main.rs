@@ -6,6 +6,7 @@
 mod cache_control;
 mod embeddings;
 mod errors;
+mod heal;
 mod kserve;
 mod kserve_server;
 mod kserve_upstream;

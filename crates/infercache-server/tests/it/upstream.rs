@@ -134,3 +134,74 @@ async fn a_proxy_only_configuration_never_loads_the_builtin_model() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// A plain JSON upstream that answers 500 to any request holding the input `"bad"` while
+/// `failing` holds, and counts the rows it is sent.
+async fn flaky_upstream() -> (String, Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicBool>) {
+    let rows = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (counted, fails) = (Arc::clone(&rows), Arc::clone(&failing));
+    let app = Router::new().route(
+        "/score",
+        post(move |body: axum::Json<Value>| {
+            let (counted, fails) = (Arc::clone(&counted), Arc::clone(&fails));
+            async move {
+                let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+                counted.fetch_add(inputs.len(), Ordering::SeqCst);
+                if fails.load(Ordering::SeqCst) && inputs.contains(&json!("bad")) {
+                    return (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        axum::Json(json!({ "error": "cannot score this batch" })),
+                    );
+                }
+                let outputs: Vec<Value> = inputs.iter().map(|i| json!({ "in": i })).collect();
+                (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({ "outputs": outputs })),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, rows, failing)
+}
+
+#[tokio::test]
+async fn when_one_chunk_fails_the_rows_of_the_others_are_kept() {
+    let (url, rows, failing) = flaky_upstream().await;
+    let config = from_file(&format!(
+        r#"
+        no_disk = true
+
+        [[models]]
+        name = "scorer"
+        backend = "http-json"
+        url = "{url}/score"
+        max_batch = 2
+        "#
+    ));
+    let s = Server::start(config, model().await).await;
+
+    // Three chunks: ["a", "b"], ["c", "d"], ["bad", "e"]; the last fails.
+    let body = json!({ "inputs": ["a", "b", "c", "d", "bad", "e"] });
+    let failed = s.post("/v1/models/scorer/predict", &[], &body).await;
+    assert_eq!(failed.status, 502, "{}", failed.body);
+    assert_eq!(rows.load(Ordering::SeqCst), 6);
+
+    // The retry sends only the failed chunk's rows; the others are hits.
+    failing.store(false, Ordering::SeqCst);
+    rows.store(0, Ordering::SeqCst);
+    let retried = s.post("/v1/models/scorer/predict", &[], &body).await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(retried.header("x-cache"), "PARTIAL");
+    assert_eq!(
+        rows.load(Ordering::SeqCst),
+        2,
+        "only `bad` and `e` go upstream"
+    );
+    assert_eq!(retried.body["outputs"][4], json!({"in": "bad"}));
+    assert_eq!(retried.body["outputs"][0], json!({"in": "a"}));
+    s.stop().await;
+}
