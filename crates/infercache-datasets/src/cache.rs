@@ -195,7 +195,7 @@ pub(crate) struct Inner {
     clock: SharedClock,
 }
 
-/// The dataset cache in one directory. See the [module docs](self). `Send + Sync`;
+/// The dataset cache in one directory. See the [crate docs](crate). `Send + Sync`;
 /// several processes may use one directory at once.
 #[derive(Debug, Clone)]
 pub struct DatasetCache {
