@@ -16,9 +16,9 @@
 //! [`UpstreamError::BadResponse`], and nothing of it is stored.
 //!
 //! The inbound half of each protocol (parsing a client's request into
-//! [`Inputs`](infercache_backend::Inputs), rendering stored rows back) is the server's;
+//! [`Inputs`], rendering stored rows back) is the server's;
 //! this crate only talks to upstreams. [`backend`] builds the backend of one validated
-//! `[[models]]` entry, sharing the pool of [`client`].
+//! `[[models]]` entry, sharing the pool of [`client`](mod@client).
 
 pub mod client;
 pub mod ersilia;

@@ -26,7 +26,7 @@
 //!
 //! # Crash safety and re-runs
 //!
-//! Every file is written atomically ([`crate::fsio`]); the manifest goes last, so a
+//! Every file is written atomically (`fsio`); the manifest goes last, so a
 //! directory with a manifest has every chunk it lists. A file that already holds the
 //! bytes it would get is left alone, so a re-run changes nothing and a re-run after a
 //! crash writes only what is missing. Files an older manifest in the directory listed

@@ -1,5 +1,5 @@
 //! The one freshness rule: every value, whatever tier or node it comes from, is judged by
-//! [`judge`] before it is served or handed to a waiter.
+//! `judge` before it is served or handed to a waiter.
 //!
 //! An entry carries when it was computed (`created_ms`) and when it expires
 //! (`expires_ms`, the end of its storage life in every tier). Its model's

@@ -24,7 +24,7 @@
 //!
 //! Matrix products are faer's (runtime-selected AVX-512 / AVX2 kernels); the element-wise
 //! steps are fused into them where the data is hot (bias, residual, GELU) and vectorized
-//! the same way ([`kernels`]). Work is split over a [`Threads`] pool in a fixed way: each
+//! the same way (`kernels`). Work is split over a [`Threads`] pool in a fixed way: each
 //! product by output columns, attention by sequence (or by query rows for a single
 //! sequence), layer norms by rows. Results are deterministic for a given input and thread
 //! count.

@@ -22,7 +22,7 @@
 //! the cache as shared buffers, or stream from the file for chunks larger than the cache,
 //! so a 64 MiB layer needs no copy per request.
 //!
-//! # The cache ([`cache`](self::cache))
+//! # The cache (`cache`)
 //!
 //! Byte-bounded exact LRU with single flight on the engine's cache, an optional Redis tier
 //! whose values are checked against their SHA-256, chunk files checked against theirs on
