@@ -25,6 +25,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use infercache_api::{RemovedEntry, WarmResponse};
 use infercache_backend::{BUILTIN_MODEL, BackendKind, BackendStats, InferenceStats, Inputs};
 use infercache_core::Digest;
 use infercache_core::stats::{ModelStats, TierStats};
@@ -219,7 +220,7 @@ pub async fn delete_entry(
     State(state): State<AppState>,
     _admin: Admin,
     key: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RemovedEntry>, ApiError> {
     let Path(key) = key.map_err(|_| ApiError::InvalidKey(String::new()))?;
     let digest: Digest = key.parse().map_err(|_| ApiError::InvalidKey(key.clone()))?;
     let cache = state.cache().ok_or(ApiError::CacheDisabled)?;
@@ -231,9 +232,10 @@ pub async fn delete_entry(
     if !removed {
         return Err(ApiError::EntryNotFound(digest.to_hex()));
     }
-    Ok(Json(
-        serde_json::json!({ "removed": true, "key": digest.to_hex() }),
-    ))
+    Ok(Json(RemovedEntry {
+        removed: true,
+        key: digest.to_hex(),
+    }))
 }
 
 /// `POST /v1/cache/warm`.
@@ -242,7 +244,7 @@ pub async fn warm(
     Admin(caller): Admin,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<WarmResponse>, ApiError> {
     let directives = cache_control::parse(&headers)?;
     let mut obj = body::object(body, state.limits())?;
     body::only_fields(&obj, &["inputs", "namespace", "model"], |_| {
@@ -274,13 +276,13 @@ pub async fn warm(
             control: directives.into(),
         })
         .await?;
-    Ok(Json(serde_json::json!({
-        "namespace": namespace,
-        "inputs": n,
-        "hits": rows.hits(),
-        "misses": rows.misses(),
-        "coalesced": rows.coalesced(),
-    })))
+    Ok(Json(WarmResponse {
+        namespace,
+        inputs: n,
+        hits: rows.hits(),
+        misses: rows.misses(),
+        coalesced: rows.coalesced(),
+    }))
 }
 
 /// `GET /metrics`.
