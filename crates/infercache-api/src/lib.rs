@@ -8,10 +8,15 @@
 //!   mapping.
 //! - [`WarmRequest`], [`WarmResponse`]: `POST /v1/cache/warm`.
 //! - [`RemovedEntry`]: `DELETE /v1/cache/entries/{key}`.
+//! - [`stats::CacheStats`]: `GET /v1/cache/stats`.
 //!
 //! Light on purpose (serde only): a client depends on it without the server.
 
+pub mod stats;
+
 use serde::{Deserialize, Serialize};
+
+pub use stats::CacheStats;
 
 /// Every error response's body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,13 +25,16 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use infercache_api::stats::{
+    CacheStats, InProcessReport, InferenceReport, ModelLookups, ModelReport, RemoteReport,
+    TierReport, Tiers,
+};
 use infercache_api::{RemovedEntry, WarmResponse};
 use infercache_backend::{BUILTIN_MODEL, BackendKind, BackendStats, InferenceStats, Inputs};
 use infercache_core::Digest;
 use infercache_core::stats::{ModelStats, TierStats};
-use infercache_engine::Scope;
+use infercache_engine::{RemoteStats, Scope};
 use infercache_infer::{Model, Outcome, RowRequest};
-use serde::Serialize;
 
 use super::body;
 use crate::auth::Admin;
@@ -47,58 +50,8 @@ const WARM_KINDS: &[BackendKind] = &[
     BackendKind::Ersilia,
 ];
 
-/// The body of `GET /v1/cache/stats`.
-#[derive(Debug, Serialize)]
-pub struct StatsResponse {
-    cache_enabled: bool,
-    tiers: Tiers,
-    models: BTreeMap<String, ModelReport>,
-    coalesced: u64,
-    writeback_dropped: u64,
-    writeback_queued: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct Tiers {
-    memory: Option<TierStats>,
-    disk: Option<TierStats>,
-    /// The shared Redis tier: lookups, writes, failures, leases, and its circuit breaker.
-    redis: Option<infercache_engine::RemoteStats>,
-}
-
-#[derive(Debug, Serialize)]
-struct ModelReport {
-    #[serde(flatten)]
-    lookups: ModelStats,
-    /// The built-in model's request latencies and inference work; absent for models
-    /// behind an upstream, which report their lookups only.
-    #[serde(flatten)]
-    builtin: Option<BuiltinReport>,
-}
-
-#[derive(Debug, Serialize)]
-struct BuiltinReport {
-    mean_hit_latency_ms: Option<f64>,
-    mean_miss_latency_ms: Option<f64>,
-    mean_partial_latency_ms: Option<f64>,
-    inference: InferenceReport,
-    /// Hits times the mean model time per text: an estimate of the model time the cache
-    /// saved.
-    inference_time_saved_ms: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct InferenceReport {
-    #[serde(flatten)]
-    model: InferenceStats,
-    /// Model calls made for requests' misses (each may be batched with others).
-    calls: u64,
-    /// Mean model time per text, as requests saw it.
-    mean_ms_per_text: Option<f64>,
-}
-
 /// `GET /v1/cache/stats`.
-pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsResponse> {
+pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<CacheStats> {
     let engine = state.cache().map(infercache_engine::Cache::stats);
     let mut models: BTreeMap<String, ModelReport> = engine
         .as_ref()
@@ -107,8 +60,8 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsRe
                 .iter()
                 .map(|(name, lookups)| {
                     let report = ModelReport {
-                        lookups: lookups.clone(),
-                        builtin: None,
+                        lookups: model_lookups(lookups),
+                        in_process: None,
                     };
                     (name.clone(), report)
                 })
@@ -121,50 +74,107 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsRe
                 .get(model.name())
                 .map(|r| r.lookups.clone())
                 .unwrap_or_default();
-            let builtin = in_process_report(&state, model, &lookups, inference);
+            let in_process = in_process_report(&state, model, &lookups, inference);
             models.insert(
                 model.name().to_owned(),
                 ModelReport {
                     lookups,
-                    builtin: Some(builtin),
+                    in_process: Some(in_process),
                 },
             );
         }
     }
-    let response = StatsResponse {
+    Json(CacheStats {
         cache_enabled: engine.is_some(),
         tiers: Tiers {
-            memory: engine.as_ref().and_then(|s| s.memory.clone()),
-            disk: engine.as_ref().and_then(|s| s.disk.clone()),
-            redis: engine.as_ref().and_then(|s| s.remote.clone()),
+            memory: engine.as_ref().and_then(|s| s.memory.as_ref().map(tier)),
+            disk: engine.as_ref().and_then(|s| s.disk.as_ref().map(tier)),
+            redis: engine.as_ref().and_then(|s| s.remote.as_ref().map(remote)),
         },
         models,
         coalesced: engine.as_ref().map_or(0, |s| s.coalesced),
         writeback_dropped: engine.as_ref().map_or(0, |s| s.writeback_dropped),
         writeback_queued: engine.as_ref().map_or(0, |s| s.writeback_queued),
-    };
-    Json(response)
+    })
+}
+
+/// A tier's stats as the API reports them.
+fn tier(t: &TierStats) -> TierReport {
+    TierReport {
+        hits: t.hits,
+        misses: t.misses,
+        hit_rate: t.hit_rate,
+        inserts: t.inserts,
+        evictions: t.evictions,
+        expirations: t.expirations,
+        removals: t.removals,
+        corrupt: t.corrupt,
+        write_errors: t.write_errors,
+        entries: t.entries,
+        bytes: t.bytes,
+        capacity: t.capacity,
+    }
+}
+
+/// The remote tier's stats as the API reports them.
+fn remote(r: &RemoteStats) -> RemoteReport {
+    RemoteReport {
+        kind: r.kind.clone(),
+        endpoint: r.endpoint.clone(),
+        breaker: r.breaker.as_str().to_owned(),
+        connected: r.connected,
+        breaker_opened: r.breaker_opened,
+        hits: r.hits,
+        misses: r.misses,
+        corrupt: r.corrupt,
+        writes: r.writes,
+        errors: r.errors,
+        skipped: r.skipped,
+        writeback_dropped: r.writeback_dropped,
+        writeback_queued: r.writeback_queued,
+        leases_granted: r.leases_granted,
+        leases_contended: r.leases_contended,
+        lease_waits_filled: r.lease_waits_filled,
+        lease_waits_empty: r.lease_waits_empty,
+        epoch_updates: r.epoch_updates,
+    }
+}
+
+/// A model's lookups as the API reports them.
+fn model_lookups(m: &ModelStats) -> ModelLookups {
+    ModelLookups {
+        hits: m.hits,
+        memory_hits: m.memory_hits,
+        disk_hits: m.disk_hits,
+        remote_hits: m.remote_hits,
+        misses: m.misses,
+        hit_rate: m.hit_rate,
+        inserts: m.inserts,
+        coalesced: m.coalesced,
+        compute_errors: m.compute_errors,
+    }
 }
 
 /// The request latencies and inference work of a model run in this process.
 fn in_process_report(
     state: &AppState,
     model: &Model,
-    lookups: &ModelStats,
+    lookups: &ModelLookups,
     inference: InferenceStats,
-) -> BuiltinReport {
+) -> InProcessReport {
     let metrics = state.metrics();
     let (secs, calls, texts) = metrics.compute_totals(model);
     #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
     let per_text_ms = (texts > 0).then(|| secs * 1000.0 / texts as f64);
     #[expect(clippy::cast_precision_loss, reason = "an estimate for display")]
     let saved = per_text_ms.unwrap_or(0.0) * lookups.hits as f64;
-    BuiltinReport {
+    InProcessReport {
         mean_hit_latency_ms: metrics.mean_request_ms(model, Outcome::Hit),
         mean_miss_latency_ms: metrics.mean_request_ms(model, Outcome::Miss),
         mean_partial_latency_ms: metrics.mean_request_ms(model, Outcome::Partial),
         inference: InferenceReport {
-            model: inference,
+            invocations: inference.invocations,
+            texts: inference.texts,
             calls,
             mean_ms_per_text: per_text_ms,
         },
