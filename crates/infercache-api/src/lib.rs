@@ -7,6 +7,7 @@
 //!   upstream failed. Which status and code each failure gets is the server's one error
 //!   mapping.
 //! - [`WarmRequest`], [`WarmResponse`]: `POST /v1/cache/warm`.
+//! - [`Scope`], [`Invalidated`]: `POST /v1/cache/invalidate`.
 //! - [`RemovedEntry`]: `DELETE /v1/cache/entries/{key}`.
 //! - [`stats::CacheStats`]: `GET /v1/cache/stats`.
 //!
@@ -75,6 +76,38 @@ pub struct WarmResponse {
     pub coalesced: usize,
 }
 
+/// What `POST /v1/cache/invalidate` invalidates: its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum Scope {
+    /// Everything: `{"scope": "all"}`.
+    All,
+    /// One namespace (tenant): `{"scope": "namespace", "namespace"}`.
+    Namespace {
+        /// The namespace.
+        namespace: String,
+    },
+    /// Every version of one model: `{"scope": "model", "model"}` (a name or an alias).
+    Model {
+        /// The model.
+        model: String,
+    },
+    /// One version of one model: `{"scope": "version", "model", "version"}`.
+    Version {
+        /// The model.
+        model: String,
+        /// The version.
+        version: String,
+    },
+}
+
+/// The answer of `POST /v1/cache/invalidate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidated {
+    /// What was invalidated, a model named by its name (not an alias).
+    pub invalidated: Scope,
+}
+
 /// The answer of `DELETE /v1/cache/entries/{key}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovedEntry {
@@ -108,6 +141,24 @@ mod tests {
             serde_json::to_string(&plain).unwrap(),
             r#"{"error":{"message":"m","type":"invalid_request_error","param":"input","code":"empty_input"}}"#
         );
+    }
+
+    #[test]
+    fn scopes_read_and_write_as_tagged_objects() {
+        let v: Scope =
+            serde_json::from_str(r#"{"scope":"version","model":"m","version":"2"}"#).unwrap();
+        assert_eq!(
+            v,
+            Scope::Version {
+                model: "m".into(),
+                version: "2".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Scope::All).unwrap(),
+            r#"{"scope":"all"}"#
+        );
+        assert!(serde_json::from_str::<Scope>(r#"{"scope":"model"}"#).is_err());
     }
 
     #[test]

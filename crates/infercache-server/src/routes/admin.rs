@@ -29,7 +29,7 @@ use infercache_api::stats::{
     CacheStats, InProcessReport, InferenceReport, ModelLookups, ModelReport, RemoteReport,
     TierReport, Tiers,
 };
-use infercache_api::{RemovedEntry, WarmResponse};
+use infercache_api::{self as api, Invalidated, RemovedEntry, WarmResponse};
 use infercache_backend::{BUILTIN_MODEL, BackendKind, BackendStats, InferenceStats, Inputs};
 use infercache_core::Digest;
 use infercache_core::stats::{ModelStats, TierStats};
@@ -187,10 +187,10 @@ pub async fn invalidate(
     State(state): State<AppState>,
     _admin: Admin,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Invalidated>, ApiError> {
     let obj = body::object(body, state.limits())?;
     let cache = state.cache().ok_or(ApiError::CacheDisabled)?;
-    let scope: Scope = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
+    let scope: api::Scope = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
         ApiError::invalid(
             "scope",
             format!(
@@ -208,21 +208,28 @@ pub async fn invalidate(
             .map_or(model, |m| m.name().to_owned())
     };
     let scope = match scope {
-        Scope::Model { model } => Scope::Model {
+        api::Scope::All => Scope::All,
+        api::Scope::Namespace { namespace } => Scope::Namespace { namespace },
+        api::Scope::Model { model } => Scope::Model {
             model: name_of(model),
         },
-        Scope::Version { model, version } => Scope::Version {
+        api::Scope::Version { model, version } => Scope::Version {
             model: name_of(model),
             version,
         },
-        other => other,
     };
     cache
         .invalidate(scope.clone())
         .await
         .map_err(ApiError::internal)?;
     tracing::info!(?scope, "cache invalidated");
-    Ok(Json(serde_json::json!({ "invalidated": scope })))
+    let invalidated = match scope {
+        Scope::All => api::Scope::All,
+        Scope::Namespace { namespace } => api::Scope::Namespace { namespace },
+        Scope::Model { model } => api::Scope::Model { model },
+        Scope::Version { model, version } => api::Scope::Version { model, version },
+    };
+    Ok(Json(Invalidated { invalidated }))
 }
 
 /// `DELETE /v1/cache/entries/{key}`.
