@@ -93,6 +93,9 @@ pub struct RemoteReport {
     pub writes: u64,
     /// Operations that failed (errors and timeouts).
     pub errors: u64,
+    /// Operations the remote answered with an error reply, by kind (`oom`, `readonly`,
+    /// `moved`): that operation failed, the breaker is not affected.
+    pub error_replies: BTreeMap<String, u64>,
     /// Operations skipped because the breaker was open or the epochs were not in sync.
     pub skipped: u64,
     /// Writes dropped because the write-back queue was full.
@@ -107,8 +110,18 @@ pub struct RemoteReport {
     pub lease_waits_filled: u64,
     /// Waits that ended without a value (the caller computed).
     pub lease_waits_empty: u64,
+    /// Lease requests whose reply was lost or late.
+    pub lease_replies_lost: u64,
+    /// Stores of computed values under a lease tried again after Redis did not answer.
+    pub lease_release_retries: u64,
     /// Epoch changes received from other nodes.
     pub epoch_updates: u64,
+    /// Removals that could not reach the remote and wait to be replayed.
+    pub removals_pending: u64,
+    /// Removals replayed once the remote was back.
+    pub removals_replayed: u64,
+    /// Removals made on other nodes, applied to this node's tiers.
+    pub removals_received: u64,
 }
 
 /// One model: its lookups, and for a model run in the server's process its latencies and
@@ -146,6 +159,12 @@ pub struct ModelLookups {
     pub coalesced: u64,
     /// Failed computations.
     pub compute_errors: u64,
+    /// Values served past their freshness (stale-while-revalidate or stale-if-error).
+    pub stale_served: u64,
+    /// Background recomputations of values served stale-while-revalidate.
+    pub refreshes: u64,
+    /// Computed values marked not to be stored.
+    pub not_stored: u64,
 }
 
 /// The request latencies and inference work of a model run in the server's process.

@@ -129,6 +129,7 @@ fn remote(r: &RemoteStats) -> RemoteReport {
         corrupt: r.corrupt,
         writes: r.writes,
         errors: r.errors,
+        error_replies: r.error_replies.clone(),
         skipped: r.skipped,
         writeback_dropped: r.writeback_dropped,
         writeback_queued: r.writeback_queued,
@@ -136,7 +137,12 @@ fn remote(r: &RemoteStats) -> RemoteReport {
         leases_contended: r.leases_contended,
         lease_waits_filled: r.lease_waits_filled,
         lease_waits_empty: r.lease_waits_empty,
+        lease_replies_lost: r.lease_replies_lost,
+        lease_release_retries: r.lease_release_retries,
         epoch_updates: r.epoch_updates,
+        removals_pending: r.removals_pending,
+        removals_replayed: r.removals_replayed,
+        removals_received: r.removals_received,
     }
 }
 
@@ -152,6 +158,9 @@ fn model_lookups(m: &ModelStats) -> ModelLookups {
         inserts: m.inserts,
         coalesced: m.coalesced,
         compute_errors: m.compute_errors,
+        stale_served: m.stale_served,
+        refreshes: m.refreshes,
+        not_stored: m.not_stored,
     }
 }
 
