@@ -1,8 +1,8 @@
 //! Errors: [`ApiError`], the one mapping from what went wrong in a request to an HTTP
 //! status and an OpenAI-shaped body, and [`ServerError`], what stops the server.
 //!
-//! Every error body reads `{"error": {"message", "type", "param", "code"}}`, the shape the
-//! `openai` client parses. An upstream's failure adds `"model"` (the model whose upstream
+//! Every error body reads `{"error": {"message", "type", "param", "code"}}`
+//! ([`infercache_api::ErrorBody`]), the shape the `openai` client parses. An upstream's failure adds `"model"` (the model whose upstream
 //! failed) and, when the upstream answered with an error status, `"upstream_status"`:
 //!
 //! ```json
@@ -33,8 +33,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-
+use infercache_api::{ErrorBody, ErrorDetail};
 use infercache_backend::{BackendError, BackendKind, UpstreamError};
 use infercache_infer::{InferError, ResolveError};
 use infercache_kserve::KserveError;
@@ -408,26 +407,6 @@ impl From<KserveError> for ApiError {
 #[derive(Debug, Clone)]
 pub struct ErrorMessage(pub String);
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    message: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    param: Option<&'a str>,
-    code: &'static str,
-    /// The model whose upstream failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a str>,
-    /// The upstream's status, when it answered with an error status.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream_status: Option<u16>,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -438,11 +417,11 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail {
                 message: message.clone(),
-                kind: self.kind(),
-                param: self.param(),
-                code: self.code(),
+                kind: self.kind().to_owned(),
+                param: self.param().map(str::to_owned),
+                code: self.code().to_owned(),
                 model: match &self {
-                    Self::Upstream(e) => Some(e.model()),
+                    Self::Upstream(e) => Some(e.model().to_owned()),
                     _ => None,
                 },
                 upstream_status: match &self {

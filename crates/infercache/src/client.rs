@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use reqwest::{Method, StatusCode, Url, header};
+use serde::Deserialize as _;
 use serde_json::Value;
 
 /// How long connecting to the server may take.
@@ -165,9 +166,9 @@ impl Reply {
         if self.status.is_success() {
             return Ok(self.body);
         }
-        let error = &self.body["error"];
-        let mut message = match error["message"].as_str() {
-            Some(m) => format!("the server answered {}: {m}", self.status),
+        let error = infercache_api::ErrorBody::deserialize(&self.body).ok();
+        let mut message = match &error {
+            Some(e) => format!("the server answered {}: {}", self.status, e.error.message),
             None => {
                 let text: String = self.text.trim().chars().take(200).collect();
                 if text.is_empty() {
@@ -177,8 +178,8 @@ impl Reply {
                 }
             }
         };
-        if let Some(code) = error["code"].as_str() {
-            message.push_str(&format!(" ({code})"));
+        if let Some(e) = &error {
+            message.push_str(&format!(" ({})", e.error.code));
         }
         if matches!(
             self.status,

@@ -1,7 +1,8 @@
 //! `infercache invalidate`: `POST /v1/cache/invalidate` for one scope.
 
+use anyhow::Context as _;
 use clap::{ArgGroup, Args};
-use serde_json::{Value, json};
+use infercache_api::{Invalidated, Scope};
 
 use crate::client::{self, Client, ServerArgs};
 
@@ -25,29 +26,35 @@ pub struct InvalidateCommand {
 }
 
 impl InvalidateCommand {
-    /// The body the server expects (see `infercache_server::routes::admin`).
-    fn body(&self) -> Value {
+    /// The scope the flags name: the body the server expects.
+    fn scope(&self) -> Scope {
         match (&self.model, &self.version, &self.namespace) {
-            (Some(model), Some(version), _) => {
-                json!({ "scope": "version", "model": model, "version": version })
-            }
-            (Some(model), None, _) => json!({ "scope": "model", "model": model }),
-            (None, _, Some(namespace)) => json!({ "scope": "namespace", "namespace": namespace }),
-            (None, _, None) => json!({ "scope": "all" }),
+            (Some(model), Some(version), _) => Scope::Version {
+                model: model.clone(),
+                version: version.clone(),
+            },
+            (Some(model), None, _) => Scope::Model {
+                model: model.clone(),
+            },
+            (None, _, Some(namespace)) => Scope::Namespace {
+                namespace: namespace.clone(),
+            },
+            (None, _, None) => Scope::All,
         }
     }
 }
 
 pub fn run(cmd: &InvalidateCommand) -> anyhow::Result<()> {
     let client = Client::new(&cmd.server)?;
-    let answer = client::runtime()?.block_on(client.post("v1/cache/invalidate", &cmd.body()))?;
-    let scope = &answer["invalidated"];
-    let described = match scope["scope"].as_str() {
-        Some("all") => "everything".to_owned(),
-        Some("namespace") => format!("namespace {}", scope["namespace"]),
-        Some("model") => format!("model {}", scope["model"]),
-        Some("version") => format!("model {} version {}", scope["model"], scope["version"]),
-        _ => scope.to_string(),
+    let body = serde_json::to_value(cmd.scope()).context("encoding the scope")?;
+    let answer = client::runtime()?.block_on(client.post("v1/cache/invalidate", &body))?;
+    let answer: Invalidated = serde_json::from_value(answer)
+        .context("the server's invalidation answer is not in the expected shape")?;
+    let described = match answer.invalidated {
+        Scope::All => "everything".to_owned(),
+        Scope::Namespace { namespace } => format!("namespace {namespace:?}"),
+        Scope::Model { model } => format!("model {model:?}"),
+        Scope::Version { model, version } => format!("model {model:?} version {version:?}"),
     };
     println!("invalidated {described}");
     Ok(())

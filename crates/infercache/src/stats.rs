@@ -1,12 +1,11 @@
 //! `infercache stats`: `GET /v1/cache/stats` as two tables (tiers, models), or raw JSON.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
 use clap::Args;
+use infercache_api::CacheStats as Stats;
 use infercache_core::Capacity;
-use serde::Deserialize;
 
 use crate::client::{self, Client, ServerArgs};
 
@@ -30,81 +29,6 @@ pub fn run(cmd: &StatsCommand) -> anyhow::Result<()> {
         serde_json::from_value(body).context("the server's stats are not in the expected shape")?;
     print!("{}", render(&stats));
     Ok(())
-}
-
-/// The fields of `GET /v1/cache/stats` the table shows (the server sends more).
-#[derive(Debug, Deserialize)]
-struct Stats {
-    cache_enabled: bool,
-    tiers: Tiers,
-    #[serde(default)]
-    models: BTreeMap<String, Model>,
-    #[serde(default)]
-    coalesced: u64,
-    #[serde(default)]
-    writeback_queued: u64,
-    #[serde(default)]
-    writeback_dropped: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct Tiers {
-    memory: Option<Tier>,
-    disk: Option<Tier>,
-    #[serde(default)]
-    redis: Option<Redis>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Redis {
-    endpoint: String,
-    breaker: String,
-    breaker_opened: u64,
-    hits: u64,
-    misses: u64,
-    corrupt: u64,
-    writes: u64,
-    errors: u64,
-    skipped: u64,
-    writeback_dropped: u64,
-    leases_contended: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Tier {
-    hits: u64,
-    misses: u64,
-    hit_rate: f64,
-    inserts: u64,
-    evictions: u64,
-    expirations: u64,
-    corrupt: u64,
-    entries: u64,
-    bytes: u64,
-    capacity: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Model {
-    hits: u64,
-    misses: u64,
-    hit_rate: f64,
-    inserts: u64,
-    coalesced: u64,
-    mean_hit_latency_ms: Option<f64>,
-    mean_miss_latency_ms: Option<f64>,
-    inference: Inference,
-    inference_time_saved_ms: f64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Inference {
-    invocations: u64,
-    texts: u64,
 }
 
 fn render(s: &Stats) -> String {
@@ -195,19 +119,20 @@ fn render(s: &Stats) -> String {
         "time saved",
     ]);
     for (name, m) in &s.models {
+        let (l, p) = (&m.lookups, m.in_process.as_ref());
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
         models.row([
             name.clone(),
-            m.hits.to_string(),
-            m.misses.to_string(),
-            percent(m.hit_rate),
-            m.inserts.to_string(),
-            m.coalesced.to_string(),
-            m.mean_hit_latency_ms.map_or_else(|| "-".to_owned(), millis),
-            m.mean_miss_latency_ms
-                .map_or_else(|| "-".to_owned(), millis),
-            m.inference.invocations.to_string(),
-            m.inference.texts.to_string(),
-            millis(m.inference_time_saved_ms),
+            l.hits.to_string(),
+            l.misses.to_string(),
+            percent(l.hit_rate),
+            l.inserts.to_string(),
+            l.coalesced.to_string(),
+            or_dash(p.and_then(|p| p.mean_hit_latency_ms).map(millis)),
+            or_dash(p.and_then(|p| p.mean_miss_latency_ms).map(millis)),
+            or_dash(p.map(|p| p.inference.invocations.to_string())),
+            or_dash(p.map(|p| p.inference.texts.to_string())),
+            or_dash(p.map(|p| millis(p.inference_time_saved_ms))),
         ]);
     }
     out.push_str(&models.render());

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use infercache_api::{WarmRequest, WarmResponse};
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::client::{self, Client, ServerArgs};
 
@@ -36,10 +37,10 @@ pub struct WarmCommand {
 /// What the server reported, summed over the batches.
 #[derive(Debug, Default)]
 struct Totals {
-    inputs: u64,
-    hits: u64,
-    misses: u64,
-    coalesced: u64,
+    inputs: usize,
+    hits: usize,
+    misses: usize,
+    coalesced: usize,
 }
 
 pub fn run(cmd: &WarmCommand) -> anyhow::Result<()> {
@@ -60,10 +61,12 @@ pub fn run(cmd: &WarmCommand) -> anyhow::Result<()> {
     let totals = client::runtime()?.block_on(async {
         let mut totals = Totals::default();
         for (i, chunk) in inputs.chunks(batch).enumerate() {
-            let mut body = json!({ "inputs": chunk });
-            if let Some(ns) = &cmd.namespace {
-                body["namespace"] = json!(ns);
-            }
+            let request = WarmRequest {
+                inputs: chunk.to_vec(),
+                namespace: cmd.namespace.clone(),
+                model: None,
+            };
+            let body = serde_json::to_value(&request).context("encoding a warm request")?;
             let answer = post_batch(&client, &body, &progress)
                 .await
                 .with_context(|| {
@@ -80,11 +83,12 @@ pub fn run(cmd: &WarmCommand) -> anyhow::Result<()> {
                         first + chunk.len(),
                     )
                 })?;
-            let count = |field: &str| answer[field].as_u64().unwrap_or(0);
-            totals.inputs += count("inputs");
-            totals.hits += count("hits");
-            totals.misses += count("misses");
-            totals.coalesced += count("coalesced");
+            let answer: WarmResponse = serde_json::from_value(answer)
+                .context("the server's warm answer is not in the expected shape")?;
+            totals.inputs += answer.inputs;
+            totals.hits += answer.hits;
+            totals.misses += answer.misses;
+            totals.coalesced += answer.coalesced;
             progress.inc(chunk.len() as u64);
         }
         anyhow::Ok(totals)

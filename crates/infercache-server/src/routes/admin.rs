@@ -25,12 +25,16 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use infercache_api::stats::{
+    CacheStats, InProcessReport, InferenceReport, ModelLookups, ModelReport, RemoteReport,
+    TierReport, Tiers,
+};
+use infercache_api::{self as api, Invalidated, RemovedEntry, WarmResponse};
 use infercache_backend::{BUILTIN_MODEL, BackendKind, BackendStats, InferenceStats, Inputs};
 use infercache_core::Digest;
 use infercache_core::stats::{ModelStats, TierStats};
-use infercache_engine::Scope;
+use infercache_engine::{RemoteStats, Scope};
 use infercache_infer::{Model, Outcome, RowRequest};
-use serde::Serialize;
 
 use super::body;
 use crate::auth::Admin;
@@ -46,58 +50,8 @@ const WARM_KINDS: &[BackendKind] = &[
     BackendKind::Ersilia,
 ];
 
-/// The body of `GET /v1/cache/stats`.
-#[derive(Debug, Serialize)]
-pub struct StatsResponse {
-    cache_enabled: bool,
-    tiers: Tiers,
-    models: BTreeMap<String, ModelReport>,
-    coalesced: u64,
-    writeback_dropped: u64,
-    writeback_queued: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct Tiers {
-    memory: Option<TierStats>,
-    disk: Option<TierStats>,
-    /// The shared Redis tier: lookups, writes, failures, leases, and its circuit breaker.
-    redis: Option<infercache_engine::RemoteStats>,
-}
-
-#[derive(Debug, Serialize)]
-struct ModelReport {
-    #[serde(flatten)]
-    lookups: ModelStats,
-    /// The built-in model's request latencies and inference work; absent for models
-    /// behind an upstream, which report their lookups only.
-    #[serde(flatten)]
-    builtin: Option<BuiltinReport>,
-}
-
-#[derive(Debug, Serialize)]
-struct BuiltinReport {
-    mean_hit_latency_ms: Option<f64>,
-    mean_miss_latency_ms: Option<f64>,
-    mean_partial_latency_ms: Option<f64>,
-    inference: InferenceReport,
-    /// Hits times the mean model time per text: an estimate of the model time the cache
-    /// saved.
-    inference_time_saved_ms: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct InferenceReport {
-    #[serde(flatten)]
-    model: InferenceStats,
-    /// Model calls made for requests' misses (each may be batched with others).
-    calls: u64,
-    /// Mean model time per text, as requests saw it.
-    mean_ms_per_text: Option<f64>,
-}
-
 /// `GET /v1/cache/stats`.
-pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsResponse> {
+pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<CacheStats> {
     let engine = state.cache().map(infercache_engine::Cache::stats);
     let mut models: BTreeMap<String, ModelReport> = engine
         .as_ref()
@@ -106,8 +60,8 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsRe
                 .iter()
                 .map(|(name, lookups)| {
                     let report = ModelReport {
-                        lookups: lookups.clone(),
-                        builtin: None,
+                        lookups: model_lookups(lookups),
+                        in_process: None,
                     };
                     (name.clone(), report)
                 })
@@ -120,50 +74,116 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<StatsRe
                 .get(model.name())
                 .map(|r| r.lookups.clone())
                 .unwrap_or_default();
-            let builtin = in_process_report(&state, model, &lookups, inference);
+            let in_process = in_process_report(&state, model, &lookups, inference);
             models.insert(
                 model.name().to_owned(),
                 ModelReport {
                     lookups,
-                    builtin: Some(builtin),
+                    in_process: Some(in_process),
                 },
             );
         }
     }
-    let response = StatsResponse {
+    Json(CacheStats {
         cache_enabled: engine.is_some(),
         tiers: Tiers {
-            memory: engine.as_ref().and_then(|s| s.memory.clone()),
-            disk: engine.as_ref().and_then(|s| s.disk.clone()),
-            redis: engine.as_ref().and_then(|s| s.remote.clone()),
+            memory: engine.as_ref().and_then(|s| s.memory.as_ref().map(tier)),
+            disk: engine.as_ref().and_then(|s| s.disk.as_ref().map(tier)),
+            redis: engine.as_ref().and_then(|s| s.remote.as_ref().map(remote)),
         },
         models,
         coalesced: engine.as_ref().map_or(0, |s| s.coalesced),
         writeback_dropped: engine.as_ref().map_or(0, |s| s.writeback_dropped),
         writeback_queued: engine.as_ref().map_or(0, |s| s.writeback_queued),
-    };
-    Json(response)
+    })
+}
+
+/// A tier's stats as the API reports them.
+fn tier(t: &TierStats) -> TierReport {
+    TierReport {
+        hits: t.hits,
+        misses: t.misses,
+        hit_rate: t.hit_rate,
+        inserts: t.inserts,
+        evictions: t.evictions,
+        expirations: t.expirations,
+        removals: t.removals,
+        corrupt: t.corrupt,
+        write_errors: t.write_errors,
+        entries: t.entries,
+        bytes: t.bytes,
+        capacity: t.capacity,
+    }
+}
+
+/// The remote tier's stats as the API reports them.
+fn remote(r: &RemoteStats) -> RemoteReport {
+    RemoteReport {
+        kind: r.kind.clone(),
+        endpoint: r.endpoint.clone(),
+        breaker: r.breaker.as_str().to_owned(),
+        connected: r.connected,
+        breaker_opened: r.breaker_opened,
+        hits: r.hits,
+        misses: r.misses,
+        corrupt: r.corrupt,
+        writes: r.writes,
+        errors: r.errors,
+        error_replies: r.error_replies.clone(),
+        skipped: r.skipped,
+        writeback_dropped: r.writeback_dropped,
+        writeback_queued: r.writeback_queued,
+        leases_granted: r.leases_granted,
+        leases_contended: r.leases_contended,
+        lease_waits_filled: r.lease_waits_filled,
+        lease_waits_empty: r.lease_waits_empty,
+        lease_replies_lost: r.lease_replies_lost,
+        lease_release_retries: r.lease_release_retries,
+        epoch_updates: r.epoch_updates,
+        removals_pending: r.removals_pending,
+        removals_replayed: r.removals_replayed,
+        removals_received: r.removals_received,
+    }
+}
+
+/// A model's lookups as the API reports them.
+fn model_lookups(m: &ModelStats) -> ModelLookups {
+    ModelLookups {
+        hits: m.hits,
+        memory_hits: m.memory_hits,
+        disk_hits: m.disk_hits,
+        remote_hits: m.remote_hits,
+        misses: m.misses,
+        hit_rate: m.hit_rate,
+        inserts: m.inserts,
+        coalesced: m.coalesced,
+        compute_errors: m.compute_errors,
+        stale_served: m.stale_served,
+        refreshes: m.refreshes,
+        not_stored: m.not_stored,
+    }
 }
 
 /// The request latencies and inference work of a model run in this process.
 fn in_process_report(
     state: &AppState,
     model: &Model,
-    lookups: &ModelStats,
+    lookups: &ModelLookups,
     inference: InferenceStats,
-) -> BuiltinReport {
+) -> InProcessReport {
     let metrics = state.metrics();
     let (secs, calls, texts) = metrics.compute_totals(model);
     #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
     let per_text_ms = (texts > 0).then(|| secs * 1000.0 / texts as f64);
     #[expect(clippy::cast_precision_loss, reason = "an estimate for display")]
     let saved = per_text_ms.unwrap_or(0.0) * lookups.hits as f64;
-    BuiltinReport {
+    InProcessReport {
         mean_hit_latency_ms: metrics.mean_request_ms(model, Outcome::Hit),
         mean_miss_latency_ms: metrics.mean_request_ms(model, Outcome::Miss),
         mean_partial_latency_ms: metrics.mean_request_ms(model, Outcome::Partial),
         inference: InferenceReport {
-            model: inference,
+            invocations: inference.invocations,
+            texts: inference.texts,
             calls,
             mean_ms_per_text: per_text_ms,
         },
@@ -176,10 +196,10 @@ pub async fn invalidate(
     State(state): State<AppState>,
     _admin: Admin,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Invalidated>, ApiError> {
     let obj = body::object(body, state.limits())?;
     let cache = state.cache().ok_or(ApiError::CacheDisabled)?;
-    let scope: Scope = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
+    let scope: api::Scope = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
         ApiError::invalid(
             "scope",
             format!(
@@ -197,21 +217,28 @@ pub async fn invalidate(
             .map_or(model, |m| m.name().to_owned())
     };
     let scope = match scope {
-        Scope::Model { model } => Scope::Model {
+        api::Scope::All => Scope::All,
+        api::Scope::Namespace { namespace } => Scope::Namespace { namespace },
+        api::Scope::Model { model } => Scope::Model {
             model: name_of(model),
         },
-        Scope::Version { model, version } => Scope::Version {
+        api::Scope::Version { model, version } => Scope::Version {
             model: name_of(model),
             version,
         },
-        other => other,
     };
     cache
         .invalidate(scope.clone())
         .await
         .map_err(ApiError::internal)?;
     tracing::info!(?scope, "cache invalidated");
-    Ok(Json(serde_json::json!({ "invalidated": scope })))
+    let invalidated = match scope {
+        Scope::All => api::Scope::All,
+        Scope::Namespace { namespace } => api::Scope::Namespace { namespace },
+        Scope::Model { model } => api::Scope::Model { model },
+        Scope::Version { model, version } => api::Scope::Version { model, version },
+    };
+    Ok(Json(Invalidated { invalidated }))
 }
 
 /// `DELETE /v1/cache/entries/{key}`.
@@ -219,7 +246,7 @@ pub async fn delete_entry(
     State(state): State<AppState>,
     _admin: Admin,
     key: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RemovedEntry>, ApiError> {
     let Path(key) = key.map_err(|_| ApiError::InvalidKey(String::new()))?;
     let digest: Digest = key.parse().map_err(|_| ApiError::InvalidKey(key.clone()))?;
     let cache = state.cache().ok_or(ApiError::CacheDisabled)?;
@@ -231,9 +258,10 @@ pub async fn delete_entry(
     if !removed {
         return Err(ApiError::EntryNotFound(digest.to_hex()));
     }
-    Ok(Json(
-        serde_json::json!({ "removed": true, "key": digest.to_hex() }),
-    ))
+    Ok(Json(RemovedEntry {
+        removed: true,
+        key: digest.to_hex(),
+    }))
 }
 
 /// `POST /v1/cache/warm`.
@@ -242,7 +270,7 @@ pub async fn warm(
     Admin(caller): Admin,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<WarmResponse>, ApiError> {
     let directives = cache_control::parse(&headers)?;
     let mut obj = body::object(body, state.limits())?;
     body::only_fields(&obj, &["inputs", "namespace", "model"], |_| {
@@ -274,13 +302,13 @@ pub async fn warm(
             control: directives.into(),
         })
         .await?;
-    Ok(Json(serde_json::json!({
-        "namespace": namespace,
-        "inputs": n,
-        "hits": rows.hits(),
-        "misses": rows.misses(),
-        "coalesced": rows.coalesced(),
-    })))
+    Ok(Json(WarmResponse {
+        namespace,
+        inputs: n,
+        hits: rows.hits(),
+        misses: rows.misses(),
+        coalesced: rows.coalesced(),
+    }))
 }
 
 /// `GET /metrics`.
