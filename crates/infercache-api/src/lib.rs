@@ -111,10 +111,16 @@ pub struct Invalidated {
 /// The answer of `DELETE /v1/cache/entries/{key}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovedEntry {
-    /// Always true: a key no tier holds is a 404.
+    /// Whether a tier held the entry (a key no tier holds is a 404, unless the removal is
+    /// `pending`: then this node's tiers are what was checked).
     pub removed: bool,
     /// The entry's key, in hex.
     pub key: String,
+    /// True (with status 202) when the shared tier was unreachable: the removal is
+    /// replayed there before it is used again, and another node may serve the entry
+    /// until then.
+    #[serde(default)]
+    pub pending: bool,
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use infercache_api::stats::{
     CacheStats, InProcessReport, InferenceReport, ModelLookups, ModelReport, RemoteReport,
@@ -246,22 +246,38 @@ pub async fn delete_entry(
     State(state): State<AppState>,
     _admin: Admin,
     key: Result<Path<String>, PathRejection>,
-) -> Result<Json<RemovedEntry>, ApiError> {
+) -> Result<(StatusCode, Json<RemovedEntry>), ApiError> {
     let Path(key) = key.map_err(|_| ApiError::InvalidKey(String::new()))?;
     let digest: Digest = key.parse().map_err(|_| ApiError::InvalidKey(key.clone()))?;
     let cache = state.cache().ok_or(ApiError::CacheDisabled)?;
     // The model named only picks the handle the key carries; removal is by digest.
-    let removed = cache
+    let removal = cache
         .remove(&cache.key_from_digest(digest, BUILTIN_MODEL))
-        .await
-        .found;
-    if !removed {
+        .await;
+    if !removal.confirmed {
+        // The shared tier did not answer: the entry is gone from this node and its
+        // removal is replayed there before the tier is used again; until then another
+        // node may still read it from Redis. Not a 200, so a client can tell.
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(RemovedEntry {
+                removed: removal.found,
+                key: digest.to_hex(),
+                pending: true,
+            }),
+        ));
+    }
+    if !removal.found {
         return Err(ApiError::EntryNotFound(digest.to_hex()));
     }
-    Ok(Json(RemovedEntry {
-        removed: true,
-        key: digest.to_hex(),
-    }))
+    Ok((
+        StatusCode::OK,
+        Json(RemovedEntry {
+            removed: true,
+            key: digest.to_hex(),
+            pending: false,
+        }),
+    ))
 }
 
 /// `POST /v1/cache/warm`.

@@ -350,3 +350,25 @@ async fn redis_auto_starts_a_configured_local_redis_and_stops_it() {
         "stopped with the server"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_while_redis_is_down_answers_202_pending() {
+    let mut redis = RedisServer::start();
+    let (a, _ma, b, _mb) = pair(&redis).await;
+    let r = a.embed(&[], json!(["removed while Redis is down"])).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let key = r.body["cache"]["keys"][0].as_str().unwrap().to_owned();
+    redis.kill9();
+    let delete = || reqwest::Client::new().delete(format!("{}/v1/cache/entries/{key}", a.url));
+    let d = a.send(delete(), &[]).await;
+    assert_eq!(d.status, 202, "{}", d.body);
+    assert_eq!(
+        (d.body["pending"].clone(), d.body["removed"].clone()),
+        (json!(true), json!(true))
+    );
+    // This node no longer serves it.
+    let again = a.embed(&[], json!(["removed while Redis is down"])).await;
+    assert_eq!(again.header("x-cache"), "MISS");
+    a.stop().await;
+    b.stop().await;
+}
