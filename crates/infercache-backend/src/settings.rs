@@ -35,6 +35,9 @@ pub struct ModelConfig {
     /// How long past its freshness an entry is still served when the upstream fails.
     /// Default: none.
     pub stale_if_error: Option<Duration>,
+    /// How long past its freshness an entry is still served at once while it is
+    /// recomputed in the background. Default: none.
+    pub stale_while_revalidate: Option<Duration>,
     /// Whether outputs may be cached. Default: true.
     pub deterministic: bool,
     /// Names of the request parameters that change the output, sorted; only these are
@@ -68,6 +71,7 @@ impl ModelConfig {
             timeout: DEFAULT_TIMEOUT,
             ttl: None,
             stale_if_error: None,
+            stale_while_revalidate: None,
             deterministic: true,
             params: None,
             max_batch: None,

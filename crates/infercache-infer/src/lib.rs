@@ -6,9 +6,10 @@
 //!                                              every upstream model, by name
 //!     └► Infer::rows(RowRequest { model, tenant, inputs, control })
 //!          keys: tenant, model, version, digest, canonical row, output-affecting params
-//!          └► Cache::get_many_or_compute ─► hits │ missing rows (deduplicated, single flight)
+//!          └► Cache::get_many_or_refresh ─► hits │ stale (refreshed in the background) │
+//!                 missing rows (deduplicated, single flight)
 //!                 └► Backend::compute(inputs, row indices), in chunks of max_batch, 4 at a time
-//!          model failed? ─► stale-if-error: serve expired rows, marked Stale
+//!          model failed? ─► stale-if-error (the engine): rows within the window, marked Stale
 //!     ◄─ Rows: one stored value per row, in order, with how each was served
 //! ```
 //!
@@ -32,6 +33,7 @@ use std::time::Duration;
 use infercache_engine::Cache;
 
 pub use error::InferError;
+pub use infercache_engine::Stale;
 pub use models::{CachePolicy, Model, Models, NoBuiltinModel, ResolveError, serves_builtin};
 pub use rows::{
     CacheControl, NoObserver, Observer, Outcome, RowRequest, RowSource, Rows, answer_budget,
@@ -50,6 +52,10 @@ struct Shared {
     models: Models,
     /// How long a request waits for an upstream model's rows ([`answer_budget`]).
     budget: Duration,
+    /// How long such a request waits for its answer at most: the budget plus half its
+    /// margin, so that stale rows standing in for a call past the budget, or the
+    /// upstream's own timeout error, still come before the request's timeout.
+    answer_limit: Duration,
     observer: Arc<dyn Observer>,
 }
 
@@ -68,6 +74,8 @@ impl Infer {
                 cache,
                 models,
                 budget: answer_budget(request_timeout),
+                answer_limit: answer_budget(request_timeout)
+                    + request_timeout.saturating_sub(answer_budget(request_timeout)) / 2,
                 observer,
             }),
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infercache_backend::{Backend, BackendKind, ModelConfig, ModelInfo};
-use infercache_engine::RequestOptions;
+use infercache_engine::FreshnessPolicy;
 
 /// How the cache treats one model's rows. Each field documents its default, which is
 /// also the built-in model's setting.
@@ -17,6 +17,9 @@ pub struct CachePolicy {
     /// How long past its freshness an entry is still served when the model fails.
     /// Default: none.
     pub stale_if_error: Option<Duration>,
+    /// How long past its freshness an entry is still served at once, while it is
+    /// recomputed in the background. Default: none.
+    pub stale_while_revalidate: Option<Duration>,
     /// Whether outputs are cached at all; `false` sends every row, repeats included, to
     /// the model. Default: true.
     pub deterministic: bool,
@@ -36,6 +39,7 @@ impl Default for CachePolicy {
         Self {
             ttl: None,
             stale_if_error: None,
+            stale_while_revalidate: None,
             deterministic: true,
             params: None,
             max_batch: None,
@@ -57,6 +61,7 @@ impl CachePolicy {
         Self {
             ttl: config.ttl.or(default_ttl),
             stale_if_error: config.stale_if_error,
+            stale_while_revalidate: config.stale_while_revalidate,
             deterministic: config.deterministic,
             params: config.params.clone(),
             max_batch: config.max_batch,
@@ -64,22 +69,14 @@ impl CachePolicy {
         }
     }
 
-    /// The engine options for a request whose own are `client`: entries are accepted up
-    /// to the stricter of the client's `max-age` and the model's freshness, and stored
-    /// for freshness plus `stale_if_error`, so that an expired entry can still be served
-    /// while the model fails.
-    pub fn options(&self, client: RequestOptions) -> RequestOptions {
-        let max_age = match (client.max_age, self.ttl) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let ttl = self
-            .ttl
-            .map(|t| t.saturating_add(self.stale_if_error.unwrap_or_default()));
-        RequestOptions {
-            max_age,
-            ttl,
-            ..client
+    /// The freshness rule the cache applies to the model's entries (registered per model
+    /// name in the engine's `CacheConfig::policies`): fresh for `ttl`, then served stale
+    /// within the two windows, each judged by the engine on every read from every tier.
+    pub fn freshness(&self) -> FreshnessPolicy {
+        FreshnessPolicy {
+            ttl: self.ttl,
+            stale_if_error: self.stale_if_error.unwrap_or_default(),
+            stale_while_revalidate: self.stale_while_revalidate.unwrap_or_default(),
         }
     }
 }
@@ -246,6 +243,14 @@ impl Models {
         Ok(Self::new(entries))
     }
 
+    /// Each model's freshness rule, by name: what the engine's `CacheConfig::policies`
+    /// needs to judge every entry of every model.
+    pub fn freshness(&self) -> HashMap<String, FreshnessPolicy> {
+        self.iter()
+            .map(|m| (m.name().to_owned(), m.policy().freshness()))
+            .collect()
+    }
+
     /// The model `name` names: by name, else by alias.
     pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
         let r = &self.inner;
@@ -410,20 +415,28 @@ mod tests {
     }
 
     #[test]
-    fn freshness_is_the_stricter_of_ttl_and_max_age_and_storage_adds_the_stale_window() {
-        let policy = CachePolicy {
-            ttl: Some(Duration::from_secs(60)),
-            stale_if_error: Some(Duration::from_secs(30)),
-            ..CachePolicy::default()
-        };
-        let client = RequestOptions {
-            max_age: Some(Duration::from_secs(10)),
-            ..RequestOptions::default()
-        };
-        let o = policy.options(client);
-        assert_eq!(o.max_age, Some(Duration::from_secs(10)));
-        assert_eq!(o.ttl, Some(Duration::from_secs(90)));
-        let o = CachePolicy::builtin().options(RequestOptions::default());
-        assert_eq!((o.max_age, o.ttl), (None, None));
+    fn each_models_freshness_is_its_ttl_and_windows() {
+        let mut config = ModelConfig::new("up", BackendKind::HttpJson, Some("http://x"));
+        config.stale_if_error = Some(Duration::from_secs(30));
+        config.stale_while_revalidate = Some(Duration::from_secs(5));
+        let upstream = |c: &ModelConfig| entry(&c.name, c.backend, &[]).0;
+        let (builtin, _) = entry("all-MiniLM-L6-v2", BackendKind::Builtin, &[]);
+        let configs = [
+            config,
+            ModelConfig::new("all-MiniLM-L6-v2", BackendKind::Builtin, None),
+        ];
+        let ttl = Some(Duration::from_secs(60));
+        let models = Models::configured(&configs, ttl, Some(builtin), upstream).unwrap();
+        let policies = models.freshness();
+        assert_eq!(
+            policies["up"],
+            FreshnessPolicy {
+                ttl,
+                stale_if_error: Duration::from_secs(30),
+                stale_while_revalidate: Duration::from_secs(5),
+            }
+        );
+        assert_eq!(policies["up"].keep_for(), Some(Duration::from_secs(90)));
+        assert_eq!(policies["all-MiniLM-L6-v2"], FreshnessPolicy::default());
     }
 }

@@ -13,10 +13,11 @@
 //!
 //! The lookup and the computation run as their own task: a request that times out or
 //! whose client goes away still fills the cache, and the requests waiting on its rows
-//! still get them. A request for a model behind an upstream waits for its rows at most
-//! its timeout less a margin ([`answer_budget`]); then it is answered with stale rows
-//! (`stale_if_error`) or `upstream_timeout`, and the computation goes on. A model run in
-//! this process has no call timeout of its own: the request's timeout bounds it.
+//! still get them. A request for a model behind an upstream waits for its model's rows at
+//! most its timeout less a margin ([`answer_budget`]); then the computation counts as
+//! failed for this request (stale-if-error may stand in, else `upstream_timeout`), and the
+//! upstream call goes on and stores its rows when they come. A model run in this process
+//! has no call timeout of its own: the request's timeout bounds it.
 //!
 //! # What is never cached
 //!
@@ -25,18 +26,22 @@
 //! computed, repeated rows included (a generative model's repeated row is a second
 //! sample, not a duplicate). A computed row the backend refuses to keep
 //! ([`Backend::keep`](infercache_backend::Backend::keep): Ersilia's row of nulls) is
-//! returned but removed once stored.
+//! returned as [`Computed::do_not_store`]: handed to this request and those waiting on
+//! it, written to no tier on no node.
 //!
-//! # Freshness and stale-if-error
+//! # Freshness, stale-while-revalidate and stale-if-error
 //!
-//! Entries are served while younger than the stricter of the model's `ttl` and the
-//! client's `max-age`, and stored for `ttl + stale_if_error` ([`CachePolicy::options`]).
-//! When the model fails and it has `stale_if_error`, every row is looked up again
-//! allowing that much more age; if every row is found, the request is served, rows past
-//! their freshness marked [`RowSource::Stale`]. A request with `no-cache` asked for a
-//! fresh answer and gets the error instead.
+//! Each model's [`FreshnessPolicy`](infercache_engine::FreshnessPolicy) (its `ttl`,
+//! `stale_if_error` and `stale_while_revalidate`, [`CachePolicy::freshness`]) is
+//! registered with the engine, which judges every value from every tier and node by it and
+//! by the request's own directives (`max-age`, `stale-while-revalidate=N`,
+//! `stale-if-error=N`). The path calls [`Cache::get_many_or_refresh`]: a row within its
+//! stale-while-revalidate window is served at once, marked [`RowSource::Stale`], and
+//! recomputed in the background once across requests and nodes; when the model fails, a
+//! row within its stale-if-error window stands in, marked stale too. A request with
+//! `no-cache` asked for a fresh answer and gets the error instead.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -45,9 +50,13 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use infercache_backend::{BackendError, Inputs, UpstreamError};
 use infercache_core::{Digest, Epochs, KeyParts};
-use infercache_engine::{Cache, CacheKey, ComputeError, Fetched, Lookup, RequestOptions, Source};
+use infercache_engine::{
+    Cache, CacheKey, ComputeError, Computed, Fetched, Lookup, RequestOptions, Source, Stale,
+};
 
-use crate::models::{CachePolicy, Model};
+#[cfg(doc)]
+use crate::models::CachePolicy;
+use crate::models::Model;
 use crate::{Infer, InferError};
 
 /// Backend calls one request runs at once when its rows are split into chunks.
@@ -93,8 +102,9 @@ pub enum RowSource {
     Computed,
     /// Computed by a concurrent request this one waited for.
     Coalesced,
-    /// From a cache tier, past its freshness, because the model failed.
-    Stale,
+    /// From a cache tier, past its freshness: within its stale-while-revalidate window
+    /// (refreshed in the background), or standing in for a model that failed.
+    Stale(Stale),
     /// Not cached and not computed (`cache_only`).
     Absent,
 }
@@ -144,9 +154,17 @@ impl Rows {
         self.count(&[RowSource::Hit])
     }
 
-    /// Rows served stale.
+    /// Rows served stale, for either reason.
     pub fn stale(&self) -> usize {
-        self.count(&[RowSource::Stale])
+        self.sources
+            .iter()
+            .filter(|s| matches!(s, RowSource::Stale(_)))
+            .count()
+    }
+
+    /// Rows served stale for `why`.
+    pub fn stale_for(&self, why: Stale) -> usize {
+        self.count(&[RowSource::Stale(why)])
     }
 
     /// Rows no tier served (computed, coalesced or absent).
@@ -213,31 +231,22 @@ impl Infer {
         };
         let keys = keys(&cache, &model, &tenant, &inputs)?;
         let digests: Vec<Digest> = keys.iter().map(|k| *k.digest()).collect();
-        let options = model.policy().options(control.options);
+        let options = control.options;
         if control.cache_only || control.only_if_cached {
             return lookup_only(&cache, &keys, &options, control, digests).await;
         }
-        match self
-            .compute(&cache, &model, &inputs, keys.clone(), options)
+        let fetched = self
+            .compute(&cache, &model, &inputs, keys, options)
             .await
-        {
-            Ok(fetched) => Ok(Rows {
-                sources: fetched.iter().map(|f| source(f.source)).collect(),
-                values: fetched.into_iter().map(|f| Some(f.value)).collect(),
-                keys: digests,
-            }),
-            Err(e) => match stale(model.policy(), &cache, &keys, &options).await {
-                Some((values, sources)) => {
-                    tracing::warn!(model = model.name(), error = %e, "serving stale rows");
-                    Ok(Rows {
-                        values,
-                        sources,
-                        keys: digests,
-                    })
-                }
-                None => Err(InferError::Backend(e)),
-            },
+            .map_err(InferError::Backend)?;
+        if fetched.iter().any(Fetched::is_stale) {
+            tracing::debug!(model = model.name(), "serving stale rows");
         }
+        Ok(Rows {
+            sources: fetched.iter().map(source).collect(),
+            values: fetched.into_iter().map(|f| Some(f.value)).collect(),
+            keys: digests,
+        })
     }
 
     /// Every row computed, nothing keyed: no cache, a model that is not deterministic,
@@ -268,8 +277,12 @@ impl Infer {
         Ok(Rows::computed(values))
     }
 
-    /// Looks the rows up and computes the missing ones in a task of their own, waiting
-    /// at most the answer budget for a model behind an upstream.
+    /// Looks the rows up and computes the missing ones in a task of their own
+    /// ([`Cache::get_many_or_refresh`]). For a model behind an upstream, each backend call
+    /// made for this request counts as failed once the answer budget is spent (so
+    /// stale-if-error may stand in) but goes on and stores its rows; the answer itself
+    /// waits a little longer at most (lookups, another node's lease), then fails with
+    /// `upstream_timeout`.
     async fn compute(
         &self,
         cache: &Cache,
@@ -278,50 +291,31 @@ impl Infer {
         keys: Vec<CacheKey>,
         options: RequestOptions,
     ) -> Result<Vec<Fetched>, BackendError> {
+        let started = tokio::time::Instant::now();
         // The first row of each key: what the backend is asked for.
         let mut first: HashMap<Digest, usize> = HashMap::with_capacity(keys.len());
         for (i, k) in keys.iter().enumerate() {
             first.entry(*k.digest()).or_insert(i);
         }
-        // Each row's key, for the rows of chunks that succeeded when another failed.
-        let by_index: Arc<Vec<CacheKey>> = Arc::new(keys.clone());
-        let (cache, model_in_task, inputs) = (cache.clone(), Arc::clone(model), Arc::clone(inputs));
-        let observer = Arc::clone(&self.inner.observer);
+        let rows = RowComputation {
+            cache: cache.clone(),
+            model: Arc::clone(model),
+            inputs: Arc::clone(inputs),
+            observer: Arc::clone(&self.inner.observer),
+            first: Arc::new(first),
+            by_index: Arc::new(keys.clone()),
+            options,
+            deadline: (!model.kind().in_process())
+                .then(|| (started + self.inner.budget, self.inner.budget)),
+        };
+        let cache = cache.clone();
         let computation = tokio::spawn(async move {
-            let model = model_in_task;
-            let fetched = cache
-                .get_many_or_compute(&keys, &options, |missing| {
-                    let indices: Vec<usize> = missing
-                        .iter()
-                        .map(|k| {
-                            *first.get(k.digest()).expect(
-                                "the engine computes only keys it was given (a bug otherwise)",
-                            )
-                        })
-                        .collect();
-                    let (model, inputs, observer) = (
-                        Arc::clone(&model),
-                        Arc::clone(&inputs),
-                        Arc::clone(&observer),
-                    );
-                    let (cache, by_index) = (cache.clone(), Arc::clone(&by_index));
-                    async move {
-                        match in_chunks(&model, &inputs, indices, &*observer).await {
-                            Ok(values) => Ok(values),
-                            Err(ChunksFailed { error, done }) => {
-                                keep_done(&cache, &model, &by_index, done, &options).await;
-                                Err(error)
-                            }
-                        }
-                    }
+            cache
+                .get_many_or_refresh(&keys, &options, move |missing| {
+                    let rows = rows.clone();
+                    async move { rows.compute(missing).await }
                 })
-                .await;
-            if let Ok(fetched) = &fetched
-                && !options.no_store
-            {
-                forget_refused(&cache, &model, &keys, fetched).await;
-            }
-            fetched
+                .await
         });
         let joined = if model.kind().in_process() {
             computation.await
@@ -330,8 +324,8 @@ impl Infer {
             // upstream still gets its stale rows or its upstream error (naming the model)
             // rather than a bare 504. The computation goes on in its task and fills the
             // cache.
-            let budget = self.inner.budget;
-            match tokio::time::timeout(budget, computation).await {
+            let (budget, limit) = (self.inner.budget, self.inner.answer_limit);
+            match tokio::time::timeout_at(started + limit, computation).await {
                 Ok(joined) => joined,
                 Err(_) => {
                     return Err(BackendError::Upstream(UpstreamError::Timeout {
@@ -345,6 +339,112 @@ impl Infer {
             Ok(result) => result.map_err(|e| backend_error(&e)),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(BackendError::failed(e)),
+        }
+    }
+}
+
+/// What one request's computation needs, owned, so the engine may also run it in the
+/// background (a stale-while-revalidate refresh). Cheap to clone.
+#[derive(Clone)]
+struct RowComputation {
+    cache: Cache,
+    model: Arc<Model>,
+    inputs: Arc<Inputs>,
+    observer: Arc<dyn Observer>,
+    /// The first row of each key: what the backend is asked for.
+    first: Arc<HashMap<Digest, usize>>,
+    /// Each row's key, for rows stored outside the engine's computation (the chunks that
+    /// succeeded when another failed, the rows of a call past its deadline).
+    by_index: Arc<Vec<CacheKey>>,
+    options: RequestOptions,
+    /// For a model behind an upstream: when a backend call stops counting for this
+    /// request, and the answer budget that is.
+    deadline: Option<(tokio::time::Instant, Duration)>,
+}
+
+impl RowComputation {
+    /// The values of the `missing` keys, each marked [`Computed::do_not_store`] when the
+    /// backend refuses to keep it.
+    async fn compute(self, missing: Vec<CacheKey>) -> Result<Vec<Computed>, BackendError> {
+        let indices: Vec<usize> = missing
+            .iter()
+            .map(|k| {
+                *self
+                    .first
+                    .get(k.digest())
+                    .expect("the engine computes only keys it was given (a bug otherwise)")
+            })
+            .collect();
+        let values = match self.deadline {
+            None => self.chunks(indices).await?,
+            Some((deadline, budget)) => self.chunks_until(deadline, budget, indices).await?,
+        };
+        let backend = self.model.backend();
+        Ok(values
+            .into_iter()
+            .map(|v| {
+                if backend.keep(&v) {
+                    Computed::store(v)
+                } else {
+                    Computed::do_not_store(v)
+                }
+            })
+            .collect())
+    }
+
+    /// The rows at `indices` ([`in_chunks`]); when a chunk fails, the rows of those that
+    /// succeeded are stored.
+    async fn chunks(&self, indices: Vec<usize>) -> Result<Vec<Bytes>, BackendError> {
+        match in_chunks(&self.model, &self.inputs, indices, &*self.observer).await {
+            Ok(values) => Ok(values),
+            Err(ChunksFailed { error, done }) => {
+                self.keep(done).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Self::chunks`] in a task of its own, waited for until `deadline`; past it the
+    /// rows count as failed (`upstream_timeout` after `budget`) and are stored when they
+    /// come.
+    async fn chunks_until(
+        &self,
+        deadline: tokio::time::Instant,
+        budget: Duration,
+        indices: Vec<usize>,
+    ) -> Result<Vec<Bytes>, BackendError> {
+        let (rows, asked) = (self.clone(), indices.clone());
+        let mut call = tokio::spawn(async move { rows.chunks(asked).await });
+        match tokio::time::timeout_at(deadline, &mut call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Err(e)) => Err(BackendError::failed(e)),
+            Err(_) => {
+                let rows = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(Ok(values)) = call.await {
+                        rows.keep(indices.into_iter().zip(values).collect()).await;
+                    }
+                });
+                Err(UpstreamError::Timeout {
+                    model: self.model.name().to_owned(),
+                    timeout: budget,
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Stores rows computed outside the engine's own computation, as the engine stores
+    /// computed values (`no-store` stores nothing), except those the backend refuses to
+    /// keep.
+    async fn keep(&self, done: Vec<(usize, Bytes)>) {
+        for (i, value) in done {
+            if self.model.backend().keep(&value) {
+                self.cache
+                    .insert(&self.by_index[i], value, &self.options)
+                    .await;
+            }
         }
     }
 }
@@ -379,8 +479,11 @@ fn keys(
         .collect())
 }
 
-fn source(s: Source) -> RowSource {
-    match s {
+fn source(f: &Fetched) -> RowSource {
+    if let Some(why) = f.stale {
+        return RowSource::Stale(why);
+    }
+    match f.source {
         Source::Memory | Source::Disk | Source::Remote => RowSource::Hit,
         Source::Computed => RowSource::Computed,
         Source::Coalesced => RowSource::Coalesced,
@@ -423,43 +526,6 @@ async fn lookup_only(
     })
 }
 
-/// Removes from the cache each row this request computed whose value the backend
-/// refuses to keep.
-///
-/// The engine stores every computed value, so a refused value is removed from every tier
-/// once stored; a request in that short window, and the requests that waited for this
-/// one's rows, get it too. The removal runs in the same task as the computation, so it
-/// happens even when the client has gone.
-async fn forget_refused(cache: &Cache, model: &Model, keys: &[CacheKey], fetched: &[Fetched]) {
-    let mut done: HashSet<Digest> = HashSet::new();
-    for (k, f) in keys.iter().zip(fetched) {
-        if f.source == Source::Computed
-            && !model.backend().keep(&f.value)
-            && done.insert(*k.digest())
-        {
-            cache.remove(k).await;
-        }
-    }
-}
-
-/// Stores the rows of the chunks that succeeded in a computation that failed, so a retry
-/// computes only the rows that failed. They are stored as the engine stores computed
-/// values (`no-store` stores nothing), except those the backend refuses to keep; requests
-/// waiting on this computation still get its error.
-async fn keep_done(
-    cache: &Cache,
-    model: &Model,
-    keys: &[CacheKey],
-    done: Vec<(usize, Bytes)>,
-    options: &RequestOptions,
-) {
-    for (i, value) in done {
-        if model.backend().keep(&value) {
-            cache.insert(&keys[i], value, options).await;
-        }
-    }
-}
-
 /// Each key's value under `options`, looking each distinct key up once.
 async fn lookup(cache: &Cache, keys: &[CacheKey], options: &RequestOptions) -> Vec<Option<Bytes>> {
     let mut seen: HashMap<Digest, Option<Bytes>> = HashMap::with_capacity(keys.len());
@@ -477,48 +543,6 @@ async fn lookup(cache: &Cache, keys: &[CacheKey], options: &RequestOptions) -> V
         out.push(v);
     }
     out
-}
-
-/// Every row from the cache, allowing `stale_if_error` past its freshness; `None` when a
-/// row is missing, the model has no stale window, or the request asked for `no-cache`.
-async fn stale(
-    policy: &CachePolicy,
-    cache: &Cache,
-    keys: &[CacheKey],
-    options: &RequestOptions,
-) -> Option<(Vec<Option<Bytes>>, Vec<RowSource>)> {
-    let window = policy.stale_if_error?;
-    if options.no_cache {
-        return None;
-    }
-    let fresh = lookup(cache, keys, options).await;
-    let lenient = RequestOptions {
-        max_age: options.max_age.map(|age| age.saturating_add(window)),
-        ..*options
-    };
-    let mut values = Vec::with_capacity(keys.len());
-    let mut sources = Vec::with_capacity(keys.len());
-    let mut older: HashMap<Digest, Bytes> = HashMap::new();
-    for (k, v) in keys.iter().zip(fresh) {
-        if v.is_some() {
-            values.push(v);
-            sources.push(RowSource::Hit);
-            continue;
-        }
-        let stale = match older.get(k.digest()) {
-            Some(v) => v.clone(),
-            None => match cache.get(k, &lenient).await {
-                Lookup::Hit(f) => {
-                    older.insert(*k.digest(), f.value.clone());
-                    f.value
-                }
-                Lookup::Miss => return None,
-            },
-        };
-        values.push(Some(stale));
-        sources.push(RowSource::Stale);
-    }
-    Some((values, sources))
 }
 
 /// Why [`in_chunks`] failed, with the rows of the chunks that succeeded.

@@ -6,10 +6,14 @@
 //! | `no-store` | serve hits as usual, but store nothing this request computes |
 //! | `max-age=N` | accept only entries at most `N` seconds old; older ones are recomputed (an `N` past 2^31 is taken as 2^31, RFC 9111 §1.2.2) |
 //! | `only-if-cached` | never compute: answer 504 if any input is not cached |
+//! | `stale-while-revalidate=N` | RFC 5861: past its freshness, an entry up to `N` seconds older is served at once (`X-Cache: STALE`) and recomputed in the background; overrides the model's `stale_while_revalidate` |
+//! | `stale-if-error=N` | RFC 5861: when the model fails, an entry up to `N` seconds past its freshness stands in (`X-Cache: STALE`); overrides the model's `stale_if_error` |
 //!
 //! Directives are case-insensitive and may come in one header or several. Unknown
-//! directives are ignored, as HTTP requires; a malformed `max-age` and the contradictory
-//! `no-cache, only-if-cached` are refused with 400.
+//! directives are ignored, as HTTP requires; a malformed `max-age`,
+//! `stale-while-revalidate` or `stale-if-error` and the contradictory
+//! `no-cache, only-if-cached` are refused with 400. Stale windows never extend how long an
+//! entry is kept.
 
 use std::time::Duration;
 
@@ -61,14 +65,19 @@ pub fn parse(headers: &HeaderMap) -> Result<Directives, ApiError> {
                 "no-store" => d.options.no_store = true,
                 "only-if-cached" => d.only_if_cached = true,
                 "max-age" => {
-                    let secs = arg.and_then(delta_seconds).ok_or_else(|| {
-                        ApiError::InvalidCacheControl(format!(
-                            "`{directive}`: max-age needs a whole number of seconds, e.g. max-age=3600"
-                        ))
-                    })?;
-                    let age = Duration::from_secs(secs);
+                    let age = seconds(directive, "max-age", arg)?;
                     // Several max-age: the strictest wins.
                     d.options.max_age = Some(d.options.max_age.map_or(age, |m| m.min(age)));
+                }
+                "stale-while-revalidate" => {
+                    let window = seconds(directive, "stale-while-revalidate", arg)?;
+                    let o = &mut d.options.stale_while_revalidate;
+                    *o = Some(o.map_or(window, |m| m.min(window)));
+                }
+                "stale-if-error" => {
+                    let window = seconds(directive, "stale-if-error", arg)?;
+                    let o = &mut d.options.stale_if_error;
+                    *o = Some(o.map_or(window, |m| m.min(window)));
                 }
                 _ => {}
             }
@@ -80,6 +89,17 @@ pub fn parse(headers: &HeaderMap) -> Result<Directives, ApiError> {
         ));
     }
     Ok(d)
+}
+
+/// The `delta-seconds` argument of `name` in `directive`.
+fn seconds(directive: &str, name: &str, arg: Option<&str>) -> Result<Duration, ApiError> {
+    arg.and_then(delta_seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ApiError::InvalidCacheControl(format!(
+                "`{directive}`: {name} needs a whole number of seconds, e.g. {name}=60"
+            ))
+        })
 }
 
 /// The largest `delta-seconds` value kept: a larger one (however many digits) is taken
@@ -127,6 +147,26 @@ mod tests {
     }
 
     #[test]
+    fn rfc_5861_windows_are_read_and_the_smaller_of_two_wins() {
+        let d = parse_all(&[
+            "max-age=10, stale-while-revalidate=60",
+            "Stale-If-Error=\"600\", stale-while-revalidate=30",
+        ])
+        .unwrap();
+        assert_eq!(d.options.max_age, Some(Duration::from_secs(10)));
+        assert_eq!(
+            d.options.stale_while_revalidate,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(d.options.stale_if_error, Some(Duration::from_secs(600)));
+        let d = parse_all(&["no-cache"]).unwrap();
+        assert_eq!(
+            (d.options.stale_while_revalidate, d.options.stale_if_error),
+            (None, None)
+        );
+    }
+
+    #[test]
     fn a_max_age_past_2_to_the_31_seconds_is_taken_as_2_to_the_31() {
         let cap = Duration::from_secs(1 << 31);
         for (value, expected) in [
@@ -152,6 +192,9 @@ mod tests {
             &["max-age=-1"],
             &["max-age=soon"],
             &["no-cache, only-if-cached"],
+            &["stale-while-revalidate"],
+            &["stale-while-revalidate=soon"],
+            &["stale-if-error=-1"],
         ] {
             assert!(parse_all(bad).is_err(), "{bad:?}");
         }

@@ -48,6 +48,7 @@ pub async fn run_with(
     let cache = match config.cache_config() {
         Some(mut cache_config) => Some({
             cache_config.remote = remote;
+            cache_config.policies = models.freshness();
             tokio::task::spawn_blocking(move || Cache::open(cache_config, SystemClock::shared()))
                 .await
                 .map_err(|e| ServerError::Io(std::io::Error::other(e)))??

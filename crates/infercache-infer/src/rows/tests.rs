@@ -109,10 +109,14 @@ struct Harness {
 
 fn harness(kind: BackendKind, policy: CachePolicy) -> Harness {
     let clock = ManualClock::new(1_000_000);
-    let cache = Cache::open(CacheConfig::default(), clock.clone()).unwrap();
     let echo = Echo::new(kind);
     let observed = Arc::new(Counted::default());
     let models = Models::new([(Arc::clone(&echo) as Arc<dyn Backend>, policy)]);
+    let config = CacheConfig {
+        policies: models.freshness(),
+        ..CacheConfig::default()
+    };
+    let cache = Cache::open(config, clock.clone()).unwrap();
     let infer = Infer::new(
         Some(cache),
         models,
@@ -274,7 +278,10 @@ async fn a_failing_model_is_answered_with_stale_rows_within_its_window() {
     h.clock.advance(Duration::from_secs(20));
     h.echo.fail.store(true, Ordering::SeqCst);
     let r = h.rows(&["a"], CacheControl::default()).await.unwrap();
-    assert_eq!((r.sources[0], r.stale()), (RowSource::Stale, 1));
+    assert_eq!(
+        (r.sources[0], r.stale()),
+        (RowSource::Stale(Stale::IfError), 1)
+    );
     assert_eq!(values(&r), [&b"a"[..]]);
     let no_cache = CacheControl {
         options: RequestOptions {
@@ -292,6 +299,82 @@ async fn a_failing_model_is_answered_with_stale_rows_within_its_window() {
     let e = h.rows(&["a"], CacheControl::default()).await.unwrap_err();
     assert!(
         matches!(e, InferError::Backend(BackendError::Upstream(_))),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_row_within_stale_while_revalidate_is_served_at_once_and_refreshed_once() {
+    let policy = CachePolicy {
+        ttl: Some(Duration::from_secs(10)),
+        stale_while_revalidate: Some(Duration::from_secs(60)),
+        ..CachePolicy::default()
+    };
+    let h = harness(BackendKind::HttpJson, policy);
+    h.rows(&["a"], CacheControl::default()).await.unwrap();
+    h.clock.advance(Duration::from_secs(20));
+    let requests = (0..8).map(|_| h.rows(&["a"], CacheControl::default()));
+    let answered = futures_util::future::join_all(requests).await;
+    let sources: Vec<RowSource> = answered
+        .into_iter()
+        .map(|r| r.unwrap().sources[0])
+        .collect();
+    assert_eq!(sources[0], RowSource::Stale(Stale::WhileRevalidate));
+    assert!(
+        sources
+            .iter()
+            .all(|s| matches!(s, RowSource::Stale(Stale::WhileRevalidate) | RowSource::Hit)),
+        "{sources:?}"
+    );
+    let mut waited = 0;
+    while h
+        .rows(&["a"], CacheControl::default())
+        .await
+        .unwrap()
+        .sources[0]
+        != RowSource::Hit
+    {
+        waited += 1;
+        assert!(waited < 200, "the refresh never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.echo.rows(), 2, "the first computation and one refresh");
+    // Past the request's own window (zero here) the row is computed before answering.
+    h.clock.advance(Duration::from_secs(20));
+    let no_window = CacheControl {
+        options: RequestOptions {
+            stale_while_revalidate: Some(Duration::ZERO),
+            ..RequestOptions::default()
+        },
+        ..CacheControl::default()
+    };
+    let r = h.rows(&["a"], no_window).await.unwrap();
+    assert_eq!(r.sources, [RowSource::Computed]);
+    assert_eq!(h.echo.rows(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_upstream_gets_stale_rows_within_the_budget() {
+    let policy = CachePolicy {
+        ttl: Some(Duration::from_secs(10)),
+        stale_if_error: Some(Duration::from_secs(60)),
+        ..CachePolicy::default()
+    };
+    let h = harness(BackendKind::HttpJson, policy);
+    h.rows(&["a"], CacheControl::default()).await.unwrap();
+    h.clock.advance(Duration::from_secs(20));
+    h.echo.hang.store(true, Ordering::SeqCst);
+    let r = h.rows(&["a"], CacheControl::default()).await.unwrap();
+    assert_eq!(r.sources, [RowSource::Stale(Stale::IfError)]);
+    let e = h
+        .rows(&["never"], CacheControl::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            InferError::Backend(BackendError::Upstream(UpstreamError::Timeout { .. }))
+        ),
         "{e}"
     );
 }

@@ -11,6 +11,7 @@
 //! timeout = "10s"               # per upstream attempt [default: 30s]
 //! ttl = "7d"                    # entries older than this are not served [default: the global ttl]
 //! stale_if_error = "1d"         # serve an expired entry for this long when the upstream fails
+//! stale_while_revalidate = "1m" # serve an expired entry at once for this long, refreshing it in the background
 //! deterministic = true          # false: never cached [default: true]
 //! params = ["temperature"]      # request parameters that change the output (keyed)
 //! max_batch = 64                # most rows in one upstream request [default: no limit]
@@ -47,6 +48,7 @@ pub(crate) struct RawModel {
     timeout: Option<Scalar>,
     ttl: Option<Scalar>,
     stale_if_error: Option<Scalar>,
+    stale_while_revalidate: Option<Scalar>,
     deterministic: Option<bool>,
     params: Option<Vec<String>>,
     max_batch: Option<usize>,
@@ -137,6 +139,7 @@ fn validate_one(
             ("timeout", m.timeout.is_some()),
             ("ttl", m.ttl.is_some()),
             ("stale_if_error", m.stale_if_error.is_some()),
+            ("stale_while_revalidate", m.stale_while_revalidate.is_some()),
             ("deterministic", m.deterministic.is_some()),
             ("params", m.params.is_some()),
             ("max_batch", m.max_batch.is_some()),
@@ -208,12 +211,17 @@ fn validate_one(
     }
     model.ttl = duration("ttl", m.ttl)?;
     model.stale_if_error = duration("stale_if_error", m.stale_if_error)?;
+    model.stale_while_revalidate = duration("stale_while_revalidate", m.stale_while_revalidate)?;
     model.deterministic = m.deterministic.unwrap_or(true);
-    if !model.deterministic && (model.ttl.is_some() || model.stale_if_error.is_some()) {
+    if !model.deterministic
+        && (model.ttl.is_some()
+            || model.stale_if_error.is_some()
+            || model.stale_while_revalidate.is_some())
+    {
         return Err(err(
             "deterministic",
-            "a model with deterministic = false is never cached, so ttl and \
-             stale_if_error cannot apply; remove them",
+            "a model with deterministic = false is never cached, so ttl, stale_if_error \
+             and stale_while_revalidate cannot apply; remove them",
         ));
     }
     if let Some(params) = m.params {
@@ -300,6 +308,7 @@ mod tests {
             digest = "sha256:ab"
             ttl = "1h"
             stale_if_error = 600
+            stale_while_revalidate = "30s"
             params = ["temperature", "seed"]
             max_batch = 16
 
@@ -314,6 +323,7 @@ mod tests {
         assert_eq!(m.upstream_name, "sol");
         assert_eq!(m.ttl, Some(Duration::from_secs(3600)));
         assert_eq!(m.stale_if_error, Some(Duration::from_secs(600)));
+        assert_eq!(m.stale_while_revalidate, Some(Duration::from_secs(30)));
         assert_eq!(m.params.as_deref().unwrap(), ["seed", "temperature"]);
         assert_eq!(m.timeout, DEFAULT_TIMEOUT);
         assert_eq!(m.retries, infercache_backend::DEFAULT_RETRIES);

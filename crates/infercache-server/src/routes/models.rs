@@ -3,7 +3,8 @@
 //! - `GET /v1/models`: OpenAI's list shape, `{"object": "list", "data": [{"id",
 //!   "object": "model", "created", "owned_by"}]}`, each entry with infercache's fields
 //!   added: `backend`, `version`, `digest`, `deterministic`, `ttl_secs`,
-//!   `stale_if_error_secs`, `max_batch`, `params`. Upstream URLs are not shown.
+//!   `stale_if_error_secs`, `stale_while_revalidate_secs`, `max_batch`, `params`.
+//!   Upstream URLs are not shown.
 //! - `GET /v2` (KServe v2 server metadata): `{"name": "infercache", "version",
 //!   "extensions": ["binary_tensor_data", "model_configuration"]}`: clients may send
 //!   binary tensors whatever each upstream takes, and ask for a Triton model's config.
@@ -44,6 +45,7 @@ struct ModelEntry {
     deterministic: bool,
     ttl_secs: Option<u64>,
     stale_if_error_secs: Option<u64>,
+    stale_while_revalidate_secs: Option<u64>,
     max_batch: Option<usize>,
     /// The keyed parameters; `null`: every parameter is keyed.
     params: Option<Vec<String>>,
@@ -67,6 +69,7 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> Json<Value>
                 deterministic: policy.deterministic,
                 ttl_secs: policy.ttl.map(|d| d.as_secs()),
                 stale_if_error_secs: policy.stale_if_error.map(|d| d.as_secs()),
+                stale_while_revalidate_secs: policy.stale_while_revalidate.map(|d| d.as_secs()),
                 max_batch: policy.max_batch,
                 params: policy.params.clone(),
             }

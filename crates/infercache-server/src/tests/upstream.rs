@@ -253,8 +253,13 @@ fn harness(models: Vec<ModelConfig>) -> Harness {
 
 fn harness_with(models: Vec<ModelConfig>, limits: Limits) -> Harness {
     let clock = ManualClock::new(1_000_000);
-    let cache = Cache::open(CacheConfig::default(), clock.clone()).unwrap();
-    let state = AppState::new(Some(cache), registry(&models), ApiKeys::none(), limits);
+    let models = registry(&models);
+    let config = CacheConfig {
+        policies: models.freshness(),
+        ..CacheConfig::default()
+    };
+    let cache = Cache::open(config, clock.clone()).unwrap();
+    let state = AppState::new(Some(cache), models, ApiKeys::none(), limits);
     Harness {
         app: app(state),
         clock,
