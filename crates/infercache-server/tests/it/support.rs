@@ -144,6 +144,13 @@ impl Server {
         assert_eq!(r.status, 200, "{}", r.body);
         r.body["models"]["all-MiniLM-L6-v2"].clone()
     }
+
+    /// Model `name`'s entry of `GET /v1/cache/stats`.
+    pub async fn model_stats_of(&self, name: &str) -> Value {
+        let r = self.get("/v1/cache/stats", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["models"][name].clone()
+    }
 }
 
 /// Texts the model has embedded so far.
