@@ -472,8 +472,9 @@ pub enum ServerError {
     /// The upstreams' HTTP client could not be built.
     #[error(transparent)]
     Upstream(#[from] infercache_upstream::ClientError),
-    /// The Redis tier could not be set up (a bad URL, or `--redis auto` could not start
-    /// redis-server). Redis being down is not an error: the node serves without it.
+    /// The Redis tier could not be set up (a bad URL, `--redis auto` could not start
+    /// redis-server, an unreadable CA file, or a TLS server the CAs do not sign). Redis
+    /// being down is not an error: the node serves without it.
     #[error("redis tier: {0}")]
     Redis(String),
 }

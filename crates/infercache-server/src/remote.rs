@@ -38,8 +38,9 @@ mod imp {
     /// The Redis tier per `settings`, with the `redis-server` started for `auto`.
     ///
     /// # Errors
-    /// [`ServerError::Redis`]: `redis-server` could not start, or the target is invalid.
-    /// Redis being down is not an error: the tier reconnects.
+    /// [`ServerError::Redis`]: `redis-server` could not start, the target is invalid, the
+    /// CA file cannot be read, or a `rediss://` server's certificate is not signed by the
+    /// trusted CAs. Redis being down is not an error: the tier reconnects.
     pub(crate) async fn connect(
         settings: &RedisSettings,
     ) -> Result<(Arc<dyn RemoteTier>, Option<Managed>), ServerError> {
@@ -71,7 +72,13 @@ mod imp {
         if let Some(queue) = settings.write_back_queue {
             config.write = WriteMode::Back { queue };
         }
+        config.tls_ca_file.clone_from(&settings.ca_file);
         let tier = RedisTier::connect(config, SystemClock::shared())
+            .map_err(|e| ServerError::Redis(e.to_string()))?;
+        // A server whose certificate the CAs do not sign would fail every call: refuse
+        // it now, naming it. A Redis merely down is not an error (the tier reconnects).
+        tier.verify()
+            .await
             .map_err(|e| ServerError::Redis(e.to_string()))?;
         Ok((Arc::new(tier), managed))
     }

@@ -35,6 +35,9 @@
 //! | `redis_prefix` | `infercache:` | prefix of every Redis key the cache uses |
 //! | `redis_write_back_queue` | none | write Redis through a queue of this many values (write-back); none is write-through |
 //! | `redis_timeout` | `50ms` | connect and command timeout of the Redis tier |
+//! | `redis_local_reads` | `in-sync` | whether this node reads its own memory and disk while its epochs are not known to match Redis's: `in-sync` (only while they are, and for `redis_local_grace` after; otherwise it computes) or `always` (availability: during an outage, entries from before an invalidation made elsewhere may be served) |
+//! | `redis_local_grace` | `10s` | with `in-sync`: how long local entries are still served after the epochs were last known to match (the bound on staleness during an outage) |
+//! | `redis_ca_file` | none | for `rediss://`: a PEM file of the CAs that sign the Redis servers' certificates, trusted instead of the web roots; a server they do not sign stops the start |
 //! | `[[models]]` | none: the built-in embedder | models served, each through its upstream (TOML only; see `config/models.rs`) |
 
 use std::fmt;
@@ -43,7 +46,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use infercache_core::Capacity;
-use infercache_engine::{CacheConfig, Compression, DiskConfig, MemoryConfig, Policy, WritePolicy};
+use infercache_engine::{
+    CacheConfig, Compression, DiskConfig, LocalReads, MemoryConfig, Policy, WritePolicy,
+};
 use serde::Deserialize;
 
 mod models;
@@ -152,6 +157,22 @@ pub struct ServeArgs {
     /// Connect and command timeout of the Redis tier [default: 50ms].
     #[arg(long, env = "INFERCACHE_REDIS_TIMEOUT", value_name = "DURATION")]
     pub redis_timeout: Option<String>,
+    /// Whether memory and disk are read while this node's epochs are not known to match
+    /// Redis's: `in-sync` (only then, plus the grace) or `always` [default: in-sync].
+    #[arg(
+        long,
+        env = "INFERCACHE_REDIS_LOCAL_READS",
+        value_name = "in-sync|always"
+    )]
+    pub redis_local_reads: Option<String>,
+    /// With `in-sync`: how long local entries are still served after the epochs were last
+    /// known to match [default: 10s].
+    #[arg(long, env = "INFERCACHE_REDIS_LOCAL_GRACE", value_name = "DURATION")]
+    pub redis_local_grace: Option<String>,
+    /// For `rediss://`: PEM file of the CAs that sign the Redis servers' certificates
+    /// [default: the web roots].
+    #[arg(long, env = "INFERCACHE_REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 /// Size of the disk tier when none is given.
@@ -189,6 +210,9 @@ struct FileConfig {
     redis_prefix: Option<String>,
     redis_write_back_queue: Option<usize>,
     redis_timeout: Option<Scalar>,
+    redis_local_reads: Option<String>,
+    redis_local_grace: Option<Scalar>,
+    redis_ca_file: Option<PathBuf>,
     models: Option<Vec<RawModel>>,
 }
 
@@ -349,6 +373,12 @@ pub struct RedisSettings {
     pub write_back_queue: Option<usize>,
     /// Connect and command timeout. Default: 50 ms.
     pub timeout: Duration,
+    /// Whether this node reads its memory and disk while its epochs are not known to
+    /// match Redis's. Default: only in sync, with a grace of 10 s.
+    pub local_reads: LocalReads,
+    /// For `rediss://`: the CA certificates (PEM) trusted instead of the web roots.
+    /// Default: none.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The validated configuration of a server.
@@ -539,14 +569,20 @@ impl ServerConfig {
             )?
             .unwrap_or(d.limits.request_timeout),
         };
-        let redis = resolve_redis(
-            a.redis.or(f.redis),
-            a.redis_memory_fraction.or(f.redis_memory_fraction),
-            a.redis_cluster || f.redis_cluster == Some(true),
-            a.redis_prefix.or(f.redis_prefix),
-            a.redis_write_back_queue.or(f.redis_write_back_queue),
-            duration("redis_timeout", text(a.redis_timeout, f.redis_timeout))?,
-        )?;
+        let redis = resolve_redis(RawRedis {
+            target: a.redis.or(f.redis),
+            memory_fraction: a.redis_memory_fraction.or(f.redis_memory_fraction),
+            cluster: a.redis_cluster || f.redis_cluster == Some(true),
+            prefix: a.redis_prefix.or(f.redis_prefix),
+            write_back_queue: a.redis_write_back_queue.or(f.redis_write_back_queue),
+            timeout: duration("redis_timeout", text(a.redis_timeout, f.redis_timeout))?,
+            local_reads: a.redis_local_reads.or(f.redis_local_reads),
+            local_grace: duration(
+                "redis_local_grace",
+                text(a.redis_local_grace, f.redis_local_grace),
+            )?,
+            ca_file: a.redis_ca_file.or(f.redis_ca_file),
+        })?;
         let models = models::validate(f.models.unwrap_or_default(), limits.request_timeout)?;
         Ok(Self {
             redis,
@@ -592,6 +628,10 @@ impl ServerConfig {
                 None => WritePolicy::WriteThrough,
             },
             cache_version: self.cache_version,
+            local_reads: self
+                .redis
+                .as_ref()
+                .map_or_else(LocalReads::default, |r| r.local_reads),
             ..CacheConfig::default()
         })
     }
@@ -665,6 +705,17 @@ impl fmt::Display for Redacted<'_> {
                 write!(f, " redis_cluster={}", shown.join(","))?;
             }
         }
+        if let Some(r) = &c.redis {
+            match r.local_reads {
+                LocalReads::InSync { grace } => {
+                    write!(f, " redis_local_reads=in-sync redis_local_grace={grace:?}")?;
+                }
+                LocalReads::Always => write!(f, " redis_local_reads=always")?,
+            }
+            if let Some(ca) = &r.ca_file {
+                write!(f, " redis_ca_file={}", ca.display())?;
+            }
+        }
         let l = &c.limits;
         write!(
             f,
@@ -697,14 +748,31 @@ fn redacted_url(m: &ModelConfig) -> String {
     }
 }
 
-fn resolve_redis(
+/// The Redis settings as given (flags over the file), before validation.
+struct RawRedis {
     target: Option<String>,
     memory_fraction: Option<f64>,
     cluster: bool,
     prefix: Option<String>,
     write_back_queue: Option<usize>,
     timeout: Option<Duration>,
-) -> Result<Option<RedisSettings>, ConfigError> {
+    local_reads: Option<String>,
+    local_grace: Option<Duration>,
+    ca_file: Option<PathBuf>,
+}
+
+fn resolve_redis(raw: RawRedis) -> Result<Option<RedisSettings>, ConfigError> {
+    let RawRedis {
+        target,
+        memory_fraction,
+        cluster,
+        prefix,
+        write_back_queue,
+        timeout,
+        local_reads,
+        local_grace,
+        ca_file,
+    } = raw;
     let Some(target) = target
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
@@ -714,6 +782,9 @@ fn resolve_redis(
             || write_back_queue.is_some()
             || cluster
             || timeout.is_some()
+            || local_reads.is_some()
+            || local_grace.is_some()
+            || ca_file.is_some()
         {
             return Err(ConfigError::Inconsistent(
                 "redis_* settings need redis (auto or a URL)",
@@ -770,11 +841,42 @@ fn resolve_redis(
     if timeout.is_zero() {
         return Err(invalid("redis_timeout", "0", "must be positive"));
     }
+    let local_reads = match (local_reads.as_deref().map(str::trim), local_grace) {
+        (None | Some("in-sync"), grace) => {
+            let grace = grace.unwrap_or(LocalReads::DEFAULT_GRACE);
+            LocalReads::InSync { grace }
+        }
+        (Some("always"), None) => LocalReads::Always,
+        (Some("always"), Some(_)) => {
+            return Err(ConfigError::Inconsistent(
+                "redis_local_grace applies only to redis_local_reads = in-sync",
+            ));
+        }
+        (Some(other), _) => {
+            return Err(invalid(
+                "redis_local_reads",
+                other,
+                "give in-sync or always",
+            ));
+        }
+    };
+    let tls = match &target {
+        RedisTarget::Auto { .. } => false,
+        RedisTarget::Url(u) => u.starts_with("rediss://"),
+        RedisTarget::Cluster(us) => us.iter().any(|u| u.starts_with("rediss://")),
+    };
+    if ca_file.is_some() && !tls {
+        return Err(ConfigError::Inconsistent(
+            "redis_ca_file applies only to rediss:// URLs",
+        ));
+    }
     Ok(Some(RedisSettings {
         target,
         prefix,
         write_back_queue,
         timeout,
+        local_reads,
+        ca_file,
     }))
 }
 
@@ -898,6 +1000,54 @@ mod tests {
         let err = redis("redis://h", "redis_memory_fraction = 0.3").unwrap_err();
         assert!(err.to_string().contains("only to redis = auto"), "{err}");
         let none = ServerConfig::resolve(ServeArgs::default(), file("redis_prefix = \"x:\""));
+        assert!(none.unwrap_err().to_string().contains("need redis"));
+    }
+
+    #[test]
+    fn local_reads_grace_and_ca_file_resolve_and_bad_ones_name_the_key() {
+        let redis = |r: &str, f: &str| {
+            let args = ServeArgs {
+                redis: Some(r.to_owned()),
+                ..ServeArgs::default()
+            };
+            ServerConfig::resolve(args, file(f))
+        };
+        let c = redis("redis://h", "").unwrap();
+        let settings = c.redis.as_ref().unwrap();
+        assert_eq!(settings.local_reads, LocalReads::default());
+        assert_eq!(settings.ca_file, None);
+        let c = redis(
+            "rediss://h",
+            "redis_local_grace = \"3s\"\nredis_ca_file = \"/etc/ca.pem\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.cache_config().unwrap().local_reads,
+            LocalReads::InSync {
+                grace: Duration::from_secs(3)
+            }
+        );
+        assert_eq!(c.redis.unwrap().ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        let args = ServeArgs {
+            redis: Some("redis://h".into()),
+            redis_local_reads: Some("always".into()),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(args, file("")).unwrap();
+        assert_eq!(c.cache_config().unwrap().local_reads, LocalReads::Always);
+        for (toml, named) in [
+            ("redis_local_reads = \"sometimes\"", "redis_local_reads"),
+            (
+                "redis_local_reads = \"always\"\nredis_local_grace = \"1s\"",
+                "redis_local_grace",
+            ),
+            ("redis_local_grace = \"soon\"", "redis_local_grace"),
+            ("redis_ca_file = \"/etc/ca.pem\"", "rediss://"),
+        ] {
+            let err = redis("redis://h", toml).unwrap_err().to_string();
+            assert!(err.contains(named), "{toml}: {err}");
+        }
+        let none = ServerConfig::resolve(ServeArgs::default(), file("redis_ca_file = \"x\""));
         assert!(none.unwrap_err().to_string().contains("need redis"));
     }
 

@@ -6,11 +6,13 @@
 mod cache_control;
 mod embeddings;
 mod errors;
+mod freshness;
 mod heal;
 mod kserve;
 mod kserve_server;
 mod kserve_upstream;
 mod lifecycle;
 mod redis;
+mod redis_tls;
 mod support;
 mod upstream;

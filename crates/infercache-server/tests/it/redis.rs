@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use infercache_engine::LocalReads;
 use infercache_model::BuiltinModel;
 use infercache_redis::testing::{RedisServer, RedisServerOptions};
 use infercache_server::ServerConfig;
@@ -23,6 +24,8 @@ fn config(target: RedisTarget) -> ServerConfig {
             prefix: "infercache:".into(),
             write_back_queue: None,
             timeout: Duration::from_secs(1),
+            local_reads: LocalReads::default(),
+            ca_file: None,
         }),
         ..ServerConfig::default()
     }
