@@ -9,13 +9,22 @@
 //!   `infercache_cache_entries{tier}`, `infercache_cache_bytes{tier}`,
 //!   `infercache_model_lookups_total{model,tier,outcome}`, for models run in this process
 //!   `infercache_model_invocations_total{model}` and `infercache_model_texts_total{model}`,
-//!   for models behind an upstream `infercache_upstream_*_total{model}`, and the Redis
-//!   tier's `infercache_redis_*`. The hot path pays nothing for these.
+//!   for models behind an upstream `infercache_upstream_*_total{model}`,
+//!   `infercache_refreshes_total{model}` (stale-while-revalidate refreshes) and
+//!   `infercache_not_stored_total{model}` (values the backend refused to keep, an Ersilia
+//!   row of nulls), the Redis tier's `infercache_redis_*` (among them
+//!   `infercache_redis_error_replies_total{kind}`, `infercache_redis_removals_pending`,
+//!   `infercache_redis_removals_replayed_total`, `infercache_redis_removals_received_total`),
+//!   and with a Redis tier where this node stands with its epochs:
+//!   `infercache_epochs_in_sync` (0/1), `infercache_epochs_unsynced_seconds` (0 while in
+//!   sync, `+Inf` before the first sync since start), `infercache_local_reads_enabled`
+//!   (0/1) and `infercache_local_reads_skipped_total`. The hot path pays nothing for these.
 //! - **Recorded by the server**, through handles resolved once per model at start-up:
 //!   `infercache_request_duration_seconds{model,outcome}` (outcome `hit`, `miss` or
 //!   `partial`), `infercache_inference_duration_seconds{model}` (one backend call made for
-//!   a request's misses, heard as the per-row path's [`Observer`]), and
-//!   `infercache_rejected_requests_total{reason}`.
+//!   a request's misses, heard as the per-row path's [`Observer`]),
+//!   `infercache_stale_served_total{model,kind}` (rows answered stale, `kind`
+//!   `while_revalidate` or `if_error`), and `infercache_rejected_requests_total{reason}`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,7 +33,7 @@ use std::time::Duration;
 use infercache_backend::{BackendStats, CallStats};
 use infercache_core::stats::Counter as StripedCounter;
 use infercache_engine::Cache;
-use infercache_infer::{Model, Models, Observer, Outcome};
+use infercache_infer::{Model, Models, Observer, Outcome, Rows, Stale};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -50,6 +59,16 @@ fn outcome_label(o: Outcome) -> &'static str {
         Outcome::Hit => "hit",
         Outcome::Miss => "miss",
         Outcome::Partial => "partial",
+    }
+}
+
+/// The two reasons a row is served stale, in the order of the handles.
+const STALE_KINDS: [Stale; 2] = [Stale::WhileRevalidate, Stale::IfError];
+
+fn stale_label(why: Stale) -> &'static str {
+    match why {
+        Stale::WhileRevalidate => "while_revalidate",
+        Stale::IfError => "if_error",
     }
 }
 
@@ -124,6 +143,8 @@ pub struct Metrics {
     requests: Vec<[Timed; 3]>,
     /// Per model: its backend calls and the rows they computed.
     compute: Vec<(Timed, StripedCounter)>,
+    /// Per model, per [`STALE_KINDS`]: rows answered stale.
+    stale: Vec<[Counter; 2]>,
     rejected: [Counter; 3],
 }
 
@@ -173,6 +194,24 @@ impl Metrics {
             })
             .collect();
 
+        let stale = Family::<Labels, Counter>::default();
+        registry.register(
+            "stale_served",
+            "Rows answered past their freshness, by model and why: within the \
+             stale-while-revalidate window (refreshed in the background) or standing in \
+             for a failed model (stale-if-error)",
+            stale.clone(),
+        );
+        let stale = models
+            .iter()
+            .map(|m| {
+                STALE_KINDS.map(|k| {
+                    let labels = vec![model_label(m), ("kind", stale_label(k).to_owned())];
+                    stale.get_or_create(&labels).clone()
+                })
+            })
+            .collect();
+
         let rejected = Family::<Labels, Counter>::default();
         registry.register(
             "rejected_requests",
@@ -190,7 +229,20 @@ impl Metrics {
             registry,
             requests: request_handles,
             compute,
+            stale,
             rejected,
+        }
+    }
+
+    /// Records the rows of `model` a request was answered with stale, by why.
+    pub fn rows(&self, model: &Model, rows: &Rows) {
+        if rows.stale() == 0 {
+            return;
+        }
+        if let Some(counters) = self.stale.get(model.index()) {
+            for (counter, why) in counters.iter().zip(STALE_KINDS) {
+                counter.inc_by(rows.stale_for(why) as u64);
+            }
         }
     }
 
@@ -375,11 +427,70 @@ impl Collector for EngineCollector {
             "Lookups per model, by the tier that answered and the outcome",
             &by_model,
         )?;
+        let per_model = |f: fn(&infercache_core::stats::ModelStats) -> u64| -> Vec<(Labels, u64)> {
+            stats
+                .models
+                .iter()
+                .map(|(name, s)| (vec![("model", name.clone())], f(s)))
+                .collect()
+        };
+        counter(
+            &mut enc,
+            "refreshes",
+            "Stale-while-revalidate refreshes computed by this node",
+            &per_model(|s| s.refreshes),
+        )?;
+        counter(
+            &mut enc,
+            "not_stored",
+            "Computed values the backend refused to keep (stored in no tier)",
+            &per_model(|s| s.not_stored),
+        )?;
         if let Some(r) = &stats.remote {
             encode_remote(&mut enc, r)?;
         }
+        if let Some(sync) = &stats.sync {
+            encode_sync(&mut enc, sync)?;
+        }
         Ok(())
     }
+}
+
+/// Where this node stands with its epochs, with a shared tier.
+fn encode_sync(
+    enc: &mut DescriptorEncoder<'_>,
+    sync: &infercache_engine::LocalSyncStats,
+) -> Result<(), fmt::Error> {
+    gauge(
+        enc,
+        "epochs_in_sync",
+        "Whether this node's invalidation epochs are known to match Redis's",
+        &[(vec![], u64::from(sync.in_sync))],
+    )?;
+    #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+    let unsynced = sync
+        .unsynced_ms
+        .map_or(f64::INFINITY, |ms| ms as f64 / 1000.0);
+    let mut m = enc.encode_descriptor(
+        "epochs_unsynced_seconds",
+        "Seconds since the epochs were last known to match Redis's (0 while in sync; \
+         +Inf: not since this process started)",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(unsynced).encode(m.encode_family(&Labels::new())?)?;
+    gauge(
+        enc,
+        "local_reads_enabled",
+        "Whether this node reads its own memory and disk now",
+        &[(vec![], u64::from(sync.local_reads))],
+    )?;
+    counter(
+        enc,
+        "local_reads_skipped",
+        "Lookups that skipped memory and disk because the epochs were not known to match",
+        &[(vec![], sync.local_reads_skipped)],
+    )
 }
 
 /// The Redis tier: lookups, writes, failures, leases and the circuit breaker.
@@ -409,6 +520,36 @@ fn encode_remote(
         "redis_errors",
         "Redis operations that failed or timed out",
         &[(vec![], r.errors)],
+    )?;
+    let kinds: Vec<(Labels, u64)> = r
+        .error_replies
+        .iter()
+        .map(|(kind, n)| (vec![("kind", kind.clone())], *n))
+        .collect();
+    counter(
+        enc,
+        "redis_error_replies",
+        "Redis commands answered with an error reply (OOM, READONLY, MOVED...), by kind: \
+         that command failed, the breaker is not affected",
+        &kinds,
+    )?;
+    gauge(
+        enc,
+        "redis_removals_pending",
+        "Removals made while Redis was unreachable, to replay before it is used again",
+        &[(vec![], r.removals_pending)],
+    )?;
+    counter(
+        enc,
+        "redis_removals_replayed",
+        "Pending removals replayed to Redis",
+        &[(vec![], r.removals_replayed)],
+    )?;
+    counter(
+        enc,
+        "redis_removals_received",
+        "Removals made on other nodes applied to this node's memory and disk",
+        &[(vec![], r.removals_received)],
     )?;
     counter(
         enc,

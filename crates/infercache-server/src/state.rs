@@ -79,18 +79,21 @@ impl AppState {
     }
 
     /// The rows of `request` through the per-row path, its failure mapped to a response
-    /// (an overloaded model counted as a rejection).
+    /// (an overloaded model counted as a rejection), its stale rows counted.
     ///
     /// # Errors
     /// As [`Infer::rows`], mapped by [`ApiError`].
     pub async fn rows(&self, request: RowRequest) -> Result<Rows, ApiError> {
-        self.inner.infer.rows(request).await.map_err(|e| {
+        let model = Arc::clone(&request.model);
+        let rows = self.inner.infer.rows(request).await.map_err(|e| {
             let e = ApiError::from(e);
             if matches!(e, ApiError::Overloaded) {
                 self.inner.metrics.rejected(Rejection::Overloaded);
             }
             e
-        })
+        })?;
+        self.inner.metrics.rows(&model, &rows);
+        Ok(rows)
     }
 
     /// The registry and the per-row path.

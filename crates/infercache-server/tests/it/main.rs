@@ -12,6 +12,7 @@ mod kserve;
 mod kserve_server;
 mod kserve_upstream;
 mod lifecycle;
+mod metrics;
 mod redis;
 mod redis_tls;
 mod support;
