@@ -3,7 +3,7 @@
 //!
 //! [`Infer::rows`] keys each row by tenant, model, version, artifact digest, the row's
 //! canonical form and the output-affecting parameters ([`Inputs`] says both), and hands
-//! the keys to [`Cache::get_many_or_compute`]. So repeated rows in one request are looked
+//! the keys to [`Cache::get_many_or_refresh`]. So repeated rows in one request are looked
 //! up and computed once, rows a concurrent request is already computing are waited for
 //! rather than computed again, and the rows left go to the model's
 //! [`Backend::compute`](infercache_backend::Backend::compute): in one call, or in chunks

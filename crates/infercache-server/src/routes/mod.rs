@@ -149,7 +149,8 @@ pub struct CacheSummary {
     pub coalesced: usize,
     /// Each input's key (hex), for `DELETE /v1/cache/entries/{key}`.
     pub keys: Vec<String>,
-    /// Inputs served stale because the upstream failed.
+    /// Inputs served past their freshness: within the stale-while-revalidate window, or
+    /// standing in for a failed upstream.
     #[serde(skip_serializing_if = "is_zero")]
     pub stale: usize,
 }
