@@ -24,6 +24,25 @@ pub struct CacheStats {
     pub writeback_dropped: u64,
     /// Operations waiting in the write-back queue.
     pub writeback_queued: u64,
+    /// With a Redis tier: where this node stands with its invalidation epochs, and
+    /// whether it reads its own memory and disk. `None` without one.
+    pub sync: Option<SyncReport>,
+}
+
+/// Where a node with a Redis tier stands with its invalidation epochs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncReport {
+    /// The epochs are known to match Redis's now.
+    pub in_sync: bool,
+    /// Milliseconds since they were last known to match (0 while in sync); `None`: not
+    /// since the server started.
+    pub unsynced_ms: Option<u64>,
+    /// Whether memory and disk are read now (in sync, within the grace, or
+    /// `redis_local_reads = "always"`).
+    pub local_reads: bool,
+    /// Lookups that skipped memory and disk because the epochs were not known to match.
+    pub local_reads_skipped: u64,
 }
 
 /// The tiers.

@@ -27,7 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use infercache_api::stats::{
     CacheStats, InProcessReport, InferenceReport, ModelLookups, ModelReport, RemoteReport,
-    TierReport, Tiers,
+    SyncReport, TierReport, Tiers,
 };
 use infercache_api::{self as api, Invalidated, RemovedEntry, WarmResponse};
 use infercache_backend::{BUILTIN_MODEL, BackendKind, BackendStats, InferenceStats, Inputs};
@@ -95,6 +95,15 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<CacheSt
         coalesced: engine.as_ref().map_or(0, |s| s.coalesced),
         writeback_dropped: engine.as_ref().map_or(0, |s| s.writeback_dropped),
         writeback_queued: engine.as_ref().map_or(0, |s| s.writeback_queued),
+        sync: engine
+            .as_ref()
+            .and_then(|s| s.sync.as_ref())
+            .map(|s| SyncReport {
+                in_sync: s.in_sync,
+                unsynced_ms: s.unsynced_ms,
+                local_reads: s.local_reads,
+                local_reads_skipped: s.local_reads_skipped,
+            }),
     })
 }
 

@@ -375,3 +375,61 @@ async fn a_removal_while_redis_is_down_answers_202_pending() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_reads_follow_the_flag_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let model = model().await;
+    let with = |local_reads: LocalReads| {
+        let mut cfg = config(RedisTarget::Url(redis.url()));
+        let settings = cfg.redis.as_mut().unwrap();
+        settings.local_reads = local_reads;
+        settings.timeout = Duration::from_millis(200);
+        cfg
+    };
+    let grace = Duration::from_millis(500);
+    let in_sync = Server::start(with(LocalReads::InSync { grace }), Arc::clone(&model)).await;
+    let always = Server::start(with(LocalReads::Always), Arc::clone(&model)).await;
+    // Each node its own text, so each holds it in its own memory.
+    let (text_a, text_b) = (json!(["kept by in-sync"]), json!(["kept by always"]));
+    for (s, text) in [(&in_sync, &text_a), (&always, &text_b)] {
+        wait_for("in sync", Duration::from_secs(5), async || {
+            sync_stats(s).await["in_sync"] == true
+        })
+        .await;
+        assert_eq!(s.embed(&[], text.clone()).await.header("x-cache"), "MISS");
+        assert_eq!(sync_stats(s).await["local_reads"], true);
+    }
+    redis.kill9();
+    for s in [&in_sync, &always] {
+        wait_for("out of sync", Duration::from_secs(5), async || {
+            sync_stats(s).await["in_sync"] == false
+        })
+        .await;
+    }
+    // Past the grace the in-sync node computes rather than trust its memory...
+    wait_for("local reads stop", Duration::from_secs(5), async || {
+        sync_stats(&in_sync).await["local_reads"] == false
+    })
+    .await;
+    let r = in_sync.embed(&[], text_a).await;
+    assert_eq!((r.status, r.header("x-cache")), (200, "MISS"));
+    assert!(sync_stats(&in_sync).await["local_reads_skipped"].as_u64() >= Some(1));
+    // ...while `always` serves it, for availability.
+    tokio::time::sleep(grace).await;
+    let r = always.embed(&[], text_b).await;
+    assert_eq!((r.status, r.header("x-cache")), (200, "HIT"));
+    let sync = sync_stats(&always).await;
+    assert_eq!(
+        (&sync["local_reads"], &sync["in_sync"]),
+        (&json!(true), &json!(false))
+    );
+    in_sync.stop().await;
+    always.stop().await;
+}
+
+async fn sync_stats(s: &Server) -> Value {
+    let r = s.get("/v1/cache/stats", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["sync"].clone()
+}
