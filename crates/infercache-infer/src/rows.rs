@@ -239,8 +239,8 @@ impl Infer {
             .compute(&cache, &model, &inputs, keys, options)
             .await
             .map_err(InferError::Backend)?;
-        if fetched.iter().any(Fetched::is_stale) {
-            tracing::debug!(model = model.name(), "serving stale rows");
+        if fetched.iter().any(|f| f.stale == Some(Stale::IfError)) {
+            tracing::warn!(model = model.name(), "the model failed; serving stale rows");
         }
         Ok(Rows {
             sources: fetched.iter().map(source).collect(),
