@@ -12,11 +12,19 @@
 //! dataset, the seed, the epoch, a position); a stream started with that token yields
 //! exactly the rest of the sequence, seeking straight to the shard and row.
 //!
+//! **Hand-off.** The producer sends batches to the reader in groups of up to
+//! 64 (never more than one shard's), not one at a time: a batch of 32 short rows
+//! is a few kilobytes that a reader consumes in well under a microsecond, about what one
+//! wake-up across threads costs, so a channel message per batch would bound the stream
+//! far below the speed of reading its bytes. The reader then holds at most `prefetch`
+//! batches in flight rounded up to whole groups, plus the group it is reading.
+//!
 //! **Integrity.** A shard is verified (its BLAKE3, once per file identity) before its
 //! first batch is sent; a shard that fails, or that the cap evicted, is recomputed from
 //! its source rows and checked against the manifest's digest. The producer holds the
 //! shard it reads open, so eviction never takes it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -31,12 +39,20 @@ use crate::cache::{Dataset, Inner};
 use crate::fingerprint::Fingerprint;
 use crate::shard;
 
+/// Most batches the producer hands to the reader in one message.
+const GROUP: usize = 64;
+
+/// One message from the producer: a group of batches in order, or the error that ends
+/// the stream.
+type Message = Result<Vec<RecordBatch>, DatasetError>;
+
 /// Options of one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamOptions {
     /// Rows per batch (default 32, LlamaHome's `batch_buffer`).
     pub batch_size: usize,
-    /// Batches decoded ahead of the reader (default 4).
+    /// Batches decoded ahead of the reader (default 4), rounded up to whole groups of
+    /// up to 64 batches.
     pub prefetch: usize,
     /// Shuffle with this seed; `None` keeps the dataset's order.
     pub shuffle: Option<u64>,
@@ -157,7 +173,8 @@ impl Token {
 /// after an error it ends. Dropping it stops the producer.
 #[derive(Debug)]
 pub struct DatasetStream {
-    rx: Receiver<Result<RecordBatch, DatasetError>>,
+    rx: Receiver<Message>,
+    ready: VecDeque<RecordBatch>,
     token: Token,
     rows: u64,
     counters: Arc<Counters>,
@@ -215,7 +232,8 @@ impl DatasetStream {
         if let Some(seed) = token.seed {
             Rng::new(seed, token.epoch, u64::MAX).shuffle(&mut order);
         }
-        let (tx, rx) = sync_channel(options.prefetch.max(1));
+        let group = GROUP;
+        let (tx, rx) = sync_channel(options.prefetch.max(1).div_ceil(group));
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         let rows = m.rows;
@@ -223,13 +241,15 @@ impl DatasetStream {
         std::thread::Builder::new()
             .name("dataset-stream".to_owned())
             .spawn(move || {
-                if let Err(e) = produce(&inner, &dataset, &order, token, batch_size, &c, &tx) {
+                let sink = Sink { tx: &tx, group };
+                if let Err(e) = produce(&inner, &dataset, &order, token, batch_size, &c, sink) {
                     let _ = tx.send(Err(e));
                 }
             })
             .map_err(|e| DatasetError::io(std::path::Path::new("dataset-stream thread"), e))?;
         Ok(Self {
             rx,
+            ready: VecDeque::new(),
             token,
             rows,
             counters,
@@ -270,17 +290,26 @@ impl Iterator for DatasetStream {
         if self.failed {
             return None;
         }
-        match self.rx.recv().ok()? {
-            Ok(batch) => {
-                self.token.position += batch.num_rows() as u64;
-                Some(Ok(batch))
-            }
-            Err(e) => {
-                self.failed = true;
-                Some(Err(e))
+        while self.ready.is_empty() {
+            match self.rx.recv().ok()? {
+                Ok(group) => self.ready.extend(group),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
             }
         }
+        let batch = self.ready.pop_front()?;
+        self.token.position += batch.num_rows() as u64;
+        Some(Ok(batch))
     }
+}
+
+/// Where the producer puts its batches: grouped into messages of up to `group`.
+#[derive(Clone, Copy)]
+struct Sink<'a> {
+    tx: &'a SyncSender<Message>,
+    group: usize,
 }
 
 /// The producer: sends every batch from `token.position` on, in order. Returns early
@@ -292,7 +321,7 @@ fn produce(
     token: Token,
     batch_size: usize,
     counters: &Counters,
-    tx: &SyncSender<Result<RecordBatch, DatasetError>>,
+    sink: Sink<'_>,
 ) -> Result<(), DatasetError> {
     let shards = &dataset.manifest.shards;
     let mut skip = token.position;
@@ -337,6 +366,7 @@ fn produce(
             p
         });
         let mut at = start;
+        let mut pending = Vec::with_capacity(sink.group);
         while at < n {
             let len = batch_size.min(n - at);
             let batch = match &perm {
@@ -347,10 +377,19 @@ fn produce(
                 )
                 .map_err(|e| DatasetError::arrow("shuffling a batch", e))?,
             };
-            if tx.send(Ok(batch)).is_err() {
+            pending.push(batch);
+            at += len;
+            if (pending.len() == sink.group || at >= n)
+                && sink
+                    .tx
+                    .send(Ok(std::mem::replace(
+                        &mut pending,
+                        Vec::with_capacity(sink.group),
+                    )))
+                    .is_err()
+            {
                 return Ok(());
             }
-            at += len;
         }
         drop(blob);
     }
