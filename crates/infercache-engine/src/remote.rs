@@ -236,6 +236,10 @@ pub struct RemoteStats {
     pub removals_replayed: u64,
     /// Removals made on other nodes, applied to this node's tiers.
     pub removals_received: u64,
+    /// Round trips the remote answered (successfully or with an error reply).
+    pub round_trips: u64,
+    /// Their total time, in microseconds: with `round_trips`, the mean round-trip time.
+    pub round_trip_micros: u64,
 }
 
 /// This node's own tiers (memory, disk), as a remote tier sees them: what it calls when

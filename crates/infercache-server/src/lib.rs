@@ -20,6 +20,8 @@
 //! | `DELETE /v1/cache/entries/{key}` | one entry | 200, 400, 401, 403, 404, 409 |
 //! | `POST /v1/cache/warm` | precompute inputs | 200, 400, 401, 403, 404, 409, 429 |
 //! | `GET /metrics` | Prometheus ([`metrics`]) | 200, 401, 403 |
+//! | `GET /dashboard` | the live dashboard page and its assets ([`dashboard`]) | 200, 404 |
+//! | `GET /dashboard/data` | the dashboard's samples (the last hour) and marks | 200, 400, 401, 403 |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness ([`routes::health`]) | 200, 503 |
 //! | `GET /v1/models` | the configured models ([`routes::models`]) | 200, 401 |
 //! | `POST /v1/models/{name}/predict` | plain JSON upstream ([`routes::predict`]) | 200, 400, 401, 404, 413, 429, 502, 503, 504 |
@@ -55,6 +57,7 @@
 //! - [`error`]: the one mapping from every domain error (per-row path, backend, upstream,
 //!   KServe codec, registry) to a status and an error body.
 //! - [`state`]: what handlers share. [`metrics`]: Prometheus.
+//! - [`dashboard`]: the live dashboard page and the ring of samples it draws.
 //! - [`model`], `server`: loading the built-in model, building the registry and the
 //!   cache from the configuration, serving and draining.
 //!
@@ -78,6 +81,7 @@
 pub mod auth;
 pub mod cache_control;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod model;
@@ -144,6 +148,9 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/metrics", get(routes::admin::metrics))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/data", get(dashboard::data))
+        .route("/dashboard/{asset}", get(dashboard::asset))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/v2/health/live", get(routes::models::health))

@@ -130,6 +130,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> Result<(), ServerError> {
+    let sampler = tokio::spawn(crate::dashboard::sample(state.clone()));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, crate::app(state.clone()))
         .with_graceful_shutdown(async move {
@@ -153,6 +154,7 @@ pub async fn serve(
         }
     };
     state.set_ready(false);
+    sampler.abort();
     if let Some(cache) = state.cache() {
         // Bounded: a slow Redis must not hold the process past its drain time.
         match tokio::time::timeout(drain, cache.shutdown()).await {

@@ -9,8 +9,9 @@ use tokio::sync::Semaphore;
 
 use crate::auth::ApiKeys;
 use crate::config::Limits;
+use crate::dashboard::Dashboard;
 use crate::error::ApiError;
-use crate::metrics::{Metrics, Rejection};
+use crate::metrics::{Metrics, Rejection, RequestOutcome};
 
 /// Inputs in flight, in units of `max_items`: eight full requests (16,384 inputs, about
 /// 6.3 M floats, with the defaults).
@@ -34,6 +35,7 @@ struct Shared {
     /// responses take (a 10 KB request can ask for a 10 MB response).
     items: Arc<Semaphore>,
     ready: AtomicBool,
+    dashboard: Dashboard,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
                 limits,
                 metrics,
                 ready: AtomicBool::new(true),
+                dashboard: Dashboard::default(),
             }),
         }
     }
@@ -84,16 +87,29 @@ impl AppState {
     /// # Errors
     /// As [`Infer::rows`], mapped by [`ApiError`].
     pub async fn rows(&self, request: RowRequest) -> Result<Rows, ApiError> {
+        let traffic = self.inner.metrics.traffic();
         let model = Arc::clone(&request.model);
-        let rows = self.inner.infer.rows(request).await.map_err(|e| {
-            let e = ApiError::from(e);
-            if matches!(e, ApiError::Overloaded) {
-                self.inner.metrics.rejected(Rejection::Overloaded);
+        let _in_flight = traffic.in_flight(&model, request.inputs.len());
+        match self.inner.infer.rows(request).await {
+            Ok(rows) => {
+                traffic.request(&model, RequestOutcome::of(&rows));
+                self.inner.metrics.rows(&model, &rows);
+                Ok(rows)
             }
-            e
-        })?;
-        self.inner.metrics.rows(&model, &rows);
-        Ok(rows)
+            Err(e) => {
+                traffic.failed(&model, &e);
+                let e = ApiError::from(e);
+                if matches!(e, ApiError::Overloaded) {
+                    self.inner.metrics.rejected(Rejection::Overloaded);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The dashboard's samples and marks.
+    pub fn dashboard(&self) -> &Dashboard {
+        &self.inner.dashboard
     }
 
     /// The registry and the per-row path.

@@ -167,6 +167,9 @@ impl Shared {
             self.failed();
             return None;
         };
+        // A measurement for the stats, not a decision: the monotonic clock, not the
+        // tier's injected one (whole milliseconds).
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(self.config.command_timeout * 2, async {
             match what {
                 Call::Cmd(c) => c.query_async::<T>(&mut conn).await,
@@ -178,6 +181,19 @@ impl Shared {
         })
         .await;
         drop(permit);
+        let answered = match &outcome {
+            Ok(Ok(_)) => true,
+            Ok(Err(Some(e))) => !is_outage(e),
+            _ => false,
+        };
+        if answered {
+            // Redis answered: a round trip, for the tier's mean round-trip time.
+            bump(&self.counters.round_trips, 1);
+            bump(
+                &self.counters.round_trip_micros,
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
+        }
         match outcome {
             Ok(Ok(v)) => {
                 self.breaker.success();

@@ -50,6 +50,8 @@ struct Counters {
     epoch_updates: AtomicU64,
     removals_replayed: AtomicU64,
     removals_received: AtomicU64,
+    round_trips: AtomicU64,
+    round_trip_micros: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -301,6 +303,8 @@ impl RemoteTier for RedisTier {
             removals_pending: s.pending_removals.lock().len() as u64,
             removals_replayed: get(&c.removals_replayed),
             removals_received: get(&c.removals_received),
+            round_trips: get(&c.round_trips),
+            round_trip_micros: get(&c.round_trip_micros),
         }
     }
 }

@@ -241,6 +241,16 @@ pub async fn invalidate(
         .await
         .map_err(ApiError::internal)?;
     tracing::info!(?scope, "cache invalidated");
+    let (label, what) = match &scope {
+        Scope::All => ("all", "all".to_owned()),
+        Scope::Namespace { namespace } => ("namespace", format!("namespace {namespace}")),
+        Scope::Model { model } => ("model", format!("model {model}")),
+        Scope::Version { model, version } => {
+            ("version", format!("model {model} version {version}"))
+        }
+    };
+    state.metrics().traffic().invalidated(label);
+    state.dashboard().mark(format!("invalidated {what}"));
     let invalidated = match scope {
         Scope::All => api::Scope::All,
         Scope::Namespace { namespace } => api::Scope::Namespace { namespace },

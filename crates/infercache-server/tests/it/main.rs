@@ -4,6 +4,7 @@
 //! workspace's `target/model-cache`. Without it these tests fail, loudly: they never skip.
 
 mod cache_control;
+mod dashboard;
 mod embeddings;
 mod errors;
 mod freshness;
