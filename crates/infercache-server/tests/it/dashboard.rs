@@ -90,6 +90,8 @@ async fn the_dashboard_draws_every_chart_and_matches_the_stats() {
             prefix: "infercache:".into(),
             write_back_queue: None,
             timeout: Duration::from_secs(1),
+            local_reads: infercache_engine::LocalReads::default(),
+            ca_file: None,
         }),
         ..ServerConfig::default()
     };
