@@ -3,7 +3,7 @@
 //!
 //! - [`samples`]: a sampler task takes a snapshot of every counter (tiers, models,
 //!   requests by outcome, latency buckets, the Redis tier) every
-//!   [`SAMPLE_EVERY`](samples::SAMPLE_EVERY) into a bounded ring
+//!   [`SAMPLE_EVERY`] into a bounded ring
 //!   ([`SAMPLES_KEPT`](samples::SAMPLES_KEPT): one hour), so the page shows the last hour
 //!   when opened. Invalidations are kept as marks.
 //! - The page and its assets (`assets/`: the HTML, its script and style, and uPlot,
