@@ -421,7 +421,7 @@ mod tests {
     #[test]
     fn reordered_json_input_gives_the_same_key() {
         let a = CanonicalInput::json_str(r#"{"x": 1, "y": [1.0, 2]}"#).unwrap();
-        let b = CanonicalInput::json_str(r#"{"y":[1,2e0],"x":1}"#).unwrap();
+        let b = CanonicalInput::json_str(r#"{"y":[1.0,2],"x":1}"#).unwrap();
         let key = |input: &CanonicalInput| {
             KeyParts {
                 namespace: "t",

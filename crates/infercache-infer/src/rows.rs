@@ -349,7 +349,8 @@ impl Infer {
     }
 }
 
-/// Each row's key: tenant, model name, version, digest, the canonical row and the
+/// Each row's key: tenant, model name, version, digest (an upstream's identity,
+/// [`ModelInfo::key_artifact`](infercache_backend::ModelInfo::key_artifact)), the canonical row and the
 /// output-affecting parameters, with the cache's epochs folded in. The one place a
 /// row's key is built.
 fn keys(
@@ -370,7 +371,7 @@ fn keys(
                 namespace: tenant,
                 model: &info.name,
                 version: &info.version,
-                artifact: info.digest.as_deref(),
+                artifact: info.key_artifact(),
                 epochs: Epochs::default(),
                 input: row,
                 params: &params,

@@ -64,6 +64,7 @@ impl BuiltinModel {
             version: format!("1+max_tokens={MAX_TOKENS}"),
             digest: Some(format!("sha256:{WEIGHTS_SHA256}")),
             dims: Some(DIMS),
+            upstream: None,
         };
         Ok(Self { pool, info })
     }

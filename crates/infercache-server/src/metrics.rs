@@ -62,16 +62,24 @@ pub enum Rejection {
     Overloaded,
     /// The request timed out.
     Timeout,
+    /// The body budget was full.
+    BodyBudget,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 3] = [Self::Concurrency, Self::Overloaded, Self::Timeout];
+    const ALL: [Rejection; 4] = [
+        Self::Concurrency,
+        Self::Overloaded,
+        Self::Timeout,
+        Self::BodyBudget,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Self::Concurrency => "concurrency",
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
+            Self::BodyBudget => "body_budget",
         }
     }
 }
@@ -124,7 +132,7 @@ pub struct Metrics {
     requests: Vec<[Timed; 3]>,
     /// Per model: its backend calls and the rows they computed.
     compute: Vec<(Timed, StripedCounter)>,
-    rejected: [Counter; 3],
+    rejected: [Counter; Rejection::ALL.len()],
 }
 
 impl fmt::Debug for Metrics {

@@ -166,6 +166,18 @@ impl Upstream {
         body: &serde_json::Value,
     ) -> Result<UpstreamReply, UpstreamError> {
         let bytes = Bytes::from(serde_json::to_vec(body).expect("a JSON value serializes"));
+        self.post_json_text(path, bytes).await
+    }
+
+    /// `POST`s `body`, JSON text the caller wrote, to `path` as an inference call.
+    ///
+    /// # Errors
+    /// The last attempt's [`UpstreamError`].
+    pub async fn post_json_text(
+        &self,
+        path: &str,
+        bytes: Bytes,
+    ) -> Result<UpstreamReply, UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,

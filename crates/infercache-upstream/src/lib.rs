@@ -73,7 +73,9 @@ pub fn backend(config: &ModelConfig, client: &reqwest::Client) -> Option<Arc<dyn
     })
 }
 
-/// The identity of an upstream model: its configured name, version and digest.
+/// The identity of an upstream model: its configured name and version, and what
+/// computes its output ([`ModelConfig::artifact_key`]: the operator's digest, else the
+/// upstream's protocol, server and name).
 fn info(config: &ModelConfig) -> ModelInfo {
     ModelInfo {
         name: config.name.clone(),
@@ -81,6 +83,7 @@ fn info(config: &ModelConfig) -> ModelInfo {
         kind: config.backend,
         version: config.version.clone(),
         digest: config.digest.clone(),
+        upstream: config.artifact_key(),
         dims: None,
     }
 }
@@ -98,9 +101,9 @@ fn texts_of(inputs: &Inputs, rows: &[usize]) -> Result<(Vec<String>, Option<u64>
     }
 }
 
-/// Stored forms of JSON output rows: each row's compact JSON text.
-fn json_rows(rows: &[serde_json::Value]) -> Vec<Bytes> {
+/// Stored forms of JSON output rows: each row's text as the upstream wrote it.
+fn raw_rows(rows: &[&serde_json::value::RawValue]) -> Vec<Bytes> {
     rows.iter()
-        .map(|r| Bytes::from(serde_json::to_vec(r).expect("a JSON value serializes")))
+        .map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
         .collect()
 }

@@ -50,6 +50,7 @@ impl Fake {
                 version: "1".into(),
                 digest: Some("sha256:fake".into()),
                 dims: Some(DIMS),
+                upstream: None,
             },
             invocations: AtomicU64::new(0),
             texts: AtomicU64::new(0),

@@ -445,6 +445,109 @@ async fn changing_version_or_digest_makes_old_entries_unreachable() {
 }
 
 #[tokio::test]
+async fn changing_the_upstream_server_or_name_without_a_version_is_a_miss() {
+    let (a, up_a) = upstream().await;
+    let (b, up_b) = upstream().await;
+    // One cache across the configurations, as one Redis across deployments.
+    let cache = Cache::open(CacheConfig::default(), ManualClock::new(1_000_000)).unwrap();
+    let mut outcomes = Vec::new();
+    // The same server, spelled otherwise: the URL is normalised before it is keyed.
+    let same_a = a.replacen("http://", "HTTP://", 1);
+    for (url, upstream_name, digest) in [
+        (&a, "m", None),
+        (&same_a, "m", None),
+        (&b, "m", None),
+        (&a, "other", None),
+        (&a, "m", Some("sha256:d")),
+        // An explicit digest wins: the server and name it is served under do not matter.
+        (&b, "other", Some("sha256:d")),
+    ] {
+        let mut m = model("m", Backend::HttpJson, &format!("{url}/predict"));
+        m.upstream_name = upstream_name.into();
+        m.digest = digest.map(Into::into);
+        let state = AppState::new(
+            Some(cache.clone()),
+            registry(&[m]),
+            ApiKeys::none(),
+            Limits::default(),
+        );
+        let r = post(
+            &app(state),
+            "/v1/models/m/predict",
+            &[],
+            &json!({"inputs": ["x"]}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        outcomes.push(r.header("x-cache").to_owned());
+    }
+    assert_eq!(outcomes, ["MISS", "HIT", "MISS", "MISS", "MISS", "HIT"]);
+    assert_eq!((up_a.calls(), up_b.calls()), (3, 1));
+}
+
+/// A plain JSON upstream that keeps the raw bytes of every body it is sent and answers
+/// each row with its index.
+async fn recording_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let router = Router::new().route(
+        "/predict",
+        routing::post(move |body: axum::body::Bytes| {
+            let record = Arc::clone(&record);
+            async move {
+                let text = String::from_utf8(body.to_vec()).unwrap();
+                let rows = serde_json::from_str::<Value>(&text).unwrap()["inputs"]
+                    .as_array()
+                    .unwrap()
+                    .len();
+                record.lock().unwrap().push(text);
+                axum::Json(json!({ "outputs": (0..rows).collect::<Vec<_>>() }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn numbers_reach_the_upstream_as_sent_and_1_and_1_0_are_other_rows() {
+    let (url, seen) = recording_upstream().await;
+    let h = json_model(&url, |_| {});
+    let body = br#"{"inputs": [12345678901234567890123, 1.0, {"p": 0.10000000000000000000001}], "parameters": {"t": 1.50}}"#;
+    let r = send(
+        &h.app,
+        request(Method::POST, "/v1/models/m/predict", &[], body.to_vec()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [
+            r#"{"inputs":[12345678901234567890123,1.0,{"p": 0.10000000000000000000001}],"parameters":{"t": 1.50}}"#
+        ]
+    );
+    // `1` is not `1.0`, and a neighbouring big integer is not the one sent.
+    let other = send(
+        &h.app,
+        request(
+            Method::POST,
+            "/v1/models/m/predict",
+            &[],
+            br#"{"inputs": [1, 12345678901234567890124, 1.0], "parameters": {"t": 1.50}}"#.to_vec(),
+        ),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.body);
+    assert_eq!(other.header("x-cache"), "PARTIAL");
+    assert_eq!(
+        seen.lock().unwrap()[1],
+        r#"{"inputs":[1,12345678901234567890124],"parameters":{"t": 1.50}}"#
+    );
+}
+
+#[tokio::test]
 async fn a_non_deterministic_model_is_never_cached() {
     let (url, up) = upstream().await;
     let h = json_model(&url, |m| m.deterministic = false);

@@ -372,3 +372,84 @@ async fn a_removal_while_redis_is_down_answers_202_pending() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A plain JSON upstream whose every output says which upstream computed it.
+async fn labelled_upstream(label: &'static str) -> (String, Arc<AtomicU64>) {
+    let rows = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&rows);
+    let app = axum::Router::new().route(
+        "/score",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let counted = Arc::clone(&counted);
+            async move {
+                let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+                counted.fetch_add(inputs.len() as u64, Ordering::SeqCst);
+                let outputs: Vec<Value> = inputs
+                    .iter()
+                    .map(|i| json!({ "in": i, "from": label }))
+                    .collect();
+                axum::Json(json!({ "outputs": outputs }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, rows)
+}
+
+/// A server on `redis` whose only model is `scorer`, an `http-json` model at `url`.
+async fn scorer_on(redis: &RedisServer, url: &str) -> Server {
+    let mut cfg = config(RedisTarget::Url(redis.url()));
+    cfg.disk = None;
+    let mut scorer = infercache_backend::ModelConfig::new(
+        "scorer",
+        infercache_backend::BackendKind::HttpJson,
+        Some(&format!("{url}/score")),
+    );
+    scorer.timeout = Duration::from_secs(5);
+    cfg.models = vec![scorer];
+    let s = Server::start(cfg, model().await).await;
+    wait_for(
+        "the Redis tier in use",
+        Duration::from_secs(5),
+        async || redis_stats(&s).await["connected"] == true,
+    )
+    .await;
+    s
+}
+
+#[tokio::test]
+async fn two_deployments_with_one_model_name_but_other_upstreams_never_share_rows() {
+    let redis = RedisServer::start();
+    let (url_a, rows_a) = labelled_upstream("a").await;
+    let (url_b, rows_b) = labelled_upstream("b").await;
+    let a = scorer_on(&redis, &url_a).await;
+    let b = scorer_on(&redis, &url_b).await;
+    let body = json!({ "inputs": ["x"] });
+
+    let first = a.post("/v1/models/scorer/predict", &[], &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["outputs"][0]["from"], "a");
+    // Same model name, same version, same Redis, another upstream: a miss.
+    let other = b.post("/v1/models/scorer/predict", &[], &body).await;
+    assert_eq!(other.header("x-cache"), "MISS", "{}", other.body);
+    assert_eq!(other.body["outputs"][0]["from"], "b");
+    let again = b.post("/v1/models/scorer/predict", &[], &body).await;
+    assert_eq!(again.header("x-cache"), "HIT");
+    assert_eq!(again.body["outputs"][0]["from"], "b");
+    assert_eq!(
+        (rows_a.load(Ordering::SeqCst), rows_b.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+
+    // A third node with A's upstream shares A's rows through Redis.
+    let c = scorer_on(&redis, &url_a).await;
+    let shared = c.post("/v1/models/scorer/predict", &[], &body).await;
+    assert_eq!(shared.header("x-cache"), "HIT", "{}", shared.body);
+    assert_eq!(shared.body["outputs"][0]["from"], "a");
+    assert_eq!(rows_a.load(Ordering::SeqCst), 1);
+    for s in [a, b, c] {
+        s.stop().await;
+    }
+}
