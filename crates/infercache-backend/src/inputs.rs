@@ -2,11 +2,47 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use infercache_core::canonical::{canonical_json, canonical_json_text};
 use infercache_core::{CanonicalInput, CoreError};
 use infercache_kserve::{InferRequest, ROW_FORMAT_VERSION, Row};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+/// One JSON value as the text a client (or an upstream) wrote it: a slice of the body it
+/// came in, not a copy, checked once to hold exactly one JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(Bytes);
+
+impl JsonText {
+    /// `bytes` if they hold one JSON value (surrounding whitespace trimmed).
+    ///
+    /// # Errors
+    /// serde_json's error when they do not.
+    pub fn new(bytes: Bytes) -> Result<Self, serde_json::Error> {
+        let raw: &RawValue = serde_json::from_slice(&bytes)?;
+        let value = bytes.slice_ref(raw.get().as_bytes());
+        Ok(Self(value))
+    }
+
+    /// The slice of `body` that `raw` (parsed from `body`) spans.
+    ///
+    /// # Panics
+    /// If `raw` does not lie within `body` (a bug).
+    pub fn within(body: &Bytes, raw: &RawValue) -> Self {
+        Self(body.slice_ref(raw.get().as_bytes()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("checked to be JSON, which is UTF-8")
+    }
+
+    /// The text's bytes, shared.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
 
 /// The rows of one request, each of which is cached on its own.
 ///
@@ -29,9 +65,9 @@ pub enum Inputs {
     /// a row costs its own bytes, not a tree of values.
     Json {
         /// One row per value.
-        rows: Vec<Box<RawValue>>,
+        rows: Vec<JsonText>,
         /// The request's `parameters` (a JSON object), forwarded with every row.
-        parameters: Option<Box<RawValue>>,
+        parameters: Option<JsonText>,
     },
     /// The rows of a KServe v2 inference request, split along dimension 0.
     Tensors {
@@ -77,7 +113,10 @@ impl Inputs {
             Self::Texts { texts, .. } => {
                 Ok(texts.iter().map(|t| CanonicalInput::text(t)).collect())
             }
-            Self::Json { rows, .. } => rows.iter().map(|r| CanonicalInput::json_text(r)).collect(),
+            Self::Json { rows, .. } => rows
+                .iter()
+                .map(|r| CanonicalInput::json_str(r.as_str()))
+                .collect(),
             Self::Tensors { rows, .. } => Ok(rows.iter().map(Row::canonical_input).collect()),
         }
     }
@@ -101,7 +140,7 @@ impl Inputs {
                 None
             }
             Self::Json { parameters, .. } => {
-                return json_key_params(parameters.as_deref(), keyed);
+                return json_key_params(parameters.as_ref(), keyed);
             }
             Self::Tensors { request, .. } => {
                 protocol.insert(
@@ -140,13 +179,13 @@ impl Inputs {
 /// [`Inputs::key_params`] of JSON rows: `{"params": {...}}` of the picked parameters,
 /// each in its canonical text (numbers as the client wrote them), or empty.
 fn json_key_params(
-    parameters: Option<&RawValue>,
+    parameters: Option<&JsonText>,
     keyed: Option<&[String]>,
 ) -> Result<Vec<u8>, CoreError> {
     let Some(parameters) = parameters else {
         return Ok(Vec::new());
     };
-    let all: BTreeMap<String, &RawValue> = serde_json::from_str(parameters.get())?;
+    let all: BTreeMap<String, &RawValue> = serde_json::from_str(parameters.as_str())?;
     let picked: Vec<(&String, &RawValue)> = match keyed {
         None => all.iter().map(|(k, v)| (k, *v)).collect(),
         Some(names) => names
@@ -176,8 +215,8 @@ mod tests {
 
     use super::*;
 
-    fn raw(text: &str) -> Box<RawValue> {
-        RawValue::from_string(text.to_owned()).unwrap()
+    fn raw(text: &str) -> JsonText {
+        JsonText::new(Bytes::copy_from_slice(text.as_bytes())).unwrap()
     }
 
     fn json_rows(parameters: Value) -> Inputs {

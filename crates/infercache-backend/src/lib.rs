@@ -39,5 +39,5 @@ pub use backend::{Backend, BackendStats, BoxFuture, CallStats, InferenceStats};
 pub use dirs::default_cache_dir;
 pub use error::{BackendError, UpstreamError};
 pub use info::{BUILTIN_ALIAS, BUILTIN_MODEL, BackendKind, ModelInfo};
-pub use inputs::Inputs;
+pub use inputs::{Inputs, JsonText};
 pub use settings::{DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, ModelConfig};

@@ -66,19 +66,19 @@ impl Backend for HttpJson {
                     "a plain JSON model takes JSON rows (a bug otherwise)",
                 ));
             };
-            let size: usize = rows.iter().map(|&i| values[i].get().len() + 1).sum();
+            let size: usize = rows.iter().map(|&i| values[i].bytes().len() + 1).sum();
             let mut body = Vec::with_capacity(size + 32);
             body.extend_from_slice(b"{\"inputs\":[");
             for (n, &i) in rows.iter().enumerate() {
                 if n > 0 {
                     body.push(b',');
                 }
-                body.extend_from_slice(values[i].get().as_bytes());
+                body.extend_from_slice(values[i].bytes());
             }
             body.push(b']');
             if let Some(p) = parameters {
                 body.extend_from_slice(b",\"parameters\":");
-                body.extend_from_slice(p.get().as_bytes());
+                body.extend_from_slice(p.bytes());
             }
             body.push(b'}');
             Ok(self.predict(body).await?)

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
+use infercache_backend::JsonText;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -223,13 +224,15 @@ pub fn raw_object(body: &[u8]) -> Result<BTreeMap<&str, &RawValue>, ApiError> {
     serde_json::from_str(raw.get()).map_err(|e| ApiError::MalformedJson(e.to_string()))
 }
 
-/// The rows of the array field `field` of a [`raw_object`], each kept as its text: a
-/// non-empty JSON array of at most `max_items` values of any type.
+/// The rows of the array field `field` of a [`raw_object`] of `body`, each kept as its
+/// text (a slice of `body`, no copy): a non-empty JSON array of at most `max_items`
+/// values of any type.
 pub fn raw_rows(
+    body: &Bytes,
     obj: &BTreeMap<&str, &RawValue>,
     field: &'static str,
     limits: &Limits,
-) -> Result<Vec<Box<RawValue>>, ApiError> {
+) -> Result<Vec<JsonText>, ApiError> {
     let value = match obj.get(field) {
         None => return Err(ApiError::MissingField(field)),
         Some(v) if v.get() == "null" => return Err(ApiError::MissingField(field)),
@@ -241,7 +244,7 @@ pub fn raw_rows(
             format!("expected an array, got {}", raw_type_name(value)),
         ));
     }
-    let items: Vec<Box<RawValue>> =
+    let items: Vec<&RawValue> =
         serde_json::from_str(value.get()).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     if items.is_empty() {
         return Err(ApiError::invalid(field, "must hold at least one row"));
@@ -253,7 +256,10 @@ pub fn raw_rows(
             limit: limits.max_items,
         });
     }
-    Ok(items)
+    Ok(items
+        .into_iter()
+        .map(|raw| JsonText::within(body, raw))
+        .collect())
 }
 
 /// The JSON type of a raw value, for messages (its first byte says it).

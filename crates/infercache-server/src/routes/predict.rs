@@ -23,7 +23,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use infercache_backend::{BackendKind, Inputs};
+use infercache_backend::{BackendKind, Inputs, JsonText};
 use infercache_infer::RowRequest;
 
 use super::body;
@@ -51,11 +51,11 @@ pub async fn predict(
             field: (*field).to_owned(),
         });
     }
-    let rows = body::raw_rows(&obj, "inputs", state.limits())?;
+    let rows = body::raw_rows(&bytes, &obj, "inputs", state.limits())?;
     let parameters = match obj.get("parameters") {
         None => None,
         Some(p) if p.get() == "null" => None,
-        Some(p) if p.get().starts_with('{') => Some((*p).to_owned()),
+        Some(p) if p.get().starts_with('{') => Some(JsonText::within(&bytes, p)),
         Some(other) => {
             return Err(ApiError::invalid(
                 "parameters",

@@ -3,6 +3,7 @@
 //! The model comes from `INFERCACHE_MODEL_DIR`, else it is fetched once into the
 //! workspace's `target/model-cache`. Without it these tests fail, loudly: they never skip.
 
+mod body_budget;
 mod cache_control;
 mod embeddings;
 mod errors;
