@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use infercache_backend::{BackendError, Inputs, UpstreamError};
+use infercache_backend::{BackendError, BackendKind, Inputs, UpstreamError, vector};
 use infercache_core::{Digest, Epochs, KeyParts};
 use infercache_engine::{Cache, CacheKey, ComputeError, Fetched, Lookup, RequestOptions, Source};
 
@@ -217,10 +217,23 @@ impl Infer {
         if control.cache_only || control.only_if_cached {
             return lookup_only(&cache, &keys, &options, control, digests).await;
         }
-        match self
+        let mut fetched = self
             .compute(&cache, &model, &inputs, keys.clone(), options)
-            .await
+            .await;
+        if let Ok(found) = &fetched
+            && refuse_unfit(&model, &inputs, &keys, found)
         {
+            // A tier held a value that does not fit the model: the request is computed
+            // afresh, which also overwrites it in every tier.
+            let fresh = RequestOptions {
+                no_cache: true,
+                ..options
+            };
+            fetched = self
+                .compute(&cache, &model, &inputs, keys.clone(), fresh)
+                .await;
+        }
+        match fetched {
             Ok(fetched) => Ok(Rows {
                 sources: fetched.iter().map(|f| source(f.source)).collect(),
                 values: fetched.into_iter().map(|f| Some(f.value)).collect(),
@@ -378,6 +391,41 @@ fn keys(
             })
         })
         .collect())
+}
+
+/// Whether any value a tier served does not fit the model, counting each such value as
+/// corrupt: an embedding whose length is not the model's (the size the request asked
+/// for, else the model's known size; whole `f32`s at least). Keys cover the model and its
+/// upstream, so only a bug or a foreign writer on a shared tier stores one; it is never
+/// served.
+fn refuse_unfit(model: &Model, inputs: &Inputs, keys: &[CacheKey], fetched: &[Fetched]) -> bool {
+    if !matches!(
+        model.kind(),
+        BackendKind::Builtin | BackendKind::OpenAi | BackendKind::Tei
+    ) {
+        return false;
+    }
+    let dims = match inputs {
+        Inputs::Texts {
+            dimensions: Some(d),
+            ..
+        } => usize::try_from(*d).ok(),
+        _ => model.info().dims,
+    };
+    let mut unfit = false;
+    for (f, k) in fetched.iter().zip(keys) {
+        if f.source.is_hit() && vector::check(&f.value, dims).is_err() {
+            tracing::warn!(
+                model = model.name(),
+                key = %k.digest(),
+                bytes = f.value.len(),
+                "a stored embedding does not fit the model; recomputing it"
+            );
+            k.model().count_corrupt();
+            unfit = true;
+        }
+    }
+    unfit
 }
 
 fn source(s: Source) -> RowSource {

@@ -376,6 +376,7 @@ impl Collector for EngineCollector {
             by_model.push((l("any", "miss"), s.misses));
             by_model.push((l("any", "coalesced"), s.coalesced));
             by_model.push((l("any", "compute_error"), s.compute_errors));
+            by_model.push((l("any", "corrupt"), s.corrupt));
         }
         counter(
             &mut enc,

@@ -453,3 +453,77 @@ async fn two_deployments_with_one_model_name_but_other_upstreams_never_share_row
         s.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_vector_of_the_wrong_length_is_a_miss_counted_as_corrupt() {
+    let redis = RedisServer::start();
+    let (a, _ma, b, mb) = pair(&redis).await;
+    let first = a.embed(&[], json!(["a foreign value"])).await;
+    assert_eq!((first.status, first.header("x-cache")), (200, "MISS"));
+    let key: infercache_core::Digest = first.body["cache"]["keys"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key in {}", first.body))
+        .parse()
+        .unwrap();
+
+    // Another writer stores three floats under that key, in the tier's own format.
+    let tier = infercache_redis::RedisTier::connect(
+        infercache_redis::RedisConfig::new(infercache_redis::Target::Single(redis.url())),
+        infercache_core::SystemClock::shared(),
+    )
+    .unwrap();
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let foreign = infercache_redis::codec::encode(
+        &key,
+        &infercache_engine::RemoteEntry {
+            value: infercache_backend::vector::encode(&[1.0, 2.0, 3.0]),
+            created_ms: now,
+            expires_ms: None,
+        },
+    );
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SET")
+        .arg(tier.value_key(&key))
+        .arg(foreign)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // A node that has the key only in Redis refuses the value, counts it and recomputes.
+    let second = b.embed(&[], json!(["a foreign value"])).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.header("x-cache"), "MISS");
+    assert_eq!(
+        second.body["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .len(),
+        384
+    );
+    assert_eq!(first.body["data"], second.body["data"]);
+    assert_eq!(texts(&mb), 1);
+    assert_eq!(b.model_stats(&[]).await["corrupt"], 1);
+    let metrics = b.get("/metrics", &[]).await.body;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("infercache_model_lookups_total")
+                && l.contains("outcome=\"corrupt\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // The recomputed value replaced it.
+    let third = b.embed(&[], json!(["a foreign value"])).await;
+    assert_eq!(third.header("x-cache"), "HIT");
+    assert_eq!(first.body["data"], third.body["data"]);
+    a.stop().await;
+    b.stop().await;
+}
