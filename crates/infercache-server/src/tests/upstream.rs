@@ -226,7 +226,7 @@ fn model(name: &str, backend: Backend, url: &str) -> ModelConfig {
 /// The registry of `models`, the fake as the built-in model, upstreams through real
 /// clients.
 fn registry(models: &[ModelConfig]) -> Models {
-    let client = infercache_upstream::client().unwrap();
+    let client = infercache_upstream::Pool::new(Limits::default().body_budget_bytes).unwrap();
     Models::configured(
         models,
         None,
@@ -1383,4 +1383,63 @@ async fn upstream_calls_are_counted_per_model_in_the_metrics() {
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
+}
+
+/// An upstream whose every answer to `POST /big` is `bytes` long.
+async fn big_answers(bytes: usize) -> String {
+    let router = Router::new().route(
+        "/big",
+        routing::post(move || async move {
+            let padding = "x".repeat(bytes.saturating_sub(20));
+            axum::Json(json!({ "outputs": [padding] }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn upstream_answers_are_read_within_their_budget() {
+    let url = big_answers(600 << 10).await;
+    let pool = infercache_upstream::Pool::new(1 << 20).unwrap();
+    let upstream = pool.upstream(&model("m", Backend::HttpJson, &format!("{url}/big")));
+    let call = || {
+        let upstream = upstream.clone();
+        async move {
+            upstream
+                .post_json_text("", axum::body::Bytes::from_static(b"{}"))
+                .await
+        }
+    };
+    let first = call().await.unwrap();
+    assert!(first.body.len() > 500 << 10);
+    // A second 600 KiB answer does not fit beside the first: it waits for its room.
+    let second = tokio::spawn(call());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "read beside an answer that fills the budget"
+    );
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("read once the first answer is gone")
+        .unwrap()
+        .unwrap();
+    assert!(second.body.len() > 500 << 10);
+
+    // An answer larger than the whole budget is refused, naming the model.
+    let small = infercache_upstream::Pool::new(256 << 10).unwrap();
+    let e = small
+        .upstream(&model("m", Backend::HttpJson, &format!("{url}/big")))
+        .post_json_text("", axum::body::Bytes::from_static(b"{}"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, infercache_backend::UpstreamError::BadResponse { .. }),
+        "{e}"
+    );
+    assert_eq!(e.model(), "m");
 }
