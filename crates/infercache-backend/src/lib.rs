@@ -17,9 +17,11 @@
 //!
 //! - [`Backend`], [`BoxFuture`], [`BackendStats`]: the trait and what it reports.
 //! - [`Inputs`]: a request's rows in the form a protocol gives them (texts, JSON rows,
-//!   KServe v2 tensor rows), each with its canonical key form.
+//!   KServe v2 tensor rows), each with its canonical key form; a JSON row is
+//!   [`JsonText`], the client's own text, never a parsed tree.
 //! - [`ModelInfo`], [`BackendKind`]: a model's identity and the protocol it speaks.
-//! - [`ModelConfig`]: the validated settings of one `[[models]]` entry.
+//! - [`ModelConfig`]: the validated settings of one `[[models]]` entry, and
+//!   [`ModelConfig::artifact_key`], the upstream's identity every key of the model holds.
 //! - [`BackendError`], [`UpstreamError`]: why a computation failed, cheap to clone
 //!   because the cache hands one error to every request waiting on the same rows.
 //! - [`vector`]: the stored form of an embedding (little-endian `f32`).

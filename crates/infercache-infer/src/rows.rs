@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use infercache_backend::{BackendError, BackendKind, Inputs, UpstreamError, vector};
+use infercache_backend::{BackendError, Inputs, UpstreamError};
 use infercache_core::{Digest, Epochs, KeyParts};
 use infercache_engine::{Cache, CacheKey, ComputeError, Fetched, Lookup, RequestOptions, Source};
 
@@ -393,33 +393,19 @@ fn keys(
         .collect())
 }
 
-/// Whether any value a tier served does not fit the model, counting each such value as
-/// corrupt: an embedding whose length is not the model's (the size the request asked
-/// for, else the model's known size; whole `f32`s at least). Keys cover the model and its
-/// upstream, so only a bug or a foreign writer on a shared tier stores one; it is never
-/// served.
+/// Whether any value a tier served does not fit the model ([`Backend::fits`]: an
+/// embedding of another length), counting each such value as corrupt; it is never served.
+///
+/// [`Backend::fits`]: infercache_backend::Backend::fits
 fn refuse_unfit(model: &Model, inputs: &Inputs, keys: &[CacheKey], fetched: &[Fetched]) -> bool {
-    if !matches!(
-        model.kind(),
-        BackendKind::Builtin | BackendKind::OpenAi | BackendKind::Tei
-    ) {
-        return false;
-    }
-    let dims = match inputs {
-        Inputs::Texts {
-            dimensions: Some(d),
-            ..
-        } => usize::try_from(*d).ok(),
-        _ => model.info().dims,
-    };
     let mut unfit = false;
     for (f, k) in fetched.iter().zip(keys) {
-        if f.source.is_hit() && vector::check(&f.value, dims).is_err() {
+        if f.source.is_hit() && !model.backend().fits(&f.value, inputs) {
             tracing::warn!(
                 model = model.name(),
                 key = %k.digest(),
                 bytes = f.value.len(),
-                "a stored embedding does not fit the model; recomputing it"
+                "a stored value does not fit the model; recomputing it"
             );
             k.model().count_corrupt();
             unfit = true;

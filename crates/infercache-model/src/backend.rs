@@ -127,6 +127,10 @@ impl Backend for BuiltinModel {
         self.pool.count_tokens(text).unwrap_or(0)
     }
 
+    fn fits(&self, value: &[u8], inputs: &Inputs) -> bool {
+        vector::fits(value, inputs, Some(DIMS))
+    }
+
     fn stats(&self) -> BackendStats {
         let s = self.pool.stats();
         BackendStats::InProcess(InferenceStats {

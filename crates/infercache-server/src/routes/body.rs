@@ -4,6 +4,12 @@
 //! every mistake gets a message naming its field: malformed JSON, a field of the wrong
 //! type, a field this server does not support (`dimensions`), an empty input, an empty
 //! string, too many inputs or one too long.
+//!
+//! Bodies whose rows may be large arrays (`/predict`'s JSON rows) are read with
+//! [`raw_object`] and [`raw_rows`] instead: the top level is split into fields of raw
+//! text and each row stays a slice of the body, so parsing costs little beyond the body
+//! itself and no number is converted. How many body bytes are in flight at once is
+//! bounded before any of this, by the body budget (`routes::guard`).
 
 use std::collections::BTreeMap;
 
