@@ -1,19 +1,15 @@
-//! Bounded memory under hostile bodies: a server process of its own (this test binary run
-//! again as `child_server`, so that its memory is measured alone), 256 concurrent 2 MiB
-//! bodies of numbers, its peak resident memory read from `/proc/PID/status`.
+//! Bounded memory under hostile bodies: a server process of its own
+//! ([`ChildServer`], so that its memory is measured alone), 256 concurrent 2 MiB bodies of
+//! numbers, its peak resident memory read from `/proc/PID/status`.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::routing::post;
-use infercache_server::{ServeArgs, ServerConfig};
 use serde_json::{Value, json};
 
-/// The variable naming the configuration file a child server serves.
-const CHILD_CONFIG: &str = "INFERCACHE_TEST_CHILD_CONFIG";
+use crate::process::ChildServer;
 /// The body budget the child runs with.
 const BUDGET: usize = 32 << 20; // as the configuration below says
 /// Bytes of each hostile body.
@@ -27,30 +23,6 @@ const MULTIPLE: usize = 3;
 const PER_CONNECTION: usize = 512 << 10;
 /// Room for the rest: task stacks, the answers, the allocator's own.
 const SLACK: usize = 32 << 20;
-
-/// Not a test: the server process [`hostile_bodies_keep_memory_bounded_and_the_server_serves`]
-/// starts by running this binary again with `CHILD_CONFIG` set. Without it, returns.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a server process for another test, which starts it"]
-async fn child_server() {
-    let Some(path) = std::env::var_os(CHILD_CONFIG) else {
-        return;
-    };
-    let config = ServerConfig::from_args(&ServeArgs {
-        config: Some(path.into()),
-        ..ServeArgs::default()
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    println!("listening on http://{}", listener.local_addr().unwrap());
-    // Served until the parent closes stdin.
-    let stdin_closed = async {
-        let _ = tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await;
-    };
-    infercache_server::run(config, listener, stdin_closed)
-        .await
-        .unwrap();
-}
 
 /// A plain JSON upstream answering each row with its length in bytes.
 async fn upstream() -> (String, Arc<AtomicUsize>) {
@@ -74,71 +46,6 @@ async fn upstream() -> (String, Arc<AtomicUsize>) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, rows)
-}
-
-/// The child process, killed on drop.
-struct ChildServer {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl ChildServer {
-    fn start(toml: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("infercache.toml");
-        std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "body_budget::child_server",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(CHILD_CONFIG, &path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut url = None;
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            if let Some((_, u)) = line.split_once("listening on ") {
-                url = Some(u.trim().to_owned());
-                break;
-            }
-        }
-        let url = url.expect("the child server never said where it listens");
-        Self {
-            child,
-            url,
-            _dir: dir,
-        }
-    }
-
-    /// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`).
-    fn memory(&self, field: &str) -> usize {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .unwrap_or_else(|| panic!("no {field} in {status}"));
-        let kib: usize = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap();
-        kib << 10
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `{"inputs": [[n, 0.123456, 0.123456, ...]]}` of about `BODY` bytes: one row of numbers,

@@ -12,6 +12,7 @@ use infercache_server::ServerConfig;
 use infercache_server::config::{RedisSettings, RedisTarget};
 use serde_json::{Value, json};
 
+use crate::process::ChildServer;
 use crate::support::{Server, model};
 
 /// A server on `target`. Timeouts of 1 s: the model keeps both cores of a CI machine busy,
@@ -398,60 +399,78 @@ async fn labelled_upstream(label: &'static str) -> (String, Arc<AtomicU64>) {
     (url, rows)
 }
 
-/// A server on `redis` whose only model is `scorer`, an `http-json` model at `url`.
-async fn scorer_on(redis: &RedisServer, url: &str) -> Server {
-    let mut cfg = config(RedisTarget::Url(redis.url()));
-    cfg.disk = None;
-    let mut scorer = infercache_backend::ModelConfig::new(
-        "scorer",
-        infercache_backend::BackendKind::HttpJson,
-        Some(&format!("{url}/score")),
-    );
-    scorer.timeout = Duration::from_secs(5);
-    cfg.models = vec![scorer];
-    let s = Server::start(cfg, model().await).await;
+/// A server process on `redis` whose only model is `scorer`, an `http-json` model at
+/// `url`, once its Redis tier is in use.
+async fn scorer_on(redis: &RedisServer, url: &str) -> ChildServer {
+    let s = ChildServer::start(&format!(
+        r#"
+        no_disk = true
+        redis = "{}"
+        redis_timeout = "1s"
+
+        [[models]]
+        name = "scorer"
+        backend = "http-json"
+        url = "{url}/score"
+        "#,
+        redis.url()
+    ));
+    let client = reqwest::Client::new();
     wait_for(
         "the Redis tier in use",
-        Duration::from_secs(5),
-        async || redis_stats(&s).await["connected"] == true,
+        Duration::from_secs(10),
+        async || {
+            let stats: Value = client
+                .get(format!("{}/v1/cache/stats", s.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            stats["tiers"]["redis"]["connected"] == true
+        },
     )
     .await;
     s
 }
 
-#[tokio::test]
+/// `POST /v1/models/scorer/predict` of the row `"x"` to `s`: the answer's `X-Cache` and
+/// which upstream computed it.
+async fn score_x(s: &ChildServer) -> (String, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/models/scorer/predict", s.url))
+        .json(&json!({ "inputs": ["x"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cache = r.headers()["x-cache"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    (cache, body["outputs"][0]["from"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_deployments_with_one_model_name_but_other_upstreams_never_share_rows() {
     let redis = RedisServer::start();
     let (url_a, rows_a) = labelled_upstream("a").await;
     let (url_b, rows_b) = labelled_upstream("b").await;
+    // Two server processes: the same model name and version on one Redis, other upstreams.
     let a = scorer_on(&redis, &url_a).await;
     let b = scorer_on(&redis, &url_b).await;
-    let body = json!({ "inputs": ["x"] });
 
-    let first = a.post("/v1/models/scorer/predict", &[], &body).await;
-    assert_eq!(first.status, 200, "{}", first.body);
-    assert_eq!(first.body["outputs"][0]["from"], "a");
-    // Same model name, same version, same Redis, another upstream: a miss.
-    let other = b.post("/v1/models/scorer/predict", &[], &body).await;
-    assert_eq!(other.header("x-cache"), "MISS", "{}", other.body);
-    assert_eq!(other.body["outputs"][0]["from"], "b");
-    let again = b.post("/v1/models/scorer/predict", &[], &body).await;
-    assert_eq!(again.header("x-cache"), "HIT");
-    assert_eq!(again.body["outputs"][0]["from"], "b");
+    assert_eq!(score_x(&a).await, ("MISS".into(), json!("a")));
+    assert_eq!(score_x(&b).await, ("MISS".into(), json!("b")));
+    assert_eq!(score_x(&b).await, ("HIT".into(), json!("b")));
     assert_eq!(
         (rows_a.load(Ordering::SeqCst), rows_b.load(Ordering::SeqCst)),
         (1, 1)
     );
 
-    // A third node with A's upstream shares A's rows through Redis.
+    // A third process with A's upstream shares A's rows through Redis.
     let c = scorer_on(&redis, &url_a).await;
-    let shared = c.post("/v1/models/scorer/predict", &[], &body).await;
-    assert_eq!(shared.header("x-cache"), "HIT", "{}", shared.body);
-    assert_eq!(shared.body["outputs"][0]["from"], "a");
+    assert_eq!(score_x(&c).await, ("HIT".into(), json!("a")));
     assert_eq!(rows_a.load(Ordering::SeqCst), 1);
-    for s in [a, b, c] {
-        s.stop().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
