@@ -1045,6 +1045,36 @@ mod tests {
     }
 
     #[test]
+    fn the_body_budget_is_a_size_of_at_least_the_body_limit() {
+        let c = ServerConfig::resolve(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.limits.body_budget_bytes, 64 << 20);
+        let c = ServerConfig::resolve(
+            ServeArgs {
+                body_budget: Some("8MiB".into()),
+                ..ServeArgs::default()
+            },
+            file("body_budget = \"1GiB\""),
+        )
+        .unwrap();
+        assert_eq!(c.limits.body_budget_bytes, 8 << 20);
+        // A body limit above the default budget raises the default with it.
+        let c = ServerConfig::resolve(ServeArgs::default(), file("max_body_size = \"100MiB\""))
+            .unwrap();
+        assert_eq!(c.limits.body_budget_bytes, 100 << 20);
+        for bad in ["1MiB", "0.5", "lots"] {
+            let e = ServerConfig::resolve(
+                ServeArgs {
+                    body_budget: Some(bad.into()),
+                    ..ServeArgs::default()
+                },
+                FileConfig::default(),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("body_budget"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<FileConfig>("memroy = \"1GiB\"").is_err());
     }
