@@ -184,6 +184,10 @@ pub struct ModelLookups {
     pub refreshes: u64,
     /// Computed values marked not to be stored.
     pub not_stored: u64,
+    /// Stored values refused when read for not fitting the model (an embedding of
+    /// another length), recomputed instead of served.
+    #[serde(default)]
+    pub corrupt: u64,
 }
 
 /// The request latencies and inference work of a model run in the server's process.

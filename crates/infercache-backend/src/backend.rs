@@ -52,6 +52,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         true
     }
 
+    /// Whether `value`, which a cache tier holds under the key of a row of `inputs`, can be
+    /// this backend's output for it: an embedder checks the embedding's length
+    /// ([`vector::fits`](crate::vector::fits)). A value that cannot is never served: it is a
+    /// miss, counted as corrupt, and recomputed. Keys cover the model and its upstream, so
+    /// only a bug or a foreign writer on a shared tier stores one. Default: any value.
+    fn fits(&self, value: &[u8], inputs: &Inputs) -> bool {
+        let _ = (value, inputs);
+        true
+    }
+
     /// Tokens `text` counts as, for a response's `usage`. Default: 0 (a model whose
     /// tokenizer runs elsewhere).
     fn count_tokens(&self, text: &str) -> usize {

@@ -22,14 +22,24 @@ pub struct ModelInfo {
     pub kind: BackendKind,
     /// The model version; part of every key.
     pub version: String,
-    /// The artifact's digest (`sha256:…`); part of every key.
+    /// The artifact's digest (`sha256:…`), as configured or known.
     pub digest: Option<String>,
+    /// An upstream model's identity ([`ModelConfig::artifact_key`](crate::ModelConfig::artifact_key):
+    /// its protocol with its `digest`, else with its server and upstream name), keyed in
+    /// place of `digest`; `None` for a model run in this process.
+    pub upstream: Option<String>,
     /// Values of one embedding, when the model is known to produce embeddings of one
     /// size (a stored value of another length is refused); `None`: not known.
     pub dims: Option<usize>,
 }
 
 impl ModelInfo {
+    /// The artifact part of every key of the model: its upstream's identity, else its
+    /// digest.
+    pub fn key_artifact(&self) -> Option<&str> {
+        self.upstream.as_deref().or(self.digest.as_deref())
+    }
+
     /// Whether `name` is this model's name or one of its aliases.
     pub fn answers_to(&self, name: &str) -> bool {
         self.name == name || self.aliases.iter().any(|a| a == name)

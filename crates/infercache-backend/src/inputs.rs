@@ -1,9 +1,48 @@
 //! [`Inputs`]: a request's rows in the form its protocol gives them.
 
-use infercache_core::canonical::canonical_json;
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use infercache_core::canonical::{canonical_json, canonical_json_text};
 use infercache_core::{CanonicalInput, CoreError};
 use infercache_kserve::{InferRequest, ROW_FORMAT_VERSION, Row};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+/// One JSON value as the text a client (or an upstream) wrote it: a slice of the body it
+/// came in, not a copy, checked once to hold exactly one JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(Bytes);
+
+impl JsonText {
+    /// `bytes` if they hold one JSON value (surrounding whitespace trimmed).
+    ///
+    /// # Errors
+    /// serde_json's error when they do not.
+    pub fn new(bytes: Bytes) -> Result<Self, serde_json::Error> {
+        let raw: &RawValue = serde_json::from_slice(&bytes)?;
+        let value = bytes.slice_ref(raw.get().as_bytes());
+        Ok(Self(value))
+    }
+
+    /// The slice of `body` that `raw` (parsed from `body`) spans.
+    ///
+    /// # Panics
+    /// If `raw` does not lie within `body` (a bug).
+    pub fn within(body: &Bytes, raw: &RawValue) -> Self {
+        Self(body.slice_ref(raw.get().as_bytes()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("checked to be JSON, which is UTF-8")
+    }
+
+    /// The text's bytes, shared.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
 
 /// The rows of one request, each of which is cached on its own.
 ///
@@ -20,12 +59,15 @@ pub enum Inputs {
         /// OpenAI's `dimensions`: the size of the embeddings asked for.
         dimensions: Option<u64>,
     },
-    /// JSON rows of any shape, with the request's parameters (plain JSON upstreams).
+    /// JSON rows of any shape, with the request's parameters (plain JSON upstreams),
+    /// each as the client wrote it: keyed by [`canonical_json_text`] and forwarded as
+    /// this very text, so every number reaches the upstream as the client sent it and
+    /// a row costs its own bytes, not a tree of values.
     Json {
         /// One row per value.
-        rows: Vec<Value>,
-        /// The request's `parameters`, forwarded with every row.
-        parameters: Option<Map<String, Value>>,
+        rows: Vec<JsonText>,
+        /// The request's `parameters` (a JSON object), forwarded with every row.
+        parameters: Option<JsonText>,
     },
     /// The rows of a KServe v2 inference request, split along dimension 0.
     Tensors {
@@ -71,7 +113,10 @@ impl Inputs {
             Self::Texts { texts, .. } => {
                 Ok(texts.iter().map(|t| CanonicalInput::text(t)).collect())
             }
-            Self::Json { rows, .. } => rows.iter().map(CanonicalInput::json).collect(),
+            Self::Json { rows, .. } => rows
+                .iter()
+                .map(|r| CanonicalInput::json_str(r.as_str()))
+                .collect(),
             Self::Tensors { rows, .. } => Ok(rows.iter().map(Row::canonical_input).collect()),
         }
     }
@@ -94,7 +139,9 @@ impl Inputs {
                 }
                 None
             }
-            Self::Json { parameters, .. } => parameters.as_ref(),
+            Self::Json { parameters, .. } => {
+                return json_key_params(parameters.as_ref(), keyed);
+            }
             Self::Tensors { request, .. } => {
                 protocol.insert(
                     "outputs".to_owned(),
@@ -129,16 +176,53 @@ impl Inputs {
     }
 }
 
+/// [`Inputs::key_params`] of JSON rows: `{"params": {...}}` of the picked parameters,
+/// each in its canonical text (numbers as the client wrote them), or empty.
+fn json_key_params(
+    parameters: Option<&JsonText>,
+    keyed: Option<&[String]>,
+) -> Result<Vec<u8>, CoreError> {
+    let Some(parameters) = parameters else {
+        return Ok(Vec::new());
+    };
+    let all: BTreeMap<String, &RawValue> = serde_json::from_str(parameters.as_str())?;
+    let picked: Vec<(&String, &RawValue)> = match keyed {
+        None => all.iter().map(|(k, v)| (k, *v)).collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|name| all.get_key_value(name).map(|(k, v)| (k, *v)))
+            .collect(),
+    };
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut text = String::from("{\"params\":{");
+    for (i, (k, v)) in picked.into_iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&serde_json::to_string(k).expect("a string serializes"));
+        text.push(':');
+        text.push_str(v.get());
+    }
+    text.push_str("}}");
+    canonical_json_text(&text)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
 
+    fn raw(text: &str) -> JsonText {
+        JsonText::new(Bytes::copy_from_slice(text.as_bytes())).unwrap()
+    }
+
     fn json_rows(parameters: Value) -> Inputs {
         Inputs::Json {
-            rows: vec![json!({"b": 1, "a": 2})],
-            parameters: parameters.as_object().cloned(),
+            rows: vec![raw(r#"{"b": 1, "a": 2}"#)],
+            parameters: parameters.is_object().then(|| raw(&parameters.to_string())),
         }
     }
 
@@ -176,11 +260,35 @@ mod tests {
     fn json_rows_key_in_canonical_form() {
         let a = json_rows(Value::Null).canonical().unwrap();
         let b = Inputs::Json {
-            rows: vec![json!({"a": 2, "b": 1})],
+            rows: vec![raw(r#"{ "a":2, "b":1 }"#)],
             parameters: None,
         }
         .canonical()
         .unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn json_rows_and_parameters_key_numbers_as_written() {
+        let rows = |texts: &[&str], params: Option<&str>| Inputs::Json {
+            rows: texts.iter().map(|t| raw(t)).collect(),
+            parameters: params.map(raw),
+        };
+        let c = rows(&["1", "1.0", "12345678901234567890123"], None)
+            .canonical()
+            .unwrap();
+        assert_ne!(c[0], c[1]);
+        assert_eq!(c[2].as_bytes(), b"12345678901234567890123");
+        let one = rows(&["1"], Some(r#"{"t": 1}"#)).key_params(None).unwrap();
+        let one_float = rows(&["1"], Some(r#"{"t": 1.0}"#))
+            .key_params(None)
+            .unwrap();
+        assert_ne!(one, one_float);
+        assert_eq!(one, br#"{"params":{"t":1}}"#);
+        let named = ["t".to_owned()];
+        let picked = rows(&["1"], Some(r#"{"seed": 5, "t": 1}"#))
+            .key_params(Some(&named))
+            .unwrap();
+        assert_eq!(picked, one);
     }
 }

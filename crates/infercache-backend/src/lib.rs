@@ -17,9 +17,11 @@
 //!
 //! - [`Backend`], [`BoxFuture`], [`BackendStats`]: the trait and what it reports.
 //! - [`Inputs`]: a request's rows in the form a protocol gives them (texts, JSON rows,
-//!   KServe v2 tensor rows), each with its canonical key form.
+//!   KServe v2 tensor rows), each with its canonical key form; a JSON row is
+//!   [`JsonText`], the client's own text, never a parsed tree.
 //! - [`ModelInfo`], [`BackendKind`]: a model's identity and the protocol it speaks.
-//! - [`ModelConfig`]: the validated settings of one `[[models]]` entry.
+//! - [`ModelConfig`]: the validated settings of one `[[models]]` entry, and
+//!   [`ModelConfig::artifact_key`], the upstream's identity every key of the model holds.
 //! - [`BackendError`], [`UpstreamError`]: why a computation failed, cheap to clone
 //!   because the cache hands one error to every request waiting on the same rows.
 //! - [`vector`]: the stored form of an embedding (little-endian `f32`).
@@ -39,5 +41,5 @@ pub use backend::{Backend, BackendStats, BoxFuture, CallStats, InferenceStats};
 pub use dirs::default_cache_dir;
 pub use error::{BackendError, UpstreamError};
 pub use info::{BUILTIN_ALIAS, BUILTIN_MODEL, BackendKind, ModelInfo};
-pub use inputs::Inputs;
+pub use inputs::{Inputs, JsonText};
 pub use settings::{DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, ModelConfig};

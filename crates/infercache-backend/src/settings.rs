@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use infercache_core::encode::put_field;
+use infercache_core::{Digest, server_identity};
+
 use crate::info::BackendKind;
 
 /// Per-attempt upstream timeout when a model sets none.
@@ -26,7 +29,9 @@ pub struct ModelConfig {
     pub upstream_name: String,
     /// Part of every key. Default: `"1"`.
     pub version: String,
-    /// Artifact digest, part of every key. Default: none.
+    /// Artifact digest, part of every key. When given, it names what computes the output
+    /// in place of the upstream's server and name ([`ModelConfig::artifact_key`]).
+    /// Default: none.
     pub digest: Option<String>,
     /// Per-attempt upstream timeout. Default: 30 s.
     pub timeout: Duration,
@@ -79,5 +84,86 @@ impl ModelConfig {
             binary_tensors: None,
             retries: DEFAULT_RETRIES,
         }
+    }
+}
+
+impl ModelConfig {
+    /// What computes this model's output beyond its name and version: the artifact part of
+    /// every key of the model ([`ModelInfo::digest`](crate::ModelInfo::digest)).
+    ///
+    /// It is a digest over the protocol and either the operator's `digest` (which then
+    /// wins: the digest names the weights, so the server and name they are served under do
+    /// not matter, and a model moved to another server keeps its entries) or, without
+    /// one, the upstream's identity: its base URL as [`server_identity`] normalises it
+    /// (credentials left out), `upstream_name`, and for `kserve-v2` whether dimension 0 is
+    /// a batch (it changes what one row is). So pointing a model at another server or
+    /// another upstream model without a new `version` is a miss, and two deployments that
+    /// share a Redis and a model name but not an upstream never share an entry. `version`
+    /// is always keyed besides; bumping it is a miss either way. `None` for the built-in
+    /// model, whose weights' digest is its own.
+    pub fn artifact_key(&self) -> Option<String> {
+        let url = self.url.as_deref()?;
+        let mut fields = Vec::with_capacity(128);
+        put_field(&mut fields, b"upstream/1");
+        put_field(&mut fields, self.backend.as_str().as_bytes());
+        match &self.digest {
+            Some(digest) => {
+                put_field(&mut fields, b"digest");
+                put_field(&mut fields, digest.as_bytes());
+            }
+            None => {
+                put_field(&mut fields, b"server");
+                put_field(&mut fields, server_identity(url).as_bytes());
+                put_field(&mut fields, self.upstream_name.as_bytes());
+                if self.backend == BackendKind::KServeV2 {
+                    put_field(&mut fields, &[u8::from(self.batched)]);
+                }
+            }
+        }
+        Some(format!("upstream:{}", Digest::of(&fields).to_hex()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tei(url: &str) -> ModelConfig {
+        ModelConfig::new("emb", BackendKind::Tei, Some(url))
+    }
+
+    #[test]
+    fn the_upstreams_identity_is_in_the_key() {
+        let base = tei("http://a:8080").artifact_key();
+        assert_eq!(base, tei("http://A:8080/").artifact_key());
+        assert_eq!(base, tei("http://user:secret@a:8080").artifact_key());
+        assert_ne!(base, tei("http://b:8080").artifact_key());
+        let mut renamed = tei("http://a:8080");
+        renamed.upstream_name = "text-embedding-3-large".into();
+        assert_ne!(base, renamed.artifact_key());
+        let mut other_protocol = tei("http://a:8080");
+        other_protocol.backend = BackendKind::OpenAi;
+        assert_ne!(base, other_protocol.artifact_key());
+        let mut kserve = ModelConfig::new("m", BackendKind::KServeV2, Some("http://a:8000"));
+        let batched = kserve.artifact_key();
+        kserve.batched = false;
+        assert_ne!(batched, kserve.artifact_key());
+        assert_eq!(
+            ModelConfig::new("all-MiniLM-L6-v2", BackendKind::Builtin, None).artifact_key(),
+            None
+        );
+    }
+
+    #[test]
+    fn an_explicit_digest_wins_over_the_server() {
+        let mut a = tei("http://a:8080");
+        let mut b = tei("http://b:9090");
+        b.upstream_name = "other".into();
+        a.digest = Some("sha256:ab".into());
+        b.digest = Some("sha256:ab".into());
+        assert_eq!(a.artifact_key(), b.artifact_key());
+        b.digest = Some("sha256:cd".into());
+        assert_ne!(a.artifact_key(), b.artifact_key());
+        assert_ne!(a.artifact_key(), tei("http://a:8080").artifact_key());
     }
 }

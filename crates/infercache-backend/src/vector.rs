@@ -46,6 +46,20 @@ pub fn check(bytes: &[u8], dims: Option<usize>) -> Result<(), String> {
     }
 }
 
+/// Whether `bytes` can be an embedding for a row of `inputs` of a model whose embeddings
+/// have `dims` values (when known): the size the request asked for (OpenAI's
+/// `dimensions`), else `dims`, else whole `f32`s.
+pub fn fits(bytes: &[u8], inputs: &crate::Inputs, dims: Option<usize>) -> bool {
+    let asked = match inputs {
+        crate::Inputs::Texts {
+            dimensions: Some(d),
+            ..
+        } => usize::try_from(*d).ok(),
+        _ => None,
+    };
+    !bytes.is_empty() && check(bytes, asked.or(dims)).is_ok()
+}
+
 /// `v` scaled to unit length (a zero vector stays zero).
 pub fn l2_normalize(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -68,6 +82,22 @@ mod tests {
         assert_eq!(decode(&b, None).unwrap(), v);
         assert!(decode(&b, Some(3)).is_err());
         assert!(decode(&b[..5], None).is_err());
+    }
+
+    #[test]
+    fn an_embedding_fits_the_size_asked_for_else_the_models() {
+        let four = encode(&[1.0, 2.0, 3.0, 4.0]);
+        let plain = crate::Inputs::texts(vec!["a".into()]);
+        let sized = crate::Inputs::Texts {
+            texts: vec!["a".into()],
+            dimensions: Some(4),
+        };
+        assert!(fits(&four, &plain, Some(4)));
+        assert!(!fits(&four, &plain, Some(384)));
+        assert!(fits(&four, &sized, Some(384)));
+        assert!(fits(&four, &plain, None));
+        assert!(!fits(&four[..6], &plain, None));
+        assert!(!fits(&[], &plain, None));
     }
 
     #[test]

@@ -2,20 +2,25 @@
 //!
 //! Two requests that a model cannot tell apart must produce the same bytes, and two it can
 //! must not. For JSON that means: object keys sorted by their UTF-8 bytes, no whitespace,
-//! strings in serde_json's minimal escaping, and one spelling per number:
+//! strings in serde_json's minimal escaping, and numbers as follows.
 //!
-//! - integer tokens (`7`, `-3`) are exact (`u64`/`i64`);
-//! - any other number is an IEEE-754 double; if it is integral and its magnitude is below
-//!   2^53 it is written as an integer (`1.0`, `1e0` and `10E-1` are all `1`, `-0.0` is `0`),
-//!   otherwise in its shortest round-trip form (`ryu`).
-//!
-//! Integer tokens beyond the 64-bit range are parsed as doubles (serde_json's default), so
-//! two such integers that round to the same double share a key; every mainstream JSON
-//! parser that feeds a model does the same.
+//! - JSON text ([`CanonicalInput::json_text`], [`canonical_json_text`], what every JSON row
+//!   of a request is keyed by): each number keeps its exact text. `1` and `1.0` differ (a
+//!   Python upstream reads an `int` and a `float`), integers past 64 bits and decimals
+//!   past a double's precision keep every digit, and the upstream receives that same
+//!   text. Spellings of one value (`1.0`, `1.00`, `1e0`) are distinct entries: a miss
+//!   more, never a wrong answer.
+//! - A parsed [`Value`] ([`canonical_json`], for values with no text of their own:
+//!   parameters a codec parsed, fields built in code): an integer is exact (`u64`/`i64`);
+//!   any other number is its double's shortest round-trip form (`ryu`: `1.0`, `0.5`,
+//!   `1e300`), so an integer and a float never share a spelling.
 //!
 //! A tensor is its dtype, its shape and its raw (little-endian) bytes.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::CoreError;
 use crate::encode::{put_field, put_u64};
@@ -71,13 +76,24 @@ impl CanonicalInput {
         })
     }
 
-    /// JSON text in canonical form.
+    /// JSON text in canonical form, numbers kept as written ([`canonical_json_text`]).
     ///
     /// # Errors
     /// [`CoreError::InvalidJson`] when `text` is not JSON.
     pub fn json_str(text: &str) -> Result<Self, CoreError> {
-        let value: Value = serde_json::from_str(text)?;
-        Self::json(&value)
+        Ok(Self {
+            kind: InputKind::Json,
+            bytes: canonical_json_text(text)?,
+        })
+    }
+
+    /// A JSON value as its text ([`canonical_json_text`]).
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidJson`] only for text that is not JSON, which a parsed
+    /// [`RawValue`] never holds.
+    pub fn json_text(raw: &RawValue) -> Result<Self, CoreError> {
+        Self::json_str(raw.get())
     }
 
     /// A dense tensor: `dtype` as KServe v2 names it (`FP32`, `INT64`, `BYTES`, ...),
@@ -149,6 +165,61 @@ pub fn canonical_json(value: &Value) -> Result<Vec<u8>, CoreError> {
     Ok(out)
 }
 
+/// The canonical JSON text of the JSON text `text`: keys sorted, no whitespace, strings
+/// minimally escaped, every number's text kept exactly (see the module docs). A key
+/// given twice keeps its last value, as serde_json and Python's `json` read it.
+///
+/// Each container is read as raw text (serde_json's `RawValue`) and its members written
+/// in turn, so nothing is parsed into a [`Value`] and no number is converted: serde_json
+/// does every bit of the tokenizing, this only orders and copies.
+///
+/// # Errors
+/// [`CoreError::InvalidJson`] when `text` is not JSON.
+pub fn canonical_json_text(text: &str) -> Result<Vec<u8>, CoreError> {
+    let raw: &RawValue = serde_json::from_str(text)?;
+    let mut out = Vec::with_capacity(raw.get().len());
+    write_raw(&mut out, raw)?;
+    Ok(out)
+}
+
+fn write_raw(out: &mut Vec<u8>, raw: &RawValue) -> Result<(), CoreError> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let members: BTreeMap<String, &RawValue> = serde_json::from_str(text)?;
+            out.push(b'{');
+            for (i, (k, v)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(out, &k);
+                out.push(b':');
+                write_raw(out, v)?;
+            }
+            out.push(b'}');
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text)?;
+            out.push(b'[');
+            for (i, item) in items.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_raw(out, item)?;
+            }
+            out.push(b']');
+        }
+        Some(b'"') => {
+            let s: std::borrow::Cow<'_, str> = serde_json::from_str(text)?;
+            write_string(out, &s);
+        }
+        // Numbers, `true`, `false`, `null`: a raw value holds no whitespace around its
+        // token, and serde_json has checked the token.
+        _ => out.extend_from_slice(text.as_bytes()),
+    }
+    Ok(())
+}
+
 fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), CoreError> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
@@ -192,9 +263,6 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(quoted.as_bytes());
 }
 
-/// Largest magnitude below which every integer is exactly representable as f64.
-const EXACT_F64_INT: f64 = 9_007_199_254_740_992.0; // 2^53
-
 fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) -> Result<(), CoreError> {
     if let Some(u) = n.as_u64() {
         out.extend_from_slice(u.to_string().as_bytes());
@@ -207,15 +275,9 @@ fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) -> Result<(), CoreErr
         if !f.is_finite() {
             return Err(CoreError::NonFiniteNumber(n.to_string()));
         }
-        if f.fract() == 0.0 && f.abs() < EXACT_F64_INT {
-            // Integral and exact: the same spelling as the integer token.
-            #[expect(clippy::cast_possible_truncation, reason = "|f| < 2^53, integral")]
-            let i = f as i64;
-            out.extend_from_slice(i.to_string().as_bytes());
-        } else {
-            let mut buf = ryu::Buffer::new();
-            out.extend_from_slice(buf.format_finite(f).as_bytes());
-        }
+        // A float keeps a float's spelling (`1.0`), never an integer's.
+        let mut buf = ryu::Buffer::new();
+        out.extend_from_slice(buf.format_finite(f).as_bytes());
     }
     Ok(())
 }
@@ -239,19 +301,40 @@ mod tests {
     }
 
     #[test]
-    fn one_spelling_per_number() {
-        for spelling in ["1", "1.0", "1e0", "10E-1", "0.1e1", "1.000"] {
-            assert_eq!(canon(spelling), "1", "{spelling}");
-        }
-        assert_eq!(canon("-0.0"), "0");
-        assert_eq!(canon("-0"), "0");
-        assert_eq!(canon("0.5"), "0.5");
-        assert_eq!(canon("5e-1"), "0.5");
-        assert_eq!(canon("1.5e300"), canon("15e299"));
-        assert_ne!(canon("0.1"), canon("0.2"));
-        // Exact integers stay exact beyond 2^53.
-        assert_ne!(canon("9007199254740993"), canon("9007199254740992"));
-        assert_eq!(canon("18446744073709551615"), "18446744073709551615");
+    fn numbers_keep_their_text() {
+        assert_ne!(canon("1"), canon("1.0"));
+        assert_eq!(canon("1.0"), "1.0");
+        assert_eq!(canon(" 1.50 "), "1.50");
+        assert_eq!(canon("[1, 1.0, -0, 1e3]"), "[1,1.0,-0,1e3]");
+        // Integers past 64 bits and decimals past a double keep every digit.
+        assert_eq!(canon("12345678901234567890123"), "12345678901234567890123");
+        assert_ne!(
+            canon("12345678901234567890123"),
+            canon("12345678901234567890124")
+        );
+        assert_ne!(
+            canon("0.10000000000000000000001"),
+            canon("0.10000000000000000000002")
+        );
+        assert_eq!(
+            canon(r#"{"b": 12345678901234567890123, "a": 1.0}"#),
+            r#"{"a":1.0,"b":12345678901234567890123}"#
+        );
+    }
+
+    #[test]
+    fn parsed_values_keep_integers_and_floats_apart() {
+        let c = |v: Value| String::from_utf8(canonical_json(&v).unwrap()).unwrap();
+        assert_eq!(c(json!(1)), "1");
+        assert_eq!(c(json!(1.0)), "1.0");
+        assert_eq!(c(json!(0.5)), "0.5");
+        assert_eq!(c(json!(u64::MAX)), "18446744073709551615");
+        assert_eq!(c(json!({"b": 1, "a": [2.5]})), r#"{"a":[2.5],"b":1}"#);
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value() {
+        assert_eq!(canon(r#"{"a": 1, "a": 2}"#), r#"{"a":2}"#);
     }
 
     #[test]
@@ -343,16 +426,20 @@ mod tests {
     proptest! {
         #[test]
         fn reordering_keys_never_changes_the_canonical_form(value in arb_json()) {
-            let plain = canonical_json(&value).unwrap();
+            let plain = canonical_json_text(&value.to_string()).unwrap();
             let reordered = CanonicalInput::json_str(&reordered_text(&value)).unwrap();
             prop_assert_eq!(plain, reordered.bytes);
         }
 
         #[test]
         fn canonical_form_is_a_fixed_point(value in arb_json()) {
-            let once = canonical_json(&value).unwrap();
+            let once = canonical_json_text(&reordered_text(&value)).unwrap();
             let twice = CanonicalInput::json_str(std::str::from_utf8(&once).unwrap()).unwrap();
-            prop_assert_eq!(once, twice.bytes);
+            prop_assert_eq!(&once, &twice.bytes);
+            // A parsed value's canonical form is canonical text too.
+            let parsed = canonical_json(&value).unwrap();
+            let again = CanonicalInput::json_str(std::str::from_utf8(&parsed).unwrap()).unwrap();
+            prop_assert_eq!(parsed, again.bytes);
         }
     }
 }

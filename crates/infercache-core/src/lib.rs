@@ -28,5 +28,5 @@ pub use canonical::CanonicalInput;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::CoreError;
 pub use key::{Digest, Epochs, KEY_SCHEMA_VERSION, KeyParts};
-pub use redact::redact_url;
+pub use redact::{redact_url, server_identity};
 pub use size::Capacity;

@@ -16,6 +16,22 @@ pub fn redact_url(u: &str) -> String {
     }
 }
 
+/// `u` as it names a server, for keys: parsed and normalised by the `url` crate (scheme
+/// and host in lower case, a default port dropped, the path's escapes normalised), its
+/// user info dropped (credentials do not change what a server computes), and no trailing
+/// `/`. A string the `url` crate cannot parse is kept as it is.
+pub fn server_identity(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) => {
+            // Only URLs that cannot have user info refuse these, and then have none.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.as_str().trim_end_matches('/').to_owned()
+        }
+        Err(_) => u.trim_end_matches('/').to_owned(),
+    }
+}
+
 fn redact_unparsed(u: &str) -> String {
     let Some((scheme, rest)) = u.split_once("://") else {
         return u.to_owned();
@@ -44,6 +60,22 @@ mod tests {
             "https://user:***@api.example.com/v1"
         );
         assert_eq!(redact_url("http://h:8000"), "http://h:8000");
+    }
+
+    #[test]
+    fn server_identity_is_normalised_and_has_no_credentials() {
+        assert_eq!(
+            server_identity("HTTP://User:Tok@API.Example.com:80/v1/"),
+            "http://api.example.com/v1"
+        );
+        assert_eq!(
+            server_identity("http://h:8000"),
+            server_identity("http://h:8000/")
+        );
+        assert_ne!(
+            server_identity("http://h:8000"),
+            server_identity("http://h:8001")
+        );
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub struct ModelCounters {
     pub refreshes: Counter,
     /// Computed values marked not to be stored (handed back, cached nowhere).
     pub not_stored: Counter,
+    /// Stored values refused when read because they do not fit the model (an embedding
+    /// of another length): served as misses and recomputed, never served.
+    pub corrupt: Counter,
 }
 
 impl ModelCounters {
@@ -173,6 +176,7 @@ impl ModelCounters {
             stale_served: self.stale_served.get(),
             refreshes: self.refreshes.get(),
             not_stored: self.not_stored.get(),
+            corrupt: self.corrupt.get(),
         }
     }
 }
@@ -204,6 +208,8 @@ pub struct ModelStats {
     pub refreshes: u64,
     /// Computed values marked not to be stored.
     pub not_stored: u64,
+    /// Stored values refused when read for not fitting the model, recomputed instead.
+    pub corrupt: u64,
 }
 
 /// `hits / (hits + misses)`, or 0 with no lookups.

@@ -347,6 +347,7 @@ mod tests {
             version: "1".into(),
             digest: None,
             dims: None,
+            upstream: None,
         };
         (Arc::new(Named(info)), CachePolicy::default())
     }

@@ -235,10 +235,22 @@ impl Infer {
         if control.cache_only || control.only_if_cached {
             return lookup_only(&cache, &keys, &options, control, digests).await;
         }
-        let fetched = self
-            .compute(&cache, &model, &inputs, keys, options)
+        let mut fetched = self
+            .compute(&cache, &model, &inputs, keys.clone(), options)
             .await
             .map_err(InferError::Backend)?;
+        if refuse_unfit(&model, &inputs, &keys, &fetched) {
+            // A tier held a value that does not fit the model: the request is computed
+            // afresh, which also overwrites it in every tier.
+            let fresh = RequestOptions {
+                no_cache: true,
+                ..options
+            };
+            fetched = self
+                .compute(&cache, &model, &inputs, keys, fresh)
+                .await
+                .map_err(InferError::Backend)?;
+        }
         if fetched.iter().any(|f| f.stale == Some(Stale::IfError)) {
             tracing::warn!(model = model.name(), "the model failed; serving stale rows");
         }
@@ -449,7 +461,8 @@ impl RowComputation {
     }
 }
 
-/// Each row's key: tenant, model name, version, digest, the canonical row and the
+/// Each row's key: tenant, model name, version, digest (an upstream's identity,
+/// [`ModelInfo::key_artifact`](infercache_backend::ModelInfo::key_artifact)), the canonical row and the
 /// output-affecting parameters, with the cache's epochs folded in. The one place a
 /// row's key is built.
 fn keys(
@@ -470,13 +483,34 @@ fn keys(
                 namespace: tenant,
                 model: &info.name,
                 version: &info.version,
-                artifact: info.digest.as_deref(),
+                artifact: info.key_artifact(),
                 epochs: Epochs::default(),
                 input: row,
                 params: &params,
             })
         })
         .collect())
+}
+
+/// Whether any value a tier served does not fit the model ([`Backend::fits`]: an
+/// embedding of another length), counting each such value as corrupt; it is never served.
+///
+/// [`Backend::fits`]: infercache_backend::Backend::fits
+fn refuse_unfit(model: &Model, inputs: &Inputs, keys: &[CacheKey], fetched: &[Fetched]) -> bool {
+    let mut unfit = false;
+    for (f, k) in fetched.iter().zip(keys) {
+        if f.source.is_hit() && !model.backend().fits(&f.value, inputs) {
+            tracing::warn!(
+                model = model.name(),
+                key = %k.digest(),
+                bytes = f.value.len(),
+                "a stored value does not fit the model; recomputing it"
+            );
+            k.model().count_corrupt();
+            unfit = true;
+        }
+    }
+    unfit
 }
 
 fn source(f: &Fetched) -> RowSource {

@@ -64,6 +64,7 @@ impl BuiltinModel {
             version: format!("1+max_tokens={MAX_TOKENS}"),
             digest: Some(format!("sha256:{WEIGHTS_SHA256}")),
             dims: Some(DIMS),
+            upstream: None,
         };
         Ok(Self { pool, info })
     }
@@ -124,6 +125,10 @@ impl Backend for BuiltinModel {
 
     fn count_tokens(&self, text: &str) -> usize {
         self.pool.count_tokens(text).unwrap_or(0)
+    }
+
+    fn fits(&self, value: &[u8], inputs: &Inputs) -> bool {
+        vector::fits(value, inputs, Some(DIMS))
     }
 
     fn stats(&self) -> BackendStats {

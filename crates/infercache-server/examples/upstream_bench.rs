@@ -75,7 +75,7 @@ async fn start_infercache(
         },
         SystemClock::shared(),
     )?;
-    let client = infercache_upstream::client()?;
+    let client = infercache_upstream::Pool::new(Limits::default().body_budget_bytes)?;
     let configs = [ModelConfig::new("m", BackendKind::HttpJson, Some(upstream))];
     let models = Models::configured(&configs, None, None, |m| {
         infercache_upstream::backend(m, &client).expect("an upstream model")

@@ -198,6 +198,12 @@ pub enum ApiError {
     /// The inference queue is full.
     #[error("the model is overloaded; retry shortly")]
     Overloaded,
+    /// The bodies being read and parsed already fill the body budget.
+    #[error("too many request bytes in flight (budget {budget} bytes); retry shortly")]
+    BodyBudget {
+        /// The budget.
+        budget: usize,
+    },
     /// The request took longer than the limit.
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
@@ -251,7 +257,9 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CacheDisabled => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyRequests { .. } | Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::Overloaded | Self::BodyBudget { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::NotCached { .. } | Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -288,6 +296,7 @@ impl ApiError {
             Self::NotCached { .. } => "not_cached",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::Overloaded => "model_overloaded",
+            Self::BodyBudget { .. } => "body_budget_exhausted",
             Self::Timeout(_) => "timeout",
             Self::ShuttingDown => "shutting_down",
             Self::Internal(_) => "internal_error",
@@ -434,7 +443,10 @@ impl IntoResponse for ApiError {
         response.extensions_mut().insert(ErrorMessage(message));
         let headers = response.headers_mut();
         match self {
-            Self::TooManyRequests { .. } | Self::Overloaded | Self::ShuttingDown => {
+            Self::TooManyRequests { .. }
+            | Self::Overloaded
+            | Self::BodyBudget { .. }
+            | Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             Self::Upstream(e) if upstream_status(&e) == StatusCode::SERVICE_UNAVAILABLE => {

@@ -90,16 +90,24 @@ pub enum Rejection {
     Overloaded,
     /// The request timed out.
     Timeout,
+    /// The body budget was full.
+    BodyBudget,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 3] = [Self::Concurrency, Self::Overloaded, Self::Timeout];
+    const ALL: [Rejection; 4] = [
+        Self::Concurrency,
+        Self::Overloaded,
+        Self::Timeout,
+        Self::BodyBudget,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Self::Concurrency => "concurrency",
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
+            Self::BodyBudget => "body_budget",
         }
     }
 }
@@ -158,7 +166,7 @@ pub struct Metrics {
     compute: Vec<(Timed, StripedCounter)>,
     /// Per model, per [`STALE_KINDS`]: rows answered stale.
     stale: Vec<[Counter; 2]>,
-    rejected: [Counter; 3],
+    rejected: [Counter; Rejection::ALL.len()],
     /// The dashboard's metrics: requests by outcome, rows in flight, upstream errors,
     /// batch sizes, invalidations.
     traffic: Traffic,
@@ -454,6 +462,7 @@ impl Collector for EngineCollector {
             by_model.push((l("any", "miss"), s.misses));
             by_model.push((l("any", "coalesced"), s.coalesced));
             by_model.push((l("any", "compute_error"), s.compute_errors));
+            by_model.push((l("any", "corrupt"), s.corrupt));
         }
         counter(
             &mut enc,

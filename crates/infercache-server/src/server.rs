@@ -102,7 +102,10 @@ pub fn registry(
         .iter()
         .any(|m| m.backend != BackendKind::Builtin)
     {
-        Some(infercache_upstream::client()?)
+        // Upstream answers have a budget of their own, as large as the request bodies'.
+        Some(infercache_upstream::Pool::new(
+            config.limits.body_budget_bytes,
+        )?)
     } else {
         None
     };

@@ -34,6 +34,8 @@ struct Shared {
     /// Inputs in flight on the row routes, which bounds the memory their values and
     /// responses take (a 10 KB request can ask for a 10 MB response).
     items: Arc<Semaphore>,
+    /// KiB of request bodies being read, parsed and served at once (`body_budget`).
+    body_budget: Arc<Semaphore>,
     ready: AtomicBool,
     dashboard: Dashboard,
 }
@@ -58,6 +60,7 @@ impl AppState {
                         .max_items
                         .saturating_mul(IN_FLIGHT_REQUESTS_OF_MAX_ITEMS),
                 )),
+                body_budget: Arc::new(Semaphore::new(limits.body_budget_bytes.div_ceil(1024))),
                 limits,
                 metrics,
                 ready: AtomicBool::new(true),
@@ -130,6 +133,11 @@ impl AppState {
     /// The API keys.
     pub fn keys(&self) -> &ApiKeys {
         &self.inner.keys
+    }
+
+    /// The body budget, in KiB ([`Limits::body_budget_bytes`]).
+    pub fn body_budget(&self) -> &Arc<Semaphore> {
+        &self.inner.body_budget
     }
 
     /// The request limits.

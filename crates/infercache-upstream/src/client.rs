@@ -31,6 +31,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use infercache_backend::{CallStats, ModelConfig, UpstreamError};
 
+use crate::AnswerBudget;
+
 /// Largest upstream response read; a larger one is a [`UpstreamError::BadResponse`].
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// Wait before the first retry; doubled before each next one.
@@ -76,8 +78,9 @@ impl Retry {
     }
 }
 
-/// A successful (2xx) upstream answer.
-#[derive(Debug, Clone)]
+/// A successful (2xx) upstream answer. It holds its share of the answer budget until it
+/// is dropped, so it should live only while its rows are made.
+#[derive(Debug)]
 pub struct UpstreamReply {
     /// Its status.
     pub status: StatusCode,
@@ -85,6 +88,8 @@ pub struct UpstreamReply {
     pub headers: HeaderMap,
     /// Its body, whole.
     pub body: Bytes,
+    /// Its share of the answer budget.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// One model's upstream: its settings and the shared connection pool.
@@ -92,6 +97,7 @@ pub struct UpstreamReply {
 pub struct Upstream {
     config: ModelConfig,
     client: reqwest::Client,
+    answers: Arc<AnswerBudget>,
     counters: Arc<CallCounters>,
 }
 
@@ -105,11 +111,17 @@ struct CallCounters {
 }
 
 impl Upstream {
-    /// The upstream of `config` (a model with a `url`), sharing `client`'s pool.
-    pub fn new(config: ModelConfig, client: reqwest::Client) -> Self {
+    /// The upstream of `config` (a model with a `url`), sharing `client`'s connections
+    /// and the answer budget `answers`.
+    pub(crate) fn new(
+        config: ModelConfig,
+        client: reqwest::Client,
+        answers: Arc<AnswerBudget>,
+    ) -> Self {
         Self {
             config,
             client,
+            answers,
             counters: Arc::default(),
         }
     }
@@ -166,6 +178,18 @@ impl Upstream {
         body: &serde_json::Value,
     ) -> Result<UpstreamReply, UpstreamError> {
         let bytes = Bytes::from(serde_json::to_vec(body).expect("a JSON value serializes"));
+        self.post_json_text(path, bytes).await
+    }
+
+    /// `POST`s `body`, JSON text the caller wrote, to `path` as an inference call.
+    ///
+    /// # Errors
+    /// The last attempt's [`UpstreamError`].
+    pub async fn post_json_text(
+        &self,
+        path: &str,
+        bytes: Bytes,
+    ) -> Result<UpstreamReply, UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -263,23 +287,33 @@ impl Upstream {
             });
         }
         let headers = response.headers().clone();
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-        {
-            return Err(self.too_large());
+        let max = MAX_RESPONSE_BYTES.min(self.answers.bytes());
+        let length = response.content_length();
+        if length.is_some_and(|n| n > max as u64) {
+            return Err(self.too_large(max));
         }
-        let mut body = BytesMut::new();
+        // Room for the whole answer before its first byte is read: its length, or the
+        // most it may be (the excess is handed back once it has been read).
+        let expected = length.map_or(max, |n| usize::try_from(n).unwrap_or(max));
+        let mut budget = self.answers.reserve(expected).await;
+        let mut body = BytesMut::with_capacity(length.map_or(0, |_| expected));
         while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(&e))? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(self.too_large());
+            if body.len() + chunk.len() > max {
+                return Err(self.too_large(max));
             }
             body.extend_from_slice(&chunk);
+        }
+        let excess = budget
+            .num_permits()
+            .saturating_sub(body.len().div_ceil(1024).max(1));
+        if excess > 0 {
+            drop(budget.split(excess));
         }
         Ok(UpstreamReply {
             status,
             headers,
             body: body.freeze(),
+            _budget: budget,
         })
     }
 
@@ -303,10 +337,12 @@ impl Upstream {
         }
     }
 
-    fn too_large(&self) -> UpstreamError {
+    fn too_large(&self, max: usize) -> UpstreamError {
         UpstreamError::bad_response(
             &self.config.name,
-            format!("the response exceeds {MAX_RESPONSE_BYTES} bytes"),
+            format!(
+                "the response exceeds {max} bytes (the answer budget or the largest answer read)"
+            ),
         )
     }
 }

@@ -13,7 +13,7 @@ use infercache_backend::{
 use serde_json::Value;
 
 use crate::client::Upstream;
-use crate::{json_rows, texts_of};
+use crate::{raw_rows, texts_of};
 
 /// A model behind an Ersilia model server.
 #[derive(Debug)]
@@ -32,13 +32,14 @@ impl Ersilia {
     async fn run(&self, texts: Vec<String>) -> Result<Vec<Bytes>, UpstreamError> {
         let body = Value::Array(texts.into_iter().map(Value::String).collect());
         let reply = self.upstream.post_json("/run", &body).await?;
-        let rows: Vec<Value> = serde_json::from_slice(&reply.body).map_err(|e| {
-            UpstreamError::bad_response(
-                self.upstream.name(),
-                format!("expected a JSON array of rows: {e}"),
-            )
-        })?;
-        Ok(json_rows(&rows))
+        let rows: Vec<&serde_json::value::RawValue> =
+            serde_json::from_slice(&reply.body).map_err(|e| {
+                UpstreamError::bad_response(
+                    self.upstream.name(),
+                    format!("expected a JSON array of rows: {e}"),
+                )
+            })?;
+        Ok(raw_rows(&rows))
     }
 }
 

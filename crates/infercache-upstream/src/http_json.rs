@@ -1,15 +1,19 @@
 //! Plain JSON upstreams: `POST {url}` with `{"inputs": [row, ...], "parameters"?: {...}}`
 //! (every parameter forwarded, keyed or not), answering `{"outputs": [...]}` with one
-//! output per input. Each output row is stored as its compact JSON text.
+//! output per input.
+//!
+//! Rows and parameters go out as the very text the client sent (a number such as
+//! `12345678901234567890123` or `1.0` arrives as written), and each output row is stored
+//! as the very text the upstream answered: neither side is parsed into a tree of values.
 
 use bytes::Bytes;
 use infercache_backend::{
     Backend, BackendError, BackendStats, BoxFuture, Inputs, ModelInfo, UpstreamError,
 };
-use serde_json::{Value, json};
+use serde_json::value::RawValue;
 
 use crate::client::Upstream;
-use crate::json_rows;
+use crate::raw_rows;
 
 /// A model behind a plain JSON endpoint.
 #[derive(Debug)]
@@ -25,19 +29,20 @@ impl HttpJson {
         Self { upstream, info }
     }
 
-    async fn predict(&self, body: &Value) -> Result<Vec<Bytes>, UpstreamError> {
+    async fn predict(&self, body: Vec<u8>) -> Result<Vec<Bytes>, UpstreamError> {
         #[derive(serde::Deserialize)]
-        struct Reply {
-            outputs: Vec<Value>,
+        struct Reply<'a> {
+            #[serde(borrow)]
+            outputs: Vec<&'a RawValue>,
         }
-        let reply = self.upstream.post_json("", body).await?;
-        let reply: Reply = serde_json::from_slice(&reply.body).map_err(|e| {
+        let reply = self.upstream.post_json_text("", Bytes::from(body)).await?;
+        let reply: Reply<'_> = serde_json::from_slice(&reply.body).map_err(|e| {
             UpstreamError::bad_response(
                 self.upstream.name(),
                 format!("expected {{\"outputs\": [...]}}: {e}"),
             )
         })?;
-        Ok(json_rows(&reply.outputs))
+        Ok(raw_rows(&reply.outputs))
     }
 }
 
@@ -61,12 +66,22 @@ impl Backend for HttpJson {
                     "a plain JSON model takes JSON rows (a bug otherwise)",
                 ));
             };
-            let mut body =
-                json!({ "inputs": rows.iter().map(|&i| values[i].clone()).collect::<Vec<_>>() });
-            if let Some(p) = parameters {
-                body["parameters"] = Value::Object(p.clone());
+            let size: usize = rows.iter().map(|&i| values[i].bytes().len() + 1).sum();
+            let mut body = Vec::with_capacity(size + 32);
+            body.extend_from_slice(b"{\"inputs\":[");
+            for (n, &i) in rows.iter().enumerate() {
+                if n > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(values[i].bytes());
             }
-            Ok(self.predict(&body).await?)
+            body.push(b']');
+            if let Some(p) = parameters {
+                body.extend_from_slice(b",\"parameters\":");
+                body.extend_from_slice(p.bytes());
+            }
+            body.push(b'}');
+            Ok(self.predict(body).await?)
         })
     }
 

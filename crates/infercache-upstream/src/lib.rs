@@ -18,7 +18,8 @@
 //! The inbound half of each protocol (parsing a client's request into
 //! [`Inputs`], rendering stored rows back) is the server's;
 //! this crate only talks to upstreams. [`backend`] builds the backend of one validated
-//! `[[models]]` entry, sharing the pool of [`client`](mod@client).
+//! `[[models]]` entry, sharing a [`Pool`]: the connection pool and the budget of answer
+//! bytes being read at once.
 
 pub mod client;
 pub mod ersilia;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use infercache_backend::{Backend, BackendError, BackendKind, Inputs, ModelConfig, ModelInfo};
 
-pub use client::{Retry, Upstream, UpstreamReply};
+pub use client::{MAX_RESPONSE_BYTES, Retry, Upstream, UpstreamReply};
 pub use infercache_backend::UpstreamError;
 
 /// Idle connections kept per upstream host.
@@ -43,26 +44,92 @@ const POOL_IDLE_PER_HOST: usize = 64;
 #[error("building the upstream HTTP client: {0}")]
 pub struct ClientError(#[source] reqwest::Error);
 
-/// The connection pool every upstream shares.
+/// What every upstream shares: one connection pool, and the budget of answer bytes being
+/// read and parsed at once.
 ///
-/// # Errors
-/// [`ClientError`] if the TLS or resolver setup of the HTTP client fails.
-pub fn client() -> Result<reqwest::Client, ClientError> {
-    // No redirects (a POST would come back as a GET elsewhere) and no proxy from the
-    // environment: an upstream is exactly the URL configured.
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .map_err(ClientError)
+/// The budget bounds the memory upstream answers take: each answer holds its length
+/// (its `Content-Length`, or the most it may be until it has been read) from before its
+/// first byte is read until its rows are made; an answer that finds no room waits (its
+/// computation is paid for already), within the model's timeout. It is separate from the
+/// server's budget of request bodies, which a request holds while it waits for its
+/// upstream: one budget for both could be filled by requests waiting on answers that can
+/// never be read.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    client: reqwest::Client,
+    answers: Arc<AnswerBudget>,
 }
 
-/// The backend of `config`, sharing `client`'s pool; `None` for the built-in model,
-/// which has no upstream.
-pub fn backend(config: &ModelConfig, client: &reqwest::Client) -> Option<Arc<dyn Backend>> {
-    let upstream = Upstream::new(config.clone(), client.clone());
+/// The answer budget: a semaphore of KiB.
+#[derive(Debug)]
+pub(crate) struct AnswerBudget {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    bytes: usize,
+}
+
+impl Pool {
+    /// A pool whose answers being read at once total at most `answer_budget` bytes
+    /// (and no answer is larger than that).
+    ///
+    /// # Errors
+    /// [`ClientError`] if the TLS or resolver setup of the HTTP client fails.
+    pub fn new(answer_budget: usize) -> Result<Self, ClientError> {
+        // No redirects (a POST would come back as a GET elsewhere) and no proxy from the
+        // environment: an upstream is exactly the URL configured.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(ClientError)?;
+        let kib = answer_budget.div_ceil(1024).max(1);
+        Ok(Self {
+            client,
+            answers: Arc::new(AnswerBudget {
+                semaphore: Arc::new(tokio::sync::Semaphore::new(kib)),
+                bytes: kib * 1024,
+            }),
+        })
+    }
+}
+
+impl Pool {
+    /// The upstream of `config` (a model with a `url`), sharing this pool.
+    pub fn upstream(&self, config: &ModelConfig) -> Upstream {
+        Upstream::new(
+            config.clone(),
+            self.client.clone(),
+            Arc::clone(&self.answers),
+        )
+    }
+}
+
+impl AnswerBudget {
+    /// Room for `bytes` of an answer (at most the whole budget), waited for.
+    pub(crate) async fn reserve(&self, bytes: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let kib = bytes.min(self.bytes).div_ceil(1024).max(1);
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+        Arc::clone(&self.semaphore)
+            .acquire_many_owned(kib)
+            .await
+            .expect("the answer budget is never closed")
+    }
+
+    /// Its size in bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The backend of `config`, sharing `pool`; `None` for the built-in model, which has no
+/// upstream.
+pub fn backend(config: &ModelConfig, pool: &Pool) -> Option<Arc<dyn Backend>> {
+    let upstream = Upstream::new(
+        config.clone(),
+        pool.client.clone(),
+        Arc::clone(&pool.answers),
+    );
     Some(match config.backend {
         BackendKind::Builtin => return None,
         BackendKind::KServeV2 => Arc::new(kserve::Kserve::new(upstream)),
@@ -73,7 +140,9 @@ pub fn backend(config: &ModelConfig, client: &reqwest::Client) -> Option<Arc<dyn
     })
 }
 
-/// The identity of an upstream model: its configured name, version and digest.
+/// The identity of an upstream model: its configured name and version, and what
+/// computes its output ([`ModelConfig::artifact_key`]: the operator's digest, else the
+/// upstream's protocol, server and name).
 fn info(config: &ModelConfig) -> ModelInfo {
     ModelInfo {
         name: config.name.clone(),
@@ -81,6 +150,7 @@ fn info(config: &ModelConfig) -> ModelInfo {
         kind: config.backend,
         version: config.version.clone(),
         digest: config.digest.clone(),
+        upstream: config.artifact_key(),
         dims: None,
     }
 }
@@ -98,9 +168,9 @@ fn texts_of(inputs: &Inputs, rows: &[usize]) -> Result<(Vec<String>, Option<u64>
     }
 }
 
-/// Stored forms of JSON output rows: each row's compact JSON text.
-fn json_rows(rows: &[serde_json::Value]) -> Vec<Bytes> {
+/// Stored forms of JSON output rows: each row's text as the upstream wrote it.
+fn raw_rows(rows: &[&serde_json::value::RawValue]) -> Vec<Bytes> {
     rows.iter()
-        .map(|r| Bytes::from(serde_json::to_vec(r).expect("a JSON value serializes")))
+        .map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
         .collect()
 }

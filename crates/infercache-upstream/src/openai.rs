@@ -85,6 +85,10 @@ impl Backend for OpenAi {
         })
     }
 
+    fn fits(&self, value: &[u8], inputs: &Inputs) -> bool {
+        vector::fits(value, inputs, self.info.dims)
+    }
+
     fn stats(&self) -> BackendStats {
         BackendStats::Upstream(self.upstream.stats())
     }

@@ -90,6 +90,12 @@ impl Model {
     pub fn policy(&self) -> &FreshnessPolicy {
         &self.policy
     }
+
+    /// Counts a stored value of this model that its reader refused (it does not fit the
+    /// model: a bug or a foreign writer); the reader recomputes it.
+    pub fn count_corrupt(&self) {
+        self.counters.corrupt.incr();
+    }
 }
 
 /// A key with the handle of the model it belongs to.

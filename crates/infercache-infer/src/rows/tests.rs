@@ -35,6 +35,7 @@ impl Echo {
                 version: "1".into(),
                 digest: None,
                 dims: None,
+                upstream: None,
             },
             calls: Mutex::default(),
             fail: AtomicBool::new(false),

@@ -24,6 +24,7 @@
 //! | `inference_queue` | 1024 | requests waiting for the model before more get 429 |
 //! | `api_keys_file` | none | TOML file of API keys (see [`crate::auth`]); none: no auth |
 //! | `max_body_size` | `2MiB` | larger bodies get 413 |
+//! | `body_budget` | `64MiB` | bytes of bodies read, parsed and served at once; past it 429 with `Retry-After` |
 //! | `max_items` | 2048 | more inputs per request get 400 |
 //! | `max_input_chars` | 16384 | longer inputs get 400 |
 //! | `max_concurrent_requests` | 256 | more in flight get 429 with `Retry-After` |
@@ -123,6 +124,9 @@ pub struct ServeArgs {
     /// Largest request body; larger get 413 [default: 2MiB].
     #[arg(long, env = "INFERCACHE_MAX_BODY_SIZE", value_name = "SIZE")]
     pub max_body_size: Option<String>,
+    /// Bytes of request bodies read, parsed and served at once; past it 429 [default: 64MiB].
+    #[arg(long, env = "INFERCACHE_BODY_BUDGET", value_name = "SIZE")]
+    pub body_budget: Option<String>,
     /// Most inputs in one request [default: 2048].
     #[arg(long, env = "INFERCACHE_MAX_ITEMS", value_name = "N")]
     pub max_items: Option<usize>,
@@ -199,6 +203,7 @@ struct FileConfig {
     inference_queue: Option<usize>,
     api_keys_file: Option<PathBuf>,
     max_body_size: Option<Scalar>,
+    body_budget: Option<Scalar>,
     max_items: Option<usize>,
     max_input_chars: Option<usize>,
     max_concurrent_requests: Option<usize>,
@@ -291,6 +296,11 @@ pub enum ConfigError {
 pub struct Limits {
     /// Largest request body in bytes; larger get 413. Default: 2 MiB.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies being read, parsed and served at once (each request
+    /// charged its `Content-Length`, or `max_body_bytes` when it gives none); a request
+    /// that finds the budget full gets 429 with `Retry-After`. At least `max_body_bytes`.
+    /// Default: 64 MiB.
+    pub body_budget_bytes: usize,
     /// Most inputs per request; more get 400. Default: 2048.
     pub max_items: usize,
     /// Most characters per input; more get 400. Default: 16384.
@@ -305,6 +315,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 2 << 20,
+            body_budget_bytes: 64 << 20,
             max_items: 2048,
             max_input_chars: 16_384,
             max_concurrent_requests: 256,
@@ -552,8 +563,24 @@ impl ServerConfig {
             },
             None => d.limits.max_body_bytes,
         };
+        let body_budget_bytes = match text(a.body_budget, f.body_budget) {
+            Some(s) => match s.parse::<Capacity>() {
+                Ok(Capacity::Bytes(b)) if b >= max_body_bytes as u64 => usize::try_from(b)
+                    .map_err(|_| invalid("body_budget", &s, "too large for this platform"))?,
+                Ok(_) => {
+                    return Err(invalid(
+                        "body_budget",
+                        &s,
+                        "give a byte size of at least max_body_size",
+                    ));
+                }
+                Err(e) => return Err(invalid("body_budget", &s, e)),
+            },
+            None => d.limits.body_budget_bytes.max(max_body_bytes),
+        };
         let limits = Limits {
             max_body_bytes,
+            body_budget_bytes,
             max_items: positive("max_items", a.max_items.or(f.max_items))?
                 .unwrap_or(d.limits.max_items),
             max_input_chars: positive("max_input_chars", a.max_input_chars.or(f.max_input_chars))?
@@ -719,8 +746,9 @@ impl fmt::Display for Redacted<'_> {
         let l = &c.limits;
         write!(
             f,
-            " max_body_size={} max_items={} max_input_chars={} max_concurrent_requests={} request_timeout={:?} shutdown_timeout={:?}",
+            " max_body_size={} body_budget={} max_items={} max_input_chars={} max_concurrent_requests={} request_timeout={:?} shutdown_timeout={:?}",
             l.max_body_bytes,
+            l.body_budget_bytes,
             l.max_items,
             l.max_input_chars,
             l.max_concurrent_requests,
@@ -1164,6 +1192,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("no_disk"), "{e}");
+    }
+
+    #[test]
+    fn the_body_budget_is_a_size_of_at_least_the_body_limit() {
+        let c = ServerConfig::resolve(ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.limits.body_budget_bytes, 64 << 20);
+        let c = ServerConfig::resolve(
+            ServeArgs {
+                body_budget: Some("8MiB".into()),
+                ..ServeArgs::default()
+            },
+            file("body_budget = \"1GiB\""),
+        )
+        .unwrap();
+        assert_eq!(c.limits.body_budget_bytes, 8 << 20);
+        // A body limit above the default budget raises the default with it.
+        let c = ServerConfig::resolve(ServeArgs::default(), file("max_body_size = \"100MiB\""))
+            .unwrap();
+        assert_eq!(c.limits.body_budget_bytes, 100 << 20);
+        for bad in ["1MiB", "0.5", "lots"] {
+            let e = ServerConfig::resolve(
+                ServeArgs {
+                    body_budget: Some(bad.into()),
+                    ..ServeArgs::default()
+                },
+                FileConfig::default(),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("body_budget"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! backend = "ersilia"           # builtin | kserve-v2 | openai | tei | ersilia | http-json
 //! url = "http://10.0.0.7:3000"  # the upstream (http only)
 //! version = "2024-06"           # part of every key: a new version never sees old entries
-//! digest = "sha256:9f2c…"       # artifact digest, part of every key
+//! digest = "sha256:9f2c…"       # artifact digest: keyed in place of url and upstream_name
 //! timeout = "10s"               # per upstream attempt [default: 30s]
 //! ttl = "7d"                    # entries older than this are not served [default: the global ttl]
 //! stale_if_error = "1d"         # serve an expired entry for this long when the upstream fails

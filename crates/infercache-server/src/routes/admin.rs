@@ -170,6 +170,7 @@ fn model_lookups(m: &ModelStats) -> ModelLookups {
         stale_served: m.stale_served,
         refreshes: m.refreshes,
         not_stored: m.not_stored,
+        corrupt: m.corrupt,
     }
 }
 

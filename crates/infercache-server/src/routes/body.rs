@@ -4,10 +4,20 @@
 //! every mistake gets a message naming its field: malformed JSON, a field of the wrong
 //! type, a field this server does not support (`dimensions`), an empty input, an empty
 //! string, too many inputs or one too long.
+//!
+//! Bodies whose rows may be large arrays (`/predict`'s JSON rows) are read with
+//! [`raw_object`] and [`raw_rows`] instead: the top level is split into fields of raw
+//! text and each row stays a slice of the body, so parsing costs little beyond the body
+//! itself and no number is converted. How many body bytes are in flight at once is
+//! bounded before any of this, by the body budget (`routes::guard`).
+
+use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
+use infercache_backend::JsonText;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::config::Limits;
@@ -175,19 +185,6 @@ pub fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// The rows of an array field (`inputs`): a non-empty JSON array of at most `max_items`
-/// values of any type.
-pub fn rows(
-    obj: &mut Map<String, Value>,
-    field: &'static str,
-    limits: &Limits,
-) -> Result<Vec<Value>, ApiError> {
-    match obj.remove(field) {
-        None | Some(Value::Null) => Err(ApiError::MissingField(field)),
-        Some(v) => row_array(v, field, limits),
-    }
-}
-
 /// `value` as rows: a non-empty JSON array of at most `max_items` values.
 pub fn row_array(
     value: Value,
@@ -217,4 +214,68 @@ pub fn row_array(
 pub fn value(body: Result<Bytes, BytesRejection>, limits: &Limits) -> Result<Value, ApiError> {
     let body = read(body, limits)?;
     serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))
+}
+
+/// The top-level fields of a JSON object `body`, each kept as its text (nothing below the
+/// top level is parsed; a key given twice keeps its last value).
+pub fn raw_object(body: &[u8]) -> Result<BTreeMap<&str, &RawValue>, ApiError> {
+    let raw: &RawValue =
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    if !raw.get().starts_with('{') {
+        return Err(ApiError::invalid(
+            "body",
+            format!("expected a JSON object, got {}", raw_type_name(raw)),
+        ));
+    }
+    serde_json::from_str(raw.get()).map_err(|e| ApiError::MalformedJson(e.to_string()))
+}
+
+/// The rows of the array field `field` of a [`raw_object`] of `body`, each kept as its
+/// text (a slice of `body`, no copy): a non-empty JSON array of at most `max_items`
+/// values of any type.
+pub fn raw_rows(
+    body: &Bytes,
+    obj: &BTreeMap<&str, &RawValue>,
+    field: &'static str,
+    limits: &Limits,
+) -> Result<Vec<JsonText>, ApiError> {
+    let value = match obj.get(field) {
+        None => return Err(ApiError::MissingField(field)),
+        Some(v) if v.get() == "null" => return Err(ApiError::MissingField(field)),
+        Some(v) => *v,
+    };
+    if !value.get().starts_with('[') {
+        return Err(ApiError::invalid(
+            field,
+            format!("expected an array, got {}", raw_type_name(value)),
+        ));
+    }
+    let items: Vec<&RawValue> =
+        serde_json::from_str(value.get()).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    if items.is_empty() {
+        return Err(ApiError::invalid(field, "must hold at least one row"));
+    }
+    if items.len() > limits.max_items {
+        return Err(ApiError::TooManyItems {
+            param: field,
+            got: items.len(),
+            limit: limits.max_items,
+        });
+    }
+    Ok(items
+        .into_iter()
+        .map(|raw| JsonText::within(body, raw))
+        .collect())
+}
+
+/// The JSON type of a raw value, for messages (its first byte says it).
+pub fn raw_type_name(v: &RawValue) -> &'static str {
+    match v.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
+    }
 }

@@ -39,7 +39,8 @@ use crate::state::AppState;
 pub(crate) const BLOCKING_RENDER_WORK: usize = 16 * 1024;
 
 /// Bounds `/v1/*`: 503 once draining for shutdown, at most `max_concurrent_requests` in flight (others get 429 at once,
-/// with `Retry-After`), each within `request_timeout` (else 504). A request cut off by the
+/// with `Retry-After`), at most `body_budget` bytes of bodies in flight (others get 429
+/// with `Retry-After` once their body is read and dropped), each within `request_timeout` (else 504). A request cut off by the
 /// timeout is dropped; the cache hands any key it was computing to a waiting request.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limits = *state.limits();
@@ -54,6 +55,26 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         }
         .into_response();
     };
+    let Some(_bytes) = body_budget(&state, &request) else {
+        state.metrics().rejected(Rejection::BodyBudget);
+        let refused = ApiError::BodyBudget {
+            budget: limits.body_budget_bytes,
+        };
+        // Read the body to its end and drop it as it comes, holding no more than a chunk,
+        // so that the client reads the 429 instead of a reset connection.
+        let mut body = request.into_body().into_data_stream();
+        let drained = tokio::time::timeout(limits.request_timeout, async {
+            let mut seen = 0usize;
+            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
+                seen += chunk.len();
+                if seen > limits.max_body_bytes {
+                    break;
+                }
+            }
+        });
+        let _ = drained.await;
+        return refused.into_response();
+    };
     match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -61,6 +82,38 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             ApiError::Timeout(limits.request_timeout).into_response()
         }
     }
+}
+
+/// The body budget's share of `request`: its `Content-Length`, or `max_body_bytes` when
+/// it gives none and may have a body, in KiB, held until the response is made (the body,
+/// what is parsed from it and what is computed for it live that long). `None` when the
+/// budget has no room: the request is refused at once, never queued.
+fn body_budget(
+    state: &AppState,
+    request: &Request,
+) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+    let max = state.limits().max_body_bytes;
+    let length = match request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(max),
+        None if request.method() == axum::http::Method::GET
+            || request.method() == axum::http::Method::HEAD =>
+        {
+            0
+        }
+        None => max,
+    };
+    if length == 0 {
+        return Some(None);
+    }
+    let kib = u32::try_from(length.div_ceil(1024)).unwrap_or(u32::MAX);
+    std::sync::Arc::clone(state.body_budget())
+        .try_acquire_many_owned(kib)
+        .ok()
+        .map(Some)
 }
 
 /// Gives every error on `/v2` and the paths under it KServe v2's body,

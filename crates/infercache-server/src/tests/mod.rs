@@ -50,6 +50,7 @@ impl Fake {
                 version: "1".into(),
                 digest: Some("sha256:fake".into()),
                 dims: Some(DIMS),
+                upstream: None,
             },
             invocations: AtomicU64::new(0),
             texts: AtomicU64::new(0),
@@ -590,6 +591,53 @@ async fn concurrency_limit_answers_429_with_retry_after() {
     assert_eq!(get(&h.app, "/healthz", &[]).await.status, StatusCode::OK);
     hold.notify_one();
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn body_budget_answers_429_in_each_routes_error_shape() {
+    let hold = Arc::new(Notify::new());
+    let h = harness_with(
+        Fake::holding(hold.clone()),
+        ApiKeys::none(),
+        Limits {
+            body_budget_bytes: 4096,
+            ..limits()
+        },
+        true,
+    );
+    let app = h.app.clone();
+    // No `Content-Length`: charged the body limit, which is the whole budget.
+    let first = tokio::spawn(async move {
+        post(
+            &app,
+            "/v1/embeddings",
+            &[],
+            &json!({"model": "all-MiniLM-L6-v2", "input": "a"}),
+        )
+        .await
+    });
+    while h.state.body_budget().available_permits() > 0 {
+        tokio::task::yield_now().await;
+    }
+    let r = embeddings(&h, &[], json!("b")).await;
+    let message = r.error(StatusCode::TOO_MANY_REQUESTS, "body_budget_exhausted");
+    assert!(message.contains("4096"), "{message}");
+    assert_eq!(r.header("retry-after"), "1");
+    let k = post(
+        &h.app,
+        "/v2/models/all-MiniLM-L6-v2/infer",
+        &[],
+        &json!({"inputs": []}),
+    )
+    .await;
+    assert_eq!(k.kserve_error(StatusCode::TOO_MANY_REQUESTS), message);
+    assert_eq!(k.header("retry-after"), "1");
+    // Requests without a body are not charged.
+    assert_eq!(get(&h.app, "/v1/models", &[]).await.status, StatusCode::OK);
+    hold.notify_one();
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    // Its share is back once it has been answered.
+    assert_eq!(h.state.body_budget().available_permits(), 4);
 }
 
 #[tokio::test(start_paused = true)]

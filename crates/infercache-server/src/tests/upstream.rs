@@ -226,7 +226,7 @@ fn model(name: &str, backend: Backend, url: &str) -> ModelConfig {
 /// The registry of `models`, the fake as the built-in model, upstreams through real
 /// clients.
 fn registry(models: &[ModelConfig]) -> Models {
-    let client = infercache_upstream::client().unwrap();
+    let client = infercache_upstream::Pool::new(Limits::default().body_budget_bytes).unwrap();
     Models::configured(
         models,
         None,
@@ -447,6 +447,109 @@ async fn changing_version_or_digest_makes_old_entries_unreachable() {
     }
     assert_eq!(outcomes, ["MISS", "HIT", "MISS", "MISS"]);
     assert_eq!(up.calls(), 3);
+}
+
+#[tokio::test]
+async fn changing_the_upstream_server_or_name_without_a_version_is_a_miss() {
+    let (a, up_a) = upstream().await;
+    let (b, up_b) = upstream().await;
+    // One cache across the configurations, as one Redis across deployments.
+    let cache = Cache::open(CacheConfig::default(), ManualClock::new(1_000_000)).unwrap();
+    let mut outcomes = Vec::new();
+    // The same server, spelled otherwise: the URL is normalised before it is keyed.
+    let same_a = a.replacen("http://", "HTTP://", 1);
+    for (url, upstream_name, digest) in [
+        (&a, "m", None),
+        (&same_a, "m", None),
+        (&b, "m", None),
+        (&a, "other", None),
+        (&a, "m", Some("sha256:d")),
+        // An explicit digest wins: the server and name it is served under do not matter.
+        (&b, "other", Some("sha256:d")),
+    ] {
+        let mut m = model("m", Backend::HttpJson, &format!("{url}/predict"));
+        m.upstream_name = upstream_name.into();
+        m.digest = digest.map(Into::into);
+        let state = AppState::new(
+            Some(cache.clone()),
+            registry(&[m]),
+            ApiKeys::none(),
+            Limits::default(),
+        );
+        let r = post(
+            &app(state),
+            "/v1/models/m/predict",
+            &[],
+            &json!({"inputs": ["x"]}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        outcomes.push(r.header("x-cache").to_owned());
+    }
+    assert_eq!(outcomes, ["MISS", "HIT", "MISS", "MISS", "MISS", "HIT"]);
+    assert_eq!((up_a.calls(), up_b.calls()), (3, 1));
+}
+
+/// A plain JSON upstream that keeps the raw bytes of every body it is sent and answers
+/// each row with its index.
+async fn recording_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let router = Router::new().route(
+        "/predict",
+        routing::post(move |body: axum::body::Bytes| {
+            let record = Arc::clone(&record);
+            async move {
+                let text = String::from_utf8(body.to_vec()).unwrap();
+                let rows = serde_json::from_str::<Value>(&text).unwrap()["inputs"]
+                    .as_array()
+                    .unwrap()
+                    .len();
+                record.lock().unwrap().push(text);
+                axum::Json(json!({ "outputs": (0..rows).collect::<Vec<_>>() }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn numbers_reach_the_upstream_as_sent_and_1_and_1_0_are_other_rows() {
+    let (url, seen) = recording_upstream().await;
+    let h = json_model(&url, |_| {});
+    let body = br#"{"inputs": [12345678901234567890123, 1.0, {"p": 0.10000000000000000000001}], "parameters": {"t": 1.50}}"#;
+    let r = send(
+        &h.app,
+        request(Method::POST, "/v1/models/m/predict", &[], body.to_vec()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [
+            r#"{"inputs":[12345678901234567890123,1.0,{"p": 0.10000000000000000000001}],"parameters":{"t": 1.50}}"#
+        ]
+    );
+    // `1` is not `1.0`, and a neighbouring big integer is not the one sent.
+    let other = send(
+        &h.app,
+        request(
+            Method::POST,
+            "/v1/models/m/predict",
+            &[],
+            br#"{"inputs": [1, 12345678901234567890124, 1.0], "parameters": {"t": 1.50}}"#.to_vec(),
+        ),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.body);
+    assert_eq!(other.header("x-cache"), "PARTIAL");
+    assert_eq!(
+        seen.lock().unwrap()[1],
+        r#"{"inputs":[1,12345678901234567890124],"parameters":{"t": 1.50}}"#
+    );
 }
 
 #[tokio::test]
@@ -1285,4 +1388,63 @@ async fn upstream_calls_are_counted_per_model_in_the_metrics() {
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
+}
+
+/// An upstream whose every answer to `POST /big` is `bytes` long.
+async fn big_answers(bytes: usize) -> String {
+    let router = Router::new().route(
+        "/big",
+        routing::post(move || async move {
+            let padding = "x".repeat(bytes.saturating_sub(20));
+            axum::Json(json!({ "outputs": [padding] }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn upstream_answers_are_read_within_their_budget() {
+    let url = big_answers(600 << 10).await;
+    let pool = infercache_upstream::Pool::new(1 << 20).unwrap();
+    let upstream = pool.upstream(&model("m", Backend::HttpJson, &format!("{url}/big")));
+    let call = || {
+        let upstream = upstream.clone();
+        async move {
+            upstream
+                .post_json_text("", axum::body::Bytes::from_static(b"{}"))
+                .await
+        }
+    };
+    let first = call().await.unwrap();
+    assert!(first.body.len() > 500 << 10);
+    // A second 600 KiB answer does not fit beside the first: it waits for its room.
+    let second = tokio::spawn(call());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "read beside an answer that fills the budget"
+    );
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("read once the first answer is gone")
+        .unwrap()
+        .unwrap();
+    assert!(second.body.len() > 500 << 10);
+
+    // An answer larger than the whole budget is refused, naming the model.
+    let small = infercache_upstream::Pool::new(256 << 10).unwrap();
+    let e = small
+        .upstream(&model("m", Backend::HttpJson, &format!("{url}/big")))
+        .post_json_text("", axum::body::Bytes::from_static(b"{}"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, infercache_backend::UpstreamError::BadResponse { .. }),
+        "{e}"
+    );
+    assert_eq!(e.model(), "m");
 }

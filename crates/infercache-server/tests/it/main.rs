@@ -3,6 +3,7 @@
 //! The model comes from `INFERCACHE_MODEL_DIR`, else it is fetched once into the
 //! workspace's `target/model-cache`. Without it these tests fail, loudly: they never skip.
 
+mod body_budget;
 mod cache_control;
 mod dashboard;
 mod embeddings;
@@ -14,6 +15,7 @@ mod kserve_server;
 mod kserve_upstream;
 mod lifecycle;
 mod metrics;
+mod process;
 mod redis;
 mod redis_tls;
 mod support;

@@ -13,6 +13,7 @@ use infercache_server::ServerConfig;
 use infercache_server::config::{RedisSettings, RedisTarget};
 use serde_json::{Value, json};
 
+use crate::process::ChildServer;
 use crate::support::{Server, model};
 
 /// A server on `target`. Timeouts of 1 s: the model keeps both cores of a CI machine busy,
@@ -432,4 +433,177 @@ async fn sync_stats(s: &Server) -> Value {
     let r = s.get("/v1/cache/stats", &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.body["sync"].clone()
+}
+
+/// A plain JSON upstream whose every output says which upstream computed it.
+async fn labelled_upstream(label: &'static str) -> (String, Arc<AtomicU64>) {
+    let rows = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&rows);
+    let app = axum::Router::new().route(
+        "/score",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let counted = Arc::clone(&counted);
+            async move {
+                let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+                counted.fetch_add(inputs.len() as u64, Ordering::SeqCst);
+                let outputs: Vec<Value> = inputs
+                    .iter()
+                    .map(|i| json!({ "in": i, "from": label }))
+                    .collect();
+                axum::Json(json!({ "outputs": outputs }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, rows)
+}
+
+/// A server process on `redis` whose only model is `scorer`, an `http-json` model at
+/// `url`, once its Redis tier is in use.
+async fn scorer_on(redis: &RedisServer, url: &str) -> ChildServer {
+    let s = ChildServer::start(&format!(
+        r#"
+        no_disk = true
+        redis = "{}"
+        redis_timeout = "1s"
+
+        [[models]]
+        name = "scorer"
+        backend = "http-json"
+        url = "{url}/score"
+        "#,
+        redis.url()
+    ));
+    let client = reqwest::Client::new();
+    wait_for(
+        "the Redis tier in use",
+        Duration::from_secs(10),
+        async || {
+            let stats: Value = client
+                .get(format!("{}/v1/cache/stats", s.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            stats["tiers"]["redis"]["connected"] == true
+        },
+    )
+    .await;
+    s
+}
+
+/// `POST /v1/models/scorer/predict` of the row `"x"` to `s`: the answer's `X-Cache` and
+/// which upstream computed it.
+async fn score_x(s: &ChildServer) -> (String, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/models/scorer/predict", s.url))
+        .json(&json!({ "inputs": ["x"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cache = r.headers()["x-cache"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    (cache, body["outputs"][0]["from"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployments_with_one_model_name_but_other_upstreams_never_share_rows() {
+    let redis = RedisServer::start();
+    let (url_a, rows_a) = labelled_upstream("a").await;
+    let (url_b, rows_b) = labelled_upstream("b").await;
+    // Two server processes: the same model name and version on one Redis, other upstreams.
+    let a = scorer_on(&redis, &url_a).await;
+    let b = scorer_on(&redis, &url_b).await;
+
+    assert_eq!(score_x(&a).await, ("MISS".into(), json!("a")));
+    assert_eq!(score_x(&b).await, ("MISS".into(), json!("b")));
+    assert_eq!(score_x(&b).await, ("HIT".into(), json!("b")));
+    assert_eq!(
+        (rows_a.load(Ordering::SeqCst), rows_b.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+
+    // A third process with A's upstream shares A's rows through Redis.
+    let c = scorer_on(&redis, &url_a).await;
+    assert_eq!(score_x(&c).await, ("HIT".into(), json!("a")));
+    assert_eq!(rows_a.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_vector_of_the_wrong_length_is_a_miss_counted_as_corrupt() {
+    let redis = RedisServer::start();
+    let (a, _ma, b, mb) = pair(&redis).await;
+    let first = a.embed(&[], json!(["a foreign value"])).await;
+    assert_eq!((first.status, first.header("x-cache")), (200, "MISS"));
+    let key: infercache_core::Digest = first.body["cache"]["keys"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key in {}", first.body))
+        .parse()
+        .unwrap();
+
+    // Another writer stores three floats under that key, in the tier's own format.
+    let tier = infercache_redis::RedisTier::connect(
+        infercache_redis::RedisConfig::new(infercache_redis::Target::Single(redis.url())),
+        infercache_core::SystemClock::shared(),
+    )
+    .unwrap();
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let foreign = infercache_redis::codec::encode(
+        &key,
+        &infercache_engine::RemoteEntry {
+            value: infercache_backend::vector::encode(&[1.0, 2.0, 3.0]),
+            created_ms: now,
+            expires_ms: None,
+        },
+    );
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SET")
+        .arg(tier.value_key(&key))
+        .arg(foreign)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // A node that has the key only in Redis refuses the value, counts it and recomputes.
+    let second = b.embed(&[], json!(["a foreign value"])).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.header("x-cache"), "MISS");
+    assert_eq!(
+        second.body["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .len(),
+        384
+    );
+    assert_eq!(first.body["data"], second.body["data"]);
+    assert_eq!(texts(&mb), 1);
+    assert_eq!(b.model_stats(&[]).await["corrupt"], 1);
+    let metrics = b.get("/metrics", &[]).await.body;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("infercache_model_lookups_total")
+                && l.contains("outcome=\"corrupt\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // The recomputed value replaced it.
+    let third = b.embed(&[], json!(["a foreign value"])).await;
+    assert_eq!(third.header("x-cache"), "HIT");
+    assert_eq!(first.body["data"], third.body["data"]);
+    a.stop().await;
+    b.stop().await;
 }
