@@ -19,6 +19,9 @@
 //! [`Inputs`], rendering stored rows back) is the server's;
 //! this crate only talks to upstreams. [`backend`] builds the backend of one validated
 //! `[[models]]` entry, sharing the pool of [`client`](mod@client).
+//!
+//! With the `test-support` feature, [`testing`] starts real upstreams of every protocol
+//! on loopback that count their calls and rows.
 
 pub mod client;
 pub mod ersilia;
@@ -26,6 +29,8 @@ pub mod http_json;
 pub mod kserve;
 pub mod openai;
 pub mod tei;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::sync::Arc;
 
