@@ -3,8 +3,12 @@
 //! configuration `serve` takes (tiers, `[[models]]`, Redis): the job leaves the cache
 //! warm for a server on the same tiers.
 //!
+//! With `--url`, the job runs through a running server instead ([`remote`]).
+//!
 //! SIGINT and SIGTERM stop it cleanly: the batches in flight finish and are journaled, and
 //! the same command resumes. At the end one JSON summary line goes to stderr.
+
+mod remote;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,6 +82,18 @@ pub struct JobArgs {
     /// Where jobs keep their journals [default: `jobs/` in the cache directory].
     #[arg(long, value_name = "DIR", env = "INFERCACHE_JOBS_DIR")]
     jobs_dir: Option<PathBuf>,
+    /// Run through the infercache server at this URL rather than in this process (the
+    /// server's cache and models; the tier flags are then unused).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// API key for --url, sent as `Authorization: Bearer KEY`.
+    #[arg(
+        long,
+        env = "INFERCACHE_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
 }
 
 pub fn run(cmd: &BulkCommand) -> anyhow::Result<()> {
@@ -135,6 +151,15 @@ pub fn run_job(
         .block_on(async move {
             let stop = Arc::new(AtomicBool::new(false));
             listen_for_stop(Arc::clone(&stop))?;
+            if let Some(url) = &job.url {
+                let client = crate::client::Client::connect(url, job.api_key.clone())?;
+                let model =
+                    remote::ServerModel::connect(client, &name, options.parameters.clone()).await?;
+                let bar = Bar::new();
+                let summary = infercache_jobs::run(&model, &options, &stop, &bar).await?;
+                bar.0.finish_and_clear();
+                return anyhow::Ok(summary);
+            }
             let opened = infercache_server::open(&config).await?;
             let counter = Arc::new(CallCounter::default());
             let infer = Infer::new(

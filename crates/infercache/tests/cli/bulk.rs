@@ -290,3 +290,78 @@ fn after_a_job_with_the_builtin_model_a_server_on_the_same_tiers_answers_its_inp
     }
     server.terminate();
 }
+
+#[test]
+fn through_a_running_server_the_job_fills_its_cache_and_writes_the_same_output() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let input = half_repeated(2_000);
+    let job = Job::new(&rt, &input);
+    let mut server = infercache()
+        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg(job.path("infercache.toml"))
+        .env_remove("INFERCACHE_CONFIG")
+        .env("INFERCACHE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some((_, url)) = line.split_once("listening on ") {
+                let _ = tx.send(url.trim().to_owned());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let bulk = |jobs: &str| {
+        infercache()
+            .args(["bulk", "--model", "scorer", "--url", &url])
+            .arg("--input")
+            .arg(job.path("in.jsonl"))
+            .arg("--output")
+            .arg(job.path("via-server.jsonl"))
+            .arg("--jobs-dir")
+            .arg(job.path(jobs))
+            .env_remove("INFERCACHE_API_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = bulk("jobs-a");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(job.up.rows(), 1_000);
+    let s = summary(&out);
+    // The server counts a request's hits, not which rows they were: the job's split
+    // between hits and computed is approximate, their sum is not.
+    let (hits, computed) = (s["hits"].as_u64().unwrap(), s["computed"].as_u64().unwrap());
+    assert_eq!(
+        (s["unique"].as_u64(), hits + computed),
+        (Some(1_000), 1_000),
+        "{s}"
+    );
+    let first = read(&job.path("via-server.jsonl"));
+    // Another job directory: a new pass, every row a hit in the server's cache.
+    let out = bulk("jobs-b");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(job.up.rows(), 1_000);
+    assert_eq!(summary(&out)["hits"], 1_000);
+    assert!(read(&job.path("via-server.jsonl")) == first);
+    assert!(
+        first == clean_output(&rt, &input),
+        "in-process and server outputs differ"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
