@@ -475,12 +475,21 @@ impl Partial {
     fn open(job: &JobDir, last: &Entry, with_output: bool) -> Result<Self, JobError> {
         let open = |name: &str, len: u64| {
             let path = job.path(name);
+            let io = |e| JobError::io(format!("opening {}", path.display()), e);
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
-                .and_then(|f| f.set_len(len).map(|()| f))
-                .map_err(|e| JobError::io(format!("opening {}", path.display()), e))?;
+                .map_err(io)?;
+            // Longer than the journal says: a window written but not journaled before a
+            // kill, cut off here. Shorter: the file was damaged or replaced.
+            if file.metadata().map_err(io)?.len() < len {
+                return Err(JobError::Input(format!(
+                    "{} is shorter than the job's journal says; run with --restart",
+                    path.display()
+                )));
+            }
+            file.set_len(len).map_err(io)?;
             Ok::<_, JobError>((file, path))
         };
         Ok(Self {

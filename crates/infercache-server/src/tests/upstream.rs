@@ -3,18 +3,14 @@
 //! on a manual clock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing;
 use infercache_core::ManualClock;
 use infercache_engine::{Cache, CacheConfig};
 use serde_json::{Value, json};
-use std::sync::Mutex;
 
 use infercache_backend::{BackendKind as Backend, ModelConfig};
 use infercache_infer::Models;
