@@ -12,7 +12,7 @@
 //!    are alone, and those go to the errors file with their key and reason.
 //! 4. Windows finish in input order (a reorder buffer of `concurrency`): each one's
 //!    output and errors are appended to the job's partial files, then the journal records
-//!    the totals ([`journal`]). The cache is written before the journal, so after a kill
+//!    the totals ([`journal`](crate::journal)). The cache is written before the journal, so after a kill
 //!    a resumed job finds every row computed since the last journal entry as a hit: only
 //!    rows in flight at the kill are computed again.
 //! 5. At the end the partial files are renamed onto the output and errors paths (never a

@@ -20,7 +20,7 @@
 //! this crate only talks to upstreams. [`backend`] builds the backend of one validated
 //! `[[models]]` entry, sharing the pool of [`client`](mod@client).
 //!
-//! With the `test-support` feature, [`testing`] starts real upstreams of every protocol
+//! With the `test-support` feature, `testing` starts real upstreams of every protocol
 //! on loopback that count their calls and rows.
 
 pub mod client;
