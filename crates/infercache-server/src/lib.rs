@@ -100,7 +100,7 @@ pub use infercache_kserve as kserve;
 pub use auth::{ApiKeys, Caller};
 pub use config::{ConfigError, Limits, ServeArgs, ServerConfig};
 pub use error::{ApiError, ServerError};
-pub use model::run;
+pub use model::{Opened, open, run};
 pub use server::{registry, run_with, serve};
 pub use state::AppState;
 

@@ -11,7 +11,52 @@ use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
 use crate::error::ServerError;
-use crate::server::run_with;
+use crate::server::{open_cache, registry, run_with};
+
+/// The cache and the registry of a configuration, opened as `serve` opens them, for
+/// commands that run models in this process (bulk jobs). [`Opened::close`] flushes the
+/// cache and stops a managed `redis-server`.
+#[derive(Debug)]
+pub struct Opened {
+    /// The cache; `None` when disabled.
+    pub cache: Option<infercache_engine::Cache>,
+    /// Every configured model.
+    pub models: infercache_infer::Models,
+    managed: Option<crate::remote::Managed>,
+}
+
+impl Opened {
+    /// Flushes the cache (the write-back queue, the disk tier's sync), then stops the
+    /// managed `redis-server`, if any.
+    pub async fn close(self) {
+        if let Some(cache) = &self.cache {
+            cache.shutdown().await;
+        }
+        if let Some(redis) = self.managed {
+            redis.stop().await;
+        }
+    }
+}
+
+/// Opens `config`'s cache and registry, loading the built-in model (on the blocking
+/// pool) when `config` serves it.
+///
+/// # Errors
+/// The model does not load, the Redis tier cannot be set up, or the cache cannot open.
+pub async fn open(config: &ServerConfig) -> Result<Opened, ServerError> {
+    let builtin = if infercache_infer::serves_builtin(&config.models) {
+        Some(load(config).await?)
+    } else {
+        None
+    };
+    let models = registry(config, builtin)?;
+    let (cache, managed) = open_cache(config, &models).await?;
+    Ok(Opened {
+        cache,
+        models,
+        managed,
+    })
+}
 
 /// Loads the built-in model per `config` (on the blocking pool) when `config` serves it
 /// and serves on `listener` until `shutdown` completes; see [`crate::serve`] for the

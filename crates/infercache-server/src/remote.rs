@@ -10,7 +10,7 @@ use infercache_engine::RemoteTier;
 use crate::config::RedisSettings;
 use crate::error::ServerError;
 
-pub(crate) use imp::connect;
+pub(crate) use imp::{Managed, connect};
 
 #[cfg(feature = "redis")]
 mod imp {

@@ -37,24 +37,7 @@ pub async fn run_with(
         Some(path) => ApiKeys::load(path)?,
         None => ApiKeys::none(),
     };
-    // A managed Redis starts before the cache and stops after it has flushed.
-    let (remote, managed) = match (&config.redis, config.enable_cache) {
-        (Some(settings), true) => {
-            let (tier, managed) = remote::connect(settings).await?;
-            (Some(tier), managed)
-        }
-        _ => (None, None),
-    };
-    let cache = match config.cache_config() {
-        Some(mut cache_config) => Some({
-            cache_config.remote = remote;
-            cache_config.policies = models.freshness();
-            tokio::task::spawn_blocking(move || Cache::open(cache_config, SystemClock::shared()))
-                .await
-                .map_err(|e| ServerError::Io(std::io::Error::other(e)))??
-        }),
-        None => None,
-    };
+    let (cache, managed) = open_cache(&config, &models).await?;
     let addr = listener.local_addr()?;
     for m in models.iter() {
         let info = m.info();
@@ -85,6 +68,36 @@ pub async fn run_with(
         redis.stop().await;
     }
     served
+}
+
+/// The cache of `config` (`None` when disabled), with the `redis-server` it started for
+/// `redis = "auto"`, to be stopped once the cache has flushed.
+///
+/// # Errors
+/// The Redis tier cannot be set up, or the cache cannot open.
+pub(crate) async fn open_cache(
+    config: &ServerConfig,
+    models: &Models,
+) -> Result<(Option<Cache>, Option<remote::Managed>), ServerError> {
+    // A managed Redis starts before the cache and stops after it has flushed.
+    let (remote, managed) = match (&config.redis, config.enable_cache) {
+        (Some(settings), true) => {
+            let (tier, managed) = remote::connect(settings).await?;
+            (Some(tier), managed)
+        }
+        _ => (None, None),
+    };
+    let cache = match config.cache_config() {
+        Some(mut cache_config) => Some({
+            cache_config.remote = remote;
+            cache_config.policies = models.freshness();
+            tokio::task::spawn_blocking(move || Cache::open(cache_config, SystemClock::shared()))
+                .await
+                .map_err(|e| ServerError::Io(std::io::Error::other(e)))??
+        }),
+        None => None,
+    };
+    Ok((cache, managed))
 }
 
 /// The registry of `config`'s models: `builtin` for the built-in model, an upstream

@@ -20,6 +20,9 @@
 //! this crate only talks to upstreams. [`backend`] builds the backend of one validated
 //! `[[models]]` entry, sharing a [`Pool`]: the connection pool and the budget of answer
 //! bytes being read at once.
+//!
+//! With the `test-support` feature, `testing` starts real upstreams of every protocol
+//! on loopback that count their calls and rows.
 
 pub mod client;
 pub mod ersilia;
@@ -27,6 +30,8 @@ pub mod http_json;
 pub mod kserve;
 pub mod openai;
 pub mod tei;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::sync::Arc;
 

@@ -53,22 +53,25 @@ pub struct Reply {
     /// `Retry-After` in seconds, if the server sent one.
     pub retry_after: Option<u64>,
     pub body: Value,
+    /// `X-Cache-Hits`: rows the server served from its cache, if it said.
+    pub cache_hits: Option<u64>,
     /// The body as text, for error responses that are not JSON.
     text: String,
 }
 
 impl Client {
     pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
-        let mut base: Url = args.url.parse().with_context(|| {
-            format!(
-                "invalid --url {:?}: expected e.g. http://127.0.0.1:8080",
-                args.url
-            )
+        Self::connect(&args.url, args.api_key.clone())
+    }
+
+    /// A client of the server at `url`, authenticating with `api_key`.
+    pub fn connect(url: &str, api_key: Option<String>) -> anyhow::Result<Self> {
+        let mut base: Url = url.parse().with_context(|| {
+            format!("invalid --url {url:?}: expected e.g. http://127.0.0.1:8080")
         })?;
         if base.scheme() != "http" {
             anyhow::bail!(
-                "invalid --url {:?}: only http:// is supported (put a TLS proxy in front of the server)",
-                args.url
+                "invalid --url {url:?}: only http:// is supported (put a TLS proxy in front of the server)"
             );
         }
         // Relative joins keep a path prefix such as `http://host/infercache/`.
@@ -83,7 +86,7 @@ impl Client {
         Ok(Self {
             http,
             base,
-            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            api_key: api_key.filter(|k| !k.is_empty()),
         })
     }
 
@@ -124,6 +127,11 @@ impl Client {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
+        let cache_hits = response
+            .headers()
+            .get("x-cache-hits")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
         let text = response
             .text()
             .await
@@ -139,6 +147,7 @@ impl Client {
             status,
             retry_after,
             body,
+            cache_hits,
             text,
         })
     }

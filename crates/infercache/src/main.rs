@@ -2,6 +2,8 @@
 //! crates; no cache logic lives here.
 //!
 //! - `serve`: the HTTP server ([`infercache_server`]) with the built-in model ([`serve`]).
+//! - `bulk`: a file of inputs through a model, resumable ([`bulk`], over
+//!   [`infercache_jobs`]).
 //! - `stats`, `warm`, `invalidate`: admin commands that talk to a running server over
 //!   HTTP ([`client`] for the connection, one file per command).
 //! - `bench`: measurements of the engine ([`mod@bench`]).
@@ -11,6 +13,7 @@
 
 mod artifacts;
 mod bench;
+mod bulk;
 mod client;
 mod datasets;
 mod invalidate;
@@ -38,6 +41,9 @@ enum Command {
     /// Serve the embedding API (OpenAI- and Smally-compatible) through the cache, with the
     /// built-in all-MiniLM-L6-v2 model. Stops gracefully on SIGTERM or Ctrl-C.
     Serve(Box<serve::ServeCommand>),
+    /// Run a whole file of inputs through a model: each unique input computed once, output
+    /// in input order, resumable after a crash or a stop.
+    Bulk(Box<bulk::BulkCommand>),
     /// Print a running server's cache statistics, per tier and per model.
     Stats(stats::StatsCommand),
     /// Precompute and store the embeddings of a file of inputs on a running server.
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(cmd) => serve::run(&cmd),
+        Command::Bulk(cmd) => bulk::run(&cmd),
         Command::Stats(cmd) => stats::run(&cmd),
         Command::Warm(cmd) => warm::run(&cmd),
         Command::Invalidate(cmd) => invalidate::run(&cmd),

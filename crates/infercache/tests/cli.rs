@@ -130,14 +130,27 @@ impl Served {
             ),
         )
         .unwrap();
-        let mut child = infercache()
-            .args(["serve", "--bind", "127.0.0.1:0", "--disk-size", "64MiB"])
+        let disk = dir.path().to_owned();
+        Self::start_on(dir, &disk, Some(&keys))
+    }
+
+    /// A server whose disk tier is `disk_parent/disk`, with `keys` (none: every request
+    /// is the tenant `default`).
+    fn start_on(
+        dir: tempfile::TempDir,
+        disk_parent: &std::path::Path,
+        keys: Option<&std::path::Path>,
+    ) -> Self {
+        let mut cmd = infercache();
+        cmd.args(["serve", "--bind", "127.0.0.1:0", "--disk-size", "64MiB"])
             .arg("--disk-dir")
-            .arg(dir.path().join("disk"))
+            .arg(disk_parent.join("disk"))
             .arg("--model-dir")
-            .arg(model_dir())
-            .arg("--api-keys-file")
-            .arg(&keys)
+            .arg(model_dir());
+        if let Some(keys) = keys {
+            cmd.arg("--api-keys-file").arg(keys);
+        }
+        let mut child = cmd
             .env_remove("INFERCACHE_CONFIG")
             .env("INFERCACHE_LOG", "info")
             .stdin(Stdio::null())
@@ -404,5 +417,7 @@ fn invalidate_needs_exactly_one_scope() {
     }
 }
 
+#[path = "cli/bulk.rs"]
+mod bulk;
 #[path = "cli/weights.rs"]
 mod weights;

@@ -3,18 +3,14 @@
 //! on a manual clock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing;
 use infercache_core::ManualClock;
 use infercache_engine::{Cache, CacheConfig};
 use serde_json::{Value, json};
-use std::sync::Mutex;
 
 use infercache_backend::{BackendKind as Backend, ModelConfig};
 use infercache_infer::Models;
@@ -22,191 +18,7 @@ use infercache_infer::Models;
 use super::{Fake, Reply, get as get_req, post, request, send};
 use crate::{ApiKeys, AppState, Limits, app};
 
-/// What an upstream saw, and how it misbehaves.
-#[derive(Debug, Default)]
-struct Upstream {
-    /// Inference calls answered (any route).
-    calls: AtomicUsize,
-    /// Rows in those calls.
-    rows: AtomicUsize,
-    /// Each call's rows, in order.
-    batches: Mutex<Vec<Vec<Value>>>,
-    /// Metadata calls.
-    metadata_calls: AtomicUsize,
-    /// Answer this many next calls (any route) with `fail_status`.
-    fail_next: AtomicUsize,
-    fail_status: AtomicU64,
-    /// Sleep this long before answering.
-    delay_ms: AtomicU64,
-    /// Answer one output fewer than asked.
-    short: std::sync::atomic::AtomicBool,
-}
-
-impl Upstream {
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn rows(&self) -> usize {
-        self.rows.load(Ordering::SeqCst)
-    }
-
-    fn fail(&self, times: usize, status: u16) {
-        self.fail_status.store(u64::from(status), Ordering::SeqCst);
-        self.fail_next.store(times, Ordering::SeqCst);
-    }
-
-    /// The injected failure, if one is due; otherwise records the call.
-    async fn enter(&self, rows: &[Value]) -> Option<Response> {
-        let delay = self.delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        let due = self
-            .fail_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if due {
-            let status = self.fail_status.load(Ordering::SeqCst) as u16;
-            return Some(StatusCode::from_u16(status).unwrap().into_response());
-        }
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.rows.fetch_add(rows.len(), Ordering::SeqCst);
-        self.batches.lock().unwrap().push(rows.to_vec());
-        None
-    }
-
-    fn take(&self, n: usize) -> usize {
-        if self.short.load(Ordering::SeqCst) {
-            n.saturating_sub(1)
-        } else {
-            n
-        }
-    }
-}
-
-/// A row's output: depends on the row and the parameters, so order and keys show.
-fn output(row: &Value, params: &Value) -> Value {
-    json!({ "echo": row, "params": params })
-}
-
-fn vector(text: &str) -> Vec<f32> {
-    vec![text.len() as f32, f32::from(text.as_bytes()[0]), 0.5]
-}
-
-async fn predict(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Response {
-    let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
-    if let Some(r) = up.enter(&inputs).await {
-        return r;
-    }
-    let params = body.get("parameters").cloned().unwrap_or(Value::Null);
-    let n = up.take(inputs.len());
-    let outputs: Vec<Value> = inputs[..n].iter().map(|r| output(r, &params)).collect();
-    axum::Json(json!({ "outputs": outputs })).into_response()
-}
-
-/// An ersilia-pack `/run`: the body must be a non-empty `Union[List[str], List[InputItem]]`
-/// (`InputItem`: `key` and `input`, both strings, other fields ignored), else 422 as
-/// FastAPI answers. An input starting with `!` fails: its row is all nulls, as
-/// ersilia-pack returns for an input the model failed on.
-async fn run(State(up): State<Arc<Upstream>>, body: axum::body::Bytes) -> Response {
-    let Some(texts) = ersilia_inputs(&body) else {
-        let detail = json!({ "detail": "body is not a list of strings or of {key, input}" });
-        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(detail)).into_response();
-    };
-    let inputs: Vec<Value> = serde_json::from_slice::<Vec<Value>>(&body).unwrap();
-    if let Some(r) = up.enter(&inputs).await {
-        return r;
-    }
-    let rows: Vec<Value> = texts
-        .iter()
-        .map(|text| match text.strip_prefix('!') {
-            Some(_) => json!({ "input": null, "mw": null }),
-            None => json!({ "input": text, "mw": text.len() }),
-        })
-        .collect();
-    axum::Json(Value::Array(rows)).into_response()
-}
-
-/// The input strings of a body ersilia-pack accepts; `None` for one it refuses.
-fn ersilia_inputs(body: &[u8]) -> Option<Vec<String>> {
-    #[derive(serde::Deserialize)]
-    struct InputItem {
-        #[serde(rename = "key")]
-        _key: String,
-        input: String,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum InputSchema {
-        Strings(Vec<String>),
-        Items(Vec<InputItem>),
-    }
-    let texts = match serde_json::from_slice::<InputSchema>(body).ok()? {
-        InputSchema::Strings(s) => s,
-        InputSchema::Items(items) => items.into_iter().map(|i| i.input).collect(),
-    };
-    (!texts.is_empty()).then_some(texts)
-}
-
-async fn openai(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Response {
-    let inputs = body["input"].as_array().cloned().unwrap_or_default();
-    if let Some(r) = up.enter(&inputs).await {
-        return r;
-    }
-    let dims = body["dimensions"].as_u64();
-    // Reversed, so the caller must order by `index`.
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .rev()
-        .map(|(i, t)| {
-            let mut v = vector(t.as_str().unwrap());
-            if let Some(d) = dims {
-                v.truncate(d as usize);
-            }
-            json!({ "object": "embedding", "index": i, "embedding": v })
-        })
-        .collect();
-    axum::Json(json!({ "object": "list", "data": data, "model": body["model"] })).into_response()
-}
-
-async fn tei(State(up): State<Arc<Upstream>>, body: axum::Json<Value>) -> Response {
-    let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
-    if let Some(r) = up.enter(&inputs).await {
-        return r;
-    }
-    let vectors: Vec<Vec<f32>> = inputs.iter().map(|t| vector(t.as_str().unwrap())).collect();
-    axum::Json(json!(vectors)).into_response()
-}
-
-async fn metadata(State(up): State<Arc<Upstream>>, Path(name): Path<String>) -> Response {
-    up.metadata_calls.fetch_add(1, Ordering::SeqCst);
-    if let Some(r) = up.enter(&[]).await {
-        return r;
-    }
-    axum::Json(
-        json!({ "name": name, "versions": ["7"], "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}], "outputs": [] }),
-    )
-    .into_response()
-}
-
-/// Starts an upstream on a loopback port; its base URL and its record.
-async fn upstream() -> (String, Arc<Upstream>) {
-    let up = Arc::new(Upstream::default());
-    let router = Router::new()
-        .route("/predict", routing::post(predict))
-        .route("/run", routing::post(run))
-        .route("/v1/embeddings", routing::post(openai))
-        .route("/embed", routing::post(tei))
-        .route("/v2/models/{name}", routing::get(metadata))
-        .with_state(Arc::clone(&up));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (url, up)
-}
+use infercache_upstream::testing::start as upstream;
 
 /// A URL nothing listens on: connections are refused.
 async fn dead_url() -> String {

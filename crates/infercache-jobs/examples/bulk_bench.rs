@@ -1,0 +1,184 @@
+//! The bulk job's overhead, measured side by side in one process:
+//!
+//! 1. `direct`: the upstream stub (5 ms per call) called with the job's batches of 32
+//!    rows, 4 calls in flight, through the same upstream client, no cache and no job;
+//! 2. `job`: the same rows as a bulk job (fresh memory and disk tiers, journal, output
+//!    file), batch size 32, concurrency 4;
+//! 3. `cached`: a job of 100,000 rows, then the same job again in the same process,
+//!    every row a hit from the memory tier.
+//!
+//! ```text
+//! cargo run -p infercache-jobs --example bulk_bench -- [UNIQUE_ROWS] [ROUNDS]
+//! ```
+//!
+//! Prints one line per measurement and the ratio direct/job (1.0: no overhead).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use infercache_backend::{BackendKind, Inputs, ModelConfig};
+use infercache_core::SystemClock;
+use infercache_engine::{Cache, CacheConfig, DiskConfig, MemoryConfig};
+use infercache_infer::{Infer, Models};
+use infercache_jobs::{CallCounter, Format, InferModel, JobOptions, Mode, NoProgress};
+use serde_json::{Value, json};
+
+const BATCH: usize = 32;
+const CONCURRENCY: usize = 4;
+const STUB_DELAY: Duration = Duration::from_millis(5);
+
+fn model_config(url: &str) -> ModelConfig {
+    ModelConfig::new(
+        "stub",
+        BackendKind::HttpJson,
+        Some(&format!("{url}/predict")),
+    )
+}
+
+fn job_model(dir: &Path, url: &str, disk: bool) -> InferModel {
+    let config = CacheConfig {
+        memory: Some(MemoryConfig::bytes(1 << 30)),
+        disk: disk.then(|| DiskConfig::new(dir.join("disk"), 4 << 30)),
+        ..CacheConfig::default()
+    };
+    let cache = Cache::open(config, SystemClock::shared()).expect("opening the cache");
+    let client = infercache_upstream::client().expect("an HTTP client");
+    let models = Models::configured(&[model_config(url)], None, None, |m| {
+        infercache_upstream::backend(m, &client).expect("an upstream model")
+    })
+    .expect("a registry");
+    let counter = Arc::new(CallCounter::default());
+    let infer = Infer::new(
+        Some(cache),
+        models,
+        Duration::from_secs(60),
+        Arc::clone(&counter) as _,
+    );
+    let model = Arc::clone(infer.models().get("stub").expect("the stub model"));
+    InferModel::new(infer, model, "default", None, counter).expect("a job model")
+}
+
+fn options(dir: &Path, input: &Path) -> JobOptions {
+    JobOptions {
+        input: input.to_owned(),
+        output: Some(dir.join("out.jsonl")),
+        errors: None,
+        format: Format::Jsonl,
+        column: None,
+        tenant: "default".into(),
+        parameters: None,
+        batch_size: BATCH,
+        concurrency: CONCURRENCY,
+        mode: Mode::Auto,
+        jobs_dir: dir.join("jobs"),
+        max_input_chars: 1 << 20,
+    }
+}
+
+fn rows(n: usize, salt: &str) -> Vec<Value> {
+    (0..n).map(|i| json!({ "id": i, "salt": salt })).collect()
+}
+
+fn write_input(path: &Path, rows: &[Value]) {
+    let text: String = rows
+        .iter()
+        .map(|r| format!("{}\n", json!({ "input": r })))
+        .collect();
+    std::fs::write(path, text).expect("writing the input");
+}
+
+/// The stub called with `rows` in batches of [`BATCH`], [`CONCURRENCY`] at once.
+async fn direct(url: &str, rows: Vec<Value>) -> Duration {
+    let client = infercache_upstream::client().expect("an HTTP client");
+    let backend = infercache_upstream::backend(&model_config(url), &client).expect("a backend");
+    let inputs = Inputs::Json {
+        rows,
+        parameters: None,
+    };
+    let indices: Vec<usize> = (0..inputs.len()).collect();
+    let started = Instant::now();
+    let mut calls = futures_util::stream::iter(indices.chunks(BATCH))
+        .map(|chunk| backend.compute(&inputs, chunk))
+        .buffered(CONCURRENCY);
+    while let Some(r) = calls.next().await {
+        r.expect("the stub answers");
+    }
+    started.elapsed()
+}
+
+async fn job(url: &str, rows: &[Value]) -> Duration {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let input = dir.path().join("in.jsonl");
+    write_input(&input, rows);
+    let model = job_model(dir.path(), url, true);
+    let started = Instant::now();
+    let s = infercache_jobs::run(
+        &model,
+        &options(dir.path(), &input),
+        &AtomicBool::new(false),
+        &NoProgress,
+    )
+    .await
+    .expect("the job runs");
+    let took = started.elapsed();
+    assert_eq!(s.computed as usize, rows.len());
+    took
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let unique: usize = args
+        .next()
+        .map_or(20_000, |a| a.parse().expect("UNIQUE_ROWS"));
+    let rounds: usize = args.next().map_or(3, |a| a.parse().expect("ROUNDS"));
+    let (url, up) = infercache_upstream::testing::start().await;
+    up.delay(STUB_DELAY);
+
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let d = direct(&url, rows(unique, &format!("d{round}"))).await;
+        let j = job(&url, &rows(unique, &format!("j{round}"))).await;
+        let ratio = d.as_secs_f64() / j.as_secs_f64();
+        println!(
+            "round {round}: {unique} rows, batch {BATCH}, concurrency {CONCURRENCY}, stub {STUB_DELAY:?}/call: direct {:.3} s ({:.0} rows/s), job {:.3} s ({:.0} rows/s), direct/job {ratio:.3}",
+            d.as_secs_f64(),
+            unique as f64 / d.as_secs_f64(),
+            j.as_secs_f64(),
+            unique as f64 / j.as_secs_f64(),
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "median direct/job throughput ratio: {:.3}",
+        ratios[ratios.len() / 2]
+    );
+
+    // A fully cached re-run of 100,000 rows, from the memory tier.
+    up.delay(Duration::ZERO);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let input = dir.path().join("in.jsonl");
+    write_input(&input, &rows(100_000, "cached"));
+    let model = job_model(dir.path(), &url, false);
+    let opts = options(dir.path(), &input);
+    let first = Instant::now();
+    infercache_jobs::run(&model, &opts, &AtomicBool::new(false), &NoProgress)
+        .await
+        .expect("the first run");
+    let first = first.elapsed();
+    let again = Instant::now();
+    let s = infercache_jobs::run(&model, &opts, &AtomicBool::new(false), &NoProgress)
+        .await
+        .expect("the re-run");
+    let again = again.elapsed();
+    assert_eq!((s.computed, s.hits), (0, 100_000));
+    println!(
+        "100000 rows: first run {:.3} s, fully cached re-run {:.3} s (memory tier, output rewritten)",
+        first.as_secs_f64(),
+        again.as_secs_f64()
+    );
+}

@@ -1,0 +1,251 @@
+//! [`JobModel`]: what a job computes rows with, and [`InferModel`], the in-process one:
+//! a model of the registry on the per-row path ([`Infer::rows`]), so the cache, single
+//! flight, chunking and every backend apply.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use infercache_backend::{BackendKind, BoxFuture, Inputs, vector};
+use infercache_infer::{Infer, Model, Observer, RowRequest, RowSource};
+use serde_json::{Map, Value};
+
+use crate::JobError;
+use crate::format::InputKind;
+
+/// A model's identity, as a job's spec records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Its name.
+    pub name: String,
+    /// Its protocol.
+    pub backend: String,
+    /// Its version.
+    pub version: String,
+    /// Its artifact digest.
+    pub digest: Option<String>,
+}
+
+/// How one input was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// From the cache, or computed by another caller this one waited for.
+    Hit,
+    /// Computed for this call.
+    Computed,
+}
+
+/// One input's output as JSON and how it was served, or why that input failed on its own
+/// (the call as a whole succeeded).
+pub type RowResult = Result<(Value, Served), String>;
+
+/// What a job computes its rows with: in-process ([`InferModel`]) or a running server.
+pub trait JobModel: Send + Sync + std::fmt::Debug {
+    /// The model's identity.
+    fn identity(&self) -> Identity;
+
+    /// What it takes as a row.
+    fn input_kind(&self) -> InputKind;
+
+    /// The rows of `inputs`, in order. An `Err` fails the whole call (the runner then
+    /// splits the batch to find the inputs that fail).
+    fn rows<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Result<Vec<RowResult>, String>>;
+
+    /// Successful model calls so far, in this process.
+    fn model_calls(&self) -> u64;
+}
+
+/// Counts a process's successful backend calls: the [`Observer`] an [`Infer`] for jobs
+/// is built with.
+#[derive(Debug, Default)]
+pub struct CallCounter {
+    calls: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl CallCounter {
+    /// Successful calls.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Rows in them.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+}
+
+impl Observer for CallCounter {
+    fn computed(&self, _model: &Model, rows: usize, _took: Duration) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+}
+
+/// A model of the registry, run on the per-row path in this process.
+#[derive(Debug)]
+pub struct InferModel {
+    infer: Infer,
+    model: Arc<Model>,
+    tenant: Arc<str>,
+    parameters: Option<Map<String, Value>>,
+    counter: Arc<CallCounter>,
+}
+
+impl InferModel {
+    /// `model` of `infer`'s registry for `tenant`, with `parameters` sent with every row
+    /// (plain JSON models); `counter` is the observer `infer` was built with.
+    ///
+    /// # Errors
+    /// [`JobError::Model`]: the cache is disabled (a job needs it to compute each input
+    /// once and to resume), the model takes tensors (KServe v2), parameters were given for
+    /// a model that takes none, or the model is not deterministic.
+    pub fn new(
+        infer: Infer,
+        model: Arc<Model>,
+        tenant: &str,
+        parameters: Option<Map<String, Value>>,
+        counter: Arc<CallCounter>,
+    ) -> Result<Self, JobError> {
+        if infer.cache().is_none() {
+            return Err(JobError::Model(
+                "the cache is disabled: a bulk job needs it to compute each input once and to resume".into(),
+            ));
+        }
+        if !model.policy().deterministic {
+            return Err(JobError::Model(format!(
+                "model `{}` is not deterministic: its outputs are never cached, so a job could not resume",
+                model.name()
+            )));
+        }
+        match model.kind() {
+            BackendKind::KServeV2 => {
+                return Err(JobError::Model(format!(
+                    "model `{}` is a kserve-v2 model: bulk jobs take texts or JSON rows, not tensors",
+                    model.name()
+                )));
+            }
+            BackendKind::HttpJson => {}
+            _ if parameters.is_some() => {
+                return Err(JobError::Model(format!(
+                    "model `{}` takes no parameters (only http-json models do)",
+                    model.name()
+                )));
+            }
+            _ => {}
+        }
+        Ok(Self {
+            infer,
+            model,
+            tenant: Arc::from(tenant),
+            parameters,
+            counter,
+        })
+    }
+
+    fn decode(&self, value: &Bytes) -> Result<Value, String> {
+        match self.model.kind() {
+            BackendKind::HttpJson | BackendKind::Ersilia => {
+                serde_json::from_slice(value).map_err(|e| format!("a stored row is not JSON: {e}"))
+            }
+            _ => {
+                let dims = self.model.info().dims;
+                let floats = vector::decode(value, dims)?;
+                Ok(Value::Array(floats.into_iter().map(float).collect()))
+            }
+        }
+    }
+}
+
+/// `x` as a JSON number written with the fewest digits that read back as `x`.
+pub fn float(x: f32) -> Value {
+    // Through the f32's own shortest text: an f32 widened to f64 prints with f64's
+    // digits (0.1 as 0.10000000149011612).
+    format!("{x:?}")
+        .parse::<serde_json::Number>()
+        .map_or(Value::Null, Value::Number)
+}
+
+impl JobModel for InferModel {
+    fn identity(&self) -> Identity {
+        let info = self.model.info();
+        Identity {
+            name: info.name.clone(),
+            backend: info.kind.to_string(),
+            version: info.version.clone(),
+            digest: info.digest.clone(),
+        }
+    }
+
+    fn input_kind(&self) -> InputKind {
+        match self.model.kind() {
+            BackendKind::HttpJson => InputKind::Json,
+            _ => InputKind::Text,
+        }
+    }
+
+    fn rows<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Result<Vec<RowResult>, String>> {
+        Box::pin(async move {
+            let inputs = match self.input_kind() {
+                InputKind::Json => Inputs::Json {
+                    rows: inputs.to_vec(),
+                    parameters: self.parameters.clone(),
+                },
+                InputKind::Text => Inputs::texts(
+                    inputs
+                        .iter()
+                        .map(|v| v.as_str().unwrap_or_default().to_owned())
+                        .collect(),
+                ),
+            };
+            let rows = self
+                .infer
+                .rows(RowRequest {
+                    model: Arc::clone(&self.model),
+                    tenant: Arc::clone(&self.tenant),
+                    inputs: Arc::new(inputs),
+                    control: Default::default(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(rows
+                .values
+                .iter()
+                .zip(&rows.sources)
+                .map(|(value, source)| {
+                    let value = value
+                        .as_ref()
+                        .ok_or_else(|| "the row was not computed".to_owned())?;
+                    if !self.model.backend().keep(value) {
+                        return Err(
+                            "the model returned no result for this input (a row of nulls)"
+                                .to_owned(),
+                        );
+                    }
+                    let served = match source {
+                        RowSource::Computed => Served::Computed,
+                        _ => Served::Hit,
+                    };
+                    Ok((self.decode(value)?, served))
+                })
+                .collect())
+        })
+    }
+
+    fn model_calls(&self) -> u64 {
+        self.counter.calls()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_with_their_own_shortest_digits() {
+        assert_eq!(float(0.1).to_string(), "0.1");
+        assert_eq!(float(-1.5e-7).to_string(), "-1.5e-7");
+        assert_eq!(float(3.0).to_string(), "3.0");
+    }
+}

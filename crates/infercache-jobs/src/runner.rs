@@ -1,0 +1,602 @@
+//! [`run`]: a job from its input file to its output file.
+//!
+//! 1. The input is read whole, its digest taken, and every record parsed ([`format`]);
+//!    the job's [`JobSpec`] gives its id and its directory, `JOBS/<id>/`.
+//! 2. Each input's identity (BLAKE3 of its canonical JSON) marks its first occurrence in
+//!    the file: the whole file is de-duplicated, and a repeat takes the first one's value
+//!    (from the cache, or by waiting on its computation: the engine's single flight).
+//! 3. The records are cut into windows holding at most `batch_size` first occurrences
+//!    (their repeats ride along), `concurrency` windows in flight at once. A window is one
+//!    call of the model ([`JobModel::rows`], the per-row path: looked up, only misses
+//!    computed and stored); a call that fails is split in halves until the failing inputs
+//!    are alone, and those go to the errors file with their key and reason.
+//! 4. Windows finish in input order (a reorder buffer of `concurrency`): each one's
+//!    output and errors are appended to the job's partial files, then the journal records
+//!    the totals ([`journal`](crate::journal)). The cache is written before the journal, so after a kill
+//!    a resumed job finds every row computed since the last journal entry as a hit: only
+//!    rows in flight at the kill are computed again.
+//! 5. At the end the partial files are renamed onto the output and errors paths (never a
+//!    mix of two jobs' outputs: each job has its own), the journal is removed, and a
+//!    summary is kept beside the spec. A later run of the same job starts a fresh pass,
+//!    whose rows are all hits.
+//!
+//! A stop request (SIGINT, SIGTERM) lets the windows in flight finish and be journaled,
+//! then returns: nothing done is done again on resume.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use futures_util::StreamExt as _;
+use infercache_backend::BoxFuture;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::JobError;
+use crate::format::{self, Format, ReadOptions, Record, Writer};
+use crate::journal::{Counts, Entry, Journal};
+use crate::model::{JobModel, RowResult, Served};
+use crate::spec::{JobSpec, KEY_SCHEME};
+
+/// Inputs in one window at most, repeats included, in units of `batch_size`: a window of
+/// repeats is only lookups, but its output must still be bounded.
+const WINDOW_INPUTS_OF_BATCH: usize = 8;
+
+/// Whether to resume a job's journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Resume the job when it has a journal, else start it.
+    #[default]
+    Auto,
+    /// Resume the job; refused when the last job writing this output had another spec
+    /// (the difference is printed) or there is nothing to resume.
+    Resume,
+    /// Forget the job's journal and start over (cached rows are still hits).
+    Restart,
+}
+
+/// A job's settings.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    /// The input file.
+    pub input: PathBuf,
+    /// The output file; `None` only warms the cache.
+    pub output: Option<PathBuf>,
+    /// The errors file [default: `OUTPUT.errors.jsonl`, written when there are errors].
+    pub errors: Option<PathBuf>,
+    /// The format of the input and the output.
+    pub format: Format,
+    /// The CSV input column.
+    pub column: Option<String>,
+    /// The tenant whose entries are used.
+    pub tenant: String,
+    /// Parameters sent with every row (plain JSON models).
+    pub parameters: Option<Map<String, Value>>,
+    /// First occurrences per model call.
+    pub batch_size: usize,
+    /// Calls in flight.
+    pub concurrency: usize,
+    /// Resume, restart or either.
+    pub mode: Mode,
+    /// Where jobs keep their journals (`JOBS/<id>/`).
+    pub jobs_dir: PathBuf,
+    /// Most characters in one input.
+    pub max_input_chars: usize,
+}
+
+/// What a job reports as it goes.
+pub trait Progress: Send + Sync {
+    /// The job has `total` inputs, `done` of which were done by earlier attempts.
+    fn begin(&self, total: u64, done: &Counts);
+    /// The totals after a window.
+    fn advance(&self, done: &Counts);
+}
+
+/// A [`Progress`] that shows nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn begin(&self, _total: u64, _done: &Counts) {}
+    fn advance(&self, _done: &Counts) {}
+}
+
+/// The end of a run: the job's totals over every attempt. Printed as one JSON line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Inputs in the file (an unreadable record counts as one).
+    pub rows: u64,
+    /// Distinct readable inputs.
+    pub unique: u64,
+    /// First occurrences served from the cache.
+    pub hits: u64,
+    /// Repeats of an earlier input.
+    pub duplicates: u64,
+    /// First occurrences computed.
+    pub computed: u64,
+    /// Inputs that failed.
+    pub errors: u64,
+    /// Successful model calls.
+    pub model_calls: u64,
+    /// Seconds this run took.
+    pub elapsed_s: f64,
+    /// The job's id.
+    pub job: String,
+    /// Inputs done when this run started (journaled by earlier attempts).
+    pub resumed_at: u64,
+    /// Whether the run stopped before the end (resume it with the same command).
+    pub stopped: bool,
+}
+
+/// Runs the job `options` describes with `model`, until it is done or `stop` is set.
+///
+/// # Errors
+/// [`JobError::Input`] for an unreadable input; [`JobError::Changed`] and
+/// [`JobError::NothingToResume`] under [`Mode::Resume`]; [`JobError::Io`] for the job's
+/// files. A failing input is not an error: it goes to the errors file.
+pub async fn run(
+    model: &dyn JobModel,
+    options: &JobOptions,
+    stop: &AtomicBool,
+    progress: &dyn Progress,
+) -> Result<Summary, JobError> {
+    let started = Instant::now();
+    let bytes = tokio::fs::read(&options.input)
+        .await
+        .map_err(|e| JobError::io(format!("reading {}", options.input.display()), e))?;
+    let identity = model.identity();
+    let spec = JobSpec {
+        input_digest: blake3::hash(&bytes).to_hex().to_string(),
+        format: options.format,
+        column: options.column.clone(),
+        model: identity.name,
+        backend: identity.backend,
+        version: identity.version,
+        digest: identity.digest,
+        tenant: options.tenant.clone(),
+        parameters: options.parameters.clone(),
+        key_scheme: KEY_SCHEME,
+    };
+    let read = ReadOptions {
+        format: options.format,
+        column: options.column.clone(),
+        kind: model.input_kind(),
+        max_input_chars: options.max_input_chars,
+    };
+    let (records, firsts, unique) = tokio::task::spawn_blocking(move || {
+        let records = format::read(&bytes, &read)?;
+        let (firsts, unique) = first_occurrences(&records);
+        Ok::<_, JobError>((records, firsts, unique))
+    })
+    .await
+    .map_err(|e| JobError::io("reading the input", io::Error::other(e)))??;
+    let total: u64 = records.iter().map(|r| inputs_of(r) as u64).sum();
+
+    let job = JobDir::prepare(&spec, options)?;
+    let (mut journal, last) =
+        Journal::open(&job.path("journal")).map_err(|e| JobError::io("opening the journal", e))?;
+    let last = last.unwrap_or_default();
+    if last.records > records.len() {
+        return Err(JobError::Input(format!(
+            "the journal of job {} is past the end of the input (a bug or a foreign file)",
+            spec.id()
+        )));
+    }
+    let mut files = Partial::open(&job, &last, options.output.is_some())?;
+    let mut writer = Writer::new(options.format, &spec.model, last.columns.clone());
+    let mut counts = last.counts;
+    let resumed_at = counts.rows;
+    if resumed_at > 0 {
+        tracing::info!(job = %spec.id(), done = resumed_at, total, "resuming");
+    }
+    progress.begin(total, &counts);
+
+    let calls_at_start = model.model_calls();
+    let calls_before = counts.model_calls;
+    let windows = windows(&records, &firsts, last.records, options.batch_size.max(1));
+    let work = windows
+        .into_iter()
+        .take_while(|_| !stop.load(Ordering::SeqCst))
+        .map(|range| {
+            let inputs: Vec<Value> = records[range.clone()]
+                .iter()
+                .filter_map(|r| r.inputs.as_ref().ok())
+                .flatten()
+                .cloned()
+                .collect();
+            async move {
+                let results = if inputs.is_empty() {
+                    Vec::new()
+                } else {
+                    compute(model, &inputs).await
+                };
+                (range, inputs, results)
+            }
+        });
+    let mut done = futures_util::stream::iter(work).buffered(options.concurrency.max(1));
+    let mut next = last.records;
+    while let Some((range, inputs, results)) = done.next().await {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut results = inputs.iter().zip(results);
+        for (offset, record) in records[range.clone()].iter().enumerate() {
+            let i = range.start + offset;
+            let Ok(record_inputs) = &record.inputs else {
+                let reason = record.inputs.as_ref().err().map_or("", String::as_str);
+                Writer::error(&mut err, record, None, reason);
+                counts.errors += 1;
+                counts.rows += 1;
+                continue;
+            };
+            let mine: Vec<(&Value, RowResult)> =
+                results.by_ref().take(record_inputs.len()).collect();
+            let mut outputs = Vec::with_capacity(mine.len());
+            let mut failed: Option<(&Value, String)> = None;
+            for (j, (input, result)) in mine.into_iter().enumerate() {
+                counts.rows += 1;
+                match result {
+                    Ok((value, served)) => {
+                        match (firsts[i][j], served) {
+                            (false, _) => counts.duplicates += 1,
+                            (true, Served::Hit) => counts.hits += 1,
+                            (true, Served::Computed) => counts.computed += 1,
+                        }
+                        outputs.push(value);
+                    }
+                    Err(reason) => {
+                        counts.errors += 1;
+                        failed.get_or_insert((input, reason));
+                    }
+                }
+            }
+            match failed {
+                Some((input, reason)) => Writer::error(&mut err, record, Some(input), &reason),
+                None if files.output.is_some() => {
+                    writer.output(&mut out, record, record_inputs, &outputs);
+                }
+                None => {}
+            }
+        }
+        next = range.end;
+        counts.model_calls = calls_before + (model.model_calls() - calls_at_start);
+        files.append(&out, &err)?;
+        // The rows are in the cache (the model call returned after storing them) and in
+        // the partial files: now the journal may say so.
+        journal
+            .append(&Entry {
+                records: next,
+                output: files.output_len,
+                errors: files.errors_len,
+                counts,
+                columns: writer.columns.clone(),
+            })
+            .map_err(|e| JobError::io("appending to the journal", e))?;
+        progress.advance(&counts);
+    }
+    drop(done);
+    let stopped = next < records.len();
+    files.sync()?;
+    journal
+        .sync()
+        .map_err(|e| JobError::io("syncing the journal", e))?;
+    let summary = Summary {
+        rows: total,
+        unique,
+        hits: counts.hits,
+        duplicates: counts.duplicates,
+        computed: counts.computed,
+        errors: counts.errors,
+        model_calls: counts.model_calls,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        job: spec.id().to_string(),
+        resumed_at,
+        stopped,
+    };
+    if !stopped {
+        files.finish(options, counts.errors)?;
+        let journal_path = journal.path().to_owned();
+        drop(journal);
+        remove_if_present(&journal_path)?;
+        let text = serde_json::to_vec_pretty(&summary).expect("a summary always serializes");
+        fs::write(job.path("summary.json"), text)
+            .map_err(|e| JobError::io("writing the summary", e))?;
+    }
+    Ok(summary)
+}
+
+/// Each input's first-occurrence flag, by record and input, and the number of distinct
+/// readable inputs.
+fn first_occurrences(records: &[Record]) -> (Vec<Vec<bool>>, u64) {
+    let mut seen: HashMap<[u8; 32], ()> = HashMap::with_capacity(records.len());
+    let firsts = records
+        .iter()
+        .map(|r| match &r.inputs {
+            Err(_) => Vec::new(),
+            Ok(inputs) => inputs
+                .iter()
+                .map(|input| seen.insert(identity(input), ()).is_none())
+                .collect(),
+        })
+        .collect();
+    (firsts, seen.len() as u64)
+}
+
+/// An input's identity in a job: BLAKE3 of its canonical JSON, so that a JSON row's key
+/// order does not matter, as it does not in its cache key.
+fn identity(input: &Value) -> [u8; 32] {
+    let canonical = infercache_core::canonical::canonical_json(input)
+        .expect("parsed JSON holds only finite numbers");
+    *blake3::hash(&canonical).as_bytes()
+}
+
+fn inputs_of(record: &Record) -> usize {
+    record.inputs.as_ref().map_or(1, Vec::len)
+}
+
+/// The records from `start` cut into windows of at most `batch` first occurrences and
+/// [`WINDOW_INPUTS_OF_BATCH`]` * batch` inputs.
+fn windows(
+    records: &[Record],
+    firsts: &[Vec<bool>],
+    start: usize,
+    batch: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let max_inputs = batch.saturating_mul(WINDOW_INPUTS_OF_BATCH);
+    let mut out = Vec::new();
+    let (mut begin, mut new, mut inputs) = (start, 0, 0);
+    for (i, flags) in firsts.iter().enumerate().skip(start) {
+        let fresh = flags.iter().filter(|f| **f).count();
+        let n = flags.len();
+        if i > begin && (new + fresh > batch || inputs + n > max_inputs) {
+            out.push(begin..i);
+            (begin, new, inputs) = (i, 0, 0);
+        }
+        new += fresh;
+        inputs += n;
+    }
+    if begin < records.len() {
+        out.push(begin..records.len());
+    }
+    out
+}
+
+/// The rows of `inputs`; a failing call is split in halves until each failing input is
+/// alone, so that one bad input fails only itself.
+fn compute<'a>(model: &'a dyn JobModel, inputs: &'a [Value]) -> BoxFuture<'a, Vec<RowResult>> {
+    Box::pin(async move {
+        match model.rows(inputs).await {
+            Ok(rows) => rows,
+            Err(reason) if inputs.len() == 1 => vec![Err(reason)],
+            Err(reason) => {
+                tracing::debug!(inputs = inputs.len(), %reason, "a batch failed: splitting it");
+                let (a, b) = inputs.split_at(inputs.len() / 2);
+                let mut rows = compute(model, a).await;
+                rows.extend(compute(model, b).await);
+                rows
+            }
+        }
+    })
+}
+
+/// A job's directory, and the pointer from its output to it.
+#[derive(Debug)]
+struct JobDir {
+    dir: PathBuf,
+}
+
+impl JobDir {
+    /// Decides per `options.mode` whether the job `spec` resumes or starts, and records it
+    /// as the last job for its output.
+    fn prepare(spec: &JobSpec, options: &JobOptions) -> Result<Self, JobError> {
+        let id = spec.id();
+        let dir = options.jobs_dir.join(id.as_str());
+        let io = |what: &str, e| JobError::io(format!("{what} in {}", dir.display()), e);
+        let journal = dir.join("journal");
+        let pointer = pointer_path(options);
+        let previous = fs::read_to_string(&pointer)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|p| p != id.as_str());
+        let previous_spec = previous.as_ref().and_then(|p| {
+            let text = fs::read(options.jobs_dir.join(p).join("spec.json")).ok()?;
+            serde_json::from_slice::<JobSpec>(&text).ok()
+        });
+        match options.mode {
+            Mode::Restart => {
+                for name in ["journal", "output.partial", "errors.partial"] {
+                    remove_if_present(&dir.join(name))?;
+                }
+            }
+            Mode::Resume if !journal.exists() && !dir.join("spec.json").exists() => {
+                return Err(match previous_spec {
+                    Some(old) => JobError::Changed {
+                        previous: previous.unwrap_or_default(),
+                        diff: old.diff(spec),
+                    },
+                    None => JobError::NothingToResume,
+                });
+            }
+            Mode::Auto if !journal.exists() => {
+                if let Some(old) = previous_spec {
+                    tracing::info!(
+                        previous = previous.as_deref().unwrap_or_default(),
+                        job = %id,
+                        changed = %old.diff(spec).join("; "),
+                        "the configuration changed since the last job for this output: starting a new job"
+                    );
+                }
+            }
+            _ => {}
+        }
+        fs::create_dir_all(&dir).map_err(|e| io("creating the job directory", e))?;
+        let text = serde_json::to_vec_pretty(spec).expect("a spec always serializes");
+        fs::write(dir.join("spec.json"), text).map_err(|e| io("writing the spec", e))?;
+        if let Some(parent) = pointer.parent() {
+            fs::create_dir_all(parent).map_err(|e| io("creating the outputs index", e))?;
+        }
+        fs::write(&pointer, id.as_str()).map_err(|e| io("writing the outputs index", e))?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Where the id of the last job for this output (or, warming, this input) is kept.
+fn pointer_path(options: &JobOptions) -> PathBuf {
+    let target = options.output.as_ref().unwrap_or(&options.input);
+    let absolute = std::path::absolute(target).unwrap_or_else(|_| target.clone());
+    let hash = blake3::hash(absolute.as_os_str().as_encoded_bytes());
+    options.jobs_dir.join("outputs").join(&hash.to_hex()[..32])
+}
+
+fn remove_if_present(path: &Path) -> Result<(), JobError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(JobError::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// The job's partial output and errors files, cut to what the journal records.
+#[derive(Debug)]
+struct Partial {
+    output: Option<(File, PathBuf)>,
+    errors: (File, PathBuf),
+    output_len: u64,
+    errors_len: u64,
+}
+
+impl Partial {
+    fn open(job: &JobDir, last: &Entry, with_output: bool) -> Result<Self, JobError> {
+        let open = |name: &str, len: u64| {
+            let path = job.path(name);
+            let io = |e| JobError::io(format!("opening {}", path.display()), e);
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io)?;
+            // Longer than the journal says: a window written but not journaled before a
+            // kill, cut off here. Shorter: the file was damaged or replaced.
+            if file.metadata().map_err(io)?.len() < len {
+                return Err(JobError::Input(format!(
+                    "{} is shorter than the job's journal says; run with --restart",
+                    path.display()
+                )));
+            }
+            file.set_len(len).map_err(io)?;
+            Ok::<_, JobError>((file, path))
+        };
+        Ok(Self {
+            output: if with_output {
+                Some(open("output.partial", last.output)?)
+            } else {
+                None
+            },
+            errors: open("errors.partial", last.errors)?,
+            output_len: last.output,
+            errors_len: last.errors,
+        })
+    }
+
+    /// Appends a window's output and errors. Small appends from the one writer task, in
+    /// input order.
+    fn append(&mut self, out: &[u8], err: &[u8]) -> Result<(), JobError> {
+        if let Some((file, path)) = &mut self.output {
+            file.write_all(out)
+                .map_err(|e| JobError::io(format!("writing {}", path.display()), e))?;
+            self.output_len += out.len() as u64;
+        }
+        let (file, path) = &mut self.errors;
+        file.write_all(err)
+            .map_err(|e| JobError::io(format!("writing {}", path.display()), e))?;
+        self.errors_len += err.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), JobError> {
+        for (file, path) in self.output.iter().chain([&self.errors]) {
+            file.sync_data()
+                .map_err(|e| JobError::io(format!("syncing {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the partial files onto the job's output and errors paths.
+    fn finish(self, options: &JobOptions, errors: u64) -> Result<(), JobError> {
+        let output = match (self.output, &options.output) {
+            (Some((_, partial)), Some(output)) => {
+                place(&partial, output)?;
+                Some(output)
+            }
+            _ => None,
+        };
+        let errors_path = options.errors.clone().or_else(|| {
+            (errors > 0)
+                .then(|| output.as_ref().map(|o| append_ext(o, "errors.jsonl")))
+                .flatten()
+        });
+        let (_, partial_err) = self.errors;
+        match errors_path {
+            Some(path) => place(&partial_err, &path),
+            None => remove_if_present(&partial_err),
+        }
+    }
+}
+
+fn append_ext(path: &Path, ext: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+/// Renames `from` onto `to`, copying when they are on different file systems.
+fn place(from: &Path, to: &Path) -> Result<(), JobError> {
+    let io = |e| JobError::io(format!("writing {}", to.display()), e);
+    if fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    let tmp = append_ext(to, "infercache-tmp");
+    fs::copy(from, &tmp).map_err(io)?;
+    File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    fs::rename(&tmp, to).map_err(io)?;
+    remove_if_present(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn record(line: usize, inputs: &[&str]) -> Record {
+        Record {
+            line,
+            key: line.to_string(),
+            inputs: Ok(inputs.iter().map(|s| json!(s)).collect()),
+        }
+    }
+
+    #[test]
+    fn windows_hold_at_most_a_batch_of_first_occurrences_and_repeats_ride_along() {
+        let records: Vec<Record> = ["a", "b", "a", "c", "a", "d", "e"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| record(i + 1, &[s]))
+            .collect();
+        let (firsts, unique) = first_occurrences(&records);
+        assert_eq!(unique, 5);
+        assert_eq!(windows(&records, &firsts, 0, 2), [0..3, 3..6, 6..7]);
+        assert_eq!(windows(&records, &firsts, 4, 2), vec![(4..7)]);
+        assert_eq!(
+            windows(&records, &firsts, 7, 2),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+    }
+}
