@@ -122,10 +122,7 @@ pub async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
         .ok_or_else(|| ApiError::NoRoute(format!("/dashboard/{name}")))?;
     Ok((
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         *body,

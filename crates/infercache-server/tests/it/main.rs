@@ -12,6 +12,7 @@ mod kserve;
 mod kserve_server;
 mod kserve_upstream;
 mod lifecycle;
+mod metrics;
 mod redis;
 mod support;
 mod upstream;
