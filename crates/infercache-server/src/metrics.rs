@@ -387,6 +387,18 @@ impl Collector for EngineCollector {
             "Byte capacity",
             &per_tier(|t| t.capacity),
         )?;
+        gauge(
+            &mut enc,
+            "cache_degraded",
+            "1 while the tier's storage fails and is skipped (the disk tier)",
+            &per_tier(|t| u64::from(t.degraded)),
+        )?;
+        counter(
+            &mut enc,
+            "cache_io_errors",
+            "Reads and writes that failed with an I/O error (the disk tier)",
+            &per_tier(|t| t.io_errors),
+        )?;
         let mut by_model = Vec::new();
         for (name, s) in &stats.models {
             let l = |tier: &str, outcome: &str| {

@@ -114,6 +114,8 @@ fn tier(t: &TierStats) -> TierReport {
         entries: t.entries,
         bytes: t.bytes,
         capacity: t.capacity,
+        degraded: t.degraded,
+        io_errors: t.io_errors,
     }
 }
 
