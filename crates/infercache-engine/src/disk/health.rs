@@ -65,7 +65,7 @@ impl Health {
 }
 
 /// Fails with `EIO` when a test made the files under `path` fail
-/// ([`crate::testing::DiskFault`]); without the `test-support` feature, never.
+/// (`testing::DiskFault`); without the `test-support` feature, never.
 pub(super) fn seam(path: &Path) -> io::Result<()> {
     #[cfg(feature = "test-support")]
     if crate::testing::disk_fault(path) {

@@ -39,6 +39,11 @@
 //!   are checked on every read; any mismatch drops the entry and counts it as corrupt. A read
 //!   returns the exact bytes written for that key, or a miss, never anything else.
 //!
+//! - **Health** (`disk/health.rs`). A read or write that fails with an I/O error marks the
+//!   tier degraded (counted, in [`TierStats`]): lookups miss and writes are skipped
+//!   ([`DiskError::Degraded`]) without touching the files, but for one probe per
+//!   [`PROBE_EVERY_MS`]; the first probe that succeeds puts the tier back in use.
+//!
 //! # Crash safety
 //!
 //! A record reaches the kernel in one `pwrite` before `insert` returns, so a completed insert
