@@ -85,6 +85,11 @@ pub struct TierReport {
     pub bytes: u64,
     /// Byte capacity.
     pub capacity: u64,
+    /// The disk tier: its storage failed (an I/O error) and has not answered since, so it
+    /// is skipped (lookups miss, writes are dropped) until it does.
+    pub degraded: bool,
+    /// The disk tier: reads and writes that failed with an I/O error.
+    pub io_errors: u64,
 }
 
 /// The shared (Redis) tier.

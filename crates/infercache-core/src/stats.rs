@@ -94,6 +94,8 @@ impl TierCounters {
             entries,
             bytes,
             capacity,
+            degraded: false,
+            io_errors: 0,
         }
     }
 }
@@ -125,6 +127,11 @@ pub struct TierStats {
     pub bytes: u64,
     /// Byte capacity.
     pub capacity: u64,
+    /// The tier's storage failed (an I/O error) and has not answered since: it is skipped
+    /// until it does. The disk tier only.
+    pub degraded: bool,
+    /// Reads and writes that failed with an I/O error. The disk tier only.
+    pub io_errors: u64,
 }
 
 /// Counters of one model across the tiers.

@@ -451,3 +451,46 @@ impl Drop for MemoryLease {
         self.release_held();
     }
 }
+
+/// Directories whose disk tier fails every segment read and write with `EIO`, each with
+/// the number of [`DiskFault`]s holding it.
+static DISK_FAULTS: std::sync::LazyLock<Mutex<Vec<std::path::PathBuf>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+/// Whether any [`DiskFault`] is held (a read of the list costs a lock; this does not).
+static ANY_DISK_FAULT: AtomicBool = AtomicBool::new(false);
+
+/// While held, every read and write of a segment file of the disk tier in `dir` fails
+/// with `EIO`, as on a failing device: the seam on the tier's file layer
+/// (`disk/health.rs`) for machines where no failing device can be made (no
+/// device-mapper `error` target). Dropping it makes the disk answer again.
+#[derive(Debug)]
+pub struct DiskFault {
+    dir: std::path::PathBuf,
+}
+
+impl DiskFault {
+    /// Makes the disk tier in `dir` fail until the returned guard drops.
+    pub fn eio(dir: impl Into<std::path::PathBuf>) -> Self {
+        let dir = dir.into();
+        let mut faults = DISK_FAULTS.lock();
+        faults.push(dir.clone());
+        ANY_DISK_FAULT.store(true, Ordering::Release);
+        Self { dir }
+    }
+}
+
+impl Drop for DiskFault {
+    fn drop(&mut self) {
+        let mut faults = DISK_FAULTS.lock();
+        if let Some(i) = faults.iter().position(|d| *d == self.dir) {
+            faults.swap_remove(i);
+        }
+        ANY_DISK_FAULT.store(!faults.is_empty(), Ordering::Release);
+    }
+}
+
+/// Whether a [`DiskFault`] makes the disk tier in `dir` fail.
+pub(crate) fn disk_fault(dir: &std::path::Path) -> bool {
+    ANY_DISK_FAULT.load(Ordering::Acquire) && DISK_FAULTS.lock().iter().any(|d| d == dir)
+}

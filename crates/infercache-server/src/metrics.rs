@@ -447,6 +447,18 @@ impl Collector for EngineCollector {
             "Byte capacity",
             &per_tier(|t| t.capacity),
         )?;
+        gauge(
+            &mut enc,
+            "cache_degraded",
+            "1 while the tier's storage fails and is skipped (the disk tier)",
+            &per_tier(|t| u64::from(t.degraded)),
+        )?;
+        counter(
+            &mut enc,
+            "cache_io_errors",
+            "Reads and writes that failed with an I/O error (the disk tier)",
+            &per_tier(|t| t.io_errors),
+        )?;
         let mut by_model = Vec::new();
         for (name, s) in &stats.models {
             let l = |tier: &str, outcome: &str| {
@@ -739,12 +751,19 @@ fn encode_upstreams(enc: &mut DescriptorEncoder<'_>, models: &Models) -> Result<
         "Upstream attempts that were retries",
         &per(|s| s.retries),
     )?;
-    counter(
-        enc,
-        "upstream_attempt_microseconds",
+    // In seconds, Prometheus's base unit (promtool's lint asks for it).
+    let mut m = enc.encode_descriptor(
+        "upstream_attempt_seconds",
         "Time spent in upstream attempts",
-        &per(|s| s.micros),
-    )
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, s) in &stats {
+        #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+        let secs = s.micros as f64 / 1e6;
+        ConstCounter::new(secs).encode(m.encode_family(&vec![("model", name.clone())])?)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1059,8 +1078,57 @@ impl Drop for InFlight {
     }
 }
 
+/// `open_metrics` (this server's OpenMetrics text) in the classic Prometheus text format
+/// (0.0.4), for scrapers and tools that read only that one (`promtool check metrics`
+/// among them). The two differ, for what this server writes, in three places only: a
+/// counter's `HELP` and `TYPE` lines name its `_total` series, there is no `# UNIT`, and
+/// no `# EOF`. prometheus-client writes OpenMetrics alone, hence this small rewrite.
+pub fn classic_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 32 * counters.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod dashboard_tests {
+    #[test]
+    fn the_classic_text_names_counters_by_their_total_series() {
+        let open = "# HELP a_requests Requests.\n# TYPE a_requests counter\n\
+                    a_requests_total{x=\"1\"} 3\n# HELP a_bytes Bytes.\n# TYPE a_bytes gauge\n\
+                    # UNIT a_bytes bytes\na_bytes 7\n# EOF\n";
+        assert_eq!(
+            super::classic_text(open),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\n\
+             a_requests_total{x=\"1\"} 3\n# HELP a_bytes Bytes.\n# TYPE a_bytes gauge\na_bytes 7\n"
+        );
+    }
+
     use super::*;
 
     #[test]

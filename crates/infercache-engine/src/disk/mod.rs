@@ -39,6 +39,11 @@
 //!   are checked on every read; any mismatch drops the entry and counts it as corrupt. A read
 //!   returns the exact bytes written for that key, or a miss, never anything else.
 //!
+//! - **Health** (`disk/health.rs`). A read or write that fails with an I/O error marks the
+//!   tier degraded (counted, in [`TierStats`]): lookups miss and writes are skipped
+//!   ([`DiskError::Degraded`]) without touching the files, but for one probe per
+//!   [`PROBE_EVERY_MS`]; the first probe that succeeds puts the tier back in use.
+//!
 //! # Crash safety
 //!
 //! A record reaches the kernel in one `pwrite` before `insert` returns, so a completed insert
@@ -63,6 +68,7 @@
 //! and nothing in it is touched. Files the store does not know (in the directory or in
 //! `segments/`) are left alone, so the engine may keep its own files next to the manifest.
 
+mod health;
 mod manifest;
 mod record;
 mod segment;
@@ -81,6 +87,8 @@ use infercache_core::{Digest, SharedClock};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+use health::Health;
+pub use health::PROBE_EVERY_MS;
 use record::HEADER_LEN_U64;
 
 const LOCK_FILE: &str = "LOCK";
@@ -223,6 +231,10 @@ pub enum DiskError {
         #[source]
         source: io::Error,
     },
+    /// The tier is degraded (the disk failed and has not answered since): the write was
+    /// skipped without touching the files.
+    #[error("disk tier degraded: writes are skipped until the disk answers")]
+    Degraded,
     /// The directory holds files but no `MANIFEST`: it is not a store, and is left untouched.
     #[error(
         "{path} is not an infercache disk store (found {found:?} and no MANIFEST); refusing to use it"
@@ -355,6 +367,8 @@ pub struct DiskTier {
     compression: Compression,
     clock: SharedClock,
     counters: TierCounters,
+    /// Whether the disk answers (`health.rs`).
+    health: Health,
     /// Lock order: `writer` before `state`.
     writer: Mutex<Writer>,
     state: RwLock<State>,
@@ -396,6 +410,7 @@ impl DiskTier {
             compression: config.compression,
             clock,
             counters: TierCounters::default(),
+            health: Health::default(),
             writer: Mutex::new(Writer {
                 active: None,
                 next_seq: 1,
@@ -532,20 +547,31 @@ impl DiskTier {
             self.counters.misses.incr();
             return Ok(None);
         };
-        if loc.expired(self.clock.now_ms()) {
+        let now = self.clock.now_ms();
+        if loc.expired(now) {
             self.drop_if_unchanged(key, loc);
             self.counters.expirations.incr();
+            self.counters.misses.incr();
+            return Ok(None);
+        }
+        if !self.health.admit(now) {
+            // Degraded: a miss, without waiting on the disk.
             self.counters.misses.incr();
             return Ok(None);
         }
         let len =
             usize::try_from(loc.len).expect("bug: record length is bounded by the segment size");
         let mut buf = vec![0u8; len];
-        let outcome = match file.read_exact_at(&mut buf, loc.offset) {
-            Ok(()) => record::decode(&buf, key).map_err(|e| format!("{e:?}")),
+        let read = health::seam(&self.dir).and_then(|()| file.read_exact_at(&mut buf, loc.offset));
+        let outcome = match read {
+            Ok(()) => {
+                self.health.answered();
+                record::decode(&buf, key).map_err(|e| format!("{e:?}"))
+            }
             // The file is shorter than the index says: truncated behind our back.
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err("truncated record".to_owned()),
             Err(e) => {
+                self.health.failed(now, &e);
                 self.counters.misses.incr();
                 return Err(io_err(&self.segment_path(loc.seq))(e));
             }
@@ -626,8 +652,11 @@ impl DiskTier {
         }
         let now = self.clock.now_ms();
         let rec = record::encode(key, &[], true, now, 0, Compression::None);
-        if let Err(e) = self.append_with_room(writer, *key, &rec, true, now, 0) {
-            tracing::warn!(error = %e, "disk tier: tombstone for a failed write not written");
+        match self.append_with_room(writer, *key, &rec, true, now, 0) {
+            Ok(()) | Err(DiskError::Degraded) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "disk tier: tombstone for a failed write not written")
+            }
         }
     }
 
@@ -674,12 +703,22 @@ impl DiskTier {
         created_ms: u64,
         expires_ms: u64,
     ) -> Result<(), DiskError> {
-        let first = self.append(writer, key, rec, tombstone, created_ms, expires_ms);
-        let full = matches!(&first, Err(DiskError::Io { source, .. }) if source.kind() == ErrorKind::StorageFull);
-        if full && self.evict_oldest(writer).unwrap_or(false) {
-            return self.append(writer, key, rec, tombstone, created_ms, expires_ms);
+        let now = self.clock.now_ms();
+        if !self.health.admit(now) {
+            self.counters.write_errors.incr();
+            return Err(DiskError::Degraded);
         }
-        first
+        let mut result = self.append(writer, key, rec, tombstone, created_ms, expires_ms);
+        let full = matches!(&result, Err(DiskError::Io { source, .. }) if source.kind() == ErrorKind::StorageFull);
+        if full && self.evict_oldest(writer).unwrap_or(false) {
+            result = self.append(writer, key, rec, tombstone, created_ms, expires_ms);
+        }
+        match &result {
+            Ok(()) => self.health.answered(),
+            Err(DiskError::Io { source, .. }) => self.health.failed(now, source),
+            Err(_) => {}
+        }
+        result
     }
 
     /// Appends one encoded record and points the index at it (or, for a tombstone, drops
@@ -724,7 +763,7 @@ impl DiskTier {
                 .expect("bug: roll leaves an active segment");
             (active.seq, active.offset, Arc::clone(&active.file))
         };
-        if let Err(e) = file.write_all_at(rec, offset) {
+        if let Err(e) = health::seam(&self.dir).and_then(|()| file.write_all_at(rec, offset)) {
             self.after_failed_write(writer, offset + rec_len);
             return Err(io_err(&self.segment_path(seq))(e));
         }
@@ -907,11 +946,21 @@ impl DiskTier {
             let state = self.state.read();
             (state.index.len(), state.bytes)
         };
-        self.counters.snapshot(
-            u64::try_from(entries).unwrap_or(u64::MAX),
-            bytes,
-            self.capacity,
-        )
+        TierStats {
+            degraded: self.health.is_degraded(),
+            io_errors: self.health.io_errors.get(),
+            ..self.counters.snapshot(
+                u64::try_from(entries).unwrap_or(u64::MAX),
+                bytes,
+                self.capacity,
+            )
+        }
+    }
+
+    /// Whether the tier is degraded: a read or write failed with an I/O error and none
+    /// has succeeded since (see [`PROBE_EVERY_MS`]).
+    pub fn is_degraded(&self) -> bool {
+        self.health.is_degraded()
     }
 
     /// Live (indexed) entries; expired ones count until read or purged.

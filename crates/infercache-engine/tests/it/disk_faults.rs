@@ -388,3 +388,63 @@ fn a_damaged_overwrite_never_lets_the_older_value_through() {
         );
     }
 }
+
+/// EIO on reads and writes, through the seam on the tier's file layer
+/// (`infercache_engine::testing::DiskFault`): this machine has no device-mapper (`dmsetup`
+/// finds no `/dev/mapper/control`), so no `error` target can stand in for a failing disk.
+/// The tier turns degraded at the first failure, stops touching its files (lookups miss,
+/// writes are skipped, a key written meanwhile loses its older value), probes once per
+/// `PROBE_EVERY_MS`, and is used again once the disk answers.
+#[test]
+fn eio_marks_the_tier_degraded_until_the_disk_answers_again() {
+    use infercache_engine::disk::PROBE_EVERY_MS;
+    use infercache_engine::testing::DiskFault;
+
+    let dir = tempfile::tempdir().unwrap();
+    let manual = ManualClock::new(T0);
+    let clock: SharedClock = manual.clone();
+    let tier = DiskTier::open(config(dir.path(), 64 << 20, None), clock).unwrap();
+    let (a, b, c) = (Digest::of_u64(1), Digest::of_u64(2), Digest::of_u64(3));
+    tier.insert(a, b"a, first", T0, None).unwrap();
+    tier.insert(b, b"b", T0, None).unwrap();
+    assert!(!tier.stats().degraded);
+
+    let fault = DiskFault::eio(dir.path());
+    let err = tier.get(&a).unwrap_err();
+    assert!(
+        matches!(&err, DiskError::Io { source, .. } if source.raw_os_error() == Some(5)),
+        "{err:?}"
+    );
+    let stats = tier.stats();
+    assert!(stats.degraded, "{stats:?}");
+    assert_eq!(stats.io_errors, 1);
+    // Degraded: no file is touched, so no further I/O error is counted.
+    assert_eq!(tier.get(&b).unwrap(), None);
+    assert!(matches!(
+        tier.insert(a, b"a, second", T0, None),
+        Err(DiskError::Degraded)
+    ));
+    assert!(matches!(
+        tier.insert(c, b"c", T0, None),
+        Err(DiskError::Degraded)
+    ));
+    assert_eq!(tier.stats().io_errors, 1);
+    // A probe a second later still fails: still degraded.
+    manual.advance(std::time::Duration::from_millis(PROBE_EVERY_MS));
+    assert!(tier.get(&b).is_err());
+    assert_eq!(tier.stats().io_errors, 2);
+    assert!(tier.stats().degraded);
+
+    drop(fault);
+    // Within the probe interval the tier still skips its files...
+    assert_eq!(tier.get(&b).unwrap(), None);
+    // ...then the next probe succeeds and the tier is used again.
+    manual.advance(std::time::Duration::from_millis(PROBE_EVERY_MS));
+    assert_eq!(tier.get(&b).unwrap().unwrap().value.as_ref(), b"b");
+    assert!(!tier.stats().degraded);
+    // `a` was written while degraded: its first value is never served in the second's place.
+    assert_eq!(tier.get(&a).unwrap(), None);
+    tier.insert(c, b"c", T0, None).unwrap();
+    assert_eq!(tier.get(&c).unwrap().unwrap().value.as_ref(), b"c");
+    assert_eq!(tier.stats().io_errors, 2);
+}

@@ -66,6 +66,10 @@ pub struct TierSample {
     pub corrupt: u64,
     /// Failed or refused writes.
     pub write_errors: u64,
+    /// The tier's storage fails and is skipped until it answers (the disk tier).
+    pub degraded: bool,
+    /// Reads and writes that failed with an I/O error.
+    pub io_errors: u64,
 }
 
 impl From<&TierStats> for TierSample {
@@ -80,6 +84,8 @@ impl From<&TierStats> for TierSample {
             expirations: t.expirations,
             corrupt: t.corrupt,
             write_errors: t.write_errors,
+            degraded: t.degraded,
+            io_errors: t.io_errors,
         }
     }
 }

@@ -14,7 +14,8 @@
 //!   through the per-row path every route takes. `model` (default: the built-in model)
 //!   may name any model whose rows are texts (`builtin`, `openai`, `tei`, `ersilia`); one
 //!   not served is a 404 naming it.
-//! - `GET /metrics`: Prometheus (OpenMetrics) text.
+//! - `GET /metrics`: Prometheus text: OpenMetrics, or the classic format (0.0.4) when
+//!   `Accept` asks for `text/plain` and not OpenMetrics.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,6 +123,8 @@ fn tier(t: &TierStats) -> TierReport {
         entries: t.entries,
         bytes: t.bytes,
         capacity: t.capacity,
+        degraded: t.degraded,
+        io_errors: t.io_errors,
     }
 }
 
@@ -347,14 +350,32 @@ pub async fn warm(
     }))
 }
 
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
+/// `GET /metrics`: OpenMetrics, or the classic Prometheus text format (0.0.4) for a
+/// client whose `Accept` asks for `text/plain` and not OpenMetrics.
+pub async fn metrics(
+    State(state): State<AppState>,
+    _admin: Admin,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let text = state.metrics().encode().map_err(ApiError::internal)?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (content_type, text) =
+        if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
+            (
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::classic_text(&text),
+            )
+        } else {
+            (
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            )
+        };
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
         text,
     )
         .into_response())

@@ -207,3 +207,98 @@ async fn the_dashboard_draws_every_chart_and_matches_the_stats() {
     );
     s.stop().await;
 }
+
+/// The first of `what` to hold within `limit`, polled.
+async fn eventually(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A disk whose reads and writes fail with EIO, through the seam on the disk tier's file
+/// layer (`infercache_engine::testing::DiskFault`; this machine has no device-mapper for
+/// an `error` target): every request still succeeds, from memory or the model; the tier
+/// is degraded in `/v1/cache/stats`, `/metrics` and the dashboard's data, and is written
+/// again once the disk answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_is_degraded_everywhere_and_used_again_once_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk_dir = dir.path().join("cache");
+    let config = ServerConfig {
+        disk: Some(DiskSettings {
+            dir: disk_dir.clone(),
+            capacity: 64 << 20,
+            compression: infercache_engine::Compression::Lz4,
+        }),
+        ..ServerConfig::default()
+    };
+    let s = Server::start(config, model().await).await;
+    let disk = async || s.get("/v1/cache/stats", &[]).await.body["tiers"]["disk"].clone();
+    assert_eq!(
+        s.embed(&[], json!(["x", "y"])).await.header("x-cache"),
+        "MISS"
+    );
+    eventually("both written to disk", Duration::from_secs(5), async || {
+        disk().await["inserts"] == 2
+    })
+    .await;
+
+    let fault = infercache_engine::testing::DiskFault::eio(&disk_dir);
+    let r = s.embed(&[], json!(["z"])).await;
+    assert_eq!((r.status, r.header("x-cache")), (200, "MISS"), "{}", r.body);
+    eventually(
+        "the disk tier degraded",
+        Duration::from_secs(5),
+        async || disk().await["degraded"] == true,
+    )
+    .await;
+    let stats = disk().await;
+    assert!(stats["io_errors"].as_u64().unwrap() >= 1, "{stats}");
+    let metrics = s
+        .get("/metrics", &[])
+        .await
+        .body
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        metrics.contains("infercache_cache_degraded{tier=\"disk\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("infercache_cache_degraded{tier=\"memory\"} 0"),
+        "{metrics}"
+    );
+    let data = s.get("/dashboard/data", &[]).await;
+    assert_eq!(data.body["now"]["disk"]["degraded"], true, "{}", data.body);
+    // Meanwhile: hits from memory, misses from the model.
+    let r = s.embed(&[], json!(["x", "w"])).await;
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (200, "PARTIAL"),
+        "{}",
+        r.body
+    );
+
+    drop(fault);
+    let inserts = disk().await["inserts"].as_u64().unwrap();
+    let mut n = 0;
+    eventually(
+        "the disk tier used again",
+        Duration::from_secs(10),
+        async || {
+            // Each miss is written to disk; one per probe interval goes through.
+            n += 1;
+            let r = s.embed(&[], json!(format!("after the fault {n}"))).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let d = disk().await;
+            d["degraded"] == false && d["inserts"].as_u64().unwrap() > inserts
+        },
+    )
+    .await;
+    let data = s.get("/dashboard/data", &[]).await;
+    assert_eq!(data.body["now"]["disk"]["degraded"], false, "{}", data.body);
+    s.stop().await;
+}

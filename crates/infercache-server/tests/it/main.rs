@@ -16,6 +16,7 @@ mod kserve_upstream;
 mod lifecycle;
 mod metrics;
 mod process;
+mod promtool;
 mod redis;
 mod redis_tls;
 mod support;

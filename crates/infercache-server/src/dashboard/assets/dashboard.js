@@ -144,12 +144,14 @@
       })),
     },
     {
-      id: 'churn', title: 'Evictions, expirations, corrupt records per second',
+      id: 'churn', title: 'Evictions, expirations, corrupt records, I/O errors per second',
       series: (p) => ['memory', 'disk'].filter((t) => last(p)[t]).flatMap((t) => [
         { label: `${t} evictions`, values: rate(p, (s) => (s[t] ? s[t].evictions : null)) },
         { label: `${t} expirations`, values: rate(p, (s) => (s[t] ? s[t].expirations : null)) },
         { label: `${t} corrupt`, values: rate(p, (s) => (s[t] ? s[t].corrupt : null)) },
-      ]),
+      ]).concat(last(p).disk ? [
+        { label: 'disk I/O errors', values: rate(p, (s) => (s.disk ? s.disk.io_errors : null)) },
+      ] : []),
     },
     {
       id: 'redis', title: 'Redis: round-trip time (ms) and errors per second',
@@ -337,6 +339,7 @@
     for (const t of ['memory', 'disk']) {
       if (s[t]) html += figure(`${t} used`, `${fmtBytes(s[t].bytes)} of ${fmtBytes(s[t].capacity)}`);
     }
+    if (s.disk) html += figure('disk tier', s.disk.degraded ? 'degraded' : 'ok', { 'data-disk': s.disk.degraded ? 'degraded' : 'ok' });
     if (s.redis) html += figure('Redis breaker', s.redis.breaker);
     document.getElementById('figures').innerHTML = html;
   }
@@ -349,6 +352,9 @@
     if (s.draining) {
       lines.push('Draining: this server is shutting down and refuses new requests (503).');
       level = 'bad';
+    }
+    if (s.disk && s.disk.degraded) {
+      lines.push(`Disk tier degraded: its reads or writes fail (${s.disk.io_errors} I/O errors); it is skipped, requests are served from memory and the model, until the disk answers.`);
     }
     if (s.redis && s.redis.breaker !== 'closed') {
       lines.push(`Redis tier degraded: its circuit breaker is ${s.redis.breaker.replace('_', '-')}; lookups there miss and writes are dropped.`);

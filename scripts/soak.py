@@ -1,0 +1,294 @@
+"""The soak run's driver; see scripts/soak, which builds the server and runs this."""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+MODEL = "all-MiniLM-L6-v2"
+WORDS = ("cache tier model vector embedding disk memory redis request batch token query "
+         "answer latency budget segment record index value shard epoch lease hit miss "
+         "sentence semantic search document passage").split()
+
+
+def parse_size(s):
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+    low = s.strip().lower()
+    for u, m in units.items():
+        if low.endswith(u):
+            return int(float(low[: -len(u)]) * m)
+    return int(low)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def dir_bytes(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def get_json(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return json.loads(r.read())
+    finally:
+        c.close()
+
+
+class Load:
+    """32 keep-alive connections sending random inputs: some repeated (hits), some new."""
+
+    def __init__(self, port, connections, deadline, seed):
+        self.port = port
+        self.deadline = deadline
+        self.lock = threading.Lock()
+        self.pool = []
+        self.sent = 0
+        self.failed = 0
+        self.errors = []
+        self.outcomes = {}
+        self.rng = random.Random(seed)
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True)
+                        for i in range(connections)]
+
+    def text(self, rng):
+        # 60 %: one of the last 20 000 texts sent (a hit unless evicted); else a new one.
+        with self.lock:
+            if self.pool and rng.random() < 0.6:
+                return rng.choice(self.pool[-20000:])
+        t = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
+        t = f"{t} {rng.getrandbits(48):x}"
+        with self.lock:
+            self.pool.append(t)
+            if len(self.pool) > 200000:
+                del self.pool[:100000]
+        return t
+
+    def run(self, i):
+        rng = random.Random(self.rng.random() + i)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        while time.monotonic() < self.deadline:
+            inputs = [self.text(rng) for _ in range(rng.randint(1, 8))]
+            body = json.dumps({"model": MODEL, "input": inputs})
+            try:
+                conn.request("POST", "/v1/embeddings", body, {"content-type": "application/json"})
+                r = conn.getresponse()
+                data = r.read()
+                ok = r.status == 200 and len(json.loads(data)["data"]) == len(inputs)
+                outcome = r.getheader("x-cache", "none")
+                with self.lock:
+                    self.sent += 1
+                    self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+                    if not ok:
+                        self.failed += 1
+                        if len(self.errors) < 20:
+                            self.errors.append(f"{r.status}: {data[:200]!r}")
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                with self.lock:
+                    self.sent += 1
+                    self.failed += 1
+                    if len(self.errors) < 20:
+                        self.errors.append(repr(e))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--duration", type=float, default=600)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--memory", default="32MiB")
+    ap.add_argument("--disk-size", default="48MiB")
+    ap.add_argument("--redis")
+    ap.add_argument("--out", default="target/soak")
+    ap.add_argument("--every", type=float, default=5)
+    ap.add_argument("--warmup", type=float, default=60,
+                    help="seconds before the memory accounting baseline (inference buffers, pools)")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    disk_dir = out / "disk"
+    if disk_dir.exists():
+        subprocess.run(["rm", "-rf", str(disk_dir)], check=True)
+    port = free_port()
+    cmd = [a.binary, "serve", "--bind", f"127.0.0.1:{port}", "--memory", a.memory,
+           "--disk-dir", str(disk_dir), "--disk-size", a.disk_size]
+    if a.redis:
+        cmd += ["--redis", a.redis]
+    log = open(out / "server.log", "w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            try:
+                if get_json(port, "/readyz").get("status") == "ready":
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None:
+                sys.exit(f"the server exited: see {out / 'server.log'}")
+            time.sleep(0.5)
+        model_dir = os.environ.get("INFERCACHE_MODEL_DIR")
+        model_file = Path(model_dir) / "model.safetensors" if model_dir else None
+        model_bytes = model_file.stat().st_size if model_file and model_file.exists() else 0
+        baseline_rss = rss_bytes(server.pid)
+
+        start = time.monotonic()
+        load = Load(port, a.connections, start + a.duration, a.seed)
+        for t in load.threads:
+            t.start()
+        samples = []
+        prev = None
+        while True:
+            now = time.monotonic()
+            stats = get_json(port, "/v1/cache/stats")
+            m = stats["models"].get(MODEL, {})
+            hits, misses = m.get("hits", 0), m.get("misses", 0)
+            rate = None
+            if prev and (hits + misses) - (prev[0] + prev[1]) > 0:
+                rate = (hits - prev[0]) / ((hits + misses) - (prev[0] + prev[1]))
+            prev = (hits, misses)
+            tiers = stats["tiers"]
+            with load.lock:
+                sent, failed = load.sent, load.failed
+            samples.append({
+                "t": round(now - start, 1),
+                "rss": rss_bytes(server.pid),
+                "hit_rate": rate,
+                "memory_bytes": tiers["memory"]["bytes"],
+                "memory_entries": tiers["memory"]["entries"],
+                "disk_bytes": tiers["disk"]["bytes"],
+                "disk_entries": tiers["disk"]["entries"],
+                "disk_files": dir_bytes(disk_dir / "segments"),
+                "disk_dir": dir_bytes(disk_dir),
+                "requests": sent,
+                "failed": failed,
+                "evictions": tiers["memory"]["evictions"],
+            })
+            if now >= start + a.duration:
+                break
+            time.sleep(max(0.0, a.every - (time.monotonic() - now)))
+        for t in load.threads:
+            t.join()
+        final = get_json(port, "/v1/cache/stats")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    memory = parse_size(a.memory)
+    disk_size = parse_size(a.disk_size)
+    peak_rss = max(s["rss"] for s in samples)
+    rss_limit = (memory + model_bytes) * 1.15
+    peak_disk = max(s["disk_dir"] for s in samples)
+    last = samples[-1]
+    disk_err = abs(last["disk_bytes"] - last["disk_files"]) / max(1, last["disk_files"])
+    # The memory tier's growth against the process's, from a sample after the warm-up (the
+    # model's buffers, thread pools and connections allocated) to the end.
+    warm = next((s for s in samples if s["t"] >= a.warmup), samples[0])
+    grown = last["rss"] - warm["rss"]
+    tier_grown = last["memory_bytes"] - warm["memory_bytes"]
+    mem_err = abs(tier_grown - grown) / max(1, tier_grown)
+    rates = [s["hit_rate"] for s in samples if s["hit_rate"] is not None]
+    m = final["models"].get(MODEL, {})
+    checks = {
+        "zero failed requests": load.failed == 0,
+        f"peak RSS <= (memory + model) x 1.15 = {rss_limit / 2**20:.0f} MiB": peak_rss <= rss_limit,
+        f"disk <= disk_size = {disk_size / 2**20:.0f} MiB": peak_disk <= disk_size,
+        "disk tier bytes within 5 % of its files": disk_err <= 0.05,
+        "memory tier's growth within 5 % of the process's RSS growth after the warm-up": mem_err <= 0.05,
+    }
+    summary = {
+        "command": " ".join(["scripts/soak"] + sys.argv[3:]),
+        "server": " ".join(cmd[1:]),
+        "duration_s": a.duration,
+        "connections": a.connections,
+        "requests": load.sent,
+        "failed": load.failed,
+        "errors": load.errors,
+        "outcomes": load.outcomes,
+        "requests_per_s": round(load.sent / a.duration, 1),
+        "hit_rate_overall": m.get("hit_rate"),
+        "hit_rate_mean_interval": sum(rates) / len(rates) if rates else None,
+        "baseline_rss_mib": round(baseline_rss / 2**20, 1),
+        "peak_rss_mib": round(peak_rss / 2**20, 1),
+        "rss_limit_mib": round(rss_limit / 2**20, 1),
+        "model_mib": round(model_bytes / 2**20, 1),
+        "memory_budget_mib": round(memory / 2**20, 1),
+        "memory_tier_mib": round(last["memory_bytes"] / 2**20, 1),
+        "rss_growth_after_warmup_mib": round(grown / 2**20, 1),
+        "memory_tier_growth_after_warmup_mib": round(tier_grown / 2**20, 1),
+        "memory_accounting_error": round(mem_err, 4),
+        "memory_evictions": last["evictions"],
+        "disk_size_mib": round(disk_size / 2**20, 1),
+        "peak_disk_mib": round(peak_disk / 2**20, 1),
+        "disk_tier_mib": round(last["disk_bytes"] / 2**20, 1),
+        "disk_files_mib": round(last["disk_files"] / 2**20, 1),
+        "disk_accounting_error": round(disk_err, 4),
+        "disk_evictions": final["tiers"]["disk"]["evictions"],
+        "checks": checks,
+    }
+    (out / "samples.json").write_text(json.dumps(samples, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ts = [s["t"] / 60 for s in samples]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    ax1.plot(ts, [s["rss"] / 2**20 for s in samples], label="RSS")
+    ax1.plot(ts, [s["memory_bytes"] / 2**20 for s in samples], label="memory tier bytes")
+    ax1.axhline(rss_limit / 2**20, color="red", linestyle="--", label="budget + model + 15 %")
+    ax1.axhline(memory / 2**20, color="grey", linestyle=":", label="memory budget")
+    ax1.set_ylabel("MiB")
+    ax1.legend(loc="lower right", fontsize=8)
+    ax1.set_title(f"infercache soak: {a.connections} connections, {a.duration / 60:.0f} min, "
+                  f"memory {a.memory}, disk {a.disk_size}" + (", Redis" if a.redis else ""))
+    ax2.plot([t for t, s in zip(ts, samples) if s["hit_rate"] is not None],
+             [100 * s["hit_rate"] for s in samples if s["hit_rate"] is not None], color="green")
+    ax2.set_ylabel("hit rate per 5 s (%)")
+    ax2.set_xlabel("minutes")
+    ax2.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(out / "soak.png", dpi=100)
+
+    print(json.dumps(summary, indent=2))
+    if not all(checks.values()):
+        sys.exit("soak: a check failed: " + ", ".join(k for k, v in checks.items() if not v))
+
+
+if __name__ == "__main__":
+    main()
