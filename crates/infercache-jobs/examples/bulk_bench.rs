@@ -45,7 +45,7 @@ fn job_model(dir: &Path, url: &str, disk: bool) -> InferModel {
         ..CacheConfig::default()
     };
     let cache = Cache::open(config, SystemClock::shared()).expect("opening the cache");
-    let client = infercache_upstream::client().expect("an HTTP client");
+    let client = infercache_upstream::Pool::new(256 << 20).expect("an HTTP client");
     let models = Models::configured(&[model_config(url)], None, None, |m| {
         infercache_upstream::backend(m, &client).expect("an upstream model")
     })
@@ -92,10 +92,15 @@ fn write_input(path: &Path, rows: &[Value]) {
 
 /// The stub called with `rows` in batches of [`BATCH`], [`CONCURRENCY`] at once.
 async fn direct(url: &str, rows: Vec<Value>) -> Duration {
-    let client = infercache_upstream::client().expect("an HTTP client");
+    let client = infercache_upstream::Pool::new(256 << 20).expect("an HTTP client");
     let backend = infercache_upstream::backend(&model_config(url), &client).expect("a backend");
     let inputs = Inputs::Json {
-        rows,
+        rows: rows
+            .iter()
+            .map(|r| {
+                infercache_backend::JsonText::new(r.to_string().into()).expect("one JSON value")
+            })
+            .collect(),
         parameters: None,
     };
     let indices: Vec<usize> = (0..inputs.len()).collect();

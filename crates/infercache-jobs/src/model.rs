@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use infercache_backend::{BackendKind, BoxFuture, Inputs, vector};
+use infercache_backend::{BackendKind, BoxFuture, Inputs, JsonText, vector};
 use infercache_infer::{Infer, Model, Observer, RowRequest, RowSource};
 use serde_json::{Map, Value};
 
@@ -158,6 +158,11 @@ impl InferModel {
     }
 }
 
+/// `value` as JSON text.
+fn json_text(value: &Value) -> JsonText {
+    JsonText::new(Bytes::from(value.to_string())).expect("serde_json writes one JSON value")
+}
+
 /// `x` as a JSON number written with the fewest digits that read back as `x`.
 pub fn float(x: f32) -> Value {
     // Through the f32's own shortest text: an f32 widened to f64 prints with f64's
@@ -188,9 +193,15 @@ impl JobModel for InferModel {
     fn rows<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Result<Vec<RowResult>, String>> {
         Box::pin(async move {
             let inputs = match self.input_kind() {
+                // The job's inputs were parsed from its file, so a row goes upstream as
+                // serde_json writes it back (a number past 64 bits rounded), not as the
+                // file spelled it.
                 InputKind::Json => Inputs::Json {
-                    rows: inputs.to_vec(),
-                    parameters: self.parameters.clone(),
+                    rows: inputs.iter().map(json_text).collect(),
+                    parameters: self
+                        .parameters
+                        .as_ref()
+                        .map(|p| json_text(&Value::Object(p.clone()))),
                 },
                 InputKind::Text => Inputs::texts(
                     inputs

@@ -23,7 +23,7 @@ fn infer(dir: &Path, models: &[ModelConfig], counter: &Arc<CallCounter>) -> Infe
         ..CacheConfig::default()
     };
     let cache = Cache::open(config, SystemClock::shared()).unwrap();
-    let client = infercache_upstream::client().unwrap();
+    let client = infercache_upstream::Pool::new(256 << 20).unwrap();
     let models = Models::configured(models, None, None, |m| {
         infercache_upstream::backend(m, &client).unwrap()
     })

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{Method, StatusCode};
+use axum::routing;
 use infercache_core::ManualClock;
 use infercache_engine::{Cache, CacheConfig};
 use serde_json::{Value, json};
+use std::sync::Mutex;
 
 use infercache_backend::{BackendKind as Backend, ModelConfig};
 use infercache_infer::Models;
