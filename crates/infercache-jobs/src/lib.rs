@@ -17,7 +17,7 @@
 //!   model, version or parameter is a new job, and resuming across a change is refused
 //!   with the difference.
 //! - [`journal`]: the append-only journal, torn tails cut on open.
-//! - [`format`]: reading records and writing outputs and errors in each format.
+//! - [`format`](mod@format): reading records and writing outputs and errors in each format.
 //! - [`JobModel`] and [`InferModel`] ([`model`]): what computes rows; in-process over
 //!   [`infercache_infer::Infer`], or through a running server (the `infercache` binary's
 //!   `--url` client).

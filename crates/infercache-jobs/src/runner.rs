@@ -1,6 +1,6 @@
 //! [`run`]: a job from its input file to its output file.
 //!
-//! 1. The input is read whole, its digest taken, and every record parsed ([`format`]);
+//! 1. The input is read whole, its digest taken, and every record parsed ([`format`](mod@crate::format));
 //!    the job's [`JobSpec`] gives its id and its directory, `JOBS/<id>/`.
 //! 2. Each input's identity (BLAKE3 of its canonical JSON) marks its first occurrence in
 //!    the file: the whole file is de-duplicated, and a repeat takes the first one's value
