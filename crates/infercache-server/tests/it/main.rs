@@ -17,4 +17,5 @@ mod metrics;
 mod redis;
 mod redis_tls;
 mod support;
+mod tls;
 mod upstream;
