@@ -224,6 +224,8 @@ struct Known {
     inputs: Vec<String>,
     /// Per input, the generation of its newest answered write ([`Upstream::Changing`]).
     answered: HashMap<String, u64>,
+    /// Answers to the load so far.
+    answers: usize,
 }
 
 /// Checks one answer to `input`: for [`Upstream::Pure`] every answer is the function's
@@ -308,6 +310,7 @@ async fn load(
         sent += 1;
         let mut known = known.lock().unwrap();
         let generation = check(kind, &input, &answer, &known, &computed, seed);
+        known.answers += 1;
         if !known.answered.contains_key(&input) {
             known.inputs.push(input.clone());
         }
@@ -376,7 +379,14 @@ async fn crash_test(kind: Upstream) {
                 ))
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        // The kill comes at a random instant once the load is under way (on a busy machine
+        // the first answers can take longer than the shortest wait).
+        let under_way = known.lock().unwrap().answers;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while known.lock().unwrap().answers == under_way && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..350))).await;
         server.kill();
         let mut sent = 0;
         for worker in workers {
