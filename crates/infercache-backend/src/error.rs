@@ -48,6 +48,19 @@ pub enum UpstreamError {
         /// The transport's message (logged, not sent).
         detail: String,
     },
+    /// The TLS handshake failed: most often the upstream's certificate is not signed by a
+    /// trusted CA (the model's `ca_file`, the system's roots) or names another host.
+    #[error(
+        "the TLS handshake with the upstream of model `{model}` failed: its certificate is \
+         not trusted (a CA in neither the system's roots nor the model's ca_file) or not valid \
+         for its host"
+    )]
+    Tls {
+        /// The model.
+        model: String,
+        /// The TLS library's message (logged, not sent).
+        detail: String,
+    },
     /// The connection broke after the request was sent.
     #[error("the connection to the upstream of model `{model}` broke")]
     Broken {
@@ -80,6 +93,7 @@ impl UpstreamError {
         match self {
             Self::Timeout { model, .. }
             | Self::Unreachable { model, .. }
+            | Self::Tls { model, .. }
             | Self::Broken { model, .. }
             | Self::Status { model, .. }
             | Self::BadResponse { model, .. } => model,

@@ -2,6 +2,7 @@
 //! the upstream clients and `GET /v1/models` read them. Parsing and validating the TOML is
 //! the configuration's job; this is its result.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use infercache_core::encode::put_field;
@@ -61,6 +62,10 @@ pub struct ModelConfig {
     pub binary_tensors: Option<bool>,
     /// Retries of an idempotent upstream call. Default: 2.
     pub retries: u32,
+    /// `https://` only: a PEM file of CA certificates trusted for this upstream, on top
+    /// of the compiled-in and system roots. Not part of the model's identity (it changes
+    /// who is trusted, not what is computed). Default: none.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ModelConfig {
@@ -83,6 +88,7 @@ impl ModelConfig {
             batched: true,
             binary_tensors: None,
             retries: DEFAULT_RETRIES,
+            ca_file: None,
         }
     }
 }

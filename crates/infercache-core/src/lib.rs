@@ -11,6 +11,7 @@
 //! - [`size`]: byte sizes as operators write them (`512MiB`, or `0.3` of RAM).
 //! - [`redact`]: URLs with their passwords replaced, for logs, errors and stats.
 //! - [`error`]: the crate's typed error.
+//! - `tls` (feature `tls`): the one builder of the workspace's HTTP clients (rustls).
 //!
 //! The engine (`infercache-engine`) builds the tiers on top of this crate; servers and
 //! clients depend on it for the key schema without pulling in the engine.
@@ -23,6 +24,8 @@ pub mod key;
 pub mod redact;
 pub mod size;
 pub mod stats;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use canonical::CanonicalInput;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

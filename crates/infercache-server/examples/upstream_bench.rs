@@ -260,7 +260,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?
         .block_on(async {
-            let client = reqwest::Client::builder()
+            let client = infercache_core::tls::client_builder(&[])?
                 .pool_max_idle_per_host(8)
                 .tcp_nodelay(true)
                 .build()?;

@@ -348,6 +348,7 @@ fn upstream_status(e: &UpstreamError) -> StatusCode {
             status: 429 | 503, ..
         } => StatusCode::SERVICE_UNAVAILABLE,
         UpstreamError::Broken { .. }
+        | UpstreamError::Tls { .. }
         | UpstreamError::Status { .. }
         | UpstreamError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
     }
@@ -359,6 +360,7 @@ fn upstream_code(e: &UpstreamError) -> &'static str {
         UpstreamError::Timeout { .. } => "upstream_timeout",
         UpstreamError::Unreachable { .. } => "upstream_unavailable",
         UpstreamError::Broken { .. } => "upstream_connection_broken",
+        UpstreamError::Tls { .. } => "upstream_tls_failed",
         UpstreamError::Status { .. } => "upstream_error",
         UpstreamError::BadResponse { .. } => "upstream_bad_response",
     }

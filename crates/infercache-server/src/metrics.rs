@@ -895,6 +895,7 @@ fn upstream_label(e: &UpstreamError) -> String {
         UpstreamError::Timeout { .. } => "timeout".to_owned(),
         UpstreamError::Unreachable { .. } => "unreachable".to_owned(),
         UpstreamError::Broken { .. } => "broken".to_owned(),
+        UpstreamError::Tls { .. } => "tls".to_owned(),
         UpstreamError::BadResponse { .. } => "bad_response".to_owned(),
     }
 }

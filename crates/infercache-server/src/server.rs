@@ -1,10 +1,11 @@
 //! Starting, serving and stopping.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use infercache_backend::{Backend, BackendKind};
+use infercache_backend::{Backend, BackendKind, ModelConfig};
 use infercache_core::SystemClock;
 use infercache_engine::Cache;
 use infercache_infer::Models;
@@ -101,30 +102,33 @@ pub(crate) async fn open_cache(
 }
 
 /// The registry of `config`'s models: `builtin` for the built-in model, an upstream
-/// client for each other one, sharing one connection pool.
+/// client for each other one, sharing one connection pool (a model with a `ca_file` has
+/// a pool of its own; its file is read here).
 ///
 /// # Errors
 /// [`ServerError::NoBuiltinModel`] when `config` serves the built-in model and `builtin`
-/// is `None`; [`ServerError::Upstream`] when the HTTP client cannot be built.
+/// is `None`; [`ServerError::Upstream`] when an HTTP client cannot be built or a model's
+/// `ca_file` cannot be used.
 pub fn registry(
     config: &ServerConfig,
     builtin: Option<Arc<dyn Backend>>,
 ) -> Result<Models, ServerError> {
-    let client = if config
+    let upstreams: Vec<&ModelConfig> = config
         .models
         .iter()
-        .any(|m| m.backend != BackendKind::Builtin)
-    {
+        .filter(|m| m.backend != BackendKind::Builtin)
+        .collect();
+    let mut clients = HashMap::with_capacity(upstreams.len());
+    if !upstreams.is_empty() {
         // Upstream answers have a budget of their own, as large as the request bodies'.
-        Some(infercache_upstream::Pool::new(
-            config.limits.body_budget_bytes,
-        )?)
-    } else {
-        None
-    };
+        let shared = infercache_upstream::Pool::new(config.limits.body_budget_bytes)?;
+        for m in upstreams {
+            clients.insert(m.name.clone(), shared.for_model(m)?);
+        }
+    }
     let models = Models::configured(&config.models, config.ttl, builtin, |m| {
-        let client = client
-            .as_ref()
+        let client = clients
+            .get(&m.name)
             .expect("built above: a model has an upstream");
         infercache_upstream::backend(m, client)
             .expect("every model but the built-in one has an upstream")

@@ -324,6 +324,11 @@ impl Upstream {
                 model,
                 timeout: self.config.timeout,
             }
+        } else if infercache_core::tls::is_tls_failure(e) {
+            UpstreamError::Tls {
+                model,
+                detail: error_chain(e),
+            }
         } else if e.is_connect() {
             UpstreamError::Unreachable {
                 model,
@@ -349,7 +354,9 @@ impl Upstream {
 
 fn log_failure(error: &UpstreamError, url: &str, retries: u32) {
     match error {
-        UpstreamError::Unreachable { detail, .. } | UpstreamError::Broken { detail, .. } => {
+        UpstreamError::Unreachable { detail, .. }
+        | UpstreamError::Tls { detail, .. }
+        | UpstreamError::Broken { detail, .. } => {
             tracing::warn!(model = error.model(), %url, retries, %detail, "upstream call failed: {error}");
         }
         _ => tracing::warn!(model = error.model(), %url, retries, "upstream call failed: {error}"),

@@ -9,7 +9,9 @@
 //! | `http-json` | `POST {url}` with `{"inputs", "parameters"}` | [`http_json`] |
 //!
 //! Every call goes through [`client::Upstream`]: one shared connection pool (no
-//! redirects, no proxy from the environment: an upstream is exactly the URL configured),
+//! redirects, no proxy from the environment: an upstream is exactly the URL configured;
+//! `http://` or `https://`, TLS as `infercache_core::tls` sets it up, and a pool of its
+//! own for a model with a `ca_file`),
 //! the model's timeout on every attempt, a bound on the answer's size, and retries only
 //! where a retry is safe. A failure is an [`UpstreamError`] naming the model; a 2xx answer
 //! the protocol cannot use (not JSON, the wrong number of rows) is
@@ -37,6 +39,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use infercache_backend::{Backend, BackendError, BackendKind, Inputs, ModelConfig, ModelInfo};
+use infercache_core::tls;
 
 pub use client::{MAX_RESPONSE_BYTES, Retry, Upstream, UpstreamReply};
 pub use infercache_backend::UpstreamError;
@@ -46,8 +49,23 @@ const POOL_IDLE_PER_HOST: usize = 64;
 
 /// The HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("building the upstream HTTP client: {0}")]
-pub struct ClientError(#[source] reqwest::Error);
+pub enum ClientError {
+    /// The CA file of a model cannot be used.
+    #[error("model `{model}`: ca_file: {source}")]
+    CaFile {
+        /// The model.
+        model: String,
+        /// What is wrong with its file.
+        #[source]
+        source: tls::TlsError,
+    },
+    /// TLS setup failed.
+    #[error("building the upstream HTTP client: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The client itself could not be built.
+    #[error("building the upstream HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+}
 
 /// What every upstream shares: one connection pool, and the budget of answer bytes being
 /// read and parsed at once.
@@ -65,6 +83,18 @@ pub struct Pool {
     answers: Arc<AnswerBudget>,
 }
 
+fn build(extra_roots: &[tls::CertificateDer<'static>]) -> Result<reqwest::Client, ClientError> {
+    // No redirects (a POST would come back as a GET elsewhere) and no proxy from the
+    // environment: an upstream is exactly the URL configured.
+    tls::client_builder(extra_roots)?
+        .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(ClientError::Build)
+}
+
 /// The answer budget: a semaphore of KiB.
 #[derive(Debug)]
 pub(crate) struct AnswerBudget {
@@ -79,15 +109,7 @@ impl Pool {
     /// # Errors
     /// [`ClientError`] if the TLS or resolver setup of the HTTP client fails.
     pub fn new(answer_budget: usize) -> Result<Self, ClientError> {
-        // No redirects (a POST would come back as a GET elsewhere) and no proxy from the
-        // environment: an upstream is exactly the URL configured.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(ClientError)?;
+        let client = build(&[])?;
         let kib = answer_budget.div_ceil(1024).max(1);
         Ok(Self {
             client,
@@ -100,6 +122,27 @@ impl Pool {
 }
 
 impl Pool {
+    /// The pool of `config`: this one for a model without a `ca_file`; for one with it, a
+    /// connection pool of its own that trusts the file's CAs as well, sharing this one's
+    /// answer budget. The file is read here, once, at start-up.
+    ///
+    /// # Errors
+    /// [`ClientError::CaFile`] naming the model when its file cannot be read or holds no
+    /// usable CA certificate.
+    pub fn for_model(&self, config: &ModelConfig) -> Result<Self, ClientError> {
+        let Some(path) = &config.ca_file else {
+            return Ok(self.clone());
+        };
+        let roots = tls::read_ca_file(path).map_err(|source| ClientError::CaFile {
+            model: config.name.clone(),
+            source,
+        })?;
+        Ok(Self {
+            client: build(&roots)?,
+            answers: Arc::clone(&self.answers),
+        })
+    }
+
     /// The upstream of `config` (a model with a `url`), sharing this pool.
     pub fn upstream(&self, config: &ModelConfig) -> Upstream {
         Upstream::new(

@@ -5,7 +5,7 @@
 //! [[models]]
 //! name = "chemprop-solubility"  # what clients call it (routes and bodies)
 //! backend = "ersilia"           # builtin | kserve-v2 | openai | tei | ersilia | http-json
-//! url = "http://10.0.0.7:3000"  # the upstream (http only)
+//! url = "http://10.0.0.7:3000"  # the upstream: http:// or https://
 //! version = "2024-06"           # part of every key: a new version never sees old entries
 //! digest = "sha256:9f2c…"       # artifact digest: keyed in place of url and upstream_name
 //! timeout = "10s"               # per upstream attempt [default: 30s]
@@ -19,7 +19,12 @@
 //! binary_tensors = false        # kserve-v2: send JSON tensors, not binary [default: asked from GET {url}/v2]
 //! retries = 2                   # retries of idempotent calls [default: 2]
 //! upstream_name = "solubility"  # the name the upstream knows it by [default: name]
+//! ca_file = "/etc/infercache/upstream-ca.pem"  # https://: CAs trusted on top of the system's [default: none]
 //! ```
+//!
+//! A `ca_file` is checked here (it must be set on an `https://` model) and read when the
+//! upstream clients are built at start-up, so a missing or unusable file stops the server
+//! with an error naming the model and the file.
 //!
 //! A list of tables has no flag or environment form: models come from the file only. With
 //! no `[[models]]`, the built-in embedder is served as before; with a list, only the models
@@ -55,6 +60,7 @@ pub(crate) struct RawModel {
     batched: Option<bool>,
     binary_tensors: Option<bool>,
     retries: Option<u32>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// Validates the `[[models]]` list: every field, unique names, and each model's timeout
@@ -146,6 +152,7 @@ fn validate_one(
             ("batched", m.batched.is_some()),
             ("binary_tensors", m.binary_tensors.is_some()),
             ("retries", m.retries.is_some()),
+            ("ca_file", m.ca_file.is_some()),
         ];
         if let Some((field, _)) = upstream_only.iter().find(|(_, set)| *set) {
             return Err(err(
@@ -159,13 +166,23 @@ fn validate_one(
 
     let url = m.url.ok_or_else(|| err("url", "is required"))?;
     let parsed = url::Url::parse(&url).map_err(|e| err("url", &format!("{url:?}: {e}")))?;
-    if parsed.scheme() != "http" {
+    if !matches!(parsed.scheme(), "http" | "https") {
         return Err(err(
             "url",
-            &format!(
-                "{url:?}: only http:// upstreams are supported (terminate TLS in front of the upstream, e.g. a sidecar)"
-            ),
+            &format!("{url:?}: an upstream is http:// or https://"),
         ));
+    }
+    if let Some(ca_file) = m.ca_file {
+        if parsed.scheme() != "https" {
+            return Err(err(
+                "ca_file",
+                &format!("applies to https:// upstreams only, and {url:?} is not one"),
+            ));
+        }
+        if ca_file.as_os_str().is_empty() {
+            return Err(err("ca_file", "must not be empty (leave it out instead)"));
+        }
+        model.ca_file = Some(ca_file);
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(err(
@@ -340,9 +357,10 @@ mod tests {
                 "backend",
             ),
             ("name = \"a\"\nbackend = \"tei\"", "url"),
+            ("name = \"a\"\nbackend = \"tei\"\nurl = \"ftp://x\"", "url"),
             (
-                "name = \"a\"\nbackend = \"tei\"\nurl = \"https://x\"",
-                "url",
+                "name = \"a\"\nbackend = \"tei\"\nurl = \"http://x\"\nca_file = \"/ca.pem\"",
+                "ca_file",
             ),
             (
                 "name = \"a\"\nbackend = \"tei\"\nurl = \"not a url\"",
@@ -415,6 +433,22 @@ mod tests {
             e.contains("models[1]") && e.contains("another model"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_https_model_takes_a_ca_file() {
+        let models = parse(
+            "[[models]]\nname = \"a\"\nbackend = \"openai\"\nurl = \"https://x:8443\"\n\
+             ca_file = \"/etc/ca.pem\"\n\
+             [[models]]\nname = \"b\"\nbackend = \"tei\"\nurl = \"https://y\"",
+        )
+        .unwrap();
+        assert_eq!(models[0].url.as_deref(), Some("https://x:8443"));
+        assert_eq!(
+            models[0].ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(models[1].ca_file, None);
     }
 
     #[test]

@@ -786,7 +786,7 @@ async fn ersilia_keys_rows_by_input_alone_and_sends_strings_upstream() {
 #[tokio::test]
 async fn ersilia_fake_upstream_refuses_what_ersilia_pack_refuses() {
     let (url, up) = upstream().await;
-    let client = reqwest::Client::new();
+    let client = infercache_core::tls::client();
     let status = |body: &'static str| {
         let req = client
             .post(format!("{url}/run"))

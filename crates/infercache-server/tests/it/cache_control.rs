@@ -80,7 +80,7 @@ async fn invalidation_and_removal_make_entries_miss() {
 
     let d = s
         .send(
-            reqwest::Client::new().delete(format!("{}/v1/cache/entries/{key}", s.url)),
+            infercache_core::tls::client().delete(format!("{}/v1/cache/entries/{key}", s.url)),
             &[],
         )
         .await;

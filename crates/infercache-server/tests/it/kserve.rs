@@ -14,7 +14,7 @@ use crate::kserve_upstream::{MODEL, Upstream};
 
 /// POSTs `body` to the upstream's infer route; returns the parsed response.
 async fn infer(upstream: &Upstream, body: Vec<u8>, header_length: Option<usize>) -> InferResponse {
-    let mut req = reqwest::Client::new()
+    let mut req = infercache_core::tls::client()
         .post(format!("{}/v2/models/{MODEL}/infer", upstream.url))
         .body(body);
     if let Some(len) = header_length {
@@ -120,7 +120,7 @@ async fn missing_rows_fetched_in_one_request_reassemble_to_the_whole_batch() {
 #[tokio::test]
 async fn the_upstream_answers_json_or_binary_as_asked_and_counts() {
     let upstream = Upstream::start().await;
-    let client = reqwest::Client::new();
+    let client = infercache_core::tls::client();
     let url = format!("{}/v2/models/{MODEL}/versions/1/infer", upstream.url);
     let response = client
         .post(&url)

@@ -68,7 +68,7 @@ impl Answer {
 
 /// POSTs `body` to `url` + `path`, with `Inference-Header-Content-Length` if given.
 async fn post(url: &str, path: &str, body: Vec<u8>, header_length: Option<usize>) -> Answer {
-    let mut req = reqwest::Client::new()
+    let mut req = infercache_core::tls::client()
         .post(format!("{url}{path}"))
         .body(body);
     if let Some(len) = header_length {
@@ -410,7 +410,7 @@ async fn malformed_and_hostile_bodies_get_400_and_the_server_keeps_serving() {
         "{}",
         invalid.error()
     );
-    let bad_length = reqwest::Client::new()
+    let bad_length = infercache_core::tls::client()
         .post(format!("{}{INFER}", s.url))
         .header(HEADER_LENGTH, "twelve")
         .body(binary.clone())

@@ -121,7 +121,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
         .collect();
     let url = format!("{}/v1/embeddings", s.url);
     let in_flight = tokio::spawn(async move {
-        let r = reqwest::Client::new()
+        let r = infercache_core::tls::client()
             .post(url)
             .json(&json!({"model": "all-MiniLM-L6-v2", "input": texts}))
             .send()

@@ -20,4 +20,5 @@ mod promtool;
 mod redis;
 mod redis_tls;
 mod support;
+mod tls;
 mod upstream;

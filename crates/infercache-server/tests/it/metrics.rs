@@ -147,7 +147,8 @@ async fn predict(s: &Server, headers: &[(&str, &str)], input: &str) -> Value {
 /// `DELETE /v1/cache/entries/{key}` of some key.
 async fn delete(s: &Server) -> crate::support::Reply {
     let url = format!("{}/v1/cache/entries/{}", s.url, "ab".repeat(32));
-    s.send(reqwest::Client::new().delete(url), &[]).await
+    s.send(infercache_core::tls::client().delete(url), &[])
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -363,7 +363,8 @@ async fn a_removal_while_redis_is_down_answers_202_pending() {
     assert_eq!(r.status, 200, "{}", r.body);
     let key = r.body["cache"]["keys"][0].as_str().unwrap().to_owned();
     redis.kill9();
-    let delete = || reqwest::Client::new().delete(format!("{}/v1/cache/entries/{key}", a.url));
+    let delete =
+        || infercache_core::tls::client().delete(format!("{}/v1/cache/entries/{key}", a.url));
     let d = a.send(delete(), &[]).await;
     assert_eq!(d.status, 202, "{}", d.body);
     assert_eq!(

@@ -75,7 +75,7 @@ impl Server {
             url,
             stop: Some(stop),
             task,
-            client: reqwest::Client::new(),
+            client: infercache_core::tls::client(),
         };
         assert_eq!(server.get("/readyz", &[]).await.status, 200);
         server

@@ -114,7 +114,7 @@ async fn a_proxy_only_configuration_never_loads_the_builtin_model() {
     let server = tokio::spawn(infercache_server::run(config, listener, async move {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::new();
+    let client = infercache_core::tls::client();
     let mut reply = None;
     for _ in 0..100 {
         if let Ok(r) = client

@@ -100,7 +100,8 @@ impl Fetcher {
         if config.attempts == 0 {
             return Err(ClientError::Config("attempts must be at least 1".into()));
         }
-        let http = reqwest::Client::builder()
+        let http = infercache_core::tls::client_builder(&[])
+            .map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .redirect(reqwest::redirect::Policy::none())

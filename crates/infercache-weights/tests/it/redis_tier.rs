@@ -34,7 +34,7 @@ async fn start(config: ServerConfig) -> TestServer {
 }
 
 async fn fetch_all(url: &str, t: &Tiny) {
-    let client = reqwest::Client::new();
+    let client = infercache_core::tls::client();
     for name in t.manifest.chunks.keys() {
         let resp = client
             .get(format!("{url}/v1/weights/{TINY}/chunks/{name}"))

@@ -481,7 +481,7 @@ async fn thirty_two_clients_missing_one_chunk_cause_one_storage_read() {
             let url = url.clone();
             let barrier = barrier.clone();
             tokio::spawn(async move {
-                let client = reqwest::Client::new();
+                let client = infercache_core::tls::client();
                 barrier.wait().await;
                 client
                     .get(&url)
@@ -515,7 +515,7 @@ async fn a_damaged_chunk_file_is_never_served() {
         bytes[mid] ^= 0x40;
         fs::write(t.chunk_path(name), &bytes).unwrap();
     }
-    let client = reqwest::Client::new();
+    let client = infercache_core::tls::client();
     let cached = client
         .get(format!("{}{}", server.url(), chunk_uri("layer_3")))
         .send()
