@@ -3,7 +3,8 @@
 //! `link₀ = B3("sources" ‖ reader version ‖ each source's format and content BLAKE3)`,
 //! `linkᵢ = B3(linkᵢ₋₁ ‖ step id ‖ declared version ‖ canonical parameters ‖ output
 //! schema)`, every field length-prefixed so that no two declarations share an encoding.
-//! Parameters are canonical JSON ([`infercache_core::canonical::canonical_json`]): key
+//! Parameters are canonical JSON ([`infercache_core::canonical::canonical_json`], with
+//! integral numbers written as integers): key
 //! order never matters, `1` and `1.0` are one number, `1` and `"1"` are two. Only what a
 //! step declares enters the chain: paths, modification times, shard size, thread count,
 //! cache directory and prefetch depth never do.
@@ -111,8 +112,31 @@ fn put(h: &mut blake3::Hasher, bytes: &[u8]) {
     h.update(bytes);
 }
 
+/// `value` with every integral number written as an integer: a step reads its parameters
+/// as numbers, so `128` and `128.0` declare the same step (unlike a row sent upstream,
+/// whose text the upstream sees).
+fn integral(value: &Value) -> Value {
+    /// Integers an f64 holds exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "integral and within ±2^53, so exact"
+            )]
+            Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => Value::from(f as i64),
+            _ => value.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(integral).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), integral(v))).collect())
+        }
+        _ => value.clone(),
+    }
+}
+
 fn canonical(params: &Value) -> Result<Value, DatasetError> {
-    let bytes = infercache_core::canonical::canonical_json(params).map_err(|e| {
+    let bytes = infercache_core::canonical::canonical_json(&integral(params)).map_err(|e| {
         DatasetError::InvalidStep {
             spec: params.to_string(),
             reason: e.to_string(),
@@ -133,12 +157,13 @@ fn hash_link(prev: Option<&Fingerprint>, link: &Link) -> Result<Fingerprint, Dat
     }
     put(&mut h, link.id.as_bytes());
     put(&mut h, link.version.as_bytes());
-    let params = infercache_core::canonical::canonical_json(&link.params).map_err(|e| {
-        DatasetError::InvalidStep {
-            spec: link.id.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+    let params =
+        infercache_core::canonical::canonical_json(&integral(&link.params)).map_err(|e| {
+            DatasetError::InvalidStep {
+                spec: link.id.clone(),
+                reason: e.to_string(),
+            }
+        })?;
     put(&mut h, &params);
     match &link.output {
         None => put(&mut h, b"undeclared"),

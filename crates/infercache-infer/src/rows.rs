@@ -11,7 +11,9 @@
 //! about a quarter of one call per chunk, and one request never opens more than four
 //! upstream connections).
 //!
-//! The lookup and the computation run as their own task: a request that times out or
+//! A request whose rows are all fresh in the memory tier is answered at once
+//! ([`Cache::get_many_from_memory`]); any other runs the full path. The lookup and the
+//! computation run as their own task: a request that times out or
 //! whose client goes away still fills the cache, and the requests waiting on its rows
 //! still get them. A request for a model behind an upstream waits for its model's rows at
 //! most its timeout less a margin ([`answer_budget`]); then the computation counts as
@@ -232,6 +234,14 @@ impl Infer {
         let keys = keys(&cache, &model, &tenant, &inputs)?;
         let digests: Vec<Digest> = keys.iter().map(|k| *k.digest()).collect();
         let options = control.options;
+        // Every row fresh in memory: answered here, without the computation's task.
+        if let Some(fetched) = cache.get_many_from_memory(&keys, &options) {
+            return Ok(Rows {
+                sources: vec![RowSource::Hit; fetched.len()],
+                values: fetched.into_iter().map(|f| Some(f.value)).collect(),
+                keys: digests,
+            });
+        }
         if control.cache_only || control.only_if_cached {
             return lookup_only(&cache, &keys, &options, control, digests).await;
         }

@@ -4,7 +4,8 @@
 //! preprocessing that changes outputs (truncation at [`MAX_TOKENS`]), and the SHA-256 of
 //! the weights, which [`ModelFiles`] verified before loading. Its rows are texts; its
 //! values are the embeddings as little-endian `f32` bytes, as an OpenAI or TEI upstream's
-//! are.
+//! are, followed by the text's token count ([`vector::encode_counted`]), so that a hit
+//! answers `usage` without tokenizing again.
 
 use std::path::Path;
 
@@ -97,6 +98,8 @@ impl Backend for BuiltinModel {
             };
             let batch: Vec<String> = rows.iter().map(|&i| texts[i].clone()).collect();
             let n = batch.len();
+            // Stored with each vector: a hit answers `usage` without the tokenizer.
+            let tokens = self.pool.count_tokens_many(&batch).await;
             // A panicked pass (`ModelError::Panicked`) or no thread to run one
             // (`ModelError::NoWorkers`) is an internal failure of this request.
             let vectors = self.pool.embed(batch).await.map_err(|e| match e {
@@ -109,7 +112,11 @@ impl Backend for BuiltinModel {
                     vectors.len()
                 )));
             }
-            Ok(vectors.iter().map(|v| vector::encode(v)).collect())
+            Ok(vectors
+                .iter()
+                .zip(tokens)
+                .map(|(v, tokens)| vector::encode_counted(v, tokens))
+                .collect())
         })
     }
 

@@ -82,4 +82,4 @@ pub use backend::BuiltinModel;
 pub use embedder::{DIMS, Embedder, MAX_TOKENS};
 pub use error::ModelError;
 pub use files::{MODEL_ID, MODEL_NAME, ModelFiles, WEIGHTS_SHA256, default_cache_dir};
-pub use pool::{InferencePool, PendingEmbeddings, PoolConfig, PoolStats};
+pub use pool::{INLINE_COUNT_BYTES, InferencePool, PendingEmbeddings, PoolConfig, PoolStats};

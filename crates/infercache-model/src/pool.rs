@@ -162,6 +162,10 @@ struct Job {
 /// Runs an [`Embedder`] on dedicated threads for async callers, batching concurrent
 /// requests into shared forward passes; see the [threading model](crate#threading-model).
 ///
+/// Texts of at most this many bytes in all are counted on the caller's thread
+/// ([`InferencePool::count_tokens_many`]).
+pub const INLINE_COUNT_BYTES: usize = 16 * 1024;
+
 /// Dropping the pool closes the queue: the workers finish what is queued and exit on
 /// their own. [`shutdown`](Self::shutdown) does the same and waits for them.
 #[derive(Debug)]
@@ -338,6 +342,27 @@ impl InferencePool {
     /// [`ModelError::Tokenizer`] if the tokenizer fails on `text`.
     pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
         self.crew.embedder.count_tokens(text)
+    }
+
+    /// [`count_tokens`](Self::count_tokens) of each text (0 for one the tokenizer
+    /// refuses), on the blocking pool when the texts are long enough to stall an async
+    /// worker (more than [`INLINE_COUNT_BYTES`] in all).
+    pub async fn count_tokens_many(&self, texts: &[String]) -> Vec<usize> {
+        if texts.iter().map(String::len).sum::<usize>() <= INLINE_COUNT_BYTES {
+            return texts
+                .iter()
+                .map(|t| self.count_tokens(t).unwrap_or(0))
+                .collect();
+        }
+        let (crew, texts) = (Arc::clone(&self.crew), texts.to_vec());
+        tokio::task::spawn_blocking(move || {
+            texts
+                .iter()
+                .map(|t| crew.embedder.count_tokens(t).unwrap_or(0))
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// Embeds `texts` (unit vectors of [`DIMS`](crate::DIMS) floats, in order), batched

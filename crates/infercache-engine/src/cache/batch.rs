@@ -38,6 +38,9 @@ pub(super) enum Mode {
     Refresh,
 }
 
+/// Calls with at most this many keys are de-duplicated by a scan, larger ones by a hash map.
+const LINEAR_DEDUP: usize = 8;
+
 /// The keys of one call, de-duplicated, and what has been resolved for each.
 pub(super) struct Batch<'a> {
     pub(super) opts: &'a RequestOptions,
@@ -54,18 +57,30 @@ pub(super) struct Batch<'a> {
 impl<'a> Batch<'a> {
     /// De-duplicates `keys`, keeping first-appearance order.
     pub(super) fn new(keys: &'a [CacheKey], opts: &'a RequestOptions, mode: Mode) -> Self {
-        let mut index: HashMap<Digest, usize, DigestHasher> =
-            HashMap::with_capacity_and_hasher(keys.len(), DigestHasher::default());
         let mut unique: Vec<&CacheKey> = Vec::with_capacity(keys.len());
-        let positions: Vec<usize> = keys
-            .iter()
-            .map(|k| {
-                *index.entry(k.digest).or_insert_with(|| {
-                    unique.push(k);
-                    unique.len() - 1
+        let positions: Vec<usize> = if keys.len() <= LINEAR_DEDUP {
+            // A scan beats hashing for the few keys of most requests, and allocates nothing.
+            keys.iter()
+                .map(|k| match unique.iter().position(|u| u.digest == k.digest) {
+                    Some(p) => p,
+                    None => {
+                        unique.push(k);
+                        unique.len() - 1
+                    }
                 })
-            })
-            .collect();
+                .collect()
+        } else {
+            let mut index: HashMap<Digest, usize, DigestHasher> =
+                HashMap::with_capacity_and_hasher(keys.len(), DigestHasher::default());
+            keys.iter()
+                .map(|k| {
+                    *index.entry(k.digest).or_insert_with(|| {
+                        unique.push(k);
+                        unique.len() - 1
+                    })
+                })
+                .collect()
+        };
         let results = vec![None; unique.len()];
         Self {
             opts,
@@ -75,6 +90,11 @@ impl<'a> Batch<'a> {
             results,
             revalidate: Vec::new(),
         }
+    }
+
+    /// How many distinct keys.
+    pub(super) fn len(&self) -> usize {
+        self.unique.len()
     }
 
     /// The key at `i`.

@@ -288,6 +288,42 @@ impl Cache {
         Lookup::Miss
     }
 
+    /// The values of `keys` in input order, when the memory tier holds every one fresh for
+    /// this request: the synchronous path of a memory hit, with no task, no in-flight
+    /// table and no lower tier. The hits are counted as [`Cache::get_many_or_compute`]
+    /// counts them. `None`, having counted nothing, when any key is missing, not fresh,
+    /// or barred (`no-cache`, local reads paused): the caller then takes the full path,
+    /// which gives the same answer for every key this one would have served.
+    pub fn get_many_from_memory(
+        &self,
+        keys: &[CacheKey],
+        opts: &RequestOptions,
+    ) -> Option<Vec<Fetched>> {
+        let memory = self.inner.memory.as_ref()?;
+        if opts.no_cache {
+            return None;
+        }
+        let mut batch = Batch::new(keys, opts, Mode::Answer);
+        let now = self.inner.clock.now_ms();
+        // Read quietly, resolving as it goes; the hits are counted only once every key is
+        // found (a request only partly in memory counts its hits on the full path).
+        for i in 0..batch.len() {
+            let key = batch.key(i);
+            let entry = self.inner.memory_entry(&key.digest, false)?;
+            let verdict = freshness::judge(&key.model.policy, opts, entry.times(), now);
+            if verdict != freshness::Verdict::Fresh {
+                return None;
+            }
+            batch.resolve(i, entry.fetched(Source::Memory, None));
+        }
+        for i in 0..batch.len() {
+            // As `Batch::accept` counts a fresh memory hit.
+            memory.count_hit();
+            batch.key(i).model.counters.memory_hits.incr();
+        }
+        Some(batch.finish())
+    }
+
     /// Stores `value` under `key` in every tier (per the write policy).
     pub async fn insert(&self, key: &CacheKey, value: Bytes, opts: &RequestOptions) {
         if opts.no_store {

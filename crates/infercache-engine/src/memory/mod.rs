@@ -337,6 +337,11 @@ impl MemoryTier {
         }
     }
 
+    /// Counts a hit of an entry read with [`MemoryTier::get_quiet`] and then served.
+    pub(crate) fn count_hit(&self) {
+        self.counters.hits.incr();
+    }
+
     /// Like [`MemoryTier::get`] but leaves the hit and miss counters alone (a re-check).
     pub(crate) fn get_quiet(&self, key: &Digest) -> Option<MemEntry> {
         self.store

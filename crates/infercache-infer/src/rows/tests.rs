@@ -406,3 +406,55 @@ fn the_budget_leaves_a_tenth_at_most_a_second() {
         Duration::from_secs(29)
     );
 }
+
+#[tokio::test]
+async fn rows_all_in_memory_are_answered_at_once_and_counted_as_the_full_path_counts() {
+    let h = harness(BackendKind::Builtin, CachePolicy::builtin());
+    let cache = h.infer.cache().unwrap().clone();
+    let counts = || {
+        let s = cache.stats();
+        let m = &s.models["echo"];
+        let tier = s.memory.as_ref().unwrap();
+        (m.hits, m.memory_hits, m.misses, tier.hits, tier.misses)
+    };
+    h.rows(&["a", "b"], CacheControl::default()).await.unwrap();
+    let after_miss = counts();
+    // Every row in memory: the at-once path, one hit per distinct row.
+    let r = h
+        .rows(&["a", "b", "a"], CacheControl::default())
+        .await
+        .unwrap();
+    assert_eq!(values(&r), [&b"a"[..], b"b", b"a"]);
+    assert_eq!(r.sources, [RowSource::Hit; 3]);
+    assert_eq!(r.keys.len(), 3);
+    let (hits, memory_hits, misses, tier_hits, tier_misses) = counts();
+    assert_eq!(
+        (hits, memory_hits, misses, tier_hits, tier_misses),
+        (
+            after_miss.0 + 2,
+            after_miss.1 + 2,
+            after_miss.2,
+            after_miss.3 + 2,
+            after_miss.4
+        )
+    );
+    // One row in memory, one not: the full path, which counts the hit once, not twice.
+    let r = h.rows(&["a", "c"], CacheControl::default()).await.unwrap();
+    assert_eq!(r.sources, [RowSource::Hit, RowSource::Computed]);
+    let now = counts();
+    assert_eq!(
+        (now.0, now.1, now.3),
+        (hits + 1, memory_hits + 1, tier_hits + 1)
+    );
+    assert_eq!(h.echo.rows(), 3);
+    // `no-cache` never takes an entry, in memory or not.
+    let control = CacheControl {
+        options: RequestOptions {
+            no_cache: true,
+            ..RequestOptions::default()
+        },
+        ..CacheControl::default()
+    };
+    let r = h.rows(&["a"], control).await.unwrap();
+    assert_eq!(r.sources, [RowSource::Computed]);
+}

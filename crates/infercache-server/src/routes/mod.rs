@@ -20,6 +20,7 @@ pub mod models;
 pub mod openai;
 pub mod predict;
 pub mod smally;
+mod write;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
@@ -34,7 +35,7 @@ use crate::error::{ApiError, ErrorMessage};
 use crate::metrics::Rejection;
 use crate::state::AppState;
 
-/// Renders whose work (values written plus input bytes tokenized) exceeds this run on the
+/// Renders whose work (values written plus input bytes tokenized) reaches this run on the
 /// blocking pool.
 pub(crate) const BLOCKING_RENDER_WORK: usize = 16 * 1024;
 
@@ -164,34 +165,45 @@ pub fn x_cache(rows: &Rows) -> &'static str {
 /// Counts are per row; a repeated row counts as its first copy does, and a coalesced row
 /// (computed by a concurrent request) counts as a miss.
 pub fn cache_headers(rows: &Rows) -> Vec<(HeaderName, HeaderValue)> {
-    let mut h = vec![
+    let mut h = Vec::with_capacity(5);
+    h.extend([
         (
             HeaderName::from_static("x-cache"),
             HeaderValue::from_static(x_cache(rows)),
         ),
         (
             HeaderName::from_static("x-cache-hits"),
-            HeaderValue::from(rows.hits()),
+            count_value(rows.hits()),
         ),
         (
             HeaderName::from_static("x-cache-misses"),
-            HeaderValue::from(rows.misses()),
+            count_value(rows.misses()),
         ),
         (
             HeaderName::from_static("x-cache-coalesced"),
-            HeaderValue::from(rows.coalesced()),
+            count_value(rows.coalesced()),
         ),
-    ];
+    ]);
     if rows.stale() > 0 {
         h.push((
             HeaderName::from_static("x-cache-stale"),
-            HeaderValue::from(rows.stale()),
+            count_value(rows.stale()),
         ));
     }
     h
 }
 
-/// The cache's part of a response body, built here only (OpenAI clients ignore it).
+/// A count as a header value: the small counts of most requests are static, with no
+/// allocation.
+fn count_value(n: usize) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    SMALL
+        .get(n)
+        .map_or_else(|| HeaderValue::from(n), |s| HeaderValue::from_static(s))
+}
+
+/// The cache's part of a response body (OpenAI clients ignore it): its shape, which
+/// `write::cache_summary` writes.
 #[derive(Debug, Serialize)]
 pub struct CacheSummary {
     /// Inputs a tier served.
@@ -223,24 +235,6 @@ impl CacheSummary {
             stale: rows.stale(),
         }
     }
-}
-
-/// Runs `render` (decoding, token counting, JSON) inline for small responses and on the
-/// blocking pool for large ones, so neither a 2048-input response nor long inputs stall
-/// an async worker. `work` is values written plus input bytes to tokenize.
-pub async fn render<T, F>(work: usize, render: F) -> Result<Vec<u8>, ApiError>
-where
-    T: Serialize,
-    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
-{
-    let run =
-        move || render().and_then(|body| serde_json::to_vec(&body).map_err(ApiError::internal));
-    if work < BLOCKING_RENDER_WORK {
-        return run();
-    }
-    tokio::task::spawn_blocking(run)
-        .await
-        .map_err(ApiError::internal)?
 }
 
 /// A JSON response with `headers`.

@@ -20,7 +20,17 @@
 //! "encoding_format": "float"}`, plus `dimensions` when given) or to TEI's `{url}/embed`
 //! (`{"inputs": [...]}`). Vectors are stored as little-endian `f32` bytes. `usage` counts
 //! zero tokens: infercache has no tokenizer for a remote model.
+//!
+//! # The hit path
+//!
+//! A request with only the usual fields, well formed, is read in one typed pass; any other
+//! is read field by field, which names what is wrong (both read every body the first
+//! takes the same way). The answer is written from the stored bytes ([`super::write`]):
+//! base64 is the stored bytes encoded, floats are formatted straight into the body, and
+//! `usage` adds the token counts the built-in model stored with its vectors, so a hit
+//! runs no tokenizer.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,13 +39,12 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use base64::Engine as _;
 use infercache_backend::{BackendKind, Inputs, vector};
 use infercache_infer::{Model, RowRequest, Rows};
-use serde::Serialize;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{CacheSummary, body};
+use super::{body, write};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -52,35 +61,6 @@ const UPSTREAM_FIELDS: &[&str] = &["model", "input", "encoding_format", "user", 
 enum Encoding {
     Float,
     Base64,
-}
-
-#[derive(Serialize)]
-struct EmbeddingsResponse {
-    object: &'static str,
-    data: Vec<Item>,
-    model: String,
-    usage: Usage,
-    cache: CacheSummary,
-}
-
-#[derive(Serialize)]
-struct Item {
-    object: &'static str,
-    index: usize,
-    embedding: Embedding,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Embedding {
-    Float(Vec<f32>),
-    Base64(String),
-}
-
-#[derive(Serialize)]
-struct Usage {
-    prompt_tokens: usize,
-    total_tokens: usize,
 }
 
 /// A request, validated.
@@ -100,19 +80,7 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let directives = cache_control::parse(&headers)?;
-    let obj = body::object(body, state.limits())?;
-    let named = match obj.get("model") {
-        Some(Value::String(name)) => state.models().get(name).cloned(),
-        _ => None,
-    };
-    let parsed = match named {
-        Some(m) if !m.kind().in_process() => {
-            // 400 naming its route for a model of another protocol.
-            let m = state.models().resolve(m.name(), KINDS)?;
-            parse_upstream(&state, obj, m)?
-        }
-        named => parse_in_process(&state, obj, named.as_deref())?,
-    };
+    let parsed = parse(&state, body)?;
     let Parsed {
         model,
         texts,
@@ -133,21 +101,136 @@ pub async fn embeddings(
         .await?;
     let headers = routes::cache_headers(&rows);
     let outcome = rows.outcome();
-    // Rendering writes the vectors and, for a model with a tokenizer here, counts tokens
-    // (proportional to the input).
+    // Rendering writes the vectors and, for a model with a tokenizer here whose rows came
+    // without their token counts, tokenizes (proportional to the input).
     let mut work = rows
         .values
         .iter()
         .flatten()
         .map(|v| v.len() / 4)
         .sum::<usize>();
+    let dims = model.info().dims;
     if model.kind().in_process() {
-        work += texts_of(&inputs).iter().map(String::len).sum::<usize>();
+        work += texts_of(&inputs)
+            .iter()
+            .zip(&rows.values)
+            .filter(|(_, v)| v.as_ref().is_none_or(|v| counted(v, dims).is_none()))
+            .map(|(t, _)| t.len())
+            .sum::<usize>();
     }
     let render_model = Arc::clone(&model);
-    let body = routes::render(work, move || render(&render_model, &inputs, rows, encoding)).await?;
+    let body = if work < routes::BLOCKING_RENDER_WORK {
+        render(&render_model, &inputs, &rows, encoding)?
+    } else {
+        tokio::task::spawn_blocking(move || render(&render_model, &inputs, &rows, encoding))
+            .await
+            .map_err(ApiError::internal)??
+    };
     state.metrics().request(&model, outcome, start.elapsed());
     Ok(routes::json_response(body, headers))
+}
+
+/// The request: read with [`Fast`] when it is the common, well-formed kind, else field by
+/// field, which names whatever is wrong. Both give the same [`Parsed`] for every body the
+/// fast reading takes (the tests compare them on random bodies).
+fn parse(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Parsed, ApiError> {
+    let body = body::bytes(body, state.limits())?;
+    if let Some(parsed) = parse_fast(state, &body) {
+        return Ok(parsed);
+    }
+    parse_slow(state, body)
+}
+
+/// The request, field by field.
+fn parse_slow(state: &AppState, body: Bytes) -> Result<Parsed, ApiError> {
+    let obj = body::object(Ok(body), state.limits())?;
+    let named = match obj.get("model") {
+        Some(Value::String(name)) => state.models().get(name).cloned(),
+        _ => None,
+    };
+    match named {
+        Some(m) if !m.kind().in_process() => {
+            // 400 naming its route for a model of another protocol.
+            let m = state.models().resolve(m.name(), KINDS)?;
+            parse_upstream(state, obj, m)
+        }
+        named => parse_in_process(state, obj, named.as_deref()),
+    }
+}
+
+/// A request with only the fields every client sends, each of the type it must have.
+/// Anything else (another field, a wrong type, a repeated field) fails this reading and
+/// goes field by field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fast<'a> {
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    input: FastInput,
+    #[serde(default, borrow)]
+    encoding_format: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    #[expect(dead_code, reason = "accepted and ignored, as OpenAI's API documents")]
+    user: Option<Cow<'a, str>>,
+}
+
+/// `input`: a string or an array of strings.
+struct FastInput(Vec<String>);
+
+impl<'de> Deserialize<'de> for FastInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FastInput;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FastInput, E> {
+                Ok(FastInput(vec![s.to_owned()]))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<FastInput, E> {
+                Ok(FastInput(vec![s]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FastInput, A::Error> {
+                let mut texts = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(64));
+                while let Some(t) = seq.next_element::<String>()? {
+                    texts.push(t);
+                }
+                Ok(FastInput(texts))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// The request read with [`Fast`], when that reading takes it and every value passes
+/// the checks the field-by-field reading makes; `None` sends it that way.
+fn parse_fast(state: &AppState, body: &[u8]) -> Option<Parsed> {
+    let fast: Fast<'_> = serde_json::from_slice(body).ok()?;
+    let limits = state.limits();
+    let texts = fast.input.0;
+    let valid = |t: &String| !t.is_empty() && t.chars().count() <= limits.max_input_chars;
+    if texts.is_empty() || texts.len() > limits.max_items || !texts.iter().all(valid) {
+        return None;
+    }
+    let encoding = match fast.encoding_format.as_deref() {
+        None | Some("float") => Encoding::Float,
+        Some("base64") => Encoding::Base64,
+        Some(_) => return None,
+    };
+    // Resolved as the field-by-field reading resolves it; a model not served, or of
+    // another protocol, is answered there.
+    let model = state.models().get(&fast.model)?;
+    let model = state.models().resolve(model.name(), KINDS).ok()?;
+    Some(Parsed {
+        model,
+        texts,
+        dimensions: None,
+        encoding,
+    })
 }
 
 /// The fields of a request for the built-in model (or for a model not served, which
@@ -228,52 +311,68 @@ fn texts_of(inputs: &Inputs) -> &[String] {
     }
 }
 
-/// The response body: OpenAI's shape from the stored vectors, tokens counted where the
-/// model's tokenizer runs here (0 for a model behind an upstream).
+/// A stored vector's token count, when it was stored with one.
+fn counted(value: &[u8], dims: Option<usize>) -> Option<usize> {
+    vector::split(value, dims)
+        .ok()
+        .and_then(|(_, tokens)| tokens)
+}
+
+/// The response body: OpenAI's shape, written from the stored vectors without decoding
+/// them ([`write`]). Tokens are the counts stored with the rows, else counted here where
+/// the model's tokenizer runs (0 for a model behind an upstream).
 fn render(
     model: &Model,
     inputs: &Inputs,
-    rows: Rows,
+    rows: &Rows,
     encoding: Encoding,
-) -> Result<EmbeddingsResponse, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let dims = model.info().dims;
-    let tokens: usize = texts_of(inputs)
-        .iter()
-        .map(|t| model.backend().count_tokens(t))
-        .sum();
-    let cache = CacheSummary::of(&rows);
-    let data = rows
-        .values
-        .into_iter()
-        .enumerate()
-        .map(|(index, v)| {
-            let v = v.ok_or_else(|| ApiError::internal("an embedding row is absent (a bug)"))?;
-            let embedding = match encoding {
-                Encoding::Float => {
-                    Embedding::Float(vector::decode(&v, dims).map_err(ApiError::internal)?)
-                }
-                Encoding::Base64 => {
-                    vector::check(&v, dims).map_err(ApiError::internal)?;
-                    Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(&v))
-                }
-            };
-            Ok(Item {
-                object: "embedding",
-                index,
-                embedding,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(EmbeddingsResponse {
-        object: "list",
-        data,
-        model: model.name().to_owned(),
-        usage: Usage {
-            prompt_tokens: tokens,
-            total_tokens: tokens,
-        },
-        cache,
-    })
+    let texts = texts_of(inputs);
+    // First the checks and the token count, then the writing, each from the stored bytes.
+    let mut tokens = 0;
+    let mut capacity = 256 + model.name().len();
+    for (i, v) in rows.values.iter().enumerate() {
+        let v = v
+            .as_deref()
+            .ok_or_else(|| ApiError::internal("an embedding row is absent (a bug)"))?;
+        let (vector, counted) = vector::split(v, dims).map_err(ApiError::internal)?;
+        tokens += match counted {
+            Some(n) => n,
+            None => texts.get(i).map_or(0, |t| model.backend().count_tokens(t)),
+        };
+        capacity += 64 + write::KEY_BYTES;
+        capacity += match encoding {
+            Encoding::Float => vector.len() / 4 * write::MAX_F32_BYTES,
+            Encoding::Base64 => vector.len().div_ceil(3) * 4,
+        };
+    }
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(br#"{"object":"list","data":["#);
+    for (index, v) in rows.values.iter().flatten().enumerate() {
+        let (vector, _) = vector::split(v, dims).map_err(ApiError::internal)?;
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"object":"embedding","index":"#);
+        write::uint(&mut out, index);
+        out.extend_from_slice(br#","embedding":"#);
+        match encoding {
+            Encoding::Float => write::f32_array(&mut out, vector, None),
+            Encoding::Base64 => write::base64_string(&mut out, vector),
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(br#"],"model":"#);
+    write::string(&mut out, model.name());
+    out.extend_from_slice(br#","usage":{"prompt_tokens":"#);
+    write::uint(&mut out, tokens);
+    out.extend_from_slice(br#","total_tokens":"#);
+    write::uint(&mut out, tokens);
+    out.extend_from_slice(b"},");
+    write::cache_summary(&mut out, rows);
+    out.push(b'}');
+    Ok(out)
 }
 
 fn encoding(obj: &mut Map<String, Value>) -> Result<Encoding, ApiError> {
@@ -286,3 +385,6 @@ fn encoding(obj: &mut Map<String, Value>) -> Result<Encoding, ApiError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,22 +27,13 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use infercache_backend::{BUILTIN_MODEL, BackendKind, Inputs, vector};
 use infercache_infer::{Model, RowRequest};
-use serde::Serialize;
+use serde::Deserialize;
 
-use super::body;
+use super::{body, write};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{cache_control, routes};
-
-#[derive(Serialize)]
-struct EmbedResponse {
-    embedding: Vec<f32>,
-    model: String,
-    tokens: usize,
-    cached: bool,
-    latency_ms: f64,
-}
 
 /// `POST /v1/embed`.
 pub async fn embed(
@@ -53,7 +44,85 @@ pub async fn embed(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let directives = cache_control::parse(&headers)?;
-    let mut obj = body::object(body, state.limits())?;
+    let (text, normalize) = parse(&state, body)?;
+    // Smally's API names no model: it is the built-in one.
+    let model = state
+        .models()
+        .resolve(BUILTIN_MODEL, &[BackendKind::Builtin])?;
+
+    let inputs = Arc::new(Inputs::texts(vec![text]));
+    let rows = state
+        .rows(RowRequest {
+            model: Arc::clone(&model),
+            tenant: caller.tenant,
+            inputs: Arc::clone(&inputs),
+            control: directives.into(),
+        })
+        .await?;
+    let mut headers = routes::cache_headers(&rows);
+    if let Some(key) = rows.keys.first() {
+        headers.push((HeaderName::from_static("x-cache-key"), key_value(key)));
+    }
+    let outcome = rows.outcome();
+    let stored = rows.values[0]
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("an embedding row is absent (a bug)"))?;
+    let (vector, counted) = vector::split(stored, model.info().dims).map_err(ApiError::internal)?;
+    let tokens = match counted {
+        Some(n) => n,
+        None => count_tokens(&model, first_text(&inputs)).await?,
+    };
+    let response = Answer {
+        vector,
+        normalize,
+        model: model.name(),
+        tokens,
+        cached: rows.hits() == 1,
+        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+    };
+    let body = response.write();
+    state.metrics().request(&model, outcome, start.elapsed());
+    Ok(routes::json_response(body, headers))
+}
+
+/// The request's text and `normalize`: read with [`Fast`] when it is the common,
+/// well-formed kind, else field by field, which names whatever is wrong. Both give the
+/// same answer for every body the fast reading takes (the tests compare them).
+fn parse(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(String, bool), ApiError> {
+    let body = body::bytes(body, state.limits())?;
+    if let Some(parsed) = parse_fast(state, &body) {
+        return Ok(parsed);
+    }
+    parse_slow(state, body)
+}
+
+/// A request with the fields of Smally's API, each of the type it must have; anything
+/// else fails this reading.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fast {
+    text: String,
+    #[serde(default)]
+    normalize: Option<bool>,
+}
+
+/// The request read with [`Fast`], when every value passes the checks the field-by-field
+/// reading makes; `None` sends it that way.
+fn parse_fast(state: &AppState, body: &[u8]) -> Option<(String, bool)> {
+    let fast: Fast = serde_json::from_slice(body).ok()?;
+    let text = fast.text;
+    if text.trim().is_empty() || text.chars().count() > state.limits().max_input_chars {
+        return None;
+    }
+    Some((text, fast.normalize.unwrap_or(false)))
+}
+
+/// The request, field by field.
+fn parse_slow(state: &AppState, body: Bytes) -> Result<(String, bool), ApiError> {
+    let mut obj = body::object(Ok(body), state.limits())?;
     body::only_fields(&obj, &["text", "normalize"], |_| {
         "supported fields are text, normalize".to_owned()
     })?;
@@ -74,47 +143,72 @@ pub async fn embed(
         });
     }
     let normalize = body::opt_bool(&mut obj, "normalize")?.unwrap_or(false);
-    // Smally's API names no model: it is the built-in one.
-    let model = state
-        .models()
-        .resolve(BUILTIN_MODEL, &[BackendKind::Builtin])?;
+    Ok((text, normalize))
+}
 
-    let inputs = Arc::new(Inputs::texts(vec![text.clone()]));
-    let rows = state
-        .rows(RowRequest {
-            model: Arc::clone(&model),
-            tenant: caller.tenant,
-            inputs: Arc::clone(&inputs),
-            control: directives.into(),
-        })
-        .await?;
-    let mut headers = routes::cache_headers(&rows);
-    if let Some(key) = rows.keys.first() {
-        headers.push((
-            HeaderName::from_static("x-cache-key"),
-            HeaderValue::from_str(&key.to_hex()).map_err(ApiError::internal)?,
-        ));
+/// The answer's fields, written by [`Answer::write`] in the order Smally's API has them:
+/// `{"embedding", "model", "tokens", "cached", "latency_ms"}`.
+struct Answer<'a> {
+    /// The stored vector's bytes (little-endian `f32`s).
+    vector: &'a [u8],
+    /// Scale it to unit length on the way out.
+    normalize: bool,
+    model: &'a str,
+    tokens: usize,
+    cached: bool,
+    latency_ms: f64,
+}
+
+impl Answer<'_> {
+    /// The body, written from the stored bytes without decoding them into a vector first.
+    /// `normalize` divides each value by the vector's norm, as `vector::l2_normalize` does.
+    fn write(&self) -> Vec<u8> {
+        let divisor = self
+            .normalize
+            .then(|| norm(self.vector))
+            .filter(|n| *n > 0.0);
+        let mut out = Vec::with_capacity(
+            128 + self.model.len() + self.vector.len() / 4 * write::MAX_F32_BYTES,
+        );
+        out.extend_from_slice(br#"{"embedding":"#);
+        write::f32_array(&mut out, self.vector, divisor);
+        out.extend_from_slice(br#","model":"#);
+        write::string(&mut out, self.model);
+        out.extend_from_slice(br#","tokens":"#);
+        write::uint(&mut out, self.tokens);
+        out.extend_from_slice(br#","cached":"#);
+        out.extend_from_slice(if self.cached { b"true" } else { b"false" });
+        out.extend_from_slice(br#","latency_ms":"#);
+        write::f64(&mut out, self.latency_ms);
+        out.push(b'}');
+        out
     }
-    let outcome = rows.outcome();
-    let stored = rows.values[0]
-        .as_ref()
-        .ok_or_else(|| ApiError::internal("an embedding row is absent (a bug)"))?;
-    let vector = vector::decode(stored, model.info().dims).map_err(ApiError::internal)?;
-    let embedding = if normalize {
-        vector::l2_normalize(vector)
-    } else {
-        vector
-    };
-    let response = EmbedResponse {
-        embedding,
-        model: model.name().to_owned(),
-        tokens: count_tokens(&model, &text).await?,
-        cached: rows.hits() == 1,
-        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
-    };
-    let body = serde_json::to_vec(&response).map_err(ApiError::internal)?;
-    state.metrics().request(&model, outcome, start.elapsed());
-    Ok(routes::json_response(body, headers))
+}
+
+/// A key as a header value, its hex written in place.
+fn key_value(key: &infercache_core::Digest) -> HeaderValue {
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(key.0, &mut hex).expect("64 hex digits for 32 bytes");
+    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
+}
+
+/// The text of a one-text request.
+fn first_text(inputs: &Inputs) -> &str {
+    match inputs {
+        Inputs::Texts { texts, .. } => texts.first().map_or("", String::as_str),
+        _ => "",
+    }
+}
+
+/// The Euclidean norm of little-endian `f32` bytes, summed in order as
+/// `vector::l2_normalize` sums.
+fn norm(bytes: &[u8]) -> f32 {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
 }
 
 /// Tokens in `text`, counted on the blocking pool when the text is long enough for the
@@ -128,3 +222,6 @@ async fn count_tokens(model: &Arc<Model>, text: &str) -> Result<usize, ApiError>
         .await
         .map_err(ApiError::internal)
 }
+
+#[cfg(test)]
+mod tests;
