@@ -25,7 +25,7 @@
 //!
 //! A request with only the usual fields, well formed, is read in one typed pass; any other
 //! is read field by field, which names what is wrong (both read every body the first
-//! takes the same way). The answer is written from the stored bytes ([`super::write`]):
+//! takes the same way). The answer is written from the stored bytes (`routes/write.rs`):
 //! base64 is the stored bytes encoded, floats are formatted straight into the body, and
 //! `usage` adds the token counts the built-in model stored with its vectors, so a hit
 //! runs no tokenizer.
