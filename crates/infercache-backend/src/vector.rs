@@ -95,7 +95,7 @@ pub fn fits(bytes: &[u8], inputs: &crate::Inputs, dims: Option<usize>) -> bool {
         } => usize::try_from(*d).ok(),
         _ => None,
     };
-    !bytes.is_empty() && check(bytes, asked.or(dims)).is_ok()
+    !bytes.is_empty() && split(bytes, asked.or(dims)).is_ok()
 }
 
 /// `v` scaled to unit length (a zero vector stays zero).

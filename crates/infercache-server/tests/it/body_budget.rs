@@ -76,7 +76,7 @@ async fn hostile_bodies_keep_memory_bounded_and_the_server_serves() {
         url = "{url}/score"
         "#
     ));
-    let client = reqwest::Client::new();
+    let client = infercache_core::tls::client();
     let predict = format!("{}/v1/models/m/predict", server.url);
     let normal = client
         .post(&predict)

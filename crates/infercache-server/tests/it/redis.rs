@@ -477,7 +477,7 @@ async fn scorer_on(redis: &RedisServer, url: &str) -> ChildServer {
         "#,
         redis.url()
     ));
-    let client = reqwest::Client::new();
+    let client = infercache_core::tls::client();
     wait_for(
         "the Redis tier in use",
         Duration::from_secs(10),
@@ -500,7 +500,7 @@ async fn scorer_on(redis: &RedisServer, url: &str) -> ChildServer {
 /// `POST /v1/models/scorer/predict` of the row `"x"` to `s`: the answer's `X-Cache` and
 /// which upstream computed it.
 async fn score_x(s: &ChildServer) -> (String, Value) {
-    let r = reqwest::Client::new()
+    let r = infercache_core::tls::client()
         .post(format!("{}/v1/models/scorer/predict", s.url))
         .json(&json!({ "inputs": ["x"] }))
         .send()

@@ -259,7 +259,7 @@ fn after_a_job_with_the_builtin_model_a_server_on_the_same_tiers_answers_its_inp
     server.wait_ready();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (cache, body): (String, Value) = rt.block_on(async {
-        let r = reqwest::Client::new()
+        let r = infercache_core::tls::client()
             .post(format!("{}/v1/embeddings", server.url))
             .json(&serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": ["CCO", "hello"] }))
             .send()
