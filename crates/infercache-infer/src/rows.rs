@@ -234,8 +234,10 @@ impl Infer {
         let keys = keys(&cache, &model, &tenant, &inputs)?;
         let digests: Vec<Digest> = keys.iter().map(|k| *k.digest()).collect();
         let options = control.options;
-        // Every row fresh in memory: answered here, without the computation's task.
-        if let Some(fetched) = cache.get_many_from_memory(&keys, &options) {
+        // Every row fresh in memory (and fit for the model, as `refuse_unfit` checks on
+        // the full path): answered here, without the computation's task.
+        let fits = |v: &[u8]| model.backend().fits(v, &inputs);
+        if let Some(fetched) = cache.get_many_from_memory(&keys, &options, fits) {
             return Ok(Rows {
                 sources: vec![RowSource::Hit; fetched.len()],
                 values: fetched.into_iter().map(|f| Some(f.value)).collect(),

@@ -292,12 +292,14 @@ impl Cache {
     /// this request: the synchronous path of a memory hit, with no task, no in-flight
     /// table and no lower tier. The hits are counted as [`Cache::get_many_or_compute`]
     /// counts them. `None`, having counted nothing, when any key is missing, not fresh,
-    /// or barred (`no-cache`, local reads paused): the caller then takes the full path,
-    /// which gives the same answer for every key this one would have served.
+    /// or barred (`no-cache`, local reads paused), or when `accept` refuses a value (the
+    /// caller's own check, e.g. an embedding's length): the caller then takes the full
+    /// path, which gives the same answer for every key this one would have served.
     pub fn get_many_from_memory(
         &self,
         keys: &[CacheKey],
         opts: &RequestOptions,
+        accept: impl Fn(&[u8]) -> bool,
     ) -> Option<Vec<Fetched>> {
         let memory = self.inner.memory.as_ref()?;
         if opts.no_cache {
@@ -311,7 +313,7 @@ impl Cache {
             let key = batch.key(i);
             let entry = self.inner.memory_entry(&key.digest, false)?;
             let verdict = freshness::judge(&key.model.policy, opts, entry.times(), now);
-            if verdict != freshness::Verdict::Fresh {
+            if verdict != freshness::Verdict::Fresh || !accept(&entry.value) {
                 return None;
             }
             batch.resolve(i, entry.fetched(Source::Memory, None));

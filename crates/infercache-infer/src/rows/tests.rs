@@ -23,6 +23,8 @@ struct Echo {
     calls: Mutex<Vec<Vec<String>>>,
     fail: AtomicBool,
     hang: AtomicBool,
+    /// The next call answers `unfit` for every row (a value `fits` refuses).
+    unfit_once: AtomicBool,
 }
 
 impl Echo {
@@ -40,6 +42,7 @@ impl Echo {
             calls: Mutex::default(),
             fail: AtomicBool::new(false),
             hang: AtomicBool::new(false),
+            unfit_once: AtomicBool::new(false),
         })
     }
 
@@ -78,12 +81,19 @@ impl Backend for Echo {
             };
             let batch: Vec<String> = rows.iter().map(|&i| texts[i].clone()).collect();
             self.calls.lock().unwrap().push(batch.clone());
+            if self.unfit_once.swap(false, Ordering::SeqCst) {
+                return Ok(batch.iter().map(|_| Bytes::from_static(b"unfit")).collect());
+            }
             Ok(batch.into_iter().map(Bytes::from).collect())
         })
     }
 
     fn keep(&self, value: &[u8]) -> bool {
         value != b"refused"
+    }
+
+    fn fits(&self, value: &[u8], _inputs: &Inputs) -> bool {
+        value != b"unfit"
     }
 
     fn stats(&self) -> BackendStats {
@@ -457,4 +467,23 @@ async fn rows_all_in_memory_are_answered_at_once_and_counted_as_the_full_path_co
     };
     let r = h.rows(&["a"], control).await.unwrap();
     assert_eq!(r.sources, [RowSource::Computed]);
+}
+
+#[tokio::test]
+async fn a_value_in_memory_that_does_not_fit_is_never_answered_at_once() {
+    let h = harness(BackendKind::Builtin, CachePolicy::builtin());
+    // A value the model's check refuses, in memory (as a foreign value promoted there
+    // would be).
+    h.echo.unfit_once.store(true, Ordering::SeqCst);
+    let r = h.rows(&["a"], CacheControl::default()).await.unwrap();
+    assert_eq!(values(&r), [&b"unfit"[..]]);
+    // Not served from memory: the full path counts it corrupt and computes it afresh.
+    let r = h.rows(&["a"], CacheControl::default()).await.unwrap();
+    assert_eq!(values(&r), [&b"a"[..]]);
+    assert_eq!(r.sources, [RowSource::Computed]);
+    assert_eq!(h.echo.rows(), 2);
+    // The fresh value replaced it: now a hit.
+    let r = h.rows(&["a"], CacheControl::default()).await.unwrap();
+    assert_eq!(values(&r), [&b"a"[..]]);
+    assert_eq!(r.sources, [RowSource::Hit]);
 }
