@@ -7,6 +7,9 @@
 //! - [`RedisCluster`]: cluster-enabled servers joined with `redis-cli --cluster create`,
 //!   handed over once every node reports `cluster_state:ok`.
 //!
+//! - [`ca`] and [`server_cert`]: a certificate authority and a 127.0.0.1 certificate it
+//!   signs, for TLS servers (Redis's, or an upstream's) made by the test.
+//!
 //! Both kill their processes when dropped. A missing `redis-server` or `redis-cli` panics
 //! with how to install it: a Redis test never skips. The API is blocking (each call takes
 //! milliseconds), so it serves synchronous and asynchronous tests alike.
@@ -524,4 +527,30 @@ fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus
         }
         std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// A certificate authority named `name`: its certificate (`.pem()`) and the issuer that
+/// signs with it.
+///
+/// # Panics
+/// If rcgen cannot make a key or certificate (a bug).
+pub fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("no names");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("a key"))
+        .expect("a self-signed CA")
+}
+
+/// A server certificate for 127.0.0.1 signed by `ca`: (certificate PEM, key PEM).
+///
+/// # Panics
+/// If rcgen cannot make a key or certificate (a bug).
+pub fn server_cert(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("one IP name");
+    let cert = params.signed_by(&key, ca).expect("a signed certificate");
+    (cert.pem(), key.serialize_pem())
 }

@@ -6,26 +6,10 @@ use std::sync::atomic::AtomicUsize;
 
 use infercache_engine::Source;
 use infercache_redis::testing::RedisServer;
+use infercache_redis::testing::{ca, server_cert};
 use infercache_redis::{RedisTierError, Target};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use crate::tier::{get, key, node, tier};
-
-/// A CA: its certificate (PEM) and the issuer that signs with it.
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A server certificate for 127.0.0.1 signed by `ca`: (certificate PEM, key PEM).
-fn server_cert(ca: &CertifiedIssuer<'static, KeyPair>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_redis_with_a_ca_file_serves_two_nodes() {

@@ -6,27 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infercache_redis::testing::RedisServer;
+use infercache_redis::testing::{ca, server_cert};
 use infercache_server::{ServeArgs, ServerConfig};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::json;
 
 use crate::support::{Server, model};
-
-/// A CA: its certificate (PEM) and the issuer that signs with it.
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A server certificate for 127.0.0.1 signed by `ca`: (certificate PEM, key PEM).
-fn server_cert(ca: &CertifiedIssuer<'static, KeyPair>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 /// `serve --redis URL --redis-ca-file CA --no-disk`, as the flags give it.
 fn config(url: &str, ca_file: &std::path::Path) -> ServerConfig {
