@@ -56,6 +56,7 @@ pub struct Blob {
     sha256: Digest,
     size: u64,
     class: String,
+    inserted_ms: u64,
     lock: Arc<ReadLock>,
 }
 
@@ -65,6 +66,7 @@ impl Blob {
         sha256: Digest,
         size: u64,
         class: String,
+        inserted_ms: u64,
         lock: ReadLock,
     ) -> Self {
         Self {
@@ -72,6 +74,7 @@ impl Blob {
             sha256,
             size,
             class,
+            inserted_ms,
             lock: Arc::new(lock),
         }
     }
@@ -99,6 +102,12 @@ impl Blob {
     /// Its class.
     pub fn class(&self) -> &str {
         &self.class
+    }
+
+    /// When it was inserted into the store (Unix ms): a `time` policy expires it
+    /// `max_age` after this.
+    pub fn inserted_ms(&self) -> u64 {
+        self.inserted_ms
     }
 
     /// Its file in the store (read-only; never write to it).

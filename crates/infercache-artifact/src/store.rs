@@ -378,6 +378,7 @@ impl Store {
             record.sha256,
             record.size,
             record.class,
+            record.inserted_ms,
             lock,
         )))
     }

@@ -31,6 +31,7 @@ use crate::fingerprint::{self, Fingerprint, Link, SourceDigest};
 use crate::manifest::{
     Journal, MANIFEST_FORMAT, Manifest, NameRecord, Origin, ShardEntry, read_json, write_json,
 };
+use crate::memory::{MemoryStats, MemoryTier};
 use crate::shard;
 use crate::source::{self, Chunker, DigestMemo, SourceFile};
 use crate::step::{self, Step, StepContext};
@@ -50,9 +51,14 @@ const READ_BATCH_ROWS: usize = 8_192;
 pub struct DatasetConfig {
     /// Bytes of shards on disk (default 10,000 MB, LlamaHome's `disk_size`).
     pub disk_size: u64,
-    /// Which shards go first when the cap is reached (default `lru`).
+    /// Bytes of decoded shards held in this process's memory in front of the disk
+    /// (default 1,000 MB, LlamaHome's `memory_size`; 0 turns the memory tier off). See
+    /// [`DatasetCache::memory`].
+    pub memory_size: u64,
+    /// Which shards go first when a cap is reached, on disk and in memory (default `lru`).
     pub policy: Policy,
-    /// Eviction brings usage down to this fraction of the cap (default 0.9).
+    /// Eviction brings usage down to this fraction of the cap, on disk and in memory
+    /// (default 0.9).
     pub eviction_threshold: f64,
     /// How often [`DatasetCache::spawn_cleanup`]'s thread prunes the cache (default an
     /// hour, LlamaHome's `cleanup_interval`).
@@ -65,6 +71,7 @@ impl Default for DatasetConfig {
     fn default() -> Self {
         Self {
             disk_size: 10_000 << 20,
+            memory_size: 1_000 << 20,
             policy: Policy::Lru,
             eviction_threshold: infercache_artifact::DEFAULT_EVICTION_THRESHOLD,
             cleanup_interval: infercache_artifact::DEFAULT_CLEANUP_INTERVAL,
@@ -190,6 +197,7 @@ pub struct Audit {
 pub(crate) struct Inner {
     pub(crate) root: PathBuf,
     pub(crate) store: Store,
+    pub(crate) memory: MemoryTier,
     memo: DigestMemo,
     pub(crate) config: DatasetConfig,
     clock: SharedClock,
@@ -240,10 +248,17 @@ impl DatasetCache {
             clock.clone(),
         )?;
         let memo = DigestMemo::open(root.join("source-digests.json"));
+        let memory = MemoryTier::new(
+            config.memory_size,
+            config.policy,
+            config.eviction_threshold,
+            clock.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
                 store,
+                memory,
                 memo,
                 config,
                 clock,
@@ -259,6 +274,15 @@ impl DatasetCache {
     /// The cache's directory.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// What the memory tier (`memory_size`) holds now and has done since the cache was
+    /// opened: streams read a shard from it when it holds the shard, and otherwise from
+    /// the store, keeping a copy in it when the policy makes room. Its bytes never exceed
+    /// its cap. The tier belongs to this [`DatasetCache`] (and its clones), not to the
+    /// directory: other processes have their own.
+    pub fn memory(&self) -> MemoryStats {
+        self.inner.memory.stats()
     }
 
     /// The fingerprint chain a build of `source` through `steps` would have, without
@@ -518,6 +542,7 @@ impl DatasetCache {
                 freed += inner.drop_dataset(&fp)?;
             }
         }
+        inner.memory.clear();
         for blob in inner.store.list()? {
             freed += blob.size;
             inner.store.remove(&blob.digest, true)?;
@@ -785,6 +810,7 @@ impl Inner {
         };
         let mut freed = 0;
         for s in &m.shards {
+            self.memory.remove(&s.digest);
             match self.store.remove(&s.digest, true) {
                 Ok(info) => freed += info.size,
                 Err(e) if e.is_not_found() => {}

@@ -29,6 +29,13 @@
 //! in memory or by a Rust step, or whose source files changed or are gone): they are
 //! pinned. A cap below two shards is refused.
 //!
+//! In front of the store, a memory tier of `memory_size` bytes (default 1,000 MB;
+//! [`DatasetCache::memory`]) holds decoded shards in this process's memory, charged by
+//! their bytes, evicted by the same policy: a stream reads a shard from it when it holds
+//! the shard, and otherwise from its memory map, copying it into the tier when the policy
+//! makes room. Its bytes never exceed its cap, so a stream over a dataset larger than it
+//! holds at most `memory_size` plus the shards in flight in memory.
+//!
 //! Shards are Arrow IPC *files*, uncompressed: `pyarrow.ipc.open_file(path)` reads them as
 //! they are (`infercache datasets show NAME --json` lists their paths).
 
@@ -36,6 +43,7 @@ mod cache;
 mod error;
 pub mod fingerprint;
 mod manifest;
+mod memory;
 mod shard;
 mod source;
 pub mod step;
@@ -48,6 +56,7 @@ pub use cache::{
 pub use error::DatasetError;
 pub use fingerprint::{Fingerprint, Link, StepDecl};
 pub use manifest::{MANIFEST_FORMAT, Manifest, NameRecord, Origin, ShardEntry};
+pub use memory::MemoryStats;
 pub use source::{Format, SourceFile};
 pub use step::{Embedders, Step, StepContext, TextEmbedder, fields};
 pub use stream::{DatasetStream, StreamOptions, StreamStats};

@@ -5,7 +5,7 @@ use arrow_array::RecordBatch;
 use arrow_buffer::Buffer;
 use arrow_ipc::convert::try_fb_to_schema;
 use arrow_ipc::reader::{FileDecoder, read_footer_length};
-use infercache_artifact::Blob;
+use infercache_artifact::{Blob, Digest};
 
 use crate::DatasetError;
 
@@ -28,6 +28,26 @@ pub(crate) fn decode_mapped(blob: &Blob) -> Result<Vec<RecordBatch>, DatasetErro
     let map = blob.map()?;
     let buffer = Buffer::from(bytes::Bytes::from_owner(map));
     decode(&buffer, &format!("shard {}", blob.digest()))
+}
+
+/// A shard's rows as one record batch: the one it holds (shards are written with one), or
+/// its batches concatenated.
+pub(crate) fn one_batch(
+    mut batches: Vec<RecordBatch>,
+    digest: &Digest,
+) -> Result<RecordBatch, DatasetError> {
+    if batches.len() == 1 {
+        return Ok(batches.pop().expect("one batch"));
+    }
+    let what = || format!("shard {digest}");
+    let schema = batches.first().map(RecordBatch::schema).ok_or_else(|| {
+        DatasetError::arrow(
+            what(),
+            arrow_schema::ArrowError::IpcError("the shard holds no record batch".to_owned()),
+        )
+    })?;
+    arrow_select::concat::concat_batches(&schema, &batches)
+        .map_err(|e| DatasetError::arrow(what(), e))
 }
 
 /// The record batches of an Arrow IPC file held in `buffer`.

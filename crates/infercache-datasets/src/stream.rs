@@ -12,24 +12,31 @@
 //! dataset, the seed, the epoch, a position); a stream started with that token yields
 //! exactly the rest of the sequence, seeking straight to the shard and row.
 //!
-//! **Hand-off.** The producer sends batches to the reader in groups of up to
-//! 64 (never more than one shard's), not one at a time: a batch of 32 short rows
-//! is a few kilobytes that a reader consumes in well under a microsecond, about what one
-//! wake-up across threads costs, so a channel message per batch would bound the stream
-//! far below the speed of reading its bytes. The reader then holds at most `prefetch`
-//! batches in flight rounded up to whole groups, plus the group it is reading.
+//! **Hand-off.** The producer (a thread of its own) opens, verifies and decodes each
+//! shard, and hands the reader the whole shard's rows as one record batch (shuffled, a
+//! copy of them in the shard's permuted order); the reader cuts its batches from it with
+//! zero-copy slices. A batch of 32 short rows is a few kilobytes that a reader consumes in
+//! well under a microsecond, about what one wake-up across threads costs, so a hand-off
+//! per batch (or per group of batches) would bound the stream below the speed of reading
+//! its bytes; slicing on the reader's side also keeps each batch's allocations on the
+//! thread that frees them. The producer works `prefetch` batches ahead of the reader,
+//! rounded up to whole shards (at least the next shard).
+//!
+//! **Tiers.** A shard the memory tier (`memory_size`) holds is read from it; any other
+//! from the store, through a memory map, and copied into the memory tier when its policy
+//! makes room (see [`DatasetCache::memory`](crate::DatasetCache::memory)).
 //!
 //! **Integrity.** A shard is verified (its BLAKE3, once per file identity) before its
 //! first batch is sent; a shard that fails, or that the cap evicted, is recomputed from
-//! its source rows and checked against the manifest's digest. The producer holds the
-//! shard it reads open, so eviction never takes it.
+//! its source rows and checked against the manifest's digest. A shard read through its
+//! mapping is held open until its last batch is yielded, so eviction never takes it.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use arrow_array::{RecordBatch, UInt32Array};
+use infercache_artifact::Blob;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
 use serde::Serialize;
@@ -39,20 +46,27 @@ use crate::cache::{Dataset, Inner};
 use crate::fingerprint::Fingerprint;
 use crate::shard;
 
-/// Most batches the producer hands to the reader in one message.
-const GROUP: usize = 64;
+/// One shard's rows as the stream yields them, from `at` on.
+#[derive(Debug)]
+struct ShardRows {
+    rows: RecordBatch,
+    at: usize,
+    /// The blob of a shard read through its mapping, held until its last batch is
+    /// yielded (it keeps the store from evicting the shard).
+    _blob: Option<Blob>,
+}
 
-/// One message from the producer: a group of batches in order, or the error that ends
-/// the stream.
-type Message = Result<Vec<RecordBatch>, DatasetError>;
+/// One message from the producer: a shard's rows, or the error that ends the stream.
+type Message = Result<ShardRows, DatasetError>;
 
 /// Options of one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamOptions {
     /// Rows per batch (default 32, LlamaHome's `batch_buffer`).
     pub batch_size: usize,
-    /// Batches decoded ahead of the reader (default 4), rounded up to whole groups of
-    /// up to 64 batches.
+    /// Batches decoded ahead of the reader (default 4), rounded up to whole shards: the
+    /// next shard is always opened, verified and decoded while the reader reads this
+    /// one.
     pub prefetch: usize,
     /// Shuffle with this seed; `None` keeps the dataset's order.
     pub shuffle: Option<u64>,
@@ -80,6 +94,8 @@ impl Default for StreamOptions {
 pub struct StreamStats {
     /// Shards opened.
     pub shards_read: u64,
+    /// Shards of those read from the memory tier.
+    pub memory_hits: u64,
     /// Shards recomputed from their sources (evicted or corrupt).
     pub shards_rebuilt: u64,
     /// Shards that failed their digest (and were recomputed, never served).
@@ -89,6 +105,7 @@ pub struct StreamStats {
 #[derive(Debug, Default)]
 struct Counters {
     shards_read: AtomicU64,
+    memory_hits: AtomicU64,
     shards_rebuilt: AtomicU64,
     corrupt: AtomicU64,
 }
@@ -174,7 +191,8 @@ impl Token {
 #[derive(Debug)]
 pub struct DatasetStream {
     rx: Receiver<Message>,
-    ready: VecDeque<RecordBatch>,
+    current: Option<ShardRows>,
+    batch_size: usize,
     token: Token,
     rows: u64,
     counters: Arc<Counters>,
@@ -232,24 +250,28 @@ impl DatasetStream {
         if let Some(seed) = token.seed {
             Rng::new(seed, token.epoch, u64::MAX).shuffle(&mut order);
         }
-        let group = GROUP;
-        let (tx, rx) = sync_channel(options.prefetch.max(1).div_ceil(group));
+        // Shards ready ahead: one blocked in `send`, the rest in the channel.
+        let batches_per_shard = usize::try_from(m.shard_rows)
+            .unwrap_or(usize::MAX)
+            .div_ceil(options.batch_size)
+            .max(1);
+        let ahead = options.prefetch.max(1).div_ceil(batches_per_shard);
+        let (tx, rx) = sync_channel(ahead - 1);
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         let rows = m.rows;
-        let batch_size = options.batch_size;
         std::thread::Builder::new()
             .name("dataset-stream".to_owned())
             .spawn(move || {
-                let sink = Sink { tx: &tx, group };
-                if let Err(e) = produce(&inner, &dataset, &order, token, batch_size, &c, sink) {
+                if let Err(e) = produce(&inner, &dataset, &order, token, &c, &tx) {
                     let _ = tx.send(Err(e));
                 }
             })
             .map_err(|e| DatasetError::io(std::path::Path::new("dataset-stream thread"), e))?;
         Ok(Self {
             rx,
-            ready: VecDeque::new(),
+            current: None,
+            batch_size: options.batch_size,
             token,
             rows,
             counters,
@@ -277,6 +299,7 @@ impl DatasetStream {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StreamStats {
             shards_read: get(&self.counters.shards_read),
+            memory_hits: get(&self.counters.memory_hits),
             shards_rebuilt: get(&self.counters.shards_rebuilt),
             corrupt: get(&self.counters.corrupt),
         }
@@ -287,41 +310,75 @@ impl Iterator for DatasetStream {
     type Item = Result<RecordBatch, DatasetError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        while self.ready.is_empty() {
+        loop {
+            if self.failed {
+                return None;
+            }
+            if let Some(c) = &mut self.current {
+                let n = c.rows.num_rows();
+                if c.at < n {
+                    let len = self.batch_size.min(n - c.at);
+                    let batch = c.rows.slice(c.at, len);
+                    c.at += len;
+                    self.token.position += len as u64;
+                    return Some(Ok(batch));
+                }
+            }
+            // Release the finished shard before waiting for the next.
+            self.current = None;
             match self.rx.recv().ok()? {
-                Ok(group) => self.ready.extend(group),
+                Ok(rows) => self.current = Some(rows),
                 Err(e) => {
                     self.failed = true;
                     return Some(Err(e));
                 }
             }
         }
-        let batch = self.ready.pop_front()?;
-        self.token.position += batch.num_rows() as u64;
-        Some(Ok(batch))
     }
 }
 
-/// Where the producer puts its batches: grouped into messages of up to `group`.
-#[derive(Clone, Copy)]
-struct Sink<'a> {
-    tx: &'a SyncSender<Message>,
-    group: usize,
+/// Shard `index` of `dataset`, as one record batch: from the memory tier if it holds it,
+/// else from the store (verified, recomputed if it must be), copied into the memory tier
+/// when it takes it in, read through its mapping otherwise (with the blob that keeps the
+/// mapping's file from eviction).
+fn open_shard(
+    inner: &Inner,
+    dataset: &Dataset,
+    index: u64,
+    counters: &Counters,
+) -> Result<(RecordBatch, Option<Blob>), DatasetError> {
+    let digest = dataset.manifest.shards[usize::try_from(index).expect("index fits")].digest;
+    counters.shards_read.fetch_add(1, Ordering::Relaxed);
+    if let Some(rows) = inner.memory.get(&digest) {
+        counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+        return Ok((rows, None));
+    }
+    let blob = inner.shard_blob(
+        dataset,
+        index,
+        &mut || {
+            counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        },
+        &mut || {
+            counters.shards_rebuilt.fetch_add(1, Ordering::Relaxed);
+        },
+    )?;
+    if let Some(rows) = inner.memory.load(&blob)? {
+        return Ok((rows, None));
+    }
+    let rows = shard::one_batch(shard::decode_mapped(&blob)?, &digest)?;
+    Ok((rows, Some(blob)))
 }
 
-/// The producer: sends every batch from `token.position` on, in order. Returns early
-/// (`Ok`) when the reader is gone.
+/// The producer: sends every shard's rows from `token.position` on, in order. Returns
+/// early (`Ok`) when the reader is gone.
 fn produce(
     inner: &Inner,
     dataset: &Dataset,
     order: &[u64],
     token: Token,
-    batch_size: usize,
     counters: &Counters,
-    sink: Sink<'_>,
+    tx: &SyncSender<Message>,
 ) -> Result<(), DatasetError> {
     let shards = &dataset.manifest.shards;
     let mut skip = token.position;
@@ -333,65 +390,33 @@ fn produce(
         }
         let start = usize::try_from(skip).expect("a shard's rows fit");
         skip = 0;
-        let blob = inner.shard_blob(
-            dataset,
-            index,
-            &mut || {
-                counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        let (rows, blob) = open_shard(inner, dataset, index, counters)?;
+        let message = match token.seed {
+            None => ShardRows {
+                rows,
+                at: start,
+                _blob: blob,
             },
-            &mut || {
-                counters.shards_rebuilt.fetch_add(1, Ordering::Relaxed);
-            },
-        )?;
-        counters.shards_read.fetch_add(1, Ordering::Relaxed);
-        let mut batches = shard::decode_mapped(&blob)?;
-        let rows = if batches.len() == 1 {
-            batches.pop().expect("one batch")
-        } else {
-            let schema = batches.first().map(RecordBatch::schema).ok_or_else(|| {
-                DatasetError::Unrecoverable {
-                    dataset: dataset.manifest.fingerprint.hex(),
-                    shard: index,
-                    reason: "the shard holds no batch".to_owned(),
-                }
-            })?;
-            arrow_select::concat::concat_batches(&schema, &batches)
-                .map_err(|e| DatasetError::arrow("reading a shard", e))?
-        };
-        let n = rows.num_rows();
-        let perm: Option<Vec<u32>> = token.seed.map(|seed| {
-            let mut p: Vec<u32> =
-                (0..u32::try_from(n).expect("a shard has under 2^32 rows")).collect();
-            Rng::new(seed, token.epoch, index).shuffle(&mut p);
-            p
-        });
-        let mut at = start;
-        let mut pending = Vec::with_capacity(sink.group);
-        while at < n {
-            let len = batch_size.min(n - at);
-            let batch = match &perm {
-                None => rows.slice(at, len),
-                Some(p) => arrow_select::take::take_record_batch(
+            Some(seed) => {
+                let n = u32::try_from(rows.num_rows()).expect("a shard has under 2^32 rows");
+                let mut p: Vec<u32> = (0..n).collect();
+                Rng::new(seed, token.epoch, index).shuffle(&mut p);
+                let taken = arrow_select::take::take_record_batch(
                     &rows,
-                    &UInt32Array::from(p[at..at + len].to_vec()),
+                    &UInt32Array::from(p.split_off(start)),
                 )
-                .map_err(|e| DatasetError::arrow("shuffling a batch", e))?,
-            };
-            pending.push(batch);
-            at += len;
-            if (pending.len() == sink.group || at >= n)
-                && sink
-                    .tx
-                    .send(Ok(std::mem::replace(
-                        &mut pending,
-                        Vec::with_capacity(sink.group),
-                    )))
-                    .is_err()
-            {
-                return Ok(());
+                .map_err(|e| DatasetError::arrow("shuffling a shard", e))?;
+                // A copy: the blob can go.
+                ShardRows {
+                    rows: taken,
+                    at: 0,
+                    _blob: None,
+                }
             }
+        };
+        if tx.send(Ok(message)).is_err() {
+            return Ok(());
         }
-        drop(blob);
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod build;
 mod fingerprint;
+mod memory;
 mod pyarrow;
 mod stream;
 
@@ -40,21 +41,22 @@ pub fn tokenizer() -> PathBuf {
     path
 }
 
-pub fn open(dir: &Path, disk_size: u64) -> DatasetCache {
-    DatasetCache::open(
-        dir,
-        DatasetConfig {
-            disk_size,
-            policy: Policy::Lru,
-            steps: StepContext {
-                tokenizer: Some(tokenizer()),
-                embedders: None,
-            },
-            ..DatasetConfig::default()
+/// The configuration of [`open`]: `disk_size`, `lru`, the default memory tier, the
+/// built-in model's tokenizer.
+pub fn config(disk_size: u64) -> DatasetConfig {
+    DatasetConfig {
+        disk_size,
+        policy: Policy::Lru,
+        steps: StepContext {
+            tokenizer: Some(tokenizer()),
+            embedders: None,
         },
-        SystemClock::shared(),
-    )
-    .unwrap()
+        ..DatasetConfig::default()
+    }
+}
+
+pub fn open(dir: &Path, disk_size: u64) -> DatasetCache {
+    DatasetCache::open(dir, config(disk_size), SystemClock::shared()).unwrap()
 }
 
 pub fn build(

@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arrow_array::{Int64Array, RecordBatch, StringArray};
-use infercache_datasets::{BuildOptions, DatasetSource, StreamOptions};
+use infercache_core::SystemClock;
+use infercache_datasets::{
+    BuildOptions, DatasetCache, DatasetConfig, DatasetSource, StreamOptions,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{build, collect, ids, jsonl, open};
+use crate::{build, collect, config, ids, jsonl, open};
 
 fn shuffled(seed: u64, epoch: u64) -> StreamOptions {
     StreamOptions {
@@ -90,7 +93,16 @@ fn resume_with_shuffle_yields_exactly_the_remaining_sequence() {
 fn every_single_byte_corruption_is_caught_before_a_batch_is_yielded() {
     let dir = tempfile::tempdir().unwrap();
     let src = jsonl(dir.path(), "a.jsonl", 600, 20);
-    let cache = open(&dir.path().join("cache"), 1 << 30);
+    // The disk tier alone: the memory tier would serve its verified copies.
+    let cache = DatasetCache::open(
+        dir.path().join("cache"),
+        DatasetConfig {
+            memory_size: 0,
+            ..config(1 << 30)
+        },
+        SystemClock::shared(),
+    )
+    .unwrap();
     build(&cache, "a", &[src], &["cmd:1:cat"], 100).unwrap();
     let want = collect(&cache, "a", StreamOptions::default());
     let d = cache.get_dataset("a").unwrap().unwrap();
