@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! stream_bench --source ROWS.jsonl --cache DIR [--rounds N] [--batch 32] [--prefetch 4]
-//!              [--shard-rows 8192] [--rss]
+//!              [--shard-rows 8192] [--memory-size BYTES] [--rss]
 //! ```
 //!
 //! Builds (or finds) the dataset `bench` from the source, warms the page cache and the
@@ -15,9 +15,15 @@
 //!   batch's values folded the same way (a consumer that reads its data: zero-copy
 //!   batches are otherwise never touched).
 //!
-//! With `--rss`, one more stream is run after the peak RSS is reset
-//! (`/proc/self/clear_refs`), and the peak during it is reported against the bound
-//! prefetch × batch bytes + 50 MB. One JSON object per line on stdout.
+//! The rounds' cache has a memory tier of `--memory-size` bytes (default: the dataset
+//! cache's default, 1,000 MB). Each side also reports the bytes it folded, so the two can
+//! be seen to read the same data.
+//!
+//! With `--rss`, the rounds' cache is dropped and the dataset streamed once more through a
+//! cache whose memory tier is a tenth of the dataset (a dataset 10x `memory_size`), after
+//! the peak RSS is reset (`/proc/self/clear_refs`); the peak of the whole process during
+//! it is reported against the bound `memory_size` + prefetch × batch bytes + 50 MB. One
+//! JSON object per line on stdout.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -39,6 +45,7 @@ struct Args {
     batch: usize,
     prefetch: usize,
     shard_rows: usize,
+    memory_size: Option<u64>,
     rss: bool,
 }
 
@@ -50,6 +57,7 @@ fn args() -> Args {
         batch: 32,
         prefetch: 4,
         shard_rows: infercache_datasets::DEFAULT_SHARD_ROWS,
+        memory_size: None,
         rss: false,
     };
     let mut it = std::env::args().skip(1);
@@ -62,6 +70,9 @@ fn args() -> Args {
             "--batch" => a.batch = value().parse().expect("--batch N"),
             "--prefetch" => a.prefetch = value().parse().expect("--prefetch N"),
             "--shard-rows" => a.shard_rows = value().parse().expect("--shard-rows N"),
+            "--memory-size" => {
+                a.memory_size = Some(value().parse().expect("--memory-size BYTES"));
+            }
             "--rss" => a.rss = true,
             other => panic!("unknown flag {other}"),
         }
@@ -73,8 +84,12 @@ fn args() -> Args {
     a
 }
 
+/// Bytes folded by this thread's side of the benchmark (counted per call, not per byte).
+static FOLDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Folds bytes into a checksum, eight at a time, so that every byte is read.
 fn fold(sum: u64, bytes: &[u8]) -> u64 {
+    FOLDED.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let mut chunks = bytes.chunks_exact(8);
     let mut s = sum;
     for c in chunks.by_ref() {
@@ -130,6 +145,11 @@ fn touch_batch(sum: u64, batch: &RecordBatch) -> u64 {
         .fold(sum, |s, c| touch(s, c.as_ref()))
 }
 
+/// The bytes folded since the last call.
+fn folded() -> u64 {
+    FOLDED.swap(0, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn plain(files: &[PathBuf]) -> (f64, u64) {
     let start = Instant::now();
     let mut buf = vec![0u8; 1 << 20];
@@ -178,10 +198,18 @@ fn rss() -> (u64, u64) {
     (kb("VmRSS:"), kb("VmHWM:"))
 }
 
+fn open(a: &Args, memory_size: Option<u64>) -> DatasetCache {
+    let defaults = DatasetConfig::default();
+    let config = DatasetConfig {
+        memory_size: memory_size.unwrap_or(defaults.memory_size),
+        ..defaults
+    };
+    DatasetCache::open(&a.cache, config, SystemClock::shared()).expect("opening the cache")
+}
+
 fn main() {
     let a = args();
-    let cache = DatasetCache::open(&a.cache, DatasetConfig::default(), SystemClock::shared())
-        .expect("opening the cache");
+    let cache = open(&a, a.memory_size);
     let built = cache
         .cache_dataset(
             "bench",
@@ -211,13 +239,21 @@ fn main() {
     // Warm the page cache and the verification stamps.
     plain(&files);
     stream(&cache, a.batch, a.prefetch);
+    let mut folds = [0u64; 2];
     for round in 0..a.rounds {
+        folded();
         let (p, s) = if round % 2 == 0 {
             let p = plain(&files);
-            (p, stream(&cache, a.batch, a.prefetch))
+            folds[0] = folded();
+            let s = stream(&cache, a.batch, a.prefetch);
+            folds[1] = folded();
+            (p, s)
         } else {
             let s = stream(&cache, a.batch, a.prefetch);
-            (plain(&files), s)
+            folds[1] = folded();
+            let p = plain(&files);
+            folds[0] = folded();
+            (p, s)
         };
         #[expect(clippy::cast_precision_loss, reason = "a rate")]
         let mb = |secs: f64| bytes as f64 / secs / 1e6;
@@ -232,10 +268,15 @@ fn main() {
                 "stream_rows_s": rows_per_s,
                 "ratio": p.0 / s.0,
                 "checksums": [p.1, s.1],
+                "folded_bytes": folds,
+                "memory": cache.memory(),
             })
         );
     }
     if a.rss {
+        drop(cache);
+        let memory_size = bytes / 10;
+        let cache = open(&a, Some(memory_size));
         // Peak RSS from here on: writing 5 to clear_refs resets VmHWM to the current RSS.
         std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak RSS");
         let (before, _) = rss();
@@ -249,13 +290,15 @@ fn main() {
             clippy::cast_precision_loss,
             reason = "a bound in bytes"
         )]
-        let bound = (a.prefetch as f64 * a.batch as f64 * row_bytes) as u64 + 50_000_000;
+        let bound =
+            memory_size + (a.prefetch as f64 * a.batch as f64 * row_bytes) as u64 + 50_000_000;
         println!(
             "{}",
             serde_json::json!({
                 "rss": {"before": before, "peak": peak, "after": after,
                         "growth": peak.saturating_sub(before),
-                        "bound_over_before": bound, "dataset_bytes": bytes}
+                        "memory_size": memory_size, "bound": bound,
+                        "dataset_bytes": bytes, "memory": cache.memory()}
             })
         );
     }
