@@ -27,8 +27,7 @@ fn open_with(dir: &std::path::Path, memory_size: u64, policy: Policy) -> Dataset
 }
 
 #[test]
-fn a_stream_over_ten_times_memory_size_keeps_the_tier_within_its_cap_and_serves_the_disks_batches()
-{
+fn a_stream_ten_times_memory_size_keeps_the_tier_in_its_cap_and_serves_the_disks_batches() {
     let dir = tempfile::tempdir().unwrap();
     let src = jsonl(dir.path(), "big.jsonl", 4_000, 200);
     let cache_dir = dir.path().join("cache");
