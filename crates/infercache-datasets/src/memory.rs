@@ -174,19 +174,25 @@ impl MemoryTier {
             shard::decode(&buffer, &format!("shard {}", blob.digest()))?,
             &blob.digest(),
         )?;
-        self.insert(blob.digest(), rows.clone(), bytes, blob.inserted_ms());
-        Ok(Some(rows))
+        Ok(Some(self.insert(
+            blob.digest(),
+            rows,
+            bytes,
+            blob.inserted_ms(),
+        )))
     }
 
-    fn insert(&self, digest: Digest, rows: RecordBatch, bytes: u64, stored_ms: u64) {
+    /// Takes `rows` in if the policy makes room; returns the rows to serve: the tier's
+    /// own if another stream put the same shard in first (so one copy is held, not two).
+    fn insert(&self, digest: Digest, rows: RecordBatch, bytes: u64, stored_ms: u64) -> RecordBatch {
         let now_ms = self.clock.now_ms();
         if bytes > self.cap || self.expired(stored_ms, now_ms) {
-            return;
+            return rows;
         }
         let mut guard = self.state();
         let state = &mut *guard;
-        if state.entries.contains_key(&digest) {
-            return;
+        if let Some(e) = state.entries.get(&digest) {
+            return e.rows.clone();
         }
         let stale: Vec<Digest> = state
             .entries
@@ -208,13 +214,13 @@ impl MemoryTier {
             }
         }
         if state.stats.bytes + bytes > self.cap {
-            return;
+            return rows;
         }
         state.tick += 1;
         state.entries.insert(
             digest,
             Entry {
-                rows,
+                rows: rows.clone(),
                 bytes,
                 inserted: state.tick,
                 used: state.tick,
@@ -224,6 +230,7 @@ impl MemoryTier {
         state.stats.bytes += bytes;
         state.stats.shards += 1;
         state.stats.inserted += 1;
+        rows
     }
 
     /// The entry the policy evicts first.
@@ -315,6 +322,15 @@ mod tests {
         t.insert(d(4), rows(4), 101, 0);
         assert_eq!(held(&t), [1, 3]);
         assert!(t.stats().bytes <= 100);
+    }
+
+    #[test]
+    fn a_shard_put_in_twice_is_held_and_charged_once() {
+        let t = MemoryTier::new(100, Policy::Lru, 0.9, ManualClock::new(0));
+        assert_eq!(t.insert(d(1), rows(1), 40, 0), rows(1));
+        // A second stream's copy of the same digest: the tier's own is served.
+        assert_eq!(t.insert(d(1), rows(7), 40, 0), rows(1));
+        assert_eq!((t.stats().shards, t.stats().bytes), (1, 40));
     }
 
     #[test]
