@@ -391,6 +391,17 @@ fn produce(
         let start = usize::try_from(skip).expect("a shard's rows fit");
         skip = 0;
         let (rows, blob) = open_shard(inner, dataset, index, counters)?;
+        if rows.num_rows() as u64 != entry.rows {
+            return Err(DatasetError::Unrecoverable {
+                dataset: dataset.manifest.fingerprint.hex(),
+                shard: index,
+                reason: format!(
+                    "it holds {} rows where the manifest says {}",
+                    rows.num_rows(),
+                    entry.rows
+                ),
+            });
+        }
         let message = match token.seed {
             None => ShardRows {
                 rows,
