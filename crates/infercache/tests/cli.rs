@@ -419,5 +419,7 @@ fn invalidate_needs_exactly_one_scope() {
 
 #[path = "cli/bulk.rs"]
 mod bulk;
+#[path = "cli/settings.rs"]
+mod settings;
 #[path = "cli/weights.rs"]
 mod weights;

@@ -1,9 +1,17 @@
 //! Configuration in two stages: raw ([`ServeArgs`]: flags, `INFERCACHE_*` variables and a
-//! TOML file) then validated ([`ServerConfig`]).
+//! TOML file, one definition per setting in [`raw`]) then validated ([`ServerConfig`], in
+//! [`values`]; its display for the log in `redact.rs`, the `[[models]]` list in
+//! `models.rs`).
 //!
 //! Precedence: a flag beats its environment variable (clap resolves both), which beats the
 //! TOML file given with `--config`, which beats the default. Every setting has all three
-//! spellings: `--disk-size`, `INFERCACHE_DISK_SIZE`, `disk_size = "10GiB"`.
+//! spellings: `--disk-size`, `INFERCACHE_DISK_SIZE`, `disk_size = "10GiB"`; the layers are
+//! merged field by field ([`ServeArgs::or`]) before anything is validated, so a bad value
+//! names its key whichever layer gave it.
+//!
+//! Durations are a number and a unit (`50ms`, `90s`, `15m`, `12h`, `7d`); a bare number (or
+//! a TOML integer) is seconds. Sizes are [`Capacity`]: bytes with a unit (`512MiB`, `10GB`),
+//! a bare number of bytes, or for `memory` a fraction of RAM (`0.3`).
 //!
 //! | key | default | meaning |
 //! |---|---|---|
@@ -42,207 +50,24 @@
 //! | `[[models]]` | none: the built-in embedder | models served, each through its upstream (TOML only; see `config/models.rs`) |
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use infercache_core::Capacity;
-use infercache_engine::{
-    CacheConfig, Compression, DiskConfig, LocalReads, MemoryConfig, Policy, WritePolicy,
-};
-use serde::Deserialize;
+use infercache_engine::{Compression, LocalReads};
 
 mod models;
+pub mod raw;
+mod redact;
+pub mod values;
 
-use infercache_backend::ModelConfig;
-use models::RawModel;
-
-/// Flags of `infercache serve`; the binary flattens this into its subcommand. Every flag
-/// is also an `INFERCACHE_*` environment variable and a key of the `--config` file.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    /// TOML file with any of the settings below (flags and environment win over it).
-    #[arg(long, env = "INFERCACHE_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, env = "INFERCACHE_BIND", value_name = "ADDR")]
-    pub bind: Option<String>,
-    /// Memory tier size: bytes (`512MiB`) or a fraction of RAM (`0.3`) [default: 256MiB].
-    #[arg(long, env = "INFERCACHE_MEMORY", value_name = "SIZE")]
-    pub memory: Option<String>,
-    /// Memory eviction policy: s3fifo, lru, lfu, fifo, random [default: s3fifo].
-    #[arg(long, env = "INFERCACHE_POLICY", value_name = "POLICY")]
-    pub policy: Option<String>,
-    /// Directory of the persistent disk tier [default: `disk/` in the cache directory].
-    #[arg(long, env = "INFERCACHE_DISK_DIR", value_name = "DIR")]
-    pub disk_dir: Option<PathBuf>,
-    /// Disk tier size in bytes (`10GiB`) [default: 2GiB].
-    #[arg(long, env = "INFERCACHE_DISK_SIZE", value_name = "SIZE")]
-    pub disk_size: Option<String>,
-    /// Run without the disk tier (memory only).
-    #[arg(long, env = "INFERCACHE_NO_DISK")]
-    pub no_disk: bool,
-    /// Disk compression: none, lz4, zstd [default: lz4].
-    #[arg(long, env = "INFERCACHE_DISK_COMPRESSION", value_name = "CODEC")]
-    pub disk_compression: Option<String>,
-    /// Default TTL of entries (`90s`, `12h`, `7d`) [default: none].
-    #[arg(long, env = "INFERCACHE_TTL", value_name = "DURATION")]
-    pub ttl: Option<String>,
-    /// Write the disk tier behind a queue of N operations (write-back) [default: write-through].
-    #[arg(long, env = "INFERCACHE_WRITE_BACK_QUEUE", value_name = "N")]
-    pub write_back_queue: Option<usize>,
-    /// Folded into every key; bumping it invalidates everything [default: 0].
-    #[arg(long, env = "INFERCACHE_CACHE_VERSION", value_name = "N")]
-    pub cache_version: Option<u64>,
-    /// Use the cache (the default); `--enable-cache=false` is `--disable-cache`.
-    #[arg(
-        long,
-        env = "INFERCACHE_ENABLE_CACHE",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        default_missing_value = "true",
-    )]
-    pub enable_cache: Option<bool>,
-    /// Bypass the cache entirely: every input goes to the model. Wins over --enable-cache.
-    #[arg(long)]
-    pub disable_cache: bool,
-    /// Directory holding the model files [default: download into the user cache directory].
-    #[arg(long, env = "INFERCACHE_MODEL_DIR", value_name = "DIR")]
-    pub model_dir: Option<PathBuf>,
-    /// Most texts in one model invocation [default: 32].
-    #[arg(long, env = "INFERCACHE_MAX_BATCH", value_name = "N")]
-    pub max_batch: Option<usize>,
-    /// Longest a text waits for its batch to fill (`5ms`) [default: 5ms].
-    #[arg(long, env = "INFERCACHE_MAX_WAIT", value_name = "DURATION")]
-    pub max_wait: Option<String>,
-    /// Requests waiting for the model before more are refused with 429 [default: 1024].
-    #[arg(long, env = "INFERCACHE_INFERENCE_QUEUE", value_name = "N")]
-    pub inference_queue: Option<usize>,
-    /// TOML file of API keys, each mapped to a tenant [default: none, no auth].
-    #[arg(long, env = "INFERCACHE_API_KEYS_FILE", value_name = "FILE")]
-    pub api_keys_file: Option<PathBuf>,
-    /// Largest request body; larger get 413 [default: 2MiB].
-    #[arg(long, env = "INFERCACHE_MAX_BODY_SIZE", value_name = "SIZE")]
-    pub max_body_size: Option<String>,
-    /// Bytes of request bodies read, parsed and served at once; past it 429 [default: 64MiB].
-    #[arg(long, env = "INFERCACHE_BODY_BUDGET", value_name = "SIZE")]
-    pub body_budget: Option<String>,
-    /// Most inputs in one request [default: 2048].
-    #[arg(long, env = "INFERCACHE_MAX_ITEMS", value_name = "N")]
-    pub max_items: Option<usize>,
-    /// Most characters in one input [default: 16384].
-    #[arg(long, env = "INFERCACHE_MAX_INPUT_CHARS", value_name = "N")]
-    pub max_input_chars: Option<usize>,
-    /// Most requests in flight; more get 429 [default: 256].
-    #[arg(long, env = "INFERCACHE_MAX_CONCURRENT_REQUESTS", value_name = "N")]
-    pub max_concurrent_requests: Option<usize>,
-    /// Longest a request may take; slower get 504 [default: 30s].
-    #[arg(long, env = "INFERCACHE_REQUEST_TIMEOUT", value_name = "DURATION")]
-    pub request_timeout: Option<String>,
-    /// How long in-flight requests may drain at shutdown [default: 30s].
-    #[arg(long, env = "INFERCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
-    pub shutdown_timeout: Option<String>,
-    /// Shared Redis tier: `auto` (start a local redis-server), a `redis://` or `rediss://`
-    /// URL, or cluster node URLs joined by commas [default: none].
-    #[arg(long, env = "INFERCACHE_REDIS", value_name = "auto|URL")]
-    pub redis: Option<String>,
-    /// With `--redis auto`: Redis's maxmemory as a fraction of RAM, 0.1-0.7 [default: 0.3].
-    #[arg(long, env = "INFERCACHE_REDIS_MEMORY_FRACTION", value_name = "F")]
-    pub redis_memory_fraction: Option<f64>,
-    /// Treat a single `--redis` URL as a node of a cluster.
-    #[arg(long, env = "INFERCACHE_REDIS_CLUSTER")]
-    pub redis_cluster: bool,
-    /// Prefix of every Redis key [default: infercache:].
-    #[arg(long, env = "INFERCACHE_REDIS_PREFIX", value_name = "PREFIX")]
-    pub redis_prefix: Option<String>,
-    /// Write Redis behind a queue of N values (write-back) [default: write-through].
-    #[arg(long, env = "INFERCACHE_REDIS_WRITE_BACK_QUEUE", value_name = "N")]
-    pub redis_write_back_queue: Option<usize>,
-    /// Connect and command timeout of the Redis tier [default: 50ms].
-    #[arg(long, env = "INFERCACHE_REDIS_TIMEOUT", value_name = "DURATION")]
-    pub redis_timeout: Option<String>,
-    /// Whether memory and disk are read while this node's epochs are not known to match
-    /// Redis's: `in-sync` (only then, plus the grace) or `always` [default: in-sync].
-    #[arg(
-        long,
-        env = "INFERCACHE_REDIS_LOCAL_READS",
-        value_name = "in-sync|always"
-    )]
-    pub redis_local_reads: Option<String>,
-    /// With `in-sync`: how long local entries are still served after the epochs were last
-    /// known to match [default: 10s].
-    #[arg(long, env = "INFERCACHE_REDIS_LOCAL_GRACE", value_name = "DURATION")]
-    pub redis_local_grace: Option<String>,
-    /// For `rediss://`: PEM file of the CAs that sign the Redis servers' certificates
-    /// [default: the web roots].
-    #[arg(long, env = "INFERCACHE_REDIS_CA_FILE", value_name = "PATH")]
-    pub redis_ca_file: Option<PathBuf>,
-}
+pub use models::RawModel;
+pub(crate) use raw::Scalar;
+pub use raw::ServeArgs;
+pub use values::{BatchSettings, DiskSettings, Limits, RedisSettings, RedisTarget, ServerConfig};
 
 /// Size of the disk tier when none is given.
 const DEFAULT_DISK_SIZE: &str = "2GiB";
-
-/// The `--config` file: the same keys as the flags, with underscores.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    bind: Option<String>,
-    memory: Option<Scalar>,
-    policy: Option<String>,
-    disk_dir: Option<PathBuf>,
-    disk_size: Option<Scalar>,
-    no_disk: Option<bool>,
-    disk_compression: Option<String>,
-    ttl: Option<Scalar>,
-    write_back_queue: Option<usize>,
-    cache_version: Option<u64>,
-    enable_cache: Option<bool>,
-    model_dir: Option<PathBuf>,
-    max_batch: Option<usize>,
-    max_wait: Option<Scalar>,
-    inference_queue: Option<usize>,
-    api_keys_file: Option<PathBuf>,
-    max_body_size: Option<Scalar>,
-    body_budget: Option<Scalar>,
-    max_items: Option<usize>,
-    max_input_chars: Option<usize>,
-    max_concurrent_requests: Option<usize>,
-    request_timeout: Option<Scalar>,
-    shutdown_timeout: Option<Scalar>,
-    redis: Option<String>,
-    redis_memory_fraction: Option<f64>,
-    redis_cluster: Option<bool>,
-    redis_prefix: Option<String>,
-    redis_write_back_queue: Option<usize>,
-    redis_timeout: Option<Scalar>,
-    redis_local_reads: Option<String>,
-    redis_local_grace: Option<Scalar>,
-    redis_ca_file: Option<PathBuf>,
-    models: Option<Vec<RawModel>>,
-}
-
-/// A size or duration in TOML: `"512MiB"`, `0.3` or `4096` all read as their text.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Scalar {
-    Text(String),
-    Int(u64),
-    Float(f64),
-}
-
-impl Scalar {
-    pub(crate) fn into_text(self) -> String {
-        match self {
-            Self::Text(s) => s,
-            Self::Int(n) => n.to_string(),
-            Self::Float(f) => {
-                let s = f.to_string();
-                // `1.0` must stay a fraction of RAM, not become the byte count `1`.
-                if s.contains('.') { s } else { format!("{s}.0") }
-            }
-        }
-    }
-}
 
 /// A configuration that cannot work, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -291,167 +116,6 @@ pub enum ConfigError {
     },
 }
 
-/// Request limits. Each builder-free field documents its default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest request body in bytes; larger get 413. Default: 2 MiB.
-    pub max_body_bytes: usize,
-    /// Bytes of request bodies being read, parsed and served at once (each request
-    /// charged its `Content-Length`, or `max_body_bytes` when it gives none); a request
-    /// that finds the budget full gets 429 with `Retry-After`. At least `max_body_bytes`.
-    /// Default: 64 MiB.
-    pub body_budget_bytes: usize,
-    /// Most inputs per request; more get 400. Default: 2048.
-    pub max_items: usize,
-    /// Most characters per input; more get 400. Default: 16384.
-    pub max_input_chars: usize,
-    /// Most requests in flight on `/v1/*`; more get 429. Default: 256.
-    pub max_concurrent_requests: usize,
-    /// Longest a request may take; slower get 504. Default: 30 s.
-    pub request_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 2 << 20,
-            body_budget_bytes: 64 << 20,
-            max_items: 2048,
-            max_input_chars: 16_384,
-            max_concurrent_requests: 256,
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// How the model pool batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchSettings {
-    /// Most texts in one invocation. Default: 32.
-    pub max_batch: usize,
-    /// Longest a text waits for its batch to fill. Default: 5 ms.
-    pub max_wait: Duration,
-    /// Requests waiting for the model before more are refused. Default: 1024.
-    pub queue: usize,
-}
-
-impl Default for BatchSettings {
-    fn default() -> Self {
-        Self {
-            max_batch: 32,
-            max_wait: Duration::from_millis(5),
-            queue: 1024,
-        }
-    }
-}
-
-/// The disk tier's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskSettings {
-    /// Its directory.
-    pub dir: PathBuf,
-    /// Bytes of segment files.
-    pub capacity: u64,
-    /// Compression.
-    pub compression: Compression,
-}
-
-/// Which Redis the shared tier uses.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RedisTarget {
-    /// A local `redis-server` started and stopped with the server, its data under the
-    /// cache directory.
-    Auto {
-        /// `maxmemory` as a fraction of RAM.
-        memory_fraction: f64,
-        /// Its data directory.
-        dir: PathBuf,
-    },
-    /// An existing server.
-    Url(String),
-    /// An existing cluster, by some of its nodes.
-    Cluster(Vec<String>),
-}
-
-/// The Redis tier's settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RedisSettings {
-    /// Which Redis.
-    pub target: RedisTarget,
-    /// Prefix of every key. Default: `infercache:`.
-    pub prefix: String,
-    /// Write-back queue; `None` is write-through (the default).
-    pub write_back_queue: Option<usize>,
-    /// Connect and command timeout. Default: 50 ms.
-    pub timeout: Duration,
-    /// Whether this node reads its memory and disk while its epochs are not known to
-    /// match Redis's. Default: only in sync, with a grace of 10 s.
-    pub local_reads: LocalReads,
-    /// For `rediss://`: the CA certificates (PEM) trusted instead of the web roots.
-    /// Default: none.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// The validated configuration of a server.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerConfig {
-    /// Listen address. Default: 127.0.0.1:8080.
-    pub bind: SocketAddr,
-    /// Whether requests go through the cache. Default: true.
-    pub enable_cache: bool,
-    /// Memory tier size as given. Default: 256 MiB.
-    pub memory: Capacity,
-    /// Memory tier size in bytes, resolved against this machine's RAM.
-    pub memory_bytes: u64,
-    /// Memory eviction policy. Default: s3fifo.
-    pub policy: Policy,
-    /// The disk tier. Default: none.
-    pub disk: Option<DiskSettings>,
-    /// Default TTL. Default: none.
-    pub ttl: Option<Duration>,
-    /// Write-back queue; `None` is write-through (the default).
-    pub write_back_queue: Option<usize>,
-    /// Cache version folded into keys. Default: 0.
-    pub cache_version: u64,
-    /// Model directory; `None` downloads into the default cache directory.
-    pub model_dir: Option<PathBuf>,
-    /// Batching of the model pool.
-    pub batch: BatchSettings,
-    /// API keys file; `None` serves without auth.
-    pub api_keys_file: Option<PathBuf>,
-    /// Request limits.
-    pub limits: Limits,
-    /// How long in-flight requests may drain at shutdown. Default: 30 s.
-    pub shutdown_timeout: Duration,
-    /// The shared Redis tier. Default: none.
-    pub redis: Option<RedisSettings>,
-    /// The `[[models]]` list. Default: empty, which serves the built-in embedder alone.
-    pub models: Vec<ModelConfig>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            enable_cache: true,
-            memory: Capacity::Bytes(256 << 20),
-            memory_bytes: 256 << 20,
-            policy: Policy::default(),
-            disk: None,
-            ttl: None,
-            write_back_queue: None,
-            cache_version: 0,
-            model_dir: None,
-            batch: BatchSettings::default(),
-            api_keys_file: None,
-            limits: Limits::default(),
-            shutdown_timeout: Duration::from_secs(30),
-            redis: None,
-            models: Vec::new(),
-        }
-    }
-}
-
 impl ServerConfig {
     /// Validates `args`, reading the `--config` file if one is named.
     ///
@@ -459,22 +123,21 @@ impl ServerConfig {
     /// The first setting that does not parse or does not fit with the others.
     pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => read_file_config(path)?,
-            None => FileConfig::default(),
+            Some(path) => read_file(path)?,
+            None => ServeArgs::default(),
         };
         Self::resolve(args.clone(), file)
     }
 
-    fn resolve(a: ServeArgs, f: FileConfig) -> Result<Self, ConfigError> {
+    /// Validates `flags` (flags and environment) layered over `file`.
+    fn resolve(flags: ServeArgs, file: ServeArgs) -> Result<Self, ConfigError> {
+        let mut a = flags.or(file);
         let d = Self::default();
-        let text =
-            |flag: Option<String>, file: Option<Scalar>| flag.or(file.map(Scalar::into_text));
-
-        let bind = match a.bind.or(f.bind) {
+        let bind = match a.bind.take() {
             Some(s) => s.parse().map_err(|e| invalid("bind", &s, e))?,
             None => d.bind,
         };
-        let memory = match text(a.memory, f.memory) {
+        let memory = match a.memory.take() {
             Some(s) => s
                 .parse::<Capacity>()
                 .map_err(|e| invalid("memory", &s, e))?,
@@ -482,49 +145,13 @@ impl ServerConfig {
         };
         let memory_bytes = infercache_engine::resolve_capacity(memory)
             .map_err(|e| invalid("memory", &memory.to_string(), e))?;
-        let policy = match a.policy.or(f.policy) {
+        let policy = match a.policy.take() {
             Some(s) => s.parse().map_err(|e| invalid("policy", &s, e))?,
             None => d.policy,
         };
-        let compression = match a.disk_compression.or(f.disk_compression) {
-            Some(s) => s.parse().map_err(|e| invalid("disk_compression", &s, e))?,
-            None => Compression::default(),
-        };
-        let disk_size = text(a.disk_size, f.disk_size);
-        let disk_dir = a.disk_dir.or(f.disk_dir);
-        let disk = if a.no_disk || f.no_disk == Some(true) {
-            if disk_dir.is_some() || disk_size.is_some() {
-                return Err(ConfigError::Inconsistent(
-                    "no_disk contradicts disk_dir / disk_size",
-                ));
-            }
-            None
-        } else {
-            // `serve` runs both tiers by default: disk under the cache directory.
-            let dir =
-                disk_dir.unwrap_or_else(|| infercache_backend::default_cache_dir().join("disk"));
-            let size = disk_size.unwrap_or_else(|| DEFAULT_DISK_SIZE.to_owned());
-            let capacity = match size.parse::<Capacity>() {
-                Ok(Capacity::Bytes(b)) if b > 0 => b,
-                Ok(_) => {
-                    return Err(invalid(
-                        "disk_size",
-                        &size,
-                        "give a positive byte size such as 10GiB",
-                    ));
-                }
-                Err(e) => return Err(invalid("disk_size", &size, e)),
-            };
-            Some(DiskSettings {
-                dir,
-                capacity,
-                compression,
-            })
-        };
-        let ttl = text(a.ttl, f.ttl)
-            .map(|s| parse_duration(&s).map_err(|e| invalid("ttl", &s, e)))
-            .transpose()?;
-        let write_back_queue = a.write_back_queue.or(f.write_back_queue);
+        let disk = resolve_disk(&mut a)?;
+        let ttl = duration("ttl", a.ttl.take())?;
+        let write_back_queue = a.write_back_queue;
         if write_back_queue == Some(0) {
             return Err(invalid("write_back_queue", "0", "must be at least 1"));
         }
@@ -533,84 +160,17 @@ impl ServerConfig {
                 "write_back_queue needs the disk tier (drop no_disk)",
             ));
         }
-        let enable_cache = if a.disable_cache {
+        let enable_cache = if a.disable_cache == Some(true) {
             false
         } else {
-            a.enable_cache.or(f.enable_cache).unwrap_or(d.enable_cache)
+            a.enable_cache.unwrap_or(d.enable_cache)
         };
-        let batch = BatchSettings {
-            max_batch: positive("max_batch", a.max_batch.or(f.max_batch))?
-                .unwrap_or(d.batch.max_batch),
-            max_wait: match duration("max_wait", text(a.max_wait, f.max_wait))? {
-                Some(w) if w > Duration::from_secs(10) => {
-                    return Err(invalid(
-                        "max_wait",
-                        &format!("{w:?}"),
-                        "must be at most 10s",
-                    ));
-                }
-                w => w.unwrap_or(d.batch.max_wait),
-            },
-            queue: positive("inference_queue", a.inference_queue.or(f.inference_queue))?
-                .unwrap_or(d.batch.queue),
-        };
-        let max_body_bytes = match text(a.max_body_size, f.max_body_size) {
-            Some(s) => match s.parse::<Capacity>() {
-                Ok(Capacity::Bytes(b)) if b > 0 => usize::try_from(b)
-                    .map_err(|_| invalid("max_body_size", &s, "too large for this platform"))?,
-                Ok(_) => return Err(invalid("max_body_size", &s, "give a positive byte size")),
-                Err(e) => return Err(invalid("max_body_size", &s, e)),
-            },
-            None => d.limits.max_body_bytes,
-        };
-        let body_budget_bytes = match text(a.body_budget, f.body_budget) {
-            Some(s) => match s.parse::<Capacity>() {
-                Ok(Capacity::Bytes(b)) if b >= max_body_bytes as u64 => usize::try_from(b)
-                    .map_err(|_| invalid("body_budget", &s, "too large for this platform"))?,
-                Ok(_) => {
-                    return Err(invalid(
-                        "body_budget",
-                        &s,
-                        "give a byte size of at least max_body_size",
-                    ));
-                }
-                Err(e) => return Err(invalid("body_budget", &s, e)),
-            },
-            None => d.limits.body_budget_bytes.max(max_body_bytes),
-        };
-        let limits = Limits {
-            max_body_bytes,
-            body_budget_bytes,
-            max_items: positive("max_items", a.max_items.or(f.max_items))?
-                .unwrap_or(d.limits.max_items),
-            max_input_chars: positive("max_input_chars", a.max_input_chars.or(f.max_input_chars))?
-                .unwrap_or(d.limits.max_input_chars),
-            max_concurrent_requests: positive(
-                "max_concurrent_requests",
-                a.max_concurrent_requests.or(f.max_concurrent_requests),
-            )?
-            .unwrap_or(d.limits.max_concurrent_requests),
-            request_timeout: duration(
-                "request_timeout",
-                text(a.request_timeout, f.request_timeout),
-            )?
-            .unwrap_or(d.limits.request_timeout),
-        };
-        let redis = resolve_redis(RawRedis {
-            target: a.redis.or(f.redis),
-            memory_fraction: a.redis_memory_fraction.or(f.redis_memory_fraction),
-            cluster: a.redis_cluster || f.redis_cluster == Some(true),
-            prefix: a.redis_prefix.or(f.redis_prefix),
-            write_back_queue: a.redis_write_back_queue.or(f.redis_write_back_queue),
-            timeout: duration("redis_timeout", text(a.redis_timeout, f.redis_timeout))?,
-            local_reads: a.redis_local_reads.or(f.redis_local_reads),
-            local_grace: duration(
-                "redis_local_grace",
-                text(a.redis_local_grace, f.redis_local_grace),
-            )?,
-            ca_file: a.redis_ca_file.or(f.redis_ca_file),
-        })?;
-        let models = models::validate(f.models.unwrap_or_default(), limits.request_timeout)?;
+        let batch = resolve_batch(&mut a, d.batch)?;
+        let limits = resolve_limits(&mut a, d.limits)?;
+        let shutdown_timeout =
+            duration("shutdown_timeout", a.shutdown_timeout.take())?.unwrap_or(d.shutdown_timeout);
+        let redis = resolve_redis(&mut a)?;
+        let models = models::validate(a.models.take().unwrap_or_default(), limits.request_timeout)?;
         Ok(Self {
             redis,
             bind,
@@ -621,187 +181,122 @@ impl ServerConfig {
             disk,
             ttl,
             write_back_queue,
-            cache_version: a.cache_version.or(f.cache_version).unwrap_or(0),
-            model_dir: a.model_dir.or(f.model_dir),
+            cache_version: a.cache_version.unwrap_or(d.cache_version),
+            model_dir: a.model_dir.take(),
             batch,
-            api_keys_file: a.api_keys_file.or(f.api_keys_file),
+            api_keys_file: a.api_keys_file.take(),
             limits,
-            shutdown_timeout: duration(
-                "shutdown_timeout",
-                text(a.shutdown_timeout, f.shutdown_timeout),
-            )?
-            .unwrap_or(d.shutdown_timeout),
+            shutdown_timeout,
             models,
         })
     }
-
-    /// The engine's configuration; `None` when the cache is disabled.
-    pub fn cache_config(&self) -> Option<CacheConfig> {
-        if !self.enable_cache {
-            return None;
-        }
-        Some(CacheConfig {
-            memory: Some(MemoryConfig {
-                policy: self.policy,
-                ..MemoryConfig::bytes(self.memory_bytes)
-            }),
-            disk: self.disk.as_ref().map(|d| DiskConfig {
-                compression: d.compression,
-                ..DiskConfig::new(&d.dir, d.capacity)
-            }),
-            default_ttl: self.ttl,
-            write_policy: match self.write_back_queue {
-                Some(queue) => WritePolicy::WriteBack { queue },
-                None => WritePolicy::WriteThrough,
-            },
-            cache_version: self.cache_version,
-            local_reads: self
-                .redis
-                .as_ref()
-                .map_or_else(LocalReads::default, |r| r.local_reads),
-            ..CacheConfig::default()
-        })
-    }
-
-    /// A display of the effective configuration for the start-up log. It holds no secret:
-    /// API keys live only in their file, whose path is shown, never its contents.
-    pub fn redacted(&self) -> impl fmt::Display + '_ {
-        Redacted(self)
-    }
 }
 
-struct Redacted<'a>(&'a ServerConfig);
-
-impl fmt::Display for Redacted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = self.0;
-        let opt = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map_or("none".to_owned(), |p| p.display().to_string())
-        };
-        write!(f, "bind={} enable_cache={}", c.bind, c.enable_cache)?;
-        write!(
-            f,
-            " memory={} ({} bytes) policy={}",
-            c.memory, c.memory_bytes, c.policy
-        )?;
-        match &c.disk {
-            Some(d) => write!(
-                f,
-                " disk_dir={} disk_size={} disk_compression={}",
-                d.dir.display(),
-                d.capacity,
-                d.compression
-            )?,
-            None => write!(f, " disk_dir=none")?,
-        }
-        write!(
-            f,
-            " ttl={:?} write_back_queue={:?} cache_version={} model_dir={}",
-            c.ttl,
-            c.write_back_queue,
-            c.cache_version,
-            opt(&c.model_dir)
-        )?;
-        write!(
-            f,
-            " max_batch={} max_wait={:?} inference_queue={}",
-            c.batch.max_batch, c.batch.max_wait, c.batch.queue
-        )?;
-        write!(
-            f,
-            " api_keys_file={} (keys redacted)",
-            opt(&c.api_keys_file)
-        )?;
-        match c.redis.as_ref().map(|r| &r.target) {
-            None => write!(f, " redis=none")?,
-            Some(RedisTarget::Auto {
-                memory_fraction,
-                dir,
-            }) => write!(
-                f,
-                " redis=auto redis_memory_fraction={memory_fraction} redis_dir={}",
-                dir.display()
-            )?,
-            Some(RedisTarget::Url(u)) => {
-                write!(f, " redis={}", infercache_core::redact_url(u))?;
-            }
-            Some(RedisTarget::Cluster(us)) => {
-                let shown: Vec<String> =
-                    us.iter().map(|u| infercache_core::redact_url(u)).collect();
-                write!(f, " redis_cluster={}", shown.join(","))?;
-            }
-        }
-        if let Some(r) = &c.redis {
-            match r.local_reads {
-                LocalReads::InSync { grace } => {
-                    write!(f, " redis_local_reads=in-sync redis_local_grace={grace:?}")?;
-                }
-                LocalReads::Always => write!(f, " redis_local_reads=always")?,
-            }
-            if let Some(ca) = &r.ca_file {
-                write!(f, " redis_ca_file={}", ca.display())?;
-            }
-        }
-        let l = &c.limits;
-        write!(
-            f,
-            " max_body_size={} body_budget={} max_items={} max_input_chars={} max_concurrent_requests={} request_timeout={:?} shutdown_timeout={:?}",
-            l.max_body_bytes,
-            l.body_budget_bytes,
-            l.max_items,
-            l.max_input_chars,
-            l.max_concurrent_requests,
-            l.request_timeout,
-            c.shutdown_timeout
-        )?;
-        for m in &c.models {
-            write!(f, " model={}:{}@{}", m.name, m.backend, redacted_url(m))?;
-        }
-        Ok(())
-    }
-}
-
-/// A model's URL for logs: any password it holds is replaced by `***`.
-fn redacted_url(m: &ModelConfig) -> String {
-    let Some(url) = &m.url else {
-        return "in-process".to_owned();
+/// The disk tier: on by default (`disk/` under the cache directory), off with `no_disk`.
+fn resolve_disk(a: &mut ServeArgs) -> Result<Option<DiskSettings>, ConfigError> {
+    let compression = match a.disk_compression.take() {
+        Some(s) => s.parse().map_err(|e| invalid("disk_compression", &s, e))?,
+        None => Compression::default(),
     };
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+    let (dir, size) = (a.disk_dir.take(), a.disk_size.take());
+    if a.no_disk == Some(true) {
+        if dir.is_some() || size.is_some() {
+            return Err(ConfigError::Inconsistent(
+                "no_disk contradicts disk_dir / disk_size",
+            ));
         }
-        _ => url.clone(),
+        return Ok(None);
     }
+    let dir = dir.unwrap_or_else(|| infercache_backend::default_cache_dir().join("disk"));
+    let size = size.unwrap_or_else(|| DEFAULT_DISK_SIZE.to_owned());
+    let capacity = match size.parse::<Capacity>() {
+        Ok(Capacity::Bytes(b)) if b > 0 => b,
+        Ok(_) => {
+            return Err(invalid(
+                "disk_size",
+                &size,
+                "give a positive byte size such as 10GiB",
+            ));
+        }
+        Err(e) => return Err(invalid("disk_size", &size, e)),
+    };
+    Ok(Some(DiskSettings {
+        dir,
+        capacity,
+        compression,
+    }))
 }
 
-/// The Redis settings as given (flags over the file), before validation.
-struct RawRedis {
-    target: Option<String>,
-    memory_fraction: Option<f64>,
-    cluster: bool,
-    prefix: Option<String>,
-    write_back_queue: Option<usize>,
-    timeout: Option<Duration>,
-    local_reads: Option<String>,
-    local_grace: Option<Duration>,
-    ca_file: Option<PathBuf>,
+/// How the model pool batches.
+fn resolve_batch(a: &mut ServeArgs, d: BatchSettings) -> Result<BatchSettings, ConfigError> {
+    let max_wait = match duration("max_wait", a.max_wait.take())? {
+        Some(w) if w > Duration::from_secs(10) => {
+            return Err(invalid(
+                "max_wait",
+                &format!("{w:?}"),
+                "must be at most 10s",
+            ));
+        }
+        w => w.unwrap_or(d.max_wait),
+    };
+    Ok(BatchSettings {
+        max_batch: positive("max_batch", a.max_batch)?.unwrap_or(d.max_batch),
+        max_wait,
+        queue: positive("inference_queue", a.inference_queue)?.unwrap_or(d.queue),
+    })
 }
 
-fn resolve_redis(raw: RawRedis) -> Result<Option<RedisSettings>, ConfigError> {
-    let RawRedis {
-        target,
-        memory_fraction,
-        cluster,
-        prefix,
-        write_back_queue,
-        timeout,
-        local_reads,
-        local_grace,
-        ca_file,
-    } = raw;
-    let Some(target) = target
+/// The request limits; the body budget is at least the body limit.
+fn resolve_limits(a: &mut ServeArgs, d: Limits) -> Result<Limits, ConfigError> {
+    let max_body_bytes = match a.max_body_size.take() {
+        Some(s) => match s.parse::<Capacity>() {
+            Ok(Capacity::Bytes(b)) if b > 0 => usize::try_from(b)
+                .map_err(|_| invalid("max_body_size", &s, "too large for this platform"))?,
+            Ok(_) => return Err(invalid("max_body_size", &s, "give a positive byte size")),
+            Err(e) => return Err(invalid("max_body_size", &s, e)),
+        },
+        None => d.max_body_bytes,
+    };
+    let body_budget_bytes = match a.body_budget.take() {
+        Some(s) => match s.parse::<Capacity>() {
+            Ok(Capacity::Bytes(b)) if b >= max_body_bytes as u64 => usize::try_from(b)
+                .map_err(|_| invalid("body_budget", &s, "too large for this platform"))?,
+            Ok(_) => {
+                return Err(invalid(
+                    "body_budget",
+                    &s,
+                    "give a byte size of at least max_body_size",
+                ));
+            }
+            Err(e) => return Err(invalid("body_budget", &s, e)),
+        },
+        None => d.body_budget_bytes.max(max_body_bytes),
+    };
+    Ok(Limits {
+        max_body_bytes,
+        body_budget_bytes,
+        max_items: positive("max_items", a.max_items)?.unwrap_or(d.max_items),
+        max_input_chars: positive("max_input_chars", a.max_input_chars)?
+            .unwrap_or(d.max_input_chars),
+        max_concurrent_requests: positive("max_concurrent_requests", a.max_concurrent_requests)?
+            .unwrap_or(d.max_concurrent_requests),
+        request_timeout: duration("request_timeout", a.request_timeout.take())?
+            .unwrap_or(d.request_timeout),
+    })
+}
+
+/// The Redis tier: none unless `redis` is given, and then every `redis_*` setting checked
+/// against it.
+fn resolve_redis(a: &mut ServeArgs) -> Result<Option<RedisSettings>, ConfigError> {
+    let timeout = duration("redis_timeout", a.redis_timeout.take())?;
+    let local_grace = duration("redis_local_grace", a.redis_local_grace.take())?;
+    let memory_fraction = a.redis_memory_fraction;
+    let cluster = a.redis_cluster == Some(true);
+    let (prefix, write_back_queue) = (a.redis_prefix.take(), a.redis_write_back_queue);
+    let (local_reads, ca_file) = (a.redis_local_reads.take(), a.redis_ca_file.take());
+    let Some(target) = a
+        .redis
+        .take()
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
     else {
@@ -908,7 +403,8 @@ fn resolve_redis(raw: RawRedis) -> Result<Option<RedisSettings>, ConfigError> {
     }))
 }
 
-fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
+/// The `--config` file: the keys of [`ServeArgs`], unknown ones refused.
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -971,9 +467,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use infercache_engine::Policy;
+
     use super::*;
 
-    fn file(text: &str) -> FileConfig {
+    fn file(text: &str) -> ServeArgs {
         toml::from_str(text).unwrap()
     }
 
@@ -1081,7 +579,7 @@ mod tests {
 
     #[test]
     fn defaults_apply_with_nothing_given() {
-        let c = ServerConfig::resolve(ServeArgs::default(), FileConfig::default()).unwrap();
+        let c = ServerConfig::resolve(ServeArgs::default(), ServeArgs::default()).unwrap();
         let disk = c.disk.clone().expect("serve runs the disk tier by default");
         assert_eq!(disk.capacity, 2 << 30);
         assert_eq!(
@@ -1097,11 +595,11 @@ mod tests {
         );
         assert!(c.bind.ip().is_loopback());
         let memory_only = ServeArgs {
-            no_disk: true,
+            no_disk: Some(true),
             ..ServeArgs::default()
         };
         assert!(
-            ServerConfig::resolve(memory_only, FileConfig::default())
+            ServerConfig::resolve(memory_only, ServeArgs::default())
                 .unwrap()
                 .disk
                 .is_none()
@@ -1147,10 +645,10 @@ mod tests {
     fn disable_cache_wins() {
         let a = ServeArgs {
             enable_cache: Some(true),
-            disable_cache: true,
+            disable_cache: Some(true),
             ..ServeArgs::default()
         };
-        let c = ServerConfig::resolve(a, FileConfig::default()).unwrap();
+        let c = ServerConfig::resolve(a, ServeArgs::default()).unwrap();
         assert!(!c.enable_cache);
         assert!(c.cache_config().is_none());
     }
@@ -1179,16 +677,16 @@ mod tests {
             .into_iter()
             .zip(["memory", "ttl", "max_items", "bind"])
         {
-            let e = ServerConfig::resolve(a, FileConfig::default()).unwrap_err();
+            let e = ServerConfig::resolve(a, ServeArgs::default()).unwrap_err();
             assert!(e.to_string().contains(key), "{e}");
         }
         let e = ServerConfig::resolve(
             ServeArgs {
                 disk_dir: Some("/tmp/x".into()),
-                no_disk: true,
+                no_disk: Some(true),
                 ..ServeArgs::default()
             },
-            FileConfig::default(),
+            ServeArgs::default(),
         )
         .unwrap_err();
         assert!(e.to_string().contains("no_disk"), "{e}");
@@ -1196,7 +694,7 @@ mod tests {
 
     #[test]
     fn the_body_budget_is_a_size_of_at_least_the_body_limit() {
-        let c = ServerConfig::resolve(ServeArgs::default(), FileConfig::default()).unwrap();
+        let c = ServerConfig::resolve(ServeArgs::default(), ServeArgs::default()).unwrap();
         assert_eq!(c.limits.body_budget_bytes, 64 << 20);
         let c = ServerConfig::resolve(
             ServeArgs {
@@ -1217,7 +715,7 @@ mod tests {
                     body_budget: Some(bad.into()),
                     ..ServeArgs::default()
                 },
-                FileConfig::default(),
+                ServeArgs::default(),
             )
             .unwrap_err();
             assert!(e.to_string().contains("body_budget"), "{bad}: {e}");
@@ -1226,7 +724,7 @@ mod tests {
 
     #[test]
     fn unknown_file_keys_are_refused() {
-        assert!(toml::from_str::<FileConfig>("memroy = \"1GiB\"").is_err());
+        assert!(toml::from_str::<ServeArgs>("memroy = \"1GiB\"").is_err());
     }
 
     #[test]
@@ -1239,18 +737,227 @@ mod tests {
         }
     }
 
+    /// The `clap::Command` of [`ServeArgs`], as the binary flattens it.
+    fn command() -> clap::Command {
+        use clap::Args as _;
+        ServeArgs::augment_args(clap::Command::new("serve"))
+    }
+
+    #[test]
+    fn every_setting_is_a_flag_a_variable_and_a_file_key() {
+        let cmd = command();
+        let flag_only = ["disable_cache"];
+        let file_only = ["models"];
+        for key in ServeArgs::KEYS {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == *key);
+            if file_only.contains(key) {
+                assert!(arg.is_none(), "{key} is a file key only");
+            } else {
+                let arg = arg.unwrap_or_else(|| panic!("{key} has no flag"));
+                assert_eq!(arg.get_long(), Some(key.replace('_', "-").as_str()));
+                let env = arg.get_env().and_then(|e| e.to_str());
+                if flag_only.contains(key) {
+                    assert_eq!(env, None, "{key}");
+                } else {
+                    let expected = format!("INFERCACHE_{}", key.to_uppercase());
+                    assert_eq!(env, Some(expected.as_str()), "{key}");
+                }
+            }
+            // A file key takes one of these values; `config` and the flag-only ones none.
+            let in_file = ["\"1s\"", "1", "true", "[]"]
+                .iter()
+                .any(|v| toml::from_str::<ServeArgs>(&format!("{key} = {v}")).is_ok());
+            let expected = !(flag_only.contains(key) || *key == "config");
+            assert_eq!(in_file, expected, "{key} as a file key");
+        }
+        assert_eq!(
+            cmd.get_arguments().count(),
+            ServeArgs::KEYS.len() - file_only.len(),
+            "every flag is a setting of ServeArgs::KEYS"
+        );
+    }
+
+    #[test]
+    fn the_docs_tables_name_every_setting() {
+        let keys_in = |table: &str| -> Vec<String> {
+            table
+                .lines()
+                .filter_map(|l| l.trim_start_matches("//! ").strip_prefix("| `"))
+                .map(|l| l.split('`').next().unwrap_or_default().to_owned())
+                .collect()
+        };
+        let module = keys_in(include_str!("mod.rs"));
+        let readme = include_str!("../../../../README.md");
+        let section = readme
+            .split("### Configuration of `infercache serve`")
+            .nth(1)
+            .expect("README has the configuration section");
+        let section = section.split("\n### ").next().unwrap_or_default();
+        for key in ServeArgs::KEYS {
+            if ["config", "disable_cache"].contains(key) {
+                continue;
+            }
+            let shown = if *key == "models" { "[[models]]" } else { key };
+            assert!(
+                module.iter().any(|k| k == shown),
+                "{key} in the config/ docs"
+            );
+            if *key != "models" {
+                let row = format!(
+                    "| `{}` | `INFERCACHE_{}` | `{key}` |",
+                    key.replace('_', "-"),
+                    key.to_uppercase()
+                );
+                let flag = format!("`--{}", key.replace('_', "-"));
+                assert!(
+                    section
+                        .lines()
+                        .any(|l| l.contains(&flag) && l.contains(&format!("| `{key}` |"))),
+                    "README's configuration table has no row for {key} ({row})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn settings_given_only_by_the_file_apply() {
+        let c = ServerConfig::resolve(
+            ServeArgs::default(),
+            file(
+                r#"
+                no_disk = true
+                ttl = 90
+                max_wait = "2ms"
+                request_timeout = "1m"
+                max_body_size = 1048576
+                redis = "redis://h"
+                redis_cluster = true
+                redis_timeout = "250ms"
+                "#,
+            ),
+        )
+        .unwrap();
+        assert!(c.disk.is_none());
+        assert_eq!(c.ttl, Some(Duration::from_secs(90)));
+        assert_eq!(c.batch.max_wait, Duration::from_millis(2));
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.max_body_bytes, 1 << 20);
+        let redis = c.redis.unwrap();
+        assert_eq!(redis.target, RedisTarget::Cluster(vec!["redis://h".into()]));
+        assert_eq!(redis.timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_flag_set_to_false_beats_the_file() {
+        let flags = ServeArgs {
+            no_disk: Some(false),
+            enable_cache: Some(false),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(flags, file("no_disk = true\nenable_cache = true")).unwrap();
+        assert!(c.disk.is_some());
+        assert!(!c.enable_cache);
+    }
+
+    #[test]
+    fn boolean_flags_take_no_value_or_a_value() {
+        use clap::FromArgMatches as _;
+        let parse = |args: &[&str]| {
+            let m = command()
+                .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+                .unwrap();
+            ServeArgs::from_arg_matches(&m).unwrap()
+        };
+        let a = parse(&["--no-disk", "--redis-cluster", "--disable-cache"]);
+        assert_eq!(
+            (a.no_disk, a.redis_cluster, a.disable_cache),
+            (Some(true), Some(true), Some(true))
+        );
+        let a = parse(&["--no-disk=false", "--enable-cache=false"]);
+        assert_eq!((a.no_disk, a.enable_cache), (Some(false), Some(false)));
+        let a = parse(&[]);
+        assert_eq!((a.no_disk, a.disable_cache), (None, None));
+    }
+
     #[test]
     fn redacted_display_names_every_key() {
-        let shown = ServerConfig::default().redacted().to_string();
-        for key in [
-            "bind",
-            "memory",
-            "policy",
-            "ttl",
-            "max_items",
-            "api_keys_file",
-        ] {
-            assert!(shown.contains(key), "{shown}");
+        let c = ServerConfig::resolve(
+            ServeArgs {
+                redis: Some("rediss://:secret@h".into()),
+                redis_ca_file: Some("/etc/ca.pem".into()),
+                ttl: Some("1h".into()),
+                api_keys_file: Some("/etc/keys.toml".into()),
+                ..ServeArgs::default()
+            },
+            file("[[models]]\nname = \"m\"\nbackend = \"http-json\"\nurl = \"http://u:pw@up:1\""),
+        )
+        .unwrap();
+        let shown = c.redacted().to_string();
+        assert!(
+            !shown.contains("secret") && !shown.contains("pw@"),
+            "{shown}"
+        );
+        // Shown by another name: the file is where settings came from; `disable_cache` is
+        // `enable_cache=false`; `no_disk` is `disk_dir=none`; each model is `model=`.
+        let implied = ["config", "disable_cache", "no_disk", "models"];
+        // Shown only for their kind of Redis target.
+        let auto = ["redis_memory_fraction"];
+        let cluster = ["redis_cluster"];
+        for key in ServeArgs::KEYS {
+            if implied.contains(key) || auto.contains(key) || cluster.contains(key) {
+                continue;
+            }
+            assert!(
+                shown.contains(&format!(" {key}=")) || shown.starts_with(&format!("{key}=")),
+                "{key}: {shown}"
+            );
         }
+        assert!(
+            shown.contains(" model=m:http-json@http://u:***@up:1"),
+            "{shown}"
+        );
+        let auto_shown = ServerConfig::resolve(
+            ServeArgs {
+                redis: Some("auto".into()),
+                ..ServeArgs::default()
+            },
+            ServeArgs::default(),
+        )
+        .unwrap()
+        .redacted()
+        .to_string();
+        assert!(
+            auto_shown.contains(" redis_memory_fraction=0.3"),
+            "{auto_shown}"
+        );
+        let cluster_shown = ServerConfig::resolve(
+            ServeArgs {
+                redis: Some("redis://a,redis://:pw@b".into()),
+                ..ServeArgs::default()
+            },
+            ServeArgs::default(),
+        )
+        .unwrap()
+        .redacted()
+        .to_string();
+        assert!(
+            cluster_shown.contains(" redis_cluster=redis://a,redis://:***@b"),
+            "{cluster_shown}"
+        );
+        let off = ServerConfig::resolve(
+            ServeArgs {
+                no_disk: Some(true),
+                disable_cache: Some(true),
+                ..ServeArgs::default()
+            },
+            ServeArgs::default(),
+        )
+        .unwrap()
+        .redacted()
+        .to_string();
+        assert!(
+            off.contains("disk_dir=none") && off.contains("enable_cache=false"),
+            "{off}"
+        );
     }
 }

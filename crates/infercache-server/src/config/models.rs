@@ -40,10 +40,11 @@ use serde::Deserialize;
 
 use super::{ConfigError, Scalar, parse_duration};
 
-/// One `[[models]]` table as written.
-#[derive(Debug, Default, Deserialize)]
+/// One `[[models]]` table as written (the file is its only source); validated into a
+/// [`ModelConfig`] by [`super::ServerConfig::from_args`].
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawModel {
+pub struct RawModel {
     name: Option<String>,
     backend: Option<String>,
     url: Option<String>,

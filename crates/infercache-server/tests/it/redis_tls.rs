@@ -18,7 +18,7 @@ fn config(url: &str, ca_file: &std::path::Path) -> ServerConfig {
         redis: Some(url.to_owned()),
         redis_ca_file: Some(ca_file.to_owned()),
         redis_timeout: Some("1s".into()),
-        no_disk: true,
+        no_disk: Some(true),
         ..ServeArgs::default()
     })
     .unwrap()
