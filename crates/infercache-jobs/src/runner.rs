@@ -129,6 +129,48 @@ pub struct Summary {
     pub resumed_at: u64,
     /// Whether the run stopped before the end (resume it with the same command).
     pub stopped: bool,
+    /// In a distributed job: what this worker did before writing the output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<crate::WorkerCounts>,
+}
+
+/// What one worker of a distributed job did before the output was written.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WorkerCounts {
+    /// Whether this worker enqueued the job's windows (exactly one worker of a job does).
+    pub enqueued: bool,
+    /// Windows it computed.
+    pub windows: u64,
+    /// Of those, windows it took over from another worker.
+    pub claimed: u64,
+    /// Inputs in them, repeats included.
+    pub rows: u64,
+    /// First occurrences it computed.
+    pub computed: u64,
+    /// Inputs that failed (computed again, and recorded, when the output is written).
+    pub errors: u64,
+    /// Successful model calls it made.
+    pub model_calls: u64,
+}
+
+impl Summary {
+    /// A distributed job's worker stopped (SIGINT, SIGTERM) before the job was drained.
+    pub fn stopped(job: &crate::JobId, worker: WorkerCounts) -> Self {
+        Self {
+            rows: 0,
+            unique: 0,
+            hits: 0,
+            duplicates: 0,
+            computed: worker.computed,
+            errors: worker.errors,
+            model_calls: worker.model_calls,
+            elapsed_s: 0.0,
+            job: job.to_string(),
+            resumed_at: 0,
+            stopped: true,
+            worker: Some(worker),
+        }
+    }
 }
 
 /// Runs the job `options` describes with `model`, until it is done or `stop` is set.
@@ -144,36 +186,13 @@ pub async fn run(
     progress: &dyn Progress,
 ) -> Result<Summary, JobError> {
     let started = Instant::now();
-    let bytes = tokio::fs::read(&options.input)
-        .await
-        .map_err(|e| JobError::io(format!("reading {}", options.input.display()), e))?;
-    let identity = model.identity();
-    let spec = JobSpec {
-        input_digest: blake3::hash(&bytes).to_hex().to_string(),
-        format: options.format,
-        column: options.column.clone(),
-        model: identity.name,
-        backend: identity.backend,
-        version: identity.version,
-        digest: identity.digest,
-        tenant: options.tenant.clone(),
-        parameters: options.parameters.clone(),
-        key_scheme: KEY_SCHEME,
-    };
-    let read = ReadOptions {
-        format: options.format,
-        column: options.column.clone(),
-        kind: model.input_kind(),
-        max_input_chars: options.max_input_chars,
-    };
-    let (records, firsts, unique) = tokio::task::spawn_blocking(move || {
-        let records = format::read(&bytes, &read)?;
-        let (firsts, unique) = first_occurrences(&records);
-        Ok::<_, JobError>((records, firsts, unique))
-    })
-    .await
-    .map_err(|e| JobError::io("reading the input", io::Error::other(e)))??;
-    let total: u64 = records.iter().map(|r| inputs_of(r) as u64).sum();
+    let Plan {
+        spec,
+        records,
+        firsts,
+        unique,
+        total,
+    } = Plan::read(model, options).await?;
 
     let job = JobDir::prepare(&spec, options)?;
     let (mut journal, last) =
@@ -201,12 +220,7 @@ pub async fn run(
         .into_iter()
         .take_while(|_| !stop.load(Ordering::SeqCst))
         .map(|range| {
-            let inputs: Vec<Value> = records[range.clone()]
-                .iter()
-                .filter_map(|r| r.inputs.as_ref().ok())
-                .flatten()
-                .cloned()
-                .collect();
+            let inputs = inputs_in(&records, range.clone());
             async move {
                 let results = if inputs.is_empty() {
                     Vec::new()
@@ -294,6 +308,7 @@ pub async fn run(
         job: spec.id().to_string(),
         resumed_at,
         stopped,
+        worker: None,
     };
     if !stopped {
         files.finish(options, counts.errors)?;
@@ -305,6 +320,73 @@ pub async fn run(
             .map_err(|e| JobError::io("writing the summary", e))?;
     }
     Ok(summary)
+}
+
+/// A job as read from its input: the spec, every record, and which inputs are first
+/// occurrences. Reading writes nothing.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) spec: JobSpec,
+    pub(crate) records: Vec<Record>,
+    /// By record and input: whether it is the input's first occurrence in the file.
+    pub(crate) firsts: Vec<Vec<bool>>,
+    /// Distinct readable inputs.
+    pub(crate) unique: u64,
+    /// Inputs in the file (an unreadable record counts as one).
+    pub(crate) total: u64,
+}
+
+impl Plan {
+    /// Reads and parses `options.input` for `model` (off the async workers).
+    pub(crate) async fn read(model: &dyn JobModel, options: &JobOptions) -> Result<Self, JobError> {
+        let bytes = tokio::fs::read(&options.input)
+            .await
+            .map_err(|e| JobError::io(format!("reading {}", options.input.display()), e))?;
+        let identity = model.identity();
+        let spec = JobSpec {
+            input_digest: blake3::hash(&bytes).to_hex().to_string(),
+            format: options.format,
+            column: options.column.clone(),
+            model: identity.name,
+            backend: identity.backend,
+            version: identity.version,
+            digest: identity.digest,
+            tenant: options.tenant.clone(),
+            parameters: options.parameters.clone(),
+            key_scheme: KEY_SCHEME,
+        };
+        let read = ReadOptions {
+            format: options.format,
+            column: options.column.clone(),
+            kind: model.input_kind(),
+            max_input_chars: options.max_input_chars,
+        };
+        let (records, firsts, unique) = tokio::task::spawn_blocking(move || {
+            let records = format::read(&bytes, &read)?;
+            let (firsts, unique) = first_occurrences(&records);
+            Ok::<_, JobError>((records, firsts, unique))
+        })
+        .await
+        .map_err(|e| JobError::io("reading the input", io::Error::other(e)))??;
+        let total = records.iter().map(|r| inputs_of(r) as u64).sum();
+        Ok(Self {
+            spec,
+            records,
+            firsts,
+            unique,
+            total,
+        })
+    }
+}
+
+/// The readable inputs of the records in `range`, repeats included, in order.
+pub(crate) fn inputs_in(records: &[Record], range: std::ops::Range<usize>) -> Vec<Value> {
+    records[range]
+        .iter()
+        .filter_map(|r| r.inputs.as_ref().ok())
+        .flatten()
+        .cloned()
+        .collect()
 }
 
 /// Each input's first-occurrence flag, by record and input, and the number of distinct
@@ -338,7 +420,7 @@ fn inputs_of(record: &Record) -> usize {
 
 /// The records from `start` cut into windows of at most `batch` first occurrences and
 /// [`WINDOW_INPUTS_OF_BATCH`]` * batch` inputs.
-fn windows(
+pub(crate) fn windows(
     records: &[Record],
     firsts: &[Vec<bool>],
     start: usize,
@@ -365,7 +447,10 @@ fn windows(
 
 /// The rows of `inputs`; a failing call is split in halves until each failing input is
 /// alone, so that one bad input fails only itself.
-fn compute<'a>(model: &'a dyn JobModel, inputs: &'a [Value]) -> BoxFuture<'a, Vec<RowResult>> {
+pub(crate) fn compute<'a>(
+    model: &'a dyn JobModel,
+    inputs: &'a [Value],
+) -> BoxFuture<'a, Vec<RowResult>> {
     Box::pin(async move {
         match model.rows(inputs).await {
             Ok(rows) => rows,

@@ -421,3 +421,5 @@ fn invalidate_needs_exactly_one_scope() {
 mod bulk;
 #[path = "cli/weights.rs"]
 mod weights;
+#[path = "cli/workers.rs"]
+mod workers;
