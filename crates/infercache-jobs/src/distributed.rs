@@ -33,6 +33,7 @@ use std::time::Duration;
 use futures_util::future::try_join_all;
 use infercache_redis::RedisConfig;
 use infercache_redis::redis::{self, aio::MultiplexedConnection};
+use tokio::sync::Semaphore;
 
 use crate::JobError;
 use crate::model::{JobModel, Served};
@@ -45,6 +46,10 @@ const GROUP: &str = "workers";
 /// Connect and command timeout of the queue's connection (its commands are few and small;
 /// this is not the cache tier's tight timeout).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Windows one worker holds at once: while one is computed, the next is looked up. The
+/// model calls in flight stay within `--concurrency`.
+const WINDOWS_IN_FLIGHT: usize = 2;
 
 /// How long a worker waits before asking again while other workers hold the last windows.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -398,13 +403,22 @@ pub async fn run(
         }
         wait_drained(&queue, stop).await?;
     } else {
-        let windows = runner::windows(&plan.records, &plan.firsts, 0, options.batch_size.max(1));
+        let batch = options.batch_size.max(1);
+        let concurrency = options.concurrency.max(1);
+        // A window is one round of calls: small windows spread the job over the workers.
+        let windows = runner::windows(
+            &plan.firsts,
+            0,
+            batch.saturating_mul(concurrency),
+            runner::LOOKUP_WINDOW.max(batch),
+        );
         enqueued = queue.enqueue_once(&windows).await?;
         if enqueued {
             tracing::info!(job = %id, windows = windows.len(), "enqueued the job's windows");
         }
+        let calls = Semaphore::new(concurrency);
         let loops =
-            (0..options.concurrency.max(1)).map(|_| work(model, &plan, &queue, &tally, stop));
+            (0..WINDOWS_IN_FLIGHT).map(|_| work(model, &plan, batch, &calls, &queue, &tally, stop));
         try_join_all(loops).await?;
     }
     let counts = WorkerCounts {
@@ -439,6 +453,8 @@ async fn wait_drained(queue: &RedisQueue, stop: &AtomicBool) -> Result<(), JobEr
 async fn work(
     model: &dyn JobModel,
     plan: &Plan,
+    batch: usize,
+    calls: &Semaphore,
     queue: &RedisQueue,
     tally: &Tally,
     stop: &AtomicBool,
@@ -462,13 +478,14 @@ async fn work(
             tracing::info!(window = %window.id, "taking over a window another worker left");
         }
         let inputs = runner::inputs_in(&plan.records, window.records.clone());
-        let results = if inputs.is_empty() {
-            Vec::new()
-        } else {
-            renewing(queue, &window.id, runner::compute(model, &inputs)).await
-        };
-        let firsts = plan.firsts[window.records.clone()].iter().flatten();
-        for (first, result) in firsts.zip(&results) {
+        let firsts: Vec<bool> = plan.firsts[window.records.clone()]
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        let rows = runner::window_rows(model, &inputs, &firsts, batch, calls, async {});
+        let results = renewing(queue, &window.id, rows).await;
+        for (first, result) in firsts.iter().zip(&results) {
             match result {
                 Ok((_, Served::Computed)) if *first => {
                     tally.computed.fetch_add(1, Ordering::Relaxed);

@@ -23,7 +23,7 @@ use infercache_infer::Infer;
 use infercache_jobs::{
     CallCounter, Counts, Format, InferModel, JobOptions, Mode, Progress, Summary,
 };
-use infercache_server::{ServeArgs, ServerConfig};
+use infercache_server::ServeArgs;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The tenant of a job when none is given: the server's tenant for requests without

@@ -23,8 +23,10 @@ struct Machine {
 impl Machine {
     fn new(upstream: &str, input: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // Each machine its own disk tier; the Redis tier is the one they share.
         let config = format!(
-            "[[models]]\nname = \"scorer\"\nbackend = \"http-json\"\nurl = \"{upstream}/predict\"\n"
+            "disk_dir = \"{}\"\ndisk_size = \"64MiB\"\n\n[[models]]\nname = \"scorer\"\nbackend = \"http-json\"\nurl = \"{upstream}/predict\"\n",
+            dir.path().join("disk").display()
         );
         std::fs::write(dir.path().join("infercache.toml"), config).unwrap();
         std::fs::write(dir.path().join("in.jsonl"), input).unwrap();
@@ -80,7 +82,7 @@ fn succeeded(out: &Output) -> Value {
 fn three_workers_one_killed_midway_compute_each_input_once_and_write_the_single_process_output() {
     const LINES: usize = 8_000;
     const UNIQUE: usize = LINES / 2;
-    // The killed worker's window in flight: --concurrency 1, --batch-size 8.
+    // The killed worker's call in flight: --concurrency 1, --batch-size 8.
     const IN_FLIGHT: usize = 8;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let redis = RedisServer::start();
@@ -117,7 +119,7 @@ fn three_workers_one_killed_midway_compute_each_input_once_and_write_the_single_
     let computed = up.rows();
     assert!(
         (UNIQUE..=UNIQUE + IN_FLIGHT).contains(&computed),
-        "{computed} rows computed for {UNIQUE} unique inputs (killed with one window in flight)"
+        "{computed} rows computed for {UNIQUE} unique inputs (killed with one call in flight)"
     );
     let clean = clean_output(&rt, &input);
     for (machine, s) in machines[1..].iter().zip(&summaries) {
@@ -141,7 +143,8 @@ fn three_workers_one_killed_midway_compute_each_input_once_and_write_the_single_
         .iter()
         .map(|s| s["worker"]["claimed"].as_u64().unwrap())
         .sum();
-    assert!(windows > 0 && claimed <= 1, "{summaries:?}");
+    // The killed worker held two windows at most.
+    assert!(windows > 0 && claimed <= 2, "{summaries:?}");
     let enqueued = summaries
         .iter()
         .filter(|s| s["worker"]["enqueued"] == true)
