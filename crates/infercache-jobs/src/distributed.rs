@@ -83,6 +83,9 @@ pub struct Distributed {
     pub collect: bool,
 }
 
+/// A stream entry as Redis sends it (RESP2): its id and its fields and values, flat.
+type Entry = (String, Vec<String>);
+
 /// A window of the job, as the stream holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Window {
@@ -197,7 +200,7 @@ impl RedisQueue {
     async fn next(&self, take: bool) -> Result<Next, JobError> {
         let mut conn = self.conn.clone();
         if take {
-            let read: Option<Vec<(String, Vec<(String, Vec<String>)>)>> = redis::cmd("XREADGROUP")
+            let read: Option<Vec<(String, Vec<Entry>)>> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
                 .arg(&self.consumer)
@@ -212,18 +215,17 @@ impl RedisQueue {
             if let Some((id, fields)) = read.into_iter().flatten().flat_map(|(_, e)| e).next() {
                 return Ok(Next::Window(window(id, &fields, false)?));
             }
-            let (_, claimed, _): (String, Vec<(String, Vec<String>)>, redis::Value) =
-                redis::cmd("XAUTOCLAIM")
-                    .arg(&self.stream)
-                    .arg(GROUP)
-                    .arg(&self.consumer)
-                    .arg(millis(self.claim_timeout))
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| queue_error("claiming a stale window", &e))?;
+            let (_, claimed, _): (String, Vec<Entry>, redis::Value) = redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(millis(self.claim_timeout))
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| queue_error("claiming a stale window", &e))?;
             if let Some((id, fields)) = claimed.into_iter().next() {
                 return Ok(Next::Window(window(id, &fields, true)?));
             }

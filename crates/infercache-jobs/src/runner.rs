@@ -5,7 +5,7 @@
 //! 2. Each input's identity (BLAKE3 of its canonical JSON) marks its first occurrence in
 //!    the file: the whole file is de-duplicated, and a repeat takes the first one's value
 //!    (from the cache, or by waiting on its computation: the engine's single flight).
-//! 3. The records are cut into windows of at most [`LOOKUP_WINDOW`] inputs (repeats
+//! 3. The records are cut into windows of at most `LOOKUP_WINDOW` (4096) inputs (repeats
 //!    included) and `WINDOW_ROUNDS` rounds of `concurrency` calls of `batch_size` first
 //!    occurrences. A window is looked up whole at once ([`JobModel::lookup`]: from the
 //!    memory tier one `get_many`), and its misses, each distinct one once, are computed in
