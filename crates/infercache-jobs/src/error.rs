@@ -26,6 +26,9 @@ pub enum JobError {
     /// `--resume`, and no job for this output was ever started.
     #[error("nothing to resume: no job has written this output yet")]
     NothingToResume,
+    /// A distributed job's Redis cannot be reached, or its stream is not a job's.
+    #[error("distributed job: {0}")]
+    Distributed(String),
     /// A job file could not be read or written.
     #[error("{what}: {source}")]
     Io {

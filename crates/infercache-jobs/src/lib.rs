@@ -22,10 +22,15 @@
 //!   [`infercache_infer::Infer`], or through a running server (the `infercache` binary's
 //!   `--url` client).
 //! - [`run`] ([`runner`]): the job from input to output.
+//! - `distributed` (feature `distributed`): one job shared by several processes through
+//!   a Redis Stream and a consumer group, each computing windows into the shared Redis
+//!   tier, any of them then writing the output from hits.
 //!
 //! No HTTP and no terminal here: the binary wires the configuration, the progress bar and
 //! the signals.
 
+#[cfg(feature = "distributed")]
+pub mod distributed;
 mod error;
 pub mod format;
 pub mod journal;
@@ -37,5 +42,5 @@ pub use error::JobError;
 pub use format::{Format, InputKind};
 pub use journal::Counts;
 pub use model::{CallCounter, Identity, InferModel, JobModel, RowResult, Served};
-pub use runner::{JobOptions, Mode, NoProgress, Progress, Summary, run};
+pub use runner::{JobOptions, Mode, NoProgress, Progress, Summary, WorkerCounts, run};
 pub use spec::{JobId, JobSpec};

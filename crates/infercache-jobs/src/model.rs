@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use infercache_backend::{BackendKind, BoxFuture, Inputs, JsonText, vector};
-use infercache_infer::{Infer, Model, Observer, RowRequest, RowSource};
+use infercache_infer::{CacheControl, Infer, Model, Observer, RowRequest, RowSource};
 use serde_json::{Map, Value};
 
 use crate::JobError;
@@ -51,6 +51,15 @@ pub trait JobModel: Send + Sync + std::fmt::Debug {
     /// The rows of `inputs`, in order. An `Err` fails the whole call (the runner then
     /// splits the batch to find the inputs that fail).
     fn rows<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Result<Vec<RowResult>, String>>;
+
+    /// The cached rows of `inputs`, computing none: `None` for an input not cached (or
+    /// whose stored row cannot be read, which `rows` then computes afresh). One call looks
+    /// up many inputs at once, so a re-run of a job costs a few large lookups rather than
+    /// one per-row-path call per batch. By default nothing is looked up: every input goes
+    /// to `rows`.
+    fn lookup<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Vec<Option<Value>>> {
+        Box::pin(async move { vec![None; inputs.len()] })
+    }
 
     /// Successful model calls so far, in this process.
     fn model_calls(&self) -> u64;
@@ -144,6 +153,40 @@ impl InferModel {
         })
     }
 
+    /// `inputs` on the per-row path under `control`.
+    async fn call(
+        &self,
+        inputs: &[Value],
+        control: CacheControl,
+    ) -> Result<infercache_infer::Rows, infercache_infer::InferError> {
+        let inputs = match self.input_kind() {
+            // The job's inputs were parsed from its file, so a row goes upstream as
+            // serde_json writes it back (a number past 64 bits rounded), not as the
+            // file spelled it.
+            InputKind::Json => Inputs::Json {
+                rows: inputs.iter().map(json_text).collect(),
+                parameters: self
+                    .parameters
+                    .as_ref()
+                    .map(|p| json_text(&Value::Object(p.clone()))),
+            },
+            InputKind::Text => Inputs::texts(
+                inputs
+                    .iter()
+                    .map(|v| v.as_str().unwrap_or_default().to_owned())
+                    .collect(),
+            ),
+        };
+        self.infer
+            .rows(RowRequest {
+                model: Arc::clone(&self.model),
+                tenant: Arc::clone(&self.tenant),
+                inputs: Arc::new(inputs),
+                control,
+            })
+            .await
+    }
+
     fn decode(&self, value: &Bytes) -> Result<Value, String> {
         match self.model.kind() {
             BackendKind::HttpJson | BackendKind::Ersilia => {
@@ -192,32 +235,8 @@ impl JobModel for InferModel {
 
     fn rows<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Result<Vec<RowResult>, String>> {
         Box::pin(async move {
-            let inputs = match self.input_kind() {
-                // The job's inputs were parsed from its file, so a row goes upstream as
-                // serde_json writes it back (a number past 64 bits rounded), not as the
-                // file spelled it.
-                InputKind::Json => Inputs::Json {
-                    rows: inputs.iter().map(json_text).collect(),
-                    parameters: self
-                        .parameters
-                        .as_ref()
-                        .map(|p| json_text(&Value::Object(p.clone()))),
-                },
-                InputKind::Text => Inputs::texts(
-                    inputs
-                        .iter()
-                        .map(|v| v.as_str().unwrap_or_default().to_owned())
-                        .collect(),
-                ),
-            };
             let rows = self
-                .infer
-                .rows(RowRequest {
-                    model: Arc::clone(&self.model),
-                    tenant: Arc::clone(&self.tenant),
-                    inputs: Arc::new(inputs),
-                    control: Default::default(),
-                })
+                .call(inputs, CacheControl::default())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(rows
@@ -241,6 +260,30 @@ impl JobModel for InferModel {
                     Ok((self.decode(value)?, served))
                 })
                 .collect())
+        })
+    }
+
+    fn lookup<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Vec<Option<Value>>> {
+        Box::pin(async move {
+            let control = CacheControl {
+                cache_only: true,
+                ..CacheControl::default()
+            };
+            match self.call(inputs, control).await {
+                Ok(rows) => rows
+                    .values
+                    .iter()
+                    .map(|value| {
+                        let value = value.as_ref()?;
+                        self.model.backend().keep(value).then_some(())?;
+                        self.decode(value).ok()
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a lookup failed: computing its inputs");
+                    vec![None; inputs.len()]
+                }
+            }
         })
     }
 

@@ -5,12 +5,15 @@
 //! 2. Each input's identity (BLAKE3 of its canonical JSON) marks its first occurrence in
 //!    the file: the whole file is de-duplicated, and a repeat takes the first one's value
 //!    (from the cache, or by waiting on its computation: the engine's single flight).
-//! 3. The records are cut into windows holding at most `batch_size` first occurrences
-//!    (their repeats ride along), `concurrency` windows in flight at once. A window is one
-//!    call of the model ([`JobModel::rows`], the per-row path: looked up, only misses
-//!    computed and stored); a call that fails is split in halves until the failing inputs
-//!    are alone, and those go to the errors file with their key and reason.
-//! 4. Windows finish in input order (a reorder buffer of `concurrency`): each one's
+//! 3. The records are cut into windows of at most `LOOKUP_WINDOW` (4096) inputs (repeats
+//!    included) and `WINDOW_ROUNDS` rounds of `concurrency` calls of `batch_size` first
+//!    occurrences. A window is looked up whole at once ([`JobModel::lookup`]: from the
+//!    memory tier one `get_many`), and its misses, each distinct one once, are computed in
+//!    calls of at most `batch_size` ([`JobModel::rows`], the per-row path: single flight,
+//!    stored in every tier), `concurrency` calls at once across the windows in flight. A
+//!    call that fails is split in halves until the failing inputs are alone, and those go
+//!    to the errors file with their key and reason.
+//! 4. Windows finish in input order (two in flight: one computed while the next is looked up): each one's
 //!    output and errors are appended to the job's partial files, then the journal records
 //!    the totals ([`journal`](crate::journal)). The cache is written before the journal, so after a kill
 //!    a resumed job finds every row computed since the last journal entry as a hit: only
@@ -34,6 +37,7 @@ use futures_util::StreamExt as _;
 use infercache_backend::BoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 
 use crate::JobError;
 use crate::format::{self, Format, ReadOptions, Record, Writer};
@@ -41,9 +45,18 @@ use crate::journal::{Counts, Entry, Journal};
 use crate::model::{JobModel, RowResult, Served};
 use crate::spec::{JobSpec, KEY_SCHEME};
 
-/// Inputs in one window at most, repeats included, in units of `batch_size`: a window of
-/// repeats is only lookups, but its output must still be bounded.
-const WINDOW_INPUTS_OF_BATCH: usize = 8;
+/// Inputs in one window at most, repeats included: what one lookup asks the cache for.
+/// A re-run of a job is then a few large lookups (from memory, one `get_many` each)
+/// rather than one per-row-path call per batch.
+pub(crate) const LOOKUP_WINDOW: usize = 4096;
+
+/// First occurrences in one window at most, in rounds of `concurrency` calls of
+/// `batch_size`: bounds how long a window's journal entry waits while its misses are
+/// computed.
+const WINDOW_ROUNDS: usize = 8;
+
+/// Windows in flight at once: while one is computed, the next is looked up.
+const WINDOWS_IN_FLIGHT: usize = 2;
 
 /// Whether to resume a job's journal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -129,6 +142,48 @@ pub struct Summary {
     pub resumed_at: u64,
     /// Whether the run stopped before the end (resume it with the same command).
     pub stopped: bool,
+    /// In a distributed job: what this worker did before writing the output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<crate::WorkerCounts>,
+}
+
+/// What one worker of a distributed job did before the output was written.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WorkerCounts {
+    /// Whether this worker enqueued the job's windows (exactly one worker of a job does).
+    pub enqueued: bool,
+    /// Windows it computed.
+    pub windows: u64,
+    /// Of those, windows it took over from another worker.
+    pub claimed: u64,
+    /// Inputs in them, repeats included.
+    pub rows: u64,
+    /// First occurrences it computed.
+    pub computed: u64,
+    /// Inputs that failed (computed again, and recorded, when the output is written).
+    pub errors: u64,
+    /// Successful model calls it made.
+    pub model_calls: u64,
+}
+
+impl Summary {
+    /// A distributed job's worker stopped (SIGINT, SIGTERM) before the job was drained.
+    pub fn stopped(job: &crate::JobId, worker: WorkerCounts) -> Self {
+        Self {
+            rows: 0,
+            unique: 0,
+            hits: 0,
+            duplicates: 0,
+            computed: worker.computed,
+            errors: worker.errors,
+            model_calls: worker.model_calls,
+            elapsed_s: 0.0,
+            job: job.to_string(),
+            resumed_at: 0,
+            stopped: true,
+            worker: Some(worker),
+        }
+    }
 }
 
 /// Runs the job `options` describes with `model`, until it is done or `stop` is set.
@@ -144,36 +199,13 @@ pub async fn run(
     progress: &dyn Progress,
 ) -> Result<Summary, JobError> {
     let started = Instant::now();
-    let bytes = tokio::fs::read(&options.input)
-        .await
-        .map_err(|e| JobError::io(format!("reading {}", options.input.display()), e))?;
-    let identity = model.identity();
-    let spec = JobSpec {
-        input_digest: blake3::hash(&bytes).to_hex().to_string(),
-        format: options.format,
-        column: options.column.clone(),
-        model: identity.name,
-        backend: identity.backend,
-        version: identity.version,
-        digest: identity.digest,
-        tenant: options.tenant.clone(),
-        parameters: options.parameters.clone(),
-        key_scheme: KEY_SCHEME,
-    };
-    let read = ReadOptions {
-        format: options.format,
-        column: options.column.clone(),
-        kind: model.input_kind(),
-        max_input_chars: options.max_input_chars,
-    };
-    let (records, firsts, unique) = tokio::task::spawn_blocking(move || {
-        let records = format::read(&bytes, &read)?;
-        let (firsts, unique) = first_occurrences(&records);
-        Ok::<_, JobError>((records, firsts, unique))
-    })
-    .await
-    .map_err(|e| JobError::io("reading the input", io::Error::other(e)))??;
-    let total: u64 = records.iter().map(|r| inputs_of(r) as u64).sum();
+    let Plan {
+        spec,
+        records,
+        firsts,
+        unique,
+        total,
+    } = Plan::read(model, options).await?;
 
     let job = JobDir::prepare(&spec, options)?;
     let (mut journal, last) =
@@ -196,27 +228,41 @@ pub async fn run(
 
     let calls_at_start = model.model_calls();
     let calls_before = counts.model_calls;
-    let windows = windows(&records, &firsts, last.records, options.batch_size.max(1));
+    let batch = options.batch_size.max(1);
+    let concurrency = options.concurrency.max(1);
+    let calls = Semaphore::new(concurrency);
+    let windows = windows(
+        &firsts,
+        last.records,
+        batch
+            .saturating_mul(concurrency)
+            .saturating_mul(WINDOW_ROUNDS),
+        LOOKUP_WINDOW.max(batch),
+    );
+    // How many of this run's windows are done: a window's repeats of inputs still
+    // computing in the window before wait for it.
+    let (finished, finished_rx) = tokio::sync::watch::channel(0usize);
     let work = windows
         .into_iter()
+        .enumerate()
         .take_while(|_| !stop.load(Ordering::SeqCst))
-        .map(|range| {
-            let inputs: Vec<Value> = records[range.clone()]
-                .iter()
-                .filter_map(|r| r.inputs.as_ref().ok())
-                .flatten()
-                .cloned()
-                .collect();
+        .map(|(k, range)| {
+            let inputs = inputs_in(&records, range.clone());
+            let window_firsts: Vec<bool> =
+                firsts[range.clone()].iter().flatten().copied().collect();
+            let (calls, finished) = (&calls, &finished);
+            let mut before = finished_rx.clone();
             async move {
-                let results = if inputs.is_empty() {
-                    Vec::new()
-                } else {
-                    compute(model, &inputs).await
+                let earlier = async move {
+                    let _ = before.wait_for(|done| *done >= k).await;
                 };
+                let results =
+                    window_rows(model, &inputs, &window_firsts, batch, calls, earlier).await;
+                finished.send_modify(|done| *done = (*done).max(k + 1));
                 (range, inputs, results)
             }
         });
-    let mut done = futures_util::stream::iter(work).buffered(options.concurrency.max(1));
+    let mut done = futures_util::stream::iter(work).buffered(WINDOWS_IN_FLIGHT);
     let mut next = last.records;
     while let Some((range, inputs, results)) = done.next().await {
         let mut out = Vec::new();
@@ -294,6 +340,7 @@ pub async fn run(
         job: spec.id().to_string(),
         resumed_at,
         stopped,
+        worker: None,
     };
     if !stopped {
         files.finish(options, counts.errors)?;
@@ -305,6 +352,73 @@ pub async fn run(
             .map_err(|e| JobError::io("writing the summary", e))?;
     }
     Ok(summary)
+}
+
+/// A job as read from its input: the spec, every record, and which inputs are first
+/// occurrences. Reading writes nothing.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) spec: JobSpec,
+    pub(crate) records: Vec<Record>,
+    /// By record and input: whether it is the input's first occurrence in the file.
+    pub(crate) firsts: Vec<Vec<bool>>,
+    /// Distinct readable inputs.
+    pub(crate) unique: u64,
+    /// Inputs in the file (an unreadable record counts as one).
+    pub(crate) total: u64,
+}
+
+impl Plan {
+    /// Reads and parses `options.input` for `model` (off the async workers).
+    pub(crate) async fn read(model: &dyn JobModel, options: &JobOptions) -> Result<Self, JobError> {
+        let bytes = tokio::fs::read(&options.input)
+            .await
+            .map_err(|e| JobError::io(format!("reading {}", options.input.display()), e))?;
+        let identity = model.identity();
+        let spec = JobSpec {
+            input_digest: blake3::hash(&bytes).to_hex().to_string(),
+            format: options.format,
+            column: options.column.clone(),
+            model: identity.name,
+            backend: identity.backend,
+            version: identity.version,
+            digest: identity.digest,
+            tenant: options.tenant.clone(),
+            parameters: options.parameters.clone(),
+            key_scheme: KEY_SCHEME,
+        };
+        let read = ReadOptions {
+            format: options.format,
+            column: options.column.clone(),
+            kind: model.input_kind(),
+            max_input_chars: options.max_input_chars,
+        };
+        let (records, firsts, unique) = tokio::task::spawn_blocking(move || {
+            let records = format::read(&bytes, &read)?;
+            let (firsts, unique) = first_occurrences(&records);
+            Ok::<_, JobError>((records, firsts, unique))
+        })
+        .await
+        .map_err(|e| JobError::io("reading the input", io::Error::other(e)))??;
+        let total = records.iter().map(|r| inputs_of(r) as u64).sum();
+        Ok(Self {
+            spec,
+            records,
+            firsts,
+            unique,
+            total,
+        })
+    }
+}
+
+/// The readable inputs of the records in `range`, repeats included, in order.
+pub(crate) fn inputs_in(records: &[Record], range: std::ops::Range<usize>) -> Vec<Value> {
+    records[range]
+        .iter()
+        .filter_map(|r| r.inputs.as_ref().ok())
+        .flatten()
+        .cloned()
+        .collect()
 }
 
 /// Each input's first-occurrence flag, by record and input, and the number of distinct
@@ -336,36 +450,130 @@ fn inputs_of(record: &Record) -> usize {
     record.inputs.as_ref().map_or(1, Vec::len)
 }
 
-/// The records from `start` cut into windows of at most `batch` first occurrences and
-/// [`WINDOW_INPUTS_OF_BATCH`]` * batch` inputs.
-fn windows(
-    records: &[Record],
+/// The records from `start` cut into windows of at most `max_firsts` first occurrences and
+/// `max_inputs` inputs (a record is never cut).
+pub(crate) fn windows(
     firsts: &[Vec<bool>],
     start: usize,
-    batch: usize,
+    max_firsts: usize,
+    max_inputs: usize,
 ) -> Vec<std::ops::Range<usize>> {
-    let max_inputs = batch.saturating_mul(WINDOW_INPUTS_OF_BATCH);
     let mut out = Vec::new();
     let (mut begin, mut new, mut inputs) = (start, 0, 0);
     for (i, flags) in firsts.iter().enumerate().skip(start) {
         let fresh = flags.iter().filter(|f| **f).count();
         let n = flags.len();
-        if i > begin && (new + fresh > batch || inputs + n > max_inputs) {
+        if i > begin && (new + fresh > max_firsts || inputs + n > max_inputs) {
             out.push(begin..i);
             (begin, new, inputs) = (i, 0, 0);
         }
         new += fresh;
         inputs += n;
     }
-    if begin < records.len() {
-        out.push(begin..records.len());
+    if begin < firsts.len() {
+        out.push(begin..firsts.len());
     }
     out
 }
 
+/// The rows of a window's `inputs` (`firsts`: whether each is its input's first
+/// occurrence in the file): one lookup of them all, then the misses, each distinct one
+/// once, computed in calls of at most `batch`, each call holding one of `calls`' permits.
+///
+/// A repeat whose first occurrence is in an earlier window but is not cached yet (that
+/// window still computing it) is computed only once `earlier` completes: it is then
+/// found, rather than computed here too (or here first, leaving the first occurrence a
+/// hit). In a distributed job windows finish anywhere, and `earlier` is ready at once:
+/// the Redis tier's leases keep the repeat from being computed twice.
+pub(crate) async fn window_rows(
+    model: &dyn JobModel,
+    inputs: &[Value],
+    firsts: &[bool],
+    batch: usize,
+    calls: &Semaphore,
+    earlier: impl Future<Output = ()>,
+) -> Vec<RowResult> {
+    if inputs.is_empty() {
+        return Vec::new();
+    }
+    let batch = batch.max(1);
+    let found = model.lookup(inputs).await;
+    // Each distinct missing input once, in order of first appearance in the window; those
+    // first seen in this window go first.
+    let mut now: Vec<Value> = Vec::new();
+    let mut later: Vec<Value> = Vec::new();
+    let mut slot_of: HashMap<[u8; 32], (bool, usize)> = HashMap::new();
+    let slots: Vec<Option<(bool, usize)>> = found
+        .iter()
+        .zip(inputs.iter().zip(firsts))
+        .map(|(hit, (input, first))| {
+            hit.is_none().then(|| {
+                *slot_of.entry(identity(input)).or_insert_with(|| {
+                    let list = if *first { &mut now } else { &mut later };
+                    list.push(input.clone());
+                    (*first, list.len() - 1)
+                })
+            })
+        })
+        .collect();
+    let computed_now = compute_all(model, &now, batch, calls).await;
+    let computed_later = if later.is_empty() {
+        Vec::new()
+    } else {
+        earlier.await;
+        compute_all(model, &later, batch, calls).await
+    };
+    let mut taken = (vec![false; now.len()], vec![false; later.len()]);
+    found
+        .into_iter()
+        .zip(slots)
+        .map(|(hit, slot)| match (hit, slot) {
+            (Some(value), _) => Ok((value, Served::Hit)),
+            (None, Some((first, slot))) => {
+                let (results, taken) = if first {
+                    (&computed_now, &mut taken.0)
+                } else {
+                    (&computed_later, &mut taken.1)
+                };
+                // A repeat of an input missing earlier in the window took its value.
+                let again = std::mem::replace(&mut taken[slot], true);
+                match results[slot].clone() {
+                    Ok((value, _)) if again => Ok((value, Served::Hit)),
+                    other => other,
+                }
+            }
+            (None, None) => unreachable!("every miss has a slot"),
+        })
+        .collect()
+}
+
+/// The rows of `inputs` in calls of at most `batch`, each holding one of `calls`' permits.
+async fn compute_all(
+    model: &dyn JobModel,
+    inputs: &[Value],
+    batch: usize,
+    calls: &Semaphore,
+) -> Vec<RowResult> {
+    futures_util::stream::iter(inputs.chunks(batch))
+        .map(|chunk| async move {
+            let _permit = calls
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            compute(model, chunk).await
+        })
+        .buffered(inputs.len().div_ceil(batch).max(1))
+        .flat_map(futures_util::stream::iter)
+        .collect()
+        .await
+}
+
 /// The rows of `inputs`; a failing call is split in halves until each failing input is
 /// alone, so that one bad input fails only itself.
-fn compute<'a>(model: &'a dyn JobModel, inputs: &'a [Value]) -> BoxFuture<'a, Vec<RowResult>> {
+pub(crate) fn compute<'a>(
+    model: &'a dyn JobModel,
+    inputs: &'a [Value],
+) -> BoxFuture<'a, Vec<RowResult>> {
     Box::pin(async move {
         match model.rows(inputs).await {
             Ok(rows) => rows,
@@ -592,10 +800,11 @@ mod tests {
             .collect();
         let (firsts, unique) = first_occurrences(&records);
         assert_eq!(unique, 5);
-        assert_eq!(windows(&records, &firsts, 0, 2), [0..3, 3..6, 6..7]);
-        assert_eq!(windows(&records, &firsts, 4, 2), vec![(4..7)]);
+        assert_eq!(windows(&firsts, 0, 2, 16), [0..3, 3..6, 6..7]);
+        assert_eq!(windows(&firsts, 4, 2, 16), vec![(4..7)]);
+        assert_eq!(windows(&firsts, 0, 2, 2), [0..2, 2..4, 4..6, 6..7]);
         assert_eq!(
-            windows(&records, &firsts, 7, 2),
+            windows(&firsts, 7, 2, 16),
             Vec::<std::ops::Range<usize>>::new()
         );
     }

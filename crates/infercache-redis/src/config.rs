@@ -169,6 +169,16 @@ impl RedisConfig {
         }))
     }
 
+    /// A client of the server at `url` (one of the target's), trusting the CA file if
+    /// there is one: how the tier connects, for other uses of the same Redis.
+    ///
+    /// # Errors
+    /// [`RedisTierError::Url`] for a URL the client cannot parse, [`RedisTierError::Tls`]
+    /// when the CA file cannot be read.
+    pub fn client(&self, url: &str) -> Result<redis::Client, RedisTierError> {
+        crate::tier::conn::client(url, self)
+    }
+
     /// The default key prefix.
     pub const DEFAULT_PREFIX: &str = "infercache:";
 

@@ -36,4 +36,7 @@ mod tier;
 pub use config::{RedisConfig, Target, WriteMode};
 pub use error::RedisTierError;
 pub use infercache_engine::BreakerState;
+/// The Redis client this crate is built on, for other crates' own Redis commands (the
+/// job queue of distributed bulk jobs) on connections made by [`RedisConfig::client`].
+pub use redis;
 pub use tier::RedisTier;

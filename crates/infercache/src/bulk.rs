@@ -9,6 +9,7 @@
 //! the same command resumes. At the end one JSON summary line goes to stderr.
 
 mod remote;
+mod workers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use infercache_infer::Infer;
 use infercache_jobs::{
     CallCounter, Counts, Format, InferModel, JobOptions, Mode, Progress, Summary,
 };
-use infercache_server::{ServeArgs, ServerConfig};
+use infercache_server::ServeArgs;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The tenant of a job when none is given: the server's tenant for requests without
@@ -86,6 +87,26 @@ pub struct JobArgs {
     /// server's cache and models; the tier flags are then unused).
     #[arg(long, value_name = "URL")]
     url: Option<String>,
+    /// Share the job with other `bulk` processes (on any machines) through this Redis: the
+    /// job's batches go into a Redis Stream read by a consumer group, each process
+    /// computes batches into the shared Redis tier, and each writes the output once the
+    /// batches are done. Without a URL: the configuration's `redis`.
+    #[arg(
+        long,
+        value_name = "REDIS_URL",
+        num_args = 0..=1,
+        default_missing_value = "",
+        conflicts_with = "url"
+    )]
+    workers: Option<String>,
+    /// With --workers: how long a batch may stay unfinished at a worker that stopped
+    /// answering before another worker takes it over.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = infercache_server::config::parse_duration, requires = "workers")]
+    claim_timeout: std::time::Duration,
+    /// With --workers: take no batches; wait until the workers have done every batch, then
+    /// write the output (all hits).
+    #[arg(long, requires = "workers")]
+    collect: bool,
     /// API key for --url, sent as `Authorization: Bearer KEY`.
     #[arg(
         long,
@@ -114,7 +135,12 @@ pub fn run_job(
     job: &JobArgs,
     serve: &ServeArgs,
 ) -> anyhow::Result<()> {
-    let config = ServerConfig::from_args(serve)?;
+    let (config, distributed) = workers::configure(job.workers.as_deref(), serve)?;
+    let distributed = distributed.map(|redis| workers::Settings {
+        redis,
+        claim_timeout: job.claim_timeout,
+        collect: job.collect,
+    });
     let parameters = job
         .parameters
         .as_deref()
@@ -178,7 +204,10 @@ pub fn run_job(
                     counter,
                 )?;
                 let bar = Bar::new();
-                let summary = infercache_jobs::run(&model, &options, &stop, &bar).await?;
+                let summary = match &distributed {
+                    Some(settings) => workers::run(&model, &options, settings, &stop, &bar).await?,
+                    None => infercache_jobs::run(&model, &options, &stop, &bar).await?,
+                };
                 bar.0.finish_and_clear();
                 anyhow::Ok(summary)
             }

@@ -423,3 +423,5 @@ mod bulk;
 mod settings;
 #[path = "cli/weights.rs"]
 mod weights;
+#[path = "cli/workers.rs"]
+mod workers;

@@ -100,7 +100,7 @@ impl Connector {
 }
 
 /// A client of the server at `url`, trusting `config`'s CA file if it has one.
-pub(super) fn client(url: &str, config: &RedisConfig) -> Result<redis::Client, RedisTierError> {
+pub(crate) fn client(url: &str, config: &RedisConfig) -> Result<redis::Client, RedisTierError> {
     if url.starts_with("rediss://") {
         install_crypto_provider();
     }

@@ -8,7 +8,7 @@
 //! - `write_back`: the write-back queue and its drainer.
 //! - `lua/`: the scripts (`include_str!`), each atomic on the Redis side.
 
-mod conn;
+pub(crate) mod conn;
 mod epochs;
 mod lease;
 mod removals;

@@ -80,7 +80,7 @@ impl Job {
 }
 
 /// `n` lines, every input twice.
-fn half_repeated(n: usize) -> String {
+pub(super) fn half_repeated(n: usize) -> String {
     (0..n)
         .map(|i| {
             format!(
@@ -93,7 +93,7 @@ fn half_repeated(n: usize) -> String {
 
 /// The summary line a run printed last on stderr.
 #[track_caller]
-fn summary(out: &Output) -> Value {
+pub(super) fn summary(out: &Output) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let line = stderr
         .lines()
@@ -103,12 +103,12 @@ fn summary(out: &Output) -> Value {
     serde_json::from_str(line).unwrap()
 }
 
-fn read(path: &Path) -> Vec<u8> {
+pub(super) fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
 /// The output of the same job run once, uninterrupted, elsewhere.
-fn clean_output(rt: &tokio::runtime::Runtime, input: &str) -> Vec<u8> {
+pub(super) fn clean_output(rt: &tokio::runtime::Runtime, input: &str) -> Vec<u8> {
     let clean = Job::new(rt, input);
     let out = clean.run();
     assert!(
