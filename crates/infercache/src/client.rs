@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use backon::{ConstantBuilder, Retryable as _};
 use clap::Args;
 use reqwest::{Method, StatusCode, Url, header};
 use serde::Deserialize as _;
@@ -15,6 +16,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one request may take; well above the server's default request timeout (30 s),
 /// so the server's own 504 is what a user sees.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a request is sent again while the server answers 429 (busy).
+pub const BUSY_RETRIES: usize = 10;
+/// The longest wait before sending again, whatever `Retry-After` says.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
 
 /// Where the server is and how to authenticate to it.
 #[derive(Debug, Args)]
@@ -153,6 +158,58 @@ impl Client {
         })
     }
 
+    /// Sends like [`Client::send`], and again while the server answers 429 (busy): after
+    /// its `Retry-After` (1 s without one, at most 10 s), up to [`BUSY_RETRIES`] times, the
+    /// last answer returned whatever it is. `on_wait` hears of each wait and its number.
+    /// backon runs the retries: a 429 is the one error it retries, and `adjust` makes each
+    /// pause the server's `Retry-After`.
+    pub async fn send_while_busy(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        mut on_wait: impl FnMut(Duration, usize),
+    ) -> anyhow::Result<Reply> {
+        /// Why an attempt did not end the request.
+        enum Failed {
+            Busy(Reply),
+            Other(anyhow::Error),
+        }
+        let attempt = || async {
+            match self.send(method.clone(), path, body).await {
+                Ok(reply) if reply.status == StatusCode::TOO_MANY_REQUESTS => {
+                    Err(Failed::Busy(reply))
+                }
+                Ok(reply) => Ok(reply),
+                Err(e) => Err(Failed::Other(e)),
+            }
+        };
+        let mut waits = 0;
+        let result = attempt
+            .retry(
+                ConstantBuilder::default()
+                    .with_delay(Duration::from_secs(1))
+                    .with_max_times(BUSY_RETRIES),
+            )
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, Failed::Busy(_)))
+            .adjust(|e, pause| match e {
+                Failed::Busy(reply) => pause.map(|_| {
+                    Duration::from_secs(reply.retry_after.unwrap_or(1)).min(MAX_RETRY_WAIT)
+                }),
+                Failed::Other(_) => None,
+            })
+            .notify(|_, wait| {
+                waits += 1;
+                on_wait(wait, waits);
+            })
+            .await;
+        match result {
+            Ok(reply) | Err(Failed::Busy(reply)) => Ok(reply),
+            Err(Failed::Other(e)) => Err(e),
+        }
+    }
+
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
         let what = if e.is_timeout() {
             format!(
@@ -207,4 +264,83 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::StatusCode as Status;
+    use axum::response::IntoResponse as _;
+
+    use super::*;
+
+    /// A server on a loopback port that answers 429 (`Retry-After: 0`) to its first
+    /// `busy` requests and 200 to the rest; its URL and its count of requests.
+    async fn busy_server(busy: usize) -> (String, Arc<AtomicUsize>) {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&seen);
+        let app = axum::Router::new().fallback(move || {
+            let counter = Arc::clone(&counter);
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) < busy {
+                    (Status::TOO_MANY_REQUESTS, [("retry-after", "0")], "{}").into_response()
+                } else {
+                    (Status::OK, "{\"ok\": true}").into_response()
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_busy_server_is_asked_again_after_its_retry_after() {
+        let (url, seen) = busy_server(2).await;
+        let client = Client::connect(&url, None).unwrap();
+        let mut waits = Vec::new();
+        let reply = client
+            .send_while_busy(Method::POST, "x", Some(&Value::Null), |wait, n| {
+                waits.push((wait, n));
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        assert_eq!(waits, [(Duration::ZERO, 1), (Duration::ZERO, 2)]);
+    }
+
+    #[tokio::test]
+    async fn a_server_busy_every_time_gets_the_last_429_back_after_the_retries() {
+        let (url, seen) = busy_server(usize::MAX).await;
+        let client = Client::connect(&url, None).unwrap();
+        let reply = client
+            .send_while_busy(Method::GET, "x", None, |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(seen.load(Ordering::SeqCst), 1 + BUSY_RETRIES);
+        let e = reply.into_ok().unwrap_err().to_string();
+        assert!(e.contains("429"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_not_retried() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::connect(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let mut waits = 0;
+        let e = client
+            .send_while_busy(Method::GET, "x", None, |_, _| waits += 1)
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("cannot reach"), "{e:#}");
+        assert_eq!(waits, 0);
+    }
 }

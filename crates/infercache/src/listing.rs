@@ -219,23 +219,9 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     }
 }
 
-/// An age: a number and a unit (`90s`, `15m`, `12h`, `30d`, `2w`).
+/// An age, as humantime reads it: a number and a unit (`90s`, `15m`, `12h`, `30d`, `2w`).
 pub fn parse_age(s: &str) -> anyhow::Result<Duration> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .with_context(|| format!("`{s}` is not NUMBER+UNIT"))?;
-    let secs = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        other => bail!("`{s}`: unknown unit `{other}` (s, m, h, d, w)"),
-    };
-    Ok(Duration::from_secs(n.saturating_mul(secs)))
+    humantime::parse_duration(s.trim()).with_context(|| format!("`{s}` is not NUMBER+UNIT"))
 }
 
 /// Unix ms now.
@@ -315,5 +301,7 @@ mod tests {
         assert_eq!(parse_age("30d").unwrap(), Duration::from_secs(30 * 86_400));
         assert!(parse_age("3 parsecs").is_err());
         assert!(parse_age("d").is_err());
+        assert_eq!(parse_age("2w").unwrap(), Duration::from_secs(14 * 86_400));
+        assert_eq!(parse_age("90s").unwrap(), Duration::from_secs(90));
     }
 }

@@ -2,21 +2,16 @@
 //! so later requests for them are hits.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use infercache_api::{WarmRequest, WarmResponse};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::Value;
 
 use crate::client::{self, Client, ServerArgs};
-
-/// How often one batch is retried when the server answers 429 (busy) before giving up.
-const BUSY_RETRIES: u32 = 10;
-/// The longest wait between retries, whatever `Retry-After` says.
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct WarmCommand {
@@ -112,21 +107,15 @@ async fn post_batch(
     body: &Value,
     progress: &ProgressBar,
 ) -> anyhow::Result<Value> {
-    let mut attempt = 0;
-    loop {
-        let reply = client
-            .send(Method::POST, "v1/cache/warm", Some(body))
-            .await?;
-        if reply.status != StatusCode::TOO_MANY_REQUESTS || attempt == BUSY_RETRIES {
-            return reply.into_ok();
-        }
-        attempt += 1;
-        let wait = Duration::from_secs(reply.retry_after.unwrap_or(1)).min(MAX_RETRY_WAIT);
-        progress.println(format!(
-            "server busy (429); retrying in {wait:?} ({attempt}/{BUSY_RETRIES})"
-        ));
-        tokio::time::sleep(wait).await;
-    }
+    client
+        .send_while_busy(Method::POST, "v1/cache/warm", Some(body), |wait, n| {
+            progress.println(format!(
+                "server busy (429); retrying in {wait:?} ({n}/{})",
+                client::BUSY_RETRIES
+            ));
+        })
+        .await?
+        .into_ok()
 }
 
 /// The inputs of `path`: a JSON array of strings if its first non-blank character is `[`,

@@ -9,9 +9,11 @@
 //! merged field by field ([`ServeArgs::or`]) before anything is validated, so a bad value
 //! names its key whichever layer gave it.
 //!
-//! Durations are a number and a unit (`50ms`, `90s`, `15m`, `12h`, `7d`); a bare number (or
-//! a TOML integer) is seconds. Sizes are [`Capacity`]: bytes with a unit (`512MiB`, `10GB`),
-//! a bare number of bytes, or for `memory` a fraction of RAM (`0.3`).
+//! Durations are read by [`humantime`] (`50ms`, `90s`, `15m`, `12h`, `7d`, `2w`, `1.5h`,
+//! `1h 30m`); a bare number (or a TOML integer) is seconds ([`parse_duration`]). Sizes are
+//! [`Capacity`] (`infercache-core`): bytes as `bytesize` reads them (`512MiB`, `10GB`, a bare
+//! number), and for `memory` a fraction of RAM (`0.3`), the one part written by hand there
+//! because no size crate reads it.
 //!
 //! | key | default | meaning |
 //! |---|---|---|
@@ -435,29 +437,19 @@ fn duration(key: &'static str, v: Option<String>) -> Result<Option<Duration>, Co
         .transpose()
 }
 
-/// Parses `250ms`, `30s`, `5m`, `12h`, `7d`, or a bare number of seconds.
+/// Reads a duration: what [`humantime::parse_duration`] reads (`250ms`, `90s`, `15m`,
+/// `12h`, `7d`, `2w`, `1.5h`, `1h 30m`), or a bare number of seconds (`30`, which is also
+/// what a TOML integer reads as). humantime wants a unit, so the bare number is the one
+/// spelling read here. Zero is refused: every duration setting is a bound or a lifetime.
 ///
 /// # Errors
-/// A message saying what is accepted.
+/// humantime's message, which says what is accepted.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| "expected a whole number with a unit: 250ms, 30s, 5m, 12h, 7d".to_owned())?;
-    let secs = |mult: u64| {
-        n.checked_mul(mult)
-            .map(Duration::from_secs)
-            .ok_or_else(|| "too large".to_owned())
-    };
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => secs(60)?,
-        "h" => secs(3600)?,
-        "d" => secs(86_400)?,
-        other => return Err(format!("unknown unit {other:?}; use ms, s, m, h or d")),
+    let d = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(t.parse().map_err(|_| "too large".to_owned())?)
+    } else {
+        humantime::parse_duration(t).map_err(|e| e.to_string())?
     };
     if d.is_zero() {
         return Err("must be more than zero".to_owned());
@@ -728,13 +720,39 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
-        for bad in ["", "0s", "1.5h", "10 parsecs", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+    fn durations_parse_in_every_spelling() {
+        for (text, expected) in [
+            ("50ms", Duration::from_millis(50)),
+            ("250ms", Duration::from_millis(250)),
+            ("90s", Duration::from_secs(90)),
+            ("30", Duration::from_secs(30)),
+            (" 30s ", Duration::from_secs(30)),
+            ("15m", Duration::from_secs(900)),
+            ("12h", Duration::from_secs(43_200)),
+            ("7d", Duration::from_secs(604_800)),
+            ("2w", Duration::from_secs(1_209_600)),
+            ("1.5h", Duration::from_secs(5_400)),
+            ("1h 30m", Duration::from_secs(5_400)),
+            ("10 s", Duration::from_secs(10)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
         }
+        for bad in ["", "0s", "0", "10 parsecs", "-1s", "s", "5 fortnights"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        // The same spellings as TOML strings and integers, and as flags.
+        let c = ServerConfig::resolve(
+            ServeArgs {
+                max_wait: Some("50ms".into()),
+                ..ServeArgs::default()
+            },
+            file("ttl = \"7d\"\nrequest_timeout = 45\nshutdown_timeout = \"1m 30s\""),
+        )
+        .unwrap();
+        assert_eq!(c.batch.max_wait, Duration::from_millis(50));
+        assert_eq!(c.ttl, Some(Duration::from_secs(604_800)));
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(45));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(90));
     }
 
     /// The `clap::Command` of [`ServeArgs`], as the binary flattens it.

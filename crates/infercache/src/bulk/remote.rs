@@ -13,20 +13,14 @@
 //! and the others as computed, and every request with a miss as one model call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use infercache_backend::BoxFuture;
 use infercache_jobs::{Identity, InputKind, JobModel, RowResult, Served};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use crate::client::Client;
-
-/// How often one request is retried while the server answers 429 (busy).
-const BUSY_RETRIES: u32 = 10;
-/// The longest wait between those retries.
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
 
 /// A model of a running server.
 #[derive(Debug)]
@@ -100,16 +94,10 @@ impl ServerModel {
                 json!({ "model": name, "input": inputs }),
             ),
         };
-        let mut attempt = 0;
-        let reply = loop {
-            let reply = self.client.send(Method::POST, &path, Some(&body)).await?;
-            if reply.status != StatusCode::TOO_MANY_REQUESTS || attempt == BUSY_RETRIES {
-                break reply;
-            }
-            attempt += 1;
-            let wait = Duration::from_secs(reply.retry_after.unwrap_or(1)).min(MAX_RETRY_WAIT);
-            tokio::time::sleep(wait).await;
-        };
+        let reply = self
+            .client
+            .send_while_busy(Method::POST, &path, Some(&body), |_, _| {})
+            .await?;
         let hits = reply.cache_hits.unwrap_or(0);
         let answer = reply.into_ok()?;
         let rows = match self.kind.as_str() {
