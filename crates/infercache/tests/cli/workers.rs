@@ -22,10 +22,15 @@ struct Machine {
 
 impl Machine {
     fn new(upstream: &str, input: &str) -> Self {
+        Self::with_config(upstream, input, "")
+    }
+
+    /// A machine whose configuration also holds `extra` (top-level settings).
+    fn with_config(upstream: &str, input: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Each machine its own disk tier; the Redis tier is the one they share.
         let config = format!(
-            "disk_dir = \"{}\"\ndisk_size = \"64MiB\"\n\n[[models]]\nname = \"scorer\"\nbackend = \"http-json\"\nurl = \"{upstream}/predict\"\n",
+            "{extra}disk_dir = \"{}\"\ndisk_size = \"64MiB\"\n\n[[models]]\nname = \"scorer\"\nbackend = \"http-json\"\nurl = \"{upstream}/predict\"\n",
             dir.path().join("disk").display()
         );
         std::fs::write(dir.path().join("infercache.toml"), config).unwrap();
@@ -37,6 +42,7 @@ impl Machine {
         self.dir.path().join(name)
     }
 
+    /// `bulk --workers REDIS` (`--workers` alone for an empty `redis`).
     fn command(&self, redis: &str) -> Command {
         let mut cmd = infercache();
         cmd.arg("bulk")
@@ -50,7 +56,9 @@ impl Machine {
                 "--concurrency",
                 "1",
             ])
-            .args(["--workers", redis, "--claim-timeout", "1s"])
+            .arg("--workers")
+            .args(Some(redis).filter(|r| !r.is_empty()))
+            .args(["--claim-timeout", "1s"])
             // Generous for two busy cores: a timed-out read would be a recomputed row.
             .args(["--redis-timeout", "2s"])
             .arg("--input")
@@ -163,6 +171,37 @@ fn three_workers_one_killed_midway_compute_each_input_once_and_write_the_single_
     assert_eq!(up.rows(), computed, "the collecting run computed rows: {s}");
     assert_eq!(s["worker"]["windows"], 0, "{s}");
     assert!(read(&collector.path("out.jsonl")) == clean);
+}
+
+#[test]
+fn workers_without_a_url_share_the_configured_redis_and_a_finished_job_runs_again_from_hits() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = RedisServer::start();
+    let (url, up) = rt.block_on(testing::start());
+    let input = half_repeated(400);
+    let config = format!("redis = \"{}\"\n", redis.url());
+    let machine = Machine::with_config(&url, &input, &config);
+    let s = succeeded(&machine.command("").output().unwrap());
+    assert_eq!(up.rows(), 200, "{s}");
+    assert_eq!(s["worker"]["enqueued"], true, "{s}");
+    assert_eq!(s["worker"]["computed"], 200, "{s}");
+    let clean = clean_output(&rt, &input);
+    assert!(read(&machine.path("out.jsonl")) == clean);
+
+    // Another machine on the same Redis, the job already drained: nothing enqueued,
+    // nothing computed, the same output.
+    let other = Machine::with_config(&url, &input, &config);
+    let s = succeeded(&other.command("").output().unwrap());
+    assert_eq!(up.rows(), 200, "{s}");
+    assert_eq!(
+        (
+            s["worker"]["enqueued"].as_bool(),
+            s["worker"]["windows"].as_u64()
+        ),
+        (Some(false), Some(0)),
+        "{s}"
+    );
+    assert!(read(&other.path("out.jsonl")) == clean);
 }
 
 #[test]
