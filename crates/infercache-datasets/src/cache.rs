@@ -210,7 +210,7 @@ pub struct DatasetCache {
     pub(crate) inner: Arc<Inner>,
 }
 
-fn validate_name(name: &str) -> Result<(), DatasetError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), DatasetError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name

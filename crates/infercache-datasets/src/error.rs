@@ -127,6 +127,17 @@ pub enum DatasetError {
         #[source]
         source: Arc<arrow_schema::ArrowError>,
     },
+    /// A `[cache]` setting (file, variable or flag) that does not parse or is out of
+    /// range.
+    #[error("invalid {key} {value:?}: {reason}")]
+    Config {
+        /// The key (`disk_size`, `cache.disk.use_mmap`).
+        key: String,
+        /// What was given.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The artifact store failed.
     #[error(transparent)]
     Artifact(#[from] ArtifactError),

@@ -18,6 +18,13 @@
 //! - [`DatasetStream`]: batches (default 32 rows) prefetched (default 4) from
 //!   memory-mapped shards, zero-copy; deterministic shuffle from a seed and an epoch; a
 //!   resume token that continues mid-epoch with exactly the remaining sequence.
+//! - [`BatchWriter`]: batches as an Arrow IPC stream or JSON lines ([`OutputFormat`]),
+//!   as `datasets stream` and the server's batches route send them;
+//!   [`DatasetCache::details`]: a dataset in full, as `show --json` and the server's
+//!   dataset route give it.
+//! - [`settings`]: LlamaHome's `[cache]` keys (`memory_size`, `disk_size`, `policy`,
+//!   `eviction_threshold`, `cleanup_interval`, `[cache.disk] path`, `use_mmap`), from a
+//!   TOML file, `INFERCACHE_CACHE_*` variables and flags, into [`CacheSettings`].
 //!
 //! # Storage and size
 //!
@@ -40,10 +47,13 @@
 //! they are (`infercache datasets show NAME --json` lists their paths).
 
 mod cache;
+mod details;
 mod error;
 pub mod fingerprint;
 mod manifest;
 mod memory;
+mod output;
+pub mod settings;
 mod shard;
 mod source;
 pub mod step;
@@ -53,10 +63,13 @@ pub use cache::{
     Audit, BuildOptions, Built, DEFAULT_SHARD_ROWS, Dataset, DatasetCache, DatasetConfig,
     DatasetInfo, DatasetSource, DatasetVerify, SHARD_CLASS, StepSpec,
 };
+pub use details::{DatasetDetails, ShardFile, check_key};
 pub use error::DatasetError;
 pub use fingerprint::{Fingerprint, Link, StepDecl};
 pub use manifest::{MANIFEST_FORMAT, Manifest, NameRecord, Origin, ShardEntry};
 pub use memory::MemoryStats;
+pub use output::{BatchWriter, OutputFormat};
+pub use settings::{CACHE_VARIABLES, CacheKeys, CacheSettings};
 pub use source::{Format, SourceFile};
 pub use step::{Embedders, Step, StepContext, TextEmbedder, fields};
 pub use stream::{DatasetStream, StreamOptions, StreamStats};

@@ -210,6 +210,18 @@ pub enum ApiError {
     /// The server is draining for shutdown.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A dataset route on a server that serves no dataset cache.
+    #[error("this server serves no datasets (start it with --datasets-dir)")]
+    DatasetsDisabled,
+    /// No dataset by this name or fingerprint.
+    #[error("no dataset `{0}` in the cache")]
+    DatasetNotFound(String),
+    /// Too many streams of batches are being sent.
+    #[error("too many dataset streams in flight (limit {limit}); retry shortly")]
+    TooManyStreams {
+        /// The limit.
+        limit: usize,
+    },
     /// A bug or an infrastructure failure; the cause is logged, not sent.
     #[error("internal server error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -253,13 +265,16 @@ impl ApiError {
             | Self::UnknownVersion { .. }
             | Self::NoModelConfig { .. }
             | Self::NoRoute(_)
-            | Self::EntryNotFound(_) => StatusCode::NOT_FOUND,
+            | Self::EntryNotFound(_)
+            | Self::DatasetsDisabled
+            | Self::DatasetNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CacheDisabled => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyRequests { .. } | Self::Overloaded | Self::BodyBudget { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::TooManyRequests { .. }
+            | Self::Overloaded
+            | Self::BodyBudget { .. }
+            | Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotCached { .. } | Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -299,6 +314,9 @@ impl ApiError {
             Self::BodyBudget { .. } => "body_budget_exhausted",
             Self::Timeout(_) => "timeout",
             Self::ShuttingDown => "shutting_down",
+            Self::DatasetsDisabled => "datasets_disabled",
+            Self::DatasetNotFound(_) => "dataset_not_found",
+            Self::TooManyStreams { .. } => "too_many_streams",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -413,6 +431,21 @@ impl From<KserveError> for ApiError {
     }
 }
 
+/// The dataset cache's failures: a bad name or resume token is the client's (400 naming
+/// the parameter), an unknown dataset 404; anything else (an unreadable manifest, a shard
+/// that cannot be recomputed, I/O) is logged and answered 500.
+impl From<infercache_datasets::DatasetError> for ApiError {
+    fn from(e: infercache_datasets::DatasetError) -> Self {
+        use infercache_datasets::DatasetError;
+        match e {
+            DatasetError::NotFound { name } => Self::DatasetNotFound(name),
+            e @ DatasetError::InvalidName { .. } => Self::invalid("name", e.to_string()),
+            e @ DatasetError::BadToken { .. } => Self::invalid("resume", e.to_string()),
+            e => Self::internal(e),
+        }
+    }
+}
+
 /// The message of an error response, carried on it (a response extension) so that a
 /// protocol with its own error shape can render the same message.
 #[derive(Debug, Clone)]
@@ -448,6 +481,7 @@ impl IntoResponse for ApiError {
             Self::TooManyRequests { .. }
             | Self::Overloaded
             | Self::BodyBudget { .. }
+            | Self::TooManyStreams { .. }
             | Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
@@ -491,6 +525,9 @@ pub enum ServerError {
     /// being down is not an error: the node serves without it.
     #[error("redis tier: {0}")]
     Redis(String),
+    /// The dataset cache (`datasets_dir`) could not be opened.
+    #[error("opening the dataset cache: {0}")]
+    Datasets(#[source] infercache_datasets::DatasetError),
 }
 
 #[cfg(test)]

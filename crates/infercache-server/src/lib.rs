@@ -31,6 +31,9 @@
 //! | `GET /v2/models/{name}[/versions/{v}][/ready]` | KServe v2 metadata and readiness ([`routes::models`]) | 200, 401, 404, 502, 503, 504 |
 //! | `GET /v2/models/{name}[/versions/{v}]/config` | a Triton upstream's model configuration ([`routes::models`]) | 200, 400, 401, 404, 502, 503, 504 |
 //! | `GET /v2/health/live`, `GET /v2/health/ready` | KServe v2 health | 200, 503 |
+//! | `GET /v1/datasets` | the cached datasets (`--datasets-dir`; [`routes::datasets`]) | 200, 401, 404 |
+//! | `GET /v1/datasets/{name}` | a dataset in full: fingerprint chain, schema, shards | 200, 400, 401, 404 |
+//! | `GET /v1/datasets/{name}/batches` | its rows streamed as JSON lines or an Arrow IPC stream, shuffled and resumable | 200, 400, 401, 404, 429 |
 //!
 //! Every model, the built-in embedder included, is an entry of one registry
 //! ([`infercache_infer::Models`]) and every route takes the same per-row path
@@ -82,6 +85,7 @@ pub mod auth;
 pub mod cache_control;
 pub mod config;
 pub mod dashboard;
+pub mod embedders;
 pub mod error;
 pub mod metrics;
 pub mod model;
@@ -99,10 +103,11 @@ pub use infercache_kserve as kserve;
 
 pub use auth::{ApiKeys, Caller};
 pub use config::{ConfigError, Limits, ServeArgs, ServerConfig};
+pub use embedders::RegistryEmbedders;
 pub use error::{ApiError, ServerError};
 pub use model::{Opened, open, run};
 pub use server::{registry, run_with, serve};
-pub use state::AppState;
+pub use state::{AppState, Datasets};
 
 /// The router. Tests drive it without a socket (`tower::ServiceExt::oneshot`).
 pub fn app(state: AppState) -> Router {
@@ -141,6 +146,12 @@ pub fn app(state: AppState) -> Router {
             delete(routes::admin::delete_entry),
         )
         .route("/v1/cache/warm", post(routes::admin::warm))
+        .route("/v1/datasets", get(routes::datasets::list))
+        .route("/v1/datasets/{name}", get(routes::datasets::show))
+        .route(
+            "/v1/datasets/{name}/batches",
+            get(routes::datasets::batches),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::guard,

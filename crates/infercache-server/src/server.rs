@@ -63,12 +63,57 @@ pub async fn run_with(
              address can use and administer the cache (set --api-keys-file)"
         );
     }
-    let state = AppState::new(cache, models, keys, config.limits);
+    let mut state = AppState::new(cache, models, keys, config.limits);
+    if let Some(dir) = &config.datasets_dir {
+        let embedders = crate::RegistryEmbedders::new(
+            state.infer().clone(),
+            crate::auth::DEFAULT_TENANT,
+            tokio::runtime::Handle::current(),
+        );
+        state = state.with_datasets(open_datasets(dir, &config, embedders).await?);
+        tracing::info!(dir = %dir.display(), "serving datasets on /v1/datasets");
+    }
     let served = serve(state, listener, shutdown, config.shutdown_timeout).await;
     if let Some(redis) = managed {
         redis.stop().await;
     }
     served
+}
+
+/// The dataset cache in `dir`, sized by `config`'s `[cache]` table, with what recomputing
+/// an evicted shard needs: the built-in model's tokenizer for `tokenize`, the served
+/// models through the prediction cache (as the tenant `default`) for `embed`.
+///
+/// # Errors
+/// [`ServerError::Datasets`] when it cannot be opened.
+async fn open_datasets(
+    dir: &std::path::Path,
+    config: &ServerConfig,
+    embedders: crate::RegistryEmbedders,
+) -> Result<infercache_datasets::DatasetCache, ServerError> {
+    let dir = dir.to_owned();
+    let settings = config.datasets_cache.clone();
+    let tokenizer = config
+        .model_dir
+        .clone()
+        .unwrap_or_else(|| {
+            infercache_backend::default_cache_dir().join(infercache_backend::BUILTIN_MODEL)
+        })
+        .join("tokenizer.json");
+    let steps = infercache_datasets::StepContext {
+        tokenizer: tokenizer.is_file().then_some(tokenizer),
+        embedders: Some(std::sync::Arc::new(embedders)),
+    };
+    tokio::task::spawn_blocking(move || {
+        infercache_datasets::DatasetCache::open(
+            &dir,
+            settings.dataset_config(steps),
+            SystemClock::shared(),
+        )
+    })
+    .await
+    .map_err(|e| ServerError::Io(std::io::Error::other(e)))?
+    .map_err(ServerError::Datasets)
 }
 
 /// The cache of `config` (`None` when disabled), with the `redis-server` it started for

@@ -38,7 +38,22 @@ struct Shared {
     body_budget: Arc<Semaphore>,
     ready: AtomicBool,
     dashboard: Dashboard,
+    /// The dataset cache served on `/v1/datasets`, if any.
+    datasets: Option<Datasets>,
 }
+
+/// The dataset cache a server serves, and the streams of batches it may run at once.
+#[derive(Debug, Clone)]
+pub struct Datasets {
+    /// The cache.
+    pub cache: infercache_datasets::DatasetCache,
+    /// One permit per stream of batches being sent; a stream that finds none gets 429.
+    pub streams: Arc<Semaphore>,
+}
+
+/// Streams of batches a server sends at once: each holds a blocking thread and a
+/// prefetch thread while its client reads.
+pub const MAX_DATASET_STREAMS: usize = 64;
 
 impl AppState {
     /// State serving `models` through `cache` (`None`: the cache is bypassed).
@@ -65,8 +80,29 @@ impl AppState {
                 metrics,
                 ready: AtomicBool::new(true),
                 dashboard: Dashboard::default(),
+                datasets: None,
             }),
         }
+    }
+
+    /// This state serving `cache` on `/v1/datasets`.
+    ///
+    /// # Panics
+    /// When called on a state already cloned (a bug: set it up first).
+    #[must_use]
+    pub fn with_datasets(mut self, cache: infercache_datasets::DatasetCache) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_datasets is called before the state is shared: a bug if not")
+            .datasets = Some(Datasets {
+            cache,
+            streams: Arc::new(Semaphore::new(MAX_DATASET_STREAMS)),
+        });
+        self
+    }
+
+    /// The dataset cache served, if any.
+    pub fn datasets(&self) -> Option<&Datasets> {
+        self.inner.datasets.as_ref()
     }
 
     /// Reserves room for `n` inputs until the permit drops.

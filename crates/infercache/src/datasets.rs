@@ -3,18 +3,20 @@
 
 use std::io::{BufWriter, IsTerminal as _, Write as _};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::builder::TypedValueParser as _;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use infercache_artifact::Policy;
 use infercache_datasets::{
-    BuildOptions, DatasetCache, DatasetConfig, DatasetError, DatasetInfo, DatasetSource, Embedders,
-    StepContext, StepSpec, StreamOptions, TextEmbedder,
+    BatchWriter, BuildOptions, CacheKeys, CacheSettings, DatasetCache, DatasetError, DatasetInfo,
+    DatasetSource, Embedders, OutputFormat, StepContext, StepSpec, StreamOptions, TextEmbedder,
 };
-use infercache_model::{Embedder, MODEL_ID, MODEL_NAME, ModelFiles};
+use infercache_infer::Infer;
+use infercache_jobs::CallCounter;
+use infercache_model::{MODEL_NAME, ModelFiles};
+use infercache_server::{RegistryEmbedders, ServeArgs, ServerConfig};
 
 use crate::listing::{self, Field, Filter, Listed, Sort};
 
@@ -28,7 +30,12 @@ pub struct DatasetsCommand {
 
 #[derive(Debug, Args)]
 struct CacheArgs {
-    /// The cache's directory [default: `datasets/` in the cache directory].
+    /// A TOML file whose `[cache]` table configures the cache (LlamaHome's keys; the
+    /// `serve --config` file may be the same: its other keys are not read here).
+    #[arg(long, env = "INFERCACHE_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// The cache's directory (`[cache.disk] path`, `INFERCACHE_CACHE_DISK_PATH`)
+    /// [default: `datasets/` in the cache directory].
     #[arg(
         long,
         env = "INFERCACHE_DATASETS_DIR",
@@ -36,35 +43,34 @@ struct CacheArgs {
         global = true
     )]
     dir: Option<PathBuf>,
-    /// Bytes of shards kept on disk (`10GB`, `500MiB`).
-    #[arg(
-        long,
-        env = "INFERCACHE_DATASETS_DISK_SIZE",
-        value_name = "SIZE",
-        default_value = "10000MiB",
-        global = true
-    )]
-    disk_size: String,
-    /// Which shards go first at the cap: `lru`, `fifo`, `size`, `time:SECONDS`.
-    #[arg(
-        long,
-        env = "INFERCACHE_DATASETS_POLICY",
-        default_value = "lru",
-        global = true
-    )]
-    policy: String,
+    /// Bytes of shards held in memory (`memory_size`, `INFERCACHE_CACHE_MEMORY_SIZE`):
+    /// `4GB`, or whole megabytes [default: 1000].
+    #[arg(long, value_name = "SIZE", global = true)]
+    memory_size: Option<String>,
+    /// Bytes of shards kept on disk (`disk_size`, `INFERCACHE_CACHE_DISK_SIZE`): `10GB`,
+    /// `500MiB`, or whole megabytes [default: 10000].
+    #[arg(long, value_name = "SIZE", global = true)]
+    disk_size: Option<String>,
+    /// Which shards go first at the cap (`policy`, `INFERCACHE_CACHE_POLICY`): `lru`,
+    /// `fifo`, `size`, `time`, `time:SECONDS` [default: lru].
+    #[arg(long, global = true)]
+    policy: Option<String>,
+    /// At the cap, evict down to this fraction of it (`eviction_threshold`,
+    /// `INFERCACHE_CACHE_EVICTION_THRESHOLD`) [default: 0.9].
+    #[arg(long, value_name = "FRACTION", global = true)]
+    eviction_threshold: Option<String>,
+    /// How often a long-lived process prunes the cache (`cleanup_interval`,
+    /// `INFERCACHE_CACHE_CLEANUP_INTERVAL`): seconds or `1h` [default: 3600].
+    #[arg(long, value_name = "DURATION", global = true)]
+    cleanup_interval: Option<String>,
     /// The built-in model's files (its tokenizer for `tokenize`, the model for `embed`)
     /// [default: fetched once into the cache directory].
     #[arg(long, env = "INFERCACHE_MODEL_DIR", value_name = "DIR", global = true)]
     model_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum OutputFormat {
-    /// One JSON object per row.
-    Jsonl,
-    /// An Arrow IPC stream.
-    Arrow,
+    /// The namespace (tenant) whose prediction cache entries `embed` steps use: a
+    /// server's texts are hits for the tenant that sent them.
+    #[arg(long, value_name = "NS", default_value = infercache_server::auth::DEFAULT_TENANT, global = true)]
+    tenant: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,7 +116,7 @@ enum Action {
         #[arg(long, value_name = "N")]
         max_batches: Option<u64>,
         /// `jsonl` (one JSON object per row) or `arrow` (an Arrow IPC stream).
-        #[arg(long, value_enum, default_value_t = OutputFormat::Jsonl)]
+        #[arg(long, default_value_t = OutputFormat::Jsonl)]
         format: OutputFormat,
     },
     /// List datasets.
@@ -214,63 +220,138 @@ impl Listed for DatasetInfo {
     }
 }
 
-/// The built-in model, for `embed:all-MiniLM-L6-v2` (loaded on first use).
+/// The models and the prediction cache of `serve`'s configuration (`--config`), for
+/// `embed` steps: each text goes through the cache as `POST /v1/embeddings` would, so the
+/// texts a server (with the same configuration) embedded before are hits.
 #[derive(Debug)]
-struct BuiltinModels {
-    files: ModelFiles,
-    loaded: Mutex<Option<Arc<BuiltinEmbedder>>>,
+struct Registry {
+    runtime: tokio::runtime::Runtime,
+    opened: Option<infercache_server::Opened>,
+    embedders: RegistryEmbedders,
+    calls: Arc<CallCounter>,
 }
 
-#[derive(Debug)]
-struct BuiltinEmbedder(Embedder);
-
-impl TextEmbedder for BuiltinEmbedder {
-    fn model(&self) -> &str {
-        MODEL_NAME
-    }
-
-    fn version(&self) -> String {
-        format!("{MODEL_ID}+sha256:{}", infercache_model::WEIGHTS_SHA256)
-    }
-
-    fn dims(&self) -> usize {
-        self.0.dims()
-    }
-
-    fn embed(
-        &self,
-        texts: &[&str],
-    ) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(self.0.embed(texts)?)
-    }
-}
-
-impl Embedders for BuiltinModels {
-    fn embedder(&self, model: &str) -> Result<Arc<dyn TextEmbedder>, DatasetError> {
-        if model != MODEL_NAME && model != MODEL_ID {
-            return Err(DatasetError::InvalidStep {
-                spec: format!("embed:{model}"),
-                reason: format!("unknown model `{model}`; the command embeds with `{MODEL_NAME}`"),
-            });
-        }
-        let mut loaded = self.loaded.lock().expect("model lock poisoned");
-        if let Some(e) = &*loaded {
-            return Ok(e.clone());
-        }
-        let embedder = Embedder::load(&self.files).map_err(|e| DatasetError::InvalidStep {
-            spec: format!("embed:{model}"),
-            reason: e.to_string(),
+impl Registry {
+    fn open(args: &RegistryArgs) -> anyhow::Result<Self> {
+        let config = ServerConfig::from_args(&ServeArgs {
+            config: args.config.clone(),
+            model_dir: args.model_dir.clone(),
+            ..ServeArgs::default()
         })?;
-        let e = Arc::new(BuiltinEmbedder(embedder));
-        *loaded = Some(e.clone());
-        Ok(e)
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let opened = runtime
+            .block_on(infercache_server::open(&config))
+            .context("opening serve's models and cache for an embed step")?;
+        let calls = Arc::new(CallCounter::default());
+        let infer = Infer::new(
+            opened.cache.clone(),
+            opened.models.clone(),
+            config.limits.request_timeout,
+            Arc::clone(&calls) as _,
+        );
+        let embedders = RegistryEmbedders::new(infer, &args.tenant, runtime.handle().clone());
+        Ok(Self {
+            runtime,
+            opened: Some(opened),
+            embedders,
+            calls,
+        })
+    }
+
+    /// What `embed` steps did: texts from the cache, texts computed, model calls.
+    fn embedded(&self) -> serde_json::Value {
+        let counts = self.embedders.counts();
+        serde_json::json!({
+            "cached": counts.cached(),
+            "computed": counts.computed(),
+            "model_calls": self.calls.calls(),
+        })
+    }
+
+    /// Flushes the prediction cache (its disk tier keeps what was computed).
+    fn close(mut self) {
+        if let Some(opened) = self.opened.take() {
+            self.runtime.block_on(opened.close());
+        }
     }
 }
 
-fn needs_model(specs: &[String]) -> bool {
-    specs
-        .iter()
-        .any(|s| s.starts_with("tokenize") || s.starts_with("embed"))
+/// What opening the registry needs.
+#[derive(Debug, Clone)]
+struct RegistryArgs {
+    config: Option<PathBuf>,
+    model_dir: Option<PathBuf>,
+    tenant: String,
+}
+
+/// The registry, opened when a step first needs a model (a stream opens it only to
+/// recompute an evicted shard), as the cache's [`Embedders`].
+#[derive(Debug)]
+struct LazyRegistry {
+    args: RegistryArgs,
+    opened: std::sync::Mutex<Option<Registry>>,
+}
+
+impl LazyRegistry {
+    fn new(args: &CacheArgs) -> Arc<Self> {
+        Arc::new(Self {
+            args: RegistryArgs {
+                config: args.config.clone(),
+                model_dir: args.model_dir.clone(),
+                tenant: args.tenant.clone(),
+            },
+            opened: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// What `embed` steps did, if the registry was opened.
+    fn embedded(&self) -> Option<serde_json::Value> {
+        let opened = self.opened.lock().expect("registry lock poisoned");
+        opened.as_ref().map(Registry::embedded)
+    }
+
+    /// Flushes the prediction cache if the registry was opened.
+    fn close(&self) {
+        let opened = self.opened.lock().expect("registry lock poisoned").take();
+        if let Some(r) = opened {
+            r.close();
+        }
+    }
+}
+
+impl Embedders for LazyRegistry {
+    fn embedder(&self, model: &str) -> Result<Arc<dyn TextEmbedder>, DatasetError> {
+        let mut opened = self.opened.lock().expect("registry lock poisoned");
+        if opened.is_none() {
+            let registry = Registry::open(&self.args).map_err(|e| DatasetError::InvalidStep {
+                spec: format!("embed:{model}"),
+                reason: format!("{e:#}"),
+            })?;
+            *opened = Some(registry);
+        }
+        let registry = opened.as_ref().expect("opened above");
+        registry.embedders.embedder(model)
+    }
+}
+
+fn needs_tokenizer(specs: &[String]) -> bool {
+    specs.iter().any(|s| s.starts_with("tokenize"))
+}
+
+fn needs_registry(specs: &[String]) -> bool {
+    specs.iter().any(|s| s.starts_with("embed"))
+}
+
+/// The step specifications a dataset was built with.
+fn record_steps(cache: &DatasetCache, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(cache
+        .get_dataset(name)?
+        .and_then(|d| d.record)
+        .map(|r| r.steps.into_iter().flatten().collect())
+        .unwrap_or_default())
 }
 
 /// The model files when the steps need them: `--model-dir`, else the cache directory's
@@ -291,47 +372,78 @@ fn model_files(args: &CacheArgs, fetch: bool) -> anyhow::Result<Option<ModelFile
     }
 }
 
-fn open(args: &CacheArgs, model: Option<ModelFiles>) -> anyhow::Result<DatasetCache> {
+/// The `[cache]` settings: flags over `INFERCACHE_CACHE_*` variables over the file's
+/// `[cache]` table.
+fn settings(args: &CacheArgs) -> anyhow::Result<CacheSettings> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            CacheKeys::from_toml(&text).with_context(|| path.display().to_string())?
+        }
+        None => CacheKeys::default(),
+    };
+    let flags = CacheKeys {
+        memory_size: args.memory_size.clone(),
+        disk_size: args.disk_size.clone(),
+        policy: args.policy.clone(),
+        eviction_threshold: args.eviction_threshold.clone(),
+        cleanup_interval: args.cleanup_interval.clone(),
+        disk_path: None,
+        use_mmap: None,
+    };
+    Ok(flags
+        .or(CacheKeys::from_env(|name| std::env::var(name).ok()))
+        .or(file)
+        .resolve()?)
+}
+
+fn open(
+    args: &CacheArgs,
+    model: Option<ModelFiles>,
+    registry: Option<&Arc<LazyRegistry>>,
+) -> anyhow::Result<DatasetCache> {
+    let settings = settings(args)?;
     let dir = args
         .dir
         .clone()
+        .or_else(|| settings.dir.clone())
         .unwrap_or_else(|| infercache_model::default_cache_dir().join("datasets"));
-    let disk_size = listing::parse_size(&args.disk_size).context("--disk-size")?;
-    let policy: Policy = args.policy.parse().context("--policy")?;
     let steps = StepContext {
         tokenizer: model.as_ref().map(|m| m.dir().join("tokenizer.json")),
-        embedders: model.map(|files| {
-            Arc::new(BuiltinModels {
-                files,
-                loaded: Mutex::new(None),
-            }) as Arc<dyn Embedders>
-        }),
+        embedders: registry.map(|r| Arc::clone(r) as Arc<dyn Embedders>),
     };
-    let config = DatasetConfig {
-        disk_size,
-        policy,
-        steps,
-        ..DatasetConfig::default()
-    };
-    DatasetCache::open(&dir, config, infercache_core::SystemClock::shared())
-        .with_context(|| format!("opening the dataset cache in {}", dir.display()))
+    DatasetCache::open(
+        &dir,
+        settings.dataset_config(steps),
+        infercache_core::SystemClock::shared(),
+    )
+    .with_context(|| format!("opening the dataset cache in {}", dir.display()))
 }
 
-/// The cache with what the dataset `name`'s steps need.
-fn open_for(args: &CacheArgs, name: Option<&str>) -> anyhow::Result<DatasetCache> {
-    let plain = open(args, None)?;
-    let needs = match name {
-        Some(n) => plain
-            .get_dataset(n)?
-            .and_then(|d| d.record)
-            .is_some_and(|r| needs_model(&r.steps.iter().flatten().cloned().collect::<Vec<_>>())),
-        None => true,
+/// The cache with what the steps `specs` need: the tokenizer, and serve's registry for
+/// `embed` (then returned, to be closed when done).
+fn open_with(
+    args: &CacheArgs,
+    specs: &[String],
+    fetch: bool,
+) -> anyhow::Result<(DatasetCache, Option<Arc<LazyRegistry>>)> {
+    let model = if needs_tokenizer(specs) {
+        model_files(args, fetch)?
+    } else {
+        None
     };
-    if !needs {
-        return Ok(plain);
-    }
-    drop(plain);
-    open(args, model_files(args, false)?)
+    let registry = needs_registry(specs).then(|| LazyRegistry::new(args));
+    Ok((open(args, model, registry.as_ref())?, registry))
+}
+
+/// The cache with what the dataset `name`'s steps need to recompute a shard.
+fn open_for(
+    args: &CacheArgs,
+    name: &str,
+) -> anyhow::Result<(DatasetCache, Option<Arc<LazyRegistry>>)> {
+    let specs = record_steps(&open(args, None, None)?, name)?;
+    open_with(args, &specs, false)
 }
 
 pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
@@ -344,10 +456,7 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             shard_rows,
             json,
         } => {
-            let cache = open(
-                args,
-                model_files(args, needs_model(steps))?.filter(|_| needs_model(steps)),
-            )?;
+            let (cache, registry) = open_with(args, steps, true)?;
             let specs: Vec<StepSpec> = steps.iter().map(|s| StepSpec::Text(s.clone())).collect();
             let bar = spinner("building");
             let built = cache.cache_dataset(
@@ -360,15 +469,29 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
                 &mut |rows| bar.set_position(rows),
             );
             bar.finish_and_clear();
+            let embedded = registry.as_ref().and_then(|r| r.embedded());
+            if let Some(r) = &registry {
+                r.close();
+            }
             let built = built?;
             if *json {
-                println!("{}", serde_json::to_string(&built)?);
+                let mut out = serde_json::to_value(&built)?;
+                if let Some(e) = embedded {
+                    out["embedded"] = e;
+                }
+                println!("{}", serde_json::to_string(&out)?);
             } else {
                 println!("{name} {}", built.fingerprint);
                 println!(
                     "{} rows in {} shards: {} computed, {} reused",
                     built.rows, built.shards, built.rows_computed, built.rows_reused
                 );
+                if let Some(e) = embedded {
+                    println!(
+                        "embedded: {} texts from the prediction cache, {} computed in {} model calls",
+                        e["cached"], e["computed"], e["model_calls"]
+                    );
+                }
             }
             Ok(())
         }
@@ -382,7 +505,7 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             max_batches,
             format,
         } => {
-            let cache = open_for(args, Some(name))?;
+            let (cache, registry) = open_for(args, name)?;
             let options = StreamOptions {
                 batch_size: *batch,
                 prefetch: *prefetch,
@@ -390,10 +513,14 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
                 epoch: *epoch,
                 resume: resume.clone(),
             };
-            stream(&cache, name, options, *max_batches, *format)
+            let streamed = stream(&cache, name, options, *max_batches, *format);
+            if let Some(r) = &registry {
+                r.close();
+            }
+            streamed
         }
         Action::Ls { filter, sort, json } => {
-            let cache = open(args, None)?;
+            let cache = open(args, None, None)?;
             let now = listing::now_ms();
             let mut items = listing::filter(cache.list()?, filter, now)?;
             if let Some(s) = sort {
@@ -435,31 +562,12 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         Action::Show { name, json } => {
-            let cache = open(args, None)?;
+            let cache = open(args, None, None)?;
             let d = cache
-                .get_dataset(name)?
+                .details(name)?
                 .with_context(|| format!("no dataset `{name}` in the cache"))?;
-            let files: Vec<_> = d
-                .manifest
-                .shards
-                .iter()
-                .map(|s| {
-                    let path = cache.store().root().join("blobs").join(s.digest.hex());
-                    serde_json::json!({
-                        "index": s.index,
-                        "path": path,
-                        "cached": path.exists(),
-                    })
-                })
-                .collect();
             if *json {
-                let out = serde_json::json!({
-                    "name": d.name,
-                    "manifest": d.manifest,
-                    "record": d.record,
-                    "files": files,
-                });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                println!("{}", serde_json::to_string_pretty(&d)?);
                 return Ok(());
             }
             let m = &d.manifest;
@@ -494,19 +602,19 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             steps,
         } => {
             let why = match (b, sources.is_empty()) {
-                (Some(b), true) => open(args, None)?.explain(a, b)?,
+                (Some(b), true) => open(args, None, None)?.explain(a, b)?,
                 (None, false) => {
-                    let cache = open(
-                        args,
-                        model_files(args, false)?.filter(|_| needs_model(steps)),
-                    )?;
+                    let (cache, registry) = open_with(args, steps, false)?;
                     let d = cache
                         .get_dataset(a)?
                         .with_context(|| format!("no dataset `{a}` in the cache"))?;
                     let specs: Vec<StepSpec> =
                         steps.iter().map(|s| StepSpec::Text(s.clone())).collect();
-                    let plan = cache.plan(&DatasetSource::Files(sources.clone()), &specs)?;
-                    infercache_datasets::fingerprint::explain(&d.manifest.chain, &plan)
+                    let plan = cache.plan(&DatasetSource::Files(sources.clone()), &specs);
+                    if let Some(r) = &registry {
+                        r.close();
+                    }
+                    infercache_datasets::fingerprint::explain(&d.manifest.chain, &plan?)
                 }
                 _ => {
                     bail!("give either a second dataset or --source (with --step) to compare with")
@@ -521,7 +629,7 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         Action::Verify { name } => {
-            let cache = open(args, None)?;
+            let cache = open(args, None, None)?;
             let r = cache.verify(name.as_deref())?;
             for (dataset, shard) in &r.corrupt {
                 println!("corrupt: shard {shard} of {dataset} (removed; recomputed when read)");
@@ -539,8 +647,12 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             }
         }
         Action::Audit { name, sample, seed } => {
-            let cache = open_for(args, Some(name))?;
-            let a = cache.audit(name, *sample, *seed)?;
+            let (cache, registry) = open_for(args, name)?;
+            let a = cache.audit(name, *sample, *seed);
+            if let Some(r) = &registry {
+                r.close();
+            }
+            let a = a?;
             println!(
                 "{} rows recomputed, {} differ, {} not cached",
                 a.checked,
@@ -557,7 +669,7 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             }
         }
         Action::Rm { names, dry_run } => {
-            let cache = open(args, None)?;
+            let cache = open(args, None, None)?;
             for name in names {
                 if *dry_run {
                     let d = cache
@@ -572,7 +684,7 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         Action::Prune { dry_run } => {
-            let cache = open(args, None)?;
+            let cache = open(args, None, None)?;
             let r = cache.prune(*dry_run)?;
             let verb = if *dry_run { "would remove" } else { "removed" };
             for e in &r.evicted {
@@ -584,7 +696,7 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         Action::Clear { dry_run } => {
-            let cache = open(args, None)?;
+            let cache = open(args, None, None)?;
             if *dry_run {
                 let items = cache.list()?;
                 for d in &items {
@@ -622,36 +734,17 @@ fn stream(
 ) -> anyhow::Result<()> {
     let mut s = cache.stream_dataset(name, options)?;
     let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    let mut ipc: Option<arrow_ipc::writer::StreamWriter<BufWriter<std::io::StdoutLock<'_>>>> = None;
+    let mut writer = BatchWriter::new(format);
     let mut batches = 0u64;
     let result = (|| -> anyhow::Result<()> {
         while max_batches.is_none_or(|m| batches < m) {
             let Some(batch) = s.next() else { break };
-            let batch = batch?;
-            match format {
-                OutputFormat::Jsonl => {
-                    let mut w = arrow_json::LineDelimitedWriter::new(&mut out);
-                    w.write_batches(&[&batch])?;
-                    w.finish()?;
-                }
-                OutputFormat::Arrow => {
-                    if ipc.is_none() {
-                        ipc = Some(arrow_ipc::writer::StreamWriter::try_new(
-                            BufWriter::with_capacity(1 << 20, std::io::stdout().lock()),
-                            batch.schema().as_ref(),
-                        )?);
-                    }
-                    ipc.as_mut().expect("set above").write(&batch)?;
-                }
-            }
+            out.write_all(&writer.write(&batch?)?)?;
             batches += 1;
         }
-        if let Some(w) = ipc.as_mut() {
-            w.finish()?;
-        }
+        out.write_all(&writer.finish()?)?;
         Ok(())
     })();
-    drop(ipc);
     let flushed = out.flush();
     let broken_pipe = |e: &anyhow::Error| {
         e.chain().any(|c| {

@@ -49,6 +49,8 @@
 //! | `redis_local_reads` | `in-sync` | whether this node reads its own memory and disk while its epochs are not known to match Redis's: `in-sync` (only while they are, and for `redis_local_grace` after; otherwise it computes) or `always` (availability: during an outage, entries from before an invalidation made elsewhere may be served) |
 //! | `redis_local_grace` | `10s` | with `in-sync`: how long local entries are still served after the epochs were last known to match (the bound on staleness during an outage) |
 //! | `redis_ca_file` | none | for `rediss://`: a PEM file of the CAs that sign the Redis servers' certificates, trusted instead of the web roots; a server they do not sign stops the start |
+//! | `datasets_dir` | none (`[cache.disk] path`) | serve the dataset cache in this directory on `/v1/datasets` (the `datasets` commands' `--dir`); none: the routes answer 404 |
+//! | `[cache]` | LlamaHome's defaults | the served dataset cache's `memory_size`, `disk_size`, `policy`, `eviction_threshold`, `cleanup_interval`, `[cache.disk] path` (the directory when `datasets_dir` is not given) and `use_mmap`, also as `INFERCACHE_CACHE_*` variables ([`infercache_datasets::settings`]; TOML only, no flags) |
 //! | `[[models]]` | none: the built-in embedder | models served, each through its upstream (TOML only; see `config/models.rs`) |
 
 use std::fmt;
@@ -100,6 +102,9 @@ pub enum ConfigError {
         /// Why it was refused.
         reason: String,
     },
+    /// A `[cache]` setting of the dataset cache that cannot work, naming the key.
+    #[error("[cache]: {0}")]
+    Cache(#[source] infercache_datasets::DatasetError),
     /// A file could not be read.
     #[error("reading {path}: {source}")]
     Read {
@@ -128,11 +133,24 @@ impl ServerConfig {
             Some(path) => read_file(path)?,
             None => ServeArgs::default(),
         };
-        Self::resolve(args.clone(), file)
+        let cache_env = infercache_datasets::CacheKeys::from_env(|name| std::env::var(name).ok());
+        Self::resolve_with(args.clone(), file, cache_env)
     }
 
-    /// Validates `flags` (flags and environment) layered over `file`.
+    /// Validates `flags` (flags and environment) layered over `file`, with no
+    /// `INFERCACHE_CACHE_*` variables.
+    #[cfg(test)]
     fn resolve(flags: ServeArgs, file: ServeArgs) -> Result<Self, ConfigError> {
+        Self::resolve_with(flags, file, infercache_datasets::CacheKeys::default())
+    }
+
+    /// As [`Self::resolve`], with the `INFERCACHE_CACHE_*` variables over the file's
+    /// `[cache]` table.
+    fn resolve_with(
+        flags: ServeArgs,
+        file: ServeArgs,
+        cache_env: infercache_datasets::CacheKeys,
+    ) -> Result<Self, ConfigError> {
         let mut a = flags.or(file);
         let d = Self::default();
         let bind = match a.bind.take() {
@@ -173,6 +191,13 @@ impl ServerConfig {
             duration("shutdown_timeout", a.shutdown_timeout.take())?.unwrap_or(d.shutdown_timeout);
         let redis = resolve_redis(&mut a)?;
         let models = models::validate(a.models.take().unwrap_or_default(), limits.request_timeout)?;
+        let datasets_cache = match a.cache.take() {
+            Some(table) => infercache_datasets::CacheKeys::from_table(table),
+            None => Ok(infercache_datasets::CacheKeys::default()),
+        }
+        .and_then(|file| cache_env.or(file).resolve())
+        .map_err(ConfigError::Cache)?;
+        let datasets_dir = a.datasets_dir.take().or_else(|| datasets_cache.dir.clone());
         Ok(Self {
             redis,
             bind,
@@ -190,6 +215,8 @@ impl ServerConfig {
             limits,
             shutdown_timeout,
             models,
+            datasets_dir,
+            datasets_cache,
         })
     }
 }
@@ -465,6 +492,48 @@ mod tests {
 
     fn file(text: &str) -> ServeArgs {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_cache_table_sizes_the_served_datasets_and_names_bad_keys() {
+        let c = ServerConfig::resolve(
+            ServeArgs::default(),
+            file(
+                "disk_size = \"1GiB\"\n[cache]\ndisk_size = 64\npolicy = \"fifo\"\n[cache.disk]\npath = \"/srv/ds\"\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.datasets_dir, Some(PathBuf::from("/srv/ds")));
+        assert_eq!(c.datasets_cache.disk_size, 64 << 20);
+        assert_eq!(c.datasets_cache.policy.to_string(), "fifo");
+        // The inference cache's own `disk_size` is another setting.
+        assert_eq!(c.disk.unwrap().capacity, 1 << 30);
+        // `datasets_dir` wins over `[cache.disk] path`; variables over the table.
+        let env = infercache_datasets::CacheKeys {
+            disk_size: Some("2GB".to_owned()),
+            ..infercache_datasets::CacheKeys::default()
+        };
+        let flags = ServeArgs {
+            datasets_dir: Some("/flag".into()),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve_with(
+            flags,
+            file("[cache]\ndisk_size = 64\n[cache.disk]\npath = \"/srv/ds\"\n"),
+            env,
+        )
+        .unwrap();
+        assert_eq!(c.datasets_dir, Some(PathBuf::from("/flag")));
+        assert_eq!(c.datasets_cache.disk_size, 2_000_000_000);
+        assert_eq!(ServerConfig::default().datasets_dir, None);
+        for (text, key) in [
+            ("[cache]\npolicy = \"random\"", "policy"),
+            ("[cache]\nmemory_size = \"lots\"", "memory_size"),
+            ("[cache]\ncolour = 1", "colour"),
+        ] {
+            let e = ServerConfig::resolve(ServeArgs::default(), file(text)).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
     }
 
     #[test]
@@ -765,7 +834,7 @@ mod tests {
     fn every_setting_is_a_flag_a_variable_and_a_file_key() {
         let cmd = command();
         let flag_only = ["disable_cache"];
-        let file_only = ["models"];
+        let file_only = ["models", "cache"];
         for key in ServeArgs::KEYS {
             let arg = cmd.get_arguments().find(|a| a.get_id() == *key);
             if file_only.contains(key) {
@@ -815,12 +884,16 @@ mod tests {
             if ["config", "disable_cache"].contains(key) {
                 continue;
             }
-            let shown = if *key == "models" { "[[models]]" } else { key };
+            let shown = match *key {
+                "models" => "[[models]]",
+                "cache" => "[cache]",
+                key => key,
+            };
             assert!(
                 module.iter().any(|k| k == shown),
                 "{key} in the config/ docs"
             );
-            if *key != "models" {
+            if !["models", "cache"].contains(key) {
                 let row = format!(
                     "| `{}` | `INFERCACHE_{}` | `{key}` |",
                     key.replace('_', "-"),
@@ -917,7 +990,8 @@ mod tests {
         );
         // Shown by another name: the file is where settings came from; `disable_cache` is
         // `enable_cache=false`; `no_disk` is `disk_dir=none`; each model is `model=`.
-        let implied = ["config", "disable_cache", "no_disk", "models"];
+        // `[cache]` is `datasets_cache=`.
+        let implied = ["config", "disable_cache", "no_disk", "models", "cache"];
         // Shown only for their kind of Redis target.
         let auto = ["redis_memory_fraction"];
         let cluster = ["redis_cluster"];

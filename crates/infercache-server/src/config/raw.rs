@@ -207,6 +207,15 @@ settings! {
         /// [default: the web roots].
         #[arg(long, env = "INFERCACHE_REDIS_CA_FILE", value_name = "PATH")]
         pub redis_ca_file: Option<PathBuf>,
+        /// Serve the dataset cache in DIR on `/v1/datasets` [default: `[cache.disk] path`,
+        /// else none: not served].
+        #[arg(long, env = "INFERCACHE_DATASETS_DIR", value_name = "DIR")]
+        pub datasets_dir: Option<PathBuf>,
+        /// The served dataset cache's `[cache]` table, LlamaHome's keys: a table, so the
+        /// file's alone (its keys are also `INFERCACHE_CACHE_*` variables, read by
+        /// `infercache_datasets::settings`).
+        #[arg(skip)]
+        pub cache: Option<toml::Value>,
         /// The `[[models]]` list: a list of tables, so the file's alone (see `config/models.rs`).
         #[arg(skip)]
         pub models: Option<Vec<RawModel>>,

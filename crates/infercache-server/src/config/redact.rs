@@ -112,6 +112,17 @@ impl fmt::Display for Redacted<'_> {
                 .map_or_else(|| "in-process".to_owned(), infercache_core::redact_url);
             write!(f, " model={}:{}@{url}", m.name, m.backend)?;
         }
+        let d = &c.datasets_cache;
+        write!(
+            f,
+            " datasets_dir={} datasets_cache=disk_size:{},memory_size:{},policy:{}",
+            c.datasets_dir
+                .as_ref()
+                .map_or("none".to_owned(), |p| p.display().to_string()),
+            d.disk_size,
+            d.memory_size,
+            d.policy
+        )?;
         Ok(())
     }
 }

@@ -147,6 +147,11 @@ pub struct ServerConfig {
     pub redis: Option<RedisSettings>,
     /// The `[[models]]` list. Default: empty, which serves the built-in embedder alone.
     pub models: Vec<ModelConfig>,
+    /// The dataset cache served on `/v1/datasets`: `datasets_dir`, else `[cache.disk]
+    /// path`. Default: none (not served).
+    pub datasets_dir: Option<PathBuf>,
+    /// The served dataset cache's `[cache]` settings. Default: LlamaHome's.
+    pub datasets_cache: infercache_datasets::CacheSettings,
 }
 
 impl Default for ServerConfig {
@@ -168,6 +173,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             redis: None,
             models: Vec::new(),
+            datasets_dir: None,
+            datasets_cache: infercache_datasets::CacheSettings::default(),
         }
     }
 }

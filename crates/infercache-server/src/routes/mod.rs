@@ -9,10 +9,12 @@
 //! | `POST /v1/models/{name}/predict` (plain JSON upstreams) | [`predict`] |
 //! | `POST /v1/models/{name}/run` (Ersilia upstreams) | [`ersilia`] |
 //! | `POST /v2/models/{name}[/versions/{v}]/infer` (KServe v2 upstreams) | [`kserve`] |
+//! | `GET /v1/datasets`, `GET /v1/datasets/{name}`, `GET /v1/datasets/{name}/batches` | [`datasets`] |
 //! | `GET /v1/models`, `GET /v2`, `GET /v2/health/ready`, `GET /v2/health/live`, `GET /v2/models/{name}[/versions/{v}][/ready]`, `GET /v2/models/{name}[/versions/{v}]/config` | [`models`] |
 
 pub mod admin;
 pub mod body;
+pub mod datasets;
 pub mod ersilia;
 pub mod health;
 pub mod kserve;

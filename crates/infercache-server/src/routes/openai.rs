@@ -51,7 +51,8 @@ use crate::state::AppState;
 use crate::{cache_control, routes};
 
 /// The kinds of model this route serves: embedders.
-const KINDS: &[BackendKind] = &[BackendKind::Builtin, BackendKind::OpenAi, BackendKind::Tei];
+pub(crate) const KINDS: &[BackendKind] =
+    &[BackendKind::Builtin, BackendKind::OpenAi, BackendKind::Tei];
 
 const FIELDS: &[&str] = &["model", "input", "encoding_format", "user"];
 

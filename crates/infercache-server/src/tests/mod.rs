@@ -24,6 +24,7 @@ use infercache_infer::{CachePolicy, Models};
 
 use crate::{ApiKeys, AppState, Limits, app};
 
+mod datasets;
 mod upstream;
 
 const DIMS: usize = 8;
