@@ -259,15 +259,14 @@ fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), CoreError> {
 
 fn write_string(out: &mut Vec<u8>, s: &str) {
     // serde_json writes the minimal escaping, the same for every spelling of a string.
-    let quoted = serde_json::to_string(s).expect("serializing a str cannot fail");
-    out.extend_from_slice(quoted.as_bytes());
+    serde_json::to_writer(&mut *out, s).expect("writing a str into a Vec cannot fail");
 }
 
 fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) -> Result<(), CoreError> {
     if let Some(u) = n.as_u64() {
-        out.extend_from_slice(u.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes());
     } else if let Some(i) = n.as_i64() {
-        out.extend_from_slice(i.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
     } else {
         let f = n
             .as_f64()

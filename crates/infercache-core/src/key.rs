@@ -12,7 +12,6 @@ use std::str::FromStr;
 
 use crate::CoreError;
 use crate::canonical::{CanonicalInput, InputKind};
-use crate::encode;
 
 /// Version of the key encoding. Changing the encoding changes every key; bump this.
 pub const KEY_SCHEMA_VERSION: u32 = 1;
@@ -121,39 +120,59 @@ mod tag {
     pub const PARAMS: u8 = 8;
 }
 
-fn put(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
-    out.push(tag);
-    encode::put_field(out, bytes);
+/// Where an encoding is written: a buffer ([`KeyParts::encode`]) or straight into the
+/// hasher ([`KeyParts::digest`]), so that both come from the one definition below and
+/// taking a key allocates nothing.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for blake3::Hasher {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+/// A field as [`crate::encode::put_field`] writes it, after its tag.
+fn put(out: &mut impl Sink, tag: u8, bytes: &[u8]) {
+    out.put(&[tag]);
+    out.put(&(bytes.len() as u64).to_le_bytes());
+    out.put(bytes);
 }
 
 impl KeyParts<'_> {
     /// The unambiguous encoding that the digest is taken over.
     pub fn encode(&self) -> Vec<u8> {
-        let input = self.input.as_bytes();
-        let mut out = self.head();
-        out.extend_from_slice(input);
-        out.extend_from_slice(&self.tail());
-        out
-    }
-
-    /// The encoding up to the input's bytes: every field before it, then the input's
-    /// tag, length and kind.
-    fn head(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             4 + 10 * 9
                 + self.namespace.len()
                 + self.model.len()
                 + self.version.len()
                 + self.artifact.map_or(0, str::len)
-                + 40,
+                + 40
+                + self.input.as_bytes().len()
+                + self.params.len(),
         );
-        out.extend_from_slice(&KEY_SCHEMA_VERSION.to_le_bytes());
-        put(&mut out, tag::NAMESPACE, self.namespace.as_bytes());
-        put(&mut out, tag::MODEL, self.model.as_bytes());
-        put(&mut out, tag::VERSION, self.version.as_bytes());
+        self.write(&mut out);
+        out
+    }
+
+    /// Writes the encoding: every field before the input, the input's tag, length and
+    /// kind, its bytes, then the parameters.
+    fn write(&self, out: &mut impl Sink) {
+        out.put(&KEY_SCHEMA_VERSION.to_le_bytes());
+        put(out, tag::NAMESPACE, self.namespace.as_bytes());
+        put(out, tag::MODEL, self.model.as_bytes());
+        put(out, tag::VERSION, self.version.as_bytes());
         match self.artifact {
-            None => put(&mut out, tag::ARTIFACT_NONE, &[]),
-            Some(a) => put(&mut out, tag::ARTIFACT, a.as_bytes()),
+            None => put(out, tag::ARTIFACT_NONE, &[]),
+            Some(a) => put(out, tag::ARTIFACT, a.as_bytes()),
         }
         let e = self.epochs;
         let mut epochs = [0u8; 40];
@@ -163,28 +182,20 @@ impl KeyParts<'_> {
         {
             epochs[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
-        put(&mut out, tag::EPOCHS, &epochs);
+        put(out, tag::EPOCHS, &epochs);
         // The input kind travels inside the input field, ahead of its bytes.
-        out.push(tag::INPUT);
-        encode::put_u64(&mut out, self.input.as_bytes().len() as u64 + 1);
-        out.push(self.input.kind() as u8);
-        out
+        out.put(&[tag::INPUT]);
+        out.put(&(self.input.as_bytes().len() as u64 + 1).to_le_bytes());
+        out.put(&[self.input.kind() as u8]);
+        out.put(self.input.as_bytes());
+        put(out, tag::PARAMS, self.params);
     }
 
-    /// The encoding after the input's bytes: the parameters.
-    fn tail(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.params.len());
-        put(&mut out, tag::PARAMS, self.params);
-        out
-    }
-
-    /// The cache key: the digest of [`KeyParts::encode`], hashed without copying the
-    /// input (which may be megabytes).
+    /// The cache key: the digest of [`KeyParts::encode`], hashed as it is written, without
+    /// a buffer (and so without copying the input, which may be megabytes).
     pub fn digest(&self) -> Digest {
         let mut hasher = blake3::Hasher::new();
-        hasher.update(&self.head());
-        hasher.update(self.input.as_bytes());
-        hasher.update(&self.tail());
+        self.write(&mut hasher);
         Digest(*hasher.finalize().as_bytes())
     }
 }
@@ -407,6 +418,11 @@ mod tests {
                 && a.params == b.params;
             prop_assert_eq!(ea == eb, same_fields);
             prop_assert_eq!(a.with(|k| k.digest()) == b.with(|k| k.digest()), same_fields);
+        }
+
+        #[test]
+        fn the_digest_hashes_exactly_the_encoding(t in arb_tuple()) {
+            prop_assert_eq!(t.with(|k| k.digest()), t.with(|k| Digest::of(&k.encode())));
         }
 
         #[test]

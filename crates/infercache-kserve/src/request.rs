@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::{KserveError, tensor_label};
-use super::row::{Row, RowTensor, batch_size, split_tensor};
+use super::row::{Row, RowTensor, split_tensor};
 use super::tensor::{Tensor, first_non_json};
 use super::wire::{
     self, Encoded, TensorOut, array_field, bool_param, object_field, read_message, read_tensor,
@@ -107,30 +107,33 @@ pub fn parse_request(
     body: Bytes,
     header_length: Option<&HeaderValue>,
 ) -> Result<InferRequest, KserveError> {
-    let wire::Message { json, mut binary } = read_message(body, header_length)?;
-    let id = string_field(&json, "id", "")?;
-    let mut parameters = object_field(&json, "parameters", "")?;
+    let wire::Message {
+        mut json,
+        mut binary,
+    } = read_message(body, header_length)?;
+    let id = string_field(&mut json, "id", "")?;
+    let mut parameters = object_field(&mut json, "parameters", "")?;
     let binary_data_output = bool_param(&parameters, BINARY_DATA_OUTPUT, "")?.unwrap_or(false);
     parameters.remove(BINARY_DATA_OUTPUT);
-    let items = array_field(&json, "inputs", "")?
+    let items = array_field(&mut json, "inputs", "")?
         .ok_or_else(|| KserveError::MissingField("inputs".to_owned()))?;
     if items.is_empty() {
         return Err(KserveError::NoInputs);
     }
     let inputs = items
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, v)| read_tensor(v, "inputs", i, &mut binary))
         .collect::<Result<Vec<_>, _>>()?;
     binary.finish()?;
     unique("input", inputs.iter().map(|t| t.name.as_str()))?;
-    let requested = match array_field(&json, "outputs", "")? {
+    let requested = match array_field(&mut json, "outputs", "")? {
         // An empty list asks for nothing in particular: every output, as Triton answers.
         None => None,
         Some(items) if items.is_empty() => None,
         Some(items) => Some(
             items
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(i, v)| read_requested_output(v, i))
                 .collect::<Result<Vec<_>, _>>()?,
@@ -151,17 +154,17 @@ pub fn parse_request(
     })
 }
 
-fn read_requested_output(value: &Value, index: usize) -> Result<RequestedOutput, KserveError> {
+fn read_requested_output(value: Value, index: usize) -> Result<RequestedOutput, KserveError> {
     let path = format!("outputs[{index}].");
-    let Value::Object(obj) = value else {
+    let Value::Object(mut obj) = value else {
         return Err(wire::invalid(
             format!("outputs[{index}]"),
             "expected an object",
         ));
     };
-    let name = string_field(obj, "name", &path)?
+    let name = string_field(&mut obj, "name", &path)?
         .ok_or_else(|| KserveError::MissingField(format!("{path}name")))?;
-    let mut parameters = object_field(obj, "parameters", &path)?;
+    let mut parameters = object_field(&mut obj, "parameters", &path)?;
     let binary_data = bool_param(&parameters, BINARY_DATA, &path)?;
     parameters.remove(BINARY_DATA);
     Ok(RequestedOutput {
@@ -171,14 +174,27 @@ fn read_requested_output(value: &Value, index: usize) -> Result<RequestedOutput,
     })
 }
 
-fn unique<'a>(what: &'static str, names: impl Iterator<Item = &'a str>) -> Result<(), KserveError> {
+fn unique<'a>(
+    what: &'static str,
+    names: impl Iterator<Item = &'a str> + Clone,
+) -> Result<(), KserveError> {
+    let duplicate = |name: &str| KserveError::DuplicateName {
+        what,
+        name: name.to_owned(),
+    };
+    // A scan for the few tensors of most requests, which allocates nothing; a set past it.
+    if names.clone().count() <= 16 {
+        for (i, name) in names.clone().enumerate() {
+            if names.clone().take(i).any(|n| n == name) {
+                return Err(duplicate(name));
+            }
+        }
+        return Ok(());
+    }
     let mut seen = HashSet::new();
     for name in names {
         if !seen.insert(name) {
-            return Err(KserveError::DuplicateName {
-                what,
-                name: name.to_owned(),
-            });
+            return Err(duplicate(name));
         }
     }
     Ok(())
@@ -193,13 +209,21 @@ impl InferRequest {
     /// [`KserveError::BatchMismatch`] when inputs disagree.
     pub fn batch_size(&self) -> Result<u64, KserveError> {
         let first = self.inputs.first().ok_or(KserveError::NoInputs)?;
-        let expected = batch_size(first, &tensor_label("inputs", 0, &first.name))?;
+        // Labels are made only for an error: a request that is fine allocates none.
+        let size = |i: usize, t: &Tensor| {
+            t.shape
+                .first()
+                .copied()
+                .ok_or_else(|| KserveError::NoBatchDimension {
+                    tensor: tensor_label("inputs", i, &t.name),
+                })
+        };
+        let expected = size(0, first)?;
         for (i, t) in self.inputs.iter().enumerate().skip(1) {
-            let label = tensor_label("inputs", i, &t.name);
-            let actual = batch_size(t, &label)?;
+            let actual = size(i, t)?;
             if actual != expected {
                 return Err(KserveError::BatchMismatch {
-                    tensor: label,
+                    tensor: tensor_label("inputs", i, &t.name),
                     actual,
                     first: first.name.clone(),
                     expected,

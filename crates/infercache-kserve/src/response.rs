@@ -39,11 +39,14 @@ pub fn parse_response(
     body: Bytes,
     header_length: Option<&HeaderValue>,
 ) -> Result<InferResponse, KserveError> {
-    let wire::Message { json, mut binary } = read_message(body, header_length)?;
-    let items = array_field(&json, "outputs", "")?
+    let wire::Message {
+        mut json,
+        mut binary,
+    } = read_message(body, header_length)?;
+    let items = array_field(&mut json, "outputs", "")?
         .ok_or_else(|| KserveError::MissingField("outputs".to_owned()))?;
     let outputs = items
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, v)| read_tensor(v, "outputs", i, &mut binary))
         .collect::<Result<Vec<_>, _>>()?;
@@ -56,10 +59,10 @@ pub fn parse_response(
         ));
     }
     Ok(InferResponse {
-        model_name: string_field(&json, "model_name", "")?,
-        model_version: string_field(&json, "model_version", "")?,
-        id: string_field(&json, "id", "")?,
-        parameters: object_field(&json, "parameters", "")?,
+        model_name: string_field(&mut json, "model_name", "")?,
+        model_version: string_field(&mut json, "model_version", "")?,
+        id: string_field(&mut json, "id", "")?,
+        parameters: object_field(&mut json, "parameters", "")?,
         outputs,
     })
 }

@@ -113,48 +113,51 @@ impl Binary {
     }
 }
 
-/// The array field `key` of `json` (absent: `None`).
-pub(crate) fn array_field<'a>(
-    json: &'a Map<String, Value>,
+// The fields below are taken out of the parsed message (`remove`), not copied: each is
+// read once.
+
+/// The array field `key` of `json`, taken out of it (absent: `None`).
+pub(crate) fn array_field(
+    json: &mut Map<String, Value>,
     key: &str,
     path: &str,
-) -> Result<Option<&'a Vec<Value>>, KserveError> {
-    match json.get(key) {
+) -> Result<Option<Vec<Value>>, KserveError> {
+    match json.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => Ok(Some(items)),
         Some(_) => Err(invalid(format!("{path}{key}"), "expected an array")),
     }
 }
 
-/// The object field `key` of `json` (absent: empty).
+/// The object field `key` of `json`, taken out of it (absent: empty).
 pub(crate) fn object_field(
-    json: &Map<String, Value>,
+    json: &mut Map<String, Value>,
     key: &str,
     path: &str,
 ) -> Result<Map<String, Value>, KserveError> {
-    match json.get(key) {
+    match json.remove(key) {
         None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(map)) => Ok(map.clone()),
+        Some(Value::Object(map)) => Ok(map),
         Some(_) => Err(invalid(format!("{path}{key}"), "expected an object")),
     }
 }
 
-/// The string field `key` of `json` (absent: `None`).
+/// The string field `key` of `json`, taken out of it (absent: `None`).
 pub(crate) fn string_field(
-    json: &Map<String, Value>,
+    json: &mut Map<String, Value>,
     key: &str,
     path: &str,
 ) -> Result<Option<String>, KserveError> {
-    match json.get(key) {
+    match json.remove(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(invalid(format!("{path}{key}"), "expected a string")),
     }
 }
 
 /// A required string field.
 fn required_string(
-    json: &Map<String, Value>,
+    json: &mut Map<String, Value>,
     key: &str,
     path: &str,
 ) -> Result<String, KserveError> {
@@ -187,26 +190,26 @@ pub(crate) fn invalid(field: String, message: &str) -> KserveError {
 /// Reads entry `index` of the tensor list `list` (`inputs` or `outputs`), taking its
 /// data from JSON `data` or, with `parameters.binary_data_size`, from `binary`.
 pub(crate) fn read_tensor(
-    value: &Value,
+    value: Value,
     list: &str,
     index: usize,
     binary: &mut Binary,
 ) -> Result<Tensor, KserveError> {
     let path = format!("{list}[{index}].");
-    let Value::Object(obj) = value else {
+    let Value::Object(mut obj) = value else {
         return Err(invalid(format!("{list}[{index}]"), "expected an object"));
     };
-    let name = required_string(obj, "name", &path)?;
+    let name = required_string(&mut obj, "name", &path)?;
     let label = tensor_label(list, index, &name);
-    let datatype_name = required_string(obj, "datatype", &path)?;
+    let datatype_name = required_string(&mut obj, "datatype", &path)?;
     let datatype = DataType::parse(&datatype_name).ok_or_else(|| KserveError::UnknownDatatype {
         tensor: label.clone(),
         datatype: datatype_name,
     })?;
-    let shape = read_shape(obj, &path, &label)?;
-    let mut parameters = object_field(obj, "parameters", &path)?;
+    let shape = read_shape(&mut obj, &path, &label)?;
+    let mut parameters = object_field(&mut obj, "parameters", &path)?;
     let binary_size = parameters.remove(BINARY_DATA_SIZE);
-    let data = match (obj.get("data"), binary_size) {
+    let data = match (obj.remove("data"), binary_size) {
         (Some(_), Some(_)) => {
             return Err(KserveError::DataSource {
                 tensor: label,
@@ -219,7 +222,7 @@ pub(crate) fn read_tensor(
                 reason: "has neither `data` nor parameters.binary_data_size",
             });
         }
-        (Some(data), None) => Bytes::from(json_to_canonical(&label, datatype, &shape, data)?),
+        (Some(data), None) => Bytes::from(json_to_canonical(&label, datatype, &shape, &data)?),
         (None, Some(size)) => {
             let size = size.as_u64().ok_or_else(|| {
                 invalid(
@@ -242,7 +245,11 @@ pub(crate) fn read_tensor(
 }
 
 /// A tensor's `shape`: an array of non-negative integers.
-fn read_shape(obj: &Map<String, Value>, path: &str, label: &str) -> Result<Vec<u64>, KserveError> {
+fn read_shape(
+    obj: &mut Map<String, Value>,
+    path: &str,
+    label: &str,
+) -> Result<Vec<u64>, KserveError> {
     let dims = array_field(obj, "shape", path)?
         .ok_or_else(|| KserveError::MissingField(format!("{path}shape")))?;
     let shape = dims

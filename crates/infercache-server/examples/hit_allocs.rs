@@ -10,15 +10,20 @@
 //! --request NAME,PATH,BODY_FILE[,HEADER_LENGTH] ...` sends each request twice (the first
 //! may be the miss that fills the cache; the second must be `X-Cache: HIT`), then `--count`
 //! more times, and prints one line per request kind:
-//! `ALLOCS kind=NAME allocs=A reallocs=R bytes=B` (per request; bytes of new blocks). `HEADER_LENGTH` is the
+//! `ALLOCS kind=NAME allocs=A reallocs=R bytes=B bare_allocs=C` (per request; bytes of new
+//! blocks; `bare_allocs`: the same hits on a router that answers them with the hit's bytes
+//! and headers, as `examples/bare.rs` does, the ceiling's own count). `HEADER_LENGTH` is the
 //! `Inference-Header-Content-Length` of a KServe v2 binary-tensor body.
 
 use std::alloc::System;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use axum::body::Body;
-use axum::http::{HeaderValue, Request, header};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Request, header};
+use axum::response::IntoResponse as _;
+use axum::routing::post;
 use clap::Parser;
 use infercache_backend::Backend;
 use infercache_core::SystemClock;
@@ -47,7 +52,7 @@ struct Cli {
 struct Kind {
     name: String,
     path: String,
-    body: bytes::Bytes,
+    body: Bytes,
     header_length: Option<String>,
 }
 
@@ -83,6 +88,41 @@ impl Kind {
     }
 }
 
+/// Allocations, reallocations and bytes allocated per hit of `kind` on `service`, over
+/// `n` hits. Requests are built before counting: a client's work, not the server's.
+async fn count<S>(service: &S, kind: &Kind, n: usize) -> anyhow::Result<(f64, f64, f64)>
+where
+    S: tower::Service<Request<Body>, Response = axum::response::Response> + Clone,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let requests: Vec<Request<Body>> = (0..n).map(|_| kind.request()).collect();
+    let region = Region::new(GLOBAL);
+    for request in requests {
+        let response = service.clone().oneshot(request).await?;
+        if response.headers().get("x-cache").map(HeaderValue::as_bytes) != Some(b"HIT") {
+            bail!("{}: not a hit", kind.name);
+        }
+        axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+    }
+    let change = region.change();
+    let per = |c: usize| c as f64 / n as f64;
+    Ok((
+        per(change.allocations),
+        per(change.reallocations),
+        per(change.bytes_allocated),
+    ))
+}
+
+/// A router answering `POST path` with `body` and `headers`, as examples/bare.rs does.
+fn bare_router(path: &str, mut headers: HeaderMap, body: Bytes) -> Router {
+    headers.remove(header::CONTENT_LENGTH);
+    let answer = move |_request: Bytes| {
+        let (headers, body) = (headers.clone(), body.clone());
+        async move { (headers, body).into_response() }
+    };
+    Router::new().route(path, post(answer))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let kinds = cli
@@ -113,37 +153,31 @@ fn main() -> anyhow::Result<()> {
             let state = AppState::new(cache, models, ApiKeys::none(), config.limits);
             let app = infercache_server::app(state);
             for kind in &kinds {
+                let mut hit = None;
                 for _ in 0..2 {
                     let response = app.clone().oneshot(kind.request()).await?;
-                    let hit = response.headers().get("x-cache").cloned();
                     let status = response.status();
-                    axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+                    let headers = response.headers().clone();
+                    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
                     if !status.is_success() {
                         bail!("{}: {status}", kind.name);
                     }
-                    if hit == Some(HeaderValue::from_static("HIT")) {
+                    if headers.get("x-cache") == Some(&HeaderValue::from_static("HIT")) {
+                        hit = Some((headers, body));
                         break;
                     }
                 }
-                // Requests are built before counting: a client's work, not the server's.
-                let requests: Vec<Request<Body>> = (0..cli.count).map(|_| kind.request()).collect();
-                let region = Region::new(GLOBAL);
-                for request in requests {
-                    let response = app.clone().oneshot(request).await?;
-                    if response.headers().get("x-cache").map(HeaderValue::as_bytes) != Some(b"HIT")
-                    {
-                        bail!("{}: not a hit", kind.name);
-                    }
-                    axum::body::to_bytes(response.into_body(), usize::MAX).await?;
-                }
-                let change = region.change();
-                let per = |n: usize| n as f64 / cli.count as f64;
+                let Some((headers, body)) = hit else {
+                    bail!("{}: the second request is not a hit", kind.name);
+                };
+                let served = count(&app, kind, cli.count).await?;
+                // The ceiling, as examples/bare.rs serves it: a router answering the same
+                // path with the hit's bytes and headers.
+                let bare = bare_router(&kind.path, headers, body);
+                let ceiling = count(&bare, kind, cli.count).await?;
                 println!(
-                    "ALLOCS kind={} allocs={:.1} reallocs={:.1} bytes={:.0}",
-                    kind.name,
-                    per(change.allocations),
-                    per(change.reallocations),
-                    per(change.bytes_allocated),
+                    "ALLOCS kind={} allocs={:.1} reallocs={:.1} bytes={:.0} bare_allocs={:.1}",
+                    kind.name, served.0, served.1, served.2, ceiling.0,
                 );
             }
             Ok(())

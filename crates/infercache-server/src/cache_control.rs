@@ -17,8 +17,10 @@
 
 use std::time::Duration;
 
+use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::header::CACHE_CONTROL;
+use axum::http::request::Parts;
 use infercache_engine::RequestOptions;
 use infercache_infer::CacheControl;
 
@@ -41,6 +43,16 @@ impl From<Directives> for CacheControl {
             cache_only: false,
             bypass: false,
         }
+    }
+}
+
+/// The request's directives, read from its headers where they are (a route that needs no
+/// other header takes no copy of them); a malformed one is refused with [`parse`]'s 400.
+impl<S: Send + Sync> FromRequestParts<S> for Directives {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parse(&parts.headers)
     }
 }
 

@@ -20,7 +20,7 @@
 //!
 //! On `/v2` and every path under it (KServe v2 / Triton), the same errors, status and
 //! headers have the protocol's body instead, `{"error": "<message>"}`, with the same
-//! message: [`crate::routes::kserve_errors`] rewrites the body from the [`ErrorMessage`]
+//! message: [`crate::App`] rewrites the body from the [`ErrorMessage`]
 //! every error response carries.
 //!
 //! A KServe v2 inference request the codec refuses is 400 `invalid_inference_request`

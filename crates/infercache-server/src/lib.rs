@@ -1,7 +1,8 @@
 //! The infercache HTTP server: every model's protocol in front of the tiered cache.
 //!
 //! ```text
-//!  request ─► guard (concurrency 429, timeout 504) ─► auth (bearer key → tenant)
+//!  request ─► App (draining 503, concurrency and body budget 429, timeout 504)
+//!          ─► auth (bearer key → tenant)
 //!          ─► route: resolve the model in the registry (404/400), parse the body into
 //!             Inputs (400/413 with the field named)
 //!          ─► infercache_infer::Infer::rows: keys, lookup, single flight, misses computed
@@ -53,6 +54,8 @@
 //! # Parts
 //!
 //! - [`config`]: flags, environment and TOML resolved into a validated [`ServerConfig`].
+//! - [`App`] (`gate.rs`): the router behind admission, the body limit and the KServe v2
+//!   error body, as one service.
 //! - [`auth`]: API keys from a TOML file, each mapped to a tenant, compared in constant time.
 //! - [`routes`]: the handlers, one file per protocol: inbound parsing into
 //!   [`Inputs`](infercache_backend::Inputs) and rendering of stored rows; the one place
@@ -87,6 +90,7 @@ pub mod config;
 pub mod dashboard;
 pub mod embedders;
 pub mod error;
+mod gate;
 pub mod metrics;
 pub mod model;
 mod remote;
@@ -95,7 +99,6 @@ mod server;
 pub mod state;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
 /// The KServe v2 codec the `/v2` routes use.
@@ -105,14 +108,15 @@ pub use auth::{ApiKeys, Caller};
 pub use config::{ConfigError, Limits, ServeArgs, ServerConfig};
 pub use embedders::RegistryEmbedders;
 pub use error::{ApiError, ServerError};
+pub use gate::App;
 pub use model::{Opened, open, run};
 pub use server::{registry, run_with, serve};
 pub use state::{AppState, Datasets};
 
-/// The router. Tests drive it without a socket (`tower::ServiceExt::oneshot`).
-pub fn app(state: AppState) -> Router {
-    let body_limit = state.limits().max_body_bytes;
-    let api = Router::new()
+/// The server: every route behind admission, the body limit and the KServe v2 error body
+/// ([`App`]). Tests drive it without a socket (`tower::ServiceExt::oneshot`).
+pub fn app(state: AppState) -> App {
+    let router = Router::new()
         .route("/v1/embeddings", post(routes::openai::embeddings))
         .route("/v1/embed", post(routes::smally::embed))
         .route("/v1/models", get(routes::models::list))
@@ -152,12 +156,6 @@ pub fn app(state: AppState) -> Router {
             "/v1/datasets/{name}/batches",
             get(routes::datasets::batches),
         )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            routes::guard,
-        ));
-    Router::new()
-        .merge(api)
         .route("/metrics", get(routes::admin::metrics))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/data", get(dashboard::data))
@@ -168,9 +166,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/health/ready", get(routes::models::health))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(routes::kserve_errors))
-        .with_state(state)
+        .with_state(state.clone());
+    App::new(router, state)
 }
 
 #[cfg(test)]

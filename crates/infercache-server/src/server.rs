@@ -197,11 +197,14 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let sampler = tokio::spawn(crate::dashboard::sample(state.clone()));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, crate::app(state.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        })
-        .into_future();
+    let server = axum::serve(
+        listener,
+        axum::ServiceExt::into_make_service(crate::app(state.clone())),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    })
+    .into_future();
     let mut server = std::pin::pin!(server);
     let result = tokio::select! {
         result = &mut server => result,

@@ -39,7 +39,7 @@ pub(super) enum Mode {
 }
 
 /// Calls with at most this many keys are de-duplicated by a scan, larger ones by a hash map.
-const LINEAR_DEDUP: usize = 8;
+pub(super) const LINEAR_DEDUP: usize = 8;
 
 /// The keys of one call, de-duplicated, and what has been resolved for each.
 pub(super) struct Batch<'a> {
@@ -90,11 +90,6 @@ impl<'a> Batch<'a> {
             results,
             revalidate: Vec::new(),
         }
-    }
-
-    /// How many distinct keys.
-    pub(super) fn len(&self) -> usize {
-        self.unique.len()
     }
 
     /// The key at `i`.

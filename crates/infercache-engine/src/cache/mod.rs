@@ -53,7 +53,7 @@ mod tiers;
 mod types;
 mod write_back;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
@@ -305,25 +305,33 @@ impl Cache {
         if opts.no_cache {
             return None;
         }
-        let mut batch = Batch::new(keys, opts, Mode::Answer);
         let now = self.inner.clock.now_ms();
-        // Read quietly, resolving as it goes; the hits are counted only once every key is
-        // found (a request only partly in memory counts its hits on the full path).
-        for i in 0..batch.len() {
-            let key = batch.key(i);
+        // Read quietly, row by row (a repeated key is read again rather than
+        // de-duplicated first: no `Batch` to build); the hits are counted only once every
+        // key is found (a request only partly in memory counts its hits on the full path).
+        let mut fetched = Vec::with_capacity(keys.len());
+        for key in keys {
             let entry = self.inner.memory_entry(&key.digest, false)?;
             let verdict = freshness::judge(&key.model.policy, opts, entry.times(), now);
             if verdict != freshness::Verdict::Fresh || !accept(&entry.value) {
                 return None;
             }
-            batch.resolve(i, entry.fetched(Source::Memory, None));
+            fetched.push(entry.fetched(Source::Memory, None));
         }
-        for i in 0..batch.len() {
-            // As `Batch::accept` counts a fresh memory hit.
-            memory.count_hit();
-            batch.key(i).model.counters.memory_hits.incr();
+        // As `Batch::accept` counts a fresh memory hit: once per distinct key.
+        let mut seen: HashSet<Digest, DigestHasher> = HashSet::default();
+        for (i, key) in keys.iter().enumerate() {
+            let first = if keys.len() <= batch::LINEAR_DEDUP {
+                !keys[..i].iter().any(|k| k.digest == key.digest)
+            } else {
+                seen.insert(key.digest)
+            };
+            if first {
+                memory.count_hit();
+                key.model.counters.memory_hits.incr();
+            }
         }
-        Some(batch.finish())
+        Some(fetched)
     }
 
     /// Stores `value` under `key` in every tier (per the write policy).

@@ -9,7 +9,7 @@
 //! [`raw_object`] and [`raw_rows`] instead: the top level is split into fields of raw
 //! text and each row stays a slice of the body, so parsing costs little beyond the body
 //! itself and no number is converted. How many body bytes are in flight at once is
-//! bounded before any of this, by the body budget (`routes::guard`).
+//! bounded before any of this, by the body budget (`crate::App`).
 
 use std::collections::BTreeMap;
 

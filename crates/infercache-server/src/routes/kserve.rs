@@ -48,8 +48,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use infercache_backend::{BackendKind, Inputs, UpstreamError};
 use infercache_infer::{CacheControl, RowRequest};
@@ -60,6 +61,7 @@ use infercache_kserve::{
 
 use super::body;
 use crate::auth::Caller;
+use crate::cache_control::Directives;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{cache_control, routes};
@@ -73,11 +75,11 @@ pub async fn infer(
     State(state): State<AppState>,
     caller: Caller,
     name: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    headers: Headers,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let name = routes::path_name(name)?;
-    serve(&state, caller, &name, None, &headers, body).await
+    serve(&state, caller, &name, None, headers, body).await
 }
 
 /// `POST /v2/models/{name}/versions/{version}/infer`.
@@ -85,11 +87,31 @@ pub async fn infer_version(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    headers: Headers,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((name, version)) = path.map_err(|e| ApiError::invalid("name", e.body_text()))?;
-    serve(&state, caller, &name, Some(&version), &headers, body).await
+    serve(&state, caller, &name, Some(&version), headers, body).await
+}
+
+/// The request headers the route reads, taken from the request without copying the
+/// others: the `Cache-Control` directives (refused when malformed, in their turn) and
+/// `Inference-Header-Content-Length`.
+#[derive(Debug)]
+pub struct Headers {
+    directives: Result<Directives, ApiError>,
+    header_length: Option<HeaderValue>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Headers {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            directives: cache_control::parse(&parts.headers),
+            header_length: parts.headers.get(HEADER_LENGTH).cloned(),
+        })
+    }
 }
 
 async fn serve(
@@ -97,15 +119,16 @@ async fn serve(
     caller: Caller,
     name: &str,
     version: Option<&str>,
-    headers: &HeaderMap,
+    headers: Headers,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let directives = cache_control::parse(headers)?;
+    let directives = headers.directives?;
     let model = state.models().resolve(name, &[BackendKind::KServeV2])?;
     super::models::check_version(name, version, &model.info().version)?;
     let body = body::bytes(body, state.limits())?;
     let whole = !model.policy().batched;
-    let (request, rows) = parse(body, headers, state.limits().max_items, whole).await?;
+    let (request, rows) =
+        parse(body, headers.header_length, state.limits().max_items, whole).await?;
     let _room = state.reserve_items(rows.len())?;
 
     let mut control: CacheControl = directives.into();
@@ -114,13 +137,14 @@ async fn serve(
     control.bypass = SEQUENCE_PARAMETERS
         .iter()
         .any(|p| request.parameters.contains_key(*p));
-    // What the response needs of the request, which the rows take with them.
-    let (id, outputs) = (request.id.clone(), request.outputs.clone());
+    // Shared with the rows; the response reads the request's `id` and output selection
+    // from it afterwards, copying neither.
+    let inputs = Arc::new(Inputs::Tensors { request, rows });
     let fetched = state
         .rows(RowRequest {
             model: Arc::clone(&model),
             tenant: caller.tenant,
-            inputs: Arc::new(Inputs::Tensors { request, rows }),
+            inputs: Arc::clone(&inputs),
             control,
         })
         .await?;
@@ -133,12 +157,15 @@ async fn serve(
         .collect::<Result<_, _>>()?;
     let work = stored.iter().map(Bytes::len).sum();
     let encoded = off_worker(work, move || {
+        let Inputs::Tensors { request, .. } = &*inputs else {
+            unreachable!("built as tensors above");
+        };
         let meta = ResponseMeta {
             model_name: model.name(),
             model_version: Some(&model.info().version),
-            id: id.as_deref(),
+            id: request.id.as_deref(),
         };
-        assemble(meta, &outputs, &stored, whole)
+        assemble(meta, &request.outputs, &stored, whole)
     })
     .await?;
     Ok(respond(encoded, headers))
@@ -149,12 +176,11 @@ async fn serve(
 /// (a leading dimension of 1 moves no byte).
 async fn parse(
     body: Bytes,
-    headers: &HeaderMap,
+    header_length: Option<HeaderValue>,
     max_rows: usize,
     whole: bool,
 ) -> Result<(InferRequest, Vec<Row>), ApiError> {
     let work = body.len();
-    let header_length = headers.get(HEADER_LENGTH).cloned();
     off_worker(work, move || {
         let mut request = kserve::parse_request(body, header_length.as_ref())?;
         if whole {
@@ -216,7 +242,7 @@ where
 /// binary data follows the JSON part, and the cache headers.
 fn respond(
     encoded: Encoded,
-    headers: impl IntoIterator<Item = (axum::http::HeaderName, HeaderValue)>,
+    headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
 ) -> Response {
     let content_type = encoded.content_type();
     let mut response = (
@@ -225,9 +251,11 @@ fn respond(
     )
         .into_response();
     if let Some(len) = encoded.header_length {
-        response
-            .headers_mut()
-            .insert(HEADER_LENGTH, HeaderValue::from(len));
+        // Named statically: a name parsed from `HEADER_LENGTH`'s mixed case is a copy.
+        response.headers_mut().insert(
+            HeaderName::from_static("inference-header-content-length"),
+            HeaderValue::from(len),
+        );
     }
     response.headers_mut().extend(headers);
     response

@@ -24,120 +24,19 @@ pub mod predict;
 pub mod smally;
 mod write;
 
+use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
 use axum::http::{HeaderName, HeaderValue, Uri};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use infercache_infer::{Outcome, Rows};
 use serde::Serialize;
 
-use crate::error::{ApiError, ErrorMessage};
-use crate::metrics::Rejection;
-use crate::state::AppState;
+use crate::error::ApiError;
 
 /// Renders whose work (values written plus input bytes tokenized) reaches this run on the
 /// blocking pool.
 pub(crate) const BLOCKING_RENDER_WORK: usize = 16 * 1024;
-
-/// Bounds `/v1/*`: 503 once draining for shutdown, at most `max_concurrent_requests` in flight (others get 429 at once,
-/// with `Retry-After`), at most `body_budget` bytes of bodies in flight (others get 429
-/// with `Retry-After` once their body is read and dropped), each within `request_timeout` (else 504). A request cut off by the
-/// timeout is dropped; the cache hands any key it was computing to a waiting request.
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limits = *state.limits();
-    if !state.is_ready() {
-        // Draining: a request that arrives on a kept-alive connection is turned away.
-        return ApiError::ShuttingDown.into_response();
-    }
-    let Ok(_permit) = std::sync::Arc::clone(state.permits()).try_acquire_owned() else {
-        state.metrics().rejected(Rejection::Concurrency);
-        return ApiError::TooManyRequests {
-            limit: limits.max_concurrent_requests,
-        }
-        .into_response();
-    };
-    let Some(_bytes) = body_budget(&state, &request) else {
-        state.metrics().rejected(Rejection::BodyBudget);
-        let refused = ApiError::BodyBudget {
-            budget: limits.body_budget_bytes,
-        };
-        // Read the body to its end and drop it as it comes, holding no more than a chunk,
-        // so that the client reads the 429 instead of a reset connection.
-        let mut body = request.into_body().into_data_stream();
-        let drained = tokio::time::timeout(limits.request_timeout, async {
-            let mut seen = 0usize;
-            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
-                seen += chunk.len();
-                if seen > limits.max_body_bytes {
-                    break;
-                }
-            }
-        });
-        let _ = drained.await;
-        return refused.into_response();
-    };
-    match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            state.metrics().rejected(Rejection::Timeout);
-            ApiError::Timeout(limits.request_timeout).into_response()
-        }
-    }
-}
-
-/// The body budget's share of `request`: its `Content-Length`, or `max_body_bytes` when
-/// it gives none and may have a body, in KiB, held until the response is made (the body,
-/// what is parsed from it and what is computed for it live that long). `None` when the
-/// budget has no room: the request is refused at once, never queued.
-fn body_budget(
-    state: &AppState,
-    request: &Request,
-) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
-    let max = state.limits().max_body_bytes;
-    let length = match request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(max),
-        None if request.method() == axum::http::Method::GET
-            || request.method() == axum::http::Method::HEAD =>
-        {
-            0
-        }
-        None => max,
-    };
-    if length == 0 {
-        return Some(None);
-    }
-    let kib = u32::try_from(length.div_ceil(1024)).unwrap_or(u32::MAX);
-    std::sync::Arc::clone(state.body_budget())
-        .try_acquire_many_owned(kib)
-        .ok()
-        .map(Some)
-}
-
-/// Gives every error on `/v2` and the paths under it KServe v2's body,
-/// `{"error": "<message>"}` (the message [`ApiError`] left on the response), keeping its
-/// status and headers: `tritonclient` reads the error from that field.
-pub async fn kserve_errors(request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let v2 = path == "/v2" || path.starts_with("/v2/");
-    let response = next.run(request).await;
-    if !v2 {
-        return response;
-    }
-    let Some(ErrorMessage(message)) = response.extensions().get::<ErrorMessage>().cloned() else {
-        return response;
-    };
-    let (mut parts, _) = response.into_parts();
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    let body = serde_json::to_vec(&serde_json::json!({ "error": message }))
-        .expect("a JSON value serializes");
-    Response::from_parts(parts, axum::body::Body::from(body))
-}
 
 /// 404 in the API's error shape.
 pub async fn no_route(uri: Uri) -> ApiError {
@@ -165,34 +64,52 @@ pub fn x_cache(rows: &Rows) -> &'static str {
 /// The cache headers of every row route, set here only: `X-Cache`, `X-Cache-Hits`,
 /// `X-Cache-Misses`, `X-Cache-Coalesced`, and `X-Cache-Stale` when any row was stale.
 /// Counts are per row; a repeated row counts as its first copy does, and a coalesced row
-/// (computed by a concurrent request) counts as a miss.
-pub fn cache_headers(rows: &Rows) -> Vec<(HeaderName, HeaderValue)> {
-    let mut h = Vec::with_capacity(5);
-    h.extend([
-        (
+/// (computed by a concurrent request) counts as a miss. Made without an allocation: an
+/// array the response's header map takes.
+pub fn cache_headers(rows: &Rows) -> CacheHeaders {
+    let stale = rows.stale();
+    let headers = [
+        Some((
             HeaderName::from_static("x-cache"),
             HeaderValue::from_static(x_cache(rows)),
-        ),
-        (
+        )),
+        Some((
             HeaderName::from_static("x-cache-hits"),
             count_value(rows.hits()),
-        ),
-        (
+        )),
+        Some((
             HeaderName::from_static("x-cache-misses"),
             count_value(rows.misses()),
-        ),
-        (
+        )),
+        Some((
             HeaderName::from_static("x-cache-coalesced"),
             count_value(rows.coalesced()),
-        ),
-    ]);
-    if rows.stale() > 0 {
-        h.push((
-            HeaderName::from_static("x-cache-stale"),
-            count_value(rows.stale()),
-        ));
+        )),
+        (stale > 0).then(|| (HeaderName::from_static("x-cache-stale"), count_value(stale))),
+        None,
+    ];
+    CacheHeaders(headers)
+}
+
+/// [`cache_headers`]: up to five headers, and room for one a route adds
+/// ([`CacheHeaders::push`]).
+#[derive(Debug)]
+pub struct CacheHeaders([Option<(HeaderName, HeaderValue)>; 6]);
+
+impl CacheHeaders {
+    /// Adds `header` after the cache headers.
+    pub fn push(&mut self, header: (HeaderName, HeaderValue)) {
+        self.0[5] = Some(header);
     }
-    h
+}
+
+impl IntoIterator for CacheHeaders {
+    type Item = (HeaderName, HeaderValue);
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Self::Item>, 6>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().flatten()
+    }
 }
 
 /// A count as a header value: the small counts of most requests are static, with no

@@ -37,7 +37,6 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use infercache_backend::{BackendKind, Inputs, vector};
 use infercache_infer::{Model, RowRequest, Rows};
@@ -46,9 +45,10 @@ use serde_json::{Map, Value};
 
 use super::{body, write};
 use crate::auth::Caller;
+use crate::cache_control::Directives;
 use crate::error::ApiError;
+use crate::routes;
 use crate::state::AppState;
-use crate::{cache_control, routes};
 
 /// The kinds of model this route serves: embedders.
 pub(crate) const KINDS: &[BackendKind] =
@@ -76,11 +76,10 @@ struct Parsed {
 pub async fn embeddings(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    directives: Directives,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let directives = cache_control::parse(&headers)?;
     let parsed = parse(&state, body)?;
     let Parsed {
         model,

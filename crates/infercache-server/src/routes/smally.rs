@@ -23,7 +23,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use infercache_backend::{BUILTIN_MODEL, BackendKind, Inputs, vector};
 use infercache_infer::{Model, RowRequest};
@@ -31,19 +31,19 @@ use serde::Deserialize;
 
 use super::{body, write};
 use crate::auth::Caller;
+use crate::cache_control::Directives;
 use crate::error::ApiError;
+use crate::routes;
 use crate::state::AppState;
-use crate::{cache_control, routes};
 
 /// `POST /v1/embed`.
 pub async fn embed(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    directives: Directives,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let directives = cache_control::parse(&headers)?;
     let (text, normalize) = parse(&state, body)?;
     // Smally's API names no model: it is the built-in one.
     let model = state

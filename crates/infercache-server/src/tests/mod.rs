@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
+use crate::App;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use base64::Engine as _;
@@ -132,7 +132,7 @@ impl Backend for Fake {
 }
 
 struct Harness {
-    app: Router,
+    app: App,
     state: AppState,
     fake: Arc<Fake>,
     clock: Arc<ManualClock>,
@@ -194,7 +194,7 @@ impl Reply {
     }
 }
 
-pub(crate) async fn send(app: &Router, req: Request<Body>) -> Reply {
+pub(crate) async fn send(app: &App, req: Request<Body>) -> Reply {
     let response = app.clone().oneshot(req).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
@@ -226,7 +226,7 @@ pub(crate) fn request(
     r.body(body.into()).unwrap()
 }
 
-pub(crate) async fn post(app: &Router, uri: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+pub(crate) async fn post(app: &App, uri: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
     send(app, request(Method::POST, uri, headers, body.to_string())).await
 }
 
@@ -240,7 +240,7 @@ async fn embeddings(h: &Harness, headers: &[(&str, &str)], input: Value) -> Repl
     .await
 }
 
-pub(crate) async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Reply {
+pub(crate) async fn get(app: &App, uri: &str, headers: &[(&str, &str)]) -> Reply {
     send(app, request(Method::GET, uri, headers, Body::empty())).await
 }
 

@@ -51,7 +51,7 @@ fn registry(models: &[ModelConfig]) -> Models {
 }
 
 struct Harness {
-    app: Router,
+    app: crate::App,
     clock: Arc<ManualClock>,
 }
 
