@@ -491,6 +491,10 @@ pub enum ServerError {
     /// being down is not an error: the node serves without it.
     #[error("redis tier: {0}")]
     Redis(String),
+    /// The weight routes could not be set up (`weights_dir` holds no valid model, or
+    /// this build has none).
+    #[error("weight routes: {0}")]
+    Weights(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@
 //! | `GET /v2/models/{name}[/versions/{v}][/ready]` | KServe v2 metadata and readiness ([`routes::models`]) | 200, 401, 404, 502, 503, 504 |
 //! | `GET /v2/models/{name}[/versions/{v}]/config` | a Triton upstream's model configuration ([`routes::models`]) | 200, 400, 401, 404, 502, 503, 504 |
 //! | `GET /v2/health/live`, `GET /v2/health/ready` | KServe v2 health | 200, 503 |
+//! | `GET /v1/weights`, `GET /v1/weights/{model}/manifest`, `GET\|HEAD /v1/weights/{model}/chunks/{name}`, `GET\|HEAD /v1/weights/{model}/files/{name}` | with `weights_dir`: chunked models ([`weights`]) | 200, 206, 304, 400, 401, 404, 412, 416, 429, 500 |
+//! | `GET /v1/weights/stats`, `POST /v1/weights/invalidate` | with `weights_dir`: the weight cache's counters, invalidation (admin) | 200, 400, 401, 403, 404, 500 |
 //!
 //! Every model, the built-in embedder included, is an entry of one registry
 //! ([`infercache_infer::Models`]) and every route takes the same per-row path
@@ -58,6 +60,8 @@
 //!   KServe codec, registry) to a status and an error body.
 //! - [`state`]: what handlers share. [`metrics`]: Prometheus.
 //! - [`dashboard`]: the live dashboard page and the ring of samples it draws.
+//! - [`weights`]: the weight routes mounted behind the API's keys (`weights_dir`), and
+//!   the built-in model built from a weight server (`weights_from`).
 //! - [`model`], `server`: loading the built-in model, building the registry and the
 //!   cache from the configuration, serving and draining.
 //!
@@ -68,6 +72,8 @@
 //!   a configuration that serves the built-in one.
 //! - `redis` (default): the shared Redis tier (`infercache-redis`). Without it a
 //!   configuration that sets `redis` is refused.
+//! - `weights` (default): `weights_dir` and `weights_from` (`infercache-weights`).
+//!   Without it a configuration that sets either is refused.
 //!
 //! # Concurrency
 //!
@@ -89,6 +95,7 @@ mod remote;
 pub mod routes;
 mod server;
 pub mod state;
+pub mod weights;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -107,6 +114,19 @@ pub use state::AppState;
 /// The router. Tests drive it without a socket (`tower::ServiceExt::oneshot`).
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits().max_body_bytes;
+    // The weight routes come with their state; the API's keys and guard go in front.
+    let weights = state.weights().map(|w| {
+        w.router()
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                weights::auth,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                routes::guard,
+            ))
+            .layer(DefaultBodyLimit::max(body_limit))
+    });
     let api = Router::new()
         .route("/v1/embeddings", post(routes::openai::embeddings))
         .route("/v1/embed", post(routes::smally::embed))
@@ -145,7 +165,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             routes::guard,
         ));
-    Router::new()
+    let app = Router::new()
         .merge(api)
         .route("/metrics", get(routes::admin::metrics))
         .route("/dashboard", get(dashboard::page))
@@ -159,7 +179,11 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(routes::kserve_errors))
-        .with_state(state)
+        .with_state(state);
+    match weights {
+        Some(w) => app.merge(w),
+        None => app,
+    }
 }
 
 #[cfg(test)]

@@ -63,7 +63,11 @@ pub async fn run_with(
              address can use and administer the cache (set --api-keys-file)"
         );
     }
-    let state = AppState::new(cache, models, keys, config.limits);
+    let weights = match &config.weights_dir {
+        Some(dir) => Some(crate::weights::open(dir).await?),
+        None => None,
+    };
+    let state = AppState::with_weights(cache, models, keys, config.limits, weights);
     let served = serve(state, listener, shutdown, config.shutdown_timeout).await;
     if let Some(redis) = managed {
         redis.stop().await;

@@ -25,6 +25,7 @@ use infercache_infer::{CachePolicy, Models};
 use crate::{ApiKeys, AppState, Limits, app};
 
 mod upstream;
+mod weights;
 
 const DIMS: usize = 8;
 
