@@ -180,6 +180,7 @@ impl fmt::Debug for Metrics {
 
 impl Metrics {
     /// Also reports `collector`'s metrics (the weight routes').
+    #[cfg(feature = "weights")]
     pub(crate) fn register_collector(
         &mut self,
         collector: Box<dyn prometheus_client::collector::Collector>,

@@ -60,7 +60,7 @@ impl AppState {
     ) -> Self {
         let mut metrics = Metrics::new(cache.clone(), models.clone());
         if let Some(w) = &weights {
-            metrics.register_collector(Box::new(w.collector()));
+            crate::weights::register_metrics(w, &mut metrics);
         }
         let metrics = Arc::new(metrics);
         let infer = Infer::new(

@@ -49,6 +49,12 @@ mod imp {
     pub use infercache_weights::WeightServer;
 
     use crate::error::ServerError;
+    use crate::metrics::Metrics;
+
+    /// Reports `server`'s counters in `metrics` (`infercache_weights_*`).
+    pub(crate) fn register_metrics(server: &WeightServer, metrics: &mut Metrics) {
+        metrics.register_collector(Box::new(server.collector()));
+    }
 
     /// The weight server of `dir`, its models read and checked on the blocking pool.
     ///
@@ -75,6 +81,7 @@ mod imp {
     use std::path::Path;
 
     use crate::error::ServerError;
+    use crate::metrics::Metrics;
 
     /// No weight server in a build without the `weights` feature.
     #[derive(Debug, Clone)]
@@ -84,23 +91,11 @@ mod imp {
         pub(crate) fn router(&self) -> axum::Router {
             match *self {}
         }
-
-        pub(crate) fn collector(&self) -> NoCollector {
-            match *self {}
-        }
     }
 
-    /// Never made.
-    #[derive(Debug)]
-    pub(crate) enum NoCollector {}
-
-    impl prometheus_client::collector::Collector for NoCollector {
-        fn encode(
-            &self,
-            _: prometheus_client::encoding::DescriptorEncoder<'_>,
-        ) -> Result<(), std::fmt::Error> {
-            match *self {}
-        }
+    /// Never called: no weight server exists.
+    pub(crate) fn register_metrics(server: &WeightServer, _metrics: &mut Metrics) {
+        match *server {}
     }
 
     /// Always fails: this build has no weight routes.
@@ -115,7 +110,7 @@ mod imp {
 }
 
 pub use imp::WeightServer;
-pub(crate) use imp::open;
+pub(crate) use imp::{open, register_metrics};
 
 /// The built-in model built from the weight server `from` names, on a pool batching per
 /// `batch`.
