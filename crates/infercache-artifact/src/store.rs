@@ -1384,6 +1384,16 @@ impl Partial<'_> {
         &self.expected
     }
 
+    /// The bytes so far, read from the file (a caller that verifies as it receives hashes
+    /// them before resuming).
+    pub fn read_so_far(&self) -> Result<Vec<u8>, ArtifactError> {
+        let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        File::open(&self.path)
+            .and_then(|mut f| f.read_to_end(&mut out))
+            .map_err(io_err(&self.path))?;
+        Ok(out)
+    }
+
     /// Drops the bytes so far (a source that cannot resume starts over).
     pub fn restart(&mut self) -> Result<(), ArtifactError> {
         self.file.set_len(0).map_err(io_err(&self.path))?;

@@ -56,14 +56,30 @@ impl BuiltinModel {
     /// A model that does not load.
     pub fn from_files(files: &ModelFiles, pool: PoolConfig) -> Result<Self, ModelError> {
         let embedder = Embedder::load(files)?;
-        let pool = InferencePool::new(embedder, pool)?;
         // `ModelFiles` were verified against the pinned digests: the weights are these.
+        Self::from_embedder(embedder, pool, format!("sha256:{WEIGHTS_SHA256}"))
+    }
+
+    /// The model on an `embedder` built elsewhere (from streamed chunks), whose weights
+    /// `digest` names in cache keys: `sha256:`[`WEIGHTS_SHA256`] only for the pinned
+    /// weights (their [`TensorDigest`](crate::TensorDigest) is
+    /// [`WEIGHTS_TENSORS_SHA256`](crate::WEIGHTS_TENSORS_SHA256)), so that other weights
+    /// never share the built-in model's entries. Starts its pool.
+    ///
+    /// # Errors
+    /// The pool cannot start.
+    pub fn from_embedder(
+        embedder: Embedder,
+        pool: PoolConfig,
+        digest: String,
+    ) -> Result<Self, ModelError> {
+        let pool = InferencePool::new(embedder, pool)?;
         let info = ModelInfo {
             name: MODEL_NAME.to_owned(),
             aliases: vec![MODEL_ID.to_owned()],
             kind: BackendKind::Builtin,
             version: format!("1+max_tokens={MAX_TOKENS}"),
-            digest: Some(format!("sha256:{WEIGHTS_SHA256}")),
+            digest: Some(digest),
             dims: Some(DIMS),
             upstream: None,
         };

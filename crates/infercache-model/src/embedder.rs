@@ -75,6 +75,42 @@ impl Embedder {
         })
     }
 
+    /// An embedder from components loaded elsewhere (one chunk per component from a
+    /// weight server): the same forward pass as [`load`](Self::load) gives on the same
+    /// tensors and thread count.
+    ///
+    /// # Errors
+    /// [`ModelError::UnsupportedConfig`] for a hidden size other than [`DIMS`] or a layer
+    /// count other than `config`'s.
+    pub fn from_parts(
+        config: BertConfig,
+        tokenizer: TextTokenizer,
+        embeddings: Embeddings,
+        layers: Vec<Layer>,
+        threads: Threads,
+    ) -> Result<Self, ModelError> {
+        if config.hidden_size != DIMS {
+            return Err(ModelError::UnsupportedConfig(format!(
+                "hidden_size {} (all-MiniLM-L6-v2 has {DIMS})",
+                config.hidden_size
+            )));
+        }
+        if layers.len() != config.num_hidden_layers {
+            return Err(ModelError::UnsupportedConfig(format!(
+                "{} layers given for num_hidden_layers {}",
+                layers.len(),
+                config.num_hidden_layers
+            )));
+        }
+        Ok(Self {
+            config,
+            tokenizer,
+            embeddings,
+            layers,
+            threads,
+        })
+    }
+
     /// Dimensions of every embedding: 384.
     pub fn dims(&self) -> usize {
         DIMS

@@ -42,6 +42,12 @@ pub(crate) const ALL_FILES: [FileSpec; 3] = [CONFIG, TOKENIZER, WEIGHTS];
 /// the model's artifact digest.
 pub const WEIGHTS_SHA256: &str = WEIGHTS.sha256;
 
+/// SHA-256 of the pinned `config.json`.
+pub const CONFIG_SHA256: &str = CONFIG.sha256;
+
+/// SHA-256 of the pinned `tokenizer.json`.
+pub const TOKENIZER_SHA256: &str = TOKENIZER.sha256;
+
 /// A directory holding `config.json`, `tokenizer.json` and `model.safetensors` of
 /// all-MiniLM-L6-v2, each of which matched its pinned SHA-256 when this value was made.
 ///

@@ -18,6 +18,8 @@
 //!   for async callers.
 //! - [`BuiltinModel`]: the pool as an `infercache_backend::Backend`, the form in which the
 //!   server's registry holds it: texts in, little-endian `f32` embeddings out.
+//! - [`TensorDigest`]: the digest of a set of tensors whatever files carry them, which
+//!   names weights streamed by layer ([`WEIGHTS_TENSORS_SHA256`]: the built-in ones).
 //! - [`ModelError`]: the crate's typed error.
 //!
 //! # Where the files come from
@@ -76,10 +78,15 @@ mod embedder;
 mod error;
 mod fetch;
 mod files;
+mod identity;
 mod pool;
 
 pub use backend::BuiltinModel;
 pub use embedder::{DIMS, Embedder, MAX_TOKENS};
 pub use error::ModelError;
-pub use files::{MODEL_ID, MODEL_NAME, ModelFiles, WEIGHTS_SHA256, default_cache_dir};
+pub use files::{
+    CONFIG_SHA256, MODEL_ID, MODEL_NAME, ModelFiles, TOKENIZER_SHA256, WEIGHTS_SHA256,
+    default_cache_dir,
+};
+pub use identity::{TensorDigest, WEIGHTS_TENSORS_SHA256};
 pub use pool::{INLINE_COUNT_BYTES, InferencePool, PendingEmbeddings, PoolConfig, PoolStats};

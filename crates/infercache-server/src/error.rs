@@ -528,6 +528,10 @@ pub enum ServerError {
     /// The dataset cache (`datasets_dir`) could not be opened.
     #[error("opening the dataset cache: {0}")]
     Datasets(#[source] infercache_datasets::DatasetError),
+    /// The weight routes could not be set up (`weights_dir` holds no valid model, or
+    /// this build has none).
+    #[error("weight routes: {0}")]
+    Weights(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[cfg(test)]

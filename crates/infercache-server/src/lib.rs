@@ -35,6 +35,8 @@
 //! | `GET /v1/datasets` | the cached datasets (`--datasets-dir`; [`routes::datasets`]) | 200, 401, 404 |
 //! | `GET /v1/datasets/{name}` | a dataset in full: fingerprint chain, schema, shards | 200, 400, 401, 404 |
 //! | `GET /v1/datasets/{name}/batches` | its rows streamed as JSON lines or an Arrow IPC stream, shuffled and resumable | 200, 400, 401, 404, 429 |
+//! | `GET /v1/weights`, `GET /v1/weights/{model}/manifest`, `GET\|HEAD /v1/weights/{model}/chunks/{name}`, `GET\|HEAD /v1/weights/{model}/files/{name}` | with `weights_dir`: chunked models ([`weights`]) | 200, 206, 304, 400, 401, 404, 412, 416, 429, 500 |
+//! | `GET /v1/weights/stats`, `POST /v1/weights/invalidate` | with `weights_dir`: the weight cache's counters, invalidation (admin) | 200, 400, 401, 403, 404, 500 |
 //!
 //! Every model, the built-in embedder included, is an entry of one registry
 //! ([`infercache_infer::Models`]) and every route takes the same per-row path
@@ -64,6 +66,8 @@
 //!   KServe codec, registry) to a status and an error body.
 //! - [`state`]: what handlers share. [`metrics`]: Prometheus.
 //! - [`dashboard`]: the live dashboard page and the ring of samples it draws.
+//! - [`weights`]: the weight routes mounted behind the API's keys (`weights_dir`), and
+//!   the built-in model built from a weight server (`weights_from`).
 //! - [`model`], `server`: loading the built-in model, building the registry and the
 //!   cache from the configuration, serving and draining.
 //!
@@ -74,6 +78,8 @@
 //!   a configuration that serves the built-in one.
 //! - `redis` (default): the shared Redis tier (`infercache-redis`). Without it a
 //!   configuration that sets `redis` is refused.
+//! - `weights` (default): `weights_dir` and `weights_from` (`infercache-weights`).
+//!   Without it a configuration that sets either is refused.
 //!
 //! # Concurrency
 //!
@@ -97,6 +103,7 @@ mod remote;
 pub mod routes;
 mod server;
 pub mod state;
+pub mod weights;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
@@ -167,6 +174,15 @@ pub fn app(state: AppState) -> App {
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(state.clone());
+    // The weight routes come with their own state; the API's keys go in front, and the
+    // gate (admission, body limit) in front of everything.
+    let router = match state.weights() {
+        Some(w) => router.merge(w.router().route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            weights::auth,
+        ))),
+        None => router,
+    };
     App::new(router, state)
 }
 

@@ -179,6 +179,15 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// Also reports `collector`'s metrics (the weight routes').
+    #[cfg(feature = "weights")]
+    pub(crate) fn register_collector(
+        &mut self,
+        collector: Box<dyn prometheus_client::collector::Collector>,
+    ) {
+        self.registry.register_collector(collector);
+    }
+
     /// Metrics for `models`, reading the cache's and the backends' counters at scrape
     /// time. Every handle is resolved here, once per model.
     pub fn new(cache: Option<Cache>, models: Models) -> Self {

@@ -83,6 +83,9 @@ pub async fn run(
 async fn load(config: &ServerConfig) -> Result<Arc<dyn Backend>, ServerError> {
     use infercache_model::BuiltinModel;
 
+    if let Some(from) = &config.weights_from {
+        return crate::weights::load_builtin(from, &config.batch).await;
+    }
     let model_dir = config.model_dir.clone();
     let cache_dir = infercache_backend::default_cache_dir();
     match &model_dir {

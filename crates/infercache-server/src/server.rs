@@ -63,7 +63,11 @@ pub async fn run_with(
              address can use and administer the cache (set --api-keys-file)"
         );
     }
-    let mut state = AppState::new(cache, models, keys, config.limits);
+    let weights = match &config.weights_dir {
+        Some(dir) => Some(crate::weights::open(dir).await?),
+        None => None,
+    };
+    let mut state = AppState::with_weights(cache, models, keys, config.limits, weights);
     if let Some(dir) = &config.datasets_dir {
         let embedders = crate::RegistryEmbedders::new(
             state.infer().clone(),

@@ -12,6 +12,7 @@ use crate::config::Limits;
 use crate::dashboard::Dashboard;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Rejection, RequestOutcome};
+use crate::weights::WeightServer;
 
 /// Inputs in flight, in units of `max_items`: eight full requests (16,384 inputs, about
 /// 6.3 M floats, with the defaults).
@@ -40,6 +41,8 @@ struct Shared {
     dashboard: Dashboard,
     /// The dataset cache served on `/v1/datasets`, if any.
     datasets: Option<Datasets>,
+    /// The weight routes' server (`weights_dir`).
+    weights: Option<WeightServer>,
 }
 
 /// The dataset cache a server serves, and the streams of batches it may run at once.
@@ -58,7 +61,23 @@ pub const MAX_DATASET_STREAMS: usize = 64;
 impl AppState {
     /// State serving `models` through `cache` (`None`: the cache is bypassed).
     pub fn new(cache: Option<Cache>, models: Models, keys: ApiKeys, limits: Limits) -> Self {
-        let metrics = Arc::new(Metrics::new(cache.clone(), models.clone()));
+        Self::with_weights(cache, models, keys, limits, None)
+    }
+
+    /// [`AppState::new`], also serving `weights`' routes at `/v1/weights/...` behind the
+    /// same keys, with their metrics in `/metrics`.
+    pub fn with_weights(
+        cache: Option<Cache>,
+        models: Models,
+        keys: ApiKeys,
+        limits: Limits,
+        weights: Option<WeightServer>,
+    ) -> Self {
+        let mut metrics = Metrics::new(cache.clone(), models.clone());
+        if let Some(w) = &weights {
+            crate::weights::register_metrics(w, &mut metrics);
+        }
+        let metrics = Arc::new(metrics);
         let infer = Infer::new(
             cache,
             models,
@@ -81,6 +100,7 @@ impl AppState {
                 ready: AtomicBool::new(true),
                 dashboard: Dashboard::default(),
                 datasets: None,
+                weights,
             }),
         }
     }
@@ -164,6 +184,11 @@ impl AppState {
     /// The models served.
     pub fn models(&self) -> &Models {
         self.inner.infer.models()
+    }
+
+    /// The weight routes' server, when `weights_dir` is set.
+    pub fn weights(&self) -> Option<&WeightServer> {
+        self.inner.weights.as_ref()
     }
 
     /// The API keys.

@@ -8,6 +8,7 @@
 //!                             └ Redis (shared by servers, sha256-checked) └ files (checked)
 //!  client  ◄──HTTP───  StreamingModel: manifest, embeddings, then layer by layer
 //!                          └ layer cache (count, bytes), prefetch, every chunk verified
+//!                             └ disk tier (optional): content-addressed, LRU, resumable
 //! ```
 //!
 //! # Parts
@@ -22,7 +23,11 @@
 //!   shared tier, stats and metrics.
 //! - [`client`]: [`StreamingModel`] / [`StreamingBertModel`]: `connect`, `embed`,
 //!   `warmup`, prefetch with in-flight de-duplication, `set_cache_size`,
-//!   `inference_stats`, `cache_info`, `clear_cache`.
+//!   `inference_stats`, `cache_info`, `clear_cache`; an optional disk tier for chunks
+//!   ([`client::disk`], on `infercache-artifact`'s store).
+//! - [`builtin`]: [`fetch_builtin`], the built-in model's
+//!   [`Embedder`](infercache_model::Embedder) built from a weight server's chunks (no
+//!   local copy), named in cache keys by the digest of its tensors.
 //! - [`arch`]: the [`Architecture`] trait the client runs (build a component from its
 //!   chunk, run it), and BERT on the built-in model's components
 //!   (`infercache_model::bert`), so a streamed pass gives the built-in model's bits.
@@ -53,6 +58,7 @@
 //! ([`verify::Problem`]).
 
 pub mod arch;
+pub mod builtin;
 pub mod chunk;
 pub mod client;
 pub mod digest;
@@ -65,6 +71,7 @@ pub mod testing;
 pub mod verify;
 
 pub use arch::Architecture;
+pub use builtin::{StreamedBuiltin, fetch_builtin};
 pub use chunk::{ChunkError, ChunkOptions, ChunkReport, chunk_model};
 pub use client::{
     CacheInfo, ClientConfig, ClientError, InferenceStats, StreamingBertModel, StreamingModel,

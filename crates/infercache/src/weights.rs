@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use infercache_core::SystemClock;
-use infercache_weights::client::HttpConfig;
+use infercache_weights::client::{DiskConfig, HttpConfig};
 use infercache_weights::server::{self, DEFAULT_BIND, DEFAULT_CACHE_MB, ServerConfig};
 use infercache_weights::{ChunkOptions, ClientConfig, Progress, StreamingBertModel, WeightServer};
 use tokio::signal::unix::{SignalKind, signal};
@@ -86,6 +86,18 @@ pub struct EmbedCommand {
     /// Threads of the forward pass (default: one per core, as the built-in model).
     #[arg(long)]
     threads: Option<usize>,
+    /// Keep chunks in this directory between runs (content-addressed, least recently
+    /// used first out, shared safely by several processes, downloads resumed).
+    #[arg(long, env = "INFERCACHE_WEIGHTS_DISK_DIR")]
+    disk_dir: Option<PathBuf>,
+    /// Bytes the disk tier keeps (`512MiB`, `2GiB`).
+    #[arg(
+        long,
+        env = "INFERCACHE_WEIGHTS_DISK_SIZE",
+        default_value = "1GiB",
+        requires = "disk_dir"
+    )]
+    disk_size: String,
     /// Print the inference stats and the cache info as JSON on stderr.
     #[arg(long)]
     stats: bool,
@@ -243,10 +255,27 @@ fn embed(cmd: EmbedCommand) -> anyhow::Result<()> {
     if texts.is_empty() {
         anyhow::bail!("no texts: pass them as arguments or with --file");
     }
+    let disk = match &cmd.disk_dir {
+        Some(dir) => {
+            let max_bytes = match cmd.disk_size.parse::<infercache_core::Capacity>() {
+                Ok(infercache_core::Capacity::Bytes(b)) if b > 0 => b,
+                _ => anyhow::bail!(
+                    "--disk-size {:?}: give a positive byte size such as 2GiB",
+                    cmd.disk_size
+                ),
+            };
+            Some(DiskConfig {
+                dir: dir.clone(),
+                max_bytes,
+            })
+        }
+        None => None,
+    };
     let config = ClientConfig {
         cache_size: cmd.cache_size,
         prefetch: cmd.prefetch,
         http: HttpConfig::default(),
+        disk,
         ..ClientConfig::default()
     };
     let config = ClientConfig {

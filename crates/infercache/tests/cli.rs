@@ -150,6 +150,11 @@ impl Served {
         if let Some(keys) = keys {
             cmd.arg("--api-keys-file").arg(keys);
         }
+        Self::spawn(dir, cmd)
+    }
+
+    /// Runs `cmd` (an `infercache serve` command line) until it is ready.
+    fn spawn(dir: tempfile::TempDir, mut cmd: Command) -> Self {
         let mut child = cmd
             .env_remove("INFERCACHE_CONFIG")
             .env("INFERCACHE_LOG", "info")
@@ -253,6 +258,47 @@ impl Drop for Served {
             let _ = self.child.wait();
         }
     }
+}
+
+/// One HTTP/1.0 request: the status, the headers (lowercased names) and the body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    use std::io::Read as _;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }
 
 /// The status code of `GET path` over plain HTTP/1.0, or `None` if there is no answer.

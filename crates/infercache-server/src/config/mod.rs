@@ -29,6 +29,9 @@
 //! | `cache_version` | 0 | folded into every key; bumping it invalidates everything |
 //! | `enable_cache` | true | `--disable-cache` bypasses the cache entirely |
 //! | `model_dir` | none | directory of the model files; none downloads into the default cache directory |
+//! | `weights_from` | none | a weight server (`http://host:port`): the built-in model is built from its chunks, each verified, instead of local files (no local copy of the weights) |
+//! | `weights_model` | `all-MiniLM-L6-v2` | with `weights_from`: the model's name on the weight server |
+//! | `weights_dir` | none | a chunk directory, or a directory of them: serves `/v1/weights/...` beside the API, behind its keys |
 //! | `max_batch` | 32 | most texts in one model invocation |
 //! | `max_wait` | `5ms` | longest a text waits for a batch to fill |
 //! | `inference_queue` | 1024 | requests waiting for the model before more get 429 |
@@ -68,7 +71,9 @@ pub mod values;
 pub use models::RawModel;
 pub(crate) use raw::Scalar;
 pub use raw::ServeArgs;
-pub use values::{BatchSettings, DiskSettings, Limits, RedisSettings, RedisTarget, ServerConfig};
+pub use values::{
+    BatchSettings, DiskSettings, Limits, RedisSettings, RedisTarget, ServerConfig, WeightsFrom,
+};
 
 /// Size of the disk tier when none is given.
 const DEFAULT_DISK_SIZE: &str = "2GiB";
@@ -198,6 +203,12 @@ impl ServerConfig {
         .and_then(|file| cache_env.or(file).resolve())
         .map_err(ConfigError::Cache)?;
         let datasets_dir = a.datasets_dir.take().or_else(|| datasets_cache.dir.clone());
+        let model_dir = a.model_dir.take();
+        let weights_from = resolve_weights_from(
+            a.weights_from.take(),
+            a.weights_model.take(),
+            model_dir.is_some(),
+        )?;
         Ok(Self {
             redis,
             bind,
@@ -209,7 +220,9 @@ impl ServerConfig {
             ttl,
             write_back_queue,
             cache_version: a.cache_version.unwrap_or(d.cache_version),
-            model_dir: a.model_dir.take(),
+            model_dir,
+            weights_from,
+            weights_dir: a.weights_dir.take(),
             batch,
             api_keys_file: a.api_keys_file.take(),
             limits,
@@ -219,6 +232,55 @@ impl ServerConfig {
             datasets_cache,
         })
     }
+}
+
+/// `weights_from` and `weights_model`, checked: an http(s) URL with a host, a model name
+/// of 1 to 128 of `A-Z a-z 0-9 . _ -`, and not beside `model_dir`.
+fn resolve_weights_from(
+    url: Option<String>,
+    model: Option<String>,
+    model_dir: bool,
+) -> Result<Option<WeightsFrom>, ConfigError> {
+    let Some(url) = url else {
+        if model.is_some() {
+            return Err(ConfigError::Inconsistent(
+                "weights_model needs weights_from",
+            ));
+        }
+        return Ok(None);
+    };
+    if model_dir {
+        return Err(ConfigError::Inconsistent(
+            "weights_from and model_dir both say where the built-in model comes from: give one",
+        ));
+    }
+    let shown = infercache_core::redact_url(&url);
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        Ok(_) => {
+            return Err(invalid(
+                "weights_from",
+                &shown,
+                "give an http:// or https:// URL with a host",
+            ));
+        }
+        Err(e) => return Err(invalid("weights_from", &shown, e)),
+    }
+    let model = model.unwrap_or_else(|| infercache_backend::BUILTIN_MODEL.to_owned());
+    let valid = !model.is_empty()
+        && model.len() <= 128
+        && !model.starts_with('.')
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(invalid(
+            "weights_model",
+            &model,
+            "give 1 to 128 of A-Z a-z 0-9 . _ - (not starting with .)",
+        ));
+    }
+    Ok(Some(WeightsFrom { url, model }))
 }
 
 /// The disk tier: on by default (`disk/` under the cache directory), off with `no_disk`.

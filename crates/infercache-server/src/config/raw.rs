@@ -126,6 +126,16 @@ settings! {
         /// Directory holding the model files [default: download into the user cache directory].
         #[arg(long, env = "INFERCACHE_MODEL_DIR", value_name = "DIR")]
         pub model_dir: Option<PathBuf>,
+        /// Build the built-in model from the chunks of this weight server (http://host:port),
+        /// each verified, instead of local files [default: none].
+        #[arg(long, env = "INFERCACHE_WEIGHTS_FROM", value_name = "URL")]
+        pub weights_from: Option<String>,
+        /// With --weights-from: the model's name on the weight server [default: all-MiniLM-L6-v2].
+        #[arg(long, env = "INFERCACHE_WEIGHTS_MODEL", value_name = "NAME")]
+        pub weights_model: Option<String>,
+        /// Serve the chunked models under DIR at /v1/weights/... [default: none].
+        #[arg(long, env = "INFERCACHE_WEIGHTS_DIR", value_name = "DIR")]
+        pub weights_dir: Option<PathBuf>,
         /// Most texts in one model invocation [default: 32].
         #[arg(long, env = "INFERCACHE_MAX_BATCH", value_name = "N")]
         pub max_batch: Option<usize>,

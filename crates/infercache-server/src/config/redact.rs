@@ -48,6 +48,16 @@ impl fmt::Display for Redacted<'_> {
             c.cache_version,
             opt(&c.model_dir)
         )?;
+        match &c.weights_from {
+            Some(w) => write!(
+                f,
+                " weights_from={} weights_model={}",
+                infercache_core::redact_url(&w.url),
+                w.model
+            )?,
+            None => write!(f, " weights_from=none weights_model=none")?,
+        }
+        write!(f, " weights_dir={}", opt(&c.weights_dir))?;
         write!(
             f,
             " max_batch={} max_wait={:?} inference_queue={}",

@@ -135,6 +135,10 @@ pub struct ServerConfig {
     pub cache_version: u64,
     /// Model directory; `None` downloads into the default cache directory.
     pub model_dir: Option<PathBuf>,
+    /// Where the built-in model's weights come from instead of local files. Default: none.
+    pub weights_from: Option<WeightsFrom>,
+    /// Chunked models served at `/v1/weights/...`. Default: none.
+    pub weights_dir: Option<PathBuf>,
     /// Batching of the model pool.
     pub batch: BatchSettings,
     /// API keys file; `None` serves without auth.
@@ -167,6 +171,8 @@ impl Default for ServerConfig {
             write_back_queue: None,
             cache_version: 0,
             model_dir: None,
+            weights_from: None,
+            weights_dir: None,
             batch: BatchSettings::default(),
             api_keys_file: None,
             limits: Limits::default(),
@@ -207,4 +213,13 @@ impl ServerConfig {
             ..CacheConfig::default()
         })
     }
+}
+
+/// A weight server the built-in model is built from (`weights_from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightsFrom {
+    /// The server, `http://host:port` or `https://...`.
+    pub url: String,
+    /// The model's name there. Default: the built-in model's, `all-MiniLM-L6-v2`.
+    pub model: String,
 }

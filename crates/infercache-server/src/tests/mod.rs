@@ -26,6 +26,7 @@ use crate::{ApiKeys, AppState, Limits, app};
 
 mod datasets;
 mod upstream;
+mod weights;
 
 const DIMS: usize = 8;
 

@@ -97,6 +97,13 @@ pub enum ClientError {
         #[source]
         source: Cause,
     },
+    /// The disk tier's store cannot be opened.
+    #[error("the chunk store on disk cannot be opened: {source}")]
+    Disk {
+        /// The store's error.
+        #[source]
+        source: Cause,
+    },
     /// The forward pass failed.
     #[error("inference failed: {source}")]
     Inference {

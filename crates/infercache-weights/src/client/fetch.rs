@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, ETAG, IF_MATCH, IF_RANGE, RANGE};
 
+use super::disk::{Begin, DiskTier, Writer};
 use super::error::{Cause, ClientError};
 use crate::digest::Hasher;
 use crate::manifest::{Manifest, is_valid_model_name};
@@ -55,8 +56,10 @@ pub struct Fetched {
     pub bytes: Bytes,
     /// From the first request to the last byte.
     pub elapsed: Duration,
-    /// Body bytes received, retries included.
+    /// Body bytes received, retries included (0 from the disk tier).
     pub wire_bytes: u64,
+    /// Whether it came from the disk tier (no request made).
+    pub from_disk: bool,
 }
 
 /// One weight server and model: the verified transfers a [`StreamingModel`] makes, for
@@ -69,6 +72,8 @@ pub struct Fetcher {
     /// `{server}/v1/weights/{model}`.
     base: String,
     config: HttpConfig,
+    /// Chunks kept on local disk between runs.
+    disk: Option<DiskTier>,
 }
 
 /// How one attempt ended.
@@ -112,7 +117,14 @@ impl Fetcher {
             http,
             base: format!("{}/v1/weights/{model}", url.trim_end_matches('/')),
             config,
+            disk: None,
         })
+    }
+
+    /// Keeps chunks in `disk` ([`super::disk`]).
+    pub(crate) fn with_disk(mut self, disk: DiskTier) -> Self {
+        self.disk = Some(disk);
+        self
     }
 
     /// The model's manifest and its bytes.
@@ -163,7 +175,32 @@ impl Fetcher {
     /// attempt, a body of the wrong size or digest.
     pub async fn chunk(&self, name: &str, size: u64, sha256: &str) -> Result<Fetched, ClientError> {
         let url = format!("{}/chunks/{name}", self.base);
-        self.verified(name, &url, size, sha256).await
+        let Some(disk) = &self.disk else {
+            return self.verified(name, &url, size, sha256, None).await;
+        };
+        let started = Instant::now();
+        let stored = |bytes: Bytes| Fetched {
+            bytes,
+            elapsed: started.elapsed(),
+            wire_bytes: 0,
+            from_disk: true,
+        };
+        if let Some(bytes) = disk.get(sha256).await {
+            return Ok(stored(bytes));
+        }
+        match disk.begin(sha256).await {
+            Begin::Stored(bytes) => Ok(stored(bytes)),
+            Begin::Unavailable => self.verified(name, &url, size, sha256, None).await,
+            Begin::Download { so_far, writer } => {
+                let result = self
+                    .verified(name, &url, size, sha256, Some((so_far, &writer)))
+                    .await;
+                if result.is_ok() {
+                    writer.commit().await;
+                }
+                result
+            }
+        }
     }
 
     /// File `name` (`config.json`, `tokenizer.json`), checked against `size` and `sha256`.
@@ -172,7 +209,7 @@ impl Fetcher {
     /// As [`Fetcher::chunk`].
     pub async fn file(&self, name: &str, size: u64, sha256: &str) -> Result<Fetched, ClientError> {
         let url = format!("{}/files/{name}", self.base);
-        self.verified(name, &url, size, sha256).await
+        self.verified(name, &url, size, sha256, None).await
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -181,13 +218,17 @@ impl Fetcher {
             .saturating_mul(1 << (attempt - 1).min(16))
     }
 
-    /// Fetches `url` until it has `size` bytes whose SHA-256 is `sha256`.
+    /// Fetches `url` until it has `size` bytes whose SHA-256 is `sha256`. With `disk`,
+    /// starts from the bytes a cut-short download left (a `Range` request for the rest)
+    /// and hands every byte that arrives to its writer; a resumed body that fails its
+    /// digest is fetched once more from the start.
     async fn verified(
         &self,
         what: &str,
         url: &str,
         size: u64,
         sha256: &str,
+        disk: Option<(Vec<u8>, &Writer)>,
     ) -> Result<Fetched, ClientError> {
         let started = Instant::now();
         let etag = format!("\"{sha256}\"");
@@ -200,10 +241,72 @@ impl Fetcher {
             hasher: Hasher::default(),
             wire: 0,
         };
+        let (so_far, writer) = match disk {
+            Some((so_far, writer)) => (so_far, Some(writer)),
+            None => (Vec::new(), None),
+        };
+        let mut resumed = false;
+        if let Some(w) = writer {
+            if so_far.len() as u64 <= size {
+                body.hasher.update(&so_far);
+                body.buf.extend_from_slice(&so_far);
+                resumed = !so_far.is_empty();
+            } else {
+                w.restart().await;
+            }
+        }
+        loop {
+            let result = if resumed && body.buf.len() as u64 == size {
+                // A download that arrived whole but was not stored: nothing to request.
+                Fetched {
+                    bytes: std::mem::take(&mut body.buf).freeze(),
+                    elapsed: started.elapsed(),
+                    wire_bytes: 0,
+                    from_disk: false,
+                }
+            } else {
+                self.receive(url, &etag, &mut body, writer, started).await?
+            };
+            let actual = std::mem::take(&mut body.hasher).finish_hex();
+            if actual == sha256 {
+                return Ok(result);
+            }
+            if let Some(w) = writer {
+                w.restart().await;
+            }
+            if resumed {
+                // The bytes kept on disk were not the chunk's: once more, from the start.
+                tracing::warn!(
+                    chunk = what,
+                    "a resumed chunk failed its digest; fetching it whole"
+                );
+                resumed = false;
+                body.restart();
+                continue;
+            }
+            return Err(ClientError::Digest {
+                chunk: what.to_owned(),
+                expected: sha256.to_owned(),
+                actual,
+            });
+        }
+    }
+
+    /// Attempts until `body` holds `size` bytes (not yet checked against the digest).
+    async fn receive(
+        &self,
+        url: &str,
+        etag: &str,
+        body: &mut Body<'_>,
+        writer: Option<&Writer>,
+        started: Instant,
+    ) -> Result<Fetched, ClientError> {
+        let what = body.what;
+        let size = body.size;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let cause = match self.attempt(url, &etag, &mut body).await? {
+            let cause = match self.attempt(url, etag, body, writer).await? {
                 Attempt::Done => break,
                 Attempt::Retry(cause) => cause,
             };
@@ -227,18 +330,11 @@ impl Fetcher {
             tracing::debug!(chunk = what, attempt, error = %cause, "fetch failed; retrying");
             tokio::time::sleep(self.backoff(attempt)).await;
         }
-        let actual = std::mem::take(&mut body.hasher).finish_hex();
-        if actual != sha256 {
-            return Err(ClientError::Digest {
-                chunk: what.to_owned(),
-                expected: sha256.to_owned(),
-                actual,
-            });
-        }
         Ok(Fetched {
-            bytes: body.buf.freeze(),
+            bytes: std::mem::take(&mut body.buf).freeze(),
             elapsed: started.elapsed(),
             wire_bytes: body.wire,
+            from_disk: false,
         })
     }
 
@@ -248,6 +344,7 @@ impl Fetcher {
         url: &str,
         etag: &str,
         body: &mut Body<'_>,
+        writer: Option<&Writer>,
     ) -> Result<Attempt, ClientError> {
         let resume = body.buf.len() as u64;
         let mut req = self.http.get(url).header(IF_MATCH, etag);
@@ -271,13 +368,23 @@ impl Fetcher {
             });
         }
         match status {
-            StatusCode::OK => body.restart(),
+            StatusCode::OK => {
+                body.restart();
+                if resume > 0
+                    && let Some(w) = writer
+                {
+                    w.restart().await;
+                }
+            }
             StatusCode::PARTIAL_CONTENT if resume > 0 => {
                 let expected = format!("bytes {resume}-{}/{}", body.size - 1, body.size);
                 if resp.headers().get(CONTENT_RANGE).map(|v| v.as_bytes())
                     != Some(expected.as_bytes())
                 {
                     body.restart();
+                    if let Some(w) = writer {
+                        w.restart().await;
+                    }
                     return Ok(Attempt::Retry(Arc::new(StatusFailure(status))));
                 }
             }
@@ -309,7 +416,12 @@ impl Fetcher {
         }
         loop {
             match resp.chunk().await {
-                Ok(Some(piece)) => body.push(&piece)?,
+                Ok(Some(piece)) => {
+                    body.push(&piece)?;
+                    if let Some(w) = writer {
+                        w.push(piece).await;
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => return Ok(Attempt::Retry(Arc::new(e))),
             }

@@ -30,12 +30,21 @@
 //! caller waiting on it and never cached: nothing falls back to a layer that was not
 //! fetched and verified.
 //!
+//! # The disk tier
+//!
+//! With [`ClientConfig::disk`], chunks are also kept on local disk ([`disk`]) on
+//! `infercache-artifact`'s store: by SHA-256, size-capped, least recently used first out,
+//! safe for several processes at once; a second start reads every chunk it kept and
+//! fetches none, and a download cut short resumes with a `Range` request on the next
+//! start. A chunk read from disk is checked as every other one.
+//!
 //! # Threads
 //!
 //! Tokenization, chunk building and every forward step run on tokio's blocking pool;
 //! the async workers only move bytes.
 
 mod cache;
+pub mod disk;
 mod error;
 pub mod fetch;
 
@@ -49,6 +58,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use self::cache::LayerCache;
+pub use self::disk::DiskConfig;
+use self::disk::DiskTier;
 pub use self::error::{Cause, ClientError};
 pub use self::fetch::{Fetched, Fetcher, HttpConfig};
 use crate::arch::Architecture;
@@ -73,6 +84,8 @@ pub struct ClientConfig {
     pub threads: usize,
     /// Attempts, backoff and timeouts.
     pub http: HttpConfig,
+    /// Chunks kept on local disk between runs ([`disk`]). Default: none.
+    pub disk: Option<DiskConfig>,
 }
 
 impl Default for ClientConfig {
@@ -83,6 +96,7 @@ impl Default for ClientConfig {
             prefetch: 1,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
             http: HttpConfig::default(),
+            disk: None,
         }
     }
 }
@@ -114,8 +128,10 @@ pub struct InferenceStats {
     pub prefetch_wasted: u64,
     /// Layers evicted from the cache.
     pub evictions: u64,
-    /// Chunks fetched (embeddings and layers).
+    /// Chunks fetched from the server (embeddings and layers).
     pub fetches: u64,
+    /// Chunks read from the disk tier instead.
+    pub disk_hits: u64,
     /// Body bytes received for chunks, retries included.
     pub bytes_fetched: u64,
     /// Time spent fetching chunks, in milliseconds (fetches overlap, so this may exceed
@@ -130,8 +146,10 @@ pub struct InferenceStats {
 pub struct ChunkFetchStats {
     /// The chunk.
     pub name: String,
-    /// Times fetched.
+    /// Times fetched from the server.
     pub fetches: u64,
+    /// Times read from the disk tier.
+    pub disk_hits: u64,
     /// Body bytes received.
     pub bytes_fetched: u64,
     /// Total fetch time, in milliseconds.
@@ -216,7 +234,11 @@ impl Counters {
                 name: name.to_owned(),
                 ..ChunkFetchStats::default()
             });
-        c.fetches += 1;
+        if f.from_disk {
+            c.disk_hits += 1;
+        } else {
+            c.fetches += 1;
+        }
         c.bytes_fetched += f.wire_bytes;
         c.fetch_time_ms += ms;
         c.last_fetch_ms = ms;
@@ -310,7 +332,10 @@ impl<A: Architecture> StreamingModel<A> {
         if config.threads == 0 {
             return Err(ClientError::Config("threads must be at least 1".into()));
         }
-        let fetcher = Fetcher::new(url, model, config.http.clone())?;
+        let mut fetcher = Fetcher::new(url, model, config.http.clone())?;
+        if let Some(disk) = &config.disk {
+            fetcher = fetcher.with_disk(DiskTier::open(disk).await?);
+        }
         let (manifest, _) = fetcher.manifest().await?;
         if manifest.model_name != model {
             return Err(ClientError::ForeignManifest {
@@ -524,6 +549,7 @@ impl<A: Architecture> StreamingModel<A> {
             prefetch_wasted: wasted,
             evictions,
             fetches: chunks.iter().map(|s| s.fetches).sum(),
+            disk_hits: chunks.iter().map(|s| s.disk_hits).sum(),
             bytes_fetched: chunks.iter().map(|s| s.bytes_fetched).sum(),
             fetch_time_ms: chunks.iter().map(|s| s.fetch_time_ms).sum(),
             chunks,

@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use infercache_weights::client::DiskConfig;
 use infercache_weights::manifest::Manifest;
 use infercache_weights::testing::{TinyBert, reference_embeddings, sample_texts};
 use infercache_weights::{ClientConfig, ClientError, StreamingBertModel};
@@ -350,4 +351,198 @@ async fn a_manifest_for_another_model_is_refused() {
         matches!(&err, ClientError::Digest { chunk, .. } if chunk == "tokenizer.json"),
         "{err:?}"
     );
+}
+
+/// A client of `url` keeping chunks in `disk` (at most `max_bytes`), with `attempts`.
+async fn connect_disk(
+    url: &str,
+    disk: &std::path::Path,
+    max_bytes: u64,
+    attempts: u32,
+) -> Result<StreamingBertModel, ClientError> {
+    StreamingBertModel::connect_with(
+        url,
+        TINY,
+        ClientConfig {
+            cache_size: 1,
+            prefetch: 0,
+            threads: THREADS,
+            http: infercache_weights::client::HttpConfig {
+                attempts,
+                ..quick()
+            },
+            disk: Some(DiskConfig {
+                dir: disk.to_owned(),
+                max_bytes,
+            }),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+}
+
+fn chunk_requests(d: &Running) -> usize {
+    d.double.seen.lock().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_start_on_the_disk_tier_fetches_no_chunk() {
+    let t = Tiny::new(TinyBert::default());
+    let manifest = std::fs::read(t.chunks.join("chunk_info.json")).unwrap();
+    let d = start(&t, "none", manifest).await;
+    let disk = tempfile::tempdir().unwrap();
+    let texts = sample_texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let reference = reference_embeddings(&t.model, &texts, THREADS);
+    let chunks = 1 + t.manifest.num_layers as u64;
+
+    let first = connect_disk(&d.url, disk.path(), 64 << 20, 3)
+        .await
+        .unwrap();
+    assert_eq!(first.embed(&refs).await.unwrap(), reference);
+    let s = first.inference_stats();
+    assert_eq!((s.fetches, s.disk_hits), (chunks, 0), "{s:?}");
+    drop(first);
+    let requests = chunk_requests(&d);
+
+    for round in 0..2 {
+        let again = connect_disk(&d.url, disk.path(), 64 << 20, 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            again.embed(&refs).await.unwrap(),
+            reference,
+            "round {round}"
+        );
+        let s = again.inference_stats();
+        assert_eq!(
+            (s.fetches, s.disk_hits),
+            (0, chunks),
+            "round {round}: {s:?}"
+        );
+        assert_eq!(s.bytes_fetched, 0);
+        assert_eq!(
+            chunk_requests(&d),
+            requests,
+            "no chunk request reached the server"
+        );
+    }
+
+    // A chunk damaged on disk is never used: it is dropped and fetched again.
+    let store = infercache_artifact::Store::open(
+        disk.path(),
+        infercache_artifact::StoreConfig::single(
+            "chunks",
+            infercache_artifact::ClassConfig::new(64 << 20, infercache_artifact::Policy::Lru),
+        ),
+        infercache_core::SystemClock::shared(),
+    )
+    .unwrap();
+    let digest =
+        infercache_artifact::Digest::sha256_hex(&t.manifest.chunks["layer_1"].sha256).unwrap();
+    let path = store.open_blob(&digest).unwrap().unwrap().path().to_owned();
+    drop(store);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[expect(
+        clippy::permissions_set_readonly_false,
+        reason = "a test damages a blob"
+    )]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let healed = connect_disk(&d.url, disk.path(), 64 << 20, 3)
+        .await
+        .unwrap();
+    assert_eq!(healed.embed(&refs).await.unwrap(), reference);
+    let s = healed.inference_stats();
+    assert_eq!((s.fetches, s.disk_hits), (1, chunks - 1), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_short_is_resumed_by_the_next_start_with_a_range() {
+    let t = Tiny::new(TinyBert::default());
+    let manifest = std::fs::read(t.chunks.join("chunk_info.json")).unwrap();
+    let d = start(&t, "layer_1", manifest).await;
+    // The first request for layer_1 is cut at half; later ones honour Range.
+    *d.double.fault.lock() = Fault::CutShort { always: false };
+    let disk = tempfile::tempdir().unwrap();
+    let texts = sample_texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+
+    let first = connect_disk(&d.url, disk.path(), 64 << 20, 1)
+        .await
+        .unwrap();
+    let err = first.embed(&refs).await.unwrap_err();
+    assert_eq!(err.chunk(), Some("layer_1"), "{err:?}");
+    drop(first);
+
+    let second = connect_disk(&d.url, disk.path(), 64 << 20, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        second.embed(&refs).await.unwrap(),
+        reference_embeddings(&t.model, &texts, THREADS)
+    );
+    let size = t.size("layer_1");
+    let seen: Vec<_> = d
+        .double
+        .seen
+        .lock()
+        .iter()
+        .filter(|(n, _)| n == "layer_1")
+        .cloned()
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].1, None);
+    assert_eq!(seen[1].1.as_deref(), Some(&*format!("bytes={}-", size / 2)));
+    let c = second
+        .inference_stats()
+        .chunks
+        .into_iter()
+        .find(|c| c.name == "layer_1")
+        .unwrap();
+    assert_eq!(c.bytes_fetched, size - size / 2, "only the rest moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_tier_keeps_within_its_cap_least_recently_used_first_out() {
+    let t = Tiny::new(TinyBert::default());
+    let manifest = std::fs::read(t.chunks.join("chunk_info.json")).unwrap();
+    let d = start(&t, "none", manifest).await;
+    let disk = tempfile::tempdir().unwrap();
+    let texts = sample_texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let reference = reference_embeddings(&t.model, &texts, THREADS);
+    let total: u64 = t.manifest.chunks.values().map(|c| c.size_bytes).sum();
+    let cap = t.size("embeddings") + 2 * t.size("layer_0") + t.size("layer_0") / 2;
+    assert!(cap < total);
+
+    for round in 0..2 {
+        let model = connect_disk(&d.url, disk.path(), cap, 3).await.unwrap();
+        assert_eq!(
+            model.embed(&refs).await.unwrap(),
+            reference,
+            "round {round}"
+        );
+        let store = infercache_artifact::Store::open(
+            disk.path(),
+            infercache_artifact::StoreConfig::single(
+                "chunks",
+                infercache_artifact::ClassConfig::new(cap, infercache_artifact::Policy::Lru),
+            ),
+            infercache_core::SystemClock::shared(),
+        )
+        .unwrap();
+        let usage = &store.usage().unwrap()["chunks"];
+        assert!(usage.used <= cap, "round {round}: {usage:?}");
+        assert!(usage.blobs >= 1, "round {round}: {usage:?}");
+        // The last layer used is the most recent: it is kept.
+        let last = infercache_artifact::Digest::sha256_hex(
+            &t.manifest.chunks[&format!("layer_{}", t.manifest.num_layers - 1)].sha256,
+        )
+        .unwrap();
+        assert!(store.contains(&last).unwrap(), "round {round}");
+    }
 }

@@ -2,8 +2,12 @@
 //! built-in model loaded from its local files.
 
 use infercache_model::bert::Threads;
-use infercache_model::{Embedder, ModelFiles};
-use infercache_weights::{ChunkOptions, ClientConfig, NoProgress, StreamingBertModel, chunk_model};
+use infercache_model::{
+    Embedder, ModelFiles, TensorDigest, WEIGHTS_SHA256, WEIGHTS_TENSORS_SHA256,
+};
+use infercache_weights::{
+    ChunkOptions, ClientConfig, NoProgress, StreamingBertModel, chunk_model, fetch_builtin,
+};
 
 use crate::client::{assert_bits_eq, quick};
 use crate::common::{THREADS, TestServer, config, minilm_dir};
@@ -83,4 +87,73 @@ async fn streamed_all_minilm_l6_v2_is_bit_identical_to_the_built_in_model() {
             assert_eq!(s.total_inferences, passes, "{what}");
         }
     }
+}
+
+#[test]
+fn the_pinned_tensor_digest_is_the_local_model_files() {
+    let bytes = std::fs::read(minilm_dir().join("model.safetensors")).unwrap();
+    let mut digest = TensorDigest::default();
+    digest
+        .add(&safetensors::SafeTensors::deserialize(&bytes).unwrap())
+        .unwrap();
+    assert_eq!(digest.len(), 104);
+    assert_eq!(digest.finish(), WEIGHTS_TENSORS_SHA256);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_model_from_chunks_is_the_local_one_with_its_digest() {
+    let dir = minilm_dir();
+    let files = ModelFiles::from_dir(&dir).unwrap();
+    let local = Embedder::load_with(&files, Threads::new(THREADS).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    chunk_model(
+        &dir,
+        &tmp.path().join(NAME),
+        &ChunkOptions::default(),
+        &mut NoProgress,
+    )
+    .unwrap();
+    let fp16 = ChunkOptions {
+        fp16: true,
+        model_name: Some("minilm-fp16".into()),
+    };
+    chunk_model(
+        &dir,
+        &tmp.path().join("minilm-fp16"),
+        &fp16,
+        &mut NoProgress,
+    )
+    .unwrap();
+    let server = TestServer::start(config(tmp.path(), 100 << 20)).await;
+
+    let streamed = fetch_builtin(&server.url(), NAME, quick(), Threads::new(THREADS).unwrap())
+        .await
+        .unwrap();
+    assert!(streamed.pinned);
+    assert_eq!(streamed.digest, format!("sha256:{WEIGHTS_SHA256}"));
+    assert_eq!(streamed.chunks, 8, "embeddings, 6 layers, pooler");
+    let texts = texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    assert_bits_eq(
+        &streamed.embedder.embed(&refs).unwrap(),
+        &local.embed(&refs).unwrap(),
+        "the built-in model from chunks",
+    );
+
+    // Other weights (the same model cast to fp16) get a digest of their own.
+    let other = fetch_builtin(
+        &server.url(),
+        "minilm-fp16",
+        quick(),
+        Threads::new(THREADS).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(!other.pinned);
+    assert!(
+        other.digest.starts_with("tensors-sha256:"),
+        "{}",
+        other.digest
+    );
+    assert_ne!(other.digest, streamed.digest);
 }
