@@ -90,6 +90,10 @@ pub struct TierReport {
     pub degraded: bool,
     /// The disk tier: reads and writes that failed with an I/O error.
     pub io_errors: u64,
+    /// The disk tier: bytes of the server's memory its index holds (the map from key to
+    /// record and the segments' key lists), besides `bytes` on disk. 0 for the memory
+    /// tier, whose `bytes` include its index.
+    pub index_bytes: u64,
 }
 
 /// The shared (Redis) tier.

@@ -96,6 +96,7 @@ impl TierCounters {
             capacity,
             degraded: false,
             io_errors: 0,
+            index_bytes: 0,
         }
     }
 }
@@ -132,6 +133,10 @@ pub struct TierStats {
     pub degraded: bool,
     /// Reads and writes that failed with an I/O error. The disk tier only.
     pub io_errors: u64,
+    /// Bytes of process memory the tier's index holds, besides `bytes`. The disk tier
+    /// only: its map from key to record and its segments' key lists, which grow with its
+    /// entries up to `disk_size`'s worth (the memory tier counts its index in `bytes`).
+    pub index_bytes: u64,
 }
 
 /// Counters of one model across the tiers.

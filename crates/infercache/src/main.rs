@@ -28,6 +28,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc, configured in `.cargo/config.toml` (one arena, freed pages returned within
+/// about a second). glibc's malloc kept the inference threads' per-batch buffers and the
+/// I/O threads' freed blocks in per-thread arenas, about 12 MiB more resident under the
+/// soak's load for the same cached bytes (BENCHMARKS.md, "Soak").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// infercache: a cache that makes inference never do the same work twice.
 #[derive(Debug, Parser)]
 #[command(name = "infercache", version, about)]

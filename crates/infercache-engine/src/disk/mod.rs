@@ -341,6 +341,32 @@ struct State {
     bytes: u64,
 }
 
+impl State {
+    /// Bytes of memory the index holds: the hash table's allocation and every segment's
+    /// key list. The table is hashbrown's (std's `HashMap`): a power of two of buckets, at
+    /// most 7/8 of them used (its `capacity()`), each one `(key, Loc)` and a control byte;
+    /// its entries land all over it, so all of it is resident. A key list is counted by
+    /// its length: the spare capacity past it is never written, so never resident.
+    /// Computed here because std exposes no allocation size.
+    fn index_bytes(&self) -> u64 {
+        let capacity = self.index.capacity();
+        let buckets = if capacity == 0 {
+            0
+        } else if capacity < 8 {
+            capacity + 1
+        } else {
+            (capacity * 8 / 7).next_power_of_two()
+        };
+        let table = buckets * (size_of::<(Digest, Loc)>() + 1);
+        let keys: usize = self
+            .segments
+            .values()
+            .map(|s| s.keys.len() * size_of::<Digest>())
+            .sum();
+        u64::try_from(table + keys).unwrap_or(u64::MAX)
+    }
+}
+
 #[derive(Debug)]
 struct Active {
     seq: u64,
@@ -942,13 +968,14 @@ impl DiskTier {
 
     /// The tier's counters and gauges.
     pub fn stats(&self) -> TierStats {
-        let (entries, bytes) = {
+        let (entries, bytes, index_bytes) = {
             let state = self.state.read();
-            (state.index.len(), state.bytes)
+            (state.index.len(), state.bytes, state.index_bytes())
         };
         TierStats {
             degraded: self.health.is_degraded(),
             io_errors: self.health.io_errors.get(),
+            index_bytes,
             ..self.counters.snapshot(
                 u64::try_from(entries).unwrap_or(u64::MAX),
                 bytes,

@@ -1,5 +1,6 @@
 //! Integration tests of the engine, in one binary: real files, real processes.
 
+mod disk_accounting;
 mod disk_crash;
 mod disk_faults;
 mod freshness;

@@ -125,6 +125,7 @@ fn tier(t: &TierStats) -> TierReport {
         capacity: t.capacity,
         degraded: t.degraded,
         io_errors: t.io_errors,
+        index_bytes: t.index_bytes,
     }
 }
 
