@@ -34,13 +34,13 @@ fn cache(dir: &std::path::Path) -> DatasetCache {
     cache
 }
 
-fn served(cache: DatasetCache, keys: ApiKeys) -> Router {
+fn served(cache: DatasetCache, keys: ApiKeys) -> App {
     let models = Models::new([(Fake::new() as Arc<dyn Backend>, CachePolicy::builtin())]);
     app(AppState::new(None, models, keys, limits()).with_datasets(cache))
 }
 
 /// The body of `uri`, with its status and headers.
-async fn bytes(app: &Router, uri: &str) -> (StatusCode, HeaderMap, Bytes) {
+async fn bytes(app: &App, uri: &str) -> (StatusCode, HeaderMap, Bytes) {
     let response = app
         .clone()
         .oneshot(request(Method::GET, uri, &[], Body::empty()))
@@ -55,7 +55,7 @@ async fn bytes(app: &Router, uri: &str) -> (StatusCode, HeaderMap, Bytes) {
 }
 
 /// The body of `uri` as text, with its status and headers.
-async fn text(app: &Router, uri: &str) -> (StatusCode, HeaderMap, String) {
+async fn text(app: &App, uri: &str) -> (StatusCode, HeaderMap, String) {
     let (status, headers, body) = bytes(app, uri).await;
     (status, headers, String::from_utf8(body.to_vec()).unwrap())
 }

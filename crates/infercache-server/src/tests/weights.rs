@@ -14,7 +14,7 @@ use super::{Fake, get, limits, post, request, send};
 use crate::{ApiKeys, AppState, app};
 
 struct Mounted {
-    app: axum::Router,
+    app: crate::App,
     chunks: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
