@@ -198,6 +198,8 @@ pub(crate) struct Inner {
     pub(crate) root: PathBuf,
     pub(crate) store: Store,
     pub(crate) memory: MemoryTier,
+    /// Shard digests decoded with Arrow's full validation (decoded without it after).
+    pub(crate) validated: shard::Validated,
     memo: DigestMemo,
     pub(crate) config: DatasetConfig,
     clock: SharedClock,
@@ -259,6 +261,7 @@ impl DatasetCache {
                 root,
                 store,
                 memory,
+                validated: shard::Validated::default(),
                 memo,
                 config,
                 clock,

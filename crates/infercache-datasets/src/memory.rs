@@ -159,7 +159,11 @@ impl MemoryTier {
     /// Copies the verified `blob` into memory and decodes it: the shard's rows, and, if
     /// the tier has room for them (by its policy), the tier keeps them too. `None` if the
     /// tier is off or the shard is larger than its cap: read it from the mapping instead.
-    pub(crate) fn load(&self, blob: &Blob) -> Result<Option<RecordBatch>, DatasetError> {
+    pub(crate) fn load(
+        &self,
+        blob: &Blob,
+        validated: &shard::Validated,
+    ) -> Result<Option<(RecordBatch, shard::Decoded)>, DatasetError> {
         let bytes = blob.len();
         if self.cap == 0 || bytes > self.cap || bytes == 0 {
             return Ok(None);
@@ -170,15 +174,11 @@ impl MemoryTier {
             .map_err(io_err(blob.path()))?;
         let map = map.make_read_only().map_err(io_err(blob.path()))?;
         let buffer = Buffer::from(bytes::Bytes::from_owner(map));
-        let rows = shard::one_batch(
-            shard::decode(&buffer, &format!("shard {}", blob.digest()))?,
-            &blob.digest(),
-        )?;
-        Ok(Some(self.insert(
-            blob.digest(),
-            rows,
-            bytes,
-            blob.inserted_ms(),
+        let (batches, decoded) = shard::decode_shard(blob.digest(), &buffer, validated)?;
+        let rows = shard::one_batch(batches, &blob.digest())?;
+        Ok(Some((
+            self.insert(blob.digest(), rows, bytes, blob.inserted_ms()),
+            decoded,
         )))
     }
 

@@ -27,7 +27,9 @@
 //! makes room (see [`DatasetCache::memory`](crate::DatasetCache::memory)).
 //!
 //! **Integrity.** A shard is verified (its BLAKE3, once per file identity) before its
-//! first batch is sent; a shard that fails, or that the cap evicted, is recomputed from
+//! first batch is sent, and decoded with Arrow's full validation the first time this
+//! cache decodes it (later decodes of the same verified bytes skip it: they are the
+//! bytes that passed); a shard that fails, or that the cap evicted, is recomputed from
 //! its source rows and checked against the manifest's digest. A shard read through its
 //! mapping is held open until its last batch is yielded, so eviction never takes it.
 
@@ -100,6 +102,9 @@ pub struct StreamStats {
     pub shards_rebuilt: u64,
     /// Shards that failed their digest (and were recomputed, never served).
     pub corrupt: u64,
+    /// Shards decoded with Arrow's full validation: the first decode of each shard in
+    /// this cache; later decodes of the same bytes (verified by their digest) skip it.
+    pub validated: u64,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +113,7 @@ struct Counters {
     memory_hits: AtomicU64,
     shards_rebuilt: AtomicU64,
     corrupt: AtomicU64,
+    validated: AtomicU64,
 }
 
 /// Deterministic randomness: ChaCha8 keyed by BLAKE3 of (seed, epoch, salt).
@@ -302,6 +308,7 @@ impl DatasetStream {
             memory_hits: get(&self.counters.memory_hits),
             shards_rebuilt: get(&self.counters.shards_rebuilt),
             corrupt: get(&self.counters.corrupt),
+            validated: get(&self.counters.validated),
         }
     }
 }
@@ -363,10 +370,19 @@ fn open_shard(
             counters.shards_rebuilt.fetch_add(1, Ordering::Relaxed);
         },
     )?;
-    if let Some(rows) = inner.memory.load(&blob)? {
+    let count = |decoded| {
+        if decoded == shard::Decoded::Validated {
+            counters.validated.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    if let Some((rows, decoded)) = inner.memory.load(&blob, &inner.validated)? {
+        count(decoded);
         return Ok((rows, None));
     }
-    let rows = shard::one_batch(shard::decode_mapped(&blob)?, &digest)?;
+    let (batches, decoded) =
+        shard::decode_shard(blob.digest(), &shard::mapped(&blob)?, &inner.validated)?;
+    count(decoded);
+    let rows = shard::one_batch(batches, &digest)?;
     Ok((rows, Some(blob)))
 }
 

@@ -73,19 +73,29 @@ fn a_stream_ten_times_memory_size_keeps_the_tier_in_its_cap_and_serves_the_disks
                 samples
             })
         };
-        // Two epochs in order and one shuffled, batch by batch as a training loop reads.
+        // Two epochs in order and one shuffled, batch by batch as a training loop reads,
+        // the tier sampled after every batch too (the sampler thread may be scheduled
+        // rarely on a busy machine).
+        let mut samples = 0u64;
+        let mut read = |options: StreamOptions| -> Vec<RecordBatch> {
+            let mut got = Vec::new();
+            for batch in cache.stream_dataset("big", options).unwrap() {
+                got.push(batch.unwrap());
+                let m = cache.memory();
+                assert!(m.bytes <= m.cap, "{policy}: {m:?}");
+                max.fetch_max(m.bytes, Ordering::Relaxed);
+                samples += 1;
+            }
+            got
+        };
         for _ in 0..2 {
-            let got: Vec<RecordBatch> = cache
-                .stream_dataset("big", StreamOptions::default())
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let got = read(StreamOptions::default());
             assert!(got == plain, "{policy}: the batches differ from the disk's");
         }
-        let got = collect(&cache, "big", shuffled.clone());
+        let got = read(shuffled.clone());
         assert!(got == plain_shuffled, "{policy}: shuffled batches differ");
         done.store(true, Ordering::Relaxed);
-        let samples = sampler.join().unwrap();
+        samples += sampler.join().unwrap();
         let m = cache.memory();
         assert!(samples > 10, "{policy}: only {samples} samples");
         assert!(

@@ -303,3 +303,54 @@ fn shards_their_time_policy_expired_are_recomputed_never_served() {
     again.by_ref().for_each(drop);
     assert_eq!(again.stats().shards_rebuilt, 0);
 }
+
+#[test]
+fn a_shard_is_validated_once_per_cache_and_trusted_streams_yield_the_same_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = jsonl(dir.path(), "a.jsonl", 500, 30);
+    let open_maps_only = || {
+        DatasetCache::open(
+            dir.path().join("cache"),
+            DatasetConfig {
+                memory_size: 0,
+                ..config(1 << 30)
+            },
+            SystemClock::shared(),
+        )
+        .unwrap()
+    };
+    let cache = open_maps_only();
+    build(&cache, "a", &[src], &[], 100).unwrap();
+    let stream = |cache: &DatasetCache, options: StreamOptions| {
+        let mut s = cache.stream_dataset("a", options).unwrap();
+        let batches: Vec<RecordBatch> = s.by_ref().collect::<Result<_, _>>().unwrap();
+        (batches, s.stats())
+    };
+    // The first stream validates every shard in full; later ones trust the digests that
+    // passed, in order or shuffled, and yield the same batches.
+    let (first, stats) = stream(&cache, StreamOptions::default());
+    assert_eq!((stats.shards_read, stats.validated), (5, 5));
+    assert_eq!(ids(&first), (0..500).collect::<Vec<i64>>());
+    let (again, stats) = stream(&cache, StreamOptions::default());
+    assert_eq!((stats.shards_read, stats.validated), (5, 0));
+    assert!(again == first);
+    let (shuffled_once, stats) = stream(&cache, shuffled(4, 0));
+    assert_eq!(stats.validated, 0);
+    // A cache opened anew (as a new process would) trusts nothing it did not validate.
+    let fresh = open_maps_only();
+    let (from_fresh, stats) = stream(&fresh, shuffled(4, 0));
+    assert_eq!(stats.validated, 5);
+    assert!(from_fresh == shuffled_once);
+    // Through the memory tier: validated as it enters, then served from memory.
+    let tiered = DatasetCache::open(
+        dir.path().join("cache"),
+        config(1 << 30),
+        SystemClock::shared(),
+    )
+    .unwrap();
+    let (tier_first, stats) = stream(&tiered, StreamOptions::default());
+    assert_eq!((stats.validated, stats.memory_hits), (5, 0));
+    let (tier_again, stats) = stream(&tiered, StreamOptions::default());
+    assert_eq!((stats.validated, stats.memory_hits), (0, 5));
+    assert!(tier_first == first && tier_again == first);
+}
