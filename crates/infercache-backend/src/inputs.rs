@@ -1,6 +1,7 @@
 //! [`Inputs`]: a request's rows in the form its protocol gives them.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 
 use bytes::Bytes;
 use infercache_core::canonical::{canonical_json, canonical_json_text};
@@ -143,6 +144,13 @@ impl Inputs {
                 return json_key_params(parameters.as_ref(), keyed);
             }
             Self::Tensors { request, .. } => {
+                let picked_any = match keyed {
+                    None => !request.parameters.is_empty(),
+                    Some(names) => names.iter().any(|n| request.parameters.contains_key(n)),
+                };
+                if !picked_any {
+                    return Ok(tensor_protocol_key(&request.outputs.key_bytes()));
+                }
                 protocol.insert(
                     "outputs".to_owned(),
                     Value::String(
@@ -174,6 +182,22 @@ impl Inputs {
         }
         canonical_json(&Value::Object(key))
     }
+}
+
+/// [`Inputs::key_params`] of a tensor request none of whose keyed parameters is present,
+/// written directly rather than through a JSON map: the canonical JSON
+/// `{"protocol":{"outputs":"<outputs>","row_format":N}}`, byte for byte what the general
+/// path builds (a test compares them).
+fn tensor_protocol_key(outputs: &[u8]) -> Vec<u8> {
+    let outputs =
+        std::str::from_utf8(outputs).expect("the output selection's key is canonical JSON or `*`");
+    let mut key = Vec::with_capacity(outputs.len() + 56);
+    key.extend_from_slice(br#"{"protocol":{"outputs":"#);
+    serde_json::to_writer(&mut key, outputs).expect("writing a str into a Vec cannot fail");
+    key.extend_from_slice(br#","row_format":"#);
+    write!(key, "{ROW_FORMAT_VERSION}").expect("writing into a Vec cannot fail");
+    key.extend_from_slice(b"}}");
+    key
 }
 
 /// [`Inputs::key_params`] of JSON rows: `{"params": {...}}` of the picked parameters,
@@ -242,6 +266,70 @@ mod tests {
         let ignored = json_rows(json!({"seed": 2}));
         assert!(ignored.key_params(Some(&named)).unwrap().is_empty());
         assert!(json_rows(Value::Null).key_params(None).unwrap().is_empty());
+    }
+
+    fn tensor_request(extra: Value) -> Inputs {
+        let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut header = json!({
+            "inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32",
+                        "parameters": {"binary_data_size": 8}}],
+            "outputs": [{"name": "OUTPUT1", "parameters": {"binary_data": true}},
+                        {"name": "OUTPUT0", "parameters": {"binary_data": true}}],
+        });
+        header
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let mut body = serde_json::to_vec(&header).unwrap();
+        let len = http::HeaderValue::from(body.len());
+        body.extend_from_slice(&data);
+        let request = infercache_kserve::parse_request(Bytes::from(body), Some(&len)).unwrap();
+        let rows = request.split(8).unwrap();
+        Inputs::Tensors { request, rows }
+    }
+
+    /// A tensor request's parameter key, written directly when no keyed parameter is
+    /// present, is byte for byte the canonical JSON of the map the general path builds,
+    /// so every stored entry keeps its key.
+    #[test]
+    fn tensor_keys_are_unchanged_by_the_direct_writer() {
+        let plain = tensor_request(json!({}));
+        let key = plain.key_params(None).unwrap();
+        assert_eq!(
+            key,
+            br#"{"protocol":{"outputs":"[[\"OUTPUT0\",{}],[\"OUTPUT1\",{}]]","row_format":1}}"#
+        );
+        let Inputs::Tensors { request, .. } = &plain else {
+            unreachable!()
+        };
+        let by_map = canonical_json(&json!({"protocol": {
+            "outputs": String::from_utf8(request.outputs.key_bytes()).unwrap(),
+            "row_format": ROW_FORMAT_VERSION,
+        }}))
+        .unwrap();
+        assert_eq!(key, by_map);
+        // Parameters the model does not key leave the key as it is; keyed ones join it.
+        let seeded = tensor_request(json!({"parameters": {"seed": 5}}));
+        let named = ["t".to_owned()];
+        assert_eq!(seeded.key_params(Some(&named)).unwrap(), key);
+        assert_ne!(seeded.key_params(None).unwrap(), key);
+        let keyed = tensor_request(json!({"parameters": {"t": 1, "seed": 5}}));
+        assert_eq!(
+            keyed.key_params(Some(&named)).unwrap(),
+            canonical_json(&json!({
+                "params": {"t": 1},
+                "protocol": {
+                    "outputs": String::from_utf8(request.outputs.key_bytes()).unwrap(),
+                    "row_format": ROW_FORMAT_VERSION,
+                },
+            }))
+            .unwrap()
+        );
+        let every = tensor_request(json!({"outputs": null}));
+        assert_eq!(
+            every.key_params(None).unwrap(),
+            br#"{"protocol":{"outputs":"*","row_format":1}}"#
+        );
     }
 
     #[test]

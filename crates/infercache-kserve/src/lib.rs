@@ -35,7 +35,9 @@ mod error;
 mod request;
 mod response;
 mod row;
+mod stored;
 mod tensor;
+mod typed;
 mod unbatched;
 mod wire;
 
@@ -47,6 +49,7 @@ pub use request::{
 };
 pub use response::{InferResponse, ResponseMeta, assemble_response, parse_response};
 pub use row::{ROW_FORMAT_VERSION, Row, RowOutput, RowTensor};
+pub use stored::assemble_stored;
 pub use tensor::{MAX_DIMS, Tensor};
 pub use unbatched::{Shift, leading_dimension};
 pub use wire::{Encoded, HEADER_LENGTH};

@@ -77,6 +77,9 @@ impl OutputSelection {
         let Some(requested) = &self.requested else {
             return b"*".to_vec();
         };
+        if requested.iter().all(|o| o.parameters.is_empty()) {
+            return names_key(requested);
+        }
         let mut entries: Vec<(&str, &Map<String, Value>)> = requested
             .iter()
             .map(|o| (o.name.as_str(), &o.parameters))
@@ -95,6 +98,26 @@ impl OutputSelection {
     }
 }
 
+/// [`OutputSelection::key_bytes`] of outputs without parameters, written directly: the
+/// canonical JSON `[["A",{}],["B",{}]]` of the names, sorted, with no `Value` built.
+fn names_key(requested: &[RequestedOutput]) -> Vec<u8> {
+    let mut names: Vec<&str> = requested.iter().map(|o| o.name.as_str()).collect();
+    names.sort_unstable();
+    let mut out = Vec::with_capacity(2 + names.iter().map(|n| n.len() + 8).sum::<usize>());
+    out.push(b'[');
+    for (i, name) in names.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        // serde_json's minimal escaping, as the canonical form writes strings.
+        serde_json::to_writer(&mut out, name).expect("writing a str into a Vec cannot fail");
+        out.extend_from_slice(b",{}]");
+    }
+    out.push(b']');
+    out
+}
+
 /// Parses a request body; `header_length` is the `Inference-Header-Content-Length` header
 /// if sent.
 ///
@@ -104,6 +127,18 @@ impl OutputSelection {
 /// element counts or types that disagree with the shape and datatype, binary sizes that
 /// disagree with the shape or the body, duplicate names. Never panics on any input.
 pub fn parse_request(
+    body: Bytes,
+    header_length: Option<&HeaderValue>,
+) -> Result<InferRequest, KserveError> {
+    if let Some(request) = super::typed::parse(&body, header_length) {
+        return Ok(request);
+    }
+    parse_fields(body, header_length)
+}
+
+/// [`parse_request`] field by field, through a [`Value`] tree: slower than the typed
+/// reading, but it takes every body and names whatever is wrong.
+pub(crate) fn parse_fields(
     body: Bytes,
     header_length: Option<&HeaderValue>,
 ) -> Result<InferRequest, KserveError> {
@@ -174,7 +209,7 @@ fn read_requested_output(value: Value, index: usize) -> Result<RequestedOutput, 
     })
 }
 
-fn unique<'a>(
+pub(crate) fn unique<'a>(
     what: &'static str,
     names: impl Iterator<Item = &'a str> + Clone,
 ) -> Result<(), KserveError> {
@@ -334,7 +369,7 @@ pub fn build_request(
         .enumerate()
         .map(|(i, t)| {
             let pieces: Vec<&[u8]> = rows.iter().map(|r| &r.inputs[i].data[..]).collect();
-            if !binary && let Some(index) = first_non_json(t.datatype, &pieces) {
+            if !binary && let Some(index) = first_non_json(t.datatype, pieces.iter().copied()) {
                 return Err(KserveError::NotJsonRepresentable {
                     tensor: tensor_label("inputs", i, &t.name),
                     index,

@@ -184,7 +184,8 @@ fn output_tensor<'a>(
 ) -> TensorOut<'a> {
     let t: &RowTensor = &rows[0].outputs[index];
     let pieces: Vec<&[u8]> = rows.iter().map(|r| &r.outputs[index].data[..]).collect();
-    let binary = selection.is_binary(&t.name) || first_non_json(t.datatype, &pieces).is_some();
+    let binary = selection.is_binary(&t.name)
+        || first_non_json(t.datatype, pieces.iter().copied()).is_some();
     TensorOut {
         name: &t.name,
         datatype: t.datatype,

@@ -141,54 +141,118 @@ impl RowOutput {
     /// a name that is not UTF-8, data that disagrees with its datatype and shape, or
     /// trailing bytes.
     pub fn decode(bytes: &Bytes) -> Result<Self, KserveError> {
+        let row = StoredRow::new(bytes)?;
+        let outputs = row
+            .tensors()
+            .map(|t| RowTensor {
+                name: t.name.to_owned(),
+                datatype: t.datatype,
+                shape: t.shape().collect(),
+                data: bytes.slice_ref(t.data),
+            })
+            .collect();
+        Ok(Self { outputs })
+    }
+}
+
+/// A stored row ([`RowOutput`]'s format) read in place: checked once, its tensors then
+/// read from the stored bytes without copying or allocating.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredRow<'a> {
+    bytes: &'a [u8],
+    count: u32,
+}
+
+/// One tensor of a [`StoredRow`], borrowed from its bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredTensor<'a> {
+    pub name: &'a str,
+    pub datatype: DataType,
+    /// The row shape's dimensions, each 8 little-endian bytes.
+    dims: &'a [u8],
+    pub data: &'a [u8],
+}
+
+impl StoredTensor<'_> {
+    /// The row's shape.
+    pub fn shape(&self) -> impl ExactSizeIterator<Item = u64> + Clone + '_ {
+        self.dims
+            .chunks_exact(8)
+            .map(|d| u64::from_le_bytes(d.try_into().expect("chunks_exact yields 8 bytes")))
+    }
+
+    /// Whether `self` and `other` have one name, datatype and row shape.
+    pub fn same_layout(&self, other: &StoredTensor<'_>) -> bool {
+        self.name == other.name && self.datatype == other.datatype && self.dims == other.dims
+    }
+}
+
+impl<'a> StoredRow<'a> {
+    /// Checks the whole row (see [`RowOutput::decode`] for what is refused).
+    pub fn new(bytes: &'a [u8]) -> Result<Self, KserveError> {
         let mut r = Reader { bytes, pos: 0 };
         if r.take(1)?[0] != ROW_FORMAT_VERSION {
             return Err(KserveError::CorruptRow("unknown format version"));
         }
         let count = u32::from_le_bytes(r.array()?);
-        let mut outputs = Vec::new();
         for _ in 0..count {
-            outputs.push(r.tensor()?);
+            r.tensor(true)?;
         }
         if r.pos != bytes.len() {
             return Err(KserveError::CorruptRow("trailing bytes"));
         }
-        Ok(Self { outputs })
+        Ok(Self { bytes, count })
+    }
+
+    /// How many tensors it holds.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Its tensors, in stored order.
+    pub fn tensors(&self) -> impl Iterator<Item = StoredTensor<'a>> + 'a {
+        let mut r = Reader {
+            bytes: self.bytes,
+            pos: 5,
+        };
+        (0..self.count).map(move |_| r.tensor(false).expect("checked by StoredRow::new"))
+    }
+
+    /// Tensor `index` (below [`StoredRow::len`]).
+    pub fn tensor(&self, index: usize) -> StoredTensor<'a> {
+        self.tensors()
+            .nth(index)
+            .expect("index below the row's length")
     }
 }
 
 /// A cursor over stored bytes whose every read is bounds-checked.
 struct Reader<'a> {
-    bytes: &'a Bytes,
+    bytes: &'a [u8],
     pos: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], KserveError> {
-        let range = self.range(n)?;
-        Ok(&self.bytes[range])
-    }
-
-    fn range(&mut self, n: usize) -> Result<Range<usize>, KserveError> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], KserveError> {
         let end = self
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.bytes.len())
             .ok_or(KserveError::CorruptRow("truncated"))?;
-        let range = self.pos..end;
+        let taken = &self.bytes[self.pos..end];
         self.pos = end;
-        Ok(range)
+        Ok(taken)
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], KserveError> {
         Ok(self.take(N)?.try_into().expect("take returns N bytes"))
     }
 
-    fn tensor(&mut self) -> Result<RowTensor, KserveError> {
+    /// The next tensor; `check`: also its data against its datatype and shape.
+    fn tensor(&mut self, check: bool) -> Result<StoredTensor<'a>, KserveError> {
         let name_len = u16::from_le_bytes(self.array()?) as usize;
         let name = std::str::from_utf8(self.take(name_len)?)
-            .map_err(|_| KserveError::CorruptRow("output name is not UTF-8"))?
-            .to_owned();
+            .map_err(|_| KserveError::CorruptRow("output name is not UTF-8"))?;
         let [code] = self.array()?;
         let datatype =
             DataType::from_code(code).ok_or(KserveError::CorruptRow("unknown datatype code"))?;
@@ -196,20 +260,27 @@ impl Reader<'_> {
         if dims as usize > MAX_DIMS {
             return Err(KserveError::CorruptRow("too many dimensions"));
         }
-        let shape = (0..dims)
-            .map(|_| self.array().map(u64::from_le_bytes))
-            .collect::<Result<Vec<_>, _>>()?;
+        let dims = self.take(8 * dims as usize)?;
         let len = usize::try_from(u64::from_le_bytes(self.array()?))
             .map_err(|_| KserveError::CorruptRow("truncated"))?;
-        let data = self.bytes.slice(self.range(len)?);
-        check_binary("", datatype, &shape, &data)
-            .map_err(|_| KserveError::CorruptRow("data disagrees with datatype and shape"))?;
-        Ok(RowTensor {
+        let data = self.take(len)?;
+        let tensor = StoredTensor {
             name,
             datatype,
-            shape,
+            dims,
             data,
-        })
+        };
+        if check {
+            let mut shape = [0u64; MAX_DIMS];
+            let rank = dims.len() / 8;
+            shape
+                .iter_mut()
+                .zip(tensor.shape())
+                .for_each(|(s, d)| *s = d);
+            check_binary("", datatype, &shape[..rank], data)
+                .map_err(|_| KserveError::CorruptRow("data disagrees with datatype and shape"))?;
+        }
+        Ok(tensor)
     }
 }
 

@@ -265,7 +265,10 @@ fn signed(value: &Value, min: i64, max: i64) -> Result<i64, String> {
 
 /// The index of the first element JSON cannot carry (a non-finite float, a `BYTES`
 /// element that is not UTF-8) in canonical data made of `pieces`, or `None`.
-pub(crate) fn first_non_json(datatype: DataType, pieces: &[&[u8]]) -> Option<usize> {
+pub(crate) fn first_non_json<'a>(
+    datatype: DataType,
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<usize> {
     let mut before = 0;
     for piece in pieces {
         let (bad, count) = non_json_in_piece(datatype, piece);
@@ -326,7 +329,7 @@ impl Serialize for JsonData<'_> {
 
 /// Serializes the elements of one piece of canonical data. Floats are written in their
 /// own width's shortest form (`0.1` for an FP32 0.1, not `0.10000000149011612`).
-fn serialize_piece<S: SerializeSeq>(
+pub(crate) fn serialize_piece<S: SerializeSeq>(
     seq: &mut S,
     datatype: DataType,
     piece: &[u8],

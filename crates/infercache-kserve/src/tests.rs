@@ -557,6 +557,11 @@ fn reassembly_follows_the_selection() {
     .outputs;
     let reversed = [rows[1].clone(), rows[0].clone()];
     let encoded = assemble_response(meta, &reversed, &selection).unwrap();
+    let stored = [
+        Bytes::from(reversed[0].encode()),
+        Bytes::from(reversed[1].encode()),
+    ];
+    assert_eq!(assemble_stored(meta, &stored, &selection).unwrap(), encoded);
     // `y` holds an infinity, which JSON cannot carry: it goes binary; `n` stays JSON.
     let len = encoded.header_length.unwrap();
     let header: Value = serde_json::from_slice(&encoded.body[..len]).unwrap();
@@ -591,6 +596,34 @@ fn reassembly_follows_the_selection() {
         assemble_response(meta, &[], &missing),
         Err(KserveError::EmptyBatch)
     );
+    let stored: Vec<Bytes> = rows.iter().map(|r| Bytes::from(r.encode())).collect();
+    assert_eq!(
+        assemble_stored(meta, &stored, &missing),
+        Err(KserveError::MissingOutput("zz".into()))
+    );
+    assert_eq!(
+        assemble_stored(meta, &[], &missing),
+        Err(KserveError::EmptyBatch)
+    );
+    let mut corrupt = stored.clone();
+    corrupt[1] = corrupt[1].slice(..corrupt[1].len() - 1);
+    assert_eq!(
+        assemble_stored(meta, &corrupt, &selection),
+        Err(KserveError::CorruptRow("truncated"))
+    );
+    let other = RowOutput {
+        outputs: rows[0].outputs[..1].to_vec(),
+    };
+    let mixed = [stored[0].clone(), Bytes::from(other.encode())];
+    let all = OutputSelection::default();
+    assert_eq!(
+        assemble_stored(meta, &mixed, &all),
+        assemble_response(meta, &[rows[0].clone(), other], &all)
+    );
+    assert!(matches!(
+        assemble_stored(meta, &mixed, &all),
+        Err(KserveError::RowMismatch { row: 1, .. })
+    ));
 }
 
 // ---- property tests ----
@@ -770,6 +803,11 @@ proptest! {
     fn json_and_binary_give_identical_row_keys(gens in tensors(["zeta", "alpha", "mid"]), mask in prop::collection::vec(any::<bool>(), 3), nested: bool) {
         let (json, _) = body("inputs", &gens, &[false; 3], nested, json!({}));
         let (bin, len) = body("inputs", &gens, &mask, !nested, json!({}));
+        for (body, len) in [(&json, None), (&bin, len.as_ref())] {
+            let typed = crate::typed::parse(body, len);
+            prop_assert!(typed.is_some(), "the typed reading takes a common body");
+            prop_assert_eq!(typed, Some(request::parse_fields(body.clone(), len).unwrap()));
+        }
         let a = parse_request(json, None).unwrap().split(16).unwrap();
         let b = parse_request(bin, len.as_ref()).unwrap().split(16).unwrap();
         prop_assert_eq!(a.len() as u64, gens[0].shape[0]);
@@ -826,6 +864,8 @@ proptest! {
         let selection = OutputSelection { requested: None, binary_data_output: binary_out };
         let meta = ResponseMeta { model_name: "m", model_version: None, id: Some("x") };
         let encoded = assemble_response(meta, &decoded, &selection).unwrap();
+        let ordered: Vec<Bytes> = perm.iter().map(|&i| stored[i].clone()).collect();
+        prop_assert_eq!(&assemble_stored(meta, &ordered, &selection).unwrap(), &encoded);
         let len = encoded.header_length.map(HeaderValue::from);
         let parsed = parse_response(Bytes::from(encoded.body), len.as_ref()).unwrap();
         prop_assert_eq!(parsed.id.as_deref(), Some("x"));
@@ -918,4 +958,160 @@ fn an_empty_output_list_asks_for_every_output_like_none() {
     let absent = parse_request(json_body(&json!({"inputs": input})), None).unwrap();
     assert!(empty.outputs.requested.is_none());
     assert_eq!(empty.outputs.key_bytes(), absent.outputs.key_bytes());
+}
+
+/// Bodies the typed reading gives up on (unknown or repeated fields, `null` where the
+/// protocol reads presence, values of the wrong type, nesting past its bound) are read
+/// field by field: the answer, value or error, is that reading's.
+#[test]
+fn the_typed_reading_agrees_with_the_field_by_field_one() {
+    let data = f32s(&[1.0, 2.0]);
+    let binary = |tensor: Value, extra: Value| {
+        let mut header = json!({"inputs": [tensor]});
+        header
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        with_binary(&header, &[&data])
+    };
+    let x = json!({"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}});
+    let mut deep = json!([1.0, 2.0]);
+    for _ in 0..40 {
+        deep = json!([deep]);
+    }
+    let cases = [
+        binary(x.clone(), json!({})),
+        binary(
+            x.clone(),
+            json!({"id": "7", "parameters": {"binary_data_output": true, "k": [1, {"b": 2}]}}),
+        ),
+        binary(
+            x.clone(),
+            json!({"outputs": [{"name": "o", "parameters": {"binary_data": false, "classification": 2}}]}),
+        ),
+        binary(x.clone(), json!({"outputs": []})),
+        binary(
+            x.clone(),
+            json!({"outputs": null, "id": null, "parameters": null}),
+        ),
+        binary(x.clone(), json!({"unknown": 1})),
+        binary(
+            x.clone(),
+            json!({"parameters": {"binary_data_output": "yes"}}),
+        ),
+        binary(
+            x.clone(),
+            json!({"outputs": [{"name": "o", "parameters": {"binary_data": 1}}]}),
+        ),
+        binary(
+            x.clone(),
+            json!({"outputs": [{"name": "o"}, {"name": "o"}]}),
+        ),
+        binary(x.clone(), json!({"outputs": [{"name": "o", "extra": 1}]})),
+        binary(
+            json!({"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}, "data": null}),
+            json!({}),
+        ),
+        binary(
+            json!({"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": null}}),
+            json!({}),
+        ),
+        binary(
+            json!({"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 4}}),
+            json!({}),
+        ),
+        binary(
+            json!({"name": "x", "datatype": "FP32", "shape": [1, 2.0], "parameters": {"binary_data_size": 8}}),
+            json!({}),
+        ),
+        binary(
+            json!({"name": "x", "datatype": "FP99", "shape": [1, 2], "parameters": {"binary_data_size": 8}}),
+            json!({}),
+        ),
+        binary(
+            json!({"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8, "scale": 0.5}}),
+            json!({}),
+        ),
+        (
+            json_body(
+                &json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [[1.0, 2.0]]}]}),
+            ),
+            HeaderValue::from(0),
+        ),
+        (
+            json_body(
+                &json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": deep}]}),
+            ),
+            HeaderValue::from(0),
+        ),
+        (
+            json_body(
+                &json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": null}]}),
+            ),
+            HeaderValue::from(0),
+        ),
+        (json_body(&json!({"inputs": []})), HeaderValue::from(0)),
+        (json_body(&json!({"inputs": null})), HeaderValue::from(0)),
+        (
+            Bytes::from_static(br#"{"inputs": [], "inputs": []}"#),
+            HeaderValue::from(0),
+        ),
+    ];
+    let mut typed = 0;
+    for (i, (body, len)) in cases.into_iter().enumerate() {
+        let len = (len != HeaderValue::from(0)).then_some(len);
+        let fields = request::parse_fields(body.clone(), len.as_ref());
+        if let Some(t) = crate::typed::parse(&body, len.as_ref()) {
+            typed += 1;
+            assert_eq!(Ok(t), fields, "case {i}");
+        }
+        assert_eq!(parse_request(body, len.as_ref()), fields, "case {i}");
+    }
+    assert_eq!(
+        typed, 7,
+        "the well-formed bodies of known fields take the typed reading"
+    );
+}
+
+/// The output selection's key, written directly for outputs without parameters, is the
+/// canonical JSON of `[[name, parameters], ...]` sorted by name, as before.
+#[test]
+fn output_keys_without_parameters_are_the_canonical_list() {
+    let names = ["OUTPUT1", "OUTPUT0", "é\"q\u{1}", "a"];
+    let selection = OutputSelection {
+        requested: Some(
+            names
+                .iter()
+                .map(|n| RequestedOutput {
+                    name: (*n).to_owned(),
+                    binary_data: Some(true),
+                    parameters: Default::default(),
+                })
+                .collect(),
+        ),
+        binary_data_output: false,
+    };
+    let mut sorted = names.to_vec();
+    sorted.sort();
+    let list = Value::Array(sorted.iter().map(|n| json!([n, {}])).collect());
+    assert_eq!(
+        selection.key_bytes(),
+        infercache_core::canonical::canonical_json(&list).unwrap()
+    );
+    let two = OutputSelection {
+        requested: Some(vec![
+            RequestedOutput {
+                name: "OUTPUT0".into(),
+                binary_data: Some(true),
+                parameters: Default::default(),
+            },
+            RequestedOutput {
+                name: "OUTPUT1".into(),
+                binary_data: None,
+                parameters: Default::default(),
+            },
+        ]),
+        binary_data_output: false,
+    };
+    assert_eq!(two.key_bytes(), br#"[["OUTPUT0",{}],["OUTPUT1",{}]]"#);
 }

@@ -54,23 +54,33 @@ pub(crate) fn read_message(
     body: Bytes,
     header_length: Option<&HeaderValue>,
 ) -> Result<Message, KserveError> {
-    let json_len = match header_length {
-        None => body.len(),
-        Some(value) => parse_header_length(value, body.len())?,
-    };
-    let json: Value = serde_json::from_slice(&body[..json_len])
-        .map_err(|e| KserveError::MalformedJson(e.to_string()))?;
+    let (json, binary) = split_message(&body, header_length)?;
+    let json: Value =
+        serde_json::from_slice(json).map_err(|e| KserveError::MalformedJson(e.to_string()))?;
     let Value::Object(json) = json else {
         return Err(KserveError::MalformedJson(
             "expected a JSON object".to_owned(),
         ));
     };
-    Ok(Message {
-        json,
-        binary: Binary {
+    Ok(Message { json, binary })
+}
+
+/// `body` split into its JSON part (`header_length` bytes when that header is sent, the
+/// whole body otherwise) and the binary data after it.
+pub(crate) fn split_message<'a>(
+    body: &'a Bytes,
+    header_length: Option<&HeaderValue>,
+) -> Result<(&'a [u8], Binary), KserveError> {
+    let json_len = match header_length {
+        None => body.len(),
+        Some(value) => parse_header_length(value, body.len())?,
+    };
+    Ok((
+        &body[..json_len],
+        Binary {
             rest: body.slice(json_len..),
         },
-    })
+    ))
 }
 
 fn parse_header_length(value: &HeaderValue, body: usize) -> Result<usize, KserveError> {
@@ -92,7 +102,7 @@ pub(crate) struct Binary {
 
 impl Binary {
     /// The next `size` bytes, for `tensor`.
-    fn take(&mut self, tensor: &str, size: u64) -> Result<Bytes, KserveError> {
+    pub(crate) fn take(&mut self, tensor: &str, size: u64) -> Result<Bytes, KserveError> {
         let available = self.rest.len();
         match usize::try_from(size) {
             Ok(n) if n <= available => Ok(self.rest.split_to(n)),

@@ -26,7 +26,7 @@
 //! Only the rows no tier holds go upstream, each once, in one request (or chunks of
 //! `max_batch`) to `POST {url}/v2/models/{upstream_name}/infer`, as binary tensors with
 //! binary outputs asked for, carrying every request parameter, keyed or not. The answer
-//! is split into one stored row per input row ([`RowOutput::encode`]); an answer whose
+//! is split into one stored row per input row ([`RowOutput::encode`](kserve::RowOutput::encode)); an answer whose
 //! outputs are not batched by the rows sent, or that lacks a requested output, is the
 //! upstream's error (502 `upstream_bad_response`) and nothing of it is stored.
 //!
@@ -55,8 +55,8 @@ use axum::response::{IntoResponse, Response};
 use infercache_backend::{BackendKind, Inputs, UpstreamError};
 use infercache_infer::{CacheControl, RowRequest};
 use infercache_kserve::{
-    self as kserve, Encoded, HEADER_LENGTH, InferRequest, OutputSelection, ResponseMeta, Row,
-    RowOutput, Shift, leading_dimension,
+    self as kserve, Encoded, HEADER_LENGTH, InferRequest, KserveError, OutputSelection,
+    ResponseMeta, Row, Shift, leading_dimension,
 };
 
 use super::body;
@@ -194,7 +194,8 @@ async fn parse(
     .await
 }
 
-/// The response from the stored rows, in request order, JSON or binary as asked.
+/// The response from the stored rows, in request order, JSON or binary as asked, written
+/// from the stored bytes ([`kserve::assemble_stored`]).
 fn assemble(
     meta: ResponseMeta<'_>,
     selection: &OutputSelection,
@@ -202,18 +203,15 @@ fn assemble(
     whole: bool,
 ) -> Result<Encoded, ApiError> {
     let name = meta.model_name;
-    let outputs = stored
-        .iter()
-        .map(RowOutput::decode)
-        .collect::<Result<Vec<_>, _>>()?;
-    let assembled = kserve::assemble_response(meta, &outputs, selection).map_err(|e| {
+    let assembled = kserve::assemble_stored(meta, stored, selection).map_err(|e| match e {
+        e @ KserveError::CorruptRow(_) => ApiError::from(e),
         // The rows are the upstream's (a requested output's presence is checked before
         // a row is stored): rows that cannot share one tensor were answered with
         // different shapes by different calls.
-        ApiError::Upstream(UpstreamError::bad_response(
+        e => ApiError::Upstream(UpstreamError::bad_response(
             name,
             format!("cached and fetched rows cannot be batched together: {e}"),
-        ))
+        )),
     })?;
     if whole {
         // One row assembled: every output is led by a dimension of 1.
