@@ -8,8 +8,15 @@
 //!                                                              │
 //!  upstream body ─► parse_response ─► InferResponse ─► split ─► RowOutput … (encode ⇄ decode: the
 //!                                                              │           stored value)
-//!  client response ◄─ assemble_response(rows in the client's order, OutputSelection)
+//!  client response ◄─ assemble_stored(stored rows in the client's order, OutputSelection)
 //! ```
+//!
+//! A request is read in one typed serde pass ([`parse_request`]); a body that pass does
+//! not take (an unknown field, a wrong type, anything the protocol refuses) is read again
+//! field by field, which names what is wrong, so the fast reading never changes an
+//! answer. A response is written from the stored rows in place ([`assemble_stored`]:
+//! no row decoded, the binary data copied once into the body); [`assemble_response`]
+//! writes the same bytes from decoded rows.
 //!
 //! Both JSON tensors and Triton's binary tensor data extension are read and written
 //! (<https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_binary_data.md>):
