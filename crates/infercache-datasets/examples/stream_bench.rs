@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! stream_bench --source ROWS.jsonl --cache DIR [--rounds N] [--batch 32] [--prefetch 4]
-//!              [--shard-rows 8192] [--memory-size BYTES] [--rss]
+//!              [--shard-rows 8192] [--memory-size BYTES] [--use-mmap true|false] [--rss]
 //! ```
 //!
 //! Builds (or finds) the dataset `bench` from the source, warms the page cache and the
@@ -16,7 +16,8 @@
 //!   batches are otherwise never touched).
 //!
 //! The rounds' cache has a memory tier of `--memory-size` bytes (default: the dataset
-//! cache's default, 1,000 MB). Each side also reports the bytes it folded, so the two can
+//! cache's default, 1,000 MB) and reads shard files through memory maps, or with plain
+//! reads with `--use-mmap false`. Each side also reports the bytes it folded, so the two can
 //! be seen to read the same data.
 //!
 //! With `--rss`, the rounds' cache is dropped and the dataset streamed once more through a
@@ -46,6 +47,7 @@ struct Args {
     prefetch: usize,
     shard_rows: usize,
     memory_size: Option<u64>,
+    use_mmap: bool,
     rss: bool,
 }
 
@@ -58,6 +60,7 @@ fn args() -> Args {
         prefetch: 4,
         shard_rows: infercache_datasets::DEFAULT_SHARD_ROWS,
         memory_size: None,
+        use_mmap: true,
         rss: false,
     };
     let mut it = std::env::args().skip(1);
@@ -73,6 +76,7 @@ fn args() -> Args {
             "--memory-size" => {
                 a.memory_size = Some(value().parse().expect("--memory-size BYTES"));
             }
+            "--use-mmap" => a.use_mmap = value().parse().expect("--use-mmap true|false"),
             "--rss" => a.rss = true,
             other => panic!("unknown flag {other}"),
         }
@@ -202,6 +206,7 @@ fn open(a: &Args, memory_size: Option<u64>) -> DatasetCache {
     let defaults = DatasetConfig::default();
     let config = DatasetConfig {
         memory_size: memory_size.unwrap_or(defaults.memory_size),
+        use_mmap: a.use_mmap,
         ..defaults
     };
     DatasetCache::open(&a.cache, config, SystemClock::shared()).expect("opening the cache")

@@ -63,6 +63,11 @@ pub struct DatasetConfig {
     /// How often [`DatasetCache::spawn_cleanup`]'s thread prunes the cache (default an
     /// hour, LlamaHome's `cleanup_interval`).
     pub cleanup_interval: std::time::Duration,
+    /// Read shard files through memory maps, zero-copy (default `true`, LlamaHome's
+    /// `[cache.disk] use_mmap`); `false` reads them with plain reads into buffers of the
+    /// process's own (for file systems where mapping is slow or unsupported). The batches
+    /// are the same either way.
+    pub use_mmap: bool,
     /// What `tokenize` and `embed` need.
     pub steps: StepContext,
 }
@@ -75,6 +80,7 @@ impl Default for DatasetConfig {
             policy: Policy::Lru,
             eviction_threshold: infercache_artifact::DEFAULT_EVICTION_THRESHOLD,
             cleanup_interval: infercache_artifact::DEFAULT_CLEANUP_INTERVAL,
+            use_mmap: true,
             steps: StepContext::default(),
         }
     }
@@ -687,11 +693,8 @@ impl DatasetCache {
                 audit.not_cached += offsets.len() as u64;
                 continue;
             };
-            let stored = arrow_select::concat::concat_batches(
-                &shard::decode_mapped(&blob)?[0].schema(),
-                &shard::decode_mapped(&blob)?,
-            )
-            .map_err(|e| DatasetError::arrow("reading a shard", e))?;
+            let stored =
+                shard::one_batch(shard::decode_blob(&blob, inner.config.use_mmap)?, &s.digest)?;
             let source_rows = inner.source_chunk(&record, m, s.index)?;
             let idx = UInt32Array::from(offsets.clone());
             let picked = arrow_select::take::take_record_batch(&source_rows, &idx)
@@ -1029,7 +1032,7 @@ impl Inner {
                 reason: "shard 0 was evicted before the build finished; build again".to_owned(),
             }
         })?;
-        let batches = shard::decode_mapped(&blob)?;
+        let batches = shard::decode_blob(&blob, self.config.use_mmap)?;
         Ok(batches
             .first()
             .map(|b| step::fields(&b.schema()))

@@ -16,7 +16,8 @@
 //!   `rm`, `prune`, `clear`, `verify`, `audit`, `explain`. Builds are crash-safe with a
 //!   journal (a killed build recomputes at most the shard in flight).
 //! - [`DatasetStream`]: batches (default 32 rows) prefetched (default 4) from
-//!   memory-mapped shards, zero-copy; deterministic shuffle from a seed and an epoch; a
+//!   memory-mapped shards, zero-copy (or shards read with plain reads:
+//!   [`DatasetConfig::use_mmap`]), each validated by Arrow once per cache; deterministic shuffle from a seed and an epoch; a
 //!   resume token that continues mid-epoch with exactly the remaining sequence.
 //! - [`BatchWriter`]: batches as an Arrow IPC stream or JSON lines ([`OutputFormat`]),
 //!   as `datasets stream` and the server's batches route send them;

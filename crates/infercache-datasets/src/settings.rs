@@ -225,15 +225,12 @@ impl CacheKeys {
             None => d.cleanup_interval,
         };
         let use_mmap = match self.use_mmap.as_deref().map(str::trim) {
-            None | Some("true") => true,
-            Some("false") => {
-                return Err(config(
-                    "cache.disk.use_mmap",
-                    "false",
-                    "shards are always read memory-mapped (zero-copy); only true is supported",
-                ));
+            None => d.use_mmap,
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(config("cache.disk.use_mmap", other, "give true or false"));
             }
-            Some(other) => return Err(config("cache.disk.use_mmap", other, "give true")),
         };
         Ok(CacheSettings {
             dir: self.disk_path,
@@ -264,7 +261,8 @@ pub struct CacheSettings {
     pub eviction_threshold: f64,
     /// `cleanup_interval`. Default: an hour (LlamaHome's 3600).
     pub cleanup_interval: Duration,
-    /// `[cache.disk] use_mmap`. Default and only value: true.
+    /// `[cache.disk] use_mmap`: shards are read through memory maps (zero-copy) when
+    /// true, with plain reads into memory of the process's own when false. Default: true.
     pub use_mmap: bool,
 }
 
@@ -278,7 +276,7 @@ impl Default for CacheSettings {
             policy: d.policy,
             eviction_threshold: d.eviction_threshold,
             cleanup_interval: d.cleanup_interval,
-            use_mmap: true,
+            use_mmap: d.use_mmap,
         }
     }
 }
@@ -292,6 +290,7 @@ impl CacheSettings {
             policy: self.policy,
             eviction_threshold: self.eviction_threshold,
             cleanup_interval: self.cleanup_interval,
+            use_mmap: self.use_mmap,
             steps,
         }
     }
@@ -416,6 +415,27 @@ mod tests {
     }
 
     #[test]
+    fn use_mmap_false_reads_shards_with_plain_reads() {
+        for (toml, want) in [
+            ("[cache.disk]\nuse_mmap = false", false),
+            ("[cache.disk]\nuse_mmap = \"false\"", false),
+            ("[cache.disk]\nuse_mmap = true", true),
+            ("", true),
+        ] {
+            let s = resolve(toml).unwrap();
+            assert_eq!(s.use_mmap, want, "{toml}");
+            assert_eq!(
+                s.dataset_config(crate::StepContext::default()).use_mmap,
+                want
+            );
+        }
+        let env = CacheKeys::from_env(|name| {
+            (name == "INFERCACHE_CACHE_USE_MMAP").then(|| "false".to_owned())
+        });
+        assert!(!env.resolve().unwrap().use_mmap);
+    }
+
+    #[test]
     fn nothing_given_is_llamahome_s_defaults_and_other_tables_are_not_read() {
         let s = resolve("bind = \"0.0.0.0:1\"\n[server]\nx = 1\n").unwrap();
         assert_eq!(s, CacheSettings::default());
@@ -472,8 +492,8 @@ mod tests {
         );
         refused("[cache]\ncleanup_interval = \"soon\"", "cleanup_interval");
         refused("[cache]\ncleanup_interval = 0", "cleanup_interval");
-        refused("[cache.disk]\nuse_mmap = false", "use_mmap");
         refused("[cache.disk]\nuse_mmap = \"yes\"", "use_mmap");
+        refused("[cache.disk]\nuse_mmap = 0", "use_mmap");
         refused("[cache]\nmax_items = 3", "max_items");
         refused("[cache.disk]\ncompression = true", "compression");
         refused("[cache]\npolicy = 3", "policy");

@@ -16,12 +16,13 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use arrow_array::RecordBatch;
-use arrow_buffer::Buffer;
+use arrow_buffer::{Buffer, MutableBuffer};
 use arrow_ipc::convert::try_fb_to_schema;
 use arrow_ipc::reader::{FileDecoder, read_footer_length};
 use infercache_artifact::{Blob, Digest};
 
 use crate::DatasetError;
+use crate::error::io_err;
 
 /// One shard as an Arrow IPC file: one record batch.
 pub(crate) fn encode(rows: &RecordBatch) -> Result<Vec<u8>, DatasetError> {
@@ -36,16 +37,29 @@ pub(crate) fn encode(rows: &RecordBatch) -> Result<Vec<u8>, DatasetError> {
     Ok(out)
 }
 
-/// The record batches of a shard, decoded in place from a memory map of its blob (fully
-/// validated): the arrays point into the mapping (no copy), which lives as long as any of
-/// them.
-pub(crate) fn decode_mapped(blob: &Blob) -> Result<Vec<RecordBatch>, DatasetError> {
-    decode(&mapped(blob)?, &format!("shard {}", blob.digest()))
+/// The record batches of a shard's blob, read as [`read`] reads it and fully validated.
+pub(crate) fn decode_blob(blob: &Blob, use_mmap: bool) -> Result<Vec<RecordBatch>, DatasetError> {
+    decode(&read(blob, use_mmap)?, &format!("shard {}", blob.digest()))
 }
 
-/// A blob's bytes as a buffer over its memory map.
-pub(crate) fn mapped(blob: &Blob) -> Result<Buffer, DatasetError> {
-    Ok(Buffer::from(bytes::Bytes::from_owner(blob.map()?)))
+/// A blob's bytes as a buffer: with `use_mmap`, over its memory map (arrays decoded from
+/// it point into the mapping, no copy, and it lives as long as any of them); otherwise
+/// read with plain reads into a buffer of its own (64-byte aligned, as Arrow's are, so
+/// decoding copies nothing more).
+pub(crate) fn read(blob: &Blob, use_mmap: bool) -> Result<Buffer, DatasetError> {
+    if use_mmap {
+        return Ok(Buffer::from(bytes::Bytes::from_owner(blob.map()?)));
+    }
+    let len = usize::try_from(blob.len()).map_err(|_| {
+        DatasetError::io(
+            blob.path(),
+            std::io::Error::other("the shard is larger than this machine's address space"),
+        )
+    })?;
+    let mut buffer = MutableBuffer::from_len_zeroed(len);
+    std::os::unix::fs::FileExt::read_exact_at(blob.file(), buffer.as_slice_mut(), 0)
+        .map_err(io_err(blob.path()))?;
+    Ok(buffer.into())
 }
 
 /// Digests this cache has decoded with Arrow's full validation (see the

@@ -23,8 +23,10 @@
 //! rounded up to whole shards (at least the next shard).
 //!
 //! **Tiers.** A shard the memory tier (`memory_size`) holds is read from it; any other
-//! from the store, through a memory map, and copied into the memory tier when its policy
-//! makes room (see [`DatasetCache::memory`](crate::DatasetCache::memory)).
+//! from the store, through a memory map (with plain reads into a buffer of its own when
+//! [`use_mmap`](crate::DatasetConfig::use_mmap) is false), and copied into the memory
+//! tier when its policy makes room (see
+//! [`DatasetCache::memory`](crate::DatasetCache::memory)).
 //!
 //! **Integrity.** A shard is verified (its BLAKE3, once per file identity) before its
 //! first batch is sent, and decoded with Arrow's full validation the first time this
@@ -379,11 +381,16 @@ fn open_shard(
         count(decoded);
         return Ok((rows, None));
     }
-    let (batches, decoded) =
-        shard::decode_shard(blob.digest(), &shard::mapped(&blob)?, &inner.validated)?;
+    let use_mmap = inner.config.use_mmap;
+    let (batches, decoded) = shard::decode_shard(
+        blob.digest(),
+        &shard::read(&blob, use_mmap)?,
+        &inner.validated,
+    )?;
     count(decoded);
     let rows = shard::one_batch(batches, &digest)?;
-    Ok((rows, Some(blob)))
+    // Rows read into memory of their own need the blob no longer.
+    Ok((rows, use_mmap.then_some(blob)))
 }
 
 /// The producer: sends every shard's rows from `token.position` on, in order. Returns

@@ -354,3 +354,86 @@ fn a_shard_is_validated_once_per_cache_and_trusted_streams_yield_the_same_batche
     assert_eq!((stats.validated, stats.memory_hits), (0, 5));
     assert!(tier_first == first && tier_again == first);
 }
+
+/// The lines of this process's memory maps that map a file under `dir`.
+fn maps_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap();
+    fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(dir.to_str().unwrap()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn use_mmap_false_streams_the_same_batches_from_plain_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = jsonl(dir.path(), "a.jsonl", 700, 40);
+    let cache_dir = dir.path().join("cache");
+    let open_with = |use_mmap| {
+        DatasetCache::open(
+            &cache_dir,
+            DatasetConfig {
+                memory_size: 0,
+                use_mmap,
+                ..config(1 << 30)
+            },
+            SystemClock::shared(),
+        )
+        .unwrap()
+    };
+    let mapped = open_with(true);
+    build(&mapped, "a", &[src], &["cmd:1:cat"], 100).unwrap();
+    let read = open_with(false);
+    // Holding a batch: a read stream maps no file of the cache at all; a mapped one maps
+    // its shard.
+    let mut s = read.stream_dataset("a", StreamOptions::default()).unwrap();
+    let held = s.next().unwrap().unwrap();
+    assert_eq!(maps_under(&cache_dir), Vec::<String>::new());
+    drop((s, held));
+    let mut s = mapped
+        .stream_dataset("a", StreamOptions::default())
+        .unwrap();
+    let held = s.next().unwrap().unwrap();
+    let maps = maps_under(&cache_dir);
+    assert!(maps.iter().any(|l| l.contains("/blobs/")), "{maps:?}");
+    drop((s, held));
+    let resume_after = |cache: &DatasetCache, batches: usize| {
+        let mut s = cache.stream_dataset("a", shuffled(2, 1)).unwrap();
+        for _ in 0..batches {
+            s.next().unwrap().unwrap();
+        }
+        s.resume_token()
+    };
+    for options in [
+        StreamOptions::default(),
+        shuffled(5, 0),
+        StreamOptions {
+            batch_size: 7,
+            prefetch: 1,
+            ..StreamOptions::default()
+        },
+        StreamOptions {
+            resume: Some(resume_after(&mapped, 9)),
+            ..StreamOptions::default()
+        },
+    ] {
+        let want = collect(&mapped, "a", options.clone());
+        assert!(!want.is_empty());
+        // Twice: validated in full, then trusted.
+        for _ in 0..2 {
+            assert!(
+                collect(&read, "a", options.clone()) == want,
+                "{options:?}: the batches differ"
+            );
+        }
+    }
+    assert_eq!(resume_after(&mapped, 9), resume_after(&read, 9));
+    // `audit` reads the shards with plain reads too, and finds them as the steps make them.
+    let audit = read.audit("a", 50, 1).unwrap();
+    assert!(
+        audit.checked > 0 && audit.mismatched.is_empty(),
+        "{audit:?}"
+    );
+}
