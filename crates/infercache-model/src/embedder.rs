@@ -1,9 +1,8 @@
 //! The model itself: tokenizer, BERT encoder, mean pooling, L2 normalisation.
 
-use safetensors::SafeTensors;
-
+use crate::bert::weights::Tensors;
 use crate::bert::{BertConfig, Embeddings, Layer, MeanPooling, TextTokenizer, Threads, Tokens};
-use crate::files::{CONFIG, TOKENIZER, WEIGHTS};
+use crate::files::{CONFIG, TOKENIZER};
 use crate::{ModelError, ModelFiles};
 
 /// Dimensions of an embedding.
@@ -45,7 +44,9 @@ impl std::fmt::Debug for Embedder {
 impl Embedder {
     /// Loads the model, to run on one thread per available core. Every file's SHA-256 is
     /// checked again on the bytes loaded, so a file changed after `files` was made is
-    /// refused with [`ModelError::Checksum`].
+    /// refused with [`ModelError::Checksum`]. The weights are read a tensor at a time and
+    /// decoded as they stream, so loading holds the model's `f32` values and a 1 MiB read
+    /// buffer, never the whole file beside them.
     pub fn load(files: &ModelFiles) -> Result<Self, ModelError> {
         Self::load_with(files, Threads::available()?)
     }
@@ -60,11 +61,11 @@ impl Embedder {
             )));
         }
         let tokenizer = TextTokenizer::from_bytes(files.read_verified(TOKENIZER)?)?;
-        let weights = files.read_verified(WEIGHTS)?;
-        let tensors = SafeTensors::deserialize(&weights)?;
-        let embeddings = Embeddings::load(&tensors, &config)?;
+        let weights = files.read_weights_verified()?;
+        let tensors = Tensors::decoded(&weights);
+        let embeddings = Embeddings::from_tensors(&tensors, &config)?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::load(&tensors, i, &config))
+            .map(|i| Layer::from_tensors(&tensors, i, &config))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             config,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::ModelError;
+use crate::bert::DecodedTensors;
 use crate::fetch::{self, Source};
 
 /// The model's name, also the name of its folder in a cache directory.
@@ -109,6 +110,21 @@ impl ModelFiles {
         check(spec, &hex::encode(Sha256::digest(&bytes)))?;
         Ok(bytes)
     }
+
+    /// Reads the weights (`model.safetensors`) a tensor at a time, decoding each as it
+    /// streams, and checks the SHA-256 of every byte read: the file is never held whole
+    /// beside its decoded tensors. The digest covers the file to its end even when it does
+    /// not parse, so a changed file is refused with [`ModelError::Checksum`] as
+    /// [`read_verified`](Self::read_verified) would refuse it.
+    pub(crate) fn read_weights_verified(&self) -> Result<DecodedTensors, ModelError> {
+        let path = self.dir.join(WEIGHTS.name);
+        let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+        let mut reader = HashingReader::new(io::BufReader::with_capacity(64 << 10, file));
+        let tensors = DecodedTensors::read(&mut reader, &path);
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| ModelError::io(&path, e))?;
+        check(WEIGHTS, &reader.hex_digest())?;
+        tensors
+    }
 }
 
 pub use infercache_backend::default_cache_dir;
@@ -174,6 +190,33 @@ impl<W: Write> Write for HashingWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A reader that hashes everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn hex_digest(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 

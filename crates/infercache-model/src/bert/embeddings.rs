@@ -43,7 +43,14 @@ impl Embeddings {
     /// [`ModelError::Weights`] naming a tensor that is missing or has the wrong shape or
     /// dtype.
     pub fn load(tensors: &SafeTensors<'_>, config: &BertConfig) -> Result<Self, ModelError> {
-        let t = Tensors::new(tensors);
+        Self::from_tensors(&Tensors::new(tensors), config)
+    }
+
+    /// [`load`](Self::load) from tensors however they were read.
+    pub(crate) fn from_tensors(
+        t: &Tensors<'_, '_>,
+        config: &BertConfig,
+    ) -> Result<Self, ModelError> {
         let width = config.hidden_size;
         let words = t.get(
             "embeddings.word_embeddings.weight",

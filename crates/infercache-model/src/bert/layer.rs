@@ -55,13 +55,21 @@ impl Layer {
         index: usize,
         config: &BertConfig,
     ) -> Result<Self, ModelError> {
+        Self::from_tensors(&Tensors::new(tensors), index, config)
+    }
+
+    /// [`load`](Self::load) from tensors however they were read.
+    pub(crate) fn from_tensors(
+        t: &Tensors<'_, '_>,
+        index: usize,
+        config: &BertConfig,
+    ) -> Result<Self, ModelError> {
         if index >= config.num_hidden_layers {
             return Err(ModelError::UnsupportedConfig(format!(
                 "layer {index} of a model with {} layers",
                 config.num_hidden_layers
             )));
         }
-        let t = Tensors::new(tensors);
         let p = format!("encoder.layer.{index}");
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let (q, qb) = t.linear(&format!("{p}.attention.self.query"), h, h)?;

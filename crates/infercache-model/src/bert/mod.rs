@@ -34,7 +34,7 @@ pub(crate) mod kernels;
 mod layer;
 mod pooling;
 mod tokenizer;
-mod weights;
+pub(crate) mod weights;
 
 use std::sync::Arc;
 
@@ -42,6 +42,7 @@ pub use embeddings::Embeddings;
 pub use layer::Layer;
 pub use pooling::MeanPooling;
 pub use tokenizer::TextTokenizer;
+pub(crate) use weights::DecodedTensors;
 
 use crate::ModelError;
 

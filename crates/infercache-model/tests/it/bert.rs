@@ -66,6 +66,25 @@ fn components_loaded_from_their_own_chunks_give_the_embedders_bits() {
 }
 
 #[test]
+fn the_embedder_streams_the_same_components_as_the_whole_file_gives() {
+    // `Embedder::load` reads the weights a tensor at a time; the components must be the
+    // ones loading from the file read whole gives, value for value.
+    let embedder = embedder();
+    let files = model_files();
+    let weights = std::fs::read(files.dir().join("model.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&weights).unwrap();
+    let config = embedder.config().clone();
+    assert!(Embeddings::load(&file, &config).unwrap() == *embedder.embeddings());
+    assert_eq!(embedder.layers().len(), config.num_hidden_layers);
+    for (i, layer) in embedder.layers().iter().enumerate() {
+        assert!(
+            Layer::load(&file, i, &config).unwrap() == *layer,
+            "layer {i}"
+        );
+    }
+}
+
+#[test]
 fn one_thread_and_two_agree_within_float_rounding() {
     let files = model_files();
     let one = infercache_model::Embedder::load_with(&files, Threads::new(1).unwrap()).unwrap();

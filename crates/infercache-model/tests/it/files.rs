@@ -55,6 +55,31 @@ fn a_file_changed_after_verification_is_not_loaded() {
 }
 
 #[test]
+fn weights_changed_or_cut_short_after_verification_are_not_loaded() {
+    // The weights are read a tensor at a time; the digest still covers every byte, so a
+    // changed byte inside a tensor and a file cut short are both checksum errors.
+    let copy = copy_model();
+    let files = ModelFiles::from_dir(copy.path()).unwrap();
+    let weights = copy.path().join("model.safetensors");
+    let original = fs::read(&weights).unwrap();
+
+    let mut changed = original.clone();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 0x01;
+    fs::write(&weights, &changed).unwrap();
+    assert_checksum_error(Embedder::load(&files), "model.safetensors");
+
+    fs::write(&weights, &original[..original.len() - 4096]).unwrap();
+    assert_checksum_error(Embedder::load(&files), "model.safetensors");
+
+    fs::write(&weights, &original[..4]).unwrap();
+    assert_checksum_error(Embedder::load(&files), "model.safetensors");
+
+    fs::write(&weights, &original).unwrap();
+    Embedder::load(&files).expect("the file restored loads");
+}
+
+#[test]
 fn a_missing_file_is_an_io_error() {
     let copy = copy_model();
     fs::remove_file(copy.path().join("model.safetensors")).unwrap();
