@@ -121,55 +121,66 @@ impl Layer {
         }
         let parts = threads.count();
         let x = hidden.states();
-        let tokens = hidden.tokens();
-        let states = threads.run(|| {
-            let mut qkv = vec![0.0; tokens * 3 * w];
-            linear(
-                &mut qkv,
-                x,
-                &self.qkv,
-                parts,
-                Epilogue::Bias(&self.qkv_bias),
-            );
-            let context = self.attention(&qkv, hidden.lengths(), parts);
-            drop(qkv);
-
-            let mut attended = vec![0.0; tokens * w];
-            let epilogue = Epilogue::BiasResidual {
-                bias: &self.attention_out_bias,
-                residual: x,
-                width: w,
-            };
-            linear(
-                &mut attended,
-                &context,
-                &self.attention_out,
-                parts,
-                epilogue,
-            );
-            drop(context);
-            self.normalize(&mut attended, &self.attention_norm, parts);
-
-            let mut inner = vec![0.0; tokens * self.up.cols];
-            linear(
-                &mut inner,
-                &attended,
-                &self.up,
-                parts,
-                Epilogue::BiasGelu(&self.up_bias),
-            );
-
-            let mut out = vec![0.0; tokens * w];
-            let epilogue = Epilogue::BiasResidual {
-                bias: &self.down_bias,
-                residual: &attended,
-                width: w,
-            };
-            linear(&mut out, &inner, &self.down, parts, epilogue);
-            self.normalize(&mut out, &self.output_norm, parts);
-            out
+        let mut out = vec![0.0; x.len()];
+        threads.run(|| {
+            let mut first = 0;
+            for group in sequence_groups(hidden.lengths()) {
+                let rows = group.iter().sum::<usize>() * w;
+                let range = first..first + rows;
+                self.forward_group(&x[range.clone()], group, &mut out[range], parts);
+                first += rows;
+            }
         });
-        Hidden::new(states, hidden.lengths().to_vec(), w)
+        Hidden::new(out, hidden.lengths().to_vec(), w)
+    }
+
+    /// The layer over one group of whole sequences (`lengths`), rows `x`, into `out`. Its
+    /// buffers are sized for the group, not the batch.
+    fn forward_group(&self, x: &[f32], lengths: &[usize], out: &mut [f32], parts: usize) {
+        let w = self.width();
+        let tokens = x.len() / w;
+        let mut qkv = vec![0.0; tokens * 3 * w];
+        linear(
+            &mut qkv,
+            x,
+            &self.qkv,
+            parts,
+            Epilogue::Bias(&self.qkv_bias),
+        );
+        let context = self.attention(&qkv, lengths, parts);
+        drop(qkv);
+
+        let mut attended = vec![0.0; tokens * w];
+        let epilogue = Epilogue::BiasResidual {
+            bias: &self.attention_out_bias,
+            residual: x,
+            width: w,
+        };
+        linear(
+            &mut attended,
+            &context,
+            &self.attention_out,
+            parts,
+            epilogue,
+        );
+        drop(context);
+        self.normalize(&mut attended, &self.attention_norm, parts);
+
+        let mut inner = vec![0.0; tokens * self.up.cols];
+        linear(
+            &mut inner,
+            &attended,
+            &self.up,
+            parts,
+            Epilogue::BiasGelu(&self.up_bias),
+        );
+        let epilogue = Epilogue::BiasResidual {
+            bias: &self.down_bias,
+            residual: &attended,
+            width: w,
+        };
+        linear(out, &inner, &self.down, parts, epilogue);
+        self.normalize(out, &self.output_norm, parts);
     }
 
     fn normalize(&self, rows: &mut [f32], (gamma, beta): &(Vec<f32>, Vec<f32>), parts: usize) {
@@ -249,6 +260,33 @@ impl Layer {
     }
 }
 
+/// Most tokens a layer computes at once, in groups of whole sequences (a longer sequence
+/// is a group of its own): a layer's buffers (the fused projections and the attention
+/// context, then the feed-forward block's inner activations: at most 7.5 KiB per token at
+/// once) are then bounded by the group, under 2 MiB, rather than growing with the batch
+/// (`max_batch` texts of up to 256 tokens: 60 MiB at once for the default 32). Every step is row by row except
+/// attention, which stays within a sequence, so a text's vector does not depend on its
+/// group beyond float rounding, as it does not on its batch.
+const GROUP_TOKENS: usize = 256;
+
+/// `lengths` cut into runs of whole sequences of at most [`GROUP_TOKENS`] tokens (a
+/// longer sequence alone).
+fn sequence_groups(lengths: &[usize]) -> Vec<&[usize]> {
+    let mut groups = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &len) in lengths.iter().enumerate() {
+        if i > start && tokens + len > GROUP_TOKENS {
+            groups.push(&lengths[start..i]);
+            (start, tokens) = (i, 0);
+        }
+        tokens += len;
+    }
+    if start < lengths.len() {
+        groups.push(&lengths[start..]);
+    }
+    groups
+}
+
 /// Layer norm over every row of a block.
 struct NormRows<'a> {
     block: &'a mut [f32],
@@ -284,5 +322,30 @@ impl Kernel for Attend<'_> {
     #[inline(always)]
     fn run(self) {
         self.layer.attend(self.qkv, self.len, self.first, self.out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_are_grouped_whole_up_to_the_token_bound() {
+        let none: Vec<&[usize]> = Vec::new();
+        assert_eq!(sequence_groups(&[]), none);
+        assert_eq!(sequence_groups(&[3, 4]), vec![&[3, 4][..]]);
+        assert_eq!(
+            sequence_groups(&[200, 56, 1, 300, 10]),
+            vec![&[200, 56][..], &[1][..], &[300][..], &[10][..]]
+        );
+        let lengths = vec![20; 40];
+        let groups = sequence_groups(&lengths);
+        assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), 40);
+        assert!(
+            groups
+                .iter()
+                .all(|g| g.iter().sum::<usize>() <= GROUP_TOKENS)
+        );
+        assert_eq!(groups.len(), 4);
     }
 }
