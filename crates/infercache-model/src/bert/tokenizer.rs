@@ -1,6 +1,6 @@
 //! Text to token ids: the model's `tokenizer.json`, truncating, never padding.
 
-use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::Tokenizer;
 
 use super::Tokens;
 use crate::{MAX_TOKENS, ModelError};
@@ -8,12 +8,15 @@ use crate::{MAX_TOKENS, ModelError};
 /// The model's tokenizer, set up for the packed forward pass: each text becomes `[CLS]`,
 /// its word pieces, `[SEP]`, truncated at [`MAX_TOKENS`] and never padded (the shipped
 /// `tokenizer.json` pads and truncates at 128; both are overridden).
+///
+/// One tokenizer, which neither pads nor truncates, serves both [`tokenize`](Self::tokenize)
+/// and [`count_tokens`](Self::count_tokens): truncation is done here, on the ids, as the
+/// library's own right-side truncation does it for this tokenizer (`[CLS]`, the first
+/// `MAX_TOKENS - 2` word pieces, `[SEP]`; the library also tokenizes a text whole before
+/// truncating it). A second, truncating copy would hold the vocabulary twice (about 3 MiB).
 #[derive(Clone)]
 pub struct TextTokenizer {
-    /// Truncates at [`MAX_TOKENS`].
-    truncating: Tokenizer,
-    /// Neither pads nor truncates: counts what the caller sent.
-    counting: Tokenizer,
+    tokenizer: Tokenizer,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -30,18 +33,9 @@ impl TextTokenizer {
     /// # Errors
     /// [`ModelError::Tokenizer`] if it does not parse.
     pub fn from_bytes(bytes: impl AsRef<[u8]>) -> Result<Self, ModelError> {
-        let mut counting = Tokenizer::from_bytes(bytes)?;
-        counting.with_padding(None).with_truncation(None)?;
-        let mut truncating = counting.clone();
-        truncating.with_truncation(Some(TruncationParams {
-            max_length: MAX_TOKENS,
-            strategy: TruncationStrategy::LongestFirst,
-            ..TruncationParams::default()
-        }))?;
-        Ok(Self {
-            truncating,
-            counting,
-        })
+        let mut tokenizer = Tokenizer::from_bytes(bytes)?;
+        tokenizer.with_padding(None).with_truncation(None)?;
+        Ok(Self { tokenizer })
     }
 
     /// Token ids of every text, in order, each truncated at [`MAX_TOKENS`].
@@ -49,11 +43,11 @@ impl TextTokenizer {
     /// # Errors
     /// [`ModelError::Tokenizer`] if the tokenizer fails on a text.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Tokens, ModelError> {
-        let encodings = self.truncating.encode_batch_fast(texts.to_vec(), true)?;
-        let lengths: Vec<usize> = encodings.iter().map(tokenizers::Encoding::len).collect();
+        let encodings = self.tokenizer.encode_batch_fast(texts.to_vec(), true)?;
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.len().min(MAX_TOKENS)).collect();
         let mut ids = Vec::with_capacity(lengths.iter().sum());
         for encoding in &encodings {
-            ids.extend_from_slice(encoding.get_ids());
+            ids.extend_from_slice(&truncated(encoding.get_ids()));
         }
         Tokens::new(ids, lengths)
     }
@@ -63,6 +57,19 @@ impl TextTokenizer {
     /// # Errors
     /// [`ModelError::Tokenizer`] if the tokenizer fails on `text`.
     pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
-        Ok(self.counting.encode_fast(text, true)?.len())
+        Ok(self.tokenizer.encode_fast(text, true)?.len())
+    }
+}
+
+/// `ids` (`[CLS]`, word pieces, `[SEP]`) cut to [`MAX_TOKENS`]: the first `MAX_TOKENS - 1`
+/// and the closing `[SEP]`.
+fn truncated(ids: &[u32]) -> std::borrow::Cow<'_, [u32]> {
+    match ids.split_last() {
+        Some((&sep, _)) if ids.len() > MAX_TOKENS => {
+            let mut kept = ids[..MAX_TOKENS - 1].to_vec();
+            kept.push(sep);
+            kept.into()
+        }
+        _ => ids.into(),
     }
 }

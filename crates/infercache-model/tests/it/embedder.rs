@@ -66,6 +66,46 @@ fn a_sentence_alone_and_in_a_padded_batch_embed_the_same() {
 }
 
 #[test]
+fn truncation_matches_the_tokenizer_librarys_own() {
+    // The embedder truncates token ids itself (one tokenizer for counting and embedding);
+    // the library's own truncation at 256 must give the same ids for short and long texts.
+    let embedder = embedder();
+    let json = std::fs::read(crate::model_files().dir().join("tokenizer.json")).unwrap();
+    let mut library = tokenizers::Tokenizer::from_bytes(&json).unwrap();
+    library.with_padding(None);
+    library
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: MAX_TOKENS,
+            ..tokenizers::TruncationParams::default()
+        }))
+        .unwrap();
+    let long = "lorem ipsum dolor sit amet, consectetur ".repeat(80);
+    let edge = "word ".repeat(MAX_TOKENS - 2);
+    let over = "word ".repeat(MAX_TOKENS - 1);
+    let texts = [
+        "hello",
+        WEATHER,
+        long.as_str(),
+        edge.as_str(),
+        over.as_str(),
+    ];
+    let tokens = embedder.tokenize(&texts).unwrap();
+    let mut offset = 0;
+    for (text, &len) in texts.iter().zip(tokens.lengths()) {
+        let want = library.encode_fast(*text, true).unwrap();
+        assert_eq!(
+            &tokens.ids()[offset..offset + len],
+            want.get_ids(),
+            "{text:.40}"
+        );
+        offset += len;
+    }
+    assert_eq!(tokens.lengths()[2], MAX_TOKENS);
+    assert_eq!(tokens.lengths()[3], MAX_TOKENS);
+    assert_eq!(tokens.lengths()[4], MAX_TOKENS);
+}
+
+#[test]
 fn long_inputs_are_truncated_at_256_tokens() {
     let embedder = embedder();
     let base = "lorem ipsum dolor sit amet ".repeat(200); // far beyond 512 positions
