@@ -36,7 +36,8 @@ pub use error::InferError;
 pub use infercache_engine::Stale;
 pub use models::{CachePolicy, Model, Models, NoBuiltinModel, ResolveError, serves_builtin};
 pub use rows::{
-    CacheControl, NoObserver, Observer, Outcome, RowRequest, RowSource, Rows, answer_budget,
+    CacheControl, CanonicalRows, NoObserver, Observer, Outcome, RowRequest, RowSource, Rows,
+    answer_budget,
 };
 
 /// The cache (`None` when disabled) and the models served through it. Cheap to clone;

@@ -50,8 +50,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use infercache_backend::{BackendError, Inputs, UpstreamError};
-use infercache_core::{Digest, Epochs, KeyParts};
+use infercache_backend::{BackendError, Inputs, JsonText, UpstreamError};
+use infercache_core::canonical::InputKind;
+use infercache_core::{CanonicalInput, Digest, Epochs, KeyParts};
 use infercache_engine::{
     Cache, CacheKey, ComputeError, Computed, Fetched, Lookup, RequestOptions, Source, Stale,
 };
@@ -93,6 +94,70 @@ pub struct RowRequest {
     pub inputs: Arc<Inputs>,
     /// How the cache may be used.
     pub control: CacheControl,
+}
+
+/// A request's rows built from their canonical forms ([`CanonicalInput`]): texts, or JSON
+/// rows in canonical JSON. A caller that has canonicalized its rows already (a bulk job
+/// does, once per input, to find its file's repeats) hands them to
+/// [`Infer::canonical_rows`], which keys them by these forms instead of canonicalizing
+/// them again. The backend reads the rows made from the same forms ([`Inputs::texts`], or
+/// [`Inputs::Json`] of the canonical text), and canonical JSON is its own canonical form,
+/// so each key is bit for bit the key [`Infer::rows`] gives the same row as a client
+/// sends it, in any key order and spacing.
+#[derive(Debug, Clone)]
+pub struct CanonicalRows {
+    inputs: Arc<Inputs>,
+    canonical: Vec<CanonicalInput>,
+}
+
+impl CanonicalRows {
+    /// Texts, each a [`CanonicalInput::text`].
+    ///
+    /// # Errors
+    /// A message when a row is not a text.
+    pub fn texts(rows: Vec<CanonicalInput>) -> Result<Self, String> {
+        let texts = rows
+            .iter()
+            .map(|row| match row.kind() {
+                InputKind::Text => std::str::from_utf8(row.as_bytes())
+                    .map(str::to_owned)
+                    .map_err(|e| e.to_string()),
+                other => Err(format!("a text row is {other:?}")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            inputs: Arc::new(Inputs::texts(texts)),
+            canonical: rows,
+        })
+    }
+
+    /// JSON rows, each a [`CanonicalInput::json_str`] (or [`CanonicalInput::json`]), sent
+    /// with `parameters`.
+    ///
+    /// # Errors
+    /// A message when a row is not canonical JSON.
+    pub fn json(rows: Vec<CanonicalInput>, parameters: Option<JsonText>) -> Result<Self, String> {
+        let texts =
+            rows.iter()
+                .map(|row| match row.kind() {
+                    InputKind::Json => JsonText::new(Bytes::copy_from_slice(row.as_bytes()))
+                        .map_err(|e| e.to_string()),
+                    other => Err(format!("a JSON row is {other:?}")),
+                })
+                .collect::<Result<_, _>>()?;
+        Ok(Self {
+            inputs: Arc::new(Inputs::Json {
+                rows: texts,
+                parameters,
+            }),
+            canonical: rows,
+        })
+    }
+
+    /// The rows as a backend reads them.
+    pub fn inputs(&self) -> &Inputs {
+        &self.inputs
+    }
 }
 
 /// How one row was served.
@@ -221,6 +286,37 @@ impl Infer {
     /// [`InferError::NotCached`] under `only-if-cached`; [`InferError::Backend`] when the
     /// model failed and no stale entries could stand in.
     pub async fn rows(&self, request: RowRequest) -> Result<Rows, InferError> {
+        self.rows_keyed(request, None).await
+    }
+
+    /// [`Infer::rows`] of rows given in their canonical forms ([`CanonicalRows`]): keyed
+    /// by those forms, not canonicalized again.
+    ///
+    /// # Errors
+    /// As [`Infer::rows`].
+    pub async fn canonical_rows(
+        &self,
+        model: Arc<Model>,
+        tenant: Arc<str>,
+        rows: CanonicalRows,
+        control: CacheControl,
+    ) -> Result<Rows, InferError> {
+        let CanonicalRows { inputs, canonical } = rows;
+        let request = RowRequest {
+            model,
+            tenant,
+            inputs,
+            control,
+        };
+        self.rows_keyed(request, Some(canonical)).await
+    }
+
+    /// [`Infer::rows`], with the rows' canonical forms when the caller has them.
+    async fn rows_keyed(
+        &self,
+        request: RowRequest,
+        canonical: Option<Vec<CanonicalInput>>,
+    ) -> Result<Rows, InferError> {
         let RowRequest {
             model,
             tenant,
@@ -231,7 +327,11 @@ impl Infer {
             Some(cache) if model.policy().deterministic && !control.bypass => cache.clone(),
             _ => return self.uncached(&model, &inputs, control).await,
         };
-        let keys = keys(&cache, &model, &tenant, &inputs)?;
+        let canonical = match canonical {
+            Some(canonical) => canonical,
+            None => inputs.canonical().map_err(InferError::internal)?,
+        };
+        let keys = keys(&cache, &model, &tenant, &inputs, &canonical)?;
         let digests: Vec<Digest> = keys.iter().map(|k| *k.digest()).collect();
         let options = control.options;
         // Every row fresh in memory (and fit for the model, as `refuse_unfit` checks on
@@ -473,7 +573,8 @@ impl RowComputation {
     }
 }
 
-/// Each row's key: tenant, model name, version, digest (an upstream's identity,
+/// Each row's key from its canonical form (`canonical`: [`Inputs::canonical`], or the
+/// forms [`CanonicalRows`] were built from, the same bytes): tenant, model name, version, digest (an upstream's identity,
 /// [`ModelInfo::key_artifact`](infercache_backend::ModelInfo::key_artifact)), the canonical row and the
 /// output-affecting parameters, with the cache's epochs folded in. The one place a
 /// row's key is built.
@@ -482,9 +583,9 @@ fn keys(
     model: &Model,
     tenant: &str,
     inputs: &Inputs,
+    canonical: &[CanonicalInput],
 ) -> Result<Vec<CacheKey>, InferError> {
     let info = model.info();
-    let canonical = inputs.canonical().map_err(InferError::internal)?;
     let params = inputs
         .key_params(model.policy().params.as_deref())
         .map_err(InferError::internal)?;

@@ -13,10 +13,14 @@
 use std::fmt;
 use std::str::FromStr;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::JobError;
+use crate::input::Input;
 
 /// A job's file format, in and out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,9 +100,9 @@ pub struct Record {
     pub line: usize,
     /// Its key (CSV `key`, JSON `key`, OpenAI `custom_id`), else its line number.
     pub key: String,
-    /// Its inputs (one, except an OpenAI line whose `input` is an array), or why it
-    /// cannot be read.
-    pub inputs: Result<Vec<Value>, String>,
+    /// Its inputs (one, except an OpenAI line whose `input` is an array), each in its
+    /// canonical form, or why it cannot be read.
+    pub inputs: Result<Vec<Input>, String>,
 }
 
 /// Reads every record of `bytes`.
@@ -180,7 +184,7 @@ fn read_csv(bytes: &[u8], options: &ReadOptions) -> Result<Vec<Record>, JobError
                         row.len(),
                         input_col + 1
                     )),
-                    Some(text) => check(Value::String(text.to_owned()), options).map(|v| vec![v]),
+                    Some(text) => check_string(text, options).map(|v| vec![v]),
                 };
                 Record { line, key, inputs }
             }
@@ -193,17 +197,26 @@ fn read_csv(bytes: &[u8], options: &ReadOptions) -> Result<Vec<Record>, JobError
 fn jsonl_record(line: usize, text: &str, options: &ReadOptions) -> Record {
     let mut key = line.to_string();
     let inputs = (|| {
-        let value: Value =
+        // Read as raw JSON: the input is canonicalized from its own text (numbers as the
+        // file wrote them), never built into a tree of values.
+        let raw: &RawValue =
             serde_json::from_str(text).map_err(|e| format!("not a JSON value: {e}"))?;
-        let input = match value {
-            Value::String(_) => value,
-            Value::Object(mut obj) => {
-                match obj.remove("key") {
-                    Some(Value::String(k)) => key = k,
-                    Some(Value::Number(n)) => key = n.to_string(),
-                    Some(Value::Null) | None => {}
-                    Some(other) => {
-                        return Err(format!("`key` must be a string or a number, not {other}"));
+        let input = match raw.get().as_bytes().first() {
+            Some(b'"') => raw,
+            Some(b'{') => {
+                let mut obj: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
+                    .map_err(|e| format!("not a JSON value: {e}"))?;
+                if let Some(k) = obj.remove("key") {
+                    match serde_json::from_str::<Value>(k.get()) {
+                        Ok(Value::String(k)) => key = k,
+                        Ok(Value::Number(n)) => key = n.to_string(),
+                        Ok(Value::Null) => {}
+                        _ => {
+                            return Err(format!(
+                                "`key` must be a string or a number, not {}",
+                                k.get()
+                            ));
+                        }
                     }
                 }
                 let input = obj
@@ -216,14 +229,14 @@ fn jsonl_record(line: usize, text: &str, options: &ReadOptions) -> Record {
                 }
                 input
             }
-            other => {
+            _ => {
                 return Err(format!(
                     "a line is a JSON string or an object with `input`, not {}",
-                    kind_of(&other)
+                    kind_of_raw(raw)
                 ));
             }
         };
-        check(input, options).map(|v| vec![v])
+        check_raw(input, options).map(|v| vec![v])
     })();
     Record { line, key, inputs }
 }
@@ -279,45 +292,87 @@ fn openai_record(line: usize, text: &str, options: &ReadOptions) -> Record {
             Value::Array(items) => items,
             one => vec![one],
         };
-        inputs.into_iter().map(|i| check(i, options)).collect()
+        inputs
+            .into_iter()
+            .map(|i| check_value(i, options))
+            .collect()
     })();
     Record { line, key, inputs }
 }
 
-/// `input` if the model takes it: a string for a text model, non-empty, within the size
-/// limit.
-fn check(input: Value, options: &ReadOptions) -> Result<Value, String> {
-    let chars = match (&input, options.kind) {
-        (Value::String(s), _) => s.chars().count(),
-        (other, InputKind::Text) => {
-            return Err(format!(
-                "the model takes texts; the input is {}",
-                kind_of(other)
-            ));
-        }
-        (Value::Null, InputKind::Json) => 0,
-        (other, InputKind::Json) => other.to_string().chars().count(),
-    };
-    if chars == 0 || input.as_str().is_some_and(|s| s.trim().is_empty()) {
+/// A string input if the model takes it: non-empty, within the size limit.
+fn check_string(text: &str, options: &ReadOptions) -> Result<Input, String> {
+    let chars = text.chars().count();
+    if chars == 0 || text.trim().is_empty() {
         return Err("the input is empty".to_owned());
     }
     if chars > options.max_input_chars {
-        return Err(format!(
-            "the input has {chars} characters; at most {} are allowed",
-            options.max_input_chars
-        ));
+        return Err(too_long(chars, options));
     }
-    Ok(input)
+    Ok(match options.kind {
+        InputKind::Text => Input::text(text),
+        InputKind::Json => Input::json_string(text),
+    })
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// A JSON input as its raw text, if the model takes it: a string for a text model,
+/// non-empty, within the size limit (counted in its canonical text).
+fn check_raw(raw: &RawValue, options: &ReadOptions) -> Result<Input, String> {
+    if raw.get().starts_with('"') {
+        let text: std::borrow::Cow<'_, str> =
+            serde_json::from_str(raw.get()).map_err(|e| format!("not a JSON string: {e}"))?;
+        return check_string(&text, options);
+    }
+    if options.kind == InputKind::Text {
+        return Err(format!(
+            "the model takes texts; the input is {}",
+            kind_of_raw(raw)
+        ));
+    }
+    if raw.get() == "null" {
+        return Err("the input is empty".to_owned());
+    }
+    // A cheap bound first: the canonical text is never longer than the raw one.
+    if raw.get().len() > options.max_input_chars {
+        let canonical = Input::json(raw.get())?;
+        let chars =
+            std::str::from_utf8(canonical.canonical().as_bytes()).map_or(0, |t| t.chars().count());
+        if chars > options.max_input_chars {
+            return Err(too_long(chars, options));
+        }
+        return Ok(canonical);
+    }
+    Input::json(raw.get())
+}
+
+/// [`check_raw`] of a parsed value (OpenAI batch lines).
+fn check_value(input: Value, options: &ReadOptions) -> Result<Input, String> {
+    match input {
+        Value::String(s) => check_string(&s, options),
+        other => {
+            let raw = serde_json::value::to_raw_value(&other)
+                .map_err(|e| format!("the input cannot be written as JSON: {e}"))?;
+            check_raw(&raw, options)
+        }
+    }
+}
+
+fn too_long(chars: usize, options: &ReadOptions) -> String {
+    format!(
+        "the input has {chars} characters; at most {} are allowed",
+        options.max_input_chars
+    )
+}
+
+/// The kind of the JSON value whose text is `raw`.
+fn kind_of_raw(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
     }
 }
 
@@ -348,14 +403,22 @@ impl Writer {
         &mut self,
         out: &mut Vec<u8>,
         record: &Record,
-        inputs: &[Value],
+        inputs: &[Input],
         outputs: &[Value],
     ) {
         match self.format {
             Format::Jsonl => {
+                // `{"input", "key", "output"}`, the keys in order, written in place.
+                let key = serde_json::to_string(&record.key).expect("a string serializes");
                 for (input, output) in inputs.iter().zip(outputs) {
-                    let line = json!({ "key": record.key, "input": input, "output": output });
-                    push_line(out, &line);
+                    out.extend_from_slice(b"{\"input\":");
+                    input.write_json(out);
+                    out.extend_from_slice(b",\"key\":");
+                    out.extend_from_slice(key.as_bytes());
+                    out.extend_from_slice(b",\"output\":");
+                    serde_json::to_writer(&mut *out, output)
+                        .expect("writing JSON to memory cannot fail");
+                    out.extend_from_slice(b"}\n");
                 }
             }
             Format::OpenaiBatch => {
@@ -389,7 +452,7 @@ impl Writer {
                         push_csv(out, &header);
                         cols
                     });
-                    let mut row = vec![record.key.clone(), cell(input)];
+                    let mut row = vec![record.key.clone(), cell(&input.to_value())];
                     row.extend(cells(output, columns));
                     push_csv(out, &row);
                 }
@@ -399,11 +462,11 @@ impl Writer {
 
     /// Appends the error line of `record` (its line, key, input and why it failed) to
     /// `out`.
-    pub fn error(out: &mut Vec<u8>, record: &Record, input: Option<&Value>, reason: &str) {
+    pub fn error(out: &mut Vec<u8>, record: &Record, input: Option<&Input>, reason: &str) {
         let line = json!({
             "line": record.line,
             "key": record.key,
-            "input": input,
+            "input": input.map(Input::to_value),
             "reason": reason,
         });
         push_line(out, &line);
@@ -485,9 +548,9 @@ mod tests {
         let records = read(text.as_bytes(), &options(Format::Jsonl, InputKind::Text)).unwrap();
         assert_eq!(records.len(), 8);
         assert_eq!((records[0].line, records[0].key.as_str()), (1, "1"));
-        assert_eq!(records[0].inputs, Ok(vec![json!("a")]));
+        assert_eq!(records[0].inputs, Ok(vec![Input::text("a")]));
         assert_eq!((records[1].line, records[1].key.as_str()), (2, "k"));
-        assert_eq!(records[1].inputs, Ok(vec![json!("b")]));
+        assert_eq!(records[1].inputs, Ok(vec![Input::text("b")]));
         for r in &records[2..] {
             assert!(r.inputs.is_err(), "line {} read", r.line);
         }
@@ -518,7 +581,7 @@ mod tests {
     fn csv_in_ersilia_shape_with_a_short_row_and_named_columns() {
         let text = "key,input\nk1,CCO\nk2\n,N\n";
         let records = read(text.as_bytes(), &options(Format::Csv, InputKind::Text)).unwrap();
-        assert_eq!(records[0].inputs, Ok(vec![json!("CCO")]));
+        assert_eq!(records[0].inputs, Ok(vec![Input::text("CCO")]));
         assert_eq!(records[0].key, "k1");
         assert!(records[1].inputs.is_err());
         assert_eq!((records[2].key.as_str(), records[2].line), ("4", 4));
@@ -527,11 +590,11 @@ mod tests {
         o.column = Some("b".into());
         assert_eq!(
             read(b"a,b\n1,2\n", &o).unwrap()[0].inputs,
-            Ok(vec![json!("2")])
+            Ok(vec![Input::text("2")])
         );
         assert_eq!(
             read(b"smiles\nC\n", &options(Format::Csv, InputKind::Text)).unwrap()[0].inputs,
-            Ok(vec![json!("C")])
+            Ok(vec![Input::text("C")])
         );
     }
 
@@ -546,7 +609,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(records[0].key, "r1");
-        assert_eq!(records[0].inputs, Ok(vec![json!("a"), json!("b")]));
+        assert_eq!(
+            records[0].inputs,
+            Ok(vec![Input::text("a"), Input::text("b")])
+        );
         assert!(
             records[1]
                 .inputs
@@ -562,16 +628,16 @@ mod tests {
         let r = Record {
             line: 2,
             key: "k".into(),
-            inputs: Ok(vec![json!("x")]),
+            inputs: Ok(vec![Input::text("x")]),
         };
         let mut out = Vec::new();
         w.output(
             &mut out,
             &r,
-            &[json!("x")],
+            &[Input::text("x")],
             &[json!({"mw": 1, "name": "a,b"})],
         );
-        w.output(&mut out, &r, &[json!("y")], &[json!({"name": "c"})]);
+        w.output(&mut out, &r, &[Input::text("y")], &[json!({"name": "c"})]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "key,input,mw,name\nk,x,1,\"a,b\"\nk,y,,c\n"

@@ -33,6 +33,7 @@
 pub mod distributed;
 mod error;
 pub mod format;
+mod input;
 pub mod journal;
 pub mod model;
 pub mod runner;
@@ -40,6 +41,7 @@ pub mod spec;
 
 pub use error::JobError;
 pub use format::{Format, InputKind};
+pub use input::Input;
 pub use journal::Counts;
 pub use model::{CallCounter, Identity, InferModel, JobModel, RowResult, Served};
 pub use runner::{JobOptions, Mode, NoProgress, Progress, Summary, WorkerCounts, run};

@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use infercache_backend::{BackendKind, BoxFuture, Inputs, JsonText, vector};
-use infercache_infer::{CacheControl, Infer, Model, Observer, RowRequest, RowSource};
+use infercache_backend::{BackendKind, BoxFuture, JsonText, vector};
+use infercache_infer::{
+    CacheControl, CanonicalRows, Infer, InferError, Model, Observer, RowSource,
+};
 use serde_json::{Map, Value};
 
 use crate::JobError;
 use crate::format::InputKind;
+use crate::input::Input;
 
 /// A model's identity, as a job's spec records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +53,14 @@ pub trait JobModel: Send + Sync + std::fmt::Debug {
 
     /// The rows of `inputs`, in order. An `Err` fails the whole call (the runner then
     /// splits the batch to find the inputs that fail).
-    fn rows<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Result<Vec<RowResult>, String>>;
+    fn rows<'a>(&'a self, inputs: &'a [Input]) -> BoxFuture<'a, Result<Vec<RowResult>, String>>;
 
     /// The cached rows of `inputs`, computing none: `None` for an input not cached (or
     /// whose stored row cannot be read, which `rows` then computes afresh). One call looks
     /// up many inputs at once, so a re-run of a job costs a few large lookups rather than
     /// one per-row-path call per batch. By default nothing is looked up: every input goes
     /// to `rows`.
-    fn lookup<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Vec<Option<Value>>> {
+    fn lookup<'a>(&'a self, inputs: &'a [Input]) -> BoxFuture<'a, Vec<Option<Value>>> {
         Box::pin(async move { vec![None; inputs.len()] })
     }
 
@@ -98,7 +101,8 @@ pub struct InferModel {
     infer: Infer,
     model: Arc<Model>,
     tenant: Arc<str>,
-    parameters: Option<Map<String, Value>>,
+    /// The parameters sent with every row, as JSON text.
+    parameters: Option<JsonText>,
     counter: Arc<CallCounter>,
 }
 
@@ -148,42 +152,33 @@ impl InferModel {
             infer,
             model,
             tenant: Arc::from(tenant),
-            parameters,
+            parameters: parameters.map(|p| json_text(&Value::Object(p))),
             counter,
         })
     }
 
-    /// `inputs` on the per-row path under `control`.
+    /// `inputs` on the per-row path under `control`, keyed by the canonical forms the
+    /// job read them in.
     async fn call(
         &self,
-        inputs: &[Value],
+        inputs: &[Input],
         control: CacheControl,
-    ) -> Result<infercache_infer::Rows, infercache_infer::InferError> {
-        let inputs = match self.input_kind() {
-            // The job's inputs were parsed from its file, so a row goes upstream as
-            // serde_json writes it back (a number past 64 bits rounded), not as the
-            // file spelled it.
-            InputKind::Json => Inputs::Json {
-                rows: inputs.iter().map(json_text).collect(),
-                parameters: self
-                    .parameters
-                    .as_ref()
-                    .map(|p| json_text(&Value::Object(p.clone()))),
-            },
-            InputKind::Text => Inputs::texts(
-                inputs
-                    .iter()
-                    .map(|v| v.as_str().unwrap_or_default().to_owned())
-                    .collect(),
-            ),
-        };
+    ) -> Result<infercache_infer::Rows, InferError> {
+        let canonical = inputs.iter().map(|i| i.canonical().clone()).collect();
+        // A JSON row goes upstream as its canonical text: the value the file holds, every
+        // number as the file wrote it.
+        let rows = match self.input_kind() {
+            InputKind::Json => CanonicalRows::json(canonical, self.parameters.clone()),
+            InputKind::Text => CanonicalRows::texts(canonical),
+        }
+        .map_err(InferError::internal)?;
         self.infer
-            .rows(RowRequest {
-                model: Arc::clone(&self.model),
-                tenant: Arc::clone(&self.tenant),
-                inputs: Arc::new(inputs),
+            .canonical_rows(
+                Arc::clone(&self.model),
+                Arc::clone(&self.tenant),
+                rows,
                 control,
-            })
+            )
             .await
     }
 
@@ -233,7 +228,7 @@ impl JobModel for InferModel {
         }
     }
 
-    fn rows<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Result<Vec<RowResult>, String>> {
+    fn rows<'a>(&'a self, inputs: &'a [Input]) -> BoxFuture<'a, Result<Vec<RowResult>, String>> {
         Box::pin(async move {
             let rows = self
                 .call(inputs, CacheControl::default())
@@ -263,7 +258,7 @@ impl JobModel for InferModel {
         })
     }
 
-    fn lookup<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Vec<Option<Value>>> {
+    fn lookup<'a>(&'a self, inputs: &'a [Input]) -> BoxFuture<'a, Vec<Option<Value>>> {
         Box::pin(async move {
             let control = CacheControl {
                 cache_only: true,

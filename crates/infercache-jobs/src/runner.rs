@@ -26,7 +26,7 @@
 //! A stop request (SIGINT, SIGTERM) lets the windows in flight finish and be journaled,
 //! then returns: nothing done is done again on resume.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,7 @@ use tokio::sync::Semaphore;
 
 use crate::JobError;
 use crate::format::{self, Format, ReadOptions, Record, Writer};
+use crate::input::Input;
 use crate::journal::{Counts, Entry, Journal};
 use crate::model::{JobModel, RowResult, Served};
 use crate::spec::{JobSpec, KEY_SCHEME};
@@ -277,10 +278,10 @@ pub async fn run(
                 counts.rows += 1;
                 continue;
             };
-            let mine: Vec<(&Value, RowResult)> =
+            let mine: Vec<(&Input, RowResult)> =
                 results.by_ref().take(record_inputs.len()).collect();
             let mut outputs = Vec::with_capacity(mine.len());
-            let mut failed: Option<(&Value, String)> = None;
+            let mut failed: Option<(&Input, String)> = None;
             for (j, (input, result)) in mine.into_iter().enumerate() {
                 counts.rows += 1;
                 match result {
@@ -412,7 +413,7 @@ impl Plan {
 }
 
 /// The readable inputs of the records in `range`, repeats included, in order.
-pub(crate) fn inputs_in(records: &[Record], range: std::ops::Range<usize>) -> Vec<Value> {
+pub(crate) fn inputs_in(records: &[Record], range: std::ops::Range<usize>) -> Vec<Input> {
     records[range]
         .iter()
         .filter_map(|r| r.inputs.as_ref().ok())
@@ -422,28 +423,18 @@ pub(crate) fn inputs_in(records: &[Record], range: std::ops::Range<usize>) -> Ve
 }
 
 /// Each input's first-occurrence flag, by record and input, and the number of distinct
-/// readable inputs.
+/// readable inputs. An input is its canonical form, as in its cache key: a JSON row's
+/// key order and spacing do not matter.
 fn first_occurrences(records: &[Record]) -> (Vec<Vec<bool>>, u64) {
-    let mut seen: HashMap<[u8; 32], ()> = HashMap::with_capacity(records.len());
+    let mut seen: HashSet<&Input> = HashSet::with_capacity(records.len());
     let firsts = records
         .iter()
         .map(|r| match &r.inputs {
             Err(_) => Vec::new(),
-            Ok(inputs) => inputs
-                .iter()
-                .map(|input| seen.insert(identity(input), ()).is_none())
-                .collect(),
+            Ok(inputs) => inputs.iter().map(|input| seen.insert(input)).collect(),
         })
         .collect();
     (firsts, seen.len() as u64)
-}
-
-/// An input's identity in a job: BLAKE3 of its canonical JSON, so that a JSON row's key
-/// order does not matter, as it does not in its cache key.
-fn identity(input: &Value) -> [u8; 32] {
-    let canonical = infercache_core::canonical::canonical_json(input)
-        .expect("parsed JSON holds only finite numbers");
-    *blake3::hash(&canonical).as_bytes()
 }
 
 fn inputs_of(record: &Record) -> usize {
@@ -487,7 +478,7 @@ pub(crate) fn windows(
 /// the Redis tier's leases keep the repeat from being computed twice.
 pub(crate) async fn window_rows(
     model: &dyn JobModel,
-    inputs: &[Value],
+    inputs: &[Input],
     firsts: &[bool],
     batch: usize,
     calls: &Semaphore,
@@ -500,15 +491,15 @@ pub(crate) async fn window_rows(
     let found = model.lookup(inputs).await;
     // Each distinct missing input once, in order of first appearance in the window; those
     // first seen in this window go first.
-    let mut now: Vec<Value> = Vec::new();
-    let mut later: Vec<Value> = Vec::new();
-    let mut slot_of: HashMap<[u8; 32], (bool, usize)> = HashMap::new();
+    let mut now: Vec<Input> = Vec::new();
+    let mut later: Vec<Input> = Vec::new();
+    let mut slot_of: HashMap<&Input, (bool, usize)> = HashMap::new();
     let slots: Vec<Option<(bool, usize)>> = found
         .iter()
         .zip(inputs.iter().zip(firsts))
         .map(|(hit, (input, first))| {
             hit.is_none().then(|| {
-                *slot_of.entry(identity(input)).or_insert_with(|| {
+                *slot_of.entry(input).or_insert_with(|| {
                     let list = if *first { &mut now } else { &mut later };
                     list.push(input.clone());
                     (*first, list.len() - 1)
@@ -550,7 +541,7 @@ pub(crate) async fn window_rows(
 /// The rows of `inputs` in calls of at most `batch`, each holding one of `calls`' permits.
 async fn compute_all(
     model: &dyn JobModel,
-    inputs: &[Value],
+    inputs: &[Input],
     batch: usize,
     calls: &Semaphore,
 ) -> Vec<RowResult> {
@@ -572,7 +563,7 @@ async fn compute_all(
 /// alone, so that one bad input fails only itself.
 pub(crate) fn compute<'a>(
     model: &'a dyn JobModel,
-    inputs: &'a [Value],
+    inputs: &'a [Input],
 ) -> BoxFuture<'a, Vec<RowResult>> {
     Box::pin(async move {
         match model.rows(inputs).await {
@@ -779,7 +770,6 @@ fn place(from: &Path, to: &Path) -> Result<(), JobError> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
 
     use super::*;
 
@@ -787,7 +777,7 @@ mod tests {
         Record {
             line,
             key: line.to_string(),
-            inputs: Ok(inputs.iter().map(|s| json!(s)).collect()),
+            inputs: Ok(inputs.iter().map(|s| Input::text(s)).collect()),
         }
     }
 

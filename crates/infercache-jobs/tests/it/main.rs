@@ -421,3 +421,117 @@ async fn openai_batch_lines_come_back_as_batch_output_lines() {
     );
     assert_eq!(out[1]["response"]["body"]["data"][1]["index"], 1);
 }
+
+/// The rows of `inputs` on the server's per-row path (`Infer::rows`, as a route calls
+/// it), each as a client writes it: how many were hits.
+async fn served_hits(infer: &Infer, inputs: infercache_backend::Inputs) -> usize {
+    let rows = infer
+        .rows(infercache_infer::RowRequest {
+            model: Arc::clone(infer.models().get("m").unwrap()),
+            tenant: Arc::from("default"),
+            inputs: Arc::new(inputs),
+            control: infercache_infer::CacheControl::default(),
+        })
+        .await
+        .unwrap();
+    rows.hits()
+}
+
+fn json_rows(texts: &[&str]) -> infercache_backend::Inputs {
+    infercache_backend::Inputs::Json {
+        rows: texts
+            .iter()
+            .map(|t| infercache_backend::JsonText::new(bytes::Bytes::from(t.to_string())).unwrap())
+            .collect(),
+        parameters: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_entries_are_hits_for_the_servers_per_row_path_and_the_servers_for_a_job() {
+    let w = World::new().await;
+    let counter = Arc::new(CallCounter::default());
+    let infer = infer(
+        w.dir.path(),
+        &[config(BackendKind::HttpJson, &w.url, "1")],
+        &counter,
+    );
+    let model = InferModel::new(
+        infer.clone(),
+        Arc::clone(infer.models().get("m").unwrap()),
+        "default",
+        None,
+        Arc::clone(&counter),
+    )
+    .unwrap();
+
+    // A job first: the server's requests for the same rows, spelled otherwise (key
+    // order, spacing, escapes), are hits.
+    w.write(
+        "in.jsonl",
+        "{\"input\": {\"b\": [1.50, 2], \"a\": \"x\"}}\n{\"input\": \"caf\\u00e9\"}\n{\"input\": 12345678901234567890123}\n",
+    );
+    let s = run(&model, &w.options("in.jsonl", Format::Jsonl))
+        .await
+        .unwrap();
+    assert_eq!((s.computed, s.errors), (3, 0), "{s:?}");
+    let rows = w.up.rows();
+    let client = json_rows(&[
+        r#"{ "a":"x","b":[1.50,2] }"#,
+        "\"café\"",
+        "12345678901234567890123",
+    ]);
+    assert_eq!(served_hits(&infer, client).await, 3);
+    assert_eq!(w.up.rows(), rows, "the server computed a row the job had");
+
+    // The server first: a job over the same rows computes none of them.
+    let client = json_rows(&[r#"{"n": 1.0, "m": [true, null]}"#, r#""text""#]);
+    assert_eq!(served_hits(&infer, client).await, 0);
+    let rows = w.up.rows();
+    w.write(
+        "in2.jsonl",
+        "{\"key\": \"a\", \"input\": {\"m\": [true, null], \"n\": 1.0}}\n\"text\"\n",
+    );
+    let mut options = w.options("in2.jsonl", Format::Jsonl);
+    options.output = Some(w.path("out2"));
+    let s = run(&model, &options).await.unwrap();
+    assert_eq!((s.hits, s.computed, s.errors), (2, 0, 0), "{s:?}");
+    assert_eq!(w.up.rows(), rows, "the job computed a row the server had");
+
+    // A number spelled otherwise is another input (a Python upstream reads 1 and 1.0
+    // apart): computed, not served from 1.0's entry.
+    w.write(
+        "in3.jsonl",
+        "{\"input\": {\"m\": [true, null], \"n\": 1}}\n",
+    );
+    let mut options = w.options("in3.jsonl", Format::Jsonl);
+    options.output = Some(w.path("out3"));
+    let s = run(&model, &options).await.unwrap();
+    assert_eq!((s.hits, s.computed), (0, 1), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_jobs_entries_are_hits_for_the_servers_per_row_path() {
+    let w = World::new().await;
+    let counter = Arc::new(CallCounter::default());
+    let infer = infer(
+        w.dir.path(),
+        &[config(BackendKind::OpenAi, &w.url, "1")],
+        &counter,
+    );
+    let model = InferModel::new(
+        infer.clone(),
+        Arc::clone(infer.models().get("m").unwrap()),
+        "default",
+        None,
+        Arc::clone(&counter),
+    )
+    .unwrap();
+    w.write("in.jsonl", "\"hi\"\n{\"input\": \"caf\\u00e9\"}\n");
+    let s = run(&model, &w.options("in.jsonl", Format::Jsonl))
+        .await
+        .unwrap();
+    assert_eq!(s.computed, 2, "{s:?}");
+    let texts = infercache_backend::Inputs::texts(vec!["café".into(), "hi".into()]);
+    assert_eq!(served_hits(&infer, texts).await, 2);
+}

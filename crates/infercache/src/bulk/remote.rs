@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use infercache_backend::BoxFuture;
-use infercache_jobs::{Identity, InputKind, JobModel, RowResult, Served};
+use infercache_jobs::{Identity, Input, InputKind, JobModel, RowResult, Served};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
@@ -78,7 +78,7 @@ impl ServerModel {
         })
     }
 
-    async fn request(&self, inputs: &[Value]) -> anyhow::Result<(Vec<Value>, usize)> {
+    async fn request(&self, inputs: &[Input]) -> anyhow::Result<(Vec<Value>, usize)> {
         let name = &self.identity.name;
         let (path, body) = match self.kind.as_str() {
             "http-json" => {
@@ -137,7 +137,7 @@ impl JobModel for ServerModel {
         }
     }
 
-    fn rows<'a>(&'a self, inputs: &'a [Value]) -> BoxFuture<'a, Result<Vec<RowResult>, String>> {
+    fn rows<'a>(&'a self, inputs: &'a [Input]) -> BoxFuture<'a, Result<Vec<RowResult>, String>> {
         Box::pin(async move {
             let (rows, hits) = self.request(inputs).await.map_err(|e| format!("{e:#}"))?;
             if hits < rows.len() {
