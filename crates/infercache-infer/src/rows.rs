@@ -56,6 +56,7 @@ use infercache_core::{CanonicalInput, Digest, Epochs, KeyParts};
 use infercache_engine::{
     Cache, CacheKey, ComputeError, Computed, Fetched, Lookup, RequestOptions, Source, Stale,
 };
+use serde_json::value::RawValue;
 
 #[cfg(doc)]
 use crate::models::CachePolicy;
@@ -137,14 +138,21 @@ impl CanonicalRows {
     /// # Errors
     /// A message when a row is not canonical JSON.
     pub fn json(rows: Vec<CanonicalInput>, parameters: Option<JsonText>) -> Result<Self, String> {
-        let texts =
-            rows.iter()
-                .map(|row| match row.kind() {
-                    InputKind::Json => JsonText::new(Bytes::copy_from_slice(row.as_bytes()))
-                        .map_err(|e| e.to_string()),
-                    other => Err(format!("a JSON row is {other:?}")),
-                })
-                .collect::<Result<_, _>>()?;
+        let texts = rows
+            .iter()
+            .map(|row| match row.kind() {
+                // Checked here rather than by `JsonText::new`, so that the parser is
+                // built at this crate's optimization level (dev builds optimize the
+                // per-row path, not the backend crate).
+                InputKind::Json => {
+                    let text = Bytes::copy_from_slice(row.as_bytes());
+                    let raw: &RawValue =
+                        serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+                    Ok(JsonText::within(&text, raw))
+                }
+                other => Err(format!("a JSON row is {other:?}")),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             inputs: Arc::new(Inputs::Json {
                 rows: texts,

@@ -33,7 +33,6 @@ use std::time::Duration;
 use futures_util::future::try_join_all;
 use infercache_redis::RedisConfig;
 use infercache_redis::redis::{self, aio::MultiplexedConnection};
-use tokio::sync::Semaphore;
 
 use crate::JobError;
 use crate::model::{JobModel, Served};
@@ -418,7 +417,7 @@ pub async fn run(
         if enqueued {
             tracing::info!(job = %id, windows = windows.len(), "enqueued the job's windows");
         }
-        let calls = Semaphore::new(concurrency);
+        let calls = runner::Calls::new(concurrency);
         let loops =
             (0..WINDOWS_IN_FLIGHT).map(|_| work(model, &plan, batch, &calls, &queue, &tally, stop));
         try_join_all(loops).await?;
@@ -456,7 +455,7 @@ async fn work(
     model: &dyn JobModel,
     plan: &Plan,
     batch: usize,
-    calls: &Semaphore,
+    calls: &runner::Calls,
     queue: &RedisQueue,
     tally: &Tally,
     stop: &AtomicBool,

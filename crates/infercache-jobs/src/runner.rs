@@ -231,7 +231,7 @@ pub async fn run(
     let calls_before = counts.model_calls;
     let batch = options.batch_size.max(1);
     let concurrency = options.concurrency.max(1);
-    let calls = Semaphore::new(concurrency);
+    let calls = Calls::new(concurrency);
     let windows = windows(
         &firsts,
         last.records,
@@ -467,9 +467,52 @@ pub(crate) fn windows(
     out
 }
 
+/// The model calls of a job (or of a worker's windows): `concurrency` at once, and
+/// whether windows are looked up first.
+#[derive(Debug)]
+pub(crate) struct Calls {
+    permits: Semaphore,
+    lookups: Lookups,
+}
+
+impl Calls {
+    pub(crate) fn new(concurrency: usize) -> Self {
+        Self {
+            permits: Semaphore::new(concurrency),
+            lookups: Lookups::default(),
+        }
+    }
+}
+
+/// Whether a window's inputs are looked up whole before its misses go to the model.
+///
+/// The lookup only batches what the model calls would look up anyway (the per-row path
+/// serves every cached row as a hit), so it is skipped while it finds nothing, as in a
+/// job's first run, where each row would otherwise be looked up twice: once here, once on
+/// the path. A hit among the first occurrences a window computed turns it back on.
+#[derive(Debug)]
+struct Lookups(AtomicBool);
+
+impl Default for Lookups {
+    fn default() -> Self {
+        Self(AtomicBool::new(true))
+    }
+}
+
+impl Lookups {
+    fn wanted(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn found(&self, hits: bool) {
+        self.0.store(hits, Ordering::Relaxed);
+    }
+}
+
 /// The rows of a window's `inputs` (`firsts`: whether each is its input's first
-/// occurrence in the file): one lookup of them all, then the misses, each distinct one
-/// once, computed in calls of at most `batch`, each call holding one of `calls`' permits.
+/// occurrence in the file): one lookup of them all (unless `lookups` says it finds
+/// nothing), then the misses, each distinct one once, computed in calls of at most
+/// `batch`, each call holding one of `calls`' permits.
 ///
 /// A repeat whose first occurrence is in an earlier window but is not cached yet (that
 /// window still computing it) is computed only once `earlier` completes: it is then
@@ -481,14 +524,21 @@ pub(crate) async fn window_rows(
     inputs: &[Input],
     firsts: &[bool],
     batch: usize,
-    calls: &Semaphore,
+    calls: &Calls,
     earlier: impl Future<Output = ()>,
 ) -> Vec<RowResult> {
     if inputs.is_empty() {
         return Vec::new();
     }
     let batch = batch.max(1);
-    let found = model.lookup(inputs).await;
+    let lookups = &calls.lookups;
+    let found = if lookups.wanted() {
+        let found = model.lookup(inputs).await;
+        lookups.found(found.iter().any(Option::is_some));
+        found
+    } else {
+        vec![None; inputs.len()]
+    };
     // Each distinct missing input once, in order of first appearance in the window; those
     // first seen in this window go first.
     let mut now: Vec<Input> = Vec::new();
@@ -507,12 +557,18 @@ pub(crate) async fn window_rows(
             })
         })
         .collect();
-    let computed_now = compute_all(model, &now, batch, calls).await;
+    let computed_now = compute_all(model, &now, batch, &calls.permits).await;
+    if computed_now
+        .iter()
+        .any(|r| matches!(r, Ok((_, Served::Hit))))
+    {
+        lookups.found(true);
+    }
     let computed_later = if later.is_empty() {
         Vec::new()
     } else {
         earlier.await;
-        compute_all(model, &later, batch, calls).await
+        compute_all(model, &later, batch, &calls.permits).await
     };
     let mut taken = (vec![false; now.len()], vec![false; later.len()]);
     found
