@@ -24,7 +24,8 @@
 //! ```
 //!
 //! Environment: `ROUNDS` (5), `THREADS` (2, the forward pass's threads on both sides),
-//! `PASSES` (passes per latency point, 5), `TRACE` (trace events, 400).
+//! `PASSES` (passes per latency point, 5), `TRACE` (trace events, 400), `STREAM_ONLY` (`1`:
+//! the cold stream alone, for profiling it).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -70,6 +71,41 @@ fn spread(v: &[f64]) -> String {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Wall and CPU time of one measured step.
+struct Timed {
+    wall: f64,
+    cpu: f64,
+}
+
+/// CPU seconds this process's threads have run, from `/proc/self/task/*/schedstat`
+/// (threads that have exited are not counted; none exit during a measured step).
+fn cpu_seconds() -> Result<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        ns += stat
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse::<u64>()?;
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// `f`'s output with its wall and CPU time.
+async fn measured<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<(T, Timed)> {
+    let (cpu, t) = (cpu_seconds()?, Instant::now());
+    let out = f.await?;
+    let wall = t.elapsed().as_secs_f64();
+    Ok((
+        out,
+        Timed {
+            wall,
+            cpu: cpu_seconds()? - cpu,
+        },
+    ))
 }
 
 /// Chunk names in the manifest's order (embeddings, layers, pooler).
@@ -258,6 +294,7 @@ async fn main() -> Result<()> {
     let threads = env_usize("THREADS", 2)?;
     let passes = env_usize("PASSES", 5)?;
     let trace_len = env_usize("TRACE", 400)?;
+    let stream_only = env_usize("STREAM_ONLY", 0)? == 1;
 
     let tmp = tempfile::tempdir()?;
     let root = tmp.path().join("chunks");
@@ -304,34 +341,34 @@ async fn main() -> Result<()> {
     // 1. Cold stream against raw loopback TCP.
     let (mut raw_mbs, mut stream_mbs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     let (mut raw_sha_mbs, mut ratio_sha, mut wire_ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_cpu, mut raw_sha_cpu, mut stream_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let mb = chunk_bytes as f64 / 1e6;
     for round in 0..rounds {
-        let run_raw = async |digests: Option<&[String]>| -> Result<f64> {
-            let t = Instant::now();
-            let got = raw_transfer(&raw, names.len(), digests).await?;
+        let run_raw = async |digests: Option<&[String]>| -> Result<Timed> {
+            let (got, t) = measured(raw_transfer(&raw, names.len(), digests)).await?;
             ensure!(got == chunk_bytes, "raw transfer got {got} bytes");
-            Ok(t.elapsed().as_secs_f64())
+            Ok(t)
         };
+        let run_stream = async || measured(stream_transfer(&url, &manifest)).await;
         let sent_before = server.stats().bytes_sent;
-        let (r, rs, s, wire) = if round % 2 == 0 {
+        let (r, rs, (wire, s)) = if round % 2 == 0 {
             let r = run_raw(None).await?;
             let rs = run_raw(Some(&digests)).await?;
-            let t = Instant::now();
-            let wire = stream_transfer(&url, &manifest).await?;
-            (r, rs, t.elapsed().as_secs_f64(), wire)
+            (r, rs, run_stream().await?)
         } else {
-            let t = Instant::now();
-            let wire = stream_transfer(&url, &manifest).await?;
-            let s = t.elapsed().as_secs_f64();
+            let s = run_stream().await?;
             let rs = run_raw(Some(&digests)).await?;
-            (run_raw(None).await?, rs, s, wire)
+            (run_raw(None).await?, rs, s)
         };
         let sent = server.stats().bytes_sent - sent_before;
-        raw_mbs.push(mb / r);
-        raw_sha_mbs.push(mb / rs);
-        stream_mbs.push(mb / s);
-        ratio.push(r / s);
-        ratio_sha.push(rs / s);
+        raw_mbs.push(mb / r.wall);
+        raw_sha_mbs.push(mb / rs.wall);
+        stream_mbs.push(mb / s.wall);
+        ratio.push(r.wall / s.wall);
+        ratio_sha.push(rs.wall / s.wall);
+        raw_cpu.push(r.cpu * 1000.0 / mb);
+        raw_sha_cpu.push(rs.cpu * 1000.0 / mb);
+        stream_cpu.push(s.cpu * 1000.0 / mb);
         wire_ratio.push(wire as f64 / chunk_bytes as f64);
         ensure!(
             sent == chunk_bytes,
@@ -344,8 +381,23 @@ async fn main() -> Result<()> {
     println!("streamed, verified    MB/s  {}", spread(&stream_mbs));
     println!("streamed / raw              {}", spread(&ratio));
     println!("streamed / raw + SHA-256    {}", spread(&ratio_sha));
+    println!(
+        "CPU ms per MB (both ends, all threads): raw {}",
+        spread(&raw_cpu)
+    );
+    println!(
+        "                             raw + SHA-256 {}",
+        spread(&raw_sha_cpu)
+    );
+    println!(
+        "                          streamed, verified {}",
+        spread(&stream_cpu)
+    );
     println!("client body bytes / chunk bytes {}", spread(&wire_ratio));
     println!("server body bytes sent per stream = chunk bytes: yes (checked each round)");
+    if stream_only {
+        return Ok(());
+    }
 
     // 2. Time to ready against the local load.
     let files = ModelFiles::from_dir(&model_dir)?;

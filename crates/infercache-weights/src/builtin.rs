@@ -24,7 +24,7 @@ use infercache_model::{
 use safetensors::SafeTensors;
 use sha2::{Digest as _, Sha256};
 
-use crate::client::{ClientError, Fetched, Fetcher, HttpConfig};
+use crate::client::{ClientError, Connected, Fetched, Fetcher, HttpConfig};
 use crate::manifest::{CONFIG_FILE, ChunkKind, TOKENIZER_FILE, chunk_sort_key};
 
 /// Chunks fetched at once.
@@ -61,29 +61,11 @@ pub async fn fetch_builtin(
     threads: Threads,
 ) -> Result<StreamedBuiltin, ClientError> {
     let fetcher = Fetcher::new(url, model, http)?;
-    let (manifest, _) = fetcher.manifest().await?;
-    if manifest.model_name != model {
-        return Err(ClientError::ForeignManifest {
-            expected: model.to_owned(),
-            found: manifest.model_name,
-        });
-    }
-    let file = |name: &str| {
-        manifest
-            .files
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ClientError::Manifest(format!("{name} is not listed")))
-    };
-    let (config_info, tokenizer_info) = (file(CONFIG_FILE)?, file(TOKENIZER_FILE)?);
-    let (config, tokenizer) = tokio::try_join!(
-        fetcher.file(CONFIG_FILE, config_info.size_bytes, &config_info.sha256),
-        fetcher.file(
-            TOKENIZER_FILE,
-            tokenizer_info.size_bytes,
-            &tokenizer_info.sha256
-        ),
-    )?;
+    let Connected {
+        manifest,
+        config: (config_info, config),
+        tokenizer: (tokenizer_info, tokenizer),
+    } = fetcher.connect().await?;
     // Every chunk, the pooler too: the digest covers every tensor of the model.
     let mut names: Vec<(String, ChunkKind, Option<usize>, u64, String)> = manifest
         .chunks

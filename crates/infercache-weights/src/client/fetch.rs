@@ -1,11 +1,21 @@
 //! Fetching over HTTP: every body checked against the manifest's size and SHA-256 as it
-//! arrives, resumed with `Range` after a dropped connection, retried with backoff.
+//! arrives, resumed with `Range` after a dropped connection, retried with backoff
+//! (`backon`'s exponential backoff without jitter: transport errors, 5xx and 429 are
+//! retried, up to [`HttpConfig::attempts`] attempts in all; any other status, a body of
+//! the wrong size and a changed chunk are final).
 //!
-//! The digest is computed piece by piece as the body arrives (SHA-256 runs faster than a
-//! loopback link delivers), so verification costs no second pass over the bytes.
+//! The digest is computed piece by piece as the body arrives, on a blocking thread of its
+//! own: the task reading the connection copies each piece into the body's buffer, hands
+//! that part of the buffer over (shared, not copied again) and reads on, so hashing
+//! overlaps the network instead of stalling it, and verification costs no second pass
+//! over the bytes. On a loopback link the SHA-256 of a piece takes about as long as
+//! receiving it: run in line, it held the connection's reader up for half its time.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable as _, RetryableWithContext as _};
 
 use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
@@ -14,13 +24,17 @@ use reqwest::header::{CONTENT_RANGE, ETAG, IF_MATCH, IF_RANGE, RANGE};
 use super::disk::{Begin, DiskTier, Writer};
 use super::error::{Cause, ClientError};
 use crate::digest::Hasher;
-use crate::manifest::{Manifest, is_valid_model_name};
+use crate::manifest::{CONFIG_FILE, FileInfo, Manifest, TOKENIZER_FILE, is_valid_model_name};
 
 /// Largest manifest accepted.
 const MAX_MANIFEST: u64 = 16 << 20;
 
 /// Most bytes allocated up front for a body (larger ones grow as they arrive).
 const MAX_PREALLOCATION: u64 = 256 << 20;
+
+/// Parts of a body queued for its [`Verifier`] (each one piece as the HTTP client read it,
+/// at most a few hundred KiB).
+const VERIFY_QUEUE: usize = 16;
 
 /// Longest error message read from an error response.
 const MAX_ERROR_BODY: usize = 4 << 10;
@@ -69,11 +83,40 @@ pub struct Fetched {
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     http: reqwest::Client,
+    model: String,
     /// `{server}/v1/weights/{model}`.
     base: String,
     config: HttpConfig,
     /// Chunks kept on local disk between runs.
     disk: Option<DiskTier>,
+}
+
+/// What a client reads first ([`Fetcher::connect`]).
+#[derive(Debug, Clone)]
+pub struct Connected {
+    /// The model's manifest, for the model asked for.
+    pub manifest: Manifest,
+    /// `config.json`: its manifest entry and its bytes, verified.
+    pub config: (FileInfo, Fetched),
+    /// `tokenizer.json`: its manifest entry and its bytes, verified.
+    pub tokenizer: (FileInfo, Fetched),
+}
+
+/// Why an attempt did not end the fetch.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// Worth another attempt.
+    #[error(transparent)]
+    Retry(Cause),
+    /// The fetch's answer.
+    #[error(transparent)]
+    Final(ClientError),
+}
+
+impl Failure {
+    fn is_retry(&self) -> bool {
+        matches!(self, Self::Retry(_))
+    }
 }
 
 /// How one attempt ended.
@@ -115,6 +158,7 @@ impl Fetcher {
             .map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?;
         Ok(Self {
             http,
+            model: model.to_owned(),
             base: format!("{}/v1/weights/{model}", url.trim_end_matches('/')),
             config,
             disk: None,
@@ -133,39 +177,80 @@ impl Fetcher {
     /// [`ClientError::Manifest`] for one that does not parse; a transfer's error.
     pub async fn manifest(&self) -> Result<(Manifest, Bytes), ClientError> {
         let url = format!("{}/manifest", self.base);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let failure: Cause = match self.http.get(&url).send().await {
+        let attempts = AtomicU32::new(0);
+        let attempt = || async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            match self.http.get(&url).send().await {
                 Ok(resp) if resp.status() == StatusCode::OK => {
                     match read_capped(resp, MAX_MANIFEST).await {
-                        Ok(bytes) => {
-                            let manifest = Manifest::parse(&bytes)
-                                .map_err(|e| ClientError::Manifest(e.to_string()))?;
-                            return Ok((manifest, bytes));
-                        }
-                        Err(ReadError::TooLarge) => {
-                            return Err(ClientError::Manifest(format!(
-                                "larger than {MAX_MANIFEST} bytes"
-                            )));
-                        }
-                        Err(ReadError::Http(e)) => Arc::new(e),
+                        Ok(bytes) => Manifest::parse(&bytes)
+                            .map(|manifest| (manifest, bytes))
+                            .map_err(|e| Failure::Final(ClientError::Manifest(e.to_string()))),
+                        Err(ReadError::TooLarge) => Err(Failure::Final(ClientError::Manifest(
+                            format!("larger than {MAX_MANIFEST} bytes"),
+                        ))),
+                        Err(ReadError::Http(e)) => Err(Failure::Retry(Arc::new(e))),
                     }
                 }
-                Ok(resp) if retryable(resp.status()) => Arc::new(StatusFailure(resp.status())),
-                Ok(resp) => return Err(status_error("manifest", resp).await),
-                Err(e) => Arc::new(e),
-            };
-            if attempt >= self.config.attempts {
-                return Err(ClientError::Transport {
-                    chunk: "manifest".into(),
-                    attempts: attempt,
-                    received: 0,
-                    source: failure,
-                });
+                Ok(resp) if retryable(resp.status()) => {
+                    Err(Failure::Retry(Arc::new(StatusFailure(resp.status()))))
+                }
+                Ok(resp) => Err(Failure::Final(status_error("manifest", resp).await)),
+                Err(e) => Err(Failure::Retry(Arc::new(e))),
             }
-            tokio::time::sleep(self.backoff(attempt)).await;
+        };
+        attempt
+            .retry(self.backoff())
+            .sleep(tokio::time::sleep)
+            .when(Failure::is_retry)
+            .notify(
+                |e, _| tracing::debug!(chunk = "manifest", error = %e, "fetch failed; retrying"),
+            )
+            .await
+            .map_err(|failure| match failure {
+                Failure::Final(e) => e,
+                Failure::Retry(source) => ClientError::Transport {
+                    chunk: "manifest".into(),
+                    attempts: attempts.load(Ordering::Relaxed),
+                    received: 0,
+                    source,
+                },
+            })
+    }
+
+    /// The connect step every client starts with: the manifest, refused when it names
+    /// another model, and the `config.json` and `tokenizer.json` it lists, both fetched
+    /// at once and verified.
+    ///
+    /// # Errors
+    /// [`ClientError::ForeignManifest`] for another model's manifest;
+    /// [`ClientError::Manifest`] for one that does not parse or lists no config or
+    /// tokenizer; a transfer's error.
+    pub async fn connect(&self) -> Result<Connected, ClientError> {
+        let (manifest, _) = self.manifest().await?;
+        if manifest.model_name != self.model {
+            return Err(ClientError::ForeignManifest {
+                expected: self.model.clone(),
+                found: manifest.model_name,
+            });
         }
+        let entry = |name: &str| {
+            manifest
+                .files
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ClientError::Manifest(format!("{name} is not listed")))
+        };
+        let (config, tokenizer) = (entry(CONFIG_FILE)?, entry(TOKENIZER_FILE)?);
+        let (config_bytes, tokenizer_bytes) = tokio::try_join!(
+            self.file(CONFIG_FILE, config.size_bytes, &config.sha256),
+            self.file(TOKENIZER_FILE, tokenizer.size_bytes, &tokenizer.sha256),
+        )?;
+        Ok(Connected {
+            manifest,
+            config: (config, config_bytes),
+            tokenizer: (tokenizer, tokenizer_bytes),
+        })
     }
 
     /// Chunk `name`, checked against `size` and `sha256`.
@@ -212,10 +297,14 @@ impl Fetcher {
         self.verified(name, &url, size, sha256, None).await
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        self.config
-            .backoff
-            .saturating_mul(1 << (attempt - 1).min(16))
+    /// The waits between attempts: `backoff`, doubled before each later one, without
+    /// jitter, `attempts - 1` of them.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.backoff)
+            .with_factor(2.0)
+            .without_max_delay()
+            .with_max_times(usize::try_from(self.config.attempts - 1).unwrap_or(usize::MAX))
     }
 
     /// Fetches `url` until it has `size` bytes whose SHA-256 is `sha256`. With `disk`,
@@ -232,15 +321,7 @@ impl Fetcher {
     ) -> Result<Fetched, ClientError> {
         let started = Instant::now();
         let etag = format!("\"{sha256}\"");
-        let mut body = Body {
-            what,
-            size,
-            buf: BytesMut::with_capacity(
-                usize::try_from(size.min(MAX_PREALLOCATION)).expect("bounded above"),
-            ),
-            hasher: Hasher::default(),
-            wire: 0,
-        };
+        let mut body = Body::new(what, size);
         let (so_far, writer) = match disk {
             Some((so_far, writer)) => (so_far, Some(writer)),
             None => (Vec::new(), None),
@@ -248,28 +329,27 @@ impl Fetcher {
         let mut resumed = false;
         if let Some(w) = writer {
             if so_far.len() as u64 <= size {
-                body.hasher.update(&so_far);
-                body.buf.extend_from_slice(&so_far);
+                body.append(&so_far).await;
                 resumed = !so_far.is_empty();
             } else {
                 w.restart().await;
             }
         }
         loop {
-            let result = if resumed && body.buf.len() as u64 == size {
-                // A download that arrived whole but was not stored: nothing to request.
-                Fetched {
-                    bytes: std::mem::take(&mut body.buf).freeze(),
-                    elapsed: started.elapsed(),
-                    wire_bytes: 0,
-                    from_disk: false,
-                }
-            } else {
-                self.receive(url, &etag, &mut body, writer, started).await?
-            };
-            let actual = std::mem::take(&mut body.hasher).finish_hex();
+            // A resumed download that arrived whole but was not stored needs no request.
+            if !(resumed && body.received == size) {
+                let outcome;
+                (body, outcome) = self.receive(url, &etag, body, writer).await;
+                outcome?;
+            }
+            let (actual, bytes) = body.finish().await?;
             if actual == sha256 {
-                return Ok(result);
+                return Ok(Fetched {
+                    bytes,
+                    elapsed: started.elapsed(),
+                    wire_bytes: body.wire,
+                    from_disk: false,
+                });
             }
             if let Some(w) = writer {
                 w.restart().await;
@@ -292,50 +372,50 @@ impl Fetcher {
         }
     }
 
-    /// Attempts until `body` holds `size` bytes (not yet checked against the digest).
-    async fn receive(
+    /// Attempts until `body` holds `size` bytes (not yet checked against the digest);
+    /// `body` comes back with the outcome.
+    async fn receive<'a>(
         &self,
         url: &str,
         etag: &str,
-        body: &mut Body<'_>,
+        body: Body<'a>,
         writer: Option<&Writer>,
-        started: Instant,
-    ) -> Result<Fetched, ClientError> {
-        let what = body.what;
-        let size = body.size;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let cause = match self.attempt(url, etag, body, writer).await? {
-                Attempt::Done => break,
-                Attempt::Retry(cause) => cause,
-            };
-            if attempt >= self.config.attempts {
-                let received = body.buf.len() as u64;
-                return Err(if received > 0 {
-                    ClientError::Truncated {
-                        chunk: what.to_owned(),
-                        expected: size,
-                        received,
-                    }
-                } else {
-                    ClientError::Transport {
-                        chunk: what.to_owned(),
-                        attempts: attempt,
-                        received,
-                        source: cause,
-                    }
-                });
+    ) -> (Body<'a>, Result<(), ClientError>) {
+        let attempts = AtomicU32::new(0);
+        let attempt = |mut body: Body<'a>| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let outcome = match self.attempt(url, etag, &mut body, writer).await {
+                    Ok(Attempt::Done) => Ok(()),
+                    Ok(Attempt::Retry(cause)) => Err(Failure::Retry(cause)),
+                    Err(e) => Err(Failure::Final(e)),
+                };
+                (body, outcome)
             }
-            tracing::debug!(chunk = what, attempt, error = %cause, "fetch failed; retrying");
-            tokio::time::sleep(self.backoff(attempt)).await;
-        }
-        Ok(Fetched {
-            bytes: std::mem::take(&mut body.buf).freeze(),
-            elapsed: started.elapsed(),
-            wire_bytes: body.wire,
-            from_disk: false,
-        })
+        };
+        let what = body.what;
+        let (body, outcome) = attempt
+            .retry(self.backoff())
+            .sleep(tokio::time::sleep)
+            .when(Failure::is_retry)
+            .notify(|e, _| tracing::debug!(chunk = what, error = %e, "fetch failed; retrying"))
+            .context(body)
+            .await;
+        let outcome = outcome.map_err(|failure| match failure {
+            Failure::Final(e) => e,
+            Failure::Retry(_) if body.received > 0 => ClientError::Truncated {
+                chunk: what.to_owned(),
+                expected: body.size,
+                received: body.received,
+            },
+            Failure::Retry(source) => ClientError::Transport {
+                chunk: what.to_owned(),
+                attempts: attempts.load(Ordering::Relaxed),
+                received: 0,
+                source,
+            },
+        });
+        (body, outcome)
     }
 
     /// One request: the whole body, or the rest of it when some arrived before.
@@ -346,7 +426,7 @@ impl Fetcher {
         body: &mut Body<'_>,
         writer: Option<&Writer>,
     ) -> Result<Attempt, ClientError> {
-        let resume = body.buf.len() as u64;
+        let resume = body.received;
         let mut req = self.http.get(url).header(IF_MATCH, etag);
         if resume > 0 {
             req = req
@@ -397,7 +477,7 @@ impl Fetcher {
             s if retryable(s) => return Ok(Attempt::Retry(Arc::new(StatusFailure(s)))),
             _ => return Err(status_error(body.what, resp).await),
         }
-        let remaining = body.size - body.buf.len() as u64;
+        let remaining = body.size - body.received;
         match resp.content_length() {
             Some(n) if n > remaining => {
                 return Err(ClientError::Oversized {
@@ -409,7 +489,7 @@ impl Fetcher {
                 return Err(ClientError::Truncated {
                     chunk: body.what.to_owned(),
                     expected: body.size,
-                    received: body.buf.len() as u64 + n,
+                    received: body.received + n,
                 });
             }
             _ => {}
@@ -417,7 +497,7 @@ impl Fetcher {
         loop {
             match resp.chunk().await {
                 Ok(Some(piece)) => {
-                    body.push(&piece)?;
+                    body.push(&piece).await?;
                     if let Some(w) = writer {
                         w.push(piece).await;
                     }
@@ -426,39 +506,119 @@ impl Fetcher {
                 Err(e) => return Ok(Attempt::Retry(Arc::new(e))),
             }
         }
-        if (body.buf.len() as u64) < body.size {
+        if body.received < body.size {
             return Ok(Attempt::Retry(Arc::new(ShortBody)));
         }
         Ok(Attempt::Done)
     }
 }
 
-/// A body being received.
+/// A body being received: each piece is copied once, into a buffer sized for the whole
+/// body, and the filled part split off (sharing that buffer) to its [`Verifier`], which
+/// joins the parts back into one as it hashes them.
 struct Body<'a> {
     what: &'a str,
     size: u64,
+    /// The room left for the body.
     buf: BytesMut,
-    hasher: Hasher,
+    received: u64,
+    verifier: Verifier,
     wire: u64,
 }
 
-impl Body<'_> {
-    fn restart(&mut self) {
-        self.buf.clear();
-        self.hasher = Hasher::default();
+impl<'a> Body<'a> {
+    fn new(what: &'a str, size: u64) -> Self {
+        Self {
+            what,
+            size,
+            buf: Self::room(size),
+            received: 0,
+            verifier: Verifier::default(),
+            wire: 0,
+        }
     }
 
-    fn push(&mut self, piece: &[u8]) -> Result<(), ClientError> {
-        if self.buf.len() as u64 + piece.len() as u64 > self.size {
+    fn room(size: u64) -> BytesMut {
+        BytesMut::with_capacity(usize::try_from(size.min(MAX_PREALLOCATION)).expect("bounded"))
+    }
+
+    fn restart(&mut self) {
+        if self.verifier.0.is_none() {
+            return; // nothing arrived yet
+        }
+        self.buf = Self::room(self.size);
+        self.received = 0;
+        self.verifier = Verifier::default();
+    }
+
+    /// Bytes that arrived before (a resumed download's), not counted as received now.
+    async fn append(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.received += bytes.len() as u64;
+        self.verifier.update(self.buf.split()).await;
+    }
+
+    async fn push(&mut self, piece: &[u8]) -> Result<(), ClientError> {
+        if self.received + piece.len() as u64 > self.size {
             return Err(ClientError::Oversized {
                 chunk: self.what.to_owned(),
                 expected: self.size,
             });
         }
-        self.hasher.update(piece);
-        self.buf.extend_from_slice(piece);
         self.wire += piece.len() as u64;
+        self.append(piece).await;
         Ok(())
+    }
+
+    /// The SHA-256 of the bytes received and the bytes; the body starts over empty.
+    async fn finish(&mut self) -> Result<(String, Bytes), ClientError> {
+        let verifier = std::mem::take(&mut self.verifier);
+        self.received = 0;
+        verifier.finish().await
+    }
+}
+
+/// The SHA-256 of a body, computed on the blocking pool while the body arrives: parts
+/// queue for it (at most [`VERIFY_QUEUE`], so a slow hash slows the reader instead of
+/// piling up memory) and [`Verifier::finish`] waits for the last one. The thread starts
+/// with the first part; dropping the verifier lets it end.
+#[derive(Default)]
+struct Verifier(Option<Hashing>);
+
+struct Hashing {
+    parts: tokio::sync::mpsc::Sender<BytesMut>,
+    done: tokio::task::JoinHandle<(String, BytesMut)>,
+}
+
+impl Verifier {
+    async fn update(&mut self, part: BytesMut) {
+        let hashing = self.0.get_or_insert_with(|| {
+            let (parts, mut rx) = tokio::sync::mpsc::channel::<BytesMut>(VERIFY_QUEUE);
+            let done = tokio::task::spawn_blocking(move || {
+                let (mut hasher, mut whole) = (Hasher::default(), BytesMut::new());
+                while let Some(part) = rx.blocking_recv() {
+                    hasher.update(&part);
+                    // Adjacent parts of one buffer: joined without a copy.
+                    whole.unsplit(part);
+                }
+                (hasher.finish_hex(), whole)
+            });
+            Hashing { parts, done }
+        });
+        // The thread receives until this sender is dropped.
+        let _ = hashing.parts.send(part).await;
+    }
+
+    /// The digest of every part, and the parts joined.
+    async fn finish(self) -> Result<(String, Bytes), ClientError> {
+        let Some(Hashing { parts, done }) = self.0 else {
+            return Ok((Hasher::default().finish_hex(), Bytes::new()));
+        };
+        drop(parts);
+        let (digest, whole) = done.await.map_err(|e| ClientError::Inference {
+            source: Arc::new(e),
+        })?;
+        Ok((digest, whole.freeze()))
     }
 }
 

@@ -61,7 +61,7 @@ use self::cache::LayerCache;
 pub use self::disk::DiskConfig;
 use self::disk::DiskTier;
 pub use self::error::{Cause, ClientError};
-pub use self::fetch::{Fetched, Fetcher, HttpConfig};
+pub use self::fetch::{Connected, Fetched, Fetcher, HttpConfig};
 use crate::arch::Architecture;
 use crate::arch::bert::Bert;
 use crate::manifest::{CONFIG_FILE, Manifest, TOKENIZER_FILE, chunk_sort_key, layer_name, size_mb};
@@ -314,8 +314,8 @@ impl<A: Architecture> StreamingModel<A> {
         .await
     }
 
-    /// Connects: reads the manifest, `config.json`, `tokenizer.json` and the embeddings
-    /// chunk, each verified.
+    /// Connects: [`Fetcher::connect`] (the manifest, `config.json` and `tokenizer.json`),
+    /// then the embeddings chunk, each verified.
     ///
     /// # Errors
     /// [`ClientError::Config`] for a bad URL, name or setting; a fetch's error; the
@@ -336,39 +336,22 @@ impl<A: Architecture> StreamingModel<A> {
         if let Some(disk) = &config.disk {
             fetcher = fetcher.with_disk(DiskTier::open(disk).await?);
         }
-        let (manifest, _) = fetcher.manifest().await?;
-        if manifest.model_name != model {
-            return Err(ClientError::ForeignManifest {
-                expected: model.to_owned(),
-                found: manifest.model_name,
-            });
-        }
-        let file = |name: &str| {
-            manifest
-                .files
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ClientError::Manifest(format!("{name} is not listed")))
-        };
-        let (config_file, tokenizer_file) = (file(CONFIG_FILE)?, file(TOKENIZER_FILE)?);
+        let Connected {
+            manifest,
+            config: (_, config_bytes),
+            tokenizer: (_, tokenizer_bytes),
+        } = fetcher.connect().await?;
         let embeddings_chunk = manifest
             .chunks
             .get("embeddings")
-            .cloned()
             .expect("a valid manifest has embeddings");
-        let (config_bytes, tokenizer_bytes, embeddings) = tokio::try_join!(
-            fetcher.file(CONFIG_FILE, config_file.size_bytes, &config_file.sha256),
-            fetcher.file(
-                TOKENIZER_FILE,
-                tokenizer_file.size_bytes,
-                &tokenizer_file.sha256
-            ),
-            fetcher.chunk(
+        let embeddings = fetcher
+            .chunk(
                 "embeddings",
                 embeddings_chunk.size_bytes,
-                &embeddings_chunk.sha256
-            ),
-        )?;
+                &embeddings_chunk.sha256,
+            )
+            .await?;
         let mut counters = Counters::default();
         counters.fetched("embeddings", &embeddings);
 
