@@ -458,6 +458,12 @@ impl Collector for EngineCollector {
         )?;
         gauge(
             &mut enc,
+            "cache_index_bytes",
+            "Memory the tier's index of its entries holds (the disk tier; 0 elsewhere)",
+            &per_tier(|t| t.index_bytes),
+        )?;
+        gauge(
+            &mut enc,
             "cache_degraded",
             "1 while the tier's storage fails and is skipped (the disk tier)",
             &per_tier(|t| u64::from(t.degraded)),

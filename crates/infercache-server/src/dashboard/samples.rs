@@ -58,6 +58,8 @@ pub struct TierSample {
     pub bytes: u64,
     /// Byte capacity.
     pub capacity: u64,
+    /// Memory the tier's index of its entries holds (the disk tier; 0 for memory).
+    pub index_bytes: u64,
     /// Entries evicted to make room.
     pub evictions: u64,
     /// Entries dropped past their expiry.
@@ -80,6 +82,7 @@ impl From<&TierStats> for TierSample {
             entries: t.entries,
             bytes: t.bytes,
             capacity: t.capacity,
+            index_bytes: t.index_bytes,
             evictions: t.evictions,
             expirations: t.expirations,
             corrupt: t.corrupt,

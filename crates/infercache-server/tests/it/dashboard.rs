@@ -156,6 +156,7 @@ async fn the_dashboard_draws_every_chart_and_matches_the_stats() {
         "requests",
         "latency",
         "bytes",
+        "index",
         "entries",
         "churn",
         "redis",
@@ -179,7 +180,7 @@ async fn the_dashboard_draws_every_chart_and_matches_the_stats() {
             "chart {id} drew on its canvas: {c}"
         );
     }
-    assert_eq!(charts.len(), 12, "{report:#}");
+    assert_eq!(charts.len(), 13, "{report:#}");
 
     // The figure on the page is the stats' hit rate.
     let stats = s.model_stats(&admin).await;

@@ -120,6 +120,14 @@ async fn metrics_pass_promtool_check_metrics() {
     assert!(!classic.contains("# EOF"), "{classic}");
     let said = promtool(&classic);
     assert!(said.trim().is_empty(), "promtool: {said}\n{classic}");
+    // The disk tier's index is reported beside its bytes (the memory tier has none).
+    for tier in ["memory", "disk"] {
+        let series = format!("infercache_cache_index_bytes{{tier=\"{tier}\"}} ");
+        assert!(
+            classic.lines().any(|l| l.starts_with(&series)),
+            "{series}in {classic}"
+        );
+    }
 
     // OpenMetrics, what Prometheus asks for: promtool reads it as the classic format, in
     // which a counter's HELP names its `_total` series, so it finds every counter without

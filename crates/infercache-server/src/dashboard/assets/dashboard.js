@@ -138,6 +138,13 @@
       ]),
     },
     {
+      id: 'index', title: 'Disk tier index in memory (MiB)',
+      absent: (p) => (last(p).disk ? null : 'The disk tier is not configured.'),
+      series: (p) => [
+        { label: 'disk index', values: p.map((s) => (s.disk ? s.disk.index_bytes / MiB : null)) },
+      ],
+    },
+    {
       id: 'entries', title: 'Entries per tier',
       series: (p) => ['memory', 'disk'].filter((t) => last(p)[t]).map((t) => ({
         label: t, values: p.map((s) => (s[t] ? s[t].entries : null)),
