@@ -133,9 +133,12 @@ def main():
     ap.add_argument("--disk-size", default="48MiB")
     ap.add_argument("--redis")
     ap.add_argument("--out", default="target/soak")
-    ap.add_argument("--every", type=float, default=5)
+    ap.add_argument("--every", type=float, default=2,
+                    help="seconds between samples (the accounting windows take their medians)")
     ap.add_argument("--warmup", type=float, default=60,
                     help="seconds before the memory accounting baseline (inference buffers, pools)")
+    ap.add_argument("--window", type=float, default=60,
+                    help="seconds of samples whose median starts and ends the accounting comparison")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
 
@@ -165,6 +168,8 @@ def main():
         model_file = Path(model_dir) / "model.safetensors" if model_dir else None
         model_bytes = model_file.stat().st_size if model_file and model_file.exists() else 0
         baseline_rss = rss_bytes(server.pid)
+        # VmHWM: the highest RSS the process has had, here its start-up (loading the model).
+        ready_peak = rss_bytes(server.pid, "VmHWM")
 
         start = time.monotonic()
         load = Load(port, a.connections, start + a.duration, a.seed)
@@ -207,6 +212,7 @@ def main():
         for t in load.threads:
             t.join()
         final = get_json(port, "/v1/cache/stats")
+        run_peak = rss_bytes(server.pid, "VmHWM")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -221,15 +227,31 @@ def main():
     peak_disk = max(s["disk_dir"] for s in samples)
     last = samples[-1]
     disk_err = abs(last["disk_bytes"] - last["disk_files"]) / max(1, last["disk_files"])
-    # The tiers' accounted memory against the process's, from a sample after the warm-up
-    # (the model's buffers, thread pools and connections allocated) to the end: what the
-    # memory tier charges plus what the disk tier's index holds (it grows with the disk
-    # tier's entries until the disk is full).
-    warm = next((s for s in samples if s["t"] >= a.warmup), samples[0])
-    grown = last["rss"] - warm["rss"]
+    # The tiers' accounted memory against the process's: how much each grew from a window
+    # just after the warm-up (the model's buffers, thread pools and connections allocated)
+    # to a window at the end (the tiers full): what the memory tier charges plus what the
+    # disk tier's index holds (it grows with the disk tier's entries until the disk is
+    # full). Each side is the median of its window's samples, since one RSS sample moves
+    # by several MiB with the forward passes' buffers; the noise is stated beside it.
     held = lambda s: s["memory_bytes"] + s["disk_index_bytes"]  # noqa: E731
-    tier_grown = held(last) - held(warm)
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    first = [s for s in samples if a.warmup <= s["t"] < a.warmup + a.window] or samples[:1]
+    end = [s for s in samples if s["t"] > samples[-1]["t"] - a.window] or samples[-1:]
+
+    def growth(field):
+        value = (lambda s: s[field]) if isinstance(field, str) else field
+        return median([value(s) for s in end]) - median([value(s) for s in first])
+
+    grown = growth("rss")
+    grown_anon = growth("rss_anon")
+    tier_grown = growth(held)
     mem_err = abs(tier_grown - grown) / max(1, tier_grown)
+    anon_err = abs(tier_grown - grown_anon) / max(1, tier_grown)
+    # The noise: how far one sample of RSS minus the tiers' bytes strays from its window's
+    # median, at the end (the tiers full), as a share of the growth compared.
+    rest = [s["rss"] - held(s) for s in end]
+    spread = max(abs(r - median(rest)) for r in rest)
+    tiers_full = all(s["memory_bytes"] >= 0.95 * parse_size(a.memory) for s in end)
     rates = [s["hit_rate"] for s in samples if s["hit_rate"] is not None]
     m = final["models"].get(MODEL, {})
     checks = {
@@ -252,23 +274,30 @@ def main():
         "hit_rate_overall": m.get("hit_rate"),
         "hit_rate_mean_interval": sum(rates) / len(rates) if rates else None,
         "baseline_rss_mib": round(baseline_rss / 2**20, 1),
+        "peak_rss_until_ready_mib": round(ready_peak / 2**20, 1),
+        "peak_rss_whole_run_vmhwm_mib": round(run_peak / 2**20, 1),
         "peak_rss_mib": round(peak_rss / 2**20, 1),
         "rss_limit_mib": round(rss_limit / 2**20, 1),
         "model_mib": round(model_bytes / 2**20, 1),
         "memory_budget_mib": round(memory / 2**20, 1),
         "memory_tier_mib": round(last["memory_bytes"] / 2**20, 1),
+        "accounting_windows_s": [[first[0]["t"], first[-1]["t"]], [end[0]["t"], end[-1]["t"]]],
+        "memory_tier_full_in_final_window": tiers_full,
         "rss_growth_after_warmup_mib": round(grown / 2**20, 1),
-        "memory_tier_growth_after_warmup_mib": round(
-            (last["memory_bytes"] - warm["memory_bytes"]) / 2**20, 1),
-        "disk_index_growth_after_warmup_mib": round(
-            (last["disk_index_bytes"] - warm["disk_index_bytes"]) / 2**20, 1),
+        "rss_anon_growth_after_warmup_mib": round(grown_anon / 2**20, 1),
+        "memory_tier_growth_after_warmup_mib": round(growth("memory_bytes") / 2**20, 1),
+        "disk_index_growth_after_warmup_mib": round(growth("disk_index_bytes") / 2**20, 1),
         "tiers_memory_growth_after_warmup_mib": round(tier_grown / 2**20, 1),
+        "rss_minus_tiers_final_window_mib": [round(min(rest) / 2**20, 1), round(max(rest) / 2**20, 1)],
+        "sample_noise_mib": round(spread / 2**20, 1),
+        "sample_noise_share_of_growth": round(spread / max(1, tier_grown), 4),
         "rss_anon_mib_at_start_and_end": [round(samples[0]["rss_anon"] / 2**20, 1),
                                           round(last["rss_anon"] / 2**20, 1)],
         "rss_file_mib_at_start_and_end": [round(samples[0]["rss_file"] / 2**20, 1),
                                           round(last["rss_file"] / 2**20, 1)],
         "disk_index_mib": round(last["disk_index_bytes"] / 2**20, 1),
         "memory_accounting_error": round(mem_err, 4),
+        "memory_accounting_error_rss_anon": round(anon_err, 4),
         "memory_evictions": last["evictions"],
         "disk_size_mib": round(disk_size / 2**20, 1),
         "peak_disk_mib": round(peak_disk / 2**20, 1),
@@ -297,7 +326,7 @@ def main():
                   f"memory {a.memory}, disk {a.disk_size}" + (", Redis" if a.redis else ""))
     ax2.plot([t for t, s in zip(ts, samples) if s["hit_rate"] is not None],
              [100 * s["hit_rate"] for s in samples if s["hit_rate"] is not None], color="green")
-    ax2.set_ylabel("hit rate per 5 s (%)")
+    ax2.set_ylabel(f"hit rate per {a.every:g} s (%)")
     ax2.set_xlabel("minutes")
     ax2.set_ylim(0, 100)
     fig.tight_layout()
