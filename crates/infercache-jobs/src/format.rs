@@ -21,6 +21,7 @@ use serde_json::{Map, Value, json};
 
 use crate::JobError;
 use crate::input::Input;
+use crate::model::Output;
 
 /// A job's file format, in and out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,7 +405,7 @@ impl Writer {
         out: &mut Vec<u8>,
         record: &Record,
         inputs: &[Input],
-        outputs: &[Value],
+        outputs: &[Output],
     ) {
         match self.format {
             Format::Jsonl => {
@@ -416,8 +417,7 @@ impl Writer {
                     out.extend_from_slice(b",\"key\":");
                     out.extend_from_slice(key.as_bytes());
                     out.extend_from_slice(b",\"output\":");
-                    serde_json::to_writer(&mut *out, output)
-                        .expect("writing JSON to memory cannot fail");
+                    out.extend_from_slice(output.as_str().as_bytes());
                     out.extend_from_slice(b"}\n");
                 }
             }
@@ -445,15 +445,16 @@ impl Writer {
             }
             Format::Csv => {
                 for (input, output) in inputs.iter().zip(outputs) {
+                    let output = output.to_value();
                     let columns = self.columns.get_or_insert_with(|| {
-                        let cols = columns_of(output);
+                        let cols = columns_of(&output);
                         let mut header = vec!["key".to_owned(), "input".to_owned()];
                         header.extend(cols.iter().cloned());
                         push_csv(out, &header);
                         cols
                     });
                     let mut row = vec![record.key.clone(), cell(&input.to_value())];
-                    row.extend(cells(output, columns));
+                    row.extend(cells(&output, columns));
                     push_csv(out, &row);
                 }
             }
@@ -635,9 +636,14 @@ mod tests {
             &mut out,
             &r,
             &[Input::text("x")],
-            &[json!({"mw": 1, "name": "a,b"})],
+            &[Output::from_value(&json!({"mw": 1, "name": "a,b"}))],
         );
-        w.output(&mut out, &r, &[Input::text("y")], &[json!({"name": "c"})]);
+        w.output(
+            &mut out,
+            &r,
+            &[Input::text("y")],
+            &[Output::from_value(&json!({"name": "c"}))],
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "key,input,mw,name\nk,x,1,\"a,b\"\nk,y,,c\n"

@@ -43,6 +43,6 @@ pub use error::JobError;
 pub use format::{Format, InputKind};
 pub use input::Input;
 pub use journal::Counts;
-pub use model::{CallCounter, Identity, InferModel, JobModel, RowResult, Served};
+pub use model::{CallCounter, Identity, InferModel, JobModel, Output, RowResult, Served};
 pub use runner::{JobOptions, Mode, NoProgress, Progress, Summary, WorkerCounts, run};
 pub use spec::{JobId, JobSpec};

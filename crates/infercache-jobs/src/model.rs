@@ -39,9 +39,55 @@ pub enum Served {
     Computed,
 }
 
-/// One input's output as JSON and how it was served, or why that input failed on its own
-/// (the call as a whole succeeded).
-pub type RowResult = Result<(Value, Served), String>;
+/// One input's output and how it was served, or why that input failed on its own (the
+/// call as a whole succeeded).
+pub type RowResult = Result<(Output, Served), String>;
+
+/// The model's row for one input, as canonical JSON text (an object's keys sorted, no
+/// whitespace, every number as the model wrote it): written into the output as it is,
+/// never built into a tree of values and written again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output(String);
+
+impl Output {
+    /// The row of the JSON text `text`.
+    ///
+    /// # Errors
+    /// A message when `text` is not JSON.
+    pub fn from_json(text: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(text).map_err(|e| format!("a row is not UTF-8: {e}"))?;
+        let canonical = infercache_core::canonical::canonical_json_text(text)
+            .map_err(|e| format!("a row is not JSON: {e}"))?;
+        Ok(Self(
+            String::from_utf8(canonical).expect("canonical JSON is UTF-8"),
+        ))
+    }
+
+    /// The row `value`.
+    pub fn from_value(value: &Value) -> Self {
+        let canonical =
+            infercache_core::canonical::canonical_json(value).unwrap_or_else(|_| b"null".to_vec());
+        Self(String::from_utf8(canonical).expect("canonical JSON is UTF-8"))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The row as a JSON value.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.0).expect("canonical JSON is JSON")
+    }
+}
+
+impl serde::Serialize for Output {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
 
 /// What a job computes its rows with: in-process ([`InferModel`]) or a running server.
 pub trait JobModel: Send + Sync + std::fmt::Debug {
@@ -60,7 +106,7 @@ pub trait JobModel: Send + Sync + std::fmt::Debug {
     /// up many inputs at once, so a re-run of a job costs a few large lookups rather than
     /// one per-row-path call per batch. By default nothing is looked up: every input goes
     /// to `rows`.
-    fn lookup<'a>(&'a self, inputs: &'a [Input]) -> BoxFuture<'a, Vec<Option<Value>>> {
+    fn lookup<'a>(&'a self, inputs: &'a [Input]) -> BoxFuture<'a, Vec<Option<Output>>> {
         Box::pin(async move { vec![None; inputs.len()] })
     }
 
@@ -182,15 +228,15 @@ impl InferModel {
             .await
     }
 
-    fn decode(&self, value: &Bytes) -> Result<Value, String> {
+    fn decode(&self, value: &Bytes) -> Result<Output, String> {
         match self.model.kind() {
-            BackendKind::HttpJson | BackendKind::Ersilia => {
-                serde_json::from_slice(value).map_err(|e| format!("a stored row is not JSON: {e}"))
-            }
+            BackendKind::HttpJson | BackendKind::Ersilia => Output::from_json(value),
             _ => {
                 let dims = self.model.info().dims;
                 let floats = vector::decode(value, dims)?;
-                Ok(Value::Array(floats.into_iter().map(float).collect()))
+                Ok(Output::from_value(&Value::Array(
+                    floats.into_iter().map(float).collect(),
+                )))
             }
         }
     }
@@ -258,7 +304,7 @@ impl JobModel for InferModel {
         })
     }
 
-    fn lookup<'a>(&'a self, inputs: &'a [Input]) -> BoxFuture<'a, Vec<Option<Value>>> {
+    fn lookup<'a>(&'a self, inputs: &'a [Input]) -> BoxFuture<'a, Vec<Option<Output>>> {
         Box::pin(async move {
             let control = CacheControl {
                 cache_only: true,

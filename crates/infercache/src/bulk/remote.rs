@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use infercache_backend::BoxFuture;
-use infercache_jobs::{Identity, Input, InputKind, JobModel, RowResult, Served};
+use infercache_jobs::{Identity, Input, InputKind, JobModel, Output, RowResult, Served};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
@@ -154,7 +154,7 @@ impl JobModel for ServerModel {
                         );
                     }
                     Ok((
-                        row,
+                        Output::from_value(&row),
                         if i < hits {
                             Served::Hit
                         } else {
