@@ -263,11 +263,14 @@ impl Layer {
 /// Most tokens a layer computes at once, in groups of whole sequences (a longer sequence
 /// is a group of its own): a layer's buffers (the fused projections and the attention
 /// context, then the feed-forward block's inner activations: at most 7.5 KiB per token at
-/// once) are then bounded by the group, under 2 MiB, rather than growing with the batch
-/// (`max_batch` texts of up to 256 tokens: 60 MiB at once for the default 32). Every step is row by row except
-/// attention, which stays within a sequence, so a text's vector does not depend on its
-/// group beyond float rounding, as it does not on its batch.
-const GROUP_TOKENS: usize = 256;
+/// once) are then bounded by the group, under 8 MiB, rather than growing with the batch
+/// (`max_batch` texts of up to 256 tokens: 60 MiB at once for the default 32). 1,024 and
+/// not less: smaller groups mean smaller matrix products, and 256 cost 6-9 % of the
+/// throughput at batch 32 on short texts (`examples/bench_model.rs`), where a batch of 32
+/// texts of 17 tokens is one group of 544. Every step is row by row except attention,
+/// which stays within a sequence, so a text's vector does not depend on its group beyond
+/// float rounding, as it does not on its batch.
+const GROUP_TOKENS: usize = 1024;
 
 /// `lengths` cut into runs of whole sequences of at most [`GROUP_TOKENS`] tokens (a
 /// longer sequence alone).
@@ -335,17 +338,17 @@ mod tests {
         assert_eq!(sequence_groups(&[]), none);
         assert_eq!(sequence_groups(&[3, 4]), vec![&[3, 4][..]]);
         assert_eq!(
-            sequence_groups(&[200, 56, 1, 300, 10]),
-            vec![&[200, 56][..], &[1][..], &[300][..], &[10][..]]
+            sequence_groups(&[800, 224, 1, 1100, 10]),
+            vec![&[800, 224][..], &[1][..], &[1100][..], &[10][..]]
         );
-        let lengths = vec![20; 40];
+        let lengths = vec![20; 120];
         let groups = sequence_groups(&lengths);
-        assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), 40);
+        assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), 120);
         assert!(
             groups
                 .iter()
                 .all(|g| g.iter().sum::<usize>() <= GROUP_TOKENS)
         );
-        assert_eq!(groups.len(), 4);
+        assert_eq!(groups.len(), 3);
     }
 }

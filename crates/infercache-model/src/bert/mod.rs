@@ -19,7 +19,7 @@
 //! forward, layer norms) run over real tokens only, and attention runs per sequence, so no
 //! padding is computed and none needs masking. A text's vector depends on its batch-mates
 //! only through float rounding in the matrix kernels. A layer runs over groups of whole
-//! sequences of at most 256 tokens, so its buffers are bounded by the group, not the batch.
+//! sequences of at most 1,024 tokens, so its buffers are bounded by the group, not the batch.
 //!
 //! # Kernels and threads
 //!

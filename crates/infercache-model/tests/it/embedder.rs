@@ -66,6 +66,24 @@ fn a_sentence_alone_and_in_a_padded_batch_embed_the_same() {
 }
 
 #[test]
+fn a_sentence_in_a_later_group_of_a_long_batch_embeds_as_alone() {
+    // A layer computes at most 1,024 tokens at once, in groups of whole sequences: three
+    // texts of about 500 tokens put the last sentence in the batch's second group.
+    let embedder = embedder();
+    let alone = embedder.embed(&[STADIUM]).unwrap().remove(0);
+    let long = "word ".repeat(500);
+    let batch = embedder.embed(&[&long, &long, &long, STADIUM]).unwrap();
+    let diff = max_abs_diff(&alone, &batch[3]);
+    assert!(diff < 1e-5, "vector in a later group differs by {diff}");
+    let first = embedder.embed(&[long.as_str()]).unwrap().remove(0);
+    let diff = max_abs_diff(&first, &batch[2]);
+    assert!(
+        diff < 1e-5,
+        "a long text grouped with others differs by {diff}"
+    );
+}
+
+#[test]
 fn truncation_matches_the_tokenizer_librarys_own() {
     // The embedder truncates token ids itself (one tokenizer for counting and embedding);
     // the library's own truncation at 256 must give the same ids for short and long texts.
