@@ -187,6 +187,9 @@ pub fn run_job(
                 return anyhow::Ok(summary);
             }
             let opened = infercache_server::open(&config).await?;
+            if let Some(cache) = &opened.cache {
+                wait_for_shared_tier(cache).await;
+            }
             let counter = Arc::new(CallCounter::default());
             let infer = Infer::new(
                 opened.cache.clone(),
@@ -217,6 +220,31 @@ pub fn run_job(
         })?;
     report(&summary)
 }
+
+/// Waits, up to [`SHARED_TIER_WAIT`], until a shared (Redis) tier knows its epochs: until
+/// then the tier neither reads nor stores, so rows a job computed meanwhile would reach no
+/// other machine. A tier still out of sync after that (Redis down) leaves the job to run on
+/// the local tiers, as `serve` does; a cache without a shared tier returns at once. A poll
+/// of the stats, not a backoff: the sync is one round trip away, and nothing is retried.
+async fn wait_for_shared_tier(cache: &infercache_engine::Cache) {
+    let deadline = tokio::time::Instant::now() + SHARED_TIER_WAIT;
+    loop {
+        match cache.stats().sync {
+            None => return,
+            Some(sync) if sync.in_sync => return,
+            Some(_) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(
+                    "the shared tier is not in sync after {SHARED_TIER_WAIT:?}: the job runs on the local tiers until it is"
+                );
+                return;
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// The longest a job waits for its shared tier before it starts.
+const SHARED_TIER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Prints the summary line; a stopped job is an error saying how to resume.
 fn report(summary: &Summary) -> anyhow::Result<()> {
