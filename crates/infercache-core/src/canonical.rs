@@ -281,6 +281,18 @@ fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) -> Result<(), CoreErr
     Ok(())
 }
 
+/// The JSON type of a raw value, for error messages (its first byte says it).
+pub fn raw_type_name(v: &RawValue) -> &'static str {
+    match v.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

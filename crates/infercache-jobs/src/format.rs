@@ -233,7 +233,7 @@ fn jsonl_record(line: usize, text: &str, options: &ReadOptions) -> Record {
             _ => {
                 return Err(format!(
                     "a line is a JSON string or an object with `input`, not {}",
-                    kind_of_raw(raw)
+                    infercache_core::canonical::raw_type_name(raw)
                 ));
             }
         };
@@ -327,7 +327,7 @@ fn check_raw(raw: &RawValue, options: &ReadOptions) -> Result<Input, String> {
     if options.kind == InputKind::Text {
         return Err(format!(
             "the model takes texts; the input is {}",
-            kind_of_raw(raw)
+            infercache_core::canonical::raw_type_name(raw)
         ));
     }
     if raw.get() == "null" {
@@ -363,18 +363,6 @@ fn too_long(chars: usize, options: &ReadOptions) -> String {
         "the input has {chars} characters; at most {} are allowed",
         options.max_input_chars
     )
-}
-
-/// The kind of the JSON value whose text is `raw`.
-fn kind_of_raw(raw: &RawValue) -> &'static str {
-    match raw.get().as_bytes().first() {
-        Some(b'n') => "null",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'"') => "a string",
-        Some(b'[') => "an array",
-        Some(b'{') => "an object",
-        _ => "a number",
-    }
 }
 
 /// Writes output records in one format. CSV columns are the first output's (an object's

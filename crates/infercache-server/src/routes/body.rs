@@ -268,14 +268,4 @@ pub fn raw_rows(
         .collect())
 }
 
-/// The JSON type of a raw value, for messages (its first byte says it).
-pub fn raw_type_name(v: &RawValue) -> &'static str {
-    match v.get().as_bytes().first() {
-        Some(b'n') => "null",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'"') => "a string",
-        Some(b'[') => "an array",
-        Some(b'{') => "an object",
-        _ => "a number",
-    }
-}
+pub use infercache_core::canonical::raw_type_name;
