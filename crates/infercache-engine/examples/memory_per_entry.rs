@@ -14,13 +14,19 @@
 //! exactly 1,536 bytes turned into `Bytes` (what the server's encoder produces). Several
 //! tasks insert at once on a multi-threaded runtime, as concurrent requests do, then read
 //! every entry back once (a hit may allocate: the first clone of a stored value allocates
-//! its reference count). The allocator is the system's, as in the server binary.
+//! its reference count). The allocator is jemalloc, as in the `infercache` binary (the
+//! memory tier charges its size classes). With `--counted` each value is stored as the
+//! built-in model stores it: the vector and its input's token count, 1,540 bytes.
 //!
 //! The resident set is read from `/proc/self/statm` (Linux) before the first insert and
 //! after the read pass, once the runtime is idle; everything the loop allocated for its own
 //! use (texts, keys, batches) is freed by then, so the growth is what the cache holds.
 
 use std::time::Duration;
+
+/// The `infercache` binary's allocator, whose size classes the memory tier charges.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -37,12 +43,22 @@ const VALUE_BYTES: usize = DIMS * 4;
 const BATCH: usize = 32;
 
 /// Command-line options.
+#[derive(Debug, Clone, Copy)]
 struct Options {
     entries: usize,
     tasks: usize,
     /// Capacity of each value's vector when it becomes `Bytes`: more than the value when it
     /// was built by growing, as `serde_json::to_vec` builds an upstream row's JSON.
     capacity: usize,
+    /// Values carry a 4-byte token count after the vector, as the built-in model's do.
+    counted: bool,
+}
+
+impl Options {
+    /// Bytes of one stored value.
+    fn value_bytes(&self) -> usize {
+        VALUE_BYTES + if self.counted { 4 } else { 0 }
+    }
 }
 
 impl Options {
@@ -51,6 +67,7 @@ impl Options {
             entries: 1_000_000,
             tasks: 4,
             capacity: VALUE_BYTES,
+            counted: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -63,13 +80,17 @@ impl Options {
                     .parse()
                     .with_context(|| format!("{flag}: {value:?} is not a count"))
             };
+            if flag == "--counted" {
+                options.counted = true;
+                continue;
+            }
             match flag.as_str() {
                 "--entries" => options.entries = number()?,
                 "--tasks" => options.tasks = number()?.max(1),
                 "--vec-capacity" => options.capacity = number()?.max(VALUE_BYTES),
                 _ => bail!(
                     "unknown flag {flag:?}; usage: memory_per_entry [--entries N (1000000)] \
-                     [--tasks T (4)] [--vec-capacity BYTES (1536)]"
+                     [--tasks T (4)] [--vec-capacity BYTES (1536)] [--counted]"
                 ),
             }
         }
@@ -105,8 +126,8 @@ fn key(cache: &Cache, text: &str) -> CacheKey {
 }
 
 /// A deterministic embedding for entry `i`, encoded as the server stores it.
-fn embedding(i: usize, capacity: usize) -> Bytes {
-    let mut out = Vec::with_capacity(capacity);
+fn embedding(i: usize, options: Options) -> Bytes {
+    let mut out = Vec::with_capacity(options.capacity.max(options.value_bytes()));
     let mut x = (i as u32).wrapping_mul(2_654_435_761) | 1;
     for _ in 0..DIMS {
         x ^= x << 13;
@@ -115,6 +136,11 @@ fn embedding(i: usize, capacity: usize) -> Bytes {
         #[expect(clippy::cast_precision_loss, reason = "a pseudo-random float")]
         let v = x as f32 / u32::MAX as f32 - 0.5;
         out.extend_from_slice(&v.to_le_bytes());
+    }
+    if options.counted {
+        // A text of 8 to 27 tokens.
+        let tokens = u32::try_from(i % 20 + 8).expect("below 28");
+        out.extend_from_slice(&tokens.to_le_bytes());
     }
     Bytes::from(out)
 }
@@ -125,7 +151,7 @@ async fn fill(
     start: usize,
     step: usize,
     end: usize,
-    capacity: usize,
+    shape: Options,
 ) -> anyhow::Result<()> {
     let options = RequestOptions::default();
     let ids: Vec<usize> = (start..end).step_by(step).collect();
@@ -143,7 +169,7 @@ async fn fill(
                             .iter()
                             .position(|x| x.digest() == k.digest())
                             .expect("the engine computes only keys it was given");
-                        embedding(chunk[i], capacity)
+                        embedding(chunk[i], shape)
                     })
                     .collect();
                 async move { Ok::<_, std::convert::Infallible>(values) }
@@ -155,12 +181,18 @@ async fn fill(
 }
 
 /// Reads entries `start, start + step, ...` below `end`; every one must hit memory.
-async fn read(cache: Cache, start: usize, step: usize, end: usize) -> anyhow::Result<()> {
+async fn read(
+    cache: Cache,
+    start: usize,
+    step: usize,
+    end: usize,
+    value_bytes: usize,
+) -> anyhow::Result<()> {
     let options = RequestOptions::default();
     for i in (start..end).step_by(step) {
         let key = key(&cache, &format!("passage {i}: a sentence about caching"));
         match cache.get(&key, &options).await {
-            Lookup::Hit(hit) if hit.source == Source::Memory && hit.value.len() == VALUE_BYTES => {}
+            Lookup::Hit(hit) if hit.source == Source::Memory && hit.value.len() == value_bytes => {}
             other => bail!("entry {i} did not hit memory: {other:?}"),
         }
     }
@@ -182,18 +214,26 @@ fn main() -> anyhow::Result<()> {
         };
         let cache = Cache::open(config, SystemClock::shared())?;
         // Warm the runtime's threads and the key path before the baseline.
-        fill(cache.clone(), n, 1, n + BATCH, options.capacity).await?;
+        fill(cache.clone(), n, 1, n + BATCH, options).await?;
         cache.clear().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = rss_bytes()?;
         let tasks: Vec<_> = (0..options.tasks)
-            .map(|t| tokio::spawn(fill(cache.clone(), t, options.tasks, n, options.capacity)))
+            .map(|t| tokio::spawn(fill(cache.clone(), t, options.tasks, n, options)))
             .collect();
         for task in tasks {
             task.await??;
         }
         let tasks: Vec<_> = (0..options.tasks)
-            .map(|t| tokio::spawn(read(cache.clone(), t, options.tasks, n)))
+            .map(|t| {
+                tokio::spawn(read(
+                    cache.clone(),
+                    t,
+                    options.tasks,
+                    n,
+                    options.value_bytes(),
+                ))
+            })
             .collect();
         for task in tasks {
             task.await??;
@@ -218,10 +258,10 @@ fn main() -> anyhow::Result<()> {
     {
         let growth = rss_after.saturating_sub(rss_before) as f64;
         let per_entry = growth / n as f64;
-        let raw = VALUE_BYTES as f64;
+        let raw = options.value_bytes() as f64;
         let accounted = stats.bytes as f64;
         println!("entries                 {n}");
-        println!("value bytes per entry   {VALUE_BYTES}");
+        println!("value bytes per entry   {}", options.value_bytes());
         println!("vector capacity         {}", options.capacity);
         println!(
             "rss growth              {:.1} MiB",

@@ -8,10 +8,10 @@
 //!
 //! The tier stores its own exactly sized copy of every value, so a value that is a slice of
 //! a larger buffer (a response body, a disk read) never keeps that buffer alive, and what
-//! the tier charges is what it holds: the value's heap block as the system allocator sizes
-//! it ([`heap_block`]), the header `Bytes` allocates when a stored value is first shared
+//! the tier charges is what it holds: the value's heap block as the allocator sizes it
+//! ([`heap_block`], jemalloc's size classes), the header `Bytes` allocates when a stored value is first shared
 //! ([`SHARED_HEADER`]), and the policy's own per-entry bytes (its slot, its share of the
-//! hash table and queues). For the default policy that is 1,677 bytes for a 1,536-byte
+//! hash table and queues). For the default policy that is 1,661 bytes for a 1,536-byte
 //! embedding, and the process grows by about as much (BENCHMARKS.md, "Memory per entry";
 //! `examples/memory_per_entry.rs` measures it).
 //!
@@ -49,15 +49,25 @@ use serde::{Deserialize, Serialize};
 /// Expiry meaning "never".
 pub const NEVER: u64 = u64::MAX;
 
-/// Bytes the system allocator takes for a block of `len` bytes: glibc's malloc (what the
-/// server binary uses) adds an 8-byte header, rounds up to 16 bytes and takes at least 32.
-/// An empty value takes no block.
+/// Bytes the allocator takes for a block of `len` bytes: the size class jemalloc (the
+/// `infercache` binary's global allocator) rounds the request up to, with no header. Its
+/// classes are 8 and 16, the multiples of 16 up to 128, then four per power of two (160,
+/// 192, 224, 256, 320, ...), so a 1,536-byte embedding takes 1,536 bytes and the built-in
+/// model's 1,540-byte one (the vector and its token count) 1,792. An empty value takes no
+/// block.
+///
+/// Written out because jemalloc tells its classes only at run time (`nallocx`) and the
+/// charge is a `const` the policies fold into their per-entry bytes; the engine's
+/// integration tests run under jemalloc and compare the charges with the resident set.
 pub const fn heap_block(len: usize) -> u64 {
-    if len == 0 {
-        return 0;
+    let len = len as u64;
+    match len {
+        0 => 0,
+        1..=8 => 8,
+        9..=128 => len.next_multiple_of(16),
+        // Four classes between consecutive powers of two.
+        _ => len.next_multiple_of(len.next_power_of_two() / 8),
     }
-    let chunk = (len as u64 + 8).next_multiple_of(16);
-    if chunk < 32 { 32 } else { chunk }
 }
 
 /// A hash table's bytes per entry for buckets of `bucket` bytes: hashbrown (behind std's

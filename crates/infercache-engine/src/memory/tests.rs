@@ -218,3 +218,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn blocks_follow_jemallocs_size_classes() {
+    // jemalloc 5's size classes on x86-64 (16-byte quantum, 4 KiB pages), from the table in
+    // its manual, at and around class boundaries.
+    for (len, block) in [
+        (0, 0),
+        (1, 8),
+        (8, 8),
+        (9, 16),
+        (17, 32),
+        (33, 48),
+        (100, 112),
+        (128, 128),
+        (129, 160),
+        (256, 256),
+        (257, 320),
+        (1_024, 1_024),
+        (1_025, 1_280),
+        (1_536, 1_536),
+        (1_537, 1_792),
+        (1_540, 1_792),
+        (2_049, 2_560),
+        (4_097, 5_120),
+        (16_385, 20_480),
+    ] {
+        assert_eq!(super::heap_block(len), block, "a block of {len} bytes");
+    }
+}

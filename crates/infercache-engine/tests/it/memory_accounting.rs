@@ -1,8 +1,10 @@
 //! The memory tier's byte accounting against what the process really holds.
 //!
 //! Each policy runs in a child process of its own (this binary, re-executed on
-//! [`accounting_child`]), so no other test's allocations reach its resident set. The child
-//! fills a tier with 1,536-byte embeddings, reads every entry back (a first hit allocates a
+//! [`accounting_child`]), so no other test's allocations reach its resident set, under
+//! jemalloc as in the `infercache` binary. The child fills a tier with embeddings (1,536
+//! bytes, and 1,540: the built-in model's vector and token count, which jemalloc puts in a
+//! 1,792-byte block), reads every entry back (a first hit allocates a
 //! value's reference count), removes half of them and stores as many new ones (the freed
 //! blocks are reused), and reports its resident set growth and the tier's accounted bytes
 //! after each step. The parent asserts that the two agree within 5 %, and within 2 % for the
@@ -16,10 +18,12 @@ use infercache_engine::memory::{self, MemEntry, NEVER};
 use infercache_engine::{MemoryConfig, MemoryTier, Policy};
 
 const CHILD_ENV: &str = "INFERCACHE_ACCOUNTING_CHILD";
+/// The child's value size, in bytes.
+const VALUE_ENV: &str = "INFERCACHE_ACCOUNTING_VALUE_BYTES";
 /// Entries per child.
 const ENTRIES: u64 = 100_000;
-/// Bytes per value: a 384-dimension `f32` embedding.
-const VALUE_BYTES: usize = 1536;
+/// Bytes per value: a 384-dimension `f32` embedding, alone and with a token count.
+const VALUE_BYTES: [usize; 2] = [1536, 1540];
 
 /// Resident set size of this process, in bytes (Linux).
 fn rss_bytes() -> u64 {
@@ -28,10 +32,10 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-fn value(i: u64) -> MemEntry {
+fn value(i: u64, len: usize) -> MemEntry {
     let byte = u8::try_from(i % 251).unwrap();
     MemEntry {
-        value: Bytes::from(vec![byte; VALUE_BYTES]),
+        value: Bytes::from(vec![byte; len]),
         created_ms: i,
         expires_ms: NEVER,
     }
@@ -47,13 +51,13 @@ fn tier(policy: Policy) -> MemoryTier {
 }
 
 /// Inserts keys `range` and reads each back once.
-fn fill(tier: &MemoryTier, range: std::ops::Range<u64>) {
+fn fill(tier: &MemoryTier, range: std::ops::Range<u64>, len: usize) {
     for i in range.clone() {
-        tier.insert(Digest::of_u64(i), value(i));
+        tier.insert(Digest::of_u64(i), value(i, len));
     }
     for i in range {
         let hit = tier.get(&Digest::of_u64(i)).expect("no eviction");
-        assert_eq!(hit.value.len(), VALUE_BYTES);
+        assert_eq!(hit.value.len(), len);
     }
 }
 
@@ -63,23 +67,24 @@ fn fill(tier: &MemoryTier, range: std::ops::Range<u64>) {
 fn accounting_child() {
     let Ok(name) = std::env::var(CHILD_ENV) else {
         let tier = tier(Policy::default());
-        tier.insert(Digest::of_u64(1), value(1));
+        tier.insert(Digest::of_u64(1), value(1, VALUE_BYTES[0]));
         assert_eq!(
             tier.weight(),
-            memory::charge(Policy::default(), VALUE_BYTES)
+            memory::charge(Policy::default(), VALUE_BYTES[0])
         );
         assert!(rss_bytes() > 0);
         return;
     };
     let policy: Policy = name.parse().unwrap();
+    let len: usize = std::env::var(VALUE_ENV).unwrap().parse().unwrap();
     let tier = tier(policy);
     let before = rss_bytes();
-    fill(&tier, 0..ENTRIES);
+    fill(&tier, 0..ENTRIES, len);
     println!("filled {} {}", rss_bytes() - before, tier.weight());
     for i in 0..ENTRIES / 2 {
         assert!(tier.remove(&Digest::of_u64(i * 2)));
     }
-    fill(&tier, ENTRIES..ENTRIES + ENTRIES / 2);
+    fill(&tier, ENTRIES..ENTRIES + ENTRIES / 2, len);
     assert_eq!(tier.entries(), ENTRIES);
     println!("churned {} {}", rss_bytes() - before, tier.weight());
 }
@@ -87,7 +92,10 @@ fn accounting_child() {
 #[test]
 fn accounted_bytes_match_resident_bytes_for_every_policy() {
     let exe = std::env::current_exe().unwrap();
-    for policy in Policy::ALL {
+    for (policy, len) in Policy::ALL
+        .into_iter()
+        .flat_map(|policy| VALUE_BYTES.map(|len| (policy, len)))
+    {
         let out = Command::new(&exe)
             .args([
                 "memory_accounting::accounting_child",
@@ -96,11 +104,12 @@ fn accounted_bytes_match_resident_bytes_for_every_policy() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, policy.name())
+            .env(VALUE_ENV, len.to_string())
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "{policy}: the child failed: {}",
+            "{policy}, {len}-byte values: the child failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8(out.stdout).unwrap();
@@ -109,7 +118,9 @@ fn accounted_bytes_match_resident_bytes_for_every_policy() {
                 .lines()
                 // The test harness may print its own text ahead of ours on a line.
                 .find_map(|l| l.split_once(&format!("{step} ")).map(|(_, rest)| rest))
-                .unwrap_or_else(|| panic!("{policy}: no {step:?} line in {stdout:?}"));
+                .unwrap_or_else(|| {
+                    panic!("{policy}, {len}-byte values: no {step:?} line in {stdout:?}")
+                });
             let numbers: Vec<f64> = line
                 .split_whitespace()
                 .map(|n| n.parse().unwrap())
@@ -124,7 +135,7 @@ fn accounted_bytes_match_resident_bytes_for_every_policy() {
             };
             assert!(
                 (1.0 - tolerance..=1.0 + tolerance).contains(&ratio),
-                "{policy} {step}: accounted {accounted} bytes for {rss} resident ({ratio:.3})"
+                "{policy} {step}, {len}-byte values: accounted {accounted} bytes for {rss} resident ({ratio:.3})"
             );
         }
     }
