@@ -7,10 +7,12 @@
 //!        XGROUP CREATE … MKSTREAM, one XADD per window; a second worker enqueues nothing)
 //!     └► loop: XREADGROUP a new window, or XAUTOCLAIM one pending past --claim-timeout
 //!          └► JobModel::rows on the per-row path (the rows land in the shared Redis tier)
-//!          └► XACK, once the rows are stored
+//!          └► the inputs that failed into the hash {prefix}job:{id}:failures, and
+//!             XACK, in one transaction, once the rows are stored
 //!     └► when nothing is new and nothing is pending: the job is drained
 //!  then (each worker, or a `--collect` run that takes no windows):
-//!     └► runner::run over the whole file: every row is a hit; output in input order
+//!     └► runner::run over the whole file: every row is a hit, or a failure a worker
+//!        recorded (reported with its reason, not computed again); output in input order
 //! ```
 //!
 //! A window is the range of records `start-end` of the producer's plan: every worker
@@ -23,9 +25,13 @@
 //!
 //! The stream and the marker expire with the cache's entries (the Redis tier's TTL), so
 //! a re-run of a finished job finds it drained and goes straight to writing its output.
-//! An input that fails is not cached: the writing pass computes it again and records
-//! the failure in the errors file.
+//! An input that fails is not cached: the worker that tried it records it, with its
+//! reason, in the job's failures hash (keyed by the BLAKE3 of its canonical form), and
+//! every writing pass reports it from there in its errors file rather than calling the
+//! model again (`Recorded`). The hash expires with the stream; `--restart` drops the
+//! job's keys, so its failed inputs are tried again.
 
+use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -35,7 +41,9 @@ use infercache_redis::RedisConfig;
 use infercache_redis::redis::{self, aio::MultiplexedConnection};
 
 use crate::JobError;
-use crate::model::{JobModel, Served};
+use crate::format::InputKind;
+use crate::input::Input;
+use crate::model::{Identity, JobModel, Output, RowResult, Served};
 use crate::runner::{self, JobOptions, Plan, Progress, Summary, WorkerCounts};
 use crate::spec::JobId;
 
@@ -54,14 +62,15 @@ const WINDOWS_IN_FLIGHT: usize = 2;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Enqueues the job's windows unless it has been enqueued already: `KEYS[1]` the stream,
-/// `KEYS[2]` the marker, `ARGV[1]` the number of windows, `ARGV[2]` the keys' TTL in
-/// seconds, then one `start-end` per window. Returns 1 when this call enqueued. One script,
-/// so a second worker sees either no job or the whole of it.
+/// `KEYS[2]` the marker, `KEYS[3]` the failures hash, `ARGV[1]` the number of windows,
+/// `ARGV[2]` the keys' TTL in seconds, then one `start-end` per window. Returns 1 when
+/// this call enqueued. One script, so a second worker sees either no job or the whole of
+/// it, and never the failures of an earlier one.
 const ENQUEUE: &str = r"
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return 0
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '0', 'MKSTREAM')
 for i = 3, #ARGV do
   redis.call('XADD', KEYS[1], '*', 'r', ARGV[i])
@@ -113,6 +122,8 @@ struct RedisQueue {
     conn: MultiplexedConnection,
     stream: String,
     marker: String,
+    /// The hash of the inputs that failed: field [`failure_field`], value the reason.
+    failures: String,
     consumer: String,
     claim_timeout: Duration,
     ttl: Duration,
@@ -162,6 +173,7 @@ impl RedisQueue {
             conn,
             stream: format!("{base}:batches"),
             marker: format!("{base}:enqueued"),
+            failures: format!("{base}:failures"),
             consumer: consumer_name(),
             claim_timeout,
             ttl: config.ttl,
@@ -173,6 +185,7 @@ impl RedisQueue {
         let script = redis::Script::new(ENQUEUE);
         let mut call = script.key(&self.stream);
         call.key(&self.marker)
+            .key(&self.failures)
             .arg(windows.len())
             .arg(self.ttl.as_secs().max(1));
         for w in windows {
@@ -256,15 +269,51 @@ impl RedisQueue {
         Ok(Next::Drained)
     }
 
-    /// Acknowledges a window: its rows are stored.
-    async fn ack(&self, id: &str) -> Result<(), JobError> {
-        let _: i64 = redis::cmd("XACK")
+    /// Acknowledges a window, its rows stored, recording the inputs of it that failed
+    /// (`(field, reason)`) in the same transaction: a window is done together with its
+    /// failures, or not at all.
+    async fn ack(&self, id: &str, failed: &[(String, String)]) -> Result<(), JobError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !failed.is_empty() {
+            pipe.hset_multiple(&self.failures, failed)
+                .ignore()
+                .expire(
+                    &self.failures,
+                    i64::try_from(self.ttl.as_secs().max(1)).unwrap_or(i64::MAX),
+                )
+                .ignore();
+        }
+        pipe.cmd("XACK")
             .arg(&self.stream)
             .arg(GROUP)
             .arg(id)
+            .ignore();
+        let () = pipe
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| queue_error("acknowledging a window", &e))?;
+        Ok(())
+    }
+
+    /// Every failure the job's workers recorded, by [`failure_field`].
+    async fn failures(&self) -> Result<HashMap<String, String>, JobError> {
+        redis::cmd("HGETALL")
+            .arg(&self.failures)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| queue_error("reading the job's failures", &e))
+    }
+
+    /// Drops the job's keys (stream, marker, failures): the next worker enqueues it anew.
+    async fn forget(&self) -> Result<(), JobError> {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&self.stream)
+            .arg(&self.marker)
+            .arg(&self.failures)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| queue_error("dropping the job's keys", &e))?;
         Ok(())
     }
 
@@ -324,6 +373,87 @@ async fn group_lag(
         }
     }
     Ok(None)
+}
+
+/// An input's field in the failures hash: the BLAKE3 of its kind and canonical form, in
+/// hex (the same on every worker, which all read the same file).
+fn failure_field(input: &Input) -> String {
+    let canonical = input.canonical();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&[canonical.kind() as u8]);
+    hasher.update(canonical.as_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+/// A job's model for the writing pass: an input a worker recorded as failed fails with
+/// the recorded reason, without a model call; every other input goes to the model.
+#[derive(Debug)]
+struct Recorded<'a> {
+    model: &'a dyn JobModel,
+    failures: HashMap<String, String>,
+}
+
+impl Recorded<'_> {
+    fn failure(&self, input: &Input) -> Option<&String> {
+        if self.failures.is_empty() {
+            return None;
+        }
+        self.failures.get(&failure_field(input))
+    }
+}
+
+impl JobModel for Recorded<'_> {
+    fn identity(&self) -> Identity {
+        self.model.identity()
+    }
+
+    fn input_kind(&self) -> InputKind {
+        self.model.input_kind()
+    }
+
+    fn rows<'a>(
+        &'a self,
+        inputs: &'a [Input],
+    ) -> infercache_backend::BoxFuture<'a, Result<Vec<RowResult>, String>> {
+        Box::pin(async move {
+            let known: Vec<Option<&String>> = inputs.iter().map(|i| self.failure(i)).collect();
+            if known.iter().all(Option::is_none) {
+                return self.model.rows(inputs).await;
+            }
+            let rest: Vec<Input> = inputs
+                .iter()
+                .zip(&known)
+                .filter(|(_, k)| k.is_none())
+                .map(|(i, _)| i.clone())
+                .collect();
+            let mut computed = if rest.is_empty() {
+                Vec::new()
+            } else {
+                self.model.rows(&rest).await?
+            }
+            .into_iter();
+            Ok(known
+                .into_iter()
+                .map(|k| match k {
+                    Some(reason) => Err(reason.clone()),
+                    None => computed
+                        .next()
+                        .unwrap_or_else(|| Err("the model answered too few rows".to_owned())),
+                })
+                .collect())
+        })
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        inputs: &'a [Input],
+    ) -> infercache_backend::BoxFuture<'a, Vec<Option<Output>>> {
+        self.model.lookup(inputs)
+    }
+
+    fn model_calls(&self) -> u64 {
+        self.model.model_calls()
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -393,6 +523,10 @@ pub async fn run(
     let plan = Plan::read(model, options).await?;
     let id = plan.spec.id();
     let queue = RedisQueue::connect(&distributed.redis, &id, distributed.claim_timeout).await?;
+    if options.mode == runner::Mode::Restart && !distributed.collect {
+        // The job starts over on every worker: its failed inputs are tried again.
+        queue.forget().await?;
+    }
     let tally = Tally::default();
     let calls_at_start = model.model_calls();
     let mut enqueued = false;
@@ -434,7 +568,11 @@ pub async fn run(
     if stop.load(Ordering::SeqCst) {
         return Ok(Summary::stopped(&id, counts));
     }
-    let mut summary = runner::run(model, options, stop, progress).await?;
+    let writer = Recorded {
+        model,
+        failures: queue.failures().await?,
+    };
+    let mut summary = runner::run(&writer, options, stop, progress).await?;
     summary.worker = Some(counts);
     Ok(summary)
 }
@@ -486,20 +624,22 @@ async fn work(
             .collect();
         let rows = runner::window_rows(model, &inputs, &firsts, batch, calls, async {});
         let results = renewing(queue, &window.id, rows).await;
-        for (first, result) in firsts.iter().zip(&results) {
+        let mut failed = Vec::new();
+        for ((first, result), input) in firsts.iter().zip(&results).zip(&inputs) {
             match result {
                 Ok((_, Served::Computed)) if *first => {
                     tally.computed.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(_) => {}
-                Err(_) => {
+                Err(reason) => {
                     tally.errors.fetch_add(1, Ordering::Relaxed);
+                    failed.push((failure_field(input), reason.clone()));
                 }
             }
         }
         // The rows are stored (the model call returns after the cache write): the window
-        // is done for every worker.
-        queue.ack(&window.id).await?;
+        // is done for every worker, and so are its failures.
+        queue.ack(&window.id, &failed).await?;
         tally.windows.fetch_add(1, Ordering::Relaxed);
         tally
             .claimed

@@ -161,7 +161,8 @@ pub struct WorkerCounts {
     pub rows: u64,
     /// First occurrences it computed.
     pub computed: u64,
-    /// Inputs that failed (computed again, and recorded, when the output is written).
+    /// Inputs that failed (recorded for the writing pass, which reports them without
+    /// computing them again).
     pub errors: u64,
     /// Successful model calls it made.
     pub model_calls: u64,

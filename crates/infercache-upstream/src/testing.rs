@@ -41,6 +41,8 @@ pub struct TestUpstream {
     /// contains one of these is answered 500, and not counted: a model that fails on
     /// some inputs and so fails the whole batch they are in.
     pub poison: Mutex<Vec<String>>,
+    /// The rows of each call answered 500 for a poisoned row, in order.
+    pub refused: Mutex<Vec<Vec<Value>>>,
 }
 
 impl TestUpstream {
@@ -52,6 +54,11 @@ impl TestUpstream {
     /// Rows in the calls answered.
     pub fn rows(&self) -> usize {
         self.rows.load(Ordering::SeqCst)
+    }
+
+    /// The rows of each call refused for a poisoned row.
+    pub fn refused(&self) -> Vec<Vec<Value>> {
+        self.refused.lock().expect("poisoned lock").clone()
     }
 
     /// Answers the next `times` calls with `status`.
@@ -92,6 +99,10 @@ impl TestUpstream {
             return Some(status.into_response());
         }
         if self.poisoned(rows) {
+            self.refused
+                .lock()
+                .expect("poisoned lock")
+                .push(rows.to_vec());
             return Some(StatusCode::INTERNAL_SERVER_ERROR.into_response());
         }
         self.calls.fetch_add(1, Ordering::SeqCst);

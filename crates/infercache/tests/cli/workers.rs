@@ -223,3 +223,67 @@ fn an_unreachable_redis_is_a_clear_error_and_nothing_is_written() {
     assert!(!machine.path("jobs").exists());
     assert_eq!(up.rows(), 0);
 }
+
+#[test]
+fn an_input_that_failed_at_a_worker_is_reported_by_every_writer_and_never_computed_again() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = RedisServer::start();
+    let (url, up) = rt.block_on(testing::start());
+    up.poison("\"id\":77}");
+    let input: String = (0..200)
+        .map(|i| format!("{{\"key\": \"r{i}\", \"input\": {{\"id\": {i}}}}}\n"))
+        .collect();
+    let worker = Machine::new(&url, &input);
+    let s = succeeded(&worker.command(&redis.url()).output().unwrap());
+    assert_eq!(
+        (
+            s["errors"].as_u64(),
+            s["worker"]["errors"].as_u64(),
+            s["computed"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{s}"
+    );
+    // A collecting run on another machine writes the same output and errors.
+    let collector = Machine::new(&url, &input);
+    let c = succeeded(
+        &collector
+            .command(&redis.url())
+            .arg("--collect")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        (c["errors"].as_u64(), c["computed"].as_u64()),
+        (Some(1), Some(0)),
+        "{c}"
+    );
+    assert_eq!(up.rows(), 199);
+    // The failing input was tried on its own once, by the worker whose window held it:
+    // neither writing pass called the model for it again.
+    let refused = up.refused();
+    let alone = refused.iter().filter(|rows| rows.len() == 1).count();
+    assert_eq!(alone, 1, "{refused:?}");
+    for machine in [&worker, &collector] {
+        let errors = String::from_utf8(read(&machine.path("out.jsonl.errors.jsonl"))).unwrap();
+        let lines: Vec<Value> = errors
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{errors}");
+        assert_eq!(lines[0]["key"], "r77", "{errors}");
+        assert!(
+            lines[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("500")),
+            "{errors}"
+        );
+        assert_eq!(
+            String::from_utf8(read(&machine.path("out.jsonl")))
+                .unwrap()
+                .lines()
+                .count(),
+            199
+        );
+    }
+}
