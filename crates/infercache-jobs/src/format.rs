@@ -5,6 +5,7 @@
 //! | `csv` | a row of a CSV with a header, Ersilia's `key,input` or a named `--column` | `key,input,<the model's output columns>` |
 //! | `jsonl` | a JSON string, or an object with `input` and an optional `key` | `{"key", "input", "output"}` |
 //! | `openai-batch` | `{custom_id, method, url, body: {model, input}}` (`/v1/embeddings`) | `{id, custom_id, response: {status_code, body}, error}` |
+//! | `lines` | a line of text (blank lines skipped), or a string of a JSON array if the file starts with `[` | as `jsonl` |
 //!
 //! A record that cannot be read (bad JSON, a missing column, an empty input, an input
 //! over the size limit) is kept as a failed [`Record`]: it goes to the errors file and
@@ -33,6 +34,9 @@ pub enum Format {
     Jsonl,
     /// OpenAI Batch API input and output lines.
     OpenaiBatch,
+    /// Plain text, one input per line, or a JSON array of strings (`infercache warm`'s
+    /// files); the output is JSON lines.
+    Lines,
 }
 
 impl Format {
@@ -53,8 +57,9 @@ impl FromStr for Format {
             "csv" => Ok(Self::Csv),
             "jsonl" => Ok(Self::Jsonl),
             "openai-batch" => Ok(Self::OpenaiBatch),
+            "lines" => Ok(Self::Lines),
             other => Err(format!(
-                "unknown format `{other}`: use csv, jsonl or openai-batch"
+                "unknown format `{other}`: use csv, jsonl, openai-batch or lines"
             )),
         }
     }
@@ -66,6 +71,7 @@ impl fmt::Display for Format {
             Self::Csv => "csv",
             Self::Jsonl => "jsonl",
             Self::OpenaiBatch => "openai-batch",
+            Self::Lines => "lines",
         })
     }
 }
@@ -114,6 +120,7 @@ pub struct Record {
 pub fn read(bytes: &[u8], options: &ReadOptions) -> Result<Vec<Record>, JobError> {
     match options.format {
         Format::Csv => read_csv(bytes, options),
+        Format::Lines => read_lines(bytes, options),
         Format::Jsonl | Format::OpenaiBatch => {
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| JobError::Input(format!("the input is not UTF-8: {e}")))?;
@@ -199,14 +206,12 @@ fn jsonl_record(line: usize, text: &str, options: &ReadOptions) -> Record {
     let mut key = line.to_string();
     let inputs = (|| {
         // Read as raw JSON: the input is canonicalized from its own text (numbers as the
-        // file wrote them), never built into a tree of values.
-        let raw: &RawValue =
-            serde_json::from_str(text).map_err(|e| format!("not a JSON value: {e}"))?;
-        let input = match raw.get().as_bytes().first() {
-            Some(b'"') => raw,
+        // file wrote them), never built into a tree of values. An object line is parsed
+        // once, straight into its fields.
+        let input = match text.trim_start().as_bytes().first() {
             Some(b'{') => {
-                let mut obj: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
-                    .map_err(|e| format!("not a JSON value: {e}"))?;
+                let mut obj: BTreeMap<String, &RawValue> =
+                    serde_json::from_str(text).map_err(|e| format!("not a JSON value: {e}"))?;
                 if let Some(k) = obj.remove("key") {
                     match serde_json::from_str::<Value>(k.get()) {
                         Ok(Value::String(k)) => key = k,
@@ -231,10 +236,15 @@ fn jsonl_record(line: usize, text: &str, options: &ReadOptions) -> Record {
                 input
             }
             _ => {
-                return Err(format!(
-                    "a line is a JSON string or an object with `input`, not {}",
-                    infercache_core::canonical::raw_type_name(raw)
-                ));
+                let raw: &RawValue =
+                    serde_json::from_str(text).map_err(|e| format!("not a JSON value: {e}"))?;
+                if !raw.get().starts_with('"') {
+                    return Err(format!(
+                        "a line is a JSON string or an object with `input`, not {}",
+                        infercache_core::canonical::raw_type_name(raw)
+                    ));
+                }
+                raw
             }
         };
         check_raw(input, options).map(|v| vec![v])
@@ -299,6 +309,48 @@ fn openai_record(line: usize, text: &str, options: &ReadOptions) -> Record {
             .collect()
     })();
     Record { line, key, inputs }
+}
+
+/// A `lines` file: a JSON array of strings if its first non-blank character is `[` (each
+/// element a record keyed by its index from 1, `line` 1), else one text per line, line
+/// endings kept off and blank lines skipped.
+fn read_lines(bytes: &[u8], options: &ReadOptions) -> Result<Vec<Record>, JobError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| JobError::Input(format!("the input is not UTF-8: {e}")))?;
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+            JobError::Input(format!(
+                "the input starts with `[` but is not a JSON array: {e}"
+            ))
+        })?;
+        return Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| Record {
+                line: 1,
+                key: (i + 1).to_string(),
+                inputs: if raw.get().starts_with('"') {
+                    check_raw(raw, options).map(|input| vec![input])
+                } else {
+                    Err(format!(
+                        "element {} is not a string but {}",
+                        i + 1,
+                        infercache_core::canonical::raw_type_name(raw)
+                    ))
+                },
+            })
+            .collect());
+    }
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| Record {
+            line: i + 1,
+            key: (i + 1).to_string(),
+            inputs: check_string(l, options).map(|input| vec![input]),
+        })
+        .collect())
 }
 
 /// A string input if the model takes it: non-empty, within the size limit.
@@ -396,7 +448,7 @@ impl Writer {
         outputs: &[Output],
     ) {
         match self.format {
-            Format::Jsonl => {
+            Format::Jsonl | Format::Lines => {
                 // `{"input", "key", "output"}`, the keys in order, written in place.
                 let key = serde_json::to_string(&record.key).expect("a string serializes");
                 for (input, output) in inputs.iter().zip(outputs) {
@@ -529,6 +581,42 @@ mod tests {
             kind,
             max_input_chars: 10,
         }
+    }
+
+    #[test]
+    fn lines_are_texts_one_a_line_or_the_strings_of_a_json_array() {
+        let o = options(Format::Lines, InputKind::Text);
+        let records = read(b"a b\r\n\n  \nc\n0123456789x\n", &o).unwrap();
+        let read_back: Vec<(usize, &str, Option<Input>)> = records
+            .iter()
+            .map(|r| {
+                let input = r.inputs.as_ref().ok().map(|i| i[0].clone());
+                (r.line, r.key.as_str(), input)
+            })
+            .collect();
+        assert_eq!(
+            read_back,
+            [
+                (1, "1", Some(Input::text("a b"))),
+                (4, "4", Some(Input::text("c"))),
+                (5, "5", None),
+            ]
+        );
+        let records = read(br#" ["x", "line\nbreak", 3, ""]"#, &o).unwrap();
+        assert_eq!(records.len(), 4);
+        assert_eq!(records[1].inputs, Ok(vec![Input::text("line\nbreak")]));
+        assert_eq!(records[1].key, "2");
+        assert!(
+            records[2]
+                .inputs
+                .as_ref()
+                .unwrap_err()
+                .contains("element 3 is not a string"),
+            "{:?}",
+            records[2].inputs
+        );
+        assert!(records[3].inputs.is_err());
+        assert!(read(b"[not json", &o).is_err());
     }
 
     #[test]

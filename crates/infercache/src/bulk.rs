@@ -8,7 +8,7 @@
 //! SIGINT and SIGTERM stop it cleanly: the batches in flight finish and are journaled, and
 //! the same command resumes. At the end one JSON summary line goes to stderr.
 
-mod remote;
+pub(crate) mod remote;
 mod workers;
 
 use std::path::PathBuf;
@@ -50,7 +50,7 @@ pub struct BulkCommand {
 /// The settings `bulk` and `warm` share.
 #[derive(Debug, Args)]
 pub struct JobArgs {
-    /// csv, jsonl or openai-batch [default: csv for a `.csv` input, else jsonl].
+    /// csv, jsonl, openai-batch or lines [default: csv for a `.csv` input, else jsonl].
     #[arg(long, value_name = "FORMAT")]
     format: Option<Format>,
     /// The CSV column holding the input [default: `input`, or the only column besides `key`].
@@ -183,7 +183,7 @@ pub fn run_job(
                     remote::ServerModel::connect(client, &name, options.parameters.clone()).await?;
                 let bar = Bar::new();
                 let summary = infercache_jobs::run(&model, &options, &stop, &bar).await?;
-                bar.0.finish_and_clear();
+                bar.finish();
                 return anyhow::Ok(summary);
             }
             let opened = infercache_server::open(&config).await?;
@@ -211,7 +211,7 @@ pub fn run_job(
                     Some(settings) => workers::run(&model, &options, settings, &stop, &bar).await?,
                     None => infercache_jobs::run(&model, &options, &stop, &bar).await?,
                 };
-                bar.0.finish_and_clear();
+                bar.finish();
                 anyhow::Ok(summary)
             }
             .await;
@@ -247,7 +247,7 @@ async fn wait_for_shared_tier(cache: &infercache_engine::Cache) {
 const SHARED_TIER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Prints the summary line; a stopped job is an error saying how to resume.
-fn report(summary: &Summary) -> anyhow::Result<()> {
+pub(crate) fn report(summary: &Summary) -> anyhow::Result<()> {
     eprintln!(
         "{}",
         serde_json::to_string(summary).expect("a summary always serializes")
@@ -263,7 +263,7 @@ fn report(summary: &Summary) -> anyhow::Result<()> {
 
 /// Sets `stop` on the first SIGINT or SIGTERM; the job then drains its batches in
 /// flight. A second signal ends the process at once.
-fn listen_for_stop(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub(crate) fn listen_for_stop(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
     tokio::spawn(async move {
@@ -285,10 +285,10 @@ fn listen_for_stop(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
 /// The progress bar: total, done, hits, duplicates, computed, errors, rows/s and ETA,
 /// starting at the journaled count on resume. Drawn only on a terminal.
-struct Bar(ProgressBar);
+pub(crate) struct Bar(ProgressBar);
 
 impl Bar {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
                 "{spinner} [{bar:30}] {pos}/{len} rows {msg} ({per_sec}, eta {eta})",
@@ -297,6 +297,11 @@ impl Bar {
             .progress_chars("=> "),
         );
         Self(bar)
+    }
+
+    /// Takes the bar off the terminal.
+    pub(crate) fn finish(&self) {
+        self.0.finish_and_clear();
     }
 
     fn show(&self, c: &Counts) {

@@ -43,6 +43,13 @@ pub struct ServerArgs {
     api_key: Option<String>,
 }
 
+impl ServerArgs {
+    /// The API key, if one is given.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref().filter(|k| !k.is_empty())
+    }
+}
+
 /// An HTTP client bound to one server.
 #[derive(Debug)]
 pub struct Client {

@@ -221,7 +221,9 @@ impl Served {
     /// Runs `infercache ARGS --url URL` with `key` in `INFERCACHE_API_KEY`.
     fn admin(&self, key: Option<&str>, args: &[&str]) -> Output {
         let mut cmd = infercache();
-        cmd.args(args).args(["--url", &self.url]);
+        cmd.args(args)
+            .args(["--url", &self.url])
+            .env("INFERCACHE_JOBS_DIR", self.dir.path().join("jobs"));
         match key {
             Some(key) => cmd.env("INFERCACHE_API_KEY", key),
             None => cmd.env_remove("INFERCACHE_API_KEY"),

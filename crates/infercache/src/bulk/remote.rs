@@ -11,6 +11,10 @@
 //! The server says how many rows of a request it served from its cache
 //! (`X-Cache-Hits`), not which: the job counts that many of the request's rows as hits
 //! and the others as computed, and every request with a miss as one model call.
+//!
+//! `infercache warm` is such a job with no output ([`ServerModel::warming`]): each window
+//! goes to `POST /v1/cache/warm` instead (which stores the rows without sending them
+//! back, and may fill another tenant's entries), and counts hits the same way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +33,9 @@ pub struct ServerModel {
     identity: Identity,
     kind: String,
     parameters: Option<Map<String, Value>>,
+    /// Warming: the rows go to `POST /v1/cache/warm` for this namespace (`None`: the API
+    /// key's tenant), and come back as `null`.
+    warm: Option<Option<String>>,
     calls: AtomicU64,
 }
 
@@ -74,11 +81,72 @@ impl ServerModel {
             },
             kind,
             parameters,
+            warm: None,
             calls: AtomicU64::new(0),
         })
     }
 
+    /// The model `name` of the server `client` talks to, for a job that only warms its
+    /// cache through `POST /v1/cache/warm`, for `namespace` (`None`: the API key's
+    /// tenant). Its rows are `null`: a warming job writes no output.
+    pub async fn warming(
+        client: Client,
+        name: &str,
+        namespace: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let mut model = Self::connect(client, name, None).await?;
+        if matches!(model.kind.as_str(), "http-json" | "kserve-v2") {
+            anyhow::bail!(
+                "model `{name}` is a {} model: `warm` takes texts; run its inputs with `bulk` instead",
+                model.kind
+            );
+        }
+        model.warm = Some(namespace);
+        Ok(model)
+    }
+
+    /// `POST /v1/cache/warm` of `inputs`: as many `null` rows, and how many were hits
+    /// (computed by a concurrent request included).
+    async fn warm(
+        &self,
+        inputs: &[Input],
+        namespace: Option<&String>,
+    ) -> anyhow::Result<(Vec<Value>, usize)> {
+        let texts: Vec<&str> = inputs.iter().filter_map(Input::as_text).collect();
+        let request = json!({
+            "inputs": texts,
+            "namespace": namespace,
+            "model": self.identity.name,
+        });
+        let answer = self
+            .client
+            .send_while_busy(Method::POST, "v1/cache/warm", Some(&request), |wait, n| {
+                tracing::info!(
+                    "server busy (429); retrying in {wait:?} ({n}/{})",
+                    crate::client::BUSY_RETRIES
+                );
+            })
+            .await?
+            .into_ok()?;
+        let answer: infercache_api::WarmResponse = serde_json::from_value(answer)
+            .context("the server's warm answer is not in the expected shape")?;
+        if answer.inputs != inputs.len() {
+            anyhow::bail!(
+                "the server warmed {} inputs of {}",
+                answer.inputs,
+                inputs.len()
+            );
+        }
+        Ok((
+            vec![Value::Null; inputs.len()],
+            answer.hits + answer.coalesced.min(answer.misses),
+        ))
+    }
+
     async fn request(&self, inputs: &[Input]) -> anyhow::Result<(Vec<Value>, usize)> {
+        if let Some(namespace) = &self.warm {
+            return self.warm(inputs, namespace.as_ref()).await;
+        }
         let name = &self.identity.name;
         let (path, body) = match self.kind.as_str() {
             "http-json" => {
@@ -147,7 +215,7 @@ impl JobModel for ServerModel {
                 .into_iter()
                 .enumerate()
                 .map(|(i, row)| {
-                    if self.kind == "ersilia" && all_null(&row) {
+                    if self.kind == "ersilia" && self.warm.is_none() && all_null(&row) {
                         return Err(
                             "the model returned no result for this input (a row of nulls)"
                                 .to_owned(),

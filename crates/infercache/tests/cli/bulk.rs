@@ -365,3 +365,155 @@ fn through_a_running_server_the_job_fills_its_cache_and_writes_the_same_output()
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// `infercache serve` on `config`, on a loopback port the OS chose: the child and its URL.
+fn serve(config: &Path) -> (std::process::Child, String) {
+    let mut server = infercache()
+        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .env_remove("INFERCACHE_CONFIG")
+        .env("INFERCACHE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some((_, url)) = line.split_once("listening on ") {
+                let _ = tx.send(url.trim().to_owned());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    (server, url)
+}
+
+#[test]
+fn warm_is_a_job_with_no_output_each_distinct_input_sent_once_and_the_server_then_answers_hits() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (upstream, up) = rt.block_on(testing::start());
+    up.poison("poisoned");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("infercache.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "disk_dir = \"{}\"\ndisk_size = \"64MiB\"\n\n[[models]]\nname = \"emb\"\nbackend = \"openai\"\nurl = \"{upstream}\"\nretries = 0\n",
+            dir.path().join("disk").display()
+        ),
+    )
+    .unwrap();
+    let (mut server, url) = serve(&config);
+    // 40 distinct texts, each twice, a blank line, and one the model fails on.
+    let texts: Vec<String> = (0..40).map(|i| format!("text number {i}")).collect();
+    let mut file = String::new();
+    for t in texts.iter().chain(&texts) {
+        file.push_str(t);
+        file.push('\n');
+    }
+    file.push_str("\na poisoned text\n");
+    std::fs::write(dir.path().join("inputs.txt"), file).unwrap();
+    let warm = || {
+        infercache()
+            .args(["warm", "--model", "emb", "--batch", "16", "--url", &url])
+            .arg(dir.path().join("inputs.txt"))
+            .arg("--errors")
+            .arg(dir.path().join("errors.jsonl"))
+            .arg("--jobs-dir")
+            .arg(dir.path().join("jobs"))
+            .env_remove("INFERCACHE_API_KEY")
+            .env("INFERCACHE_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = warm();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(
+        (
+            s["rows"].as_u64(),
+            s["unique"].as_u64(),
+            s["duplicates"].as_u64(),
+            s["computed"].as_u64(),
+            s["errors"].as_u64(),
+        ),
+        (Some(81), Some(41), Some(40), Some(40), Some(1)),
+        "{s}"
+    );
+    // Each distinct text reached the model once; the repeats never left the job.
+    assert_eq!(up.rows(), 40, "{s}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("warmed 81 inputs") && stdout.contains("40 computed and stored"),
+        "{stdout}"
+    );
+    let errors = String::from_utf8(read(&dir.path().join("errors.jsonl"))).unwrap();
+    let errors: Vec<Value> = errors
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0]["line"].as_u64(), errors[0]["input"].as_str()),
+        (Some(82), Some("a poisoned text"))
+    );
+
+    // The server answers the warmed texts from its cache.
+    let cache: String = rt.block_on(async {
+        let r = infercache_core::tls::client()
+            .post(format!("{url}/v1/embeddings"))
+            .json(&serde_json::json!({ "model": "emb", "input": [texts[3], texts[39]] }))
+            .send()
+            .await
+            .unwrap();
+        r.headers().get("x-cache").map_or_else(
+            || format!("status {}", r.status()),
+            |v| v.to_str().unwrap().to_owned(),
+        )
+    });
+    assert_eq!(cache, "HIT");
+    // So does a bulk job through it, and warming again computes nothing.
+    let jsonl: String = texts.iter().map(|t| format!("\"{t}\"\n")).collect();
+    std::fs::write(dir.path().join("in.jsonl"), jsonl).unwrap();
+    let out = infercache()
+        .args(["bulk", "--model", "emb", "--url", &url])
+        .arg("--input")
+        .arg(dir.path().join("in.jsonl"))
+        .arg("--output")
+        .arg(dir.path().join("out.jsonl"))
+        .arg("--jobs-dir")
+        .arg(dir.path().join("jobs"))
+        .env_remove("INFERCACHE_API_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary(&out)["hits"], 40);
+    let out = warm();
+    let s = summary(&out);
+    assert_eq!(
+        (s["hits"].as_u64(), s["computed"].as_u64()),
+        (Some(40), Some(0)),
+        "{s}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("40 already cached"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(up.rows(), 40);
+    let _ = server.kill();
+    let _ = server.wait();
+}
