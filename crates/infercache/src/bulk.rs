@@ -186,7 +186,9 @@ pub fn run_job(
                 bar.finish();
                 return anyhow::Ok(summary);
             }
-            let opened = infercache_server::open(&config).await?;
+            let opened = infercache_server::open(&config)
+                .await
+                .map_err(|e| crate::tier_in_use(e, "bulk"))?;
             if let Some(cache) = &opened.cache {
                 wait_for_shared_tier(cache).await;
             }

@@ -1,5 +1,12 @@
 //! `infercache datasets build|stream|ls|show|explain|verify|audit|rm|prune|clear`: the
 //! dataset cache ([`infercache_datasets`]).
+//!
+//! `embed` steps run on `serve`'s models and prediction cache: in this process (its
+//! `--config`), or, with `--url`, through a running server ([`remote`]), as `bulk --url`
+//! does. A server holds its disk tier's lock; opening the tier here while it runs is
+//! refused with a message saying to pass `--url` ([`crate::tier_in_use`]).
+
+mod remote;
 
 use std::io::{BufWriter, IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -68,9 +75,24 @@ struct CacheArgs {
     #[arg(long, env = "INFERCACHE_MODEL_DIR", value_name = "DIR", global = true)]
     model_dir: Option<PathBuf>,
     /// The namespace (tenant) whose prediction cache entries `embed` steps use: a
-    /// server's texts are hits for the tenant that sent them.
+    /// server's texts are hits for the tenant that sent them (with `--url`, the tenant
+    /// of `--api-key`, as for any request).
     #[arg(long, value_name = "NS", default_value = infercache_server::auth::DEFAULT_TENANT, global = true)]
     tenant: String,
+    /// Run `embed` steps through the infercache server at this URL (its models and
+    /// prediction cache, its API key's namespace) rather than opening `serve`'s tiers in
+    /// this process, which a running server holds.
+    #[arg(long, value_name = "URL", global = true)]
+    url: Option<String>,
+    /// API key for --url, sent as `Authorization: Bearer KEY`.
+    #[arg(
+        long,
+        env = "INFERCACHE_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    api_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,28 +244,53 @@ impl Listed for DatasetInfo {
 
 /// The models and the prediction cache of `serve`'s configuration (`--config`), for
 /// `embed` steps: each text goes through the cache as `POST /v1/embeddings` would, so the
-/// texts a server (with the same configuration) embedded before are hits.
+/// texts a server (with the same configuration) embedded before are hits. With `--url`,
+/// the server's own.
 #[derive(Debug)]
 struct Registry {
     runtime: tokio::runtime::Runtime,
     opened: Option<infercache_server::Opened>,
-    embedders: RegistryEmbedders,
-    calls: Arc<CallCounter>,
+    embedders: RegistryKind,
+}
+
+/// Where a [`Registry`]'s models run.
+#[derive(Debug)]
+enum RegistryKind {
+    /// In this process.
+    Local {
+        embedders: RegistryEmbedders,
+        calls: Arc<CallCounter>,
+    },
+    /// In the server at `--url`.
+    Server(remote::ServerEmbedders),
 }
 
 impl Registry {
     fn open(args: &RegistryArgs) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        if let Some(url) = &args.url {
+            let embedders = remote::ServerEmbedders::connect(
+                url,
+                args.api_key.clone(),
+                runtime.handle().clone(),
+            )?;
+            return Ok(Self {
+                runtime,
+                opened: None,
+                embedders: RegistryKind::Server(embedders),
+            });
+        }
         let config = ServerConfig::from_args(&ServeArgs {
             config: args.config.clone(),
             model_dir: args.model_dir.clone(),
             ..ServeArgs::default()
         })?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
         let opened = runtime
             .block_on(infercache_server::open(&config))
+            .map_err(|e| crate::tier_in_use(e, "datasets build"))
             .context("opening serve's models and cache for an embed step")?;
         let calls = Arc::new(CallCounter::default());
         let infer = Infer::new(
@@ -256,19 +303,30 @@ impl Registry {
         Ok(Self {
             runtime,
             opened: Some(opened),
-            embedders,
-            calls,
+            embedders: RegistryKind::Local { embedders, calls },
         })
     }
 
     /// What `embed` steps did: texts from the cache, texts computed, model calls.
     fn embedded(&self) -> serde_json::Value {
-        let counts = self.embedders.counts();
-        serde_json::json!({
-            "cached": counts.cached(),
-            "computed": counts.computed(),
-            "model_calls": self.calls.calls(),
-        })
+        match &self.embedders {
+            RegistryKind::Local { embedders, calls } => {
+                let counts = embedders.counts();
+                serde_json::json!({
+                    "cached": counts.cached(),
+                    "computed": counts.computed(),
+                    "model_calls": calls.calls(),
+                })
+            }
+            RegistryKind::Server(embedders) => embedders.embedded(),
+        }
+    }
+
+    fn embedders(&self) -> &dyn Embedders {
+        match &self.embedders {
+            RegistryKind::Local { embedders, .. } => embedders,
+            RegistryKind::Server(embedders) => embedders,
+        }
     }
 
     /// Flushes the prediction cache (its disk tier keeps what was computed).
@@ -285,6 +343,8 @@ struct RegistryArgs {
     config: Option<PathBuf>,
     model_dir: Option<PathBuf>,
     tenant: String,
+    url: Option<String>,
+    api_key: Option<String>,
 }
 
 /// The registry, opened when a step first needs a model (a stream opens it only to
@@ -302,6 +362,8 @@ impl LazyRegistry {
                 config: args.config.clone(),
                 model_dir: args.model_dir.clone(),
                 tenant: args.tenant.clone(),
+                url: args.url.clone(),
+                api_key: args.api_key.clone(),
             },
             opened: std::sync::Mutex::new(None),
         })
@@ -311,6 +373,16 @@ impl LazyRegistry {
     fn embedded(&self) -> Option<serde_json::Value> {
         let opened = self.opened.lock().expect("registry lock poisoned");
         opened.as_ref().map(Registry::embedded)
+    }
+
+    /// Opens the registry now (a build's `embed` steps need it at once, for their
+    /// versions), so that a failure to open it is reported as itself, not as a step's.
+    fn open_now(&self) -> anyhow::Result<()> {
+        let mut opened = self.opened.lock().expect("registry lock poisoned");
+        if opened.is_none() {
+            *opened = Some(Registry::open(&self.args)?);
+        }
+        Ok(())
     }
 
     /// Flushes the prediction cache if the registry was opened.
@@ -333,7 +405,7 @@ impl Embedders for LazyRegistry {
             *opened = Some(registry);
         }
         let registry = opened.as_ref().expect("opened above");
-        registry.embedders.embedder(model)
+        registry.embedders().embedder(model)
     }
 }
 
@@ -457,6 +529,9 @@ pub fn run(cmd: &DatasetsCommand) -> anyhow::Result<()> {
             json,
         } => {
             let (cache, registry) = open_with(args, steps, true)?;
+            if let Some(r) = &registry {
+                r.open_now()?;
+            }
             let specs: Vec<StepSpec> = steps.iter().map(|s| StepSpec::Text(s.clone())).collect();
             let bar = spinner("building");
             let built = cache.cache_dataset(

@@ -70,6 +70,28 @@ enum Command {
     Artifacts(artifacts::ArtifactsCommand),
 }
 
+/// `error`, or, when it is the disk tier's lock held by another process (a running
+/// `infercache serve` on the same tiers), `error` with a message saying what to do: run
+/// `command` through that server with `--url`, or stop the server first. `bulk` and
+/// `datasets build` open `serve`'s tiers in their own process and share this answer.
+fn tier_in_use(error: infercache_server::ServerError, command: &str) -> anyhow::Error {
+    use infercache_engine::EngineError;
+    use infercache_engine::disk::DiskError;
+    let dir = match &error {
+        infercache_server::ServerError::Engine(EngineError::Disk(DiskError::Locked {
+            path,
+            ..
+        })) => path.parent().unwrap_or(path).to_owned(),
+        _ => return error.into(),
+    };
+    anyhow::Error::new(error).context(format!(
+        "the prediction cache's disk tier {} is in use by another process (a running \
+         `infercache serve`?): pass `--url http://HOST:PORT` to run `{command}` through \
+         that server, or stop it first",
+        dir.display()
+    ))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

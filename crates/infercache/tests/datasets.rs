@@ -9,6 +9,9 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+#[path = "datasets/server.rs"]
+mod server;
+
 fn infercache(cache: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_infercache"));
     c.env("INFERCACHE_DATASETS_DIR", cache.join("datasets"))

@@ -2,8 +2,9 @@
 //!
 //! - `GET /v1/models`: OpenAI's list shape, `{"object": "list", "data": [{"id",
 //!   "object": "model", "created", "owned_by"}]}`, each entry with infercache's fields
-//!   added: `backend`, `version`, `digest`, `deterministic`, `ttl_secs`,
-//!   `stale_if_error_secs`, `stale_while_revalidate_secs`, `max_batch`, `params`.
+//!   added: `backend`, `version`, `digest`, `dims` (an embedder's dimensions, `null`
+//!   when undeclared), `deterministic`, `ttl_secs`, `stale_if_error_secs`,
+//!   `stale_while_revalidate_secs`, `max_batch`, `params`.
 //!   Upstream URLs are not shown.
 //! - `GET /v2` (KServe v2 server metadata): `{"name": "infercache", "version",
 //!   "extensions": ["binary_tensor_data", "model_configuration"]}`: clients may send
@@ -42,6 +43,8 @@ struct ModelEntry {
     backend: BackendKind,
     version: String,
     digest: Option<String>,
+    /// An embedder's dimensions, when declared (`datasets build --url` needs them).
+    dims: Option<usize>,
     deterministic: bool,
     ttl_secs: Option<u64>,
     stale_if_error_secs: Option<u64>,
@@ -66,6 +69,7 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> Json<Value>
                 backend: info.kind,
                 version: info.version.clone(),
                 digest: info.digest.clone(),
+                dims: info.dims,
                 deterministic: policy.deterministic,
                 ttl_secs: policy.ttl.map(|d| d.as_secs()),
                 stale_if_error_secs: policy.stale_if_error.map(|d| d.as_secs()),
