@@ -25,7 +25,8 @@
 //!
 //! Environment: `ROUNDS` (5), `THREADS` (2, the forward pass's threads on both sides),
 //! `PASSES` (passes per latency point, 5), `TRACE` (trace events, 400), `STREAM_ONLY` (`1`:
-//! the cold stream alone, for profiling it).
+//! the cold stream alone, for profiling it). Each run first prints the one-thread SHA-256
+//! rate over the chunks in memory, the ceiling of the client's digest thread.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -174,6 +175,23 @@ async fn raw_transfer(addr: &str, count: usize, digests: Option<&[String]>) -> R
         std::hint::black_box(&body);
     }
     Ok(total)
+}
+
+/// SHA-256 throughput on one thread over the chunks' bytes in memory (`sha2` with its
+/// SHA-NI backend where the CPU has it, as the client verifies): the rate that bounds a
+/// verified stream's digest thread, `rounds` times.
+fn digest_speed(bodies: &[Bytes], rounds: usize) {
+    let mb = bodies.iter().map(Bytes::len).sum::<usize>() as f64 / 1e6;
+    let mut rates = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let t = Instant::now();
+        for b in bodies {
+            std::hint::black_box(sha256_hex(b));
+        }
+        rates.push(mb / t.elapsed().as_secs_f64());
+    }
+    println!("\n## SHA-256 of the chunks in memory, one thread");
+    println!("sha256_hex  MB/s  {}", spread(&rates));
 }
 
 /// Every chunk through a new client's verified fetches; the body bytes received.
@@ -330,6 +348,8 @@ async fn main() -> Result<()> {
         "model {NAME}: {} chunks, {chunk_bytes} bytes; rounds {rounds}, threads {threads}, passes {passes}",
         names.len()
     );
+
+    digest_speed(&bodies, rounds);
 
     // The server with a cache holding every chunk, warmed by one stream.
     let (server, url) = start_server(&root, 512 << 20).await?;
