@@ -16,7 +16,9 @@
 //! every entry back once (a hit may allocate: the first clone of a stored value allocates
 //! its reference count). The allocator is jemalloc, as in the `infercache` binary (the
 //! memory tier charges its size classes). With `--counted` each value is stored as the
-//! built-in model stores it: the vector and its input's token count, 1,540 bytes.
+//! built-in model stores it: the vector and its input's token count, 1,540 bytes. With
+//! `--budget BYTES` below what the entries take, the tier is full and evicts as a server's
+//! does; the figures are then per entry held at the end.
 //!
 //! The resident set is read from `/proc/self/statm` (Linux) before the first insert and
 //! after the read pass, once the runtime is idle; everything the loop allocated for its own
@@ -52,6 +54,10 @@ struct Options {
     capacity: usize,
     /// Values carry a 4-byte token count after the vector, as the built-in model's do.
     counted: bool,
+    /// The memory tier's budget in bytes; unset, room for every entry. Set below what the
+    /// entries take, the fill evicts (and keeps the policy's ghost keys) as a full tier in
+    /// the server does, and the read pass counts hits instead of requiring them.
+    budget: Option<u64>,
 }
 
 impl Options {
@@ -68,6 +74,7 @@ impl Options {
             tasks: 4,
             capacity: VALUE_BYTES,
             counted: false,
+            budget: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -88,9 +95,11 @@ impl Options {
                 "--entries" => options.entries = number()?,
                 "--tasks" => options.tasks = number()?.max(1),
                 "--vec-capacity" => options.capacity = number()?.max(VALUE_BYTES),
+                "--budget" => options.budget = Some(number()? as u64),
                 _ => bail!(
                     "unknown flag {flag:?}; usage: memory_per_entry [--entries N (1000000)] \
-                     [--tasks T (4)] [--vec-capacity BYTES (1536)] [--counted]"
+                     [--tasks T (4)] [--vec-capacity BYTES (1536)] [--counted] \
+                     [--budget BYTES]"
                 ),
             }
         }
@@ -187,12 +196,14 @@ async fn read(
     step: usize,
     end: usize,
     value_bytes: usize,
+    evicting: bool,
 ) -> anyhow::Result<()> {
     let options = RequestOptions::default();
     for i in (start..end).step_by(step) {
         let key = key(&cache, &format!("passage {i}: a sentence about caching"));
         match cache.get(&key, &options).await {
             Lookup::Hit(hit) if hit.source == Source::Memory && hit.value.len() == value_bytes => {}
+            Lookup::Miss if evicting => {}
             other => bail!("entry {i} did not hit memory: {other:?}"),
         }
     }
@@ -206,7 +217,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     // Room for every entry however unevenly the shards fill: nothing is evicted.
-    let capacity = (n as u64 * (VALUE_BYTES as u64 + 1024)).max(64 << 20) * 2;
+    let capacity = options
+        .budget
+        .unwrap_or_else(|| (n as u64 * (VALUE_BYTES as u64 + 1024)).max(64 << 20) * 2);
     let (rss_before, rss_after, stats) = runtime.block_on(async {
         let config = CacheConfig {
             memory: Some(MemoryConfig::bytes(capacity)),
@@ -232,6 +245,7 @@ fn main() -> anyhow::Result<()> {
                     options.tasks,
                     n,
                     options.value_bytes(),
+                    options.budget.is_some(),
                 ))
             })
             .collect();
@@ -247,7 +261,7 @@ fn main() -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>((before, after, (stats, cache)))
     })?;
     let (stats, _cache) = stats;
-    if stats.entries != n as u64 || stats.evictions != 0 {
+    if options.budget.is_none() && (stats.entries != n as u64 || stats.evictions != 0) {
         bail!(
             "expected {n} entries and no eviction, found {} entries and {} evictions",
             stats.entries,
@@ -257,10 +271,14 @@ fn main() -> anyhow::Result<()> {
     #[expect(clippy::cast_precision_loss, reason = "byte counts far below 2^52")]
     {
         let growth = rss_after.saturating_sub(rss_before) as f64;
-        let per_entry = growth / n as f64;
+        // Per entry held at the end (all `n` unless the budget evicted some).
+        let held = stats.entries as f64;
+        let per_entry = growth / held;
         let raw = options.value_bytes() as f64;
         let accounted = stats.bytes as f64;
         println!("entries                 {n}");
+        println!("entries held            {}", stats.entries);
+        println!("evictions               {}", stats.evictions);
         println!("value bytes per entry   {}", options.value_bytes());
         println!("vector capacity         {}", options.capacity);
         println!(
@@ -269,7 +287,7 @@ fn main() -> anyhow::Result<()> {
         );
         println!("rss growth per entry    {per_entry:.1} bytes");
         println!("ratio to value bytes    {:.3}x", per_entry / raw);
-        println!("accounted per entry     {:.1} bytes", accounted / n as f64);
+        println!("accounted per entry     {:.1} bytes", accounted / held);
         println!(
             "accounted / rss growth  {:.3} ({:+.1} %)",
             accounted / growth,
