@@ -34,7 +34,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use infercache_core::{CanonicalInput, Epochs, KeyParts, SystemClock};
 use infercache_engine::{
-    Cache, CacheConfig, CacheKey, Lookup, MemoryConfig, RequestOptions, Source,
+    Cache, CacheConfig, CacheKey, Lookup, MemoryConfig, Policy, RequestOptions, Source,
 };
 
 /// Dimensions of the embedding (all-MiniLM-L6-v2).
@@ -58,6 +58,8 @@ struct Options {
     /// entries take, the fill evicts (and keeps the policy's ghost keys) as a full tier in
     /// the server does, and the read pass counts hits instead of requiring them.
     budget: Option<u64>,
+    /// The memory tier's eviction policy (the default, as the server's, unless given).
+    policy: Policy,
 }
 
 impl Options {
@@ -75,6 +77,7 @@ impl Options {
             capacity: VALUE_BYTES,
             counted: false,
             budget: None,
+            policy: Policy::default(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -87,6 +90,11 @@ impl Options {
                     .parse()
                     .with_context(|| format!("{flag}: {value:?} is not a count"))
             };
+            if flag == "--policy" {
+                let name = args.next().context("--policy needs a value")?;
+                options.policy = name.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+                continue;
+            }
             if flag == "--counted" {
                 options.counted = true;
                 continue;
@@ -99,7 +107,7 @@ impl Options {
                 _ => bail!(
                     "unknown flag {flag:?}; usage: memory_per_entry [--entries N (1000000)] \
                      [--tasks T (4)] [--vec-capacity BYTES (1536)] [--counted] \
-                     [--budget BYTES]"
+                     [--budget BYTES] [--policy NAME]"
                 ),
             }
         }
@@ -222,7 +230,10 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| (n as u64 * (VALUE_BYTES as u64 + 1024)).max(64 << 20) * 2);
     let (rss_before, rss_after, stats) = runtime.block_on(async {
         let config = CacheConfig {
-            memory: Some(MemoryConfig::bytes(capacity)),
+            memory: Some(MemoryConfig {
+                policy: options.policy,
+                ..MemoryConfig::bytes(capacity)
+            }),
             ..CacheConfig::default()
         };
         let cache = Cache::open(config, SystemClock::shared())?;
