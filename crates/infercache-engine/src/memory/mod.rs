@@ -52,9 +52,9 @@ pub const NEVER: u64 = u64::MAX;
 /// Bytes the allocator takes for a block of `len` bytes: the size class jemalloc (the
 /// `infercache` binary's global allocator) rounds the request up to, with no header. Its
 /// classes are 8 and 16, the multiples of 16 up to 128, then four per power of two (160,
-/// 192, 224, 256, 320, ...), so a 1,536-byte embedding takes 1,536 bytes and the built-in
-/// model's 1,540-byte one (the vector and its token count) 1,792. An empty value takes no
-/// block.
+/// 192, 224, 256, 320, ... up to 14 KiB), so a 1,536-byte embedding takes 1,536 bytes and
+/// the built-in model's 1,540-byte one (the vector and its token count) 1,792; a larger
+/// block is charged the pages it fills. An empty value takes no block.
 ///
 /// Written out because jemalloc tells its classes only at run time (`nallocx`) and the
 /// charge is a `const` the policies fold into their per-entry bytes; the engine's
@@ -65,10 +65,18 @@ pub const fn heap_block(len: usize) -> u64 {
         0 => 0,
         1..=8 => 8,
         9..=128 => len.next_multiple_of(16),
-        // Four classes between consecutive powers of two.
-        _ => len.next_multiple_of(len.next_power_of_two() / 8),
+        // Small classes: four between consecutive powers of two, up to 14 KiB.
+        129..=SMALL_MAX => len.next_multiple_of(len.next_power_of_two() / 8),
+        // A large block is whole pages of its own, and only the pages the value fills are
+        // touched: those are what the process holds.
+        _ => len.next_multiple_of(PAGE),
     }
 }
+
+/// jemalloc's largest small size class (with 4 KiB pages); larger blocks are page runs.
+const SMALL_MAX: u64 = 14 * 1024;
+/// The page size of every Linux target this runs on.
+const PAGE: u64 = 4096;
 
 /// A hash table's bytes per entry for buckets of `bucket` bytes: hashbrown (behind std's
 /// `HashMap` and every map here) adds a control byte per bucket and keeps between 7/16 and

@@ -221,8 +221,8 @@ proptest! {
 
 #[test]
 fn blocks_follow_jemallocs_size_classes() {
-    // jemalloc 5's size classes on x86-64 (16-byte quantum, 4 KiB pages), from the table in
-    // its manual, at and around class boundaries.
+    // jemalloc 5's small size classes on x86-64 (16-byte quantum, 4 KiB pages), from the
+    // table in its manual, at and around class boundaries; above 14 KiB, the pages filled.
     for (len, block) in [
         (0, 0),
         (1, 8),
@@ -242,7 +242,10 @@ fn blocks_follow_jemallocs_size_classes() {
         (1_540, 1_792),
         (2_049, 2_560),
         (4_097, 5_120),
+        (14_336, 14_336),
+        (14_337, 16_384),
         (16_385, 20_480),
+        (100_000, 102_400),
     ] {
         assert_eq!(super::heap_block(len), block, "a block of {len} bytes");
     }

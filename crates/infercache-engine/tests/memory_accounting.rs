@@ -12,6 +12,12 @@
 
 use std::process::Command;
 
+/// The `infercache` binary's allocator, whose size classes the memory tier charges. This
+/// test is a binary of its own so that the other engine tests keep the system allocator
+/// their estimates are measured against.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use bytes::Bytes;
 use infercache_core::{Digest, ManualClock};
 use infercache_engine::memory::{self, MemEntry, NEVER};
@@ -98,7 +104,7 @@ fn accounted_bytes_match_resident_bytes_for_every_policy() {
     {
         let out = Command::new(&exe)
             .args([
-                "memory_accounting::accounting_child",
+                "accounting_child",
                 "--exact",
                 "--nocapture",
                 "--test-threads=1",
@@ -127,9 +133,11 @@ fn accounted_bytes_match_resident_bytes_for_every_policy() {
                 .collect();
             let (rss, accounted) = (numbers[0], numbers[1]);
             let ratio = accounted / rss;
-            // The default policy's layout is charged exactly, the others' estimated.
+            // The default policy's layout is charged exactly, the others' estimated; after
+            // the churn jemalloc's partly refilled slabs hold up to about 2 % more (2.1 %
+            // seen), hence 3 % for the default.
             let tolerance = if policy == Policy::default() {
-                0.02
+                0.03
             } else {
                 0.05
             };
