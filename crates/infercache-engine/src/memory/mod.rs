@@ -57,8 +57,9 @@ pub const NEVER: u64 = u64::MAX;
 /// block is charged the pages it fills. An empty value takes no block.
 ///
 /// Written out because jemalloc tells its classes only at run time (`nallocx`) and the
-/// charge is a `const` the policies fold into their per-entry bytes; the engine's
-/// integration tests run under jemalloc and compare the charges with the resident set.
+/// charge is a `const` the policies fold into their per-entry bytes; the memory accounting
+/// test (`tests/memory_accounting.rs`) runs under jemalloc and compares the charges with
+/// the resident set.
 pub const fn heap_block(len: usize) -> u64 {
     let len = len as u64;
     match len {
