@@ -307,27 +307,33 @@ const KEY: &str = "sk-datasets-reader";
 
 impl Served {
     fn start(cache: &Path) -> Self {
-        use std::io::BufRead as _;
         let keys = cache.join("keys.toml");
         std::fs::write(
             &keys,
             format!("[[key]]\nkey = \"{KEY}\"\ntenant = \"ml\"\n"),
         )
         .unwrap();
-        let mut child = infercache(cache)
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--no-disk",
-                "--datasets-dir",
-            ])
-            .arg(cache.join("datasets"))
-            .arg("--api-keys-file")
-            .arg(&keys)
-            .arg("--model-dir")
-            .arg(model_dir())
-            .env_remove("INFERCACHE_CONFIG")
+        let mut cmd = infercache(cache);
+        cmd.args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--no-disk",
+            "--datasets-dir",
+        ])
+        .arg(cache.join("datasets"))
+        .arg("--api-keys-file")
+        .arg(&keys)
+        .arg("--model-dir")
+        .arg(model_dir())
+        .env_remove("INFERCACHE_CONFIG");
+        Self::spawn(&mut cmd)
+    }
+
+    /// Runs a `serve` command and waits until it says where it listens.
+    fn spawn(cmd: &mut Command) -> Self {
+        use std::io::BufRead as _;
+        let mut child = cmd
             .env("INFERCACHE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -6,32 +6,13 @@ use super::*;
 /// `infercache serve --config config` on a loopback port, once it accepts connections;
 /// killed on drop.
 fn serve(dir: &Path, config: &Path) -> Served {
-    use std::io::BufRead as _;
-    let mut child = infercache(dir)
-        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .arg("--model-dir")
-        .arg(model_dir())
-        .env("INFERCACHE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some((_, url)) = line.split_once("listening on ") {
-                let _ = tx.send(url.trim().to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server never said where it listens");
-    let served = Served { child, url };
+    let served = Served::spawn(
+        infercache(dir)
+            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .arg("--model-dir")
+            .arg(model_dir()),
+    );
     // The model loads after the listener binds: retry until ready.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(served.url.trim_start_matches("http://")).is_err()
