@@ -37,7 +37,7 @@ use bytes::Bytes;
 use infercache_core::SystemClock;
 use infercache_model::bert::Threads;
 use infercache_model::{Embedder, ModelFiles};
-use infercache_weights::client::{Fetcher, HttpConfig};
+use infercache_weights::client::{BufferPool, Fetcher, HttpConfig};
 use infercache_weights::digest::sha256_hex;
 use infercache_weights::server::{ServerConfig, WeightServer};
 use infercache_weights::{
@@ -156,9 +156,15 @@ async fn start_raw(chunks: Vec<Bytes>) -> Result<String> {
     Ok(addr)
 }
 
-/// Every chunk over a new raw connection, into fresh buffers, each checked against its
-/// SHA-256 when `digests` are given; the bytes received.
-async fn raw_transfer(addr: &str, count: usize, digests: Option<&[String]>) -> Result<u64> {
+/// Every chunk over a new raw connection, into fresh buffers (or, with `reuse`, into one
+/// buffer kept across the chunks and the calls), each checked against its SHA-256 when
+/// `digests` are given; the bytes received.
+async fn raw_transfer(
+    addr: &str,
+    count: usize,
+    digests: Option<&[String]>,
+    mut reuse: Option<&mut Vec<u8>>,
+) -> Result<u64> {
     let mut sock = TcpStream::connect(addr).await?;
     sock.set_nodelay(true)?;
     let mut total = 0;
@@ -166,10 +172,25 @@ async fn raw_transfer(addr: &str, count: usize, digests: Option<&[String]>) -> R
         sock.write_all(&u32::try_from(i)?.to_le_bytes()).await?;
         let mut len = [0u8; 8];
         sock.read_exact(&mut len).await?;
-        let mut body = vec![0u8; usize::try_from(u64::from_le_bytes(len))?];
-        sock.read_exact(&mut body).await?;
+        let len = usize::try_from(u64::from_le_bytes(len))?;
+        let mut fresh;
+        let body: &mut [u8] = match reuse.as_deref_mut() {
+            Some(kept) => {
+                if kept.len() < len {
+                    // Zeroes only the bytes past the old length: a kept buffer is not
+                    // touched again before the read.
+                    kept.resize(len, 0);
+                }
+                &mut kept[..len]
+            }
+            None => {
+                fresh = vec![0u8; len];
+                &mut fresh
+            }
+        };
+        sock.read_exact(body).await?;
         if let Some(d) = digests {
-            ensure!(sha256_hex(&body) == d[i], "raw chunk {i} failed its digest");
+            ensure!(sha256_hex(body) == d[i], "raw chunk {i} failed its digest");
         }
         total += body.len() as u64;
         std::hint::black_box(&body);
@@ -194,12 +215,19 @@ fn digest_speed(bodies: &[Bytes], rounds: usize) {
     println!("sha256_hex  MB/s  {}", spread(&rates));
 }
 
-/// Every chunk through a new client's verified fetches; the body bytes received.
-async fn stream_transfer(url: &str, manifest: &Manifest) -> Result<u64> {
-    let fetcher = Fetcher::new(url, NAME, HttpConfig::default())?;
+/// Every chunk through a new client's verified, pipelined fetches ([`Fetcher::chunks`]),
+/// its bodies in buffers of its own or, with `pool`, in that pool's (kept across
+/// clients); the body bytes received.
+async fn stream_transfer(url: &str, manifest: &Manifest, pool: Option<&BufferPool>) -> Result<u64> {
+    let mut fetcher = Fetcher::new(url, NAME, HttpConfig::default())?;
+    if let Some(pool) = pool {
+        fetcher = fetcher.with_buffer_pool(pool.clone());
+    }
     let mut wire = 0;
-    for (name, info) in &manifest.chunks {
-        let f = fetcher.chunk(name, info.size_bytes, &info.sha256).await?;
+    let mut chunks =
+        std::pin::pin!(fetcher.chunks(manifest.chunks.iter().map(|(n, c)| (n.as_str(), c))));
+    while let Some(next) = futures_util::StreamExt::next(&mut chunks).await {
+        let (_, f) = next?;
         wire += f.wire_bytes;
         std::hint::black_box(&f.bytes);
     }
@@ -355,66 +383,84 @@ async fn main() -> Result<()> {
     let (server, url) = start_server(&root, 512 << 20).await?;
     let raw = start_raw(bodies).await?;
     let digests: Vec<String> = manifest.chunks.values().map(|c| c.sha256.clone()).collect();
-    stream_transfer(&url, &manifest).await?;
-    raw_transfer(&raw, names.len(), None).await?;
+    let pool = BufferPool::new(256 << 20);
+    let mut kept = Vec::new();
+    stream_transfer(&url, &manifest, Some(&pool)).await?;
+    raw_transfer(&raw, names.len(), None, Some(&mut kept)).await?;
 
-    // 1. Cold stream against raw loopback TCP.
-    let (mut raw_mbs, mut stream_mbs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut raw_sha_mbs, mut ratio_sha, mut wire_ratio) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut raw_cpu, mut raw_sha_cpu, mut stream_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    // 1. Cold stream against raw loopback TCP: the sides of a round, run forwards in
+    // even rounds and backwards in odd ones.
+    const SIDES: [&str; 5] = [
+        "raw loopback TCP",
+        "raw + SHA-256 each",
+        "streamed, verified (new client)",
+        "streamed, verified (pool kept)",
+        "raw, one buffer kept",
+    ];
+    let mut mbs: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
+    let mut ratio: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
+    let (mut ratio_sha, mut wire_ratio) = (Vec::new(), Vec::new());
     let mb = chunk_bytes as f64 / 1e6;
     for round in 0..rounds {
-        let run_raw = async |digests: Option<&[String]>| -> Result<Timed> {
-            let (got, t) = measured(raw_transfer(&raw, names.len(), digests)).await?;
-            ensure!(got == chunk_bytes, "raw transfer got {got} bytes");
-            Ok(t)
-        };
-        let run_stream = async || measured(stream_transfer(&url, &manifest)).await;
         let sent_before = server.stats().bytes_sent;
-        let (r, rs, (wire, s)) = if round % 2 == 0 {
-            let r = run_raw(None).await?;
-            let rs = run_raw(Some(&digests)).await?;
-            (r, rs, run_stream().await?)
-        } else {
-            let s = run_stream().await?;
-            let rs = run_raw(Some(&digests)).await?;
-            (run_raw(None).await?, rs, s)
-        };
+        let mut order: Vec<usize> = (0..SIDES.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut timed: Vec<Option<Timed>> = (0..SIDES.len()).map(|_| None).collect();
+        for side in order {
+            let (got, t) = match side {
+                0 => measured(raw_transfer(&raw, names.len(), None, None)).await?,
+                1 => measured(raw_transfer(&raw, names.len(), Some(&digests), None)).await?,
+                2 => {
+                    let (wire, t) = measured(stream_transfer(&url, &manifest, None)).await?;
+                    wire_ratio.push(wire as f64 / chunk_bytes as f64);
+                    (wire, t)
+                }
+                3 => measured(stream_transfer(&url, &manifest, Some(&pool))).await?,
+                _ => measured(raw_transfer(&raw, names.len(), None, Some(&mut kept))).await?,
+            };
+            ensure!(got == chunk_bytes, "{} got {got} bytes", SIDES[side]);
+            timed[side] = Some(t);
+        }
+        let timed: Vec<Timed> = timed
+            .into_iter()
+            .map(|t| t.expect("every side ran"))
+            .collect();
+        for (side, t) in timed.iter().enumerate() {
+            mbs[side].push(mb / t.wall);
+            cpu[side].push(t.cpu * 1000.0 / mb);
+            ratio[side].push(timed[0].wall / t.wall);
+        }
+        ratio_sha.push(timed[1].wall / timed[2].wall);
         let sent = server.stats().bytes_sent - sent_before;
-        raw_mbs.push(mb / r.wall);
-        raw_sha_mbs.push(mb / rs.wall);
-        stream_mbs.push(mb / s.wall);
-        ratio.push(r.wall / s.wall);
-        ratio_sha.push(rs.wall / s.wall);
-        raw_cpu.push(r.cpu * 1000.0 / mb);
-        raw_sha_cpu.push(rs.cpu * 1000.0 / mb);
-        stream_cpu.push(s.cpu * 1000.0 / mb);
-        wire_ratio.push(wire as f64 / chunk_bytes as f64);
         ensure!(
-            sent == chunk_bytes,
-            "server sent {sent} body bytes for {chunk_bytes}"
+            sent == 2 * chunk_bytes,
+            "server sent {sent} body bytes for two streams of {chunk_bytes}"
         );
     }
     println!("\n## cold stream of every chunk (server cache warm, client empty)");
-    println!("raw loopback TCP      MB/s  {}", spread(&raw_mbs));
-    println!("raw + SHA-256 each    MB/s  {}", spread(&raw_sha_mbs));
-    println!("streamed, verified    MB/s  {}", spread(&stream_mbs));
-    println!("streamed / raw              {}", spread(&ratio));
-    println!("streamed / raw + SHA-256    {}", spread(&ratio_sha));
     println!(
-        "CPU ms per MB (both ends, all threads): raw {}",
-        spread(&raw_cpu)
+        "{:<34} {:<22} {:<22} CPU ms/MB (both ends)",
+        "", "MB/s", "throughput / raw"
     );
+    for (side, name) in SIDES.iter().enumerate() {
+        println!(
+            "{name:<34} {:<22} {:<22} {}",
+            spread(&mbs[side]),
+            spread(&ratio[side]),
+            spread(&cpu[side])
+        );
+    }
+    // The ratios above are raw's wall time over the side's: for the streams, streamed / raw.
     println!(
-        "                             raw + SHA-256 {}",
-        spread(&raw_sha_cpu)
-    );
-    println!(
-        "                          streamed, verified {}",
-        spread(&stream_cpu)
+        "streamed (new client) / raw + SHA-256 {}",
+        spread(&ratio_sha)
     );
     println!("client body bytes / chunk bytes {}", spread(&wire_ratio));
     println!("server body bytes sent per stream = chunk bytes: yes (checked each round)");
+    println!("buffer pool kept across clients: {:?}", pool.stats());
     if stream_only {
         return Ok(());
     }

@@ -10,6 +10,13 @@
 //! overlaps the network instead of stalling it, and verification costs no second pass
 //! over the bytes. On a loopback link the SHA-256 of a piece takes about as long as
 //! receiving it: run in line, it held the connection's reader up for half its time.
+//!
+//! Bodies are received into buffers from a [`BufferPool`] (one per fetcher unless
+//! shared with [`Fetcher::with_buffer_pool`]): a body dropped gives its buffer back for
+//! the next, so a stream of chunks does not fault in and zero fresh pages for each.
+//! [`Fetcher::chunks`] fetches a list of chunks in order with the next one's request and
+//! body under way while the previous one's digest finishes (at most [`PIPELINE`] at
+//! once).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,13 +25,17 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable as _, RetryableWithContext as _};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt as _};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, ETAG, IF_MATCH, IF_RANGE, RANGE};
 
 use super::disk::{Begin, DiskTier, Writer};
 use super::error::{Cause, ClientError};
+use super::pool::{BufferPool, DEFAULT_POOL_BYTES};
 use crate::digest::Hasher;
-use crate::manifest::{CONFIG_FILE, FileInfo, Manifest, TOKENIZER_FILE, is_valid_model_name};
+use crate::manifest::{
+    CONFIG_FILE, ChunkInfo, FileInfo, Manifest, TOKENIZER_FILE, is_valid_model_name,
+};
 
 /// Largest manifest accepted.
 const MAX_MANIFEST: u64 = 16 << 20;
@@ -35,6 +46,10 @@ const MAX_PREALLOCATION: u64 = 256 << 20;
 /// Parts of a body queued for its [`Verifier`] (each one piece as the HTTP client read it,
 /// at most a few hundred KiB).
 const VERIFY_QUEUE: usize = 16;
+
+/// Chunks [`Fetcher::chunks`] has under way at once: the one whose digest is finishing
+/// (or that waits to be taken) and the next, already requested.
+pub const PIPELINE: usize = 2;
 
 /// Longest error message read from an error response.
 const MAX_ERROR_BODY: usize = 4 << 10;
@@ -89,6 +104,8 @@ pub struct Fetcher {
     config: HttpConfig,
     /// Chunks kept on local disk between runs.
     disk: Option<DiskTier>,
+    /// Buffers for bodies.
+    pool: BufferPool,
 }
 
 /// What a client reads first ([`Fetcher::connect`]).
@@ -162,7 +179,21 @@ impl Fetcher {
             base: format!("{}/v1/weights/{model}", url.trim_end_matches('/')),
             config,
             disk: None,
+            pool: BufferPool::new(DEFAULT_POOL_BYTES),
         })
+    }
+
+    /// Receives bodies into `pool`'s buffers (default: a pool of its own keeping
+    /// [`DEFAULT_POOL_BYTES`]); fetchers given one pool reuse each other's buffers.
+    #[must_use]
+    pub fn with_buffer_pool(mut self, pool: BufferPool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// The pool bodies are received into.
+    pub fn buffer_pool(&self) -> &BufferPool {
+        &self.pool
     }
 
     /// Keeps chunks in `disk` ([`super::disk`]).
@@ -288,6 +319,24 @@ impl Fetcher {
         }
     }
 
+    /// Every chunk of `wanted`, in its order, each checked as [`Fetcher::chunk`] checks
+    /// it: the next chunk's request and body are under way while the previous one's
+    /// digest finishes and while the caller uses it, at most [`PIPELINE`] chunks at once
+    /// (so at most that many bodies in flight besides the ones the caller keeps). A chunk
+    /// is yielded only once its digest passed; the first error is yielded and the stream
+    /// should then be dropped (the chunks after it are not waited for).
+    pub fn chunks<'a>(
+        &'a self,
+        wanted: impl IntoIterator<Item = (&'a str, &'a ChunkInfo)> + 'a,
+    ) -> impl Stream<Item = Result<(&'a str, Fetched), ClientError>> + 'a {
+        futures_util::stream::iter(wanted)
+            .map(move |(name, info)| async move {
+                let fetched = self.chunk(name, info.size_bytes, &info.sha256).await?;
+                Ok((name, fetched))
+            })
+            .buffered(PIPELINE)
+    }
+
     /// File `name` (`config.json`, `tokenizer.json`), checked against `size` and `sha256`.
     ///
     /// # Errors
@@ -321,7 +370,7 @@ impl Fetcher {
     ) -> Result<Fetched, ClientError> {
         let started = Instant::now();
         let etag = format!("\"{sha256}\"");
-        let mut body = Body::new(what, size);
+        let mut body = Body::new(what, size, &self.pool);
         let (so_far, writer) = match disk {
             Some((so_far, writer)) => (so_far, Some(writer)),
             None => (Vec::new(), None),
@@ -514,11 +563,12 @@ impl Fetcher {
 }
 
 /// A body being received: each piece is copied once, into a buffer sized for the whole
-/// body, and the filled part split off (sharing that buffer) to its [`Verifier`], which
-/// joins the parts back into one as it hashes them.
+/// body (from the fetcher's pool), and the filled part split off (sharing that buffer) to
+/// its [`Verifier`], which joins the parts back into one as it hashes them.
 struct Body<'a> {
     what: &'a str,
     size: u64,
+    pool: &'a BufferPool,
     /// The room left for the body.
     buf: BytesMut,
     received: u64,
@@ -527,26 +577,27 @@ struct Body<'a> {
 }
 
 impl<'a> Body<'a> {
-    fn new(what: &'a str, size: u64) -> Self {
+    fn new(what: &'a str, size: u64, pool: &'a BufferPool) -> Self {
         Self {
             what,
             size,
-            buf: Self::room(size),
+            pool,
+            buf: Self::room(pool, size),
             received: 0,
             verifier: Verifier::default(),
             wire: 0,
         }
     }
 
-    fn room(size: u64) -> BytesMut {
-        BytesMut::with_capacity(usize::try_from(size.min(MAX_PREALLOCATION)).expect("bounded"))
+    fn room(pool: &BufferPool, size: u64) -> BytesMut {
+        pool.take(usize::try_from(size.min(MAX_PREALLOCATION)).expect("bounded"))
     }
 
     fn restart(&mut self) {
         if self.verifier.0.is_none() {
             return; // nothing arrived yet
         }
-        self.buf = Self::room(self.size);
+        self.buf = Self::room(self.pool, self.size);
         self.received = 0;
         self.verifier = Verifier::default();
     }
@@ -570,11 +621,13 @@ impl<'a> Body<'a> {
         Ok(())
     }
 
-    /// The SHA-256 of the bytes received and the bytes; the body starts over empty.
+    /// The SHA-256 of the bytes received and the bytes (their buffer goes back to the
+    /// pool when they are dropped); the body starts over empty.
     async fn finish(&mut self) -> Result<(String, Bytes), ClientError> {
         let verifier = std::mem::take(&mut self.verifier);
         self.received = 0;
-        verifier.finish().await
+        let (digest, whole) = verifier.finish().await?;
+        Ok((digest, self.pool.hand_out(whole)))
     }
 }
 
@@ -610,15 +663,14 @@ impl Verifier {
     }
 
     /// The digest of every part, and the parts joined.
-    async fn finish(self) -> Result<(String, Bytes), ClientError> {
+    async fn finish(self) -> Result<(String, BytesMut), ClientError> {
         let Some(Hashing { parts, done }) = self.0 else {
-            return Ok((Hasher::default().finish_hex(), Bytes::new()));
+            return Ok((Hasher::default().finish_hex(), BytesMut::new()));
         };
         drop(parts);
-        let (digest, whole) = done.await.map_err(|e| ClientError::Inference {
+        done.await.map_err(|e| ClientError::Inference {
             source: Arc::new(e),
-        })?;
-        Ok((digest, whole.freeze()))
+        })
     }
 }
 

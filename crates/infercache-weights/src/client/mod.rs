@@ -47,6 +47,7 @@ mod cache;
 pub mod disk;
 mod error;
 pub mod fetch;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub use self::disk::DiskConfig;
 use self::disk::DiskTier;
 pub use self::error::{Cause, ClientError};
 pub use self::fetch::{Connected, Fetched, Fetcher, HttpConfig};
+pub use self::pool::{BufferPool, PoolStats};
 use crate::arch::Architecture;
 use crate::arch::bert::Bert;
 use crate::manifest::{CONFIG_FILE, Manifest, TOKENIZER_FILE, chunk_sort_key, layer_name, size_mb};

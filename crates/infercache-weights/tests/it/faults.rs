@@ -11,7 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use infercache_weights::client::DiskConfig;
+use futures_util::StreamExt as _;
+use infercache_weights::client::{DiskConfig, Fetcher};
 use infercache_weights::manifest::Manifest;
 use infercache_weights::testing::{TinyBert, reference_embeddings, sample_texts};
 use infercache_weights::{ClientConfig, ClientError, StreamingBertModel};
@@ -545,4 +546,60 @@ async fn the_disk_tier_keeps_within_its_cap_least_recently_used_first_out() {
         .unwrap();
         assert!(store.contains(&last).unwrap(), "round {round}");
     }
+}
+
+/// Every chunk of the manifest through [`Fetcher::chunks`], collected until the first
+/// error.
+async fn pipelined(
+    fetcher: &Fetcher,
+    manifest: &Manifest,
+) -> (Vec<(String, Bytes)>, Option<ClientError>) {
+    let mut stream =
+        std::pin::pin!(fetcher.chunks(manifest.chunks.iter().map(|(n, c)| (n.as_str(), c))));
+    let mut got = Vec::new();
+    while let Some(next) = stream.next().await {
+        match next {
+            Ok((name, f)) => got.push((name.to_owned(), f.bytes)),
+            Err(e) => return (got, Some(e)),
+        }
+    }
+    (got, None)
+}
+
+#[tokio::test]
+async fn a_pipelined_stream_yields_verified_chunks_in_order_and_stops_at_a_tampered_one() {
+    let t = Tiny::new(TinyBert::default());
+    let manifest = std::fs::read(t.chunks.join("chunk_info.json")).unwrap();
+    let d = start(&t, "layer_1", manifest).await;
+    let fetcher = Fetcher::new(&d.url, TINY, quick()).unwrap();
+    let names: Vec<String> = t.manifest.chunks.keys().cloned().collect();
+    let on_disk = |name: &str| std::fs::read(t.chunk_path(name)).unwrap();
+
+    // Twice: the second stream's bodies go into the buffers the first one's gave back,
+    // and still hold exactly each chunk's bytes.
+    for pass in 0..2 {
+        let (got, err) = pipelined(&fetcher, &t.manifest).await;
+        assert!(err.is_none(), "pass {pass}: {err:?}");
+        let got_names: Vec<&String> = got.iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            got_names,
+            names.iter().collect::<Vec<_>>(),
+            "manifest order"
+        );
+        for (name, bytes) in &got {
+            assert_eq!(&bytes[..], &on_disk(name)[..], "pass {pass}: {name}");
+        }
+    }
+    let stats = fetcher.buffer_pool().stats();
+    assert!(stats.reused > 0, "{stats:?}");
+
+    // A tampered chunk ends the stream with its digest error; nothing of it is yielded.
+    *d.double.fault.lock() = Fault::Tampered;
+    let (got, err) = pipelined(&fetcher, &t.manifest).await;
+    assert!(
+        matches!(&err, Some(ClientError::Digest { chunk, .. }) if chunk == "layer_1"),
+        "{err:?}"
+    );
+    let before: Vec<&String> = names.iter().take_while(|n| *n != "layer_1").collect();
+    assert_eq!(got.iter().map(|(n, _)| n).collect::<Vec<_>>(), before);
 }
