@@ -12,6 +12,7 @@ use crate::config::Limits;
 use crate::dashboard::Dashboard;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Rejection, RequestOutcome};
+use crate::routes::rendered::{self, RenderedFloats};
 use crate::weights::WeightServer;
 
 /// Inputs in flight, in units of `max_items`: eight full requests (16,384 inputs, about
@@ -43,6 +44,9 @@ struct Shared {
     datasets: Option<Datasets>,
     /// The weight routes' server (`weights_dir`).
     weights: Option<WeightServer>,
+    /// Float arrays kept rendered for hot entries, when the memory tier is large enough
+    /// to give up their budget ([`rendered::budget_for`]).
+    rendered: Option<RenderedFloats>,
 }
 
 /// The dataset cache a server serves, and the streams of batches it may run at once.
@@ -78,6 +82,13 @@ impl AppState {
             crate::weights::register_metrics(w, &mut metrics);
         }
         let metrics = Arc::new(metrics);
+        // The server's configuration has taken the table's budget out of a tier this
+        // large (`rendered::budget_for`).
+        let rendered = cache
+            .as_ref()
+            .and_then(Cache::memory)
+            .filter(|m| m.config().capacity >= rendered::MIN_MEMORY)
+            .map(|_| RenderedFloats::new());
         let infer = Infer::new(
             cache,
             models,
@@ -101,6 +112,7 @@ impl AppState {
                 dashboard: Dashboard::default(),
                 datasets: None,
                 weights,
+                rendered,
             }),
         }
     }
@@ -204,6 +216,11 @@ impl AppState {
     /// The request limits.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The float arrays kept rendered for hot entries, if this server keeps any.
+    pub fn rendered(&self) -> Option<&RenderedFloats> {
+        self.inner.rendered.as_ref()
     }
 
     /// The metrics.

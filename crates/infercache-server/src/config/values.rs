@@ -191,10 +191,12 @@ impl ServerConfig {
         if !self.enable_cache {
             return None;
         }
+        // The float arrays the routes keep rendered take their budget out of the tier's.
+        let rendered = crate::routes::rendered::budget_for(self.memory_bytes);
         Some(CacheConfig {
             memory: Some(MemoryConfig {
                 policy: self.policy,
-                ..MemoryConfig::bytes(self.memory_bytes)
+                ..MemoryConfig::bytes(self.memory_bytes - rendered)
             }),
             disk: self.disk.as_ref().map(|d| DiskConfig {
                 compression: d.compression,

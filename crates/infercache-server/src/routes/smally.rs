@@ -26,9 +26,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use infercache_backend::{BUILTIN_MODEL, BackendKind, Inputs, vector};
+use infercache_core::Digest;
 use infercache_infer::{Model, RowRequest};
 use serde::Deserialize;
 
+use super::rendered::RenderedFloats;
 use super::{body, write};
 use crate::auth::Caller;
 use crate::cache_control::Directives;
@@ -74,6 +76,11 @@ pub async fn embed(
     };
     let response = Answer {
         vector,
+        kept: rows
+            .keys
+            .first()
+            .zip(state.rendered())
+            .map(|(key, table)| (table, key, stored.slice_ref(vector))),
         normalize,
         model: model.name(),
         tokens,
@@ -151,6 +158,9 @@ fn parse_slow(state: &AppState, body: Bytes) -> Result<(String, bool), ApiError>
 struct Answer<'a> {
     /// The stored vector's bytes (little-endian `f32`s).
     vector: &'a [u8],
+    /// The table of float arrays kept rendered, the row's key and its vector as stored:
+    /// the array is written through it when `normalize` is off.
+    kept: Option<(&'a RenderedFloats, &'a Digest, Bytes)>,
     /// Scale it to unit length on the way out.
     normalize: bool,
     model: &'a str,
@@ -171,7 +181,10 @@ impl Answer<'_> {
             128 + self.model.len() + self.vector.len() / 4 * write::MAX_F32_BYTES,
         );
         out.extend_from_slice(br#"{"embedding":"#);
-        write::f32_array(&mut out, self.vector, divisor);
+        match (&self.kept, divisor) {
+            (Some((table, key, vector)), None) => table.write(&mut out, key, vector),
+            _ => write::f32_array(&mut out, self.vector, divisor),
+        }
         out.extend_from_slice(br#","model":"#);
         write::string(&mut out, self.model);
         out.extend_from_slice(br#","tokens":"#);

@@ -9,7 +9,10 @@ use proptest::prelude::*;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use infercache_core::Digest;
+
 use super::{Answer, parse_fast, parse_slow};
+use crate::routes::rendered::RenderedFloats;
 use crate::tests::Fake;
 use crate::{ApiKeys, AppState, Limits};
 
@@ -117,15 +120,6 @@ proptest! {
     ) {
         let values: Vec<f32> = if pick_small { small } else { bits.into_iter().map(f32::from_bits).collect() };
         let stored = vector::encode(&values);
-        let written = Answer {
-            vector: &stored,
-            normalize,
-            model: "all-MiniLM-L6-v2",
-            tokens,
-            cached,
-            latency_ms,
-        }
-        .write();
         let decoded = vector::decode(&stored, None).unwrap();
         let expected = serde_json::to_vec(&EmbedResponse {
             embedding: if normalize { vector::l2_normalize(decoded) } else { decoded },
@@ -135,6 +129,21 @@ proptest! {
             latency_ms,
         })
         .unwrap();
-        prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
+        // Formatted, then through a table of kept arrays: filled, then served from it.
+        let table = RenderedFloats::new();
+        let key = Digest([3; 32]);
+        for kept in [false, true, true] {
+            let written = Answer {
+                vector: &stored,
+                kept: kept.then(|| (&table, &key, stored.clone())),
+                normalize,
+                model: "all-MiniLM-L6-v2",
+                tokens,
+                cached,
+                latency_ms,
+            }
+            .write();
+            prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected.clone()).unwrap());
+        }
     }
 }
