@@ -34,12 +34,15 @@
 //! timestamps in 48 bits each (milliseconds until the year 10889), the frequency and the
 //! queue. Add a 4-byte queue item and a 4-byte table bucket with its control byte, at the
 //! tables' load: [`ENTRY_BYTES`] charges 93 bytes per entry on top of the value's block and
-//! its reference count ([`super::charge`]). The ghost's keys are charged too, 37 bytes each.
+//! its reference count ([`super::charge`]). The ghost's memory is charged too, as allocated:
+//! a key takes an 8-byte ring item and a 4-byte fingerprint with its control byte in a
+//! table, about 20 bytes with both at their average load.
 //! A removed entry's slot is reused, not returned to the allocator, and not charged.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -49,7 +52,6 @@ use infercache_core::stats::TierCounters;
 use parking_lot::RwLock;
 
 use super::{MemEntry, NEVER, Policy, Store, Weigher};
-use crate::hash::DigestHasher;
 
 /// Entries move from the small to the main queue after this many hits.
 const PROMOTE_AFTER_HITS: u8 = 2;
@@ -64,10 +66,6 @@ const GHOST_QUEUE: f64 = 1.0;
 /// growth slack) and its bucket in the shard's table.
 pub(super) const ENTRY_BYTES: u64 =
     size_of::<Slot>() as u64 + size_of::<u32>() as u64 * 3 / 2 + super::table_bytes(4);
-
-/// Bytes per key remembered by the ghost queue: its order item (with the ring's growth
-/// slack) and its bucket in the ghost's set.
-const GHOST_ENTRY_BYTES: u64 = size_of::<(u64, u64)>() as u64 * 3 / 2 + super::table_bytes(8);
 
 const _: () = assert!(
     size_of::<Slot>() == 80,
@@ -134,35 +132,93 @@ impl Slot {
     }
 }
 
-/// Keys recently evicted from the small queue, by their hash, bounded by weight.
+/// Keys recently evicted from the small queue, bounded by weight.
+///
+/// A key is remembered by a 32-bit fingerprint of its digest: a ring of items (the
+/// fingerprint and the evicted entry's weight in one `u64`) keeps the order, and a hash
+/// table of fingerprints answers membership. Two keys that share a fingerprint (about one
+/// pair in 2^32) only make one of them skip the small queue, or leave the ghost early;
+/// the ghost never serves a value. What it holds is both allocations, charged whole
+/// ([`Ghost::bytes`]): the ring wraps as it turns over, and a table's buckets are written
+/// all over, so all of each is resident once the ghost has filled.
 #[derive(Debug, Default)]
 struct Ghost {
-    members: HashSet<u64, DigestHasher>,
-    order: VecDeque<(u64, u64)>,
+    members: HashTable<u32>,
+    order: VecDeque<u64>,
     weight: u64,
     capacity: u64,
 }
 
 impl Ghost {
+    /// The fingerprint a key is remembered by: the low half of its digest's prefix (the
+    /// shard is picked by bits above it, so within a shard all 32 bits vary).
+    fn fingerprint(hash: u64) -> u32 {
+        u32::try_from(hash & u64::from(u32::MAX)).expect("masked to 32 bits")
+    }
+
+    /// The ghost table's hash of a fingerprint, spread over all 64 bits (hashbrown takes
+    /// its bucket from the low bits and its tag from the top seven).
+    fn spread(fingerprint: u32) -> u64 {
+        u64::from(fingerprint).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        let fp = Self::fingerprint(hash);
+        self.members.find(Self::spread(fp), |&m| m == fp).is_some()
+    }
+
+    /// Bytes the ghost holds: its ring's and its table's allocations.
+    fn bytes(&self) -> u64 {
+        let ring = self.order.capacity() * size_of::<u64>();
+        super::heap_block(ring) + super::heap_block(self.members.allocation_size())
+    }
+
     fn push(&mut self, hash: u64, weight: u64) {
         if self.capacity == 0 {
             return;
         }
+        // Weights past 4 GiB are remembered as 4 GiB, on the way in and out alike.
+        let weight = weight.min(u64::from(u32::MAX));
         while self.weight + weight > self.capacity && self.weight > 0 {
             self.pop();
         }
-        self.order.push_back((hash, weight));
-        self.members.insert(hash);
+        let fp = Self::fingerprint(hash);
+        self.order.push_back(u64::from(fp) << 32 | weight);
+        if let Entry::Vacant(slot) =
+            self.members
+                .entry(Self::spread(fp), |&m| m == fp, |&m| Self::spread(m))
+        {
+            slot.insert(fp);
+        }
         self.weight += weight;
     }
 
     /// Forgets the oldest key; `false` if there is none.
     fn pop(&mut self) -> bool {
-        let Some((hash, weight)) = self.order.pop_front() else {
+        let Some(item) = self.order.pop_front() else {
             return false;
         };
-        self.weight -= weight;
-        self.members.remove(&hash);
+        let fp = u32::try_from(item >> 32).expect("the high 32 bits fit");
+        self.weight -= item & u64::from(u32::MAX);
+        if let Ok(found) = self.members.find_entry(Self::spread(fp), |&m| m == fp) {
+            found.remove();
+        }
+        true
+    }
+
+    /// Forgets the oldest key, or once none is left gives back the allocations; `false`
+    /// if there is nothing to give back either.
+    fn shrink(&mut self) -> bool {
+        if self.pop() {
+            return true;
+        }
+        if self.bytes() == 0 {
+            return false;
+        }
+        *self = Self {
+            capacity: self.capacity,
+            ..Self::default()
+        };
         true
     }
 }
@@ -217,7 +273,7 @@ impl Shard {
     /// Weight in use: the entries, and in bytes mode the ghost's own memory.
     fn usage(&self) -> u64 {
         let ghost = match self.weigher {
-            Weigher::EncodedSize => self.ghost.order.len() as u64 * GHOST_ENTRY_BYTES,
+            Weigher::EncodedSize => self.ghost.bytes(),
             Weigher::Unit => 0,
         };
         self.small_weight + self.main_weight + ghost
@@ -353,7 +409,7 @@ impl Shard {
     /// cannot.
     fn make_room(&mut self, weight: u64, counters: &TierCounters) -> bool {
         while self.usage() + weight > self.capacity {
-            if !self.evict_one(counters) && !self.ghost.pop() {
+            if !self.evict_one(counters) && !self.ghost.shrink() {
                 return false;
             }
         }
@@ -393,7 +449,7 @@ impl Shard {
             self.release(idx);
         }
         let hash = key.prefix_u64();
-        let state = if self.ghost.members.contains(&hash) {
+        let state = if self.ghost.contains(hash) {
             State::Main
         } else {
             State::Small
@@ -625,7 +681,7 @@ mod tests {
                 .iter()
                 .map(|&i| super::super::charge(Policy::S3fifo, shard.slots[i as usize].value.len()))
                 .sum();
-            let ghost = shard.ghost.order.len() as u64 * GHOST_ENTRY_BYTES;
+            let ghost = shard.ghost.bytes();
             assert_eq!(store.weight(), held + ghost, "step {step}");
             assert!(store.weight() <= capacity, "step {step}");
             let queued = shard.small.len() + shard.main.len();
