@@ -219,7 +219,7 @@ impl AppState {
     }
 
     /// The float arrays kept rendered for hot entries, if this server keeps any.
-    pub fn rendered(&self) -> Option<&RenderedFloats> {
+    pub(crate) fn rendered(&self) -> Option<&RenderedFloats> {
         self.inner.rendered.as_ref()
     }
 

@@ -21,7 +21,7 @@ pub mod kserve;
 pub mod models;
 pub mod openai;
 pub mod predict;
-pub mod rendered;
+pub(crate) mod rendered;
 pub mod smally;
 mod write;
 

@@ -31,14 +31,15 @@ use infercache_core::Digest;
 use super::write;
 
 /// The bytes the table may hold at most.
-pub const BUDGET: u64 = 512 << 10;
+pub(crate) const BUDGET: u64 = 512 << 10;
 
 /// The table's slots: each may hold a vector's bytes and text up to `BUDGET / SLOTS`.
-pub const SLOTS: usize = 64;
+pub(crate) const SLOTS: usize = 64;
 
 /// Memory-tier budgets below this keep no rendered text (the table would be a large
-/// share of them).
-pub const MIN_MEMORY: u64 = 64 * BUDGET;
+/// share of them); a server keeps the table only when its tier, the table's budget taken
+/// out, still has this much, so a table is always charged.
+pub(crate) const MIN_MEMORY: u64 = 64 * BUDGET;
 
 /// Bytes a slot charges beyond its vector and text: each block's allocator rounding and
 /// the shared header of the text's `Bytes`.
@@ -46,7 +47,7 @@ const SLOT_OVERHEAD: usize = 128;
 
 /// The table's budget for a memory tier of `memory_bytes`: [`BUDGET`], taken out of the
 /// tier's, when the tier has at least [`MIN_MEMORY`]; else none.
-pub fn budget_for(memory_bytes: u64) -> u64 {
+pub(crate) fn budget_for(memory_bytes: u64) -> u64 {
     if memory_bytes >= MIN_MEMORY {
         BUDGET
     } else {
@@ -56,7 +57,7 @@ pub fn budget_for(memory_bytes: u64) -> u64 {
 
 /// The table; see the module's documentation.
 #[derive(Debug)]
-pub struct RenderedFloats {
+pub(crate) struct RenderedFloats {
     slots: Box<[Mutex<Option<Slot>>]>,
 }
 
@@ -69,7 +70,7 @@ struct Slot {
 
 impl RenderedFloats {
     /// An empty table.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
         }
@@ -79,7 +80,7 @@ impl RenderedFloats {
     /// what [`write::f32_array`] writes: the kept text when `key`'s slot holds the same
     /// vector bytes, else formatted, and then kept when it fits a slot and the slot is
     /// free to take.
-    pub fn write(&self, out: &mut Vec<u8>, key: &Digest, vector: &Bytes) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>, key: &Digest, vector: &Bytes) {
         let slot = &self.slots[slot_of(key)];
         if let Ok(held) = slot.try_lock()
             && let Some(kept) = held.as_ref()
@@ -108,7 +109,8 @@ impl RenderedFloats {
     }
 
     /// Bytes the table holds now, charged as a slot is (tests check the bound).
-    pub fn held_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
         self.slots
             .iter()
             .filter_map(|s| {
