@@ -374,6 +374,18 @@ impl<A: Architecture> StreamingModel<A> {
             Ok((arch, emb))
         })
         .await?;
+        // Idle body buffers kept for the layers to come: two of the largest layer (the
+        // one arriving and the next), not the embeddings' (fetched once).
+        let largest_layer = manifest
+            .chunks
+            .values()
+            .filter(|c| matches!(c.kind, crate::manifest::ChunkKind::Layer))
+            .map(|c| c.size_bytes)
+            .max()
+            .unwrap_or(0);
+        fetcher
+            .buffer_pool()
+            .set_max_bytes(usize::try_from(largest_layer.saturating_mul(2)).unwrap_or(usize::MAX));
         if arch.num_layers() != manifest.num_layers {
             return Err(ClientError::Manifest(format!(
                 "num_layers is {} but config.json says {}",

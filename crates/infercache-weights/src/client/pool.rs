@@ -70,6 +70,17 @@ impl BufferPool {
         })))
     }
 
+    /// Keeps at most `max_bytes` of idle buffers from now on, freeing the oldest idle ones
+    /// past it at once.
+    pub fn set_max_bytes(&self, max_bytes: usize) {
+        let mut idle = self.0.lock();
+        idle.max_bytes = max_bytes;
+        while idle.bytes > max_bytes {
+            let old = idle.buffers.remove(0);
+            idle.bytes -= old.capacity();
+        }
+    }
+
     /// What the pool has done.
     pub fn stats(&self) -> PoolStats {
         let idle = self.0.lock();
@@ -200,6 +211,8 @@ mod tests {
             20_000,
             "larger than the bound: freed"
         );
+        pool.set_max_bytes(15_000);
+        assert_eq!(pool.stats().idle_bytes, 10_000, "the oldest freed at once");
         let none = BufferPool::new(0);
         drop(filled(&none, &[1; 100]));
         assert_eq!(none.stats().idle, 0);
