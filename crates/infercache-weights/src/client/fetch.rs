@@ -626,7 +626,10 @@ impl<'a> Body<'a> {
     async fn finish(&mut self) -> Result<(String, Bytes), ClientError> {
         let verifier = std::mem::take(&mut self.verifier);
         self.received = 0;
-        let (digest, whole) = verifier.finish().await?;
+        let (digest, mut whole) = verifier.finish().await?;
+        // The room left after the body (a pooled buffer larger than it) joins it again,
+        // so the whole buffer goes back to the pool and is counted there as it is.
+        whole.unsplit(std::mem::take(&mut self.buf));
         Ok((digest, self.pool.hand_out(whole)))
     }
 }

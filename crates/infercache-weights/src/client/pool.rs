@@ -187,6 +187,31 @@ mod tests {
     }
 
     #[test]
+    fn a_body_split_into_parts_and_joined_gives_back_its_whole_buffer() {
+        // As a fetch fills a body: parts split off as they arrive, joined by the
+        // verifier, the room after the body joined last.
+        let pool = BufferPool::new(1 << 20);
+        let mut room = pool.take(1000);
+        let mut whole = BytesMut::new();
+        for piece in [[1u8; 300], [2; 300]] {
+            room.extend_from_slice(&piece);
+            whole.unsplit(room.split());
+        }
+        whole.unsplit(room);
+        let body = pool.hand_out(whole);
+        assert_eq!(body.len(), 600);
+        drop(body);
+        assert_eq!(
+            pool.stats().idle_bytes,
+            1000,
+            "counted at its full capacity"
+        );
+        let again = filled(&pool, &[3; 1000]);
+        assert_eq!(pool.stats().reused, 1);
+        assert_eq!(&again[..], &[3; 1000][..]);
+    }
+
+    #[test]
     fn a_small_body_does_not_take_a_large_buffer() {
         let pool = BufferPool::new(1 << 20);
         drop(filled(&pool, &[0; 10_000]));
