@@ -8,10 +8,12 @@
 //!    every row a hit from the memory tier.
 //!
 //! ```text
-//! cargo run -p infercache-jobs --example bulk_bench -- [UNIQUE_ROWS] [ROUNDS]
+//! cargo run -p infercache-jobs --example bulk_bench -- [UNIQUE_ROWS] [ROUNDS] [CACHED_ROWS]
 //! ```
 //!
 //! Prints one line per measurement and the ratio direct/job (1.0: no overhead).
+//! `CACHED_ROWS` (default 100,000) sizes step 3; 0 leaves it out (to profile steps 1
+//! and 2 alone).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -161,6 +163,9 @@ async fn main() {
         .next()
         .map_or(20_000, |a| a.parse().expect("UNIQUE_ROWS"));
     let rounds: usize = args.next().map_or(3, |a| a.parse().expect("ROUNDS"));
+    let cached: usize = args
+        .next()
+        .map_or(100_000, |a| a.parse().expect("CACHED_ROWS"));
     let (url, up) = infercache_upstream::testing::start().await;
     up.delay(STUB_DELAY);
 
@@ -189,11 +194,14 @@ async fn main() {
         ratios[ratios.len() / 2]
     );
 
-    // A fully cached re-run of 100,000 rows, from the memory tier.
+    if cached == 0 {
+        return;
+    }
+    // A fully cached re-run of `cached` rows, from the memory tier.
     up.delay(Duration::ZERO);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let input = dir.path().join("in.jsonl");
-    write_input(&input, &rows(100_000, "cached"));
+    write_input(&input, &rows(cached, "cached"));
     let model = job_model(dir.path(), &url, false);
     let opts = options(dir.path(), &input);
     let first = Instant::now();
@@ -206,9 +214,9 @@ async fn main() {
         .await
         .expect("the re-run");
     let (again, cpu_again) = (again.elapsed(), cpu().saturating_sub(cpu_before));
-    assert_eq!((s.computed, s.hits), (0, 100_000));
+    assert_eq!((s.computed, s.hits), (0, cached as u64));
     println!(
-        "100000 rows: first run {:.3} s, fully cached re-run {:.3} s wall, {:.2} s CPU (memory tier, output rewritten)",
+        "{cached} rows: first run {:.3} s, fully cached re-run {:.3} s wall, {:.2} s CPU (memory tier, output rewritten)",
         first.as_secs_f64(),
         again.as_secs_f64(),
         cpu_again.as_secs_f64()

@@ -89,10 +89,16 @@ impl Cache {
         // Generations before the pending removals: a removal marks its key pending before
         // it moves the stripe, so a read that sees the moved stripe sees the mark too.
         let generations = self.inner.generations(&digests);
+        // A key pending removal is not read; nor is one the disk's index does not hold
+        // (counted as a miss, as a read would): a lookup none of whose keys is on disk,
+        // as in a bulk job's first run, then costs no blocking task.
         let skip: Vec<bool> = digests
             .iter()
-            .map(|d| self.inner.pending_removals.contains_key(d))
+            .map(|d| self.inner.pending_removals.contains_key(d) || !disk.tier.indexed_or_miss(d))
             .collect();
+        if skip.iter().all(|s| *s) {
+            return vec![None; keys.len()];
+        }
         let entries: Vec<Option<DiskEntry>> = disk
             .run(move |d| {
                 digests
@@ -240,21 +246,17 @@ impl Cache {
         }
         let failed = disk
             .run(move |d| {
-                entries
+                let entries: Vec<(Digest, &[u8], u64, Option<u64>)> = entries
                     .iter()
-                    .filter_map(|(k, e)| {
-                        d.insert(
-                            *k,
-                            &e.value,
-                            e.created_ms,
-                            (e.expires_ms != NEVER).then_some(e.expires_ms),
-                        )
-                        .err()
+                    .map(|(k, e)| {
+                        let expires = (e.expires_ms != NEVER).then_some(e.expires_ms);
+                        (*k, &e.value[..], e.created_ms, expires)
                     })
-                    .last()
+                    .collect();
+                d.insert_many(&entries)
             })
             .await;
-        if let Some(e) = failed {
+        if let Err(e) = failed {
             tracing::warn!(error = %e, "disk write failed; the value stays in memory only");
         }
     }

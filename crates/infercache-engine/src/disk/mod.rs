@@ -570,6 +570,139 @@ impl DiskTier {
         Ok(())
     }
 
+    /// [`DiskTier::insert`] of many entries (`(key, value, created_ms, expires_ms)`), in
+    /// order: a later entry of a key replaces an earlier one. When their records fit in
+    /// the active segment they are written with one `pwrite` and indexed under one lock
+    /// (the rows of one model call cost one system call, not one each); otherwise, or
+    /// when that write fails, each record is written as [`DiskTier::insert`] writes it
+    /// (rolling segments, evicting on a full file system, counting and degrading per
+    /// record). The error of the last entry that failed.
+    ///
+    /// # Errors
+    /// As [`DiskTier::insert`], for the last entry that failed.
+    pub fn insert_many(
+        &self,
+        entries: &[(Digest, &[u8], u64, Option<u64>)],
+    ) -> Result<(), DiskError> {
+        let max = self.max_value_len();
+        if entries
+            .iter()
+            .any(|(_, value, ..)| u64::try_from(value.len()).unwrap_or(u64::MAX) > max)
+        {
+            // One is refused (and its older value forgotten): each in turn, in order.
+            return entries
+                .iter()
+                .map(|&(key, value, created_ms, expires_ms)| {
+                    self.insert(key, value, created_ms, expires_ms)
+                })
+                .filter(Result::is_err)
+                .last()
+                .unwrap_or(Ok(()));
+        }
+        let mut last = Ok(());
+        let mut records: Vec<(Digest, std::ops::Range<usize>, u64, u64)> =
+            Vec::with_capacity(entries.len());
+        let mut buf = Vec::new();
+        for &(key, value, created_ms, expires_ms) in entries {
+            let expires = expires_ms.map_or(0, |e| e.max(1));
+            let start = buf.len();
+            buf.extend(record::encode(
+                &key,
+                value,
+                false,
+                created_ms,
+                expires,
+                self.compression,
+            ));
+            records.push((key, start..buf.len(), created_ms, expires));
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut writer = self.writer.lock();
+        if self.append_all(&mut writer, &buf, &records) {
+            self.counters.inserts.add(records.len() as u64);
+            return Ok(());
+        }
+        for (key, range, created_ms, expires) in &records {
+            let rec = &buf[range.clone()];
+            match self.append_with_room(&mut writer, *key, rec, false, *created_ms, *expires) {
+                Ok(()) => self.counters.inserts.incr(),
+                Err(e) => {
+                    self.forget(&mut writer, key);
+                    last = Err(e);
+                }
+            }
+        }
+        last
+    }
+
+    /// Writes the encoded `records` (ranges of `buf`) to the active segment with one
+    /// write and indexes them, when they fit in it and the tier is healthy; whether it
+    /// did. A failed write is cut off again and left to the caller to retry per record.
+    fn append_all(
+        &self,
+        writer: &mut Writer,
+        buf: &[u8],
+        records: &[(Digest, std::ops::Range<usize>, u64, u64)],
+    ) -> bool {
+        let len = u64::try_from(buf.len()).expect("bug: a batch's length fits u64");
+        let Some(active) = writer
+            .active
+            .as_ref()
+            .filter(|a| a.offset + len <= self.segment_size)
+        else {
+            return false;
+        };
+        if self.health.is_degraded() {
+            return false;
+        }
+        let (seq, offset) = (active.seq, active.offset);
+        if health::seam(&self.dir)
+            .and_then(|()| active.file.write_all_at(buf, offset))
+            .is_err()
+        {
+            self.after_failed_write(writer, offset + len);
+            return false;
+        }
+        self.health.answered();
+        if let Some(active) = writer.active.as_mut() {
+            active.offset = offset + len;
+        }
+        let mut state = self.state.write();
+        let state = &mut *state;
+        let segment = state
+            .segments
+            .get_mut(&seq)
+            .expect("bug: the active segment is registered");
+        segment.len = offset + len;
+        state.bytes += len;
+        for (key, range, created_ms, expires_ms) in records {
+            segment.keys.push(*key);
+            let loc = Loc {
+                seq,
+                offset: offset + range.start as u64,
+                len: range.len() as u64,
+                created_ms: *created_ms,
+                expires_ms: *expires_ms,
+            };
+            state.index.insert(*key, loc);
+        }
+        true
+    }
+
+    /// Whether `key` is in the index, counting a miss when it is not: what
+    /// [`DiskTier::get`] finds for a key it does not hold, without I/O (safe to call from
+    /// async code), so that a lookup of keys none of which is on disk needs no blocking
+    /// task.
+    pub fn indexed_or_miss(&self, key: &Digest) -> bool {
+        let indexed = self.contains(key);
+        if !indexed {
+            self.counters.misses.incr();
+        }
+        indexed
+    }
+
     /// After a failed or refused write of `key`: the previous value is stale, so drop it
     /// from the index and try to make that durable with a tombstone. If even the tombstone
     /// cannot be written, the stale record is unreachable until the next restart.

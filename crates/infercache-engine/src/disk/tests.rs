@@ -476,3 +476,75 @@ fn tier_is_shareable_across_threads() {
     assert_send_sync::<DiskTier>();
     assert_send_sync::<DiskError>();
 }
+
+#[test]
+fn many_records_written_at_once_read_back_after_a_reopen_and_a_later_repeat_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let tier = open(dir.path(), &clock);
+    // The first write opens the active segment; the batch below then fits in it whole.
+    tier.insert(Digest::of(b"first"), b"1", T0, None).unwrap();
+    let keys: Vec<Digest> = (0..40u32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+    let values: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| format!("value {i} ").repeat(1 + i as usize).into_bytes())
+        .collect();
+    let too_large = vec![7u8; usize::try_from(tier.max_value_len()).unwrap() + 1];
+    let mut entries: Vec<(Digest, &[u8], u64, Option<u64>)> = keys
+        .iter()
+        .zip(&values)
+        .map(|(k, v)| (*k, &v[..], T0 - 1, Some(T0 + 5_000)))
+        .collect();
+    entries.push((keys[3], b"again", T0, None));
+    tier.insert_many(&entries).unwrap();
+    // With a value too large among them, each is written in turn and that one refused.
+    let (large, small) = (Digest::of(b"large"), Digest::of(b"small"));
+    let refused = [
+        (small, &b"s"[..], T0, None),
+        (large, &too_large[..], T0, None),
+    ];
+    assert!(matches!(
+        tier.insert_many(&refused),
+        Err(DiskError::TooLarge { .. })
+    ));
+    assert_eq!(value_of(&tier, &small), Some(b"s".to_vec()));
+    let check = |tier: &DiskTier| {
+        for (i, (k, v)) in keys.iter().zip(&values).enumerate() {
+            let e = tier.get(k).unwrap().unwrap();
+            if i == 3 {
+                assert_eq!((&e.value[..], e.expires_ms), (&b"again"[..], None));
+            } else {
+                assert_eq!((&e.value[..], e.created_ms), (&v[..], T0 - 1));
+                assert_eq!(e.expires_ms, Some(T0 + 5_000));
+            }
+        }
+        assert_eq!(tier.get(&Digest::of(b"large")).unwrap(), None);
+    };
+    check(&tier);
+    let stats = tier.stats();
+    assert_eq!((stats.inserts, stats.entries), (43, 42));
+    assert_eq!(stats.bytes, bytes_on_disk(dir.path()));
+    drop(tier);
+    check(&open(dir.path(), &clock));
+}
+
+#[test]
+fn many_records_on_a_failing_disk_are_each_refused_and_none_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let tier = open(dir.path(), &clock);
+    let keys: Vec<Digest> = (0..8u32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+    for k in &keys {
+        tier.insert(*k, b"old", T0, None).unwrap();
+    }
+    let entries: Vec<(Digest, &[u8], u64, Option<u64>)> =
+        keys.iter().map(|k| (*k, &b"new"[..], T0, None)).collect();
+    {
+        let _fault = crate::testing::DiskFault::eio(dir.path());
+        assert!(tier.insert_many(&entries).is_err());
+    }
+    // The older values are no longer served in the newer ones' place.
+    for k in &keys {
+        assert_eq!(tier.get(k).unwrap(), None);
+    }
+    assert_eq!(tier.stats().bytes, bytes_on_disk(dir.path()));
+}
