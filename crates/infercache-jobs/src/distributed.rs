@@ -33,6 +33,7 @@
 
 use std::collections::HashMap;
 use std::pin::pin;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -385,20 +386,46 @@ fn failure_field(input: &Input) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
-/// A job's model for the writing pass: an input a worker recorded as failed fails with
-/// the recorded reason, without a model call; every other input goes to the model.
+/// A job's model with the inputs known to fail: one of them fails with its recorded
+/// reason, without a model call; every other input goes to the model. The writing pass
+/// knows what every worker recorded; a worker, the failures of its own windows (a
+/// failure is not cached, so a repeat in a later window would otherwise be tried again).
 #[derive(Debug)]
 struct Recorded<'a> {
     model: &'a dyn JobModel,
-    failures: HashMap<String, String>,
+    /// By [`failure_field`]: the reason.
+    failures: Mutex<HashMap<String, String>>,
 }
 
-impl Recorded<'_> {
-    fn failure(&self, input: &Input) -> Option<&String> {
-        if self.failures.is_empty() {
+impl<'a> Recorded<'a> {
+    fn new(model: &'a dyn JobModel, failures: HashMap<String, String>) -> Self {
+        Self {
+            model,
+            failures: Mutex::new(failures),
+        }
+    }
+
+    fn failure(&self, input: &Input) -> Option<String> {
+        let failures = self
+            .failures
+            .lock()
+            .expect("the failures lock is never poisoned");
+        if failures.is_empty() {
             return None;
         }
-        self.failures.get(&failure_field(input))
+        failures.get(&failure_field(input)).cloned()
+    }
+
+    /// Adds `failed` (field, reason) to the known failures.
+    fn record(&self, failed: &[(String, String)]) {
+        if failed.is_empty() {
+            return;
+        }
+        let mut failures = self
+            .failures
+            .lock()
+            .expect("the failures lock is never poisoned");
+        failures.extend(failed.iter().cloned());
     }
 }
 
@@ -416,7 +443,7 @@ impl JobModel for Recorded<'_> {
         inputs: &'a [Input],
     ) -> infercache_backend::BoxFuture<'a, Result<Vec<RowResult>, String>> {
         Box::pin(async move {
-            let known: Vec<Option<&String>> = inputs.iter().map(|i| self.failure(i)).collect();
+            let known: Vec<Option<String>> = inputs.iter().map(|i| self.failure(i)).collect();
             if known.iter().all(Option::is_none) {
                 return self.model.rows(inputs).await;
             }
@@ -435,7 +462,7 @@ impl JobModel for Recorded<'_> {
             Ok(known
                 .into_iter()
                 .map(|k| match k {
-                    Some(reason) => Err(reason.clone()),
+                    Some(reason) => Err(reason),
                     None => computed
                         .next()
                         .unwrap_or_else(|| Err("the model answered too few rows".to_owned())),
@@ -552,8 +579,9 @@ pub async fn run(
             tracing::info!(job = %id, windows = windows.len(), "enqueued the job's windows");
         }
         let calls = runner::Calls::new(concurrency);
-        let loops =
-            (0..WINDOWS_IN_FLIGHT).map(|_| work(model, &plan, batch, &calls, &queue, &tally, stop));
+        let known = Recorded::new(model, HashMap::new());
+        let loops = (0..WINDOWS_IN_FLIGHT)
+            .map(|_| work(&known, &plan, batch, &calls, &queue, &tally, stop));
         try_join_all(loops).await?;
     }
     let counts = WorkerCounts {
@@ -568,10 +596,7 @@ pub async fn run(
     if stop.load(Ordering::SeqCst) {
         return Ok(Summary::stopped(&id, counts));
     }
-    let writer = Recorded {
-        model,
-        failures: queue.failures().await?,
-    };
+    let writer = Recorded::new(model, queue.failures().await?);
     let mut summary = runner::run(&writer, options, stop, progress).await?;
     summary.worker = Some(counts);
     Ok(summary)
@@ -589,8 +614,9 @@ async fn wait_drained(queue: &RedisQueue, stop: &AtomicBool) -> Result<(), JobEr
 }
 
 /// One worker loop: takes windows and computes them until the job is drained or `stop`.
+/// The inputs that fail join `model`'s known failures.
 async fn work(
-    model: &dyn JobModel,
+    model: &Recorded<'_>,
     plan: &Plan,
     batch: usize,
     calls: &runner::Calls,
@@ -640,6 +666,7 @@ async fn work(
         // The rows are stored (the model call returns after the cache write): the window
         // is done for every worker, and so are its failures.
         queue.ack(&window.id, &failed).await?;
+        model.record(&failed);
         tally.windows.fetch_add(1, Ordering::Relaxed);
         tally
             .claimed

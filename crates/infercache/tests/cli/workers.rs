@@ -230,8 +230,10 @@ fn an_input_that_failed_at_a_worker_is_reported_by_every_writer_and_never_comput
     let redis = RedisServer::start();
     let (url, up) = rt.block_on(testing::start());
     up.poison("\"id\":77}");
+    // The last record repeats the failing input, in a later window of the same worker.
     let input: String = (0..200)
         .map(|i| format!("{{\"key\": \"r{i}\", \"input\": {{\"id\": {i}}}}}\n"))
+        .chain(["{\"key\": \"again\", \"input\": {\"id\": 77}}\n".to_owned()])
         .collect();
     let worker = Machine::new(&url, &input);
     let s = succeeded(&worker.command(&redis.url()).output().unwrap());
@@ -241,7 +243,7 @@ fn an_input_that_failed_at_a_worker_is_reported_by_every_writer_and_never_comput
             s["worker"]["errors"].as_u64(),
             s["computed"].as_u64()
         ),
-        (Some(1), Some(1), Some(0)),
+        (Some(2), Some(2), Some(0)),
         "{s}"
     );
     // A collecting run on another machine writes the same output and errors.
@@ -255,12 +257,12 @@ fn an_input_that_failed_at_a_worker_is_reported_by_every_writer_and_never_comput
     );
     assert_eq!(
         (c["errors"].as_u64(), c["computed"].as_u64()),
-        (Some(1), Some(0)),
+        (Some(2), Some(0)),
         "{c}"
     );
     assert_eq!(up.rows(), 199);
     // The failing input was tried on its own once, by the worker whose window held it:
-    // neither writing pass called the model for it again.
+    // neither its later window nor a writing pass called the model for it again.
     let refused = up.refused();
     let alone = refused.iter().filter(|rows| rows.len() == 1).count();
     assert_eq!(alone, 1, "{refused:?}");
@@ -270,8 +272,9 @@ fn an_input_that_failed_at_a_worker_is_reported_by_every_writer_and_never_comput
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 1, "{errors}");
+        assert_eq!(lines.len(), 2, "{errors}");
         assert_eq!(lines[0]["key"], "r77", "{errors}");
+        assert_eq!(lines[1]["key"], "again", "{errors}");
         assert!(
             lines[0]["reason"]
                 .as_str()
