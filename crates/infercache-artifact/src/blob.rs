@@ -6,7 +6,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 
 use crate::ArtifactError;
 use crate::digest::Digest;
@@ -150,13 +150,28 @@ impl Blob {
     /// class's cap unenforceable. An evicted blob's mapped pages are freed, on disk and in
     /// memory, when its last view goes.
     pub fn map(&self) -> Result<Mapped, ArtifactError> {
+        self.map_with(false)
+    }
+
+    /// As [`map`](Self::map), with every page of the blob mapped now (`MAP_POPULATE`):
+    /// the thread that maps pays the page faults, so a reader on another thread takes
+    /// none (a stream's producer maps the next shard while its reader reads this one).
+    pub fn map_populated(&self) -> Result<Mapped, ArtifactError> {
+        self.map_with(true)
+    }
+
+    fn map_with(&self, populate: bool) -> Result<Mapped, ArtifactError> {
+        let mut options = MmapOptions::new();
+        if populate {
+            options.populate();
+        }
         // SAFETY: a mapping is undefined behaviour only if the file is truncated or
         // written while mapped. The store never does either to a blob: blobs are written
         // in `tmp/`, made read-only, renamed into place once complete and then only ever
         // unlinked, which leaves an existing mapping intact. (A process outside the store
         // writing into `blobs/` breaks this, as it would for any memory-mapped cache.)
         #[expect(unsafe_code, reason = "zero-copy reads of immutable blobs")]
-        let map = unsafe { Mmap::map(&self.lock.file) };
+        let map = unsafe { options.map(&self.lock.file) };
         Ok(Mapped {
             map: map.map_err(io_err(self.path()))?,
         })

@@ -43,12 +43,16 @@ pub(crate) fn decode_blob(blob: &Blob, use_mmap: bool) -> Result<Vec<RecordBatch
 }
 
 /// A blob's bytes as a buffer: with `use_mmap`, over its memory map (arrays decoded from
-/// it point into the mapping, no copy, and it lives as long as any of them); otherwise
+/// it point into the mapping, no copy, and it lives as long as any of them), every page
+/// mapped at once ([`Blob::map_populated`]: a stream's producer pays the page faults, not
+/// its reader, which would otherwise take one per 64 KiB it reads); otherwise
 /// read with plain reads into a buffer of its own (64-byte aligned, as Arrow's are, so
 /// decoding copies nothing more).
 pub(crate) fn read(blob: &Blob, use_mmap: bool) -> Result<Buffer, DatasetError> {
     if use_mmap {
-        return Ok(Buffer::from(bytes::Bytes::from_owner(blob.map()?)));
+        return Ok(Buffer::from(bytes::Bytes::from_owner(
+            blob.map_populated()?,
+        )));
     }
     let len = usize::try_from(blob.len()).map_err(|_| {
         DatasetError::io(
