@@ -47,7 +47,7 @@ pub struct Infer {
     inner: Arc<Shared>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Shared {
     cache: Option<Cache>,
     models: Models,
@@ -58,6 +58,9 @@ struct Shared {
     /// upstream's own timeout error, still come before the request's timeout.
     answer_limit: Duration,
     observer: Arc<dyn Observer>,
+    /// Backend calls in flight at once, across every request ([`Infer::with_call_limit`]);
+    /// `None`: no bound beyond each request's own.
+    calls: Option<CallLimit>,
 }
 
 impl Infer {
@@ -78,8 +81,28 @@ impl Infer {
                 answer_limit: answer_budget(request_timeout)
                     + request_timeout.saturating_sub(answer_budget(request_timeout)) / 2,
                 observer,
+                calls: None,
             }),
         }
+    }
+
+    /// This `Infer` with at most `limit` backend calls in flight at once, across every
+    /// request (at least one). The bound holds around each backend call only: a request's
+    /// keys, lookups and stores run outside it, so a caller that keeps more requests in
+    /// flight than `limit` (a bulk job) keeps `limit` calls busy while earlier requests
+    /// store their rows. A request waiting for a slot waits within its answer budget.
+    #[must_use]
+    pub fn with_call_limit(self, limit: usize) -> Self {
+        let mut shared = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| (*shared).clone());
+        shared.calls = Some(CallLimit::new(limit));
+        Self {
+            inner: Arc::new(shared),
+        }
+    }
+
+    /// The bound [`Infer::with_call_limit`] set, if any.
+    pub fn call_limit(&self) -> Option<usize> {
+        self.inner.calls.as_ref().map(|c| c.limit)
     }
 
     /// The cache; `None` when disabled.
@@ -90,5 +113,31 @@ impl Infer {
     /// The models served.
     pub fn models(&self) -> &Models {
         &self.inner.models
+    }
+}
+
+/// At most `limit` backend calls at once ([`Infer::with_call_limit`]). Cheap to clone;
+/// clones share the slots.
+#[derive(Debug, Clone)]
+struct CallLimit {
+    limit: usize,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl CallLimit {
+    fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        Self {
+            limit,
+            slots: Arc::new(tokio::sync::Semaphore::new(limit)),
+        }
+    }
+
+    /// A slot for one backend call, held until the permit drops.
+    async fn slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.slots
+            .acquire()
+            .await
+            .expect("the call limit's semaphore is never closed")
     }
 }

@@ -61,7 +61,7 @@ use serde_json::value::RawValue;
 #[cfg(doc)]
 use crate::models::CachePolicy;
 use crate::models::Model;
-use crate::{Infer, InferError};
+use crate::{CallLimit, Infer, InferError};
 
 /// Backend calls one request runs at once when its rows are split into chunks.
 pub const CHUNKS_IN_FLIGHT: usize = 4;
@@ -403,9 +403,15 @@ impl Infer {
                 total: n,
             });
         }
-        let values = in_chunks(model, inputs, (0..n).collect(), &*self.inner.observer)
-            .await
-            .map_err(|f| InferError::Backend(f.error))?;
+        let values = in_chunks(
+            model,
+            inputs,
+            (0..n).collect(),
+            &*self.inner.observer,
+            self.inner.calls.as_ref(),
+        )
+        .await
+        .map_err(|f| InferError::Backend(f.error))?;
         Ok(Rows::computed(values))
     }
 
@@ -434,6 +440,7 @@ impl Infer {
             model: Arc::clone(model),
             inputs: Arc::clone(inputs),
             observer: Arc::clone(&self.inner.observer),
+            calls: self.inner.calls.clone(),
             first: Arc::new(first),
             by_index: Arc::new(keys.clone()),
             options,
@@ -483,6 +490,8 @@ struct RowComputation {
     model: Arc<Model>,
     inputs: Arc<Inputs>,
     observer: Arc<dyn Observer>,
+    /// The process's bound on backend calls in flight, if any.
+    calls: Option<CallLimit>,
     /// The first row of each key: what the backend is asked for.
     first: Arc<HashMap<Digest, usize>>,
     /// Each row's key, for rows stored outside the engine's computation (the chunks that
@@ -527,7 +536,8 @@ impl RowComputation {
     /// The rows at `indices` ([`in_chunks`]); when a chunk fails, the rows of those that
     /// succeeded are stored.
     async fn chunks(&self, indices: Vec<usize>) -> Result<Vec<Bytes>, BackendError> {
-        match in_chunks(&self.model, &self.inputs, indices, &*self.observer).await {
+        let calls = self.calls.as_ref();
+        match in_chunks(&self.model, &self.inputs, indices, &*self.observer, calls).await {
             Ok(values) => Ok(values),
             Err(ChunksFailed { error, done }) => {
                 self.keep(done).await;
@@ -709,7 +719,8 @@ struct ChunksFailed {
 }
 
 /// Computes the rows at `indices`: in one call, or in chunks of the model's `max_batch`,
-/// at most [`CHUNKS_IN_FLIGHT`] at once; checks that each call returned one value per
+/// at most [`CHUNKS_IN_FLIGHT`] at once, each call holding one of `calls`' slots (when
+/// the process bounds its calls); checks that each call returned one value per
 /// row. The first failing chunk fails the whole: chunks not yet started are not sent,
 /// chunks in flight finish, and the rows of every chunk that succeeded come back with the
 /// error, so the caller can keep them.
@@ -718,12 +729,17 @@ async fn in_chunks(
     inputs: &Inputs,
     indices: Vec<usize>,
     observer: &dyn Observer,
+    calls: Option<&CallLimit>,
 ) -> Result<Vec<Bytes>, ChunksFailed> {
     let failed = AtomicBool::new(false);
     let call = |chunk: &[usize]| {
         let chunk = chunk.to_vec();
         let failed = &failed;
         async move {
+            let _slot = match calls {
+                Some(calls) => Some(calls.slot().await),
+                None => None,
+            };
             if failed.load(Ordering::Relaxed) {
                 return (chunk, None);
             }

@@ -58,7 +58,8 @@ fn job_model(dir: &Path, url: &str, disk: bool) -> InferModel {
         models,
         Duration::from_secs(60),
         Arc::clone(&counter) as _,
-    );
+    )
+    .with_call_limit(CONCURRENCY);
     let model = Arc::clone(infer.models().get("stub").expect("the stub model"));
     InferModel::new(infer, model, "default", None, counter).expect("a job model")
 }

@@ -481,6 +481,10 @@ impl JobModel for Recorded<'_> {
     fn model_calls(&self) -> u64 {
         self.model.model_calls()
     }
+
+    fn rows_in_flight(&self, concurrency: usize) -> usize {
+        self.model.rows_in_flight(concurrency)
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -578,7 +582,7 @@ pub async fn run(
         if enqueued {
             tracing::info!(job = %id, windows = windows.len(), "enqueued the job's windows");
         }
-        let calls = runner::Calls::new(concurrency);
+        let calls = runner::Calls::new(model.rows_in_flight(concurrency));
         let known = Recorded::new(model, HashMap::new());
         let loops = (0..WINDOWS_IN_FLIGHT)
             .map(|_| work(&known, &plan, batch, &calls, &queue, &tally, stop));

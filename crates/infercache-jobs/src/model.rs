@@ -112,6 +112,15 @@ pub trait JobModel: Send + Sync + std::fmt::Debug {
 
     /// Successful model calls so far, in this process.
     fn model_calls(&self) -> u64;
+
+    /// How many [`rows`](JobModel::rows) calls a job keeps in flight for `concurrency`
+    /// model calls at once. By default the same: each `rows` call is one model call for
+    /// as long as it runs. A model that bounds its own backend calls
+    /// ([`Infer::with_call_limit`]) takes twice as many, so that while `concurrency` calls
+    /// are with the model, as many others look their rows up or store them.
+    fn rows_in_flight(&self, concurrency: usize) -> usize {
+        concurrency
+    }
 }
 
 /// Counts a process's successful backend calls: the [`Observer`] an [`Infer`] for jobs
@@ -330,6 +339,13 @@ impl JobModel for InferModel {
 
     fn model_calls(&self) -> u64 {
         self.counter.calls()
+    }
+
+    fn rows_in_flight(&self, concurrency: usize) -> usize {
+        match self.infer.call_limit() {
+            Some(_) => concurrency.saturating_mul(2),
+            None => concurrency,
+        }
     }
 }
 

@@ -232,7 +232,7 @@ pub async fn run(
     let calls_before = counts.model_calls;
     let batch = options.batch_size.max(1);
     let concurrency = options.concurrency.max(1);
-    let calls = Calls::new(concurrency);
+    let calls = Calls::new(model.rows_in_flight(concurrency));
     let windows = windows(
         &firsts,
         last.records,

@@ -43,6 +43,10 @@ pub struct TestUpstream {
     pub poison: Mutex<Vec<String>>,
     /// The rows of each call answered 500 for a poisoned row, in order.
     pub refused: Mutex<Vec<Vec<Value>>>,
+    /// Inference calls being answered now (within their delay), and the most at once.
+    pub in_flight: AtomicUsize,
+    /// The most inference calls that were ever being answered at once.
+    pub peak_in_flight: AtomicUsize,
 }
 
 impl TestUpstream {
@@ -54,6 +58,12 @@ impl TestUpstream {
     /// Rows in the calls answered.
     pub fn rows(&self) -> usize {
         self.rows.load(Ordering::SeqCst)
+    }
+
+    /// The most inference calls that were ever being answered at once (each counted
+    /// through its delay).
+    pub fn peak_in_flight(&self) -> usize {
+        self.peak_in_flight.load(Ordering::SeqCst)
     }
 
     /// The rows of each call refused for a poisoned row.
@@ -85,10 +95,13 @@ impl TestUpstream {
 
     /// The injected failure, if one is due; otherwise records the call.
     async fn enter(&self, rows: &[Value]) -> Option<Response> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
         let delay = self.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let due = self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -59,7 +59,7 @@ pub struct JobArgs {
     /// New inputs per model call.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
-    /// Model calls in flight.
+    /// Model calls in flight (the cache work around them runs beside them).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
     /// Resume the job; refused, with the difference, when the last job for this output
@@ -198,7 +198,10 @@ pub fn run_job(
                 opened.models.clone(),
                 config.limits.request_timeout,
                 Arc::clone(&counter) as _,
-            );
+            )
+            // `--concurrency` model calls at once; the rows' keys, lookups and stores run
+            // beside them rather than holding a call's slot.
+            .with_call_limit(options.concurrency);
             let result = async {
                 let model = opened.models.resolve(&name, &BackendKind::ALL)?;
                 let model = InferModel::new(

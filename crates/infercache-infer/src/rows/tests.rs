@@ -25,6 +25,11 @@ struct Echo {
     hang: AtomicBool,
     /// The next call answers `unfit` for every row (a value `fits` refuses).
     unfit_once: AtomicBool,
+    /// Each call takes 20 ms (real time).
+    slow: AtomicBool,
+    /// Calls running now, and the most that ever ran at once.
+    running: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl Echo {
@@ -43,6 +48,9 @@ impl Echo {
             fail: AtomicBool::new(false),
             hang: AtomicBool::new(false),
             unfit_once: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         })
     }
 
@@ -75,6 +83,12 @@ impl Backend for Echo {
                     status: 500,
                 }
                 .into());
+            }
+            if self.slow.load(Ordering::SeqCst) {
+                let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+                self.peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.running.fetch_sub(1, Ordering::SeqCst);
             }
             let Inputs::Texts { texts, .. } = inputs else {
                 return Err(BackendError::failed("texts only"));
@@ -179,6 +193,40 @@ async fn repeated_rows_are_computed_once_and_come_back_in_order() {
     assert_eq!(r.outcome(), Outcome::Partial);
     assert_eq!(h.echo.rows(), 3);
     assert_eq!(h.observed.0.load(Ordering::SeqCst), 2);
+}
+
+/// Eight requests of distinct rows at once through `infer`: the most backend calls that
+/// ran at once.
+async fn peak_calls(h: &Harness, infer: &Infer, round: usize) -> usize {
+    h.echo.slow.store(true, Ordering::SeqCst);
+    h.echo.peak.store(0, Ordering::SeqCst);
+    let model = Arc::clone(infer.models().get("echo").unwrap());
+    let requests = (0..8).map(|i| {
+        infer.rows(RowRequest {
+            model: Arc::clone(&model),
+            tenant: "t".into(),
+            inputs: Arc::new(Inputs::texts(vec![format!("{round}-{i}")])),
+            control: CacheControl::default(),
+        })
+    });
+    for r in futures_util::future::join_all(requests).await {
+        assert_eq!(r.unwrap().sources, [RowSource::Computed]);
+    }
+    h.echo.peak.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_limit_bounds_backend_calls_across_requests() {
+    let h = harness(BackendKind::HttpJson, CachePolicy::default());
+    assert_eq!(h.infer.call_limit(), None);
+    assert!(
+        peak_calls(&h, &h.infer, 0).await > 2,
+        "unbounded, the calls overlap"
+    );
+    let limited = h.infer.clone().with_call_limit(2);
+    assert_eq!(limited.call_limit(), Some(2));
+    assert_eq!(peak_calls(&h, &limited, 1).await, 2);
+    assert_eq!(h.echo.rows(), 16);
 }
 
 #[tokio::test]

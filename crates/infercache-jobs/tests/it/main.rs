@@ -177,6 +177,36 @@ async fn a_hundred_thousand_lines_half_repeated_compute_each_unique_input_once_a
     assert!(w.read("out") == first, "the re-run's output differs");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_keeps_exactly_its_concurrency_of_model_calls_busy() {
+    let w = World::new().await;
+    w.up.delay(std::time::Duration::from_millis(20));
+    let text: String = (0..48)
+        .map(|i| format!("{{\"input\": {{\"id\": {i}}}}}\n"))
+        .collect();
+    w.write("in.jsonl", &text);
+    let mut options = w.options("in.jsonl", Format::Jsonl);
+    (options.batch_size, options.concurrency) = (2, 3);
+    // As `infercache bulk` builds it: the job's concurrency bounds the backend calls, and
+    // the job keeps more rows calls in flight than that so the bound stays busy.
+    let counter = Arc::new(CallCounter::default());
+    let limited = infer(
+        w.dir.path(),
+        &[config(BackendKind::HttpJson, &w.url, "1")],
+        &counter,
+    )
+    .with_call_limit(options.concurrency);
+    let m = Arc::clone(limited.models().get("m").unwrap());
+    let model = InferModel::new(limited, m, "default", None, counter).unwrap();
+    let s = run(&model, &options).await.unwrap();
+    assert_eq!((s.computed, s.model_calls), (48, 24));
+    assert_eq!(
+        w.up.peak_in_flight(),
+        3,
+        "never more calls than --concurrency, and all used"
+    );
+}
+
 /// Stops the job after `after` windows.
 struct StopAfter<'a> {
     stop: &'a AtomicBool,
