@@ -234,11 +234,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], KserveError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or(KserveError::CorruptRow("truncated"))?;
+        // `let … else` rather than `ok_or`: this runs for every field of every stored
+        // row a hit reads, and `ok_or` builds (and drops) the error on every call.
+        let Some(end) = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()) else {
+            return Err(KserveError::CorruptRow("truncated"));
+        };
         let taken = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(taken)
@@ -254,8 +254,9 @@ impl<'a> Reader<'a> {
         let name = std::str::from_utf8(self.take(name_len)?)
             .map_err(|_| KserveError::CorruptRow("output name is not UTF-8"))?;
         let [code] = self.array()?;
-        let datatype =
-            DataType::from_code(code).ok_or(KserveError::CorruptRow("unknown datatype code"))?;
+        let Some(datatype) = DataType::from_code(code) else {
+            return Err(KserveError::CorruptRow("unknown datatype code"));
+        };
         let [dims] = self.array()?;
         if dims as usize > MAX_DIMS {
             return Err(KserveError::CorruptRow("too many dimensions"));
