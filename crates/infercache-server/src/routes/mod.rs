@@ -68,25 +68,19 @@ pub fn x_cache(rows: &Rows) -> &'static str {
 /// (computed by a concurrent request) counts as a miss. Made without an allocation: an
 /// array the response's header map takes.
 pub fn cache_headers(rows: &Rows) -> CacheHeaders {
+    // Names made at compile time: `HeaderName::from_static` checks its text each call.
+    const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+    const X_CACHE_HITS: HeaderName = HeaderName::from_static("x-cache-hits");
+    const X_CACHE_MISSES: HeaderName = HeaderName::from_static("x-cache-misses");
+    const X_CACHE_COALESCED: HeaderName = HeaderName::from_static("x-cache-coalesced");
+    const X_CACHE_STALE: HeaderName = HeaderName::from_static("x-cache-stale");
     let stale = rows.stale();
     let headers = [
-        Some((
-            HeaderName::from_static("x-cache"),
-            HeaderValue::from_static(x_cache(rows)),
-        )),
-        Some((
-            HeaderName::from_static("x-cache-hits"),
-            count_value(rows.hits()),
-        )),
-        Some((
-            HeaderName::from_static("x-cache-misses"),
-            count_value(rows.misses()),
-        )),
-        Some((
-            HeaderName::from_static("x-cache-coalesced"),
-            count_value(rows.coalesced()),
-        )),
-        (stale > 0).then(|| (HeaderName::from_static("x-cache-stale"), count_value(stale))),
+        Some((X_CACHE, HeaderValue::from_static(x_cache(rows)))),
+        Some((X_CACHE_HITS, count_value(rows.hits()))),
+        Some((X_CACHE_MISSES, count_value(rows.misses()))),
+        Some((X_CACHE_COALESCED, count_value(rows.coalesced()))),
+        (stale > 0).then(|| (X_CACHE_STALE, count_value(stale))),
         None,
     ];
     CacheHeaders(headers)
@@ -116,10 +110,21 @@ impl IntoIterator for CacheHeaders {
 /// A count as a header value: the small counts of most requests are static, with no
 /// allocation.
 fn count_value(n: usize) -> HeaderValue {
-    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    const SMALL: [HeaderValue; 10] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+        HeaderValue::from_static("4"),
+        HeaderValue::from_static("5"),
+        HeaderValue::from_static("6"),
+        HeaderValue::from_static("7"),
+        HeaderValue::from_static("8"),
+        HeaderValue::from_static("9"),
+    ];
     SMALL
         .get(n)
-        .map_or_else(|| HeaderValue::from(n), |s| HeaderValue::from_static(s))
+        .map_or_else(|| HeaderValue::from(n), HeaderValue::clone)
 }
 
 /// The cache's part of a response body (OpenAI clients ignore it): its shape, which
