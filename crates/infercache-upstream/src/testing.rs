@@ -43,7 +43,7 @@ pub struct TestUpstream {
     pub poison: Mutex<Vec<String>>,
     /// The rows of each call answered 500 for a poisoned row, in order.
     pub refused: Mutex<Vec<Vec<Value>>>,
-    /// Inference calls being answered now (within their delay), and the most at once.
+    /// Inference calls being answered now (counted through their delay).
     pub in_flight: AtomicUsize,
     /// The most inference calls that were ever being answered at once.
     pub peak_in_flight: AtomicUsize,
