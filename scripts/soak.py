@@ -248,6 +248,7 @@ def main():
                 "disk_bytes": tiers["disk"]["bytes"],
                 "disk_entries": tiers["disk"]["entries"],
                 "disk_index_bytes": tiers["disk"].get("index_bytes", 0),
+                "memory_reserved_bytes": tiers["memory"].get("reserved_bytes", 0),
                 "disk_files": dir_bytes(disk_dir / "segments"),
                 "disk_dir": dir_bytes(disk_dir),
                 "requests": sent,
@@ -255,9 +256,11 @@ def main():
                 "evictions": tiers["memory"]["evictions"],
             }
             samples.append(sample)
-            # The memory tier is full once it holds 98 % of its budget (it evicts to stay
-            # under it); from then on the load is the 60/40 mix.
-            if fill_t is None and sample["memory_bytes"] >= 0.98 * memory:
+            # The memory tier is full once it holds 98 % of its budget less what it gives
+            # to the disk tier's index (it evicts to stay under that); from then on the
+            # load is the 60/40 mix.
+            room = memory - sample["memory_reserved_bytes"]
+            if fill_t is None and sample["memory_bytes"] >= 0.98 * room:
                 fill_t = sample["t"]
                 load.filling = False
             if now >= start + a.duration:
@@ -375,6 +378,7 @@ def main():
         "rss_file_mib_at_start_and_end": [round(samples[0]["rss_file"] / 2**20, 1),
                                           round(last["rss_file"] / 2**20, 1)],
         "disk_index_mib": round(last["disk_index_bytes"] / 2**20, 1),
+        "memory_reserved_mib": round(last["memory_reserved_bytes"] / 2**20, 1),
         "disk_entries_at_end": last["disk_entries"],
         "memory_accounting_error": round(mem_err, 4),
         "memory_accounting_error_rss_anon": round(anon_err, 4),

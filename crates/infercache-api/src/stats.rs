@@ -94,6 +94,10 @@ pub struct TierReport {
     /// record and the segments' key lists), besides `bytes` on disk. 0 for the memory
     /// tier, whose `bytes` include its index.
     pub index_bytes: u64,
+    /// The memory tier: bytes of `capacity` it yields to the disk tier's index (rounded
+    /// up to a step), so that `bytes + reserved_bytes <= capacity` bounds both. 0 for the
+    /// other tiers.
+    pub reserved_bytes: u64,
 }
 
 /// The shared (Redis) tier.

@@ -97,6 +97,7 @@ impl TierCounters {
             degraded: false,
             io_errors: 0,
             index_bytes: 0,
+            reserved_bytes: 0,
         }
     }
 }
@@ -137,6 +138,10 @@ pub struct TierStats {
     /// only: its map from key to record and its segments' key lists, which grow with its
     /// entries up to `disk_size`'s worth (the memory tier counts its index in `bytes`).
     pub index_bytes: u64,
+    /// Bytes of `capacity` the tier yields to memory held outside it. The memory tier
+    /// only: with a disk tier it gives up what the disk tier's index holds (rounded up to
+    /// a step), so that `bytes + reserved_bytes <= capacity` bounds both.
+    pub reserved_bytes: u64,
 }
 
 /// Counters of one model across the tiers.

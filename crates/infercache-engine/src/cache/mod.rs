@@ -178,6 +178,8 @@ impl Cache {
             local_reads: config.local_reads,
             local_skipped: Counter::default(),
         });
+        // A recovered index is charged before anything is served.
+        inner.charge_disk_index();
         if let Some(remote) = &inner.remote {
             let local: Weak<dyn crate::remote::LocalTiers> = Arc::downgrade(&inner) as _;
             remote.attach(EpochSync::new(Arc::downgrade(&inner.epochs)).with_local(local));
@@ -518,6 +520,7 @@ impl Cache {
             .map_or(0, MemoryTier::purge_expired);
         if let Some(disk) = &self.inner.disk {
             n += disk.run(DiskTier::purge_expired).await;
+            self.inner.charge_disk_index();
         }
         n
     }

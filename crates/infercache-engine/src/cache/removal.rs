@@ -119,6 +119,7 @@ impl Cache {
             }
         })
         .await;
+        self.inner.charge_disk_index();
     }
 }
 

@@ -678,3 +678,63 @@ fn opening_a_foreign_directory_is_a_typed_error() {
         b"precious"
     );
 }
+
+/// After `n` inserts: the memory tier and the disk tier's index together within the
+/// memory tier's capacity, and the reservation at least the index.
+async fn the_disk_index_is_charged_to_memory(policy: WritePolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = 4 << 20;
+    let mut cfg = config(memory, Some(dir.path()));
+    cfg.write_policy = policy;
+    let bound = |cache: &Cache| {
+        let (m, d) = (cache.memory().unwrap(), cache.disk().unwrap());
+        let index = d.index_bytes();
+        assert!(index > 0);
+        assert!(m.reserved() >= index, "{} < {index}", m.reserved());
+        assert!(
+            m.weight() + index <= memory,
+            "memory tier {} + disk index {index} > {memory}",
+            m.weight()
+        );
+        assert_eq!(cache.stats().memory.unwrap().reserved_bytes, m.reserved());
+    };
+    let n = 20_000;
+    {
+        let cache = Cache::open(cfg.clone(), ManualClock::new(1)).unwrap();
+        for i in 0..n {
+            let k = key(&cache, "m", &i.to_string());
+            cache.insert(&k, value_of(&k), &NONE).await;
+            if i % 5_000 == 4_999 {
+                cache.flush().await;
+                bound(&cache);
+            }
+        }
+        cache.flush().await;
+        bound(&cache);
+        // The index holds a good part of the budget, so the memory tier was held under it.
+        assert!(cache.disk().unwrap().index_bytes() > memory / 4);
+        assert!(cache.memory().unwrap().stats().evictions > 0);
+        cache.shutdown().await;
+    }
+    // A recovered index is charged before the first request.
+    let write_through = matches!(cfg.write_policy, WritePolicy::WriteThrough);
+    let cache = Cache::open(cfg, ManualClock::new(1)).unwrap();
+    if write_through {
+        // (Write-back may have dropped writes its full queue could not take.)
+        assert_eq!(cache.disk().unwrap().entries(), n);
+    }
+    bound(&cache);
+    // A clear gives the memory tier its whole capacity back (up to the empty index).
+    cache.clear().await;
+    assert!(cache.memory().unwrap().reserved() < memory / 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_index_is_charged_to_the_memory_budget_write_through() {
+    the_disk_index_is_charged_to_memory(WritePolicy::WriteThrough).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_index_is_charged_to_the_memory_budget_write_back() {
+    the_disk_index_is_charged_to_memory(WritePolicy::WriteBack { queue: 1024 }).await;
+}

@@ -259,6 +259,7 @@ impl Cache {
         if let Err(e) = failed {
             tracing::warn!(error = %e, "disk write failed; the value stays in memory only");
         }
+        self.inner.charge_disk_index();
     }
 
     /// Clears the disk tier (behind every queued write under write-back, then flushed).
@@ -275,10 +276,33 @@ impl Cache {
         {
             tracing::warn!(error = %e, "disk clear failed");
         }
+        self.inner.charge_disk_index();
     }
 }
 
 impl Inner {
+    /// Charges the disk tier's in-memory index against the memory tier's capacity: the
+    /// memory tier gives up what the index holds, so that `--memory` bounds both. The
+    /// index grows with the disk tier's entries (about 270 bytes each), which a large
+    /// `disk_size` would otherwise leave unbounded. Called after every change of the disk
+    /// tier's contents; the memory tier acts only when the figure crosses a step.
+    pub(super) fn charge_disk_index(&self) {
+        let (Some(memory), Some(disk)) = (&self.memory, &self.disk) else {
+            return;
+        };
+        let index = disk.tier.index_bytes();
+        let capacity = memory.config().capacity;
+        if index >= capacity && memory.reserved() < capacity {
+            tracing::warn!(
+                index_bytes = index,
+                memory_capacity = capacity,
+                "the disk tier's index takes the whole memory budget, so the memory tier holds \
+                 nothing: raise --memory or lower --disk-size"
+            );
+        }
+        memory.reserve(index);
+    }
+
     /// The memory tier's entry for `key`, not expired (counted by the tier when
     /// `count_tier`); the caller judges its freshness.
     pub(super) fn memory_entry(&self, key: &Digest, count_tier: bool) -> Option<Found> {

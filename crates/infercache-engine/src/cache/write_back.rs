@@ -93,6 +93,7 @@ pub(super) async fn drain(inner: Weak<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
         for key in &removed {
             inner.finish_pending_removal(key);
         }
+        inner.charge_disk_index();
         for ack in acks {
             let _ = ack.send(());
         }

@@ -756,7 +756,9 @@ impl DiskTier {
     pub fn clear(&self) -> Result<(), DiskError> {
         let mut writer = self.writer.lock();
         writer.active = None;
-        self.state.write().index.clear();
+        // A new table, not a cleared one: the old table's memory is given back (the
+        // index is charged to the memory tier's budget).
+        self.state.write().index = HashMap::new();
         while self.evict_oldest(&mut writer)? {}
         manifest::sync_dir(&self.segments_dir)
     }
@@ -784,6 +786,13 @@ impl DiskTier {
                 .map_err(io_err(&self.segment_path(active.seq)))?;
         }
         Ok(())
+    }
+
+    /// Bytes of process memory the index holds (its hash table and the segments' key
+    /// lists): the [`TierStats::index_bytes`] gauge, which the tiered cache charges against
+    /// the memory tier's budget.
+    pub fn index_bytes(&self) -> u64 {
+        self.state.read().index_bytes()
     }
 
     /// The tier's counters and gauges.

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use infercache_core::Digest;
 use infercache_core::stats::TierCounters;
@@ -41,7 +42,10 @@ struct Shard<P> {
 #[derive(Debug)]
 pub(super) struct Locked<P> {
     shards: Box<[Mutex<Shard<P>>]>,
+    /// Each shard's share of the capacity.
     shard_capacity: u64,
+    /// Each shard's share of the reservation ([`Store::set_reserved`]).
+    reserved_share: AtomicU64,
     mask: u64,
     weigher: Weigher,
     counters: Arc<TierCounters>,
@@ -67,10 +71,18 @@ impl<P: PolicyMap> Locked<P> {
         Self {
             shards,
             shard_capacity: capacity / n,
+            reserved_share: AtomicU64::new(0),
             mask: n - 1,
             weigher,
             counters,
         }
+    }
+
+    /// What a shard may hold: its share of the capacity less its share of the
+    /// reservation.
+    fn limit(&self) -> u64 {
+        self.shard_capacity
+            .saturating_sub(self.reserved_share.load(Ordering::Relaxed))
     }
 
     /// What `entry` is charged.
@@ -107,7 +119,9 @@ impl<P: PolicyMap> Store for Locked<P> {
     fn insert(&self, key: Digest, entry: MemEntry) {
         let w = self.weigh(&entry);
         let mut shard = self.shard(&key).lock();
-        if w > self.shard_capacity {
+        // Read under the lock: a reservation is stored before its pass over the shards.
+        let limit = self.limit();
+        if w > limit {
             // Too large for any shard: not admitted, and an older value must not survive.
             if let Some(old) = shard.map.remove(&key) {
                 shard.weight -= self.weigh(&old);
@@ -118,14 +132,14 @@ impl<P: PolicyMap> Store for Locked<P> {
         if !shard.map.contains(&key) {
             // Make room before admitting a new key, so the newcomer is never its own
             // victim (it would be under LFU, with the lowest count).
-            self.evict_to(&mut shard, self.shard_capacity - w);
+            self.evict_to(&mut shard, limit - w);
         }
         if let Some(old) = shard.map.insert(key, entry) {
             shard.weight -= self.weigh(&old);
         }
         shard.weight += w;
         // A replacement may have grown the entry.
-        self.evict_to(&mut shard, self.shard_capacity);
+        self.evict_to(&mut shard, limit);
     }
 
     fn remove(&self, key: &Digest) -> Option<MemEntry> {
@@ -163,5 +177,14 @@ impl<P: PolicyMap> Store for Locked<P> {
 
     fn weight(&self) -> u64 {
         self.shards.iter().map(|s| s.lock().weight).sum()
+    }
+
+    fn set_reserved(&self, bytes: u64) {
+        let share = bytes.div_ceil(self.shards.len() as u64);
+        self.reserved_share.store(share, Ordering::Relaxed);
+        let limit = self.limit();
+        for shard in &*self.shards {
+            self.evict_to(&mut shard.lock(), limit);
+        }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Values are weighed by the bytes the process holds for them ([`Weigher::EncodedSize`],
 //! see [`charge`]) unless unit weights are asked for (trace replay). Every policy keeps
-//! `weight <= capacity` after every operation.
+//! `weight <= capacity - reserved` after every operation, where `reserved` is what the
+//! tier gives up to memory held outside it ([`MemoryTier::reserve`]: the disk tier's
+//! index, which the tiered cache charges to the same budget).
 //!
 //! # What an entry costs, and what it is charged
 //!
@@ -44,6 +46,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use infercache_core::stats::{TierCounters, TierStats};
 use infercache_core::{Digest, SharedClock};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// Expiry meaning "never".
@@ -254,6 +257,9 @@ pub(crate) trait Store: Send + Sync + fmt::Debug {
     fn purge_expired(&self, now_ms: u64) -> u64;
     fn len(&self) -> u64;
     fn weight(&self) -> u64;
+    /// Gives `bytes` of the capacity to memory held outside the tier and evicts down to
+    /// what is left at once; later calls replace the reservation (0 gives it all back).
+    fn set_reserved(&self, bytes: u64);
 }
 
 /// The store behind the tier: the default policy is called directly (so its hit path
@@ -283,7 +289,15 @@ pub struct MemoryTier {
     counters: Arc<TierCounters>,
     clock: SharedClock,
     config: MemoryConfig,
+    /// Bytes of the capacity given to memory held outside the tier ([`MemoryTier::reserve`]).
+    reserved: Mutex<u64>,
 }
+
+/// A reservation moves in steps of this share of the capacity (rounded up), so that the
+/// shards are walked only when it changes by a step: 256 KiB for the default 256 MiB.
+const RESERVE_STEPS: u64 = 1024;
+/// The smallest step.
+const MIN_RESERVE_STEP: u64 = 4096;
 
 impl MemoryTier {
     /// A tier with `config`, reading time from `clock`.
@@ -327,7 +341,34 @@ impl MemoryTier {
             counters,
             clock,
             config,
+            reserved: Mutex::new(0),
         }
+    }
+
+    /// Gives up `bytes` of the tier's capacity to memory the process holds outside it, so
+    /// that the tier and that memory together stay within the capacity: the tiered cache
+    /// reserves what the disk tier's index holds. Rounded up to a step of the capacity
+    /// ([`RESERVE_STEPS`]) and capped at the whole capacity; a larger reservation evicts
+    /// at once. Under unit weights (a capacity in entries) it does nothing.
+    pub fn reserve(&self, bytes: u64) {
+        if self.config.weigher == Weigher::Unit {
+            return;
+        }
+        let step = (self.config.capacity / RESERVE_STEPS).max(MIN_RESERVE_STEP);
+        let rounded = bytes
+            .div_ceil(step)
+            .saturating_mul(step)
+            .min(self.config.capacity);
+        let mut reserved = self.reserved.lock();
+        if *reserved != rounded {
+            *reserved = rounded;
+            self.store.set_reserved(rounded);
+        }
+    }
+
+    /// Bytes of the capacity reserved for memory outside the tier.
+    pub fn reserved(&self) -> u64 {
+        *self.reserved.lock()
     }
 
     /// The live entry for `key`; an expired entry is removed, counted and not returned.
@@ -422,8 +463,12 @@ impl MemoryTier {
 
     /// Counters and gauges.
     pub fn stats(&self) -> TierStats {
-        self.counters
-            .snapshot(self.entries(), self.weight(), self.config.capacity)
+        TierStats {
+            reserved_bytes: self.reserved(),
+            ..self
+                .counters
+                .snapshot(self.entries(), self.weight(), self.config.capacity)
+        }
     }
 }
 

@@ -238,19 +238,29 @@ struct Shard {
     small_weight: u64,
     main_weight: u64,
     small_capacity: u64,
+    /// What the shard may hold: its share of the tier's capacity less its share of the
+    /// reservation ([`Store::set_reserved`]).
     capacity: u64,
+    /// Its share of the tier's capacity.
+    base: u64,
     weigher: Weigher,
+}
+
+/// `ratio` of `capacity`.
+fn share(capacity: u64, ratio: f64) -> u64 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a share of a capacity"
+    )]
+    let share = (capacity as f64 * ratio) as u64;
+    share
 }
 
 impl Shard {
     fn new(capacity: u64, weigher: Weigher) -> Self {
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "a share of a capacity"
-        )]
-        let share = |ratio: f64| (capacity as f64 * ratio) as u64;
+        let share = |ratio: f64| share(capacity, ratio);
         Self {
             map: HashTable::new(),
             slots: Vec::new(),
@@ -266,8 +276,19 @@ impl Shard {
             main_weight: 0,
             small_capacity: share(SMALL_QUEUE),
             capacity,
+            base: capacity,
             weigher,
         }
+    }
+
+    /// Gives up `reserved` bytes of the shard's share and evicts down to what is left at
+    /// once; the small queue stays at its share of what is left.
+    fn reserve(&mut self, reserved: u64, counters: &TierCounters) {
+        self.capacity = self.base.saturating_sub(reserved);
+        self.small_capacity = share(self.capacity, SMALL_QUEUE);
+        // Only an empty ghost's allocations can be left over the capacity, and only when
+        // the reservation takes the whole share; the next insert is refused then anyway.
+        let _ = self.make_room(0, counters);
     }
 
     /// Weight in use: the entries, and in bytes mode the ghost's own memory.
@@ -580,7 +601,9 @@ impl Store for S3FifoStore {
     fn clear(&self) {
         for shard in &*self.shards {
             let mut s = shard.write();
-            *s = Shard::new(s.capacity, self.weigher);
+            let reserved = s.base - s.capacity;
+            *s = Shard::new(s.base, self.weigher);
+            s.reserve(reserved, &self.counters);
         }
     }
 
@@ -609,6 +632,13 @@ impl Store for S3FifoStore {
 
     fn weight(&self) -> u64 {
         self.shards.iter().map(|s| s.read().usage()).sum()
+    }
+
+    fn set_reserved(&self, bytes: u64) {
+        let share = bytes.div_ceil(self.shards.len() as u64);
+        for shard in &*self.shards {
+            shard.write().reserve(share, &self.counters);
+        }
     }
 }
 

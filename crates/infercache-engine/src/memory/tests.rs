@@ -250,3 +250,71 @@ fn blocks_follow_jemallocs_size_classes() {
         assert_eq!(super::heap_block(len), block, "a block of {len} bytes");
     }
 }
+
+#[test]
+fn a_reservation_evicts_at_once_and_bounds_every_later_insert() {
+    // 64 KiB in 4 shards: 1 KiB values, about 50 of them fit.
+    let capacity = 64 * 1024;
+    let value = vec![7u8; 1000];
+    for policy in Policy::ALL {
+        let tier = MemoryTier::new(
+            MemoryConfig {
+                policy,
+                shards: Some(4),
+                ..MemoryConfig::bytes(capacity)
+            },
+            ManualClock::new(0),
+        );
+        let fill = |from: u32, to: u32| {
+            for i in from..to {
+                tier.insert(Digest::of(&i.to_le_bytes()), entry(&value));
+            }
+        };
+        fill(0, 200);
+        let full = tier.weight();
+        assert!(full > capacity / 2, "{policy}: {full}");
+        // Half the capacity goes to memory outside the tier: the tier is under the rest
+        // at once, before any insert.
+        tier.reserve(capacity / 2);
+        assert_eq!(tier.reserved(), capacity / 2, "{policy}");
+        assert_eq!(tier.stats().reserved_bytes, capacity / 2, "{policy}");
+        assert!(tier.weight() <= capacity / 2, "{policy}: {}", tier.weight());
+        let evicted = tier.stats().evictions;
+        fill(200, 400);
+        assert!(tier.weight() <= capacity / 2, "{policy}: {}", tier.weight());
+        assert!(tier.stats().evictions > evicted, "{policy}");
+        // Rounded up to a step: never less than asked.
+        tier.reserve(capacity / 2 + 1);
+        assert!(tier.reserved() > capacity / 2, "{policy}");
+        assert!(tier.weight() + tier.reserved() <= capacity, "{policy}");
+        // A reservation of the whole capacity leaves room for nothing, and is capped there.
+        tier.reserve(capacity * 2);
+        assert_eq!(tier.reserved(), capacity, "{policy}");
+        fill(400, 450);
+        assert_eq!(tier.entries(), 0, "{policy}");
+        // Given back, the tier fills to its capacity again, and a clear keeps the
+        // reservation in force.
+        tier.reserve(0);
+        fill(450, 650);
+        assert!(tier.weight() > capacity / 2, "{policy}: {}", tier.weight());
+        tier.reserve(capacity / 4);
+        tier.clear();
+        fill(650, 850);
+        assert!(
+            tier.weight() <= capacity - capacity / 4,
+            "{policy}: {}",
+            tier.weight()
+        );
+    }
+}
+
+#[test]
+fn a_reservation_means_nothing_under_unit_weights() {
+    let tier = unit_tier(Policy::S3fifo, 4);
+    tier.reserve(1 << 20);
+    assert_eq!(tier.reserved(), 0);
+    for i in 0..4u32 {
+        tier.insert(Digest::of(&i.to_le_bytes()), entry(b"v"));
+    }
+    assert_eq!(tier.entries(), 4);
+}

@@ -74,7 +74,8 @@ settings! {
         /// Address to listen on [default: 127.0.0.1:8080].
         #[arg(long, env = "INFERCACHE_BIND", value_name = "ADDR")]
         pub bind: Option<String>,
-        /// Memory tier size: bytes (`512MiB`) or a fraction of RAM (`0.3`) [default: 256MiB].
+        /// Memory tier size: bytes (`512MiB`) or a fraction of RAM (`0.3`) [default: 256MiB];
+        /// the disk tier's index in memory is charged to it.
         #[arg(long, env = "INFERCACHE_MEMORY", value_name = "SIZE")]
         #[serde(deserialize_with = "text")]
         pub memory: Option<String>,

@@ -60,6 +60,8 @@ pub struct TierSample {
     pub capacity: u64,
     /// Memory the tier's index of its entries holds (the disk tier; 0 for memory).
     pub index_bytes: u64,
+    /// Capacity given to the disk tier's index (the memory tier; 0 for disk).
+    pub reserved_bytes: u64,
     /// Entries evicted to make room.
     pub evictions: u64,
     /// Entries dropped past their expiry.
@@ -83,6 +85,7 @@ impl From<&TierStats> for TierSample {
             bytes: t.bytes,
             capacity: t.capacity,
             index_bytes: t.index_bytes,
+            reserved_bytes: t.reserved_bytes,
             evictions: t.evictions,
             expirations: t.expirations,
             corrupt: t.corrupt,

@@ -119,6 +119,12 @@ impl Collector for EngineCollector {
         )?;
         gauge(
             &mut enc,
+            "cache_reserved_bytes",
+            "Capacity the tier yields to the disk tier's index (the memory tier; 0 elsewhere)",
+            &per_tier(|t| t.reserved_bytes),
+        )?;
+        gauge(
+            &mut enc,
             "cache_degraded",
             "1 while the tier's storage fails and is skipped (the disk tier)",
             &per_tier(|t| u64::from(t.degraded)),

@@ -126,6 +126,7 @@ fn tier(t: &TierStats) -> TierReport {
         degraded: t.degraded,
         io_errors: t.io_errors,
         index_bytes: t.index_bytes,
+        reserved_bytes: t.reserved_bytes,
     }
 }
 

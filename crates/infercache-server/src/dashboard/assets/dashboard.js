@@ -344,7 +344,9 @@
       html += figure(`inference saved, ${escape(name)}`, `${(m.saved_ms / 1000).toFixed(2)} s`);
     });
     for (const t of ['memory', 'disk']) {
-      if (s[t]) html += figure(`${t} used`, `${fmtBytes(s[t].bytes)} of ${fmtBytes(s[t].capacity)}`);
+      if (!s[t]) continue;
+      const reserved = s[t].reserved_bytes ? `, ${fmtBytes(s[t].reserved_bytes)} of it to the disk index` : '';
+      html += figure(`${t} used`, `${fmtBytes(s[t].bytes)} of ${fmtBytes(s[t].capacity)}${reserved}`);
     }
     if (s.disk) html += figure('disk tier', s.disk.degraded ? 'degraded' : 'ok', { 'data-disk': s.disk.degraded ? 'degraded' : 'ok' });
     if (s.redis) html += figure('Redis breaker', s.redis.breaker);
