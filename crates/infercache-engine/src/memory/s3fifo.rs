@@ -247,15 +247,14 @@ struct Shard {
 }
 
 /// `ratio` of `capacity`.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    reason = "a share of a capacity"
+)]
 fn share(capacity: u64, ratio: f64) -> u64 {
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "a share of a capacity"
-    )]
-    let share = (capacity as f64 * ratio) as u64;
-    share
+    (capacity as f64 * ratio) as u64
 }
 
 impl Shard {
