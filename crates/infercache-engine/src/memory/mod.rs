@@ -348,7 +348,7 @@ impl MemoryTier {
     /// Gives up `bytes` of the tier's capacity to memory the process holds outside it, so
     /// that the tier and that memory together stay within the capacity: the tiered cache
     /// reserves what the disk tier's index holds. Rounded up to a step of the capacity
-    /// ([`RESERVE_STEPS`]) and capped at the whole capacity; a larger reservation evicts
+    /// (1/1024 of it, at least 4 KiB) and capped at the whole capacity; a larger reservation evicts
     /// at once. Under unit weights (a capacity in entries) it does nothing.
     pub fn reserve(&self, bytes: u64) {
         if self.config.weigher == Weigher::Unit {
