@@ -58,9 +58,14 @@ impl CanonicalInput {
 
     /// Opaque bytes, byte for byte.
     pub fn bytes(bytes: &[u8]) -> Self {
+        Self::bytes_owned(bytes.to_vec())
+    }
+
+    /// Opaque bytes, byte for byte, taken without a copy.
+    pub fn bytes_owned(bytes: Vec<u8>) -> Self {
         Self {
             kind: InputKind::Bytes,
-            bytes: bytes.to_vec(),
+            bytes,
         }
     }
 

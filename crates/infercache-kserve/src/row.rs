@@ -48,11 +48,13 @@ impl Row {
     /// Request-level `parameters` and the output selection are not in it: the caller
     /// folds the output-affecting ones into the key separately.
     pub fn key_bytes(&self) -> Vec<u8> {
-        let size: usize = self
+        // Exact when no input has parameters: the count, then per input four lengths,
+        // the datatype code, the dimensions, the name and the data.
+        let size: usize = 8 + self
             .inputs
             .iter()
-            .map(|t| t.name.len() + t.data.len() + 8 * t.shape.len() + 32)
-            .sum();
+            .map(|t| 4 * 8 + 1 + 8 * t.shape.len() + t.name.len() + t.data.len())
+            .sum::<usize>();
         let mut out = Vec::with_capacity(size);
         out.extend((self.inputs.len() as u64).to_le_bytes());
         for (t, params) in self.inputs.iter().zip(&self.parameters) {
@@ -74,7 +76,7 @@ impl Row {
 
     /// [`Row::key_bytes`] as the key's canonical input.
     pub fn canonical_input(&self) -> CanonicalInput {
-        CanonicalInput::bytes(&self.key_bytes())
+        CanonicalInput::bytes_owned(self.key_bytes())
     }
 }
 

@@ -12,7 +12,7 @@ use crate::config::Limits;
 use crate::dashboard::Dashboard;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Rejection, RequestOutcome};
-use crate::routes::rendered::{self, RenderedFloats};
+use crate::routes::rendered::{self, RenderedVectors};
 use crate::weights::WeightServer;
 
 /// Inputs in flight, in units of `max_items`: eight full requests (16,384 inputs, about
@@ -44,9 +44,9 @@ struct Shared {
     datasets: Option<Datasets>,
     /// The weight routes' server (`weights_dir`).
     weights: Option<WeightServer>,
-    /// Float arrays kept rendered for hot entries, when the memory tier is large enough
+    /// Vectors kept rendered for hot entries, when the memory tier is large enough
     /// to give up their budget ([`rendered::budget_for`]).
-    rendered: Option<RenderedFloats>,
+    rendered: Option<RenderedVectors>,
 }
 
 /// The dataset cache a server serves, and the streams of batches it may run at once.
@@ -88,7 +88,7 @@ impl AppState {
             .as_ref()
             .and_then(Cache::memory)
             .filter(|m| m.config().capacity >= rendered::MIN_MEMORY)
-            .map(|_| RenderedFloats::new());
+            .map(|_| RenderedVectors::new());
         let infer = Infer::new(
             cache,
             models,
@@ -218,8 +218,8 @@ impl AppState {
         &self.inner.limits
     }
 
-    /// The float arrays kept rendered for hot entries, if this server keeps any.
-    pub(crate) fn rendered(&self) -> Option<&RenderedFloats> {
+    /// The vectors kept rendered for hot entries, if this server keeps any.
+    pub(crate) fn rendered(&self) -> Option<&RenderedVectors> {
         self.inner.rendered.as_ref()
     }
 

@@ -50,8 +50,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
 use infercache_backend::{BackendKind, Inputs, UpstreamError};
 use infercache_infer::{CacheControl, RowRequest};
 use infercache_kserve::{
@@ -96,7 +96,8 @@ pub async fn infer_version(
 
 /// The request headers the route reads, taken from the request without copying the
 /// others: the `Cache-Control` directives (refused when malformed, in their turn) and
-/// `Inference-Header-Content-Length`.
+/// `Inference-Header-Content-Length`, moved out of the request (nothing after this
+/// extractor reads it; a clone of a header parsed into its own buffer allocates).
 #[derive(Debug)]
 pub struct Headers {
     directives: Result<Directives, ApiError>,
@@ -109,7 +110,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Headers {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(Self {
             directives: cache_control::parse(&parts.headers),
-            header_length: parts.headers.get(HEADER_LENGTH).cloned(),
+            header_length: parts.headers.remove(HEADER_LENGTH),
         })
     }
 }
@@ -238,23 +239,18 @@ where
 
 /// The response: the body, `Content-Type`, `Inference-Header-Content-Length` when
 /// binary data follows the JSON part, and the cache headers.
-fn respond(
-    encoded: Encoded,
-    headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
-) -> Response {
-    let content_type = encoded.content_type();
-    let mut response = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        encoded.body,
-    )
-        .into_response();
+fn respond(encoded: Encoded, mut headers: routes::CacheHeaders) -> Response {
+    let content_type = HeaderValue::from_static(encoded.content_type());
     if let Some(len) = encoded.header_length {
         // Named statically: a name parsed from `HEADER_LENGTH`'s mixed case is a copy.
-        response.headers_mut().insert(
+        // The value from its digits' own `String`: `HeaderValue::from(usize)` writes
+        // them into a buffer it then reallocates.
+        let value = HeaderValue::from_maybe_shared(Bytes::from(len.to_string()))
+            .expect("digits are a valid header value");
+        headers.push((
             HeaderName::from_static("inference-header-content-length"),
-            HeaderValue::from(len),
-        );
+            value,
+        ));
     }
-    response.headers_mut().extend(headers);
-    response
+    routes::response(content_type, Bytes::from(encoded.body), headers)
 }

@@ -25,10 +25,11 @@ pub(crate) mod rendered;
 pub mod smally;
 mod write;
 
+use axum::body::Body;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::http::{HeaderName, HeaderValue, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use axum::response::Response;
 use bytes::Bytes;
 use infercache_infer::{Outcome, Rows};
 use serde::Serialize;
@@ -95,6 +96,16 @@ impl CacheHeaders {
     /// Adds `header` after the cache headers.
     pub fn push(&mut self, header: (HeaderName, HeaderValue)) {
         self.0[5] = Some(header);
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.0.iter().flatten().count()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -163,19 +174,23 @@ impl CacheSummary {
 }
 
 /// A JSON response with `headers`.
-pub fn json_response(
-    body: Vec<u8>,
-    headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
-) -> Response {
-    let mut response = (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
+pub fn json_response(body: Vec<u8>, headers: CacheHeaders) -> Response {
+    response(
+        HeaderValue::from_static("application/json"),
+        Bytes::from(body),
+        headers,
     )
-        .into_response();
-    response.headers_mut().extend(headers);
+}
+
+/// A response of `body` with its `Content-Type` and `headers`, its header map made with
+/// room for them and the `Content-Length` axum adds: a map made empty takes its first 6
+/// entries in one allocation and grows at the seventh, in another.
+pub fn response(content_type: HeaderValue, body: Bytes, headers: CacheHeaders) -> Response {
+    let mut map = HeaderMap::with_capacity(2 + headers.len());
+    map.insert(axum::http::header::CONTENT_TYPE, content_type);
+    map.extend(headers);
+    let mut response = Response::new(Body::from(body));
+    *response.headers_mut() = map;
     response
 }
 

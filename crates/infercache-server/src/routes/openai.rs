@@ -26,8 +26,8 @@
 //! A request with only the usual fields, well formed, is read in one typed pass; any other
 //! is read field by field, which names what is wrong (both read every body the first
 //! takes the same way). The answer is written from the stored bytes (`routes/write.rs`):
-//! base64 is the stored bytes encoded, floats are formatted straight into the body (or
-//! copied from the text kept for a hot entry, `routes/rendered.rs`), and
+//! base64 is the stored bytes encoded and floats are formatted straight into the body
+//! (either copied from the text kept for a hot entry, `routes/rendered.rs`), and
 //! `usage` adds the token counts the built-in model stored with its vectors, so a hit
 //! runs no tokenizer.
 
@@ -44,7 +44,7 @@ use infercache_infer::{Model, RowRequest, Rows};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::rendered::RenderedFloats;
+use super::rendered::{Form, RenderedVectors};
 use super::{body, write};
 use crate::auth::Caller;
 use crate::cache_control::Directives;
@@ -324,11 +324,10 @@ fn counted(value: &[u8], dims: Option<usize>) -> Option<usize> {
 }
 
 /// The response body: OpenAI's shape, written from the stored vectors without decoding
-/// them ([`write`]; float arrays through `rendered`, which keeps the text of hot
-/// entries). Tokens are the counts stored with the rows, else counted here where the
+/// them ([`write`]; vectors through `rendered`, which keeps the text of hot entries). Tokens are the counts stored with the rows, else counted here where the
 /// model's tokenizer runs (0 for a model behind an upstream).
 fn render(
-    rendered: Option<&RenderedFloats>,
+    rendered: Option<&RenderedVectors>,
     model: &Model,
     inputs: &Inputs,
     rows: &Rows,
@@ -364,12 +363,13 @@ fn render(
         out.extend_from_slice(br#"{"object":"embedding","index":"#);
         write::uint(&mut out, index);
         out.extend_from_slice(br#","embedding":"#);
-        match (encoding, rendered, rows.keys.get(index)) {
-            (Encoding::Float, Some(table), Some(key)) => {
-                table.write(&mut out, key, &v.slice_ref(vector));
-            }
-            (Encoding::Float, ..) => write::f32_array(&mut out, vector, None),
-            (Encoding::Base64, ..) => write::base64_string(&mut out, vector),
+        let form = match encoding {
+            Encoding::Float => Form::Floats,
+            Encoding::Base64 => Form::Base64,
+        };
+        match (rendered, rows.keys.get(index)) {
+            (Some(table), Some(key)) => table.write(&mut out, key, &v.slice_ref(vector), form),
+            _ => form.write(&mut out, vector),
         }
         out.push(b'}');
     }

@@ -30,7 +30,7 @@ use infercache_core::Digest;
 use infercache_infer::{Model, RowRequest};
 use serde::Deserialize;
 
-use super::rendered::RenderedFloats;
+use super::rendered::{Form, RenderedVectors};
 use super::{body, write};
 use crate::auth::Caller;
 use crate::cache_control::Directives;
@@ -158,9 +158,9 @@ fn parse_slow(state: &AppState, body: Bytes) -> Result<(String, bool), ApiError>
 struct Answer<'a> {
     /// The stored vector's bytes (little-endian `f32`s).
     vector: &'a [u8],
-    /// The table of float arrays kept rendered, the row's key and its vector as stored:
+    /// The table of vectors kept rendered, the row's key and its vector as stored:
     /// the array is written through it when `normalize` is off.
-    kept: Option<(&'a RenderedFloats, &'a Digest, Bytes)>,
+    kept: Option<(&'a RenderedVectors, &'a Digest, Bytes)>,
     /// Scale it to unit length on the way out.
     normalize: bool,
     model: &'a str,
@@ -182,7 +182,7 @@ impl Answer<'_> {
         );
         out.extend_from_slice(br#"{"embedding":"#);
         match (&self.kept, divisor) {
-            (Some((table, key, vector)), None) => table.write(&mut out, key, vector),
+            (Some((table, key, vector)), None) => table.write(&mut out, key, vector, Form::Floats),
             _ => write::f32_array(&mut out, self.vector, divisor),
         }
         out.extend_from_slice(br#","model":"#);

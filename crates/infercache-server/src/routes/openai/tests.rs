@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{Encoding, Parsed, parse_fast, parse_slow, render};
 use crate::routes::CacheSummary;
-use crate::routes::rendered::RenderedFloats;
+use crate::routes::rendered::RenderedVectors;
 use crate::tests::Fake;
 use crate::{ApiKeys, AppState, Limits};
 
@@ -284,7 +284,7 @@ proptest! {
         let expected = reference(model.name(), backend, &texts, &rows, encoding);
         // Formatted, then through a table of kept arrays: filled, then served from it
         // (repeated texts share a key with other vectors).
-        let table = RenderedFloats::new();
+        let table = RenderedVectors::new();
         for kept in [None, Some(&table), Some(&table)] {
             let written = render(kept, &model, &inputs, &rows, encoding).unwrap();
             prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected.clone()).unwrap());

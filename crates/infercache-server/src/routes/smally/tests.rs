@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use infercache_core::Digest;
 
 use super::{Answer, parse_fast, parse_slow};
-use crate::routes::rendered::RenderedFloats;
+use crate::routes::rendered::RenderedVectors;
 use crate::tests::Fake;
 use crate::{ApiKeys, AppState, Limits};
 
@@ -130,7 +130,7 @@ proptest! {
         })
         .unwrap();
         // Formatted, then through a table of kept arrays: filled, then served from it.
-        let table = RenderedFloats::new();
+        let table = RenderedVectors::new();
         let key = Digest([3; 32]);
         for kept in [false, true, true] {
             let written = Answer {
