@@ -26,8 +26,8 @@
 //! A request with only the usual fields, well formed, is read in one typed pass; any other
 //! is read field by field, which names what is wrong (both read every body the first
 //! takes the same way). The answer is written from the stored bytes (`routes/write.rs`):
-//! base64 is the stored bytes encoded and floats are formatted straight into the body
-//! (either copied from the text kept for a hot entry, `routes/rendered.rs`), and
+//! base64 is the stored bytes encoded and floats are formatted, straight into the body,
+//! or either is copied from the text kept for a hot entry (`routes/rendered.rs`); and
 //! `usage` adds the token counts the built-in model stored with its vectors, so a hit
 //! runs no tokenizer.
 
@@ -60,18 +60,13 @@ const FIELDS: &[&str] = &["model", "input", "encoding_format", "user"];
 
 const UPSTREAM_FIELDS: &[&str] = &["model", "input", "encoding_format", "user", "dimensions"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Float,
-    Base64,
-}
-
 /// A request, validated.
 struct Parsed {
     model: Arc<Model>,
     texts: Vec<String>,
     dimensions: Option<u64>,
-    encoding: Encoding,
+    /// `encoding_format`: `float` or `base64`.
+    encoding: Form,
 }
 
 /// `POST /v1/embeddings`.
@@ -222,8 +217,8 @@ fn parse_fast(state: &AppState, body: &[u8]) -> Option<Parsed> {
         return None;
     }
     let encoding = match fast.encoding_format.as_deref() {
-        None | Some("float") => Encoding::Float,
-        Some("base64") => Encoding::Base64,
+        None | Some("float") => Form::Floats,
+        Some("base64") => Form::Base64,
         Some(_) => return None,
     };
     // Resolved as the field-by-field reading resolves it; a model not served, or of
@@ -324,14 +319,15 @@ fn counted(value: &[u8], dims: Option<usize>) -> Option<usize> {
 }
 
 /// The response body: OpenAI's shape, written from the stored vectors without decoding
-/// them ([`write`]; vectors through `rendered`, which keeps the text of hot entries). Tokens are the counts stored with the rows, else counted here where the
+/// them ([`write`]; vectors through `rendered`, which keeps the text of hot entries).
+/// Tokens are the counts stored with the rows, else counted here where the
 /// model's tokenizer runs (0 for a model behind an upstream).
 fn render(
     rendered: Option<&RenderedVectors>,
     model: &Model,
     inputs: &Inputs,
     rows: &Rows,
-    encoding: Encoding,
+    encoding: Form,
 ) -> Result<Vec<u8>, ApiError> {
     let dims = model.info().dims;
     let texts = texts_of(inputs);
@@ -349,8 +345,8 @@ fn render(
         };
         capacity += 64 + write::KEY_BYTES;
         capacity += match encoding {
-            Encoding::Float => vector.len() / 4 * write::MAX_F32_BYTES,
-            Encoding::Base64 => vector.len().div_ceil(3) * 4,
+            Form::Floats => vector.len() / 4 * write::MAX_F32_BYTES,
+            Form::Base64 => vector.len().div_ceil(3) * 4,
         };
     }
     let mut out = Vec::with_capacity(capacity);
@@ -363,13 +359,11 @@ fn render(
         out.extend_from_slice(br#"{"object":"embedding","index":"#);
         write::uint(&mut out, index);
         out.extend_from_slice(br#","embedding":"#);
-        let form = match encoding {
-            Encoding::Float => Form::Floats,
-            Encoding::Base64 => Form::Base64,
-        };
         match (rendered, rows.keys.get(index)) {
-            (Some(table), Some(key)) => table.write(&mut out, key, &v.slice_ref(vector), form),
-            _ => form.write(&mut out, vector),
+            (Some(table), Some(key)) => {
+                table.write(&mut out, key, &v.slice_ref(vector), encoding);
+            }
+            _ => encoding.write(&mut out, vector),
         }
         out.push(b'}');
     }
@@ -385,10 +379,10 @@ fn render(
     Ok(out)
 }
 
-fn encoding(obj: &mut Map<String, Value>) -> Result<Encoding, ApiError> {
+fn encoding(obj: &mut Map<String, Value>) -> Result<Form, ApiError> {
     match body::opt_str(obj, "encoding_format")?.as_deref() {
-        None | Some("float") => Ok(Encoding::Float),
-        Some("base64") => Ok(Encoding::Base64),
+        None | Some("float") => Ok(Form::Floats),
+        Some("base64") => Ok(Form::Base64),
         Some(other) => Err(ApiError::invalid(
             "encoding_format",
             format!("expected \"float\" or \"base64\", got {other:?}"),

@@ -59,7 +59,7 @@ pub(crate) fn budget_for(memory_bytes: u64) -> u64 {
     }
 }
 
-/// How a vector is written into a JSON body.
+/// How a vector is written into a JSON body (OpenAI's `encoding_format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Form {
     /// A JSON array of its floats ([`write::f32_array`]).

@@ -10,9 +10,9 @@ use proptest::prelude::*;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Encoding, Parsed, parse_fast, parse_slow, render};
+use super::{Parsed, parse_fast, parse_slow, render};
 use crate::routes::CacheSummary;
-use crate::routes::rendered::RenderedVectors;
+use crate::routes::rendered::{Form, RenderedVectors};
 use crate::tests::Fake;
 use crate::{ApiKeys, AppState, Limits};
 
@@ -27,7 +27,7 @@ fn state() -> AppState {
 }
 
 /// What a reading yields, comparable.
-fn summary(p: &Parsed) -> (String, Vec<String>, Option<u64>, Encoding) {
+fn summary(p: &Parsed) -> (String, Vec<String>, Option<u64>, Form) {
     (
         p.model.name().to_owned(),
         p.texts.clone(),
@@ -193,7 +193,7 @@ fn reference(
     backend: &dyn Backend,
     texts: &[String],
     rows: &Rows,
-    encoding: Encoding,
+    encoding: Form,
 ) -> Vec<u8> {
     use base64::Engine as _;
     let dims = backend.info().dims;
@@ -206,8 +206,8 @@ fn reference(
             let v = v.as_ref().unwrap();
             let floats = vector::decode(v, dims).unwrap();
             let embedding = match encoding {
-                Encoding::Float => Embedding::Float(floats),
-                Encoding::Base64 => Embedding::Base64(
+                Form::Floats => Embedding::Float(floats),
+                Form::Base64 => Embedding::Base64(
                     base64::engine::general_purpose::STANDARD.encode(vector::encode(&floats)),
                 ),
             };
@@ -279,7 +279,7 @@ proptest! {
                 Vec::new()
             },
         };
-        let encoding = if base64 { Encoding::Base64 } else { Encoding::Float };
+        let encoding = if base64 { Form::Base64 } else { Form::Floats };
         let inputs = Inputs::texts(texts.clone());
         let expected = reference(model.name(), backend, &texts, &rows, encoding);
         // Formatted, then through a table of kept arrays: filled, then served from it
