@@ -97,6 +97,15 @@ pub enum ClientError {
         #[source]
         source: Cause,
     },
+    /// No memory could be mapped for a body.
+    #[error("{chunk}: no memory for its body: {source}")]
+    Memory {
+        /// The chunk.
+        chunk: String,
+        /// The system's error.
+        #[source]
+        source: Cause,
+    },
     /// The disk tier's store cannot be opened.
     #[error("the chunk store on disk cannot be opened: {source}")]
     Disk {
@@ -123,7 +132,8 @@ impl ClientError {
             | Self::Oversized { chunk, .. }
             | Self::Digest { chunk, .. }
             | Self::Changed { chunk, .. }
-            | Self::Build { chunk, .. } => Some(chunk),
+            | Self::Build { chunk, .. }
+            | Self::Memory { chunk, .. } => Some(chunk),
             _ => None,
         }
     }

@@ -6,7 +6,7 @@
 //!
 //! The digest is computed piece by piece as the body arrives, on a blocking thread of its
 //! own: the task reading the connection copies each piece into the body's buffer, hands
-//! that part of the buffer over (shared, not copied again) and reads on, so hashing
+//! the piece as it arrived over (shared, not copied again) and reads on, so hashing
 //! overlaps the network instead of stalling it, and verification costs no second pass
 //! over the bytes. On a loopback link the SHA-256 of a piece takes about as long as
 //! receiving it: run in line, it held the connection's reader up for half its time.
@@ -31,7 +31,7 @@ use reqwest::header::{CONTENT_RANGE, ETAG, IF_MATCH, IF_RANGE, RANGE};
 
 use super::disk::{Begin, DiskTier, Writer};
 use super::error::{Cause, ClientError};
-use super::pool::{BufferPool, DEFAULT_POOL_BYTES};
+use super::pool::{Buffer, BufferPool, DEFAULT_POOL_BYTES};
 use crate::digest::Hasher;
 use crate::manifest::{
     CONFIG_FILE, ChunkInfo, FileInfo, Manifest, TOKENIZER_FILE, is_valid_model_name,
@@ -378,8 +378,8 @@ impl Fetcher {
         let mut resumed = false;
         if let Some(w) = writer {
             if so_far.len() as u64 <= size {
-                body.append(&so_far).await;
                 resumed = !so_far.is_empty();
+                body.append(Bytes::from(so_far)).await?;
             } else {
                 w.restart().await;
             }
@@ -546,7 +546,7 @@ impl Fetcher {
         loop {
             match resp.chunk().await {
                 Ok(Some(piece)) => {
-                    body.push(&piece).await?;
+                    body.push(piece.clone()).await?;
                     if let Some(w) = writer {
                         w.push(piece).await;
                     }
@@ -563,14 +563,14 @@ impl Fetcher {
 }
 
 /// A body being received: each piece is copied once, into a buffer sized for the whole
-/// body (from the fetcher's pool), and the filled part split off (sharing that buffer) to
-/// its [`Verifier`], which joins the parts back into one as it hashes them.
+/// body (from the fetcher's pool), and handed as it arrived (shared, not copied) to its
+/// [`Verifier`].
 struct Body<'a> {
     what: &'a str,
     size: u64,
     pool: &'a BufferPool,
-    /// The room left for the body.
-    buf: BytesMut,
+    /// The body so far, in room for all of it (taken from the pool with the first bytes).
+    buf: Option<Buffer>,
     received: u64,
     verifier: Verifier,
     wire: u64,
@@ -582,34 +582,38 @@ impl<'a> Body<'a> {
             what,
             size,
             pool,
-            buf: Self::room(pool, size),
+            buf: None,
             received: 0,
             verifier: Verifier::default(),
             wire: 0,
         }
     }
 
-    fn room(pool: &BufferPool, size: u64) -> BytesMut {
-        pool.take(usize::try_from(size.min(MAX_PREALLOCATION)).expect("bounded"))
-    }
-
     fn restart(&mut self) {
-        if self.verifier.0.is_none() {
-            return; // nothing arrived yet
+        if let Some(buf) = &mut self.buf {
+            buf.clear();
         }
-        self.buf = Self::room(self.pool, self.size);
         self.received = 0;
         self.verifier = Verifier::default();
     }
 
     /// Bytes that arrived before (a resumed download's), not counted as received now.
-    async fn append(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+    async fn append(&mut self, bytes: Bytes) -> Result<(), ClientError> {
+        let buf = match &mut self.buf {
+            Some(buf) => buf,
+            empty => {
+                let room = usize::try_from(self.size.min(MAX_PREALLOCATION)).expect("bounded");
+                empty.insert(self.pool.take(room).map_err(|e| no_memory(self.what, e))?)
+            }
+        };
+        buf.extend_from_slice(&bytes)
+            .map_err(|e| no_memory(self.what, e))?;
         self.received += bytes.len() as u64;
-        self.verifier.update(self.buf.split()).await;
+        self.verifier.update(bytes).await;
+        Ok(())
     }
 
-    async fn push(&mut self, piece: &[u8]) -> Result<(), ClientError> {
+    async fn push(&mut self, piece: Bytes) -> Result<(), ClientError> {
         if self.received + piece.len() as u64 > self.size {
             return Err(ClientError::Oversized {
                 chunk: self.what.to_owned(),
@@ -617,8 +621,7 @@ impl<'a> Body<'a> {
             });
         }
         self.wire += piece.len() as u64;
-        self.append(piece).await;
-        Ok(())
+        self.append(piece).await
     }
 
     /// The SHA-256 of the bytes received and the bytes (their buffer goes back to the
@@ -626,38 +629,44 @@ impl<'a> Body<'a> {
     async fn finish(&mut self) -> Result<(String, Bytes), ClientError> {
         let verifier = std::mem::take(&mut self.verifier);
         self.received = 0;
-        let (digest, mut whole) = verifier.finish().await?;
-        // The room left after the body (a pooled buffer larger than it) joins it again,
-        // so the whole buffer goes back to the pool and is counted there as it is.
-        whole.unsplit(std::mem::take(&mut self.buf));
-        Ok((digest, self.pool.hand_out(whole)))
+        let digest = verifier.finish().await?;
+        let body = match self.buf.take() {
+            Some(whole) => self.pool.hand_out(whole),
+            None => Bytes::new(),
+        };
+        Ok((digest, body))
     }
 }
 
-/// The SHA-256 of a body, computed on the blocking pool while the body arrives: parts
-/// queue for it (at most [`VERIFY_QUEUE`], so a slow hash slows the reader instead of
-/// piling up memory) and [`Verifier::finish`] waits for the last one. The thread starts
-/// with the first part; dropping the verifier lets it end.
+fn no_memory(chunk: &str, e: std::io::Error) -> ClientError {
+    ClientError::Memory {
+        chunk: chunk.to_owned(),
+        source: Arc::new(e),
+    }
+}
+
+/// The SHA-256 of a body, computed on the blocking pool while the body arrives: its
+/// pieces queue for it (at most [`VERIFY_QUEUE`], so a slow hash slows the reader instead
+/// of piling up memory) and [`Verifier::finish`] waits for the last one. The thread starts
+/// with the first piece; dropping the verifier lets it end.
 #[derive(Default)]
 struct Verifier(Option<Hashing>);
 
 struct Hashing {
-    parts: tokio::sync::mpsc::Sender<BytesMut>,
-    done: tokio::task::JoinHandle<(String, BytesMut)>,
+    parts: tokio::sync::mpsc::Sender<Bytes>,
+    done: tokio::task::JoinHandle<String>,
 }
 
 impl Verifier {
-    async fn update(&mut self, part: BytesMut) {
+    async fn update(&mut self, part: Bytes) {
         let hashing = self.0.get_or_insert_with(|| {
-            let (parts, mut rx) = tokio::sync::mpsc::channel::<BytesMut>(VERIFY_QUEUE);
+            let (parts, mut rx) = tokio::sync::mpsc::channel::<Bytes>(VERIFY_QUEUE);
             let done = tokio::task::spawn_blocking(move || {
-                let (mut hasher, mut whole) = (Hasher::default(), BytesMut::new());
+                let mut hasher = Hasher::default();
                 while let Some(part) = rx.blocking_recv() {
                     hasher.update(&part);
-                    // Adjacent parts of one buffer: joined without a copy.
-                    whole.unsplit(part);
                 }
-                (hasher.finish_hex(), whole)
+                hasher.finish_hex()
             });
             Hashing { parts, done }
         });
@@ -665,10 +674,10 @@ impl Verifier {
         let _ = hashing.parts.send(part).await;
     }
 
-    /// The digest of every part, and the parts joined.
-    async fn finish(self) -> Result<(String, BytesMut), ClientError> {
+    /// The digest of every part.
+    async fn finish(self) -> Result<String, ClientError> {
         let Some(Hashing { parts, done }) = self.0 else {
-            return Ok((Hasher::default().finish_hex(), BytesMut::new()));
+            return Ok(Hasher::default().finish_hex());
         };
         drop(parts);
         done.await.map_err(|e| ClientError::Inference {

@@ -3,6 +3,14 @@
 //! size (megabytes) is a new mapping whose every page faults and is zeroed by the kernel
 //! as the body fills it; on loopback that was a tenth of a cold stream's CPU time.
 //!
+//! Each buffer is an anonymous memory map of its own ([`Buffer`]). One of 2 MiB or more
+//! is sized to a whole number of 2 MiB pages and advised `MADV_HUGEPAGE`, so where the
+//! kernel's transparent huge pages are enabled (`always` or `madvise`) a fresh buffer
+//! faults once per 2 MiB instead of once per 4 KiB: touching a fresh 48 MB map took
+//! 0.1–0.3 ms/MB with the advice and 0.7–0.9 ms/MB without it on the development
+//! machine. The allocator's buffers cannot be advised without `unsafe`; `memmap2`'s
+//! anonymous maps can.
+//!
 //! A [`Fetched`](super::Fetched) body is a [`Bytes`] that owns its buffer: when the last
 //! handle to it (slices included) is dropped, the buffer returns to its pool, if the idle
 //! buffers stay within the pool's byte bound; otherwise it is freed. A buffer is reused
@@ -13,10 +21,15 @@
 //! hand out guards that borrow the pool, or `Vec`s); `Bytes::from_owner` makes it a few
 //! lines.
 
+use std::io;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use memmap2::{MmapMut, MmapOptions};
 use parking_lot::Mutex;
+
+/// The size of a transparent huge page on x86-64 and of the usual arm64 one.
+const HUGE_PAGE: usize = 2 << 20;
 
 /// Idle bytes a [`Fetcher`](super::Fetcher)'s own pool keeps by default: room for the
 /// embeddings chunk of a small model and a few layers.
@@ -33,7 +46,7 @@ struct Idle {
     /// Capacity of the buffers in `buffers`.
     bytes: usize,
     /// Oldest given back first.
-    buffers: Vec<BytesMut>,
+    buffers: Vec<Buffer>,
     reused: u64,
     allocated: u64,
 }
@@ -94,7 +107,10 @@ impl BufferPool {
 
     /// An empty buffer with room for `len` bytes: the smallest idle one that `len` fills
     /// at least half of, or a new one.
-    pub(crate) fn take(&self, len: usize) -> BytesMut {
+    ///
+    /// # Errors
+    /// The new map's, when the system has no memory for it.
+    pub(crate) fn take(&self, len: usize) -> io::Result<Buffer> {
         let mut idle = self.0.lock();
         let best = idle
             .buffers
@@ -107,25 +123,25 @@ impl BufferPool {
             let buf = idle.buffers.remove(i);
             idle.bytes -= buf.capacity();
             idle.reused += 1;
-            return buf;
+            return Ok(buf);
         }
         idle.allocated += 1;
         drop(idle);
-        BytesMut::with_capacity(len)
+        Buffer::with_capacity(len)
     }
 
     /// `buf` (a whole body) as [`Bytes`] that give the buffer back when dropped.
-    pub(crate) fn hand_out(&self, buf: BytesMut) -> Bytes {
+    pub(crate) fn hand_out(&self, buf: Buffer) -> Bytes {
         if buf.is_empty() {
             return Bytes::new();
         }
         Bytes::from_owner(Lent {
-            buf,
+            buf: Some(buf),
             pool: self.clone(),
         })
     }
 
-    fn give_back(&self, mut buf: BytesMut) {
+    fn give_back(&self, mut buf: Buffer) {
         buf.clear();
         let cap = buf.capacity();
         let mut idle = self.0.lock();
@@ -142,21 +158,85 @@ impl BufferPool {
     }
 }
 
+/// A body's memory: an anonymous map with its filled length. The bytes past `len` (a
+/// reused buffer's earlier body) are never handed out.
+pub(crate) struct Buffer {
+    map: MmapMut,
+    len: usize,
+}
+
+impl Buffer {
+    /// An empty buffer with room for at least `capacity` bytes.
+    fn with_capacity(capacity: usize) -> io::Result<Self> {
+        let huge = capacity >= HUGE_PAGE;
+        let len = if huge {
+            // A length of whole huge pages is also what makes the kernel align the map
+            // to one.
+            capacity.next_multiple_of(HUGE_PAGE)
+        } else {
+            capacity
+        };
+        let map = MmapOptions::new().len(len).map_anon()?;
+        #[cfg(target_os = "linux")]
+        if huge {
+            // Advice only: where transparent huge pages are off, the map keeps 4 KiB
+            // pages and works the same.
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
+        Ok(Self { map, len: 0 })
+    }
+
+    /// Bytes it holds without growing.
+    pub(crate) fn capacity(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Nothing filled.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `bytes`, moving to a map twice as large when they do not fit (a body larger
+    /// than its room was allocated for).
+    ///
+    /// # Errors
+    /// The larger map's, when the system has no memory for it.
+    pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let end = self.len + bytes.len();
+        if end > self.capacity() {
+            let mut larger = Self::with_capacity(end.max(2 * self.capacity()))?;
+            larger.map[..self.len].copy_from_slice(&self.map[..self.len]);
+            larger.len = self.len;
+            *self = larger;
+        }
+        self.map[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+
+    /// Empty again, its pages kept.
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
 /// A body's buffer while [`Bytes`] refer to it.
 struct Lent {
-    buf: BytesMut,
+    buf: Option<Buffer>,
     pool: BufferPool,
 }
 
 impl AsRef<[u8]> for Lent {
     fn as_ref(&self) -> &[u8] {
-        &self.buf
+        self.buf.as_ref().map_or(&[], |b| &b.map[..b.len])
     }
 }
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        self.pool.give_back(std::mem::take(&mut self.buf));
+        if let Some(buf) = self.buf.take() {
+            self.pool.give_back(buf);
+        }
     }
 }
 
@@ -165,8 +245,8 @@ mod tests {
     use super::*;
 
     fn filled(pool: &BufferPool, bytes: &[u8]) -> Bytes {
-        let mut buf = pool.take(bytes.len());
-        buf.extend_from_slice(bytes);
+        let mut buf = pool.take(bytes.len()).unwrap();
+        buf.extend_from_slice(bytes).unwrap();
         pool.hand_out(buf)
     }
 
@@ -187,28 +267,40 @@ mod tests {
     }
 
     #[test]
-    fn a_body_split_into_parts_and_joined_gives_back_its_whole_buffer() {
-        // As a fetch fills a body: parts split off as they arrive, joined by the
-        // verifier, the room after the body joined last.
+    fn a_body_larger_than_its_room_moves_to_a_larger_buffer() {
         let pool = BufferPool::new(1 << 20);
-        let mut room = pool.take(1000);
-        let mut whole = BytesMut::new();
-        for piece in [[1u8; 300], [2; 300]] {
-            room.extend_from_slice(&piece);
-            whole.unsplit(room.split());
+        let mut buf = pool.take(1000).unwrap();
+        let room = buf.capacity();
+        assert!(room >= 1000);
+        for piece in [[1u8; 700], [2; 700]] {
+            buf.extend_from_slice(&piece).unwrap();
         }
-        whole.unsplit(room);
-        let body = pool.hand_out(whole);
-        assert_eq!(body.len(), 600);
-        drop(body);
-        assert_eq!(
-            pool.stats().idle_bytes,
-            1000,
-            "counted at its full capacity"
-        );
-        let again = filled(&pool, &[3; 1000]);
+        assert!(buf.capacity() >= 2 * room);
+        let body = pool.hand_out(buf);
+        assert_eq!(body.len(), 1400);
+        assert_eq!((&body[..700], &body[700..]), (&[1; 700][..], &[2; 700][..]));
+        let cap = {
+            drop(body);
+            pool.stats().idle_bytes
+        };
+        assert!(cap >= 2000, "counted at its full capacity: {cap}");
+        let again = filled(&pool, &[3; 1400]);
         assert_eq!(pool.stats().reused, 1);
-        assert_eq!(&again[..], &[3; 1000][..]);
+        assert_eq!(&again[..], &[3; 1400][..]);
+    }
+
+    #[test]
+    fn a_large_buffer_is_whole_huge_pages() {
+        let pool = BufferPool::new(0);
+        let buf = pool.take(HUGE_PAGE + 1).unwrap();
+        assert_eq!(buf.capacity(), 2 * HUGE_PAGE);
+        assert!(buf.is_empty());
+        assert_eq!(
+            pool.take(1000).unwrap().capacity(),
+            1000,
+            "a small one is not"
+        );
+        assert_eq!(pool.hand_out(pool.take(10).unwrap()), Bytes::new());
     }
 
     #[test]
