@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::{KserveError, tensor_label};
-use super::row::{Row, RowTensor, split_tensor};
+use super::row::{Row, RowTensor, single_row, split_tensor};
 use super::tensor::{Tensor, first_non_json};
 use super::wire::{
     self, Encoded, TensorOut, array_field, bool_param, object_field, read_message, read_tensor,
@@ -298,19 +298,38 @@ impl InferRequest {
         order.sort_by(|a, b| a.name.cmp(&b.name));
         let parameters: Vec<Map<String, Value>> =
             order.iter().map(|t| t.parameters.clone()).collect();
+        if rows == 1 {
+            // One row is each whole tensor without its batch dimension: no per-row
+            // ranges or columns to build (a cache hit of one row is the common request).
+            let inputs = order
+                .iter()
+                .map(|t| single_row(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(vec![Row { inputs, parameters }]);
+        }
         let mut columns = order
             .iter()
             .map(|t| split_tensor(t, &t.name).map(Vec::into_iter))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((0..rows)
-            .map(|_| Row {
+        let mut out = Vec::with_capacity(rows as usize);
+        for _ in 1..rows {
+            out.push(Row {
                 inputs: columns
                     .iter_mut()
                     .map(|c| c.next().expect("every input has `rows` rows"))
                     .collect(),
                 parameters: parameters.clone(),
-            })
-            .collect())
+            });
+        }
+        // The last row takes the parameters themselves.
+        out.push(Row {
+            inputs: columns
+                .iter_mut()
+                .map(|c| c.next().expect("every input has `rows` rows"))
+                .collect(),
+            parameters,
+        });
+        Ok(out)
     }
 }
 

@@ -320,6 +320,23 @@ pub(crate) fn split_tensor(tensor: &Tensor, label: &str) -> Result<Vec<RowTensor
         .collect())
 }
 
+/// `tensor`, whose batch dimension the caller has checked to be 1, as its one row: the
+/// same as [`split_tensor`]'s only row, built without per-row ranges.
+///
+/// # Errors
+/// As [`split_tensor`].
+pub(crate) fn single_row(tensor: &Tensor) -> Result<RowTensor, KserveError> {
+    debug_assert_eq!(tensor.shape.first(), Some(&1));
+    let row_shape = tensor.shape[1..].to_vec();
+    element_count(&row_shape, &tensor.name)?;
+    Ok(RowTensor {
+        name: tensor.name.clone(),
+        datatype: tensor.datatype,
+        shape: row_shape,
+        data: tensor.data.clone(),
+    })
+}
+
 /// The byte range of each row of a validated tensor.
 fn row_ranges(tensor: &Tensor, rows: usize, row_elems: usize) -> Vec<Range<usize>> {
     match tensor.datatype.element_size() {

@@ -842,6 +842,27 @@ proptest! {
         }
     }
 
+    /// A one-row request (split without per-row ranges) splits into the row the general
+    /// path makes of each tensor, inputs and their parameters in name order.
+    #[test]
+    fn a_single_row_splits_as_the_general_path_does(gens in (1usize..4).prop_flat_map(|n| {
+        ["b", "a", "c"][..n].iter().map(|name| tensor(name, 1)).collect::<Vec<_>>()
+    })) {
+        let (bin, len) = body("inputs", &gens, &[true; 3], false, json!({}));
+        let request = parse_request(bin, len.as_ref()).unwrap();
+        let rows = request.split(16).unwrap();
+        prop_assert_eq!(rows.len(), 1);
+        let mut order: Vec<&tensor::Tensor> = request.inputs.iter().collect();
+        order.sort_by(|a, b| a.name.cmp(&b.name));
+        let general: Vec<RowTensor> = order
+            .iter()
+            .map(|t| row::split_tensor(t, &t.name).unwrap().remove(0))
+            .collect();
+        prop_assert_eq!(&rows[0].inputs, &general);
+        let parameters: Vec<_> = order.iter().map(|t| t.parameters.clone()).collect();
+        prop_assert_eq!(&rows[0].parameters, &parameters);
+    }
+
     /// Upstream outputs split into rows, stored, decoded and reassembled in another order
     /// equal the outputs computed directly in that order, as JSON or binary.
     #[test]

@@ -3,7 +3,7 @@
 //! size (megabytes) is a new mapping whose every page faults and is zeroed by the kernel
 //! as the body fills it; on loopback that was a tenth of a cold stream's CPU time.
 //!
-//! Each buffer is an anonymous memory map of its own ([`Buffer`]). One of 2 MiB or more
+//! Each buffer is an anonymous memory map of its own (`Buffer`). One of 2 MiB or more
 //! is sized to a whole number of 2 MiB pages and advised `MADV_HUGEPAGE`, so where the
 //! kernel's transparent huge pages are enabled (`always` or `madvise`) a fresh buffer
 //! faults once per 2 MiB instead of once per 4 KiB: touching a fresh 48 MB map took
