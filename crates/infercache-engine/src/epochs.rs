@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use infercache_core::Epochs;
 use parking_lot::{Mutex, RwLock};
@@ -84,6 +85,9 @@ pub struct EpochTable {
     file: Option<PathBuf>,
     /// Serialises persisting so files are written in bump order.
     persist: Mutex<()>,
+    /// How many times any epoch has changed: a reader that saw the same count before and
+    /// after holds keys no change has made unreachable ([`EpochTable::changes`]).
+    changes: AtomicU64,
 }
 
 /// The file name of the persisted table inside a disk tier's directory.
@@ -97,6 +101,7 @@ impl EpochTable {
             cache_version,
             file: None,
             persist: Mutex::new(()),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -120,7 +125,16 @@ impl EpochTable {
             cache_version,
             file: Some(path),
             persist: Mutex::new(()),
+            changes: AtomicU64::new(0),
         })
+    }
+
+    /// How many times any epoch of this table has changed so far. Keys made while it
+    /// reads the same number fold in the epochs of now: a caller that keeps keys (a
+    /// rendered response) reads it before making them and uses them only while it is
+    /// unchanged.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// The epochs a key for `(namespace, model, version)` folds in now.
@@ -241,6 +255,9 @@ impl EpochTable {
             if !change(slot) {
                 return Ok(false);
             }
+            // Counted while the table is still locked: a reader that sees the old count
+            // made its keys before this change or raced it, as any request may.
+            self.changes.fetch_add(1, Ordering::AcqRel);
             t.clone()
         };
         match &self.file {
@@ -312,6 +329,26 @@ mod tests {
         let mut entries = t.entries();
         entries.sort_by_key(|(_, e)| *e);
         assert_eq!(entries, vec![(v, 2), (m, 5)]);
+    }
+
+    #[test]
+    fn every_change_and_only_a_change_is_counted() {
+        let t = EpochTable::in_memory(0);
+        assert_eq!(t.changes(), 0);
+        let m = Scope::Model { model: "m".into() };
+        t.bump(&m).unwrap();
+        assert_eq!(t.changes(), 1);
+        assert!(t.raise(&m, 4).unwrap());
+        assert_eq!(t.changes(), 2);
+        // A raise to an epoch not above the current one changes nothing.
+        assert!(!t.raise(&m, 4).unwrap());
+        assert_eq!(t.changes(), 2);
+        t.bump(&Scope::All).unwrap();
+        t.bump(&Scope::Namespace {
+            namespace: "u".into(),
+        })
+        .unwrap();
+        assert_eq!(t.changes(), 4);
     }
 
     #[test]

@@ -340,18 +340,14 @@ impl Infer {
             None => inputs.canonical().map_err(InferError::internal)?,
         };
         let keys = keys(&cache, &model, &tenant, &inputs, &canonical)?;
-        let digests: Vec<Digest> = keys.iter().map(|k| *k.digest()).collect();
         let options = control.options;
         // Every row fresh in memory (and fit for the model, as `refuse_unfit` checks on
         // the full path): answered here, without the computation's task.
-        let fits = |v: &[u8]| model.backend().fits(v, &inputs);
-        if let Some(fetched) = cache.get_many_from_memory(&keys, &options, fits) {
-            return Ok(Rows {
-                sources: vec![RowSource::Hit; fetched.len()],
-                values: fetched.into_iter().map(|f| Some(f.value)).collect(),
-                keys: digests,
-            });
+        let fits = |_: usize, v: &[u8]| model.backend().fits(v, &inputs);
+        if let Some(rows) = memory_rows(&cache, &keys, &options, fits) {
+            return Ok(rows);
         }
+        let digests: Vec<Digest> = keys.iter().map(|k| *k.digest()).collect();
         if control.cache_only || control.only_if_cached {
             return lookup_only(&cache, &keys, &options, control, digests).await;
         }
@@ -379,6 +375,30 @@ impl Infer {
             values: fetched.into_iter().map(|f| Some(f.value)).collect(),
             keys: digests,
         })
+    }
+
+    /// The rows of `keys` (keys this path made for `model`, kept by the caller) when the
+    /// memory tier holds every one fresh for `control` and `accept` takes the value of
+    /// each `keys[i]`: what [`Infer::rows`] answers at once for a request whose rows are
+    /// all fresh in memory, judged by the same engine call and counted the same way.
+    /// `None`, having counted nothing, otherwise, and always when the cache is off, the
+    /// model is not deterministic or the call bypasses the cache: the caller then takes
+    /// the full path.
+    ///
+    /// A caller keeping keys reads [`Cache::epoch_changes`] before making them and calls
+    /// this only while it is unchanged: an invalidation makes new keys, not these.
+    pub fn rows_from_memory(
+        &self,
+        model: &Model,
+        keys: &[CacheKey],
+        control: &CacheControl,
+        accept: impl Fn(usize, &[u8]) -> bool,
+    ) -> Option<Rows> {
+        let cache = self.cache()?;
+        if !model.policy().deterministic || control.bypass {
+            return None;
+        }
+        memory_rows(cache, keys, &control.options, accept)
     }
 
     /// Every row computed, nothing keyed: no cache, a model that is not deterministic,
@@ -596,6 +616,22 @@ impl RowComputation {
 /// [`ModelInfo::key_artifact`](infercache_backend::ModelInfo::key_artifact)), the canonical row and the
 /// output-affecting parameters, with the cache's epochs folded in. The one place a
 /// row's key is built.
+/// [`Rows`] of `keys`, every one a hit, when the memory tier holds every one fresh
+/// ([`Cache::get_many_from_memory`]).
+fn memory_rows(
+    cache: &Cache,
+    keys: &[CacheKey],
+    options: &RequestOptions,
+    accept: impl Fn(usize, &[u8]) -> bool,
+) -> Option<Rows> {
+    let fetched = cache.get_many_from_memory(keys, options, accept)?;
+    Some(Rows {
+        sources: vec![RowSource::Hit; fetched.len()],
+        values: fetched.into_iter().map(|f| Some(f.value)).collect(),
+        keys: keys.iter().map(|k| *k.digest()).collect(),
+    })
+}
+
 fn keys(
     cache: &Cache,
     model: &Model,

@@ -177,6 +177,8 @@ pub struct Metrics {
     /// Per model, per [`STALE_KINDS`]: rows answered stale.
     stale: Vec<[Counter; 2]>,
     rejected: [Counter; Rejection::ALL.len()],
+    /// Per model: requests answered from a response kept for the same request.
+    replayed: Vec<Counter>,
     /// The dashboard's metrics: requests by outcome, rows in flight, upstream errors,
     /// batch sizes, invalidations.
     traffic: Traffic,
@@ -267,6 +269,18 @@ impl Metrics {
                 .clone()
         });
 
+        let replayed = Family::<Labels, Counter>::default();
+        registry.register(
+            "replayed_responses",
+            "Requests answered again from the response kept for the same request bytes \
+             (its rows all fresh in memory, their stored bytes unchanged), by model",
+            replayed.clone(),
+        );
+        let replayed = models
+            .iter()
+            .map(|m| replayed.get_or_create(&vec![model_label(m)]).clone())
+            .collect();
+
         let traffic = Traffic::new(&mut registry, &models);
         registry.register_collector(Box::new(EngineCollector { cache, models }));
         Self {
@@ -275,7 +289,15 @@ impl Metrics {
             compute,
             stale,
             rejected,
+            replayed,
             traffic,
+        }
+    }
+
+    /// Records a request of `model` answered from a kept response.
+    pub(crate) fn replayed(&self, model: &Model) {
+        if let Some(c) = self.replayed.get(model.index()) {
+            c.inc();
         }
     }
 

@@ -13,6 +13,7 @@ use crate::dashboard::Dashboard;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Rejection, RequestOutcome};
 use crate::routes::rendered::{self, RenderedVectors};
+use crate::routes::replay::Replays;
 use crate::weights::WeightServer;
 
 /// Inputs in flight, in units of `max_items`: eight full requests (16,384 inputs, about
@@ -47,6 +48,9 @@ struct Shared {
     /// Vectors kept rendered for hot entries, when the memory tier is large enough
     /// to give up their budget ([`rendered::budget_for`]).
     rendered: Option<RenderedVectors>,
+    /// Responses kept for hot requests, on the same condition, charged the same way
+    /// ([`replay::budget_for`](crate::routes::replay::budget_for)).
+    replays: Option<Replays>,
 }
 
 /// The dataset cache a server serves, and the streams of batches it may run at once.
@@ -89,6 +93,7 @@ impl AppState {
             .and_then(Cache::memory)
             .filter(|m| m.config().capacity >= rendered::MIN_MEMORY)
             .map(|_| RenderedVectors::new());
+        let replays = rendered.as_ref().map(|_| Replays::new());
         let infer = Infer::new(
             cache,
             models,
@@ -113,6 +118,7 @@ impl AppState {
                 datasets: None,
                 weights,
                 rendered,
+                replays,
             }),
         }
     }
@@ -179,6 +185,21 @@ impl AppState {
     }
 
     /// The dashboard's samples and marks.
+    /// Counts `rows`, served for `model` without [`AppState::rows`] (a replayed response,
+    /// `routes/replay.rs`), as [`AppState::rows`] counts a request it served; it is in
+    /// flight for no time the dashboard's gauge could see, so that is left alone.
+    pub(crate) fn served_from_memory(&self, model: &Arc<infercache_infer::Model>, rows: &Rows) {
+        let traffic = self.inner.metrics.traffic();
+        traffic.request(model, RequestOutcome::of(rows));
+        self.inner.metrics.rows(model, rows);
+    }
+
+    /// The table of responses kept for hot requests, when the memory tier is large
+    /// enough to give up its budget.
+    pub(crate) fn replays(&self) -> Option<&Replays> {
+        self.inner.replays.as_ref()
+    }
+
     pub fn dashboard(&self) -> &Dashboard {
         &self.inner.dashboard
     }

@@ -231,6 +231,13 @@ impl Cache {
         }
     }
 
+    /// How many times an invalidation has changed this cache's epochs
+    /// ([`EpochTable::changes`]): a key made while this reads the same number is still
+    /// the key of its row.
+    pub fn epoch_changes(&self) -> u64 {
+        self.inner.epochs.changes()
+    }
+
     /// A key for a digest the caller made itself (e.g. from `DELETE /entries/{key}`).
     pub fn key_from_digest(&self, digest: Digest, model: &str) -> CacheKey {
         CacheKey {
@@ -295,13 +302,14 @@ impl Cache {
     /// table and no lower tier. The hits are counted as [`Cache::get_many_or_compute`]
     /// counts them. `None`, having counted nothing, when any key is missing, not fresh,
     /// or barred (`no-cache`, local reads paused), or when `accept` refuses a value (the
-    /// caller's own check, e.g. an embedding's length): the caller then takes the full
-    /// path, which gives the same answer for every key this one would have served.
+    /// caller's own check of the value of `keys[i]`, e.g. an embedding's length): the
+    /// caller then takes the full path, which gives the same answer for every key this
+    /// one would have served.
     pub fn get_many_from_memory(
         &self,
         keys: &[CacheKey],
         opts: &RequestOptions,
-        accept: impl Fn(&[u8]) -> bool,
+        accept: impl Fn(usize, &[u8]) -> bool,
     ) -> Option<Vec<Fetched>> {
         let memory = self.inner.memory.as_ref()?;
         if opts.no_cache {
@@ -312,10 +320,10 @@ impl Cache {
         // de-duplicated first: no `Batch` to build); the hits are counted only once every
         // key is found (a request only partly in memory counts its hits on the full path).
         let mut fetched = Vec::with_capacity(keys.len());
-        for key in keys {
+        for (i, key) in keys.iter().enumerate() {
             let entry = self.inner.memory_entry(&key.digest, false)?;
             let verdict = freshness::judge(&key.model.policy, opts, entry.times(), now);
-            if verdict != freshness::Verdict::Fresh || !accept(&entry.value) {
+            if verdict != freshness::Verdict::Fresh || !accept(i, &entry.value) {
                 return None;
             }
             fetched.push(entry.fetched(Source::Memory, None));

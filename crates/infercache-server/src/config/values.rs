@@ -191,8 +191,10 @@ impl ServerConfig {
         if !self.enable_cache {
             return None;
         }
-        // The float arrays the routes keep rendered take their budget out of the tier's.
-        let rendered = crate::routes::rendered::budget_for(self.memory_bytes);
+        // The vectors the routes keep rendered and the responses they keep for hot
+        // requests take their budgets out of the tier's.
+        let rendered = crate::routes::rendered::budget_for(self.memory_bytes)
+            + crate::routes::replay::budget_for(self.memory_bytes);
         Some(CacheConfig {
             memory: Some(MemoryConfig {
                 policy: self.policy,

@@ -45,6 +45,7 @@
 //! old rows.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -60,6 +61,7 @@ use infercache_kserve::{
 };
 
 use super::body;
+use super::replay::{self, Ask, Written};
 use crate::auth::Caller;
 use crate::cache_control::Directives;
 use crate::error::ApiError;
@@ -78,8 +80,9 @@ pub async fn infer(
     headers: Headers,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let name = routes::path_name(name)?;
-    serve(&state, caller, &name, None, headers, body).await
+    serve(&state, caller, &name, None, headers, body, start).await
 }
 
 /// `POST /v2/models/{name}/versions/{version}/infer`.
@@ -90,8 +93,9 @@ pub async fn infer_version(
     headers: Headers,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let Path((name, version)) = path.map_err(|e| ApiError::invalid("name", e.body_text()))?;
-    serve(&state, caller, &name, Some(&version), headers, body).await
+    serve(&state, caller, &name, Some(&version), headers, body, start).await
 }
 
 /// The request headers the route reads, taken from the request without copying the
@@ -122,14 +126,31 @@ async fn serve(
     version: Option<&str>,
     headers: Headers,
     body: Result<Bytes, BytesRejection>,
+    start: Instant,
 ) -> Result<Response, ApiError> {
     let directives = headers.directives?;
     let model = state.models().resolve(name, &[BackendKind::KServeV2])?;
     super::models::check_version(name, version, &model.info().version)?;
     let body = body::bytes(body, state.limits())?;
+    let ask = Ask {
+        route: "/v2/models/{name}/infer",
+        path: (name, version),
+        tenant: &caller.tenant,
+        header: headers.header_length.as_ref(),
+        body: &body,
+    };
+    if let Some(replayed) = replay::answer(state, &ask, directives, start) {
+        return Ok(replayed);
+    }
+    let epoch_changes = replay::epoch_changes(state);
     let whole = !model.policy().batched;
-    let (request, rows) =
-        parse(body, headers.header_length, state.limits().max_items, whole).await?;
+    let (request, rows) = parse(
+        body.clone(),
+        headers.header_length.clone(),
+        state.limits().max_items,
+        whole,
+    )
+    .await?;
     let _room = state.reserve_items(rows.len())?;
 
     let mut control: CacheControl = directives.into();
@@ -144,20 +165,25 @@ async fn serve(
     let fetched = state
         .rows(RowRequest {
             model: Arc::clone(&model),
-            tenant: caller.tenant,
+            tenant: Arc::clone(&caller.tenant),
             inputs: Arc::clone(&inputs),
             control,
         })
         .await?;
 
-    let headers = routes::cache_headers(&fetched);
+    let cache_headers = routes::cache_headers(&fetched);
     let stored: Vec<Bytes> = fetched
         .values
-        .into_iter()
-        .map(|v| v.ok_or_else(|| ApiError::internal("a KServe row has no value")))
+        .iter()
+        .map(|v| {
+            v.clone()
+                .ok_or_else(|| ApiError::internal("a KServe row has no value"))
+        })
         .collect::<Result<_, _>>()?;
     let work = stored.iter().map(Bytes::len).sum();
+    let answer_model = Arc::clone(&model);
     let encoded = off_worker(work, move || {
+        let model = answer_model;
         let Inputs::Tensors { request, .. } = &*inputs else {
             unreachable!("built as tensors above");
         };
@@ -169,7 +195,18 @@ async fn serve(
         assemble(meta, &request.outputs, &stored, whole)
     })
     .await?;
-    Ok(respond(encoded, headers))
+    let (answer, body) = respond(encoded, cache_headers);
+    // A sequence request bypassed the cache: its rows are computed, never kept.
+    let written = Written {
+        model: &model,
+        epoch_changes,
+        rows: &fetched,
+        headers: answer.headers(),
+        body: &body,
+        latency_at: None,
+    };
+    replay::keep(state, &ask, directives, &written);
+    Ok(answer)
 }
 
 /// Parses and splits the body (off the async workers when large). A model whose
@@ -239,7 +276,7 @@ where
 
 /// The response: the body, `Content-Type`, `Inference-Header-Content-Length` when
 /// binary data follows the JSON part, and the cache headers.
-fn respond(encoded: Encoded, mut headers: routes::CacheHeaders) -> Response {
+fn respond(encoded: Encoded, mut headers: routes::CacheHeaders) -> (Response, Bytes) {
     let content_type = HeaderValue::from_static(encoded.content_type());
     if let Some(len) = encoded.header_length {
         // Named statically: a name parsed from `HEADER_LENGTH`'s mixed case is a copy.
@@ -252,5 +289,6 @@ fn respond(encoded: Encoded, mut headers: routes::CacheHeaders) -> Response {
             value,
         ));
     }
-    routes::response(content_type, Bytes::from(encoded.body), headers)
+    let body = Bytes::from(encoded.body);
+    (routes::response(content_type, body.clone(), headers), body)
 }

@@ -22,6 +22,7 @@ pub mod models;
 pub mod openai;
 pub mod predict;
 pub(crate) mod rendered;
+pub(crate) mod replay;
 pub mod smally;
 mod write;
 
@@ -174,10 +175,10 @@ impl CacheSummary {
 }
 
 /// A JSON response with `headers`.
-pub fn json_response(body: Vec<u8>, headers: CacheHeaders) -> Response {
+pub fn json_response(body: impl Into<Bytes>, headers: CacheHeaders) -> Response {
     response(
         HeaderValue::from_static("application/json"),
-        Bytes::from(body),
+        body.into(),
         headers,
     )
 }

@@ -29,7 +29,9 @@
 //! base64 is the stored bytes encoded and floats are formatted, straight into the body,
 //! or either is copied from the text kept for a hot entry (`routes/rendered.rs`); and
 //! `usage` adds the token counts the built-in model stored with its vectors, so a hit
-//! runs no tokenizer.
+//! runs no tokenizer. The same request bytes again, once their answer was kept, are
+//! answered from it without any of this (`routes/replay.rs`), while their rows are fresh
+//! in memory and hold the same bytes.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -45,6 +47,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::rendered::{Form, RenderedVectors};
+use super::replay::{self, Ask, Written};
 use super::{body, write};
 use crate::auth::Caller;
 use crate::cache_control::Directives;
@@ -77,7 +80,19 @@ pub async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let parsed = parse(&state, body)?;
+    let body = body::bytes(body, state.limits())?;
+    let ask = Ask {
+        route: "/v1/embeddings",
+        path: ("", None),
+        tenant: &caller.tenant,
+        header: None,
+        body: &body,
+    };
+    if let Some(replayed) = replay::answer(&state, &ask, directives, start) {
+        return Ok(replayed);
+    }
+    let epoch_changes = replay::epoch_changes(&state);
+    let parsed = parse(&state, body.clone())?;
     let Parsed {
         model,
         texts,
@@ -91,7 +106,7 @@ pub async fn embeddings(
     let rows = state
         .rows(RowRequest {
             model: Arc::clone(&model),
-            tenant: caller.tenant,
+            tenant: Arc::clone(&caller.tenant),
             inputs: Arc::clone(&inputs),
             control: directives.into(),
         })
@@ -116,10 +131,12 @@ pub async fn embeddings(
             .sum::<usize>();
     }
     let render_model = Arc::clone(&model);
-    let body = if work < routes::BLOCKING_RENDER_WORK {
+    let rows = Arc::new(rows);
+    let rendered = if work < routes::BLOCKING_RENDER_WORK {
         render(state.rendered(), &render_model, &inputs, &rows, encoding)?
     } else {
         let state = state.clone();
+        let rows = Arc::clone(&rows);
         tokio::task::spawn_blocking(move || {
             render(state.rendered(), &render_model, &inputs, &rows, encoding)
         })
@@ -127,14 +144,24 @@ pub async fn embeddings(
         .map_err(ApiError::internal)??
     };
     state.metrics().request(&model, outcome, start.elapsed());
-    Ok(routes::json_response(body, headers))
+    let rendered = Bytes::from(rendered);
+    let response = routes::json_response(rendered.clone(), headers);
+    let written = Written {
+        model: &model,
+        epoch_changes,
+        rows: &rows,
+        headers: response.headers(),
+        body: &rendered,
+        latency_at: None,
+    };
+    replay::keep(&state, &ask, directives, &written);
+    Ok(response)
 }
 
 /// The request: read with [`Fast`] when it is the common, well-formed kind, else field by
 /// field, which names whatever is wrong. Both give the same [`Parsed`] for every body the
 /// fast reading takes (the tests compare them on random bodies).
-fn parse(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Parsed, ApiError> {
-    let body = body::bytes(body, state.limits())?;
+fn parse(state: &AppState, body: Bytes) -> Result<Parsed, ApiError> {
     if let Some(parsed) = parse_fast(state, &body) {
         return Ok(parsed);
     }

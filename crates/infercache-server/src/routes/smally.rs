@@ -31,6 +31,7 @@ use infercache_infer::{Model, RowRequest};
 use serde::Deserialize;
 
 use super::rendered::{Form, RenderedVectors};
+use super::replay::{self, Ask, Written};
 use super::{body, write};
 use crate::auth::Caller;
 use crate::cache_control::Directives;
@@ -46,7 +47,19 @@ pub async fn embed(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (text, normalize) = parse(&state, body)?;
+    let body = body::bytes(body, state.limits())?;
+    let ask = Ask {
+        route: "/v1/embed",
+        path: ("", None),
+        tenant: &caller.tenant,
+        header: None,
+        body: &body,
+    };
+    if let Some(replayed) = replay::answer(&state, &ask, directives, start) {
+        return Ok(replayed);
+    }
+    let epoch_changes = replay::epoch_changes(&state);
+    let (text, normalize) = parse(&state, body.clone())?;
     // Smally's API names no model: it is the built-in one.
     let model = state
         .models()
@@ -56,7 +69,7 @@ pub async fn embed(
     let rows = state
         .rows(RowRequest {
             model: Arc::clone(&model),
-            tenant: caller.tenant,
+            tenant: Arc::clone(&caller.tenant),
             inputs: Arc::clone(&inputs),
             control: directives.into(),
         })
@@ -87,19 +100,26 @@ pub async fn embed(
         cached: rows.hits() == 1,
         latency_ms: start.elapsed().as_secs_f64() * 1000.0,
     };
-    let body = response.write();
+    let (written, latency_at) = response.write();
     state.metrics().request(&model, outcome, start.elapsed());
-    Ok(routes::json_response(body, headers))
+    let written = Bytes::from(written);
+    let answer = routes::json_response(written.clone(), headers);
+    let kept = Written {
+        model: &model,
+        epoch_changes,
+        rows: &rows,
+        headers: answer.headers(),
+        body: &written,
+        latency_at: Some(latency_at),
+    };
+    replay::keep(&state, &ask, directives, &kept);
+    Ok(answer)
 }
 
 /// The request's text and `normalize`: read with [`Fast`] when it is the common,
 /// well-formed kind, else field by field, which names whatever is wrong. Both give the
 /// same answer for every body the fast reading takes (the tests compare them).
-fn parse(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(String, bool), ApiError> {
-    let body = body::bytes(body, state.limits())?;
+fn parse(state: &AppState, body: Bytes) -> Result<(String, bool), ApiError> {
     if let Some(parsed) = parse_fast(state, &body) {
         return Ok(parsed);
     }
@@ -170,9 +190,10 @@ struct Answer<'a> {
 }
 
 impl Answer<'_> {
-    /// The body, written from the stored bytes without decoding them into a vector first.
+    /// The body, written from the stored bytes without decoding them into a vector first,
+    /// and where its `latency_ms` value starts (the body ends with it and `}`).
     /// `normalize` divides each value by the vector's norm, as `vector::l2_normalize` does.
-    fn write(&self) -> Vec<u8> {
+    fn write(&self) -> (Vec<u8>, usize) {
         let divisor = self
             .normalize
             .then(|| norm(self.vector))
@@ -192,9 +213,10 @@ impl Answer<'_> {
         out.extend_from_slice(br#","cached":"#);
         out.extend_from_slice(if self.cached { b"true" } else { b"false" });
         out.extend_from_slice(br#","latency_ms":"#);
+        let latency_at = out.len();
         write::f64(&mut out, self.latency_ms);
         out.push(b'}');
-        out
+        (out, latency_at)
     }
 }
 

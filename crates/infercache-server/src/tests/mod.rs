@@ -25,6 +25,7 @@ use infercache_infer::{CachePolicy, Models};
 use crate::{ApiKeys, AppState, Limits, app};
 
 mod datasets;
+mod replay;
 mod upstream;
 mod weights;
 

@@ -222,6 +222,47 @@ async fn json_and_binary_clients_miss_then_hit_the_same_rows_with_identical_outp
 }
 
 #[tokio::test]
+async fn a_repeated_binary_request_is_replayed_byte_for_byte_and_each_path_is_its_own() {
+    let upstream = Upstream::start().await;
+    let s = start(&upstream.url, "", "").await;
+    let replayed = "infercache_replayed_responses_total{model=\"simple\"}";
+    let (body, len) = binary_request(&[2, 3]);
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(post(&s.url, INFER, body.clone(), Some(len)).await);
+    }
+    assert_eq!(answers[0].header("x-cache"), "MISS");
+    for a in &answers[1..] {
+        assert_eq!(a.header("x-cache"), "HIT");
+        assert_eq!(a.body, answers[1].body, "the same bytes");
+        assert_eq!(a.header(HEADER_LENGTH), answers[1].header(HEADER_LENGTH));
+        assert_eq!(a.header("content-type"), "application/octet-stream");
+        assert_outputs(&a.parsed(), &[2, 3]);
+    }
+    // The first two hits take the full path, the next two are replayed.
+    assert_eq!(crate::metrics::metric(&s, replayed).await, 2.0);
+
+    // The versioned path and another JSON part's length are other requests.
+    let versioned = "/v2/models/simple/versions/1/infer";
+    let v = post(&s.url, versioned, body.clone(), Some(len)).await;
+    assert_eq!(v.header("x-cache"), "HIT");
+    assert_outputs(&v.parsed(), &[2, 3]);
+    let wrong = post(&s.url, INFER, body.clone(), Some(len - 1)).await;
+    assert_eq!(
+        wrong.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&wrong.body)
+    );
+    let other = post(&s.url, "/v2/models/other/infer", body, Some(len)).await;
+    assert_eq!(other.status, 404);
+    assert_eq!(crate::metrics::metric(&s, replayed).await, 2.0);
+    assert_eq!(upstream.calls(), 1, "one miss, sent upstream once");
+    s.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
 async fn a_batch_of_8_with_3_cached_sends_the_5_missing_rows_in_one_request_and_answers_in_order() {
     let upstream = Upstream::start().await;
     let s = start(&upstream.url, "", "").await;

@@ -19,6 +19,7 @@ mod process;
 mod promtool;
 mod redis;
 mod redis_tls;
+mod replay;
 mod support;
 mod tls;
 mod upstream;

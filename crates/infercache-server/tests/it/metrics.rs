@@ -102,7 +102,7 @@ fn config(redis: &RedisServer, url: &str) -> ServerConfig {
 }
 
 /// The value of the series `series` (its name, and its labels as written if it has any) in `s`'s `/metrics`.
-async fn metric(s: &Server, series: &str) -> f64 {
+pub async fn metric(s: &Server, series: &str) -> f64 {
     let r = s.get("/metrics", &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let text = r.body.as_str().unwrap().to_owned();

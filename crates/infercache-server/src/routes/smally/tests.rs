@@ -13,6 +13,7 @@ use infercache_core::Digest;
 
 use super::{Answer, parse_fast, parse_slow};
 use crate::routes::rendered::RenderedVectors;
+use crate::routes::write;
 use crate::tests::Fake;
 use crate::{ApiKeys, AppState, Limits};
 
@@ -133,7 +134,7 @@ proptest! {
         let table = RenderedVectors::new();
         let key = Digest([3; 32]);
         for kept in [false, true, true] {
-            let written = Answer {
+            let (written, latency_at) = Answer {
                 vector: &stored,
                 kept: kept.then(|| (&table, &key, stored.clone())),
                 normalize,
@@ -143,6 +144,12 @@ proptest! {
                 latency_ms,
             }
             .write();
+            // A replay writes the body up to `latency_at`, then its own latency and `}`.
+            prop_assert!(written[..latency_at].ends_with(br#","latency_ms":"#));
+            let mut latency = Vec::new();
+            write::f64(&mut latency, latency_ms);
+            latency.push(b'}');
+            prop_assert_eq!(&written[latency_at..], &latency[..]);
             prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected.clone()).unwrap());
         }
     }
