@@ -157,6 +157,57 @@ async fn an_invalidation_on_one_server_reaches_the_other_within_a_second() {
     b.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_kept_on_one_server_is_not_replayed_after_an_invalidation_on_the_other() {
+    let redis = RedisServer::start();
+    let (a, _ma, b, mb) = pair(&redis).await;
+    let replayed = "infercache_replayed_responses_total{model=\"all-MiniLM-L6-v2\"}";
+    for _ in 0..4 {
+        let r = b.embed(&[], json!("kept on one node")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(crate::metrics::metric(&b, replayed).await, 1.0);
+    let mut c = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    wait_for("both subscribed", Duration::from_secs(5), async || {
+        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("infercache:epochs")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        n[0].1 >= 2
+    })
+    .await;
+    let r = a
+        .post(
+            "/v1/cache/invalidate",
+            &[],
+            &json!({"scope": "model", "model": "all-MiniLM-L6-v2"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Until the new epoch arrives B may still answer from its entry; once it has, the kept
+    // response is not used: the request is computed again.
+    wait_for(
+        "B computes the row again",
+        Duration::from_secs(2),
+        async || {
+            b.embed(&[], json!("kept on one node"))
+                .await
+                .header("x-cache")
+                == "MISS"
+        },
+    )
+    .await;
+    assert_eq!(texts(&mb), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_identical_requests_to_both_servers_run_the_model_once() {
     let redis = RedisServer::start();
