@@ -68,6 +68,25 @@ async fn redis_stats(s: &Server) -> Value {
     r.body["tiers"]["redis"].clone()
 }
 
+/// Waits until both servers of a pair listen on the epoch channel.
+async fn both_subscribed(redis: &RedisServer) {
+    let mut c = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    wait_for("both subscribed", Duration::from_secs(5), async || {
+        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("infercache:epochs")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        n[0].1 >= 2
+    })
+    .await;
+}
+
 async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !cond().await {
@@ -117,21 +136,7 @@ async fn an_invalidation_on_one_server_reaches_the_other_within_a_second() {
         200
     );
     // Both nodes subscribed to the epoch channel before the invalidation is made.
-    let mut c = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    wait_for("both subscribed", Duration::from_secs(5), async || {
-        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("infercache:epochs")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        n[0].1 >= 2
-    })
-    .await;
+    both_subscribed(&redis).await;
     let r = a
         .post(
             "/v1/cache/invalidate",
@@ -167,21 +172,7 @@ async fn a_response_kept_on_one_server_is_not_replayed_after_an_invalidation_on_
         assert_eq!(r.status, 200, "{}", r.body);
     }
     assert_eq!(crate::metrics::metric(&b, replayed).await, 1.0);
-    let mut c = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    wait_for("both subscribed", Duration::from_secs(5), async || {
-        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("infercache:epochs")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        n[0].1 >= 2
-    })
-    .await;
+    both_subscribed(&redis).await;
     let r = a
         .post(
             "/v1/cache/invalidate",
