@@ -97,7 +97,7 @@ pub(crate) struct Ask<'a> {
 }
 
 impl Ask<'_> {
-    fn hash(&self, state: &foldhash::fast::FixedState) -> u64 {
+    fn hash(&self, state: &foldhash::fast::RandomState) -> u64 {
         let mut h = state.build_hasher();
         self.route.hash(&mut h);
         self.path.hash(&mut h);
@@ -130,7 +130,9 @@ pub(crate) struct Written<'a> {
 #[derive(Debug)]
 pub(crate) struct Replays {
     slots: Box<[Mutex<Slot>]>,
-    hasher: foldhash::fast::FixedState,
+    /// Seeded per process, so that which requests share a slot cannot be chosen from
+    /// outside.
+    hasher: foldhash::fast::RandomState,
 }
 
 #[derive(Debug, Default)]
@@ -189,7 +191,7 @@ impl Replays {
     pub(crate) fn new() -> Self {
         Self {
             slots: (0..SLOTS).map(|_| Mutex::new(Slot::default())).collect(),
-            hasher: foldhash::fast::FixedState::with_seed(rand_seed()),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -341,11 +343,4 @@ pub(crate) fn keep(state: &AppState, ask: &Ask<'_>, directives: Directives, writ
 fn slot_of(hash: u64) -> usize {
     // The high bits: foldhash mixes them best.
     usize::try_from(hash >> 32).unwrap_or(0) % SLOTS
-}
-
-/// A seed for the slots' hash that differs per process, so that which requests share a
-/// slot cannot be chosen from outside.
-fn rand_seed() -> u64 {
-    use std::collections::hash_map::RandomState;
-    RandomState::new().hash_one(0u64)
 }
